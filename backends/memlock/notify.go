@@ -1,0 +1,73 @@
+package memlock
+
+import (
+	"context"
+	"slices"
+
+	"github.com/idemlock/lock"
+)
+
+// waitSub is one subscription to releases of one key: a one-slot channel, so
+// a release that happens before Wait is called is kept, not missed.
+type waitSub struct {
+	l      *Locker
+	key    string
+	ch     chan struct{}
+	closed bool // guarded by l.mu
+}
+
+// Subscribe registers for releases of key; lock.Acquire uses it to wait
+// without polling. Release of key wakes every subscriber.
+func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
+	if err := lock.CheckContext(ctx); err != nil {
+		return nil, err
+	}
+	if err := lock.ValidateKey(key); err != nil {
+		return nil, err
+	}
+	s := &waitSub{l: l, key: key, ch: make(chan struct{}, 1)}
+	l.mu.Lock()
+	l.waiters[key] = append(l.waiters[key], s)
+	l.mu.Unlock()
+	return s, nil
+}
+
+// notify records a release without blocking. l.mu is held.
+func (s *waitSub) notify() {
+	select {
+	case s.ch <- struct{}{}:
+	default:
+	}
+}
+
+// Wait returns when key was released since Subscribe or the previous Wait,
+// or when ctx ends.
+func (s *waitSub) Wait(ctx context.Context, _ *lock.NotAcquiredError) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	select {
+	case <-s.ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close unregisters the subscription.
+func (s *waitSub) Close() error {
+	l := s.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	subs := slices.DeleteFunc(l.waiters[s.key], func(w *waitSub) bool { return w == s })
+	if len(subs) == 0 {
+		delete(l.waiters, s.key)
+	} else {
+		l.waiters[s.key] = subs
+	}
+	return nil
+}

@@ -1,0 +1,3 @@
+module github.com/idemlock/lock
+
+go 1.26
