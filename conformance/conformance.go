@@ -1,0 +1,119 @@
+// Package conformance is the behavioural specification of idemlock's
+// contract, as a test suite any backend can run against its real server:
+//
+//	func TestConformance(t *testing.T) {
+//		conformance.Run(t, conformance.Config{
+//			NewLocker:      func(t *testing.T) lock.Locker { return newLocker(t) },
+//			TTLGranularity: time.Millisecond,
+//		})
+//	}
+//
+// Subtests have stable names in a fixed order, so -run and -skip select
+// clauses. Every failure message starts with "contract clause violated:"
+// and names the clause. Only optional capabilities (such as
+// [lock.Notifier]) are skipped when a backend lacks them, with a message
+// containing "optional capability"; core clauses are never skipped.
+//
+// Timings scale with the backend: TTLs are at least Config.MinTTL and a
+// whole number of Config.TTLGranularity steps, and expiry is expected within
+// Config.ExpirySlack after the TTL. On top of that the suite allows
+// [SchedulingSlack] for a loaded machine running with -race.
+package conformance
+
+import (
+	"testing"
+	"time"
+
+	"github.com/idemlock/lock"
+)
+
+// Config describes the backend under test. Zero values mean "default".
+type Config struct {
+	// NewLocker returns an independent Locker, as another process would have:
+	// its own client and connections to the same server. It registers the
+	// Locker's clean-up (closing the client) with t.Cleanup.
+	NewLocker func(t *testing.T) lock.Locker
+	// TTLGranularity is the smallest TTL step the backend honours
+	// (time.Millisecond for Redis, time.Second for memcached); the suite
+	// scales its timings by it. Default: a millisecond.
+	TTLGranularity time.Duration
+
+	// NewLockerTB is NewLocker for any testing.TB. [Benchmark] needs it
+	// (a *testing.B is not a *testing.T); [Run] uses it when NewLocker is nil.
+	NewLockerTB func(tb testing.TB) lock.Locker
+	// MinTTL is the shortest TTL the server honours as asked: etcd grants at
+	// least about 2 s, a Consul agent at least its session_ttl_min. Default:
+	// TTLGranularity.
+	MinTTL time.Duration
+	// ExpirySlack is how long after a lease's TTL the server may still hold
+	// the key (Consul invalidates sessions up to 2×TTL late; memcached counts
+	// whole seconds). Default: two TTLGranularity steps.
+	ExpirySlack time.Duration
+	// RoundTrips, when set, returns how many requests the Lockers made to the
+	// server so far; [Benchmark] then reports round trips per operation.
+	RoundTrips func() int64
+}
+
+// SchedulingSlack is added to every upper bound on time the suite checks,
+// for goroutine scheduling on a loaded machine under the race detector.
+const SchedulingSlack = 250 * time.Millisecond
+
+// params are the derived timings of one run.
+type params struct {
+	Config
+	gran  time.Duration
+	short time.Duration // a TTL short enough to wait out
+	slack time.Duration // ExpirySlack
+	long  time.Duration // a TTL that never runs out during a subtest
+}
+
+func newParams(tb testing.TB, cfg Config) params {
+	tb.Helper()
+	if cfg.NewLocker == nil && cfg.NewLockerTB == nil {
+		tb.Fatal("conformance: Config.NewLocker is nil")
+	}
+	p := params{Config: cfg, gran: cfg.TTLGranularity}
+	if p.gran <= 0 {
+		p.gran = time.Millisecond
+	}
+	minTTL := max(cfg.MinTTL, p.gran)
+	p.short = roundUp(max(minTTL, 250*time.Millisecond), p.gran)
+	p.slack = cfg.ExpirySlack
+	if p.slack <= 0 {
+		p.slack = 2 * p.gran
+	}
+	p.long = roundUp(max(30*time.Second, 10*(p.short+p.slack)), p.gran)
+	return p
+}
+
+func roundUp(d, step time.Duration) time.Duration {
+	if r := d % step; r != 0 {
+		d += step - r
+	}
+	return d
+}
+
+// newLocker returns a fresh independent Locker for tb.
+func (p params) newLocker(tb testing.TB) lock.Locker {
+	tb.Helper()
+	var l lock.Locker
+	if c, ok := tb.(*check); ok {
+		tb = c.T
+	}
+	if t, ok := tb.(*testing.T); ok && p.NewLocker != nil {
+		l = p.NewLocker(t)
+	} else if p.NewLockerTB != nil {
+		l = p.NewLockerTB(tb)
+	} else {
+		tb.Fatal("conformance: Config.NewLockerTB is needed here (Benchmark cannot call NewLocker with a *testing.B)")
+	}
+	if l == nil {
+		tb.Fatal("conformance: NewLocker returned nil")
+	}
+	return l
+}
+
+// expiryBound is how long after a take with ttl the key must be free.
+func (p params) expiryBound(ttl time.Duration) time.Duration {
+	return ttl + p.slack + p.gran + SchedulingSlack
+}

@@ -1,0 +1,35 @@
+package idempotency
+
+import (
+	"context"
+	"time"
+
+	"github.com/idemlock/lock"
+)
+
+// Store keeps the state of idempotency keys: a lease while the first request
+// for a key is in progress, then the completed record that duplicates replay.
+// Every built-in backend's Locker value is a Store: memlock.New() and each
+// networked backend's New(client) can be passed to [New] directly. A Locker
+// without these methods does not compile as a Store.
+//
+// Keys reach a Store already hashed (see [Guard]); a Store never sees the raw
+// idempotency key. Keys used with Claim are not meant to be used with
+// TryAcquire as well.
+type Store interface {
+	lock.Locker
+	// Claim makes one attempt on key. If a completed record is stored under
+	// key it returns that record and a nil Lease. Otherwise it tries to take
+	// key for ttl exactly as TryAcquire does: an error matching
+	// lock.ErrNotAcquired while another claim is in progress, else the new
+	// Lease and a nil record. Looking for the record and taking the lease are
+	// one atomic step: a record stored by Complete is never missed by a Claim
+	// that then takes the key.
+	Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error)
+	// Complete stores record under the key of lease, to be returned by Claim
+	// for retention, and ends the lease, in one atomic step — provided the
+	// lease (which Claim on this Store returned) still holds its key.
+	// Otherwise it returns an error matching lock.ErrNotHeld and stores
+	// nothing, so a completion never overwrites a newer owner.
+	Complete(ctx context.Context, lease lock.Lease, record []byte, retention time.Duration) error
+}
