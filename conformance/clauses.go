@@ -431,13 +431,13 @@ func testAcquireWaitsForExpiry(c *check, p params) {
 	key := c.key("k")
 	sent := time.Now()
 	c.take(holder, key, p.short) // never released
-	ctx, cancel := context.WithTimeout(c.ctx(), p.long)
+	bound := p.expiryBound(p.short) + wakeBound
+	ctx, cancel := context.WithTimeout(c.ctx(), 2*bound)
 	defer cancel()
 	le, err := lock.Acquire(ctx, waiter, key, p.long)
 	if err != nil {
-		c.Fatalf("Acquire of a key whose holder lets it expire: %v", err)
+		c.Fatalf("Acquire of a key whose holder lets it expire (TTL %v): %v", p.short, err)
 	}
-	bound := p.expiryBound(p.short) + wakeBound
 	if took := time.Since(sent); took > bound {
 		c.Errorf("Acquire took the key %v after the holder's take with TTL %v, want within %v", took, p.short, bound)
 	}

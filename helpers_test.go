@@ -1,0 +1,64 @@
+package lock_test
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/idemlock/lock"
+)
+
+// wrapped hides a Locker's optional interfaces (so Acquire must poll) and
+// lets a test script what its leases' Refresh does.
+type wrapped struct {
+	inner     lock.Locker
+	refresh   func(ctx context.Context, inner lock.Lease, ttl time.Duration) error
+	lost      chan struct{} // non-nil: leases implement lock.LossNotifier
+	refreshes atomic.Int64
+}
+
+func (w *wrapped) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+	le, err := w.inner.TryAcquire(ctx, key, ttl)
+	if err != nil {
+		return nil, err
+	}
+	if w.lost != nil {
+		return &lossLease{wrappedLease{le, w}}, nil
+	}
+	return &wrappedLease{le, w}, nil
+}
+
+type wrappedLease struct {
+	lock.Lease
+	w *wrapped
+}
+
+func (l *wrappedLease) Refresh(ctx context.Context, ttl time.Duration) error {
+	l.w.refreshes.Add(1)
+	if l.w.refresh != nil {
+		return l.w.refresh(ctx, l.Lease, ttl)
+	}
+	return l.Lease.Refresh(ctx, ttl)
+}
+
+type lossLease struct{ wrappedLease }
+
+func (l *lossLease) Lost() <-chan struct{} { return l.w.lost }
+
+// brokenSub is a Notifier whose subscriptions fail on Wait.
+type brokenSub struct{ lock.Locker }
+
+func (b brokenSub) Subscribe(context.Context, string) (lock.Subscription, error) {
+	return failingSub{}, nil
+}
+
+type failingSub struct{}
+
+func (failingSub) Wait(context.Context, *lock.NotAcquiredError) error { return errBroken }
+func (failingSub) Close() error                                       { return nil }
+
+type testError string
+
+func (e testError) Error() string { return string(e) }
+
+const errBroken = testError("subscription broke")

@@ -1,0 +1,212 @@
+package lock_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/backends/memlock"
+)
+
+func keepAlive(t *testing.T, l lock.Locker, ttl time.Duration, opts ...lock.Option) *lock.Keeper {
+	t.Helper()
+	le, err := l.TryAcquire(t.Context(), "k", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := lock.KeepAlive(t.Context(), le, ttl, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Stop)
+	return k
+}
+
+func TestKeepAliveHoldsPastTTL(t *testing.T) {
+	l := memlock.New()
+	ttl := 60 * time.Millisecond
+	k := keepAlive(t, l, ttl)
+	select {
+	case <-k.Context().Done():
+		t.Fatalf("healthy lease lost: %v", k.Err())
+	case <-time.After(5 * ttl):
+	}
+	if _, err := l.TryAcquire(t.Context(), "k", ttl); !errors.Is(err, lock.ErrNotAcquired) {
+		t.Fatalf("key free after 5 TTLs under keep-alive: %v", err)
+	}
+	if err := k.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(k.Err(), lock.ErrStopped) {
+		t.Errorf("Err after Release = %v, want ErrStopped", k.Err())
+	}
+	if l.Len() != 0 {
+		t.Errorf("key still held after Keeper.Release")
+	}
+}
+
+func TestKeepAliveNoticesNotHeld(t *testing.T) {
+	w := &wrapped{inner: memlock.New(), refresh: func(context.Context, lock.Lease, time.Duration) error {
+		return lock.ErrNotHeld
+	}}
+	k := keepAlive(t, w, time.Minute, lock.WithRefreshInterval(5*time.Millisecond))
+	<-k.Context().Done()
+	err := k.Err()
+	if !errors.Is(err, lock.ErrLeaseLost) || !errors.Is(err, lock.ErrNotHeld) || !k.Lost() {
+		t.Errorf("cause = %v, want ErrLeaseLost and ErrNotHeld", err)
+	}
+}
+
+func TestKeepAliveLosesAtLocalDeadline(t *testing.T) {
+	boom := testError("connection reset")
+	w := &wrapped{inner: memlock.New(), refresh: func(context.Context, lock.Lease, time.Duration) error {
+		return boom // transient errors are retried until the deadline
+	}}
+	ttl := 80 * time.Millisecond
+	start := time.Now()
+	k := keepAlive(t, w, ttl)
+	<-k.Context().Done()
+	took := time.Since(start)
+	if err := k.Err(); !errors.Is(err, lock.ErrLeaseLost) || !errors.Is(err, boom) {
+		t.Errorf("cause = %v, want ErrLeaseLost wrapping the last refresh error", err)
+	}
+	if took < ttl-5*time.Millisecond || took > ttl+50*time.Millisecond {
+		t.Errorf("lost after %v, want at the lease's deadline %v", took, ttl)
+	}
+	if n := w.refreshes.Load(); n < 2 {
+		t.Errorf("%d refresh attempts before the deadline, want retries", n)
+	}
+}
+
+func TestKeepAliveLosesAtDeadlineDuringHungRefresh(t *testing.T) {
+	w := &wrapped{inner: memlock.New(), refresh: func(ctx context.Context, _ lock.Lease, _ time.Duration) error {
+		<-ctx.Done() // a server that never answers
+		return ctx.Err()
+	}}
+	ttl := 60 * time.Millisecond
+	start := time.Now()
+	k := keepAlive(t, w, ttl)
+	<-k.Context().Done()
+	if took := time.Since(start); took > ttl+50*time.Millisecond {
+		t.Errorf("lost after %v although the deadline was %v", took, ttl)
+	}
+	if !k.Lost() {
+		t.Errorf("cause = %v, want a loss", k.Err())
+	}
+}
+
+func TestKeepAliveBackendLossSignal(t *testing.T) {
+	w := &wrapped{inner: memlock.New(), lost: make(chan struct{})}
+	k := keepAlive(t, w, time.Minute)
+	close(w.lost)
+	<-k.Context().Done()
+	if err := k.Err(); !errors.Is(err, lock.ErrLeaseLost) {
+		t.Errorf("cause = %v, want ErrLeaseLost", err)
+	}
+}
+
+func TestKeepAliveMaxHold(t *testing.T) {
+	w := &wrapped{inner: memlock.New()}
+	ttl := 60 * time.Millisecond
+	hold := 100 * time.Millisecond
+	start := time.Now()
+	k := keepAlive(t, w, ttl, lock.WithMaxHold(hold))
+	<-k.Context().Done()
+	if took := time.Since(start); took < hold || took > hold+50*time.Millisecond {
+		t.Errorf("cap of %v reached after %v", hold, took)
+	}
+	if !errors.Is(k.Err(), lock.ErrMaxHold) {
+		t.Errorf("cause = %v, want ErrMaxHold", k.Err())
+	}
+	k.Stop()
+	n := w.refreshes.Load()
+	time.Sleep(2 * ttl) // absence of refreshes can only be observed over time
+	if m := w.refreshes.Load(); m != n {
+		t.Errorf("%d refreshes after the cap", m-n)
+	}
+}
+
+func TestKeepAliveStopEndsRenewal(t *testing.T) {
+	w := &wrapped{inner: memlock.New()}
+	ttl := 30 * time.Millisecond
+	k := keepAlive(t, w, ttl)
+	for w.refreshes.Load() < 2 {
+		time.Sleep(ttl / 3) // wait for renewals to be under way
+	}
+	k.Stop()
+	k.Stop() // idempotent
+	n := w.refreshes.Load()
+	time.Sleep(3 * ttl) // absence of refreshes can only be observed over time
+	if m := w.refreshes.Load(); m != n {
+		t.Errorf("%d refreshes after Stop returned", m-n)
+	}
+}
+
+func TestKeepAliveStopInterruptsHungRefresh(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	w := &wrapped{inner: memlock.New(), refresh: func(ctx context.Context, _ lock.Lease, _ time.Duration) error {
+		entered <- struct{}{}
+		<-ctx.Done()
+		return ctx.Err()
+	}}
+	k := keepAlive(t, w, time.Minute, lock.WithRefreshInterval(time.Millisecond))
+	<-entered
+	start := time.Now()
+	k.Stop()
+	if d := time.Since(start); d > 50*time.Millisecond {
+		t.Errorf("Stop waited %v for a hung refresh", d)
+	}
+}
+
+func TestKeepAliveParentCancelled(t *testing.T) {
+	l := memlock.New()
+	ctx, cancel := context.WithCancel(t.Context())
+	le, err := l.TryAcquire(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := lock.KeepAlive(ctx, le, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-k.Context().Done()
+	if !errors.Is(k.Err(), context.Canceled) || k.Lost() {
+		t.Errorf("cause = %v, want the parent's context.Canceled", k.Err())
+	}
+	k.Stop() // returns although the goroutine already ended
+}
+
+func TestKeepAliveBadInput(t *testing.T) {
+	l := memlock.New()
+	le, err := l.TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, call := range map[string]func() error{
+		"nil lease": func() error { _, err := lock.KeepAlive(t.Context(), nil, time.Second); return err },
+		"zero TTL":  func() error { _, err := lock.KeepAlive(t.Context(), le, 0); return err },
+		"interval above TTL": func() error {
+			_, err := lock.KeepAlive(t.Context(), le, time.Second, lock.WithRefreshInterval(2*time.Second))
+			return err
+		},
+		"negative max hold": func() error { _, err := lock.KeepAlive(t.Context(), le, time.Second, lock.WithMaxHold(-1)); return err },
+		"negative interval": func() error {
+			_, err := lock.KeepAlive(t.Context(), le, time.Second, lock.WithRefreshInterval(-1))
+			return err
+		},
+		"nil context":          func() error { _, err := lock.KeepAlive(nilContext(), le, time.Second); return err },
+		"tiny TTL no interval": func() error { _, err := lock.KeepAlive(t.Context(), le, 2*time.Nanosecond); return err },
+	} {
+		err := call()
+		if !errors.Is(err, lock.ErrInvalidArgument) && !errors.Is(err, lock.ErrInvalidTTL) {
+			t.Errorf("%s: %v, want ErrInvalidArgument or ErrInvalidTTL", name, err)
+		}
+	}
+}
+
+// nilContext returns a nil context without tripping vet's nil-context check
+// at the call site.
+func nilContext() context.Context { return nil }
