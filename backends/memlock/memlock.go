@@ -52,6 +52,8 @@ type Locker struct {
 	waiters map[string][]*waitSub // subscriptions per key
 	next    uint64                // last fencing token handed out
 	now     func() time.Time      // the clock; time.Now
+	records map[string]*lease     // completed idempotency records (store.go)
+	rheap   deadlineHeap          // every entry in records, by retention end
 }
 
 // Option configures a Locker. There are none yet; the parameter keeps New's
@@ -64,6 +66,7 @@ func New(opts ...Option) *Locker {
 		held:    make(map[string]*lease),
 		waiters: make(map[string][]*waitSub),
 		now:     time.Now,
+		records: make(map[string]*lease),
 	}
 	for _, o := range opts {
 		if o != nil {
@@ -108,11 +111,16 @@ func (l *Locker) Len() int {
 	return len(l.held)
 }
 
-// reclaim drops every holding whose deadline has passed. l.mu is held.
+// reclaim drops every holding whose deadline has passed, and every
+// idempotency record whose retention has. l.mu is held.
 func (l *Locker) reclaim(now time.Time) {
 	for len(l.heap) > 0 && !now.Before(l.heap[0].deadline) {
 		le := l.heap.pop()
 		delete(l.held, le.key)
+	}
+	for len(l.rheap) > 0 && !now.Before(l.rheap[0].deadline) {
+		rec := l.rheap.pop()
+		delete(l.records, rec.key)
 	}
 }
 
@@ -138,6 +146,7 @@ type lease struct {
 	token    uint64
 	deadline time.Time // guarded by l.mu
 	index    int       // position in l.heap, -1 when not held; guarded by l.mu
+	record   []byte    // set only on entries of l.records (store.go)
 }
 
 func (le *lease) Key() string   { return le.key }

@@ -1,0 +1,92 @@
+package memlock
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/idemlock/lock"
+)
+
+// Claim makes one attempt on key for the idempotency helper (it makes
+// *Locker an idempotency.Store): if a completed record is kept under key it
+// returns a copy of it and a nil Lease; otherwise it takes key for ttl
+// exactly as TryAcquire does. Both happen under the one mutex, so a record
+// stored by Complete is never missed by a Claim that then takes the key.
+//
+// Records live until their retention ends on the monotonic clock and are
+// reclaimed from a deadline heap as later calls pass by, like expired leases:
+// memory stays proportional to the keys held plus the records retained.
+func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
+	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+		return nil, nil, err
+	}
+	l.mu.Lock()
+	now := l.now()
+	l.reclaim(now)
+	if rec := l.records[key]; rec != nil {
+		out := append([]byte(nil), rec.record...)
+		l.mu.Unlock()
+		return nil, out, nil
+	}
+	if cur := l.held[key]; cur != nil {
+		remaining := cur.deadline.Sub(now)
+		l.mu.Unlock()
+		return nil, nil, &lock.NotAcquiredError{Key: key, Remaining: remaining}
+	}
+	l.next++
+	le := &lease{l: l, key: key, token: l.next, deadline: now.Add(ttl), index: -1}
+	l.held[key] = le
+	l.heap.push(le)
+	l.mu.Unlock()
+	return le, nil, nil
+}
+
+// Complete stores record under the key of lease for retention and ends the
+// lease, in one step under the mutex, provided the lease still holds its
+// key; otherwise it returns lock.ErrNotHeld and stores nothing. Subscribers
+// of the key (see [Locker.Subscribe]) are woken, as by a release, so that
+// waiting duplicates find the record at once.
+func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	if retention <= 0 {
+		return &lock.TTLError{TTL: retention, Reason: "retention must be positive"}
+	}
+	le, ok := ls.(*lease)
+	if !ok || le == nil || le.l != l {
+		return fmt.Errorf("%w: Complete with a lease that this memlock.Locker did not hand out (%T)", lock.ErrInvalidArgument, ls)
+	}
+	rec := &lease{l: l, key: le.key, record: append([]byte(nil), record...), index: -1}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if !l.owns(le, now) {
+		return lock.ErrNotHeld
+	}
+	l.heap.remove(le)
+	delete(l.held, le.key)
+	if old := l.records[le.key]; old != nil {
+		// Only reachable if TryAcquire took a key that has a record (keys
+		// used with Claim are not meant for TryAcquire): the newer wins.
+		l.rheap.remove(old)
+	}
+	rec.deadline = now.Add(retention)
+	l.records[le.key] = rec
+	l.rheap.push(rec)
+	for _, w := range l.waiters[le.key] {
+		w.notify()
+	}
+	return nil
+}
+
+// Records returns how many idempotency records are retained right now
+// (records past their retention are reclaimed first). It is meant for tests
+// and metrics.
+func (l *Locker) Records() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reclaim(l.now())
+	return len(l.records)
+}

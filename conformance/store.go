@@ -1,0 +1,451 @@
+package conformance
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/idempotency"
+	"go.uber.org/goleak"
+)
+
+// StoreConfig describes an [idempotency.Store] under test. Zero values mean
+// "default", as in [Config].
+type StoreConfig struct {
+	// NewStore returns an independent Store, as another process would have:
+	// its own client and connections to the same server. It registers the
+	// Store's clean-up with t.Cleanup.
+	NewStore func(t *testing.T) idempotency.Store
+	// TTLGranularity, MinTTL and ExpirySlack mean what they mean in
+	// [Config]; they apply to lease TTLs and record retentions alike.
+	TTLGranularity time.Duration
+	MinTTL         time.Duration
+	ExpirySlack    time.Duration
+}
+
+// storeSuite lists the Store clauses in the order RunStore runs them. The
+// order and names are part of the package's API.
+var storeSuite = []struct {
+	name   string
+	clause string
+	run    func(c *check, p storeParams)
+}{
+	{"StoreInvalidInput", "bad input to Claim and Complete gets a typed error, never a panic", testStoreInvalidInput},
+	{"ClaimTakes", "Claim on a free key returns a Lease and no record; a claimed key is refused with ErrNotAcquired", testClaimTakes},
+	{"ClaimOneWinner", "exactly one of many concurrent Claims wins", testClaimOneWinner},
+	{"CompleteStores", "after Complete every Claim, on any Store, returns the record byte for byte and no Lease", testCompleteStores},
+	{"CompleteEndsLease", "Complete ends the lease: Refresh and Release then report ErrNotHeld and leave the record", testCompleteEndsLease},
+	{"ReleaseFreesKey", "Release of a claimed lease frees the key and stores nothing; the next Claim gets a greater token", testReleaseFreesKey},
+	{"CompleteTwice", "a second Complete reports ErrNotHeld and keeps the first record", testCompleteTwice},
+	{"CompleteAfterRelease", "Complete after Release reports ErrNotHeld and stores nothing", testCompleteAfterRelease},
+	{"StaleCompleteOwnerChecked", "a Complete by an expired lease never overwrites or ends a newer owner", testStaleComplete},
+	{"IndependentKeys", "Complete and Release on one key leave other keys alone", testStoreIndependentKeys},
+	{"RecordOutlivesLease", "a record is kept for its retention, not for the lease's TTL", testRecordOutlivesLease},
+	{"RecordRetention", "a record is replayed until its retention ends, and then the key is free with a greater token", testRecordRetention},
+	{"KeepAliveClaim", "a claimed lease renewed by KeepAlive outlives its TTL and can still Complete", testKeepAliveClaim},
+	{"CompleteWakesSubscribers", "optional Notifier: Complete wakes subscribers of the key, as a release does", testCompleteWakes},
+}
+
+// storeParams are the derived timings of one RunStore.
+type storeParams struct {
+	params
+	cfg StoreConfig
+}
+
+func (p storeParams) newStore(c *check) idempotency.Store {
+	c.Helper()
+	s := p.cfg.NewStore(c.T)
+	if s == nil {
+		c.T.Fatal("conformance: NewStore returned nil")
+	}
+	return s
+}
+
+// RunStore runs the store contract of [idempotency.Store] (Claim and
+// Complete, the atomic steps the idempotency helper is built on) against a
+// backend, then checks that no goroutine was left behind. Like [Run], its
+// subtests have stable names in a fixed order and every failure names the
+// clause; only the optional Notifier clause may be skipped. A backend's
+// Store also passes [Run] as a Locker; RunStore does not repeat it.
+func RunStore(t *testing.T, cfg StoreConfig) {
+	t.Helper()
+	if cfg.NewStore == nil {
+		t.Fatal("conformance: StoreConfig.NewStore is nil")
+	}
+	p := storeParams{cfg: cfg, params: newParams(t, Config{
+		NewLocker:      func(t *testing.T) lock.Locker { return cfg.NewStore(t) },
+		TTLGranularity: cfg.TTLGranularity,
+		MinTTL:         cfg.MinTTL,
+		ExpirySlack:    cfg.ExpirySlack,
+	})}
+	baseline := goleak.IgnoreCurrent()
+	run := newRunID()
+	for _, st := range storeSuite {
+		t.Run(st.name, func(t *testing.T) {
+			c := &check{T: t, clause: st.clause, prefix: "idemlock-conformance/" + run + "/store/" + st.name + "/"}
+			defer func() {
+				if r := recover(); r != nil {
+					c.Fatalf("panic: %v\n%s", r, debug.Stack())
+				}
+			}()
+			st.run(c, p)
+		})
+	}
+	t.Run("NoGoroutineLeak", func(t *testing.T) {
+		if err := goleak.Find(baseline); err != nil {
+			t.Errorf("contract clause violated: no goroutine outlives its owner: %v", err)
+		}
+	})
+}
+
+// claim claims key on s, failing the clause unless it gets a Lease.
+func (c *check) claim(s idempotency.Store, key string, ttl time.Duration) lock.Lease {
+	c.Helper()
+	le, rec, err := s.Claim(c.ctx(), key, ttl)
+	if err != nil {
+		c.Fatalf("Claim(%q, %v) on a free key: %v", key, ttl, err)
+	}
+	if le == nil || rec != nil {
+		c.Fatalf("Claim(%q) on a free key: got Lease %v and a %d-byte record, want a Lease and no record", key, le, len(rec))
+	}
+	return le
+}
+
+// claimRefused asserts that Claim on key is refused as in progress.
+func (c *check) claimRefused(s idempotency.Store, key, why string) {
+	c.Helper()
+	le, rec, err := s.Claim(c.ctx(), key, time.Minute)
+	switch {
+	case err == nil && le != nil:
+		_ = le.Release(context.WithoutCancel(c.ctx()))
+		c.Fatalf("%s: Claim(%q) took the key while another lease should hold it", why, key)
+	case err == nil:
+		c.Fatalf("%s: Claim(%q) returned a %d-byte record while the key should be in progress", why, key, len(rec))
+	case !errors.Is(err, lock.ErrNotAcquired):
+		c.Fatalf("%s: Claim(%q) of a claimed key: got %v, want an error matching ErrNotAcquired", why, key, err)
+	}
+}
+
+// recordIs asserts that Claim on key returns want and no Lease.
+func (c *check) recordIs(s idempotency.Store, key string, want []byte, why string) {
+	c.Helper()
+	le, rec, err := s.Claim(c.ctx(), key, time.Minute)
+	if err != nil {
+		c.Fatalf("%s: Claim(%q) of a completed key: %v", why, key, err)
+	}
+	if le != nil {
+		_ = le.Release(context.WithoutCancel(c.ctx()))
+		c.Fatalf("%s: Claim(%q) took a completed key instead of returning its record", why, key)
+	}
+	if !bytes.Equal(rec, want) {
+		c.Fatalf("%s: Claim(%q) returned a record of %d bytes %.32q…, want %d bytes %.32q…", why, key, len(rec), rec, len(want), want)
+	}
+}
+
+func (c *check) complete(s idempotency.Store, le lock.Lease, rec []byte, retention time.Duration) {
+	c.Helper()
+	if err := s.Complete(c.ctx(), le, rec, retention); err != nil {
+		c.Fatalf("Complete of a held lease on %q: %v", le.Key(), err)
+	}
+}
+
+func testStoreInvalidInput(c *check, p storeParams) {
+	s := p.newStore(c)
+	ctx := c.ctx()
+	for _, key := range []string{"", string(make([]byte, lock.MaxKeyLen+1)), "bad\xffkey"} {
+		le, rec, err := s.Claim(ctx, key, p.long)
+		if !errors.Is(err, lock.ErrInvalidKey) || le != nil || rec != nil {
+			c.Errorf("Claim with invalid key %.20q: got (%v, %d bytes, %v), want an error matching ErrInvalidKey", key, le, len(rec), err)
+		}
+	}
+	key := c.key("k")
+	for _, ttl := range []time.Duration{0, -time.Second} {
+		if le, _, err := s.Claim(ctx, key, ttl); !errors.Is(err, lock.ErrInvalidTTL) || le != nil {
+			c.Errorf("Claim with TTL %v: got (%v, %v), want an error matching ErrInvalidTTL", ttl, le, err)
+		}
+	}
+	le := c.claim(s, key, p.long)
+	for _, ret := range []time.Duration{0, -time.Second} {
+		if err := s.Complete(ctx, le, []byte("r"), ret); err == nil {
+			c.Fatalf("Complete with retention %v succeeded, want an error", ret)
+		}
+	}
+	if err := s.Complete(ctx, nil, []byte("r"), p.long); err == nil {
+		c.Errorf("Complete with a nil Lease succeeded, want an error")
+	}
+	c.claimRefused(p.newStore(c), key, "after Complete calls with bad arguments the lease must still hold")
+	c.release(le)
+}
+
+func testClaimTakes(c *check, p storeParams) {
+	s, other := p.newStore(c), p.newStore(c)
+	key := c.key("k")
+	le := c.claim(s, key, p.long)
+	if le.Key() != key {
+		c.Errorf("Lease.Key() = %q, want %q", le.Key(), key)
+	}
+	if le.Token() == 0 {
+		c.Errorf("Lease.Token() = 0; tokens start above zero")
+	}
+	c.claimRefused(s, key, "the same Store")
+	c.claimRefused(other, key, "another Store")
+	c.release(le)
+}
+
+func testClaimOneWinner(c *check, p storeParams) {
+	const stores, perStore, rounds = 4, 4, 5
+	ss := make([]idempotency.Store, stores)
+	for i := range ss {
+		ss[i] = p.newStore(c)
+	}
+	for round := range rounds {
+		key := c.key(fmt.Sprint("round-", round))
+		var (
+			wg      sync.WaitGroup
+			start   = make(chan struct{})
+			mu      sync.Mutex
+			winners []lock.Lease
+			errs    []error
+		)
+		for i := range stores * perStore {
+			wg.Go(func() {
+				<-start
+				le, rec, err := ss[i%stores].Claim(c.ctx(), key, p.long)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil && le != nil:
+					winners = append(winners, le)
+				case err == nil:
+					errs = append(errs, fmt.Errorf("a %d-byte record on a key never completed", len(rec)))
+				case !errors.Is(err, lock.ErrNotAcquired):
+					errs = append(errs, err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		for _, le := range winners {
+			defer func() { _ = le.Release(context.WithoutCancel(c.ctx())) }()
+		}
+		if len(errs) > 0 {
+			c.Fatalf("round %d: losers must get ErrNotAcquired, got %v", round, errs[0])
+		}
+		if len(winners) != 1 {
+			c.Fatalf("round %d: %d of %d concurrent Claims won, want exactly 1", round, len(winners), stores*perStore)
+		}
+	}
+}
+
+// binaryRecord holds every byte value, so that no backend may treat records
+// as text.
+func binaryRecord(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i/256)
+	}
+	return b
+}
+
+func testCompleteStores(c *check, p storeParams) {
+	s, other := p.newStore(c), p.newStore(c)
+	for _, size := range []int{1, 256, 64 << 10} {
+		key := c.key(fmt.Sprint("size-", size))
+		rec := binaryRecord(size)
+		le := c.claim(s, key, p.long)
+		c.complete(s, le, rec, p.long)
+		c.recordIs(s, key, rec, "the same Store")
+		c.recordIs(other, key, rec, "another Store")
+		c.recordIs(other, key, rec, "a second Claim")
+	}
+}
+
+func testCompleteEndsLease(c *check, p storeParams) {
+	s := p.newStore(c)
+	key := c.key("k")
+	le := c.claim(s, key, p.long)
+	rec := []byte("done")
+	c.complete(s, le, rec, p.long)
+	c.notHeld("Refresh after Complete", le.Refresh(c.ctx(), p.long))
+	c.notHeld("Release after Complete", le.Release(c.ctx()))
+	c.recordIs(p.newStore(c), key, rec, "after a stale Refresh and Release")
+}
+
+func testReleaseFreesKey(c *check, p storeParams) {
+	s, other := p.newStore(c), p.newStore(c)
+	key := c.key("k")
+	le := c.claim(s, key, p.long)
+	c.release(le)
+	le2 := c.claim(other, key, p.long)
+	if le2.Token() <= le.Token() {
+		c.Errorf("token after Release %d, want greater than %d", le2.Token(), le.Token())
+	}
+	c.release(le2)
+}
+
+func testCompleteTwice(c *check, p storeParams) {
+	s := p.newStore(c)
+	key := c.key("k")
+	le := c.claim(s, key, p.long)
+	c.complete(s, le, []byte("first"), p.long)
+	c.notHeld("second Complete", s.Complete(c.ctx(), le, []byte("second"), p.long))
+	c.recordIs(p.newStore(c), key, []byte("first"), "after a second Complete")
+}
+
+func testCompleteAfterRelease(c *check, p storeParams) {
+	s := p.newStore(c)
+	key := c.key("k")
+	le := c.claim(s, key, p.long)
+	c.release(le)
+	c.notHeld("Complete after Release", s.Complete(c.ctx(), le, []byte("late"), p.long))
+	le2 := c.claim(p.newStore(c), key, p.long) // nothing was stored
+	c.release(le2)
+}
+
+func testStaleComplete(c *check, p storeParams) {
+	s, other, third := p.newStore(c), p.newStore(c), p.newStore(c)
+	key := c.key("k")
+	sent := time.Now()
+	stale := c.claim(s, key, p.short)
+	var fresh lock.Lease
+	deadline := sent.Add(p.expiryBound(p.short))
+	for fresh == nil {
+		le, rec, err := other.Claim(c.ctx(), key, p.long)
+		switch {
+		case err == nil && le != nil:
+			fresh = le
+		case err == nil:
+			c.Fatalf("Claim returned a %d-byte record for a key that was never completed", len(rec))
+		case !errors.Is(err, lock.ErrNotAcquired):
+			c.Fatalf("Claim while waiting for expiry: %v", err)
+		case time.Now().After(deadline):
+			c.Fatalf("a claimed lease with TTL %v was still held %v later", p.short, time.Since(sent))
+		default:
+			time.Sleep(max(p.short/50, time.Millisecond)) // expiry sends no event
+		}
+	}
+	c.notHeld("Complete by the expired lease", s.Complete(c.ctx(), stale, []byte("stale"), p.long))
+	c.claimRefused(third, key, "the newer owner must still hold the key after a stale Complete")
+	c.complete(other, fresh, []byte("fresh"), p.long)
+	c.recordIs(third, key, []byte("fresh"), "the newer owner's record")
+}
+
+func testStoreIndependentKeys(c *check, p storeParams) {
+	s := p.newStore(c)
+	a, b, d := c.key("a"), c.key("b"), c.key("d")
+	la, lb, ld := c.claim(s, a, p.long), c.claim(s, b, p.long), c.claim(s, d, p.long)
+	c.complete(s, la, []byte("A"), p.long)
+	c.claimRefused(s, b, "completing another key must leave this one in progress")
+	c.release(lb)
+	c.claimRefused(s, d, "releasing another key must leave this one in progress")
+	c.complete(s, ld, []byte("D"), p.long)
+	c.recordIs(s, a, []byte("A"), "key a")
+	c.recordIs(s, d, []byte("D"), "key d")
+	le := c.claim(s, b, p.long)
+	c.release(le)
+}
+
+func testRecordOutlivesLease(c *check, p storeParams) {
+	s := p.newStore(c)
+	key := c.key("k")
+	sent := time.Now()
+	le := c.claim(s, key, p.short)
+	c.complete(s, le, []byte("kept"), p.long)
+	time.Sleep(time.Until(sent.Add(p.expiryBound(p.short)))) // the clock is what is under test
+	c.recordIs(p.newStore(c), key, []byte("kept"), fmt.Sprintf("a record with retention %v must outlive the lease's TTL %v", p.long, p.short))
+}
+
+func testRecordRetention(c *check, p storeParams) {
+	s, other := p.newStore(c), p.newStore(c)
+	key := c.key("k")
+	le := c.claim(s, key, p.long)
+	sent := time.Now()
+	c.complete(s, le, []byte("short"), p.short)
+	if time.Since(sent) < p.short/2 {
+		time.Sleep(time.Until(sent.Add(p.short / 2)))
+		c.recordIs(other, key, []byte("short"), fmt.Sprintf("a record must be kept for its retention %v (checked at half of it)", p.short))
+	}
+	deadline := sent.Add(p.expiryBound(p.short))
+	for {
+		le2, rec, err := other.Claim(c.ctx(), key, p.long)
+		if err != nil {
+			c.Fatalf("Claim while waiting for the retention to end: %v", err)
+		}
+		if le2 == nil && !bytes.Equal(rec, []byte("short")) {
+			c.Fatalf("Claim while waiting for the retention to end returned record %q, want %q or a Lease", rec, "short")
+		}
+		if le2 != nil {
+			if le2.Token() <= le.Token() {
+				c.Errorf("token after the record expired %d, want greater than %d", le2.Token(), le.Token())
+			}
+			c.release(le2)
+			return
+		}
+		if time.Now().After(deadline) {
+			c.Fatalf("a record with retention %v was still returned %v later", p.short, time.Since(sent))
+		}
+		time.Sleep(max(p.short/50, time.Millisecond)) // expiry sends no event
+	}
+}
+
+func testKeepAliveClaim(c *check, p storeParams) {
+	s := p.newStore(c)
+	key := c.key("k")
+	le := c.claim(s, key, p.short)
+	k, err := lock.KeepAlive(c.ctx(), le, p.short)
+	if err != nil {
+		c.Fatalf("KeepAlive: %v", err)
+	}
+	time.Sleep(p.expiryBound(p.short)) // the clock is what is under test
+	c.claimRefused(p.newStore(c), key, "KeepAlive must keep a claimed lease past its TTL")
+	k.Stop()
+	if err := k.Err(); !errors.Is(err, lock.ErrStopped) {
+		c.Fatalf("KeepAlive ended with %v before Stop", err)
+	}
+	c.complete(s, le, []byte("kept alive"), p.long)
+	c.recordIs(p.newStore(c), key, []byte("kept alive"), "after KeepAlive")
+}
+
+func testCompleteWakes(c *check, p storeParams) {
+	s, waiter := p.newStore(c), p.newStore(c)
+	n, ok := waiter.(lock.Notifier)
+	if !ok {
+		c.Skipf("optional capability: %T does not implement lock.Notifier; waiting duplicates poll instead", waiter)
+	}
+	key := c.key("k")
+	const eventBound = 100*time.Millisecond + SchedulingSlack
+	le := c.claim(s, key, p.long)
+	sub, err := n.Subscribe(c.ctx(), key)
+	if err != nil {
+		c.Fatalf("Subscribe: %v", err)
+	}
+	defer func() { _ = sub.Close() }()
+	_, _, err = waiter.Claim(c.ctx(), key, p.long)
+	var held *lock.NotAcquiredError
+	if !errors.As(err, &held) && !errors.Is(err, lock.ErrNotAcquired) {
+		c.Fatalf("Claim of a claimed key: got %v, want ErrNotAcquired", err)
+	}
+	woke := make(chan error, 1)
+	go func() { woke <- sub.Wait(c.ctx(), held) }()
+	time.Sleep(50 * time.Millisecond) // let Wait block; there is no event for that
+	completed := time.Now()
+	c.complete(s, le, []byte("done"), p.long)
+	select {
+	case err := <-woke:
+		if err != nil {
+			c.Fatalf("Wait while the holder completed: %v", err)
+		}
+	case <-time.After(p.long / 2):
+		c.Fatalf("Wait did not return %v after Complete", p.long/2)
+	}
+	if d := time.Since(completed); d > eventBound {
+		c.Errorf("Wait returned %v after Complete, want within %v", d, eventBound)
+	}
+	c.recordIs(waiter, key, []byte("done"), "after the wake-up")
+}
