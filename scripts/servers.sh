@@ -269,8 +269,14 @@ build_consul() {
 	fi
 	command -v go >/dev/null 2>&1 || die "go is needed to build Consul $CONSUL_VERSION and is not on PATH"
 	say "building Consul $CONSUL_VERSION (MPL-2.0) from source into $CONSUL_BIN; this takes a few minutes"
-	local log=$cdir/build.log tmp src json rc=0
+	local log=$cdir/build.log tmp src json rc
+	rm -f "$CONSUL_BIN".tmp.* # left by a build that was killed
 	tmp=$(mktemp -d "${TMPDIR:-/tmp}/idemlock-consul.XXXXXX")
+	BUILD_TMP=$tmp
+	trap 'chmod -R u+w "$BUILD_TMP" 2>/dev/null; rm -rf "$BUILD_TMP" "$CONSUL_BIN.tmp.$$"' EXIT
+	# errexit must not be off inside the subshell, so its status is not
+	# tested with || (which would disable errexit there) but read after.
+	set +e
 	(
 		set -euo pipefail
 		cd "$tmp"
@@ -287,10 +293,13 @@ build_consul() {
 		go build -mod=mod -o "$CONSUL_BIN.tmp.$$" .
 		"$CONSUL_BIN.tmp.$$" version | head -n 1 | grep -qx "Consul $CONSUL_VERSION"
 		mv -f "$CONSUL_BIN.tmp.$$" "$CONSUL_BIN"
-	) >"$log" 2>&1 || rc=$?
+	) >"$log" 2>&1
+	rc=$?
+	set -e
 	rm -f "$CONSUL_BIN.tmp.$$"
 	chmod -R u+w "$tmp" 2>/dev/null || true
 	rm -rf "$tmp"
+	trap - EXIT
 	if [[ $rc -ne 0 ]]; then
 		tail -n 30 "$log" >&2
 		die "Consul $CONSUL_VERSION build failed (exit $rc; full log: $log)"
@@ -355,7 +364,7 @@ launch() {
 		fi
 	done
 	log=$(logfile "$unit")
-	printf '\n--- %s starting %s\n' "$(date '+%F %T')" "$*" >>"$log"
+	printf -- '--- %s starting %s\n' "$(date '+%F %T')" "$*" >>"$log"
 	if command -v setsid >/dev/null 2>&1; then
 		setsid "$@" </dev/null >>"$log" 2>&1 8>&- 9>&- &
 	else
@@ -363,7 +372,6 @@ launch() {
 	fi
 	pid=$!
 	echo "$pid" >"$(pidfile "$unit")"
-	disown "$pid" 2>/dev/null || true
 }
 
 # wait_ready UNIT: poll until the unit answers; fail with its log tail if it
@@ -374,12 +382,18 @@ wait_ready() {
 	deadline=$((SECONDS + TIMEOUT))
 	while :; do
 		if ! alive "$pid"; then
+			# wait gives the status of a server this run launched (127:
+			# not our child, one a previous run started).
+			local rc=0 status=""
+			wait "$pid" 2>/dev/null || rc=$?
+			if [[ $rc != 127 ]]; then status=" (exit status $rc)"; fi
 			rm -f "$(pidfile "$unit")"
-			fail_log "$unit" "$unit exited at start"
+			fail_log "$unit" "$unit exited at start$status"
 		fi
 		probe "$unit" && return 0
 		if ((SECONDS >= deadline)); then
-			fail_log "$unit" "$unit (pid $pid) did not answer within ${TIMEOUT}s; it is left running, see its log or run stop"
+			kill_pid "$unit" "$pid"
+			fail_log "$unit" "$unit (pid $pid) did not answer within ${TIMEOUT}s (IDEMLOCK_SERVERS_TIMEOUT); stopped it"
 		fi
 		sleep 0.2
 	done
@@ -451,10 +465,18 @@ start_unit() {
 }
 
 stop_unit() {
-	local unit=$1 pid deadline
+	local unit=$1 pid
 	if ! pid=$(ourpid "$unit"); then
 		return 0
 	fi
+	kill_pid "$unit" "$pid"
+	say "$unit: stopped (pid $pid)"
+}
+
+# kill_pid UNIT PID: SIGTERM (after SIGCONT, in case it is paused), SIGKILL
+# if it lingers, and forget its pid file.
+kill_pid() {
+	local unit=$1 pid=$2 deadline
 	kill -CONT "$pid" 2>/dev/null || true
 	kill -TERM "$pid" 2>/dev/null || true
 	deadline=$((SECONDS + 15))
@@ -470,7 +492,6 @@ stop_unit() {
 	done
 	alive "$pid" && die "$unit: pid $pid would not exit"
 	rm -f "$(pidfile "$unit")"
-	say "$unit: stopped (pid $pid)"
 }
 
 cluster_field() { # PORT FIELD
@@ -552,8 +573,14 @@ lock() {
 cmd_start() {
 	lock
 	install_packages
-	local t0=$SECONDS n
-	# Build Consul first: a build failure should stop us before anything runs.
+	local t0=$SECONDS n u p
+	# Fail on a taken port, and build Consul, before anything starts.
+	for u in $(all_units); do
+		ourpid "$u" >/dev/null && continue
+		for p in $(ports "$u"); do
+			listening "$p" && die "port $p (for $u) is already in use by a process this script did not start; stop it or free the port, then run start again"
+		done
+	done
 	ourpid consul >/dev/null || build_consul
 	for n in "${NAMES[@]}"; do
 		start_name "$n" 0
@@ -616,7 +643,6 @@ cmd_signal() { # SIG VERB NAME
 cmd_restart() {
 	local name=$1 u
 	lock
-	units "$name" >/dev/null
 	install_packages
 	for u in $(units "$name"); do stop_unit "$u"; done
 	start_name "$name" 1
@@ -633,6 +659,7 @@ main() {
 		;;
 	pause | resume | restart)
 		[[ $# -eq 1 ]] || usage
+		units "$1" >/dev/null # dies on an unknown name
 		case $cmd in
 		pause) cmd_signal STOP paused "$1" ;;
 		resume) cmd_signal CONT resumed "$1" ;;
