@@ -1,0 +1,206 @@
+package idempotency
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/idemlock/lock"
+)
+
+// Codec encodes the results [Do] stores. JSON is the default.
+type Codec interface {
+	Marshal(v any) ([]byte, error)
+	Unmarshal(data []byte, v any) error
+}
+
+type jsonCodec struct{}
+
+func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
+func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+
+// JSON is the default [Codec], encoding/json.
+var JSON Codec = jsonCodec{}
+
+// DoOption configures one call of [Do].
+type DoOption func(*doConfig)
+
+type doConfig struct {
+	codec    Codec
+	payload  []byte
+	replayed *bool
+	err      error
+}
+
+// WithCodec sets the codec of the stored result (default [JSON]).
+func WithCodec(c Codec) DoOption {
+	return func(d *doConfig) {
+		if c == nil {
+			d.err = &OptionError{Option: "WithCodec", Reason: "nil Codec"}
+			return
+		}
+		d.codec = c
+	}
+}
+
+// WithPayload fingerprints the call's input: a duplicate whose payload
+// differs from the one that completed gets an error matching
+// [ErrKeyReused] instead of the stored result (the worker's 422). Without
+// it, the key alone identifies the work.
+func WithPayload(p []byte) DoOption { return func(d *doConfig) { d.payload = p } }
+
+// Replayed reports, through *p, whether [Do] returned a stored result
+// instead of running the function.
+func Replayed(p *bool) DoOption { return func(d *doConfig) { d.replayed = p } }
+
+// Do runs fn at most once per key and returns its result; a duplicate call
+// with the same key gets the stored result instead, decoded with the codec.
+// It is the worker side of a [Guard]: a queue consumer calls it with the
+// message's id as key, then acks only when it returns nil.
+//
+//   - The key is claimed in the Store (one round trip). A stored result is
+//     returned at once (see [Replayed]); a stored [Permanent] error comes
+//     back as a [*StoredError].
+//   - If another call holds the key, Do returns an [*InProgressError]: nack
+//     the message with a delay of its RetryAfter, do not ack it.
+//   - Otherwise fn runs under the lease, renewed in the background by
+//     lock.KeepAlive. Its context carries the fencing token
+//     ([TokenFromContext]) and is cancelled the moment the lease is lost
+//     or ctx ends.
+//   - If fn fails, the key is released, so a redelivery runs fn again,
+//     unless the error is [Permanent]. If fn panics, the key is released
+//     and the panic continues.
+//   - If fn succeeds, its result is stored with the lease in one step
+//     (Store.Complete), which refuses if the lease was lost meanwhile: then
+//     Do returns fn's result with an error matching lock.ErrLeaseLost or
+//     lock.ErrNotHeld, because another call may have run fn too, and
+//     nothing of this call is stored over the newer owner's.
+//
+// Nothing marks the key as done before fn has returned and its result is
+// stored, so a crash at any point leaves the key to be retried, never
+// "seen" without having been processed.
+func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Context) (T, error), opts ...DoOption) (result T, err error) {
+	if g == nil {
+		return result, fmt.Errorf("%w: nil Guard", lock.ErrInvalidArgument)
+	}
+	if fn == nil {
+		return result, fmt.Errorf("%w: nil function", lock.ErrInvalidArgument)
+	}
+	if err := lock.CheckContext(ctx); err != nil {
+		return result, err
+	}
+	if err := validWorkerKey(key); err != nil {
+		return result, err
+	}
+	dc := doConfig{codec: JSON}
+	for _, o := range opts {
+		if o != nil {
+			o(&dc)
+		}
+	}
+	if dc.err != nil {
+		return result, dc.err
+	}
+	if dc.replayed != nil {
+		*dc.replayed = false
+	}
+	fp := workerFingerprint(dc.payload)
+	skey := storageKey(domainWorkerKey, g.cfg.namespace, "", key)
+
+	lease, stored, err := g.store.Claim(ctx, skey, g.cfg.leaseTTL)
+	switch {
+	case errors.Is(err, lock.ErrNotAcquired):
+		return result, &InProgressError{RetryAfter: g.cfg.retryAfter}
+	case err != nil:
+		return result, storeError("claim", err)
+	case lease == nil:
+		if dc.replayed != nil {
+			*dc.replayed = true
+		}
+		return replayValue[T](stored, fp, dc.codec)
+	}
+
+	k, err := lock.KeepAlive(ctx, lease, g.cfg.leaseTTL)
+	if err != nil {
+		rctx, cancel := g.storeCtx(ctx)
+		defer cancel()
+		return result, errors.Join(err, lease.Release(rctx))
+	}
+	panicked := true
+	defer func() {
+		if panicked {
+			g.release(ctx, k)
+		}
+	}()
+	result, ferr := fn(withToken(k.Context(), lease.Token()))
+	panicked = false
+
+	rec := record{kind: kindWorker, fp: fp}
+	var perm *permanentError
+	switch {
+	case ferr != nil && !errors.As(ferr, &perm):
+		g.release(ctx, k)
+		return result, ferr
+	case ferr != nil:
+		rec.stored = true
+		rec.body = []byte(perm.err.Error())
+	default:
+		body, merr := dc.codec.Marshal(result)
+		if merr != nil {
+			// fn's effect happened: store a tombstone so that it never
+			// runs again, and tell the caller.
+			rec.tombstone, rec.reason = true, TombstoneEncoding
+			ferr = fmt.Errorf("idempotency: encoding the result of key %q: %w", key, merr)
+		}
+		rec.body = body
+	}
+	lost := k.Err()
+	if cerr := g.complete(ctx, k, appendRecord(nil, &rec)); cerr != nil {
+		if errors.Is(cerr, lock.ErrNotHeld) && errors.Is(lost, lock.ErrLeaseLost) {
+			cerr = errors.Join(lost, cerr)
+		} else if !errors.Is(cerr, lock.ErrNotHeld) {
+			cerr = storeError("complete", cerr)
+		}
+		return result, errors.Join(ferr, cerr)
+	}
+	return result, ferr
+}
+
+// replayValue decodes a stored worker record.
+func replayValue[T any](stored []byte, fp [fpSize]byte, codec Codec) (T, error) {
+	var zero T
+	rec, err := decodeRecord(stored)
+	if err != nil {
+		return zero, err
+	}
+	if rec.kind != kindWorker {
+		return zero, &RecordError{Reason: "an HTTP record under a worker key"}
+	}
+	if subtle.ConstantTimeCompare(rec.fp[:], fp[:]) != 1 {
+		return zero, fmt.Errorf("%w: the payload differs from the one that completed", ErrKeyReused)
+	}
+	switch {
+	case rec.tombstone:
+		return zero, &NotReplayableError{Reason: rec.reason}
+	case rec.stored:
+		return zero, &StoredError{Message: string(rec.body)}
+	}
+	var v T
+	if err := codec.Unmarshal(rec.body, &v); err != nil {
+		return zero, fmt.Errorf("idempotency: decoding the stored result: %w", err)
+	}
+	return v, nil
+}
+
+// workerFingerprint hashes a [Do] payload.
+func workerFingerprint(payload []byte) [fpSize]byte {
+	h := sha256.New()
+	writeField(h, domainWorkerFP)
+	writeField(h, string(payload))
+	var fp [fpSize]byte
+	h.Sum(fp[:0])
+	return fp
+}

@@ -1,0 +1,471 @@
+package idempotency
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/idemlock/lock"
+)
+
+// Defaults of a [Guard].
+const (
+	// DefaultHeader is the request header that carries the key.
+	DefaultHeader = "Idempotency-Key"
+	// DefaultLeaseTTL is the TTL of the in-progress lease, renewed every
+	// third of it while the work runs; it bounds how long a crashed
+	// process keeps a key "in progress". Ten seconds is the shortest session
+	// a default Consul agent grants.
+	DefaultLeaseTTL = lock.DefaultTTL
+	// DefaultRetention is how long a completed record is replayed.
+	DefaultRetention = 24 * time.Hour
+	// DefaultRetryAfter is what a duplicate in flight is told to wait.
+	DefaultRetryAfter = time.Second
+	// DefaultMaxRequestBody caps the request body the middleware buffers
+	// and hashes; a larger body is refused with 413.
+	DefaultMaxRequestBody = 1 << 20
+	// DefaultMaxResponseBody caps the response body stored for replay; a
+	// larger response is sent to its caller and leaves a tombstone.
+	DefaultMaxResponseBody = 1 << 20
+	// DefaultStoreTimeout bounds each call the Guard makes to the Store
+	// after the work ran (Complete, Release), on a context of its own.
+	DefaultStoreTimeout = 5 * time.Second
+)
+
+// ErrInvalidOption is matched by the error [New] and [Guard.With] return
+// for an option out of range; the error is an [*OptionError].
+var ErrInvalidOption = errors.New("idempotency: invalid option")
+
+// OptionError describes a rejected option.
+type OptionError struct {
+	Option string // the option's name, for example "WithLeaseTTL"
+	Reason string
+}
+
+func (e *OptionError) Error() string {
+	return fmt.Sprintf("idempotency: invalid option %s: %s", e.Option, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrInvalidOption) true.
+func (e *OptionError) Unwrap() error { return ErrInvalidOption }
+
+// Outcome is what the middleware does with a finished response.
+type Outcome int
+
+const (
+	// OutcomeRelease gives the key up without storing anything: the client may
+	// retry and the handler runs again.
+	OutcomeRelease Outcome = iota
+	// OutcomeStore keeps the response for replay (or a tombstone when it cannot be
+	// replayed): the handler never runs again for this key.
+	OutcomeStore
+)
+
+func (o Outcome) String() string {
+	if o == OutcomeStore {
+		return "store"
+	}
+	return "release"
+}
+
+// Classifier decides, from the final status and the response header as the
+// handler set it, whether a response is stored or the key released. It is
+// not consulted for panics, client disconnects without a response, or
+// responses marked with [MarkTerminal] (always stored).
+type Classifier func(status int, h http.Header) Outcome
+
+// DefaultClassifier stores 2xx and 3xx responses (a 303 after a POST
+// reports work done as surely as a 201) and releases everything else: 4xx
+// (the request was refused, so nothing happened; a handler that did act
+// declares it with [MarkTerminal]) and 5xx, 408 and 429 (transient).
+func DefaultClassifier(status int, _ http.Header) Outcome {
+	if status >= 200 && status < 400 {
+		return OutcomeStore
+	}
+	return OutcomeRelease
+}
+
+// Option configures a [Guard].
+type Option func(*config)
+
+type config struct {
+	header       string
+	methods      map[string]bool
+	requireKey   bool
+	scope        func(*http.Request) string
+	route        func(*http.Request) string
+	namespace    string
+	leaseTTL     time.Duration
+	retention    time.Duration
+	retryAfter   time.Duration
+	wait         time.Duration
+	maxReqBody   int64
+	maxRespBody  int
+	replayHeader map[string]bool
+	classify     Classifier
+	failOpen     bool
+	storeTimeout time.Duration
+	logger       *slog.Logger
+	err          error
+}
+
+func (c *config) fail(option, format string, args ...any) {
+	if c.err == nil {
+		c.err = &OptionError{Option: option, Reason: fmt.Sprintf(format, args...)}
+	}
+}
+
+// WithHeader sets the request header that carries the key (default
+// [DefaultHeader]).
+func WithHeader(name string) Option {
+	return func(c *config) {
+		if name == "" || strings.ContainsAny(name, " \t\r\n:") {
+			c.fail("WithHeader", "%q is not a header name", name)
+			return
+		}
+		c.header = http.CanonicalHeaderKey(name)
+	}
+}
+
+// WithMethods sets the methods the middleware guards (default POST and
+// PATCH); PUT and DELETE may be added. Safe methods (GET, HEAD, OPTIONS,
+// TRACE) are refused: they are idempotent already, and replaying a stored
+// GET would serve stale data.
+func WithMethods(methods ...string) Option {
+	return func(c *config) {
+		if len(methods) == 0 {
+			c.fail("WithMethods", "no method")
+			return
+		}
+		m := make(map[string]bool, len(methods))
+		for _, meth := range methods {
+			switch meth = strings.ToUpper(meth); meth {
+			case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodConnect:
+				c.fail("WithMethods", "%s is never guarded: it is safe (or a tunnel) and must not be replayed", meth)
+				return
+			case "":
+				c.fail("WithMethods", "empty method")
+				return
+			}
+			m[meth] = true
+		}
+		c.methods = m
+	}
+}
+
+// RequireKey makes a missing key a 400 problem on the guarded methods.
+// Without it (the default) a request without a key passes through unguarded.
+func RequireKey() Option { return func(c *config) { c.requireKey = true } }
+
+// WithScope sets the function that names who is asking: the authenticated
+// principal, a tenant and user id, an API key's id. Keys are scoped by it,
+// so one caller can never replay — read — another's stored response, even
+// with the same key.
+//
+// Without it every caller shares one key space. That is only safe when keys
+// are unguessable and never shown to anyone but their creator, and when
+// responses carry nothing private; [New] logs a warning at start-up.
+// Scope runs after your authentication middleware, on the request it
+// passes on; it must not read the body.
+func WithScope(scope func(r *http.Request) string) Option {
+	return func(c *config) {
+		if scope == nil {
+			c.fail("WithScope", "nil function")
+			return
+		}
+		c.scope = scope
+	}
+}
+
+// WithRoute sets how the request's route is named in its fingerprint
+// (default: r.Pattern when a ServeMux matched one, otherwise r.URL.Path).
+// A route that includes the path parameters keeps a key reused on another
+// resource from replaying: the default does, as r.Pattern is only used
+// together with r.URL.Path.
+func WithRoute(route func(r *http.Request) string) Option {
+	return func(c *config) {
+		if route == nil {
+			c.fail("WithRoute", "nil function")
+			return
+		}
+		c.route = route
+	}
+}
+
+// WithNamespace separates Guards that share one Store (two services, or
+// two APIs of one): the same key under two namespaces is two keys.
+func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns } }
+
+// WithLeaseTTL sets the TTL of the in-progress lease (default
+// [DefaultLeaseTTL]); the lease is renewed every third of it while the work
+// runs. Backends round it to their TTL step; etcd grants at least about 2 s
+// and Consul sessions at least 10 s by default.
+func WithLeaseTTL(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail("WithLeaseTTL", "%v is not positive", d)
+			return
+		}
+		c.leaseTTL = d
+	}
+}
+
+// WithRetention sets how long a completed record is kept and replayed
+// (default [DefaultRetention]). After it a key is free again.
+func WithRetention(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail("WithRetention", "%v is not positive", d)
+			return
+		}
+		c.retention = d
+	}
+}
+
+// WithRetryAfter sets the delay a duplicate in flight is told to wait: the
+// Retry-After of a 409 (rounded up to whole seconds) and
+// [InProgressError].RetryAfter (default [DefaultRetryAfter]).
+func WithRetryAfter(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail("WithRetryAfter", "%v is not positive", d)
+			return
+		}
+		c.retryAfter = d
+	}
+}
+
+// WithWait makes a duplicate that arrives while the first request is in
+// flight wait up to d for it to finish, then replay its response (or run,
+// if the first released the key), instead of getting 409 at once. The wait
+// uses the Store's release events when it implements lock.Notifier, and
+// polls otherwise. Zero (the default) means no wait.
+func WithWait(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.fail("WithWait", "%v is negative", d)
+			return
+		}
+		c.wait = d
+	}
+}
+
+// WithMaxRequestBody caps the request body, in bytes, the middleware reads
+// to fingerprint (default [DefaultMaxRequestBody]). The body is buffered and
+// handed to the handler whole; a larger body is refused with 413 before the
+// handler runs. Hashing only a prefix would let two different requests of
+// equal prefix share a fingerprint, so that is not offered.
+func WithMaxRequestBody(n int64) Option {
+	return func(c *config) {
+		if n < 0 {
+			c.fail("WithMaxRequestBody", "%d is negative", n)
+			return
+		}
+		c.maxReqBody = n
+	}
+}
+
+// WithMaxResponseBody caps the response body, in bytes, stored for replay
+// (default [DefaultMaxResponseBody]). A larger response still reaches its
+// caller in full; what is stored is a tombstone, so retries get a 422
+// problem of type [ProblemNotReplayable] and the handler never runs twice.
+func WithMaxResponseBody(n int) Option {
+	return func(c *config) {
+		if n < 0 {
+			c.fail("WithMaxResponseBody", "%d is negative", n)
+			return
+		}
+		c.maxRespBody = n
+	}
+}
+
+// WithReplayHeaders adds response headers to the allow-list that is stored
+// and replayed (by default Content-Type, Content-Encoding, Content-Language,
+// Content-Location, Location, ETag, Last-Modified, Cache-Control, Expires,
+// Vary and Link). The headers in [NeverStored] cannot be added.
+func WithReplayHeaders(names ...string) Option {
+	return func(c *config) {
+		add := make(map[string]bool, len(c.replayHeader)+len(names))
+		for k := range c.replayHeader {
+			add[k] = true
+		}
+		for _, n := range names {
+			k := http.CanonicalHeaderKey(n)
+			if neverStored[k] {
+				c.fail("WithReplayHeaders", "%s is never stored or replayed", k)
+				return
+			}
+			if k == "" {
+				c.fail("WithReplayHeaders", "empty header name")
+				return
+			}
+			add[k] = true
+		}
+		c.replayHeader = add
+	}
+}
+
+// WithClassifier sets the function that decides whether a finished response
+// is stored or its key released (default [DefaultClassifier]).
+func WithClassifier(f Classifier) Option {
+	return func(c *config) {
+		if f == nil {
+			c.fail("WithClassifier", "nil function")
+			return
+		}
+		c.classify = f
+	}
+}
+
+// FailOpen makes the middleware run the handler unguarded when the Store
+// cannot be reached (the default fails closed with a 503 problem). Use it
+// on a Guard made with [Guard.With] for the routes where a duplicate is
+// cheaper than an outage.
+func FailOpen() Option { return func(c *config) { c.failOpen = true } }
+
+// WithStoreTimeout bounds the Complete or Release the Guard makes once the
+// work is done, on a context detached from the request (default
+// [DefaultStoreTimeout]).
+func WithStoreTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail("WithStoreTimeout", "%v is not positive", d)
+			return
+		}
+		c.storeTimeout = d
+	}
+}
+
+// WithLogger sets where the Guard reports what it cannot return to anyone:
+// a failed Complete or Release after the response was sent, a record it
+// could not decode (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) {
+		if l == nil {
+			c.fail("WithLogger", "nil logger")
+			return
+		}
+		c.logger = l
+	}
+}
+
+// Guard runs work at most once per idempotency key on a [Store]: as HTTP
+// middleware ([Guard.Middleware]) or for workers ([Do]). It is safe for
+// concurrent use.
+type Guard struct {
+	store Store
+	cfg   config
+}
+
+// New returns a Guard on store. Bad options are reported as an error
+// matching [ErrInvalidOption], never a panic.
+func New(store Store, opts ...Option) (*Guard, error) {
+	if store == nil {
+		return nil, &OptionError{Option: "store", Reason: "nil Store"}
+	}
+	c := config{
+		header:       DefaultHeader,
+		methods:      map[string]bool{http.MethodPost: true, http.MethodPatch: true},
+		leaseTTL:     DefaultLeaseTTL,
+		retention:    DefaultRetention,
+		retryAfter:   DefaultRetryAfter,
+		maxReqBody:   DefaultMaxRequestBody,
+		maxRespBody:  DefaultMaxResponseBody,
+		replayHeader: defaultReplayHeaders(),
+		classify:     DefaultClassifier,
+		storeTimeout: DefaultStoreTimeout,
+	}
+	g := &Guard{store: store, cfg: c}
+	if err := g.apply(opts); err != nil {
+		return nil, err
+	}
+	if g.cfg.scope == nil {
+		g.logger().Warn("idempotency: Guard without WithScope: every caller shares one key space, so a caller who learns another's key can replay that caller's response; set WithScope to the authenticated principal")
+	}
+	return g, nil
+}
+
+// With returns a copy of g with more options, sharing its Store: for a
+// route that fails open, waits, or requires a key while others do not.
+func (g *Guard) With(opts ...Option) (*Guard, error) {
+	n := &Guard{store: g.store, cfg: g.cfg}
+	n.cfg.err = nil
+	if err := n.apply(opts); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+func (g *Guard) apply(opts []Option) error {
+	for _, o := range opts {
+		if o != nil {
+			o(&g.cfg)
+		}
+	}
+	return g.cfg.err
+}
+
+func (g *Guard) logger() *slog.Logger {
+	if g.cfg.logger != nil {
+		return g.cfg.logger
+	}
+	return slog.Default()
+}
+
+// Store returns the Store the Guard keeps keys in.
+func (g *Guard) Store() Store { return g.store }
+
+// storeCtx returns a context for a call to the Store after the work ran:
+// ctx's values without its cancellation, bounded by the store timeout.
+func (g *Guard) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), g.cfg.storeTimeout)
+}
+
+// release gives a lease up after the work, logging a failure.
+func (g *Guard) release(ctx context.Context, k *lock.Keeper) {
+	k.Stop()
+	if k.Lost() {
+		return // Release could only report ErrNotHeld
+	}
+	sctx, cancel := g.storeCtx(ctx)
+	defer cancel()
+	if err := k.Lease().Release(sctx); err != nil && !errors.Is(err, lock.ErrNotHeld) {
+		g.logger().Warn("idempotency: releasing a key failed; it stays in progress until its lease expires", "error", err)
+	}
+}
+
+// complete stores rec for k's lease.
+func (g *Guard) complete(ctx context.Context, k *lock.Keeper, rec []byte) error {
+	k.Stop()
+	sctx, cancel := g.storeCtx(ctx)
+	defer cancel()
+	err := g.store.Complete(sctx, k.Lease(), rec, g.cfg.retention)
+	if err != nil && !errors.Is(err, lock.ErrNotHeld) {
+		// The record is lost: free the key rather than leave it in
+		// progress until the lease expires.
+		if rerr := k.Lease().Release(sctx); rerr != nil && !errors.Is(rerr, lock.ErrNotHeld) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
+}
+
+// tokenKey is the context key of the fencing token.
+type tokenKey struct{}
+
+// TokenFromContext returns the fencing token of the lease under which the
+// current request or [Do] function runs: strictly greater than that of any
+// earlier holder of the same key. Pass it to the protected resource so it
+// can refuse a write from a holder that lost its lease.
+func TokenFromContext(ctx context.Context) (uint64, bool) {
+	t, ok := ctx.Value(tokenKey{}).(uint64)
+	return t, ok
+}
+
+func withToken(ctx context.Context, token uint64) context.Context {
+	return context.WithValue(ctx, tokenKey{}, token)
+}

@@ -1,0 +1,226 @@
+package idempotency
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// The record format, version 1. All integers are unsigned varints unless
+// sized; a record is
+//
+//	magic    "IDR"                 3 bytes
+//	version  1                     1 byte
+//	kind     1 = HTTP, 2 = worker  1 byte
+//	flags    bit 0: tombstone, bit 1: stored error (worker)   1 byte
+//	reason   why a tombstone was stored (see TombstoneReason)  1 byte
+//	fp       request fingerprint   32 bytes
+//	status   HTTP status, 0 for workers                        uvarint
+//	nhdr     header field lines that follow                    uvarint
+//	  name   uvarint length + bytes (canonical form)
+//	  value  uvarint length + bytes
+//	body     uvarint length + bytes (HTTP body, worker value or error text)
+//
+// and nothing after. A decoder rejects anything else with a [*RecordError];
+// a record of a newer version is rejected the same way (an old binary never
+// guesses at a newer layout), so rolling upgrades should add a version only
+// with a reader for it deployed first.
+const (
+	recordMagic   = "IDR"
+	recordVersion = 1
+	fpSize        = 32
+	headerSize    = len(recordMagic) + 4 + fpSize
+
+	kindHTTP   = 1
+	kindWorker = 2
+
+	flagTombstone   = 1 << 0
+	flagStoredError = 1 << 1
+	knownFlags      = flagTombstone | flagStoredError
+
+	// maxRecordHeaders bounds what a decoder allocates for header lines.
+	maxRecordHeaders = 256
+)
+
+// TombstoneReason says why a completed request's response was not stored.
+type TombstoneReason uint8
+
+// Reasons for a tombstone.
+const (
+	TombstoneNone      TombstoneReason = iota
+	TombstoneOversize                  // the response was larger than the cap
+	TombstoneStreamed                  // the handler flushed: a stream is not replayable
+	TombstoneHijacked                  // the handler took the connection over
+	TombstoneEncoding                  // the result could not be encoded
+	maxTombstoneReason = TombstoneEncoding
+)
+
+func (r TombstoneReason) String() string {
+	switch r {
+	case TombstoneNone:
+		return "none"
+	case TombstoneOversize:
+		return "the response was larger than the replay cap"
+	case TombstoneStreamed:
+		return "the response was streamed (flushed) and cannot be replayed"
+	case TombstoneHijacked:
+		return "the handler hijacked the connection"
+	case TombstoneEncoding:
+		return "the result could not be encoded"
+	}
+	return fmt.Sprintf("reason %d", uint8(r))
+}
+
+// ErrBadRecord is matched by every error about a stored record that cannot
+// be decoded; the error is a [*RecordError].
+var ErrBadRecord = errors.New("idempotency: bad stored record")
+
+// RecordError describes a stored record that could not be decoded.
+type RecordError struct {
+	Reason string
+}
+
+func (e *RecordError) Error() string { return "idempotency: bad stored record: " + e.Reason }
+
+// Unwrap makes errors.Is(err, ErrBadRecord) true.
+func (e *RecordError) Unwrap() error { return ErrBadRecord }
+
+// record is a decoded completed key.
+type record struct {
+	kind      uint8
+	tombstone bool
+	stored    bool // worker: body is a stored error's text
+	reason    TombstoneReason
+	fp        [fpSize]byte
+	status    int
+	header    http.Header
+	body      []byte
+}
+
+// appendRecord encodes r after dst.
+func appendRecord(dst []byte, r *record) []byte {
+	dst = append(dst, recordMagic...)
+	var flags byte
+	if r.tombstone {
+		flags |= flagTombstone
+	}
+	if r.stored {
+		flags |= flagStoredError
+	}
+	dst = append(dst, recordVersion, r.kind, flags, byte(r.reason))
+	dst = append(dst, r.fp[:]...)
+	dst = binary.AppendUvarint(dst, uint64(r.status))
+	n := 0
+	for _, vs := range r.header {
+		n += len(vs)
+	}
+	dst = binary.AppendUvarint(dst, uint64(n))
+	for name, vs := range r.header {
+		for _, v := range vs {
+			dst = appendBytes(dst, name)
+			dst = appendBytes(dst, v)
+		}
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(r.body)))
+	return append(dst, r.body...)
+}
+
+func appendBytes[S string | []byte](dst []byte, s S) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// decodeRecord decodes b. It never panics and never allocates more than a
+// small multiple of len(b).
+func decodeRecord(b []byte) (*record, error) {
+	if len(b) < headerSize {
+		return nil, &RecordError{Reason: fmt.Sprintf("%d bytes, shorter than the %d-byte header", len(b), headerSize)}
+	}
+	if string(b[:3]) != recordMagic {
+		return nil, &RecordError{Reason: "not an idempotency record (bad magic)"}
+	}
+	if b[3] != recordVersion {
+		return nil, &RecordError{Reason: fmt.Sprintf("unknown version %d (this build reads version %d)", b[3], recordVersion)}
+	}
+	r := &record{kind: b[4]}
+	if r.kind != kindHTTP && r.kind != kindWorker {
+		return nil, &RecordError{Reason: fmt.Sprintf("unknown kind %d", r.kind)}
+	}
+	flags := b[5]
+	if flags&^knownFlags != 0 {
+		return nil, &RecordError{Reason: fmt.Sprintf("unknown flags %#02x", flags)}
+	}
+	r.tombstone = flags&flagTombstone != 0
+	r.stored = flags&flagStoredError != 0
+	r.reason = TombstoneReason(b[6])
+	if r.reason > maxTombstoneReason || (r.reason != TombstoneNone) != r.tombstone {
+		return nil, &RecordError{Reason: fmt.Sprintf("tombstone reason %d does not match the flags", b[6])}
+	}
+	copy(r.fp[:], b[7:headerSize])
+	d := decoder{b: b[headerSize:]}
+	status := d.uvarint("status")
+	if d.err == nil && status > 999 {
+		d.err = &RecordError{Reason: fmt.Sprintf("status %d out of range", status)}
+	}
+	r.status = int(status)
+	n := d.uvarint("header count")
+	if d.err == nil && n > maxRecordHeaders {
+		d.err = &RecordError{Reason: fmt.Sprintf("%d header lines, more than %d", n, maxRecordHeaders)}
+	}
+	if d.err == nil && n > 0 {
+		r.header = make(http.Header, n)
+		for i := uint64(0); i < n && d.err == nil; i++ {
+			name := d.bytes("header name")
+			value := d.bytes("header value")
+			if d.err == nil && len(name) == 0 {
+				d.err = &RecordError{Reason: "empty header name"}
+			}
+			if d.err == nil {
+				k := string(name)
+				r.header[k] = append(r.header[k], string(value))
+			}
+		}
+	}
+	body := d.bytes("body")
+	if d.err != nil {
+		return nil, d.err
+	}
+	if len(d.b) != 0 {
+		return nil, &RecordError{Reason: fmt.Sprintf("%d trailing bytes", len(d.b))}
+	}
+	r.body = body
+	return r, nil
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint(what string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = &RecordError{Reason: "truncated or overlong " + what}
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes(what string) []byte {
+	n := d.uvarint(what + " length")
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.err = &RecordError{Reason: fmt.Sprintf("%s of %d bytes overruns the record", what, n)}
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
