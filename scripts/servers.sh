@@ -248,7 +248,16 @@ install_packages() {
 
 # consul_ok: the cached binary is there and is the version we build.
 consul_ok() {
-	[[ -x $CONSUL_BIN ]] && "$CONSUL_BIN" version 2>/dev/null | head -n 1 | grep -qx "Consul $CONSUL_VERSION"
+	is_consul "$CONSUL_BIN"
+}
+
+# is_consul BINARY: BINARY runs and says it is Consul $CONSUL_VERSION. (No
+# `| head | grep -q` here: under pipefail the writer's SIGPIPE would fail it.)
+is_consul() {
+	local v
+	[[ -x $1 ]] || return 1
+	v=$("$1" version 2>/dev/null) || return 1
+	[[ ${v%%$'\n'*} == "Consul $CONSUL_VERSION" ]]
 }
 
 # build_consul builds the MPL-2.0 Consul release from its Go module source,
@@ -291,7 +300,7 @@ build_consul() {
 			-dropreplace=github.com/hashicorp/consul/sdk \
 			-dropreplace=github.com/hashicorp/consul/proto-public
 		go build -mod=mod -o "$CONSUL_BIN.tmp.$$" .
-		"$CONSUL_BIN.tmp.$$" version | head -n 1 | grep -qx "Consul $CONSUL_VERSION"
+		is_consul "$CONSUL_BIN.tmp.$$" || { echo "the built binary does not report Consul $CONSUL_VERSION"; exit 1; }
 		mv -f "$CONSUL_BIN.tmp.$$" "$CONSUL_BIN"
 	) >"$log" 2>&1
 	rc=$?
