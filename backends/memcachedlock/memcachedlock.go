@@ -1,0 +1,509 @@
+// Package memcachedlock is idemlock's memcached backend, on the
+// github.com/bradfitz/gomemcache client:
+//
+//	mc := memcache.New("127.0.0.1:11211")
+//	locker := memcachedlock.New(mc)
+//	lease, err := lock.Acquire(ctx, locker, "invoice/42", 10*time.Second)
+//
+// # How it works
+//
+// A key's lock is one memcached item whose value names the lease that holds
+// it (a random 128-bit owner id).
+//
+//   - Take: `add` of the item with the TTL as its expiry (atomic: it fails if
+//     the item exists), then `incr` of a fencing counter (see Fencing tokens).
+//   - Refresh: `gets` (the item must still carry this lease's owner id) then
+//     `cas` with the CAS id just read and the new expiry.
+//   - Release: `gets` then `cas` with an expiry in the past, which memcached
+//     treats as "expired at once": a compare-and-delete. A stale lease's
+//     release or refresh finds another owner id, or the cas finds another
+//     CAS id, and changes nothing. Nothing ever deletes or touches a lock by
+//     name alone.
+//
+// An uncontended take + release is 4 requests (add, incr, gets, cas); a
+// refresh is 2. Fewer is not possible safely with gomemcache on memcached
+// 1.6: the client sends one command per request and never returns the CAS
+// id of a store, so the owner check needs its own `gets`; and releasing with
+// a CAS id remembered from the take would be unsafe, because CAS ids restart
+// at 1 when memcached restarts, so after a restart a stale lease's
+// remembered id can equal a new holder's.
+//
+// # Fencing tokens
+//
+// Tokens come from 64 counter items ("stripes"), chosen by a hash of the key,
+// and are taken with `incr` after the `add` succeeded, so that a token is
+// always handed out while its lease holds the lock: tokens of one key
+// strictly increase across holders and expiries. When memcached has lost a
+// counter (eviction, restart, flush) it is re-seeded with the wall clock in
+// nanoseconds since 1970. That value exceeds every token the lost counter
+// gave out provided the clock of the machine that re-seeds is not behind the
+// clock of the machine that seeded the lost counter by more than that
+// counter's age (minus one nanosecond per token it issued): NTP-synchronised
+// machines are within milliseconds, and a counter that was lost has usually
+// lived far longer. This is the one place where the client's clock matters.
+//
+// # Guarantees and caveats
+//
+// memcached is a cache: it may evict a lock item before its TTL under memory
+// pressure, and a restart or flush_all loses every lock. Either lets a second
+// holder in while the first still believes it holds the lock, so a memcached
+// lock is best-effort unless the protected resource checks the fencing
+// token; lock.KeepAlive notices the loss at its next refresh. With several
+// servers the client shards keys by hash: changing the server list moves
+// keys to other servers, where the lock is free, which can also let two
+// holders in, and moves a key's token counter too (tokens then restart from
+// the clock, as after a loss). Change the list only while no lock is held.
+//
+// # TTLs
+//
+// memcached counts expiry in whole seconds on a clock that ticks once a
+// second, so an item set to live N seconds may be dropped up to a second
+// early. A TTL is therefore rounded up to whole seconds and sent with one
+// second more: a lease lives at least its TTL and at most about two seconds
+// longer. [lock.Deadliner] reports the time the take or refresh was sent plus
+// the rounded-up TTL. memcached reads an expiry over 30 days as an absolute
+// Unix time; TTLs longer than [MaxTTL] are rejected with a [*lock.TTLError]
+// rather than converted with the client's clock.
+//
+// # Waiting
+//
+// memcached cannot notify, so the Locker does not implement lock.Notifier:
+// lock.Acquire polls with jittered exponential backoff (lock.WithBackoff).
+// A failed take reports no remaining time (NotAcquiredError.Remaining is
+// zero): the classic protocol cannot read an item's remaining TTL, and a
+// deadline computed by the holder's clock would not be the server's.
+//
+// # Keys
+//
+// Item keys are a prefix (default [DefaultPrefix], see [WithPrefix]), a kind
+// ("l:" lock, "t:" token counter) and the lock key. A lock key made only of
+// printable ASCII other than space (0x21-0x7e) that fits memcached's
+// 250-byte limit is used as it is after an "r"; any other key (spaces,
+// control characters, non-ASCII, long keys) is replaced by "h" and the
+// unpadded base64url SHA-256 of the key. The "r"/"h" marker keeps the two
+// forms apart, so two different keys never share an item.
+//
+// # URL
+//
+// The scheme "memcached" opens a Locker with a client of its own, closed by
+// Close:
+//
+//	memcached://host:port[,host:port...][/][?timeout=500ms&max_idle_conns=2&prefix=idemlock:]
+//
+// # Idempotency store
+//
+// A Locker is also an idempotency.Store. A key's lock and its completed
+// record share one item, whose value says which it is: Claim is an `add`
+// (and on failure a `get` that returns a stored record), and Complete turns
+// this lease's lock into the record with one owner-checked `gets` + `cas`,
+// expiring after the retention. A record must fit in one memcached item:
+// 1 MiB by default (memcached -I), see [WithMaxItemSize] and
+// [ErrRecordTooLarge].
+package memcachedlock
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/idemlock/lock"
+)
+
+const (
+	// DefaultPrefix starts the name of every item a Locker stores.
+	DefaultPrefix = "idemlock:"
+	// MaxTTL is the longest lease TTL (and record retention) accepted:
+	// memcached reads an expiry of more than 30 days as an absolute Unix
+	// time, and a TTL is sent rounded up plus one second.
+	MaxTTL = (maxRelativeExpiry - 1) * time.Second
+	// DefaultMaxItemSize is memcached's default item size limit (-I 1m).
+	DefaultMaxItemSize = 1 << 20
+
+	// maxRelativeExpiry is memcached's REALTIME_MAXDELTA: 30 days.
+	maxRelativeExpiry = 30 * 24 * 60 * 60
+	// maxKeyLen is memcached's key length limit.
+	maxKeyLen = 250
+	// maxPrefixLen leaves room for a kind and a hashed key (1+43 bytes).
+	maxPrefixLen = 200
+	// itemOverhead is what an item needs besides its value: the key, the
+	// item header and the value's CRLF, rounded up generously.
+	itemOverhead = 512
+)
+
+var (
+	// ErrRecordTooLarge is matched by the error of Complete when the record
+	// does not fit in one memcached item (see [WithMaxItemSize]). Nothing is
+	// stored and the lease still holds its key.
+	ErrRecordTooLarge = errors.New("memcachedlock: record too large for a memcached item")
+	// ErrClosed is matched by the error of every call on a Locker, or on a
+	// lease of a Locker, after Close.
+	ErrClosed = errors.New("memcachedlock: Locker is closed")
+	// ErrNoCAS is matched by the error of a refresh, release or Complete
+	// when memcached returned no CAS id: the server runs with -C (CAS
+	// disabled), which owner-checked release needs.
+	ErrNoCAS = errors.New("memcachedlock: memcached returned no CAS id (is it running with -C?)")
+)
+
+// Locker takes leases on memcached items. It is safe for concurrent use.
+// Make one with [New] or lock.Open("memcached://...").
+type Locker struct {
+	client      *memcache.Client
+	prefix      string
+	maxItemSize int
+	owned       bool  // Close closes client (a Locker made by the URL opener)
+	err         error // a bad option or client, returned by every call
+	closed      atomic.Bool
+}
+
+// Option configures a Locker.
+type Option func(*Locker)
+
+// WithPrefix sets the text that starts every item name (default
+// [DefaultPrefix]). Lockers that should exclude each other must use the same
+// prefix. It must be printable ASCII without spaces, at most 200 bytes; an
+// invalid prefix makes every call fail with an error matching
+// lock.ErrInvalidArgument.
+func WithPrefix(prefix string) Option {
+	return func(l *Locker) {
+		if len(prefix) > maxPrefixLen || !plainASCII(prefix) {
+			l.fail(fmt.Errorf("%w: memcachedlock: prefix %q must be at most %d bytes of printable ASCII without spaces", lock.ErrInvalidArgument, prefix, maxPrefixLen))
+			return
+		}
+		l.prefix = prefix
+	}
+}
+
+// WithMaxItemSize tells the Locker memcached's item size limit (its -I
+// option; default [DefaultMaxItemSize]), which bounds the records Complete
+// stores. It must be at least 2 KiB.
+func WithMaxItemSize(n int) Option {
+	return func(l *Locker) {
+		if n < 2048 {
+			l.fail(fmt.Errorf("%w: memcachedlock: max item size %d is below 2 KiB", lock.ErrInvalidArgument, n))
+			return
+		}
+		l.maxItemSize = n
+	}
+}
+
+// New returns a Locker that stores its locks through client. The Locker never
+// closes client. All Lockers that should exclude each other must reach the
+// same servers in the same order, with the same prefix.
+func New(client *memcache.Client, opts ...Option) *Locker {
+	l := &Locker{client: client, prefix: DefaultPrefix, maxItemSize: DefaultMaxItemSize}
+	if client == nil {
+		l.fail(fmt.Errorf("%w: memcachedlock: nil *memcache.Client", lock.ErrInvalidArgument))
+	}
+	for _, o := range opts {
+		if o != nil {
+			o(l)
+		}
+	}
+	return l
+}
+
+func (l *Locker) fail(err error) {
+	if l.err == nil {
+		l.err = err
+	}
+}
+
+// Close marks the Locker closed: later calls on it and its leases fail with
+// [ErrClosed]. A Locker made by lock.Open also closes the client it made; one
+// made by [New] leaves the caller's client alone. Held locks are not
+// released: they expire at their TTL. Close is safe to call more than once.
+func (l *Locker) Close() error {
+	if l.closed.Swap(true) || !l.owned || l.client == nil {
+		return nil
+	}
+	return l.client.Close()
+}
+
+// usable reports why the Locker cannot make requests, if it cannot.
+func (l *Locker) usable(ctx context.Context) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	if l.err != nil {
+		return l.err
+	}
+	if l.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// TryAcquire makes one attempt to take key for ttl: an `add` of the lock item
+// and, when it succeeds, an `incr` of the key's token counter. A held key
+// gives a *lock.NotAcquiredError.
+//
+// gomemcache takes no context: ctx is checked before each request, and a
+// request in flight is bounded by the client's Timeout (default 500 ms).
+func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+	le, err := l.take(ctx, key, ttl)
+	if err != nil {
+		return nil, err // never a typed nil inside the interface
+	}
+	return le, nil
+}
+
+func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*lease, error) {
+	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+		return nil, err
+	}
+	if err := l.usable(ctx); err != nil {
+		return nil, err
+	}
+	exp, granted, err := expiry(ttl)
+	if err != nil {
+		return nil, err
+	}
+	le := &lease{l: l, key: key, item: l.lockKey(key), value: newLockValue()}
+	sent := time.Now()
+	err = l.client.Add(&memcache.Item{Key: le.item, Value: le.value, Expiration: exp})
+	switch {
+	case errors.Is(err, memcache.ErrNotStored):
+		return nil, &lock.NotAcquiredError{Key: key}
+	case err != nil:
+		return nil, l.opError("add", key, err)
+	}
+	// The lock is ours: the token is taken now, while it holds, so that it
+	// orders after every earlier holder's. The take completes even if ctx
+	// ends meanwhile; it is one more request.
+	le.token, err = l.nextToken(key)
+	if err == nil && !time.Now().Before(sent.Add(granted)) {
+		err = fmt.Errorf("%w: memcachedlock: key %q: the lease ran out (TTL %v) before its token was issued", lock.ErrNotAcquired, key, ttl)
+	}
+	if err != nil {
+		// Give the lock back, owner-checked; if that fails too it expires.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*l.timeout())
+		_ = le.drop(rctx)
+		cancel()
+		return nil, err
+	}
+	le.deadline = sent.Add(granted)
+	return le, nil
+}
+
+// nextToken returns the next fencing token for key from its counter stripe,
+// re-seeding the stripe from the wall clock if memcached lost it.
+func (l *Locker) nextToken(key string) (uint64, error) {
+	ckey := l.counterKey(key)
+	for range 3 {
+		tok, err := l.client.Increment(ckey, 1)
+		switch {
+		case err == nil && tok > 0:
+			return tok, nil
+		case err == nil:
+			return 0, fmt.Errorf("memcachedlock: token counter %q wrapped around to 0", ckey)
+		case !errors.Is(err, memcache.ErrCacheMiss):
+			return 0, l.opError("incr", key, err)
+		}
+		seed := uint64(time.Now().UnixNano())
+		err = l.client.Add(&memcache.Item{Key: ckey, Value: strconv.AppendUint(nil, seed, 10)})
+		switch {
+		case err == nil:
+			return seed, nil
+		case !errors.Is(err, memcache.ErrNotStored):
+			return 0, l.opError("seed counter for", key, err)
+		}
+		// Another Locker seeded it first: increment that.
+	}
+	return 0, fmt.Errorf("memcachedlock: token counter %q keeps disappearing", ckey)
+}
+
+// timeout is the client's per-request timeout.
+func (l *Locker) timeout() time.Duration {
+	if l.client.Timeout > 0 {
+		return l.client.Timeout
+	}
+	return memcache.DefaultTimeout
+}
+
+// opError wraps a client error; it keeps the cause for errors.Is/As.
+func (l *Locker) opError(op, key string, err error) error {
+	return fmt.Errorf("memcachedlock: %s %q: %w", op, displayKey(key), err)
+}
+
+// expiry converts a TTL to the memcached expiry to send (whole seconds, one
+// more than the TTL rounded up) and the time the lease is granted at least.
+func expiry(ttl time.Duration) (int32, time.Duration, error) {
+	if err := lock.ValidateTTL(ttl); err != nil {
+		return 0, 0, err
+	}
+	if ttl > MaxTTL {
+		return 0, 0, &lock.TTLError{TTL: ttl, Reason: fmt.Sprintf("longer than %v: memcached reads an expiry over 30 days as an absolute time", MaxTTL)}
+	}
+	secs := ttl / time.Second
+	if ttl%time.Second != 0 {
+		secs++
+	}
+	return int32(secs) + 1, secs * time.Second, nil
+}
+
+// lockValue kinds: the first byte of a lock item's value.
+const (
+	kindLock   = 'L'
+	kindRecord = 'R'
+)
+
+// newLockValue returns the value of a fresh lease's lock item: the kind and
+// a random owner id.
+func newLockValue() []byte {
+	var id [16]byte
+	_, _ = rand.Read(id[:]) // never fails (crypto/rand, Go 1.24+)
+	v := make([]byte, 1+hex.EncodedLen(len(id)))
+	v[0] = kindLock
+	hex.Encode(v[1:], id[:])
+	return v
+}
+
+// lease is one holding of one key.
+type lease struct {
+	l     *Locker
+	key   string // as the caller passed it
+	item  string // the lock item's memcached key
+	value []byte // the lock item's value while this lease holds it
+	token uint64
+
+	mu       sync.Mutex
+	deadline time.Time
+	gone     bool // released, completed or found not held: never held again
+}
+
+func (le *lease) Key() string   { return le.key }
+func (le *lease) Token() uint64 { return le.token }
+
+// Deadline returns until when the lease holds at least, by the local
+// monotonic clock: when its take or latest refresh was sent plus the TTL
+// rounded up to whole seconds.
+func (le *lease) Deadline() time.Time {
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	return le.deadline
+}
+
+// Refresh extends the lease to ttl from now with an owner-checked gets + cas.
+func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	exp, granted, err := expiry(ttl)
+	if err != nil {
+		return err
+	}
+	var sent time.Time
+	err = le.swap(ctx, "refresh", func(it *memcache.Item) {
+		it.Expiration = exp
+		sent = time.Now()
+	})
+	if err != nil {
+		return err
+	}
+	le.mu.Lock()
+	le.deadline = sent.Add(granted)
+	le.mu.Unlock()
+	return nil
+}
+
+// Release deletes the lock item if this lease still holds it: a gets, then
+// a cas with an expiry in the past, so a newer holder's item is never
+// touched.
+func (le *lease) Release(ctx context.Context) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	return le.drop(ctx)
+}
+
+// drop deletes the lock item if this lease still holds it.
+func (le *lease) drop(ctx context.Context) error {
+	err := le.swap(ctx, "release", func(it *memcache.Item) {
+		it.Expiration = -1 // stored as expired at once: compare-and-delete
+	})
+	if err == nil {
+		le.markGone()
+	}
+	return err
+}
+
+// swap reads the lock item, checks that it still carries this lease's owner
+// id, lets change edit it and writes it back with cas. It returns an error
+// matching lock.ErrNotHeld when the lease does not hold its key.
+func (le *lease) swap(ctx context.Context, op string, change func(*memcache.Item)) error {
+	l := le.l
+	if le.isGone() {
+		return le.notHeld(op, "it was released or lost earlier")
+	}
+	if err := l.usable(ctx); err != nil {
+		return err
+	}
+	it, err := l.client.Get(le.item)
+	switch {
+	case errors.Is(err, memcache.ErrCacheMiss):
+		le.markGone()
+		return le.notHeld(op, "its lock expired or was evicted")
+	case err != nil:
+		return l.opError(op+": gets", le.key, err)
+	case !bytes.Equal(it.Value, le.value):
+		le.markGone()
+		return le.notHeld(op, "another lease holds the key")
+	case it.CasID == 0:
+		return ErrNoCAS
+	}
+	if err := l.usable(ctx); err != nil {
+		return err
+	}
+	change(it)
+	err = l.client.CompareAndSwap(it)
+	switch {
+	case errors.Is(err, memcache.ErrCASConflict), errors.Is(err, memcache.ErrNotStored), errors.Is(err, memcache.ErrCacheMiss):
+		// Changed or gone since the gets: by expiry and another take, as
+		// nothing else writes an item this lease holds.
+		le.markGone()
+		return le.notHeld(op, "its lock changed hands during the "+op)
+	case err != nil:
+		return l.opError(op+": cas", le.key, err)
+	}
+	return nil
+}
+
+func (le *lease) notHeld(op, why string) error {
+	return fmt.Errorf("memcachedlock: %s %q (token %d): %w: %s", op, displayKey(le.key), le.token, lock.ErrNotHeld, why)
+}
+
+func (le *lease) markGone() {
+	le.mu.Lock()
+	le.gone = true
+	le.mu.Unlock()
+}
+
+func (le *lease) isGone() bool {
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	return le.gone
+}
+
+// displayKey shortens a key for error messages.
+func displayKey(key string) string {
+	const max = 64
+	if len(key) <= max {
+		return key
+	}
+	return key[:max] + "…"
+}
+
+// Interface checks.
+var (
+	_ lock.Backend   = (*Locker)(nil)
+	_ lock.Lease     = (*lease)(nil)
+	_ lock.Deadliner = (*lease)(nil)
+)

@@ -1,0 +1,92 @@
+package memcachedlock_test
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/backends/memcachedlock"
+	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/internal/testenv"
+)
+
+// A *Locker is an idempotency.Store and a lock.Backend: this fails to
+// compile otherwise.
+var (
+	_ idempotency.Store = (*memcachedlock.Locker)(nil)
+	_ lock.Backend      = (*memcachedlock.Locker)(nil)
+)
+
+// requests counts the requests every test client sent: gomemcache flushes
+// each command in one Write, and the values these tests store are small.
+var requests atomic.Int64
+
+// countingConn counts the writes on one connection.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countingConn) Write(b []byte) (int, error) {
+	c.n.Add(1)
+	return c.Conn.Write(b)
+}
+
+// newClient returns a client of its own for the test server, closed at the
+// end of tb, whose requests add to n (and to requests).
+func newClient(tb testing.TB, n *atomic.Int64) *memcache.Client {
+	tb.Helper()
+	c := memcache.New(testenv.MemcachedAddr(tb))
+	c.Timeout = 5 * time.Second // a loaded machine running -race
+	c.MaxIdleConns = 16
+	var d net.Dialer
+	c.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return countingConn{Conn: conn, n: n}, nil
+	}
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// newLocker returns an independent Locker with a client of its own, both
+// closed at the end of tb.
+func newLocker(tb testing.TB, opts ...memcachedlock.Option) *memcachedlock.Locker {
+	tb.Helper()
+	l := memcachedlock.New(newClient(tb, &requests), opts...)
+	tb.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+// conformanceConfig is the configuration of both suites: memcached counts
+// whole seconds.
+func conformanceConfig() conformance.Config {
+	return conformance.Config{
+		NewLocker:      func(t *testing.T) lock.Locker { return newLocker(t) },
+		NewLockerTB:    func(tb testing.TB) lock.Locker { return newLocker(tb) },
+		TTLGranularity: time.Second,
+		RoundTrips:     requests.Load,
+	}
+}
+
+func TestConformance(t *testing.T) {
+	conformance.Run(t, conformanceConfig())
+}
+
+func TestStoreConformance(t *testing.T) {
+	conformance.RunStore(t, conformance.StoreConfig{
+		NewStore:       func(t *testing.T) idempotency.Store { return newLocker(t) },
+		TTLGranularity: time.Second,
+	})
+}
+
+func BenchmarkConformance(b *testing.B) {
+	conformance.Benchmark(b, conformanceConfig())
+}

@@ -1,0 +1,89 @@
+package memcachedlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/idemlock/lock"
+)
+
+// Claim makes one attempt on key for the idempotency helper. The key's lock
+// and its completed record are one memcached item, so the look-up and the
+// take are one atomic `add`: it fails while either a lock or a record is
+// stored. Only then does Claim read the item: a record is returned (with a
+// nil Lease), a lock gives a *lock.NotAcquiredError. An uncontended first
+// claim is 2 requests (add, incr), a replay 2 (add, get).
+func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
+	for range 2 {
+		le, err := l.take(ctx, key, ttl)
+		if err == nil {
+			return le, nil, nil
+		}
+		var held *lock.NotAcquiredError
+		if !errors.As(err, &held) {
+			return nil, nil, err
+		}
+		if err := l.usable(ctx); err != nil {
+			return nil, nil, err
+		}
+		it, gerr := l.client.Get(l.lockKey(key))
+		switch {
+		case errors.Is(gerr, memcache.ErrCacheMiss):
+			continue // released (or expired) since the add: try again
+		case gerr != nil:
+			return nil, nil, l.opError("claim: get", key, gerr)
+		case len(it.Value) > 0 && it.Value[0] == kindRecord:
+			return nil, append([]byte{}, it.Value[1:]...), nil
+		}
+		return nil, nil, err
+	}
+	return nil, nil, &lock.NotAcquiredError{Key: key}
+}
+
+// Complete replaces the lock item of held by record, kept for retention
+// (rounded up to whole seconds, plus one, like a TTL; at most [MaxTTL]),
+// with one owner-checked gets + cas: if the lease no longer holds its key,
+// it returns an error matching lock.ErrNotHeld and stores nothing. A record
+// that does not fit in one item gives [ErrRecordTooLarge] and leaves the
+// lease holding. held must come from Claim or TryAcquire on a Locker of
+// this package.
+func (l *Locker) Complete(ctx context.Context, held lock.Lease, record []byte, retention time.Duration) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	le, ok := held.(*lease)
+	if !ok || le == nil {
+		return fmt.Errorf("%w: memcachedlock: Complete needs a lease from a memcachedlock Locker, got %T", lock.ErrInvalidArgument, held)
+	}
+	exp, _, err := expiry(retention)
+	if err != nil {
+		return err
+	}
+	if max := l.maxItemSize - itemOverhead - 1; len(record) > max {
+		return fmt.Errorf("%w: %d bytes, at most %d fit in a %d-byte item", ErrRecordTooLarge, len(record), max, l.maxItemSize)
+	}
+	value := make([]byte, 1+len(record))
+	value[0] = kindRecord
+	copy(value[1:], record)
+	err = le.swap(ctx, "complete", func(it *memcache.Item) {
+		it.Value = value
+		it.Expiration = exp
+	})
+	if err != nil {
+		if isTooLarge(err) {
+			return fmt.Errorf("%w: the server refused %d bytes: %w", ErrRecordTooLarge, len(record), err)
+		}
+		return err
+	}
+	le.markGone()
+	return nil
+}
+
+// isTooLarge reports whether memcached refused a value for its size.
+func isTooLarge(err error) bool {
+	return err != nil && !errors.Is(err, lock.ErrNotHeld) && strings.Contains(strings.ToLower(err.Error()), "too large")
+}
