@@ -216,7 +216,7 @@ func testExpiry(c *check, p params) {
 		time.Sleep(time.Until(sent.Add(p.short / 2))) // the clock is what is under test
 		c.refused(other, key, fmt.Sprintf("a lease must be held until its TTL %v (checked at half of it)", p.short))
 	}
-	c.awaitFree(other, key, p.long, p.expiryBound(p.short)-time.Since(sent), fmt.Sprintf("a lease with TTL %v must expire", p.short))
+	c.release(c.awaitFree(other, key, p.long, p.expiryBound(p.short)-time.Since(sent), fmt.Sprintf("a lease with TTL %v must expire", p.short)))
 }
 
 func testRefreshExtends(c *check, p params) {
