@@ -117,14 +117,22 @@ stopped() { # PID is in stopped (SIGSTOP) state
 	[[ $state == T ]]
 }
 
-# ourpid UNIT: print the recorded pid if it is alive and runs the unit's
-# binary; a pid file that fails that test is stale and is removed.
+# starttime PID: when the process started (clock ticks since boot); with the
+# pid it names one process for good, even after the pid is reused.
+starttime() {
+	sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20
+}
+
+# ourpid UNIT: print the recorded pid if that process (same pid and start
+# time) is alive and runs the unit's binary; a pid file that fails that test
+# is stale and is removed.
 ourpid() {
-	local unit=$1 f pid exe want
+	local unit=$1 f pid started exe want
 	f=$(pidfile "$unit")
 	[[ -f $f ]] || return 1
-	pid=$(<"$f")
-	if [[ $pid =~ ^[0-9]+$ ]] && alive "$pid"; then
+	read -r pid started <"$f" || true
+	if [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" &&
+		[[ -z $started || $(starttime "$pid") == "$started" ]]; then
 		exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
 		exe=${exe% (deleted)}
 		want=$(exe_of "$(binary "$unit")" || true)
@@ -380,14 +388,14 @@ launch() {
 		"$@" </dev/null >>"$log" 2>&1 8>&- 9>&- &
 	fi
 	pid=$!
-	echo "$pid" >"$(pidfile "$unit")"
+	echo "$pid $(starttime "$pid")" >"$(pidfile "$unit")"
 }
 
 # wait_ready UNIT: poll until the unit answers; fail with its log tail if it
 # exits or does not answer within $TIMEOUT seconds.
 wait_ready() {
 	local unit=$1 pid deadline
-	pid=$(<"$(pidfile "$unit")")
+	read -r pid _ <"$(pidfile "$unit")"
 	deadline=$((SECONDS + TIMEOUT))
 	while :; do
 		if ! alive "$pid"; then
@@ -470,7 +478,7 @@ start_unit() {
 		;;
 	esac
 	wait_ready "$unit"
-	say "$unit: started (pid $(<"$(pidfile "$unit")"), $((SECONDS - t0))s)"
+	say "$unit: started (pid $(ourpid "$unit"), $((SECONDS - t0))s)"
 }
 
 stop_unit() {
