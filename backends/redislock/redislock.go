@@ -1,0 +1,426 @@
+// Package redislock is the Redis backend of idemlock, on go-redis v9: one
+// [Locker] works with a single node (*redis.Client), Redis Cluster
+// (*redis.ClusterClient) and Sentinel (the failover *redis.Client of
+// redis.NewFailoverClient, or redis.NewUniversalClient with a MasterName).
+//
+//	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+//	locker := redislock.New(rdb)
+//	defer locker.Close() // frees the Locker's subscription; rdb stays open
+//	err := lock.Do(ctx, locker, "invoice/42", func(ctx context.Context) error { … })
+//
+// # Guarantees
+//
+// Take, refresh and release are one Lua script each, run with EVALSHA (and
+// EVAL once after the server lost its script cache), so an uncontended take
+// plus release costs two round trips. The take is SET NX PX inside the
+// script; refresh and release compare the lease's own value (its fencing
+// token and a random nonce) before they touch the key, so a stale lease never
+// extends or removes a newer holder's lock. The scripts are safe to repeat:
+// when go-redis re-sends one after a broken connection, a take that had
+// already succeeded returns its own lease, and a release that had already
+// happened reports success again (a released lock is left as a 5 s
+// "tombstone" that takes treat as free), so a lease is never reported held
+// when it is not, nor lost when it was merely released.
+//
+// # Fencing tokens
+//
+// [lock.Lease.Token] is max(c+1, t) where c is the last token handed out in
+// the key's Cluster hash slot (a counter key per slot and prefix, at most
+// 16,384 of them, never per lock key) and t is the server's TIME in
+// microseconds. Tokens therefore increase strictly for every key, across
+// holders and across expiry, without any per-key state surviving the lock.
+// If the server loses a counter (a restart without persistence, FLUSHALL, a
+// failover before the counter was replicated) the time floor keeps tokens
+// increasing, provided the (new) server's clock is not behind the time the
+// lost tokens were handed out: keep the servers' clocks synchronised.
+//
+// # TTLs
+//
+// TTLs are counted by the server (PX) in whole milliseconds; a TTL that is
+// not a multiple of a millisecond is rounded up. [lock.Deadliner] reports
+// the local time the take or refresh was sent plus the TTL: a lower bound of
+// the server's expiry.
+//
+// # Waiting
+//
+// *Locker implements [lock.Notifier], which [lock.Acquire] uses: a release
+// publishes on a channel named like the lock key — PUBLISH on a single node
+// or Sentinel, SPUBLISH (sharded pub/sub, Redis 7) in Cluster, so the event
+// stays on the key's shard. One subscription connection per Locker (in
+// Cluster: per master node that has waiters) serves all waiters, with one
+// receiving goroutine each; channels are reference-counted, subscribed on
+// the first waiter and unsubscribed after the last. Subscribe returns only
+// after the server confirmed the subscription (a PING sent behind the
+// SUBSCRIBE came back), so a release after Subscribe is never missed. If the
+// subscription connection breaks or the key's slot moves to another node,
+// every waiter is woken and re-subscribes before it tries again. Expiry
+// publishes nothing: a waiter never sleeps past the PTTL that the failed
+// take reported in the same round trip ([lock.NotAcquiredError.Remaining]).
+//
+// # Keys
+//
+// A lock key k is stored as "<prefix>{<k>}" (prefix "idemlock:" unless
+// [WithPrefix] says otherwise), where '%' and '}' in k are written as "%25"
+// and "%7D" so that the hash tag is always exactly the escaped key, whatever
+// bytes k holds. When the escaped key is longer than 128 bytes the tag is
+// "%#" plus the base64url SHA-256 of k instead. Different keys never share a
+// lock (up to SHA-256 collisions). The idempotency record of k is
+// "<prefix>{<k>}:r"; the fencing counters are "<prefix>{%!<n>}". Every key
+// one script touches is in one hash slot. SCAN with MATCH "<prefix>*" finds
+// them all; an ACL that confines the client to "~<prefix>*" and
+// "&<prefix>*" is enough.
+//
+// # URLs
+//
+// Importing the package registers these schemes with [lock.Open]:
+//
+//	redis://[user:password@]host:port[/db][?options]          single node
+//	rediss://…                                                 same, over TLS
+//	redis+cluster://[user:password@]host:port[,host:port…][?options]
+//	rediss+cluster://…                                         Cluster over TLS
+//	redis+sentinel://[user:password@]sentinel:port[,sentinel:port…][/db]?master_name=name[&options]
+//	rediss+sentinel://…                                        Sentinel over TLS
+//
+// Options are go-redis's own URL options (redis.ParseURL,
+// redis.ParseClusterURL, redis.ParseFailoverURL: dial_timeout, pool_size,
+// addr=… for more seeds, …) plus key_prefix=… for [WithPrefix]. The opener
+// turns on go-redis's context_timeout_enabled unless the URL sets it, so
+// context deadlines bound every command. The Locker owns the client it made
+// and closes it in Close.
+//
+// # Caveats
+//
+//   - Redis replicates asynchronously. A failover (Sentinel or Cluster) can
+//     lose a lock that the old master had not yet replicated, and a second
+//     holder can then take it. Check the fencing token at the protected
+//     resource when that matters; WAIT-based replication is not attempted.
+//   - go-redis bounds a command by its ReadTimeout, or by the context's
+//     deadline when ContextTimeoutEnabled is set; cancelling a context with
+//     no deadline does not interrupt a command already sent. Waiting in
+//     Subscribe and Wait honours cancellation at once.
+//   - Cluster needs Redis 7.0 or later (sharded pub/sub); a single node or
+//     Sentinel needs 6.2 or later. *redis.Ring is not supported.
+//   - Records given to [Locker.Complete] are limited to 512 MiB, Redis's
+//     default proto-max-bulk-len (see [WithMaxRecordSize]).
+package redislock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/idemlock/lock"
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultPrefix is the key prefix used unless [WithPrefix] sets another.
+const DefaultPrefix = "idemlock:"
+
+// DefaultMaxRecordSize is the largest record [Locker.Complete] stores
+// unless [WithMaxRecordSize] sets another: Redis's default
+// proto-max-bulk-len, 512 MiB.
+const DefaultMaxRecordSize = 512 << 20
+
+// ErrRecordTooLarge is matched by the error of [Locker.Complete] for a
+// record over the size limit; it also matches [lock.ErrInvalidArgument].
+var ErrRecordTooLarge = fmt.Errorf("%w: redislock: record too large", lock.ErrInvalidArgument)
+
+// ErrClosed is returned by [Locker.Subscribe] after [Locker.Close].
+var ErrClosed = errors.New("redislock: Locker closed")
+
+// Locker takes leases on Redis. It is safe for concurrent use. Make one
+// with [New] (or [lock.Open]) and Close it when done.
+type Locker struct {
+	client    redis.UniversalClient
+	cluster   *redis.ClusterClient // non-nil in Cluster mode
+	publish   string               // PUBLISH, or SPUBLISH in Cluster mode
+	prefix    string
+	maxRecord int
+	err       error     // a configuration error every call returns
+	owned     io.Closer // the client, when the Locker owns it (lock.Open)
+	closeOnce sync.Once
+	closeErr  error
+	notify    notifier
+}
+
+// Option configures a [Locker].
+type Option func(*Locker)
+
+// WithPrefix sets the prefix of every Redis key and channel the Locker uses
+// (default [DefaultPrefix]), so that applications sharing a server can keep
+// their locks apart. Lockers that share a prefix share locks. The prefix
+// must not contain '{' or '}', which would change the Cluster hash tag;
+// otherwise every call of the Locker returns an error matching
+// [lock.ErrInvalidArgument]. An empty prefix is allowed.
+func WithPrefix(prefix string) Option {
+	return func(l *Locker) { l.prefix = prefix }
+}
+
+// WithMaxRecordSize sets the largest record [Locker.Complete] accepts, in
+// bytes (default [DefaultMaxRecordSize]); larger records get an error
+// matching [ErrRecordTooLarge]. Lower it to protect the server's memory;
+// raising it past the server's proto-max-bulk-len makes the server refuse
+// the command instead. A non-positive size makes every call of the Locker
+// return an error matching [lock.ErrInvalidArgument].
+func WithMaxRecordSize(n int) Option {
+	return func(l *Locker) { l.maxRecord = n }
+}
+
+// New returns a Locker on client, which may be a *redis.Client (single node
+// or Sentinel failover client) or a *redis.ClusterClient. The Locker never
+// closes client. A nil or unsupported client, or a bad option, is reported
+// by every call of the Locker as an error matching [lock.ErrInvalidArgument].
+func New(client redis.UniversalClient, opts ...Option) *Locker {
+	l := &Locker{client: client, publish: "PUBLISH", prefix: DefaultPrefix, maxRecord: DefaultMaxRecordSize}
+	for _, o := range opts {
+		if o != nil {
+			o(l)
+		}
+	}
+	switch c := client.(type) {
+	case nil:
+		l.fail("nil client")
+	case *redis.Client:
+		if c == nil {
+			l.fail("nil *redis.Client")
+		}
+	case *redis.ClusterClient:
+		if c == nil {
+			l.fail("nil *redis.ClusterClient")
+		}
+		l.cluster, l.publish = c, "SPUBLISH"
+	case *redis.Ring:
+		l.fail("*redis.Ring is not supported (use a ClusterClient to shard locks)")
+	}
+	if strings.ContainsAny(l.prefix, "{}") {
+		l.fail(fmt.Sprintf("key prefix %q contains '{' or '}'", l.prefix))
+	}
+	if l.maxRecord <= 0 {
+		l.fail(fmt.Sprintf("max record size %d is not positive", l.maxRecord))
+	}
+	l.notify.l = l
+	return l
+}
+
+func (l *Locker) fail(why string) {
+	if l.err == nil {
+		l.err = fmt.Errorf("%w: redislock: %s", lock.ErrInvalidArgument, why)
+	}
+}
+
+// Close stops the Locker's subscription connections and their goroutines,
+// waking any waiter, and closes the client if the Locker owns it (one made
+// by [lock.Open]); a client passed to [New] stays open. Leases keep working
+// with a client that stays open. Close is safe to call more than once.
+func (l *Locker) Close() error {
+	l.closeOnce.Do(func() {
+		l.notify.close()
+		if l.owned != nil {
+			l.closeErr = l.owned.Close()
+		}
+	})
+	return l.closeErr
+}
+
+// keysFor returns the Redis names of key.
+func (l *Locker) keysFor(key string) keys { return keysFor(l.prefix, key) }
+
+// TryAcquire takes key for ttl if it is free, in one round trip. When the
+// key is held it returns a *lock.NotAcquiredError carrying the holder's
+// remaining TTL and fencing token (as Version).
+func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+		return nil, err
+	}
+	if l.err != nil {
+		return nil, l.err
+	}
+	k := l.keysFor(key)
+	le, _, err := l.take(ctx, takeScript, key, k, []string{k.lock, k.counter}, ttl)
+	if err != nil {
+		return nil, err
+	}
+	return le, nil
+}
+
+// take runs the take or claim script and interprets its answer.
+func (l *Locker) take(ctx context.Context, s *redis.Script, key string, k keys, redisKeys []string, ttl time.Duration) (*lease, []byte, error) {
+	ms := millis(ttl)
+	nonce := strconv.FormatUint(rand.Uint64(), 36)
+	sent := time.Now()
+	res, err := s.Run(ctx, l.client, redisKeys, nonce, ms).Slice()
+	if err != nil {
+		return nil, nil, opError("take", key, err)
+	}
+	code, _ := at(res, 0).(int64)
+	switch {
+	case code == 1:
+		tok, err := parseToken(at(res, 1))
+		if err != nil {
+			return nil, nil, opError("take", key, err)
+		}
+		return &lease{
+			l: l, key: key, keys: k, token: tok,
+			value:    strconv.FormatUint(tok, 10) + ":" + nonce,
+			tomb:     "r:" + nonce,
+			deadline: sent.Add(time.Duration(ms) * time.Millisecond),
+		}, nil, nil
+	case code == 0:
+		e := &lock.NotAcquiredError{Key: key}
+		if pttl, _ := at(res, 1).(int64); pttl > 0 {
+			e.Remaining = time.Duration(pttl) * time.Millisecond
+		}
+		e.Version, _ = parseToken(at(res, 2))
+		return nil, nil, e
+	case code == 2:
+		rec, ok := at(res, 1).(string)
+		if !ok {
+			return nil, nil, opError("claim", key, fmt.Errorf("unexpected record %T", at(res, 1)))
+		}
+		return nil, []byte(rec), nil
+	}
+	return nil, nil, opError("take", key, fmt.Errorf("unexpected script reply %v", res))
+}
+
+// at returns res[i], or nil when res is shorter.
+func at(res []any, i int) any {
+	if i < len(res) {
+		return res[i]
+	}
+	return nil
+}
+
+func parseToken(v any) (uint64, error) {
+	s, _ := v.(string)
+	tok, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("unexpected token %q from the server", s)
+	}
+	return tok, nil
+}
+
+// millis converts a positive TTL to whole milliseconds, rounding up.
+func millis(ttl time.Duration) int64 {
+	ms := int64(ttl / time.Millisecond)
+	if ttl%time.Millisecond != 0 {
+		ms++
+	}
+	return ms
+}
+
+// opError wraps an error of the server or the client with the operation
+// and key.
+func opError(op, key string, err error) error {
+	return fmt.Errorf("redislock: %s %q: %w", op, displayKey(key), err)
+}
+
+// notHeld is the error of a lease that no longer holds its lock.
+func notHeld(op, key string) error { return opError(op, key, lock.ErrNotHeld) }
+
+func displayKey(key string) string {
+	const max = 64
+	if len(key) <= max {
+		return key
+	}
+	return key[:max] + "…"
+}
+
+// lease states.
+const (
+	held   int32 = iota // held as far as this process knows
+	ending              // a release or completion is in flight
+	ended               // released, completed, or found lost
+)
+
+// lease is one holding of one Redis lock.
+type lease struct {
+	l     *Locker
+	key   string
+	keys  keys
+	token uint64
+	value string // the lock's value while this lease holds it
+	tomb  string // the lock's value once this lease released it
+	state atomic.Int32
+
+	mu       sync.Mutex
+	deadline time.Time
+}
+
+// Key returns the key as it was passed to TryAcquire.
+func (le *lease) Key() string { return le.key }
+
+// Token returns the lease's fencing token.
+func (le *lease) Token() uint64 { return le.token }
+
+// Deadline returns the local time the latest successful take or refresh
+// was sent plus its TTL: the lease is held at least until then.
+func (le *lease) Deadline() time.Time {
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	return le.deadline
+}
+
+// Refresh extends the lease to ttl from now if it still holds its lock,
+// in one round trip; otherwise it returns an error matching lock.ErrNotHeld.
+func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	if err := lock.ValidateTTL(ttl); err != nil {
+		return err
+	}
+	if le.state.Load() == ended {
+		return notHeld("refresh", le.key)
+	}
+	ms := millis(ttl)
+	sent := time.Now()
+	n, err := refreshScript.Run(ctx, le.l.client, []string{le.keys.lock}, le.value, ms).Int64()
+	if err != nil {
+		return opError("refresh", le.key, err)
+	}
+	if n != 1 {
+		le.state.CompareAndSwap(held, ended)
+		return notHeld("refresh", le.key)
+	}
+	le.mu.Lock()
+	le.deadline = sent.Add(time.Duration(ms) * time.Millisecond)
+	le.mu.Unlock()
+	return nil
+}
+
+// Release gives the lock up if this lease still holds it, in one round trip,
+// and wakes the key's waiters; otherwise it returns an error matching
+// lock.ErrNotHeld and leaves the key alone.
+func (le *lease) Release(ctx context.Context) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	return le.end(ctx, "release", releaseScript, []string{le.keys.lock})
+}
+
+// end runs the release or complete script (whose first three arguments are
+// the lease's value, its tombstone and the publish command) at most once
+// successfully per lease.
+func (le *lease) end(ctx context.Context, op string, s *redis.Script, redisKeys []string, extra ...any) error {
+	if !le.state.CompareAndSwap(held, ending) {
+		return notHeld(op, le.key)
+	}
+	args := append([]any{le.value, le.tomb, le.l.publish}, extra...)
+	n, err := s.Run(ctx, le.l.client, redisKeys, args...).Int64()
+	if err != nil {
+		le.state.Store(held) // unknown outcome: a retry will tell
+		return opError(op, le.key, err)
+	}
+	le.state.Store(ended)
+	if n != 1 {
+		return notHeld(op, le.key)
+	}
+	return nil
+}
