@@ -108,9 +108,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
@@ -133,9 +135,11 @@ const (
 	maxKeyLen = 250
 	// maxPrefixLen leaves room for a kind and a hashed key (1+43 bytes).
 	maxPrefixLen = 200
-	// itemOverhead is what an item needs besides its value: the key, the
-	// item header and the value's CRLF, rounded up generously.
-	itemOverhead = 512
+	// itemOverhead is what an item needs besides its value: a key of up to
+	// 250 bytes, the item header and the value's CRLF, rounded up (checked
+	// against memcached 1.6.18: with a 250-byte key a value of 1 MiB - 513
+	// bytes fits, 1 MiB - 300 does not).
+	itemOverhead = 600
 )
 
 var (
@@ -320,6 +324,28 @@ func (l *Locker) nextToken(key string) (uint64, error) {
 	return 0, fmt.Errorf("memcachedlock: token counter %q keeps disappearing", ckey)
 }
 
+// get reads an item (gets, with its CAS id). A read is safe to repeat, so
+// it is retried on a connection the server had closed: after a memcached
+// restart every pooled connection fails once with EOF, and gomemcache does
+// not retry. At most one attempt per pooled connection, plus one.
+func (l *Locker) get(item string) (*memcache.Item, error) {
+	attempts := max(l.client.MaxIdleConns, memcache.DefaultMaxIdleConns) + 1
+	for {
+		it, err := l.client.Get(item)
+		attempts--
+		if attempts == 0 || !closedConn(err) {
+			return it, err
+		}
+	}
+}
+
+// closedConn reports whether err means the connection was closed by the
+// server, as a pooled connection to a restarted server is.
+func closedConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
 // timeout is the client's per-request timeout.
 func (l *Locker) timeout() time.Duration {
 	if l.client.Timeout > 0 {
@@ -446,7 +472,7 @@ func (le *lease) swap(ctx context.Context, op string, change func(*memcache.Item
 	if err := l.usable(ctx); err != nil {
 		return err
 	}
-	it, err := l.client.Get(le.item)
+	it, err := l.get(le.item)
 	switch {
 	case errors.Is(err, memcache.ErrCacheMiss):
 		le.markGone()

@@ -30,7 +30,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 		if err := l.usable(ctx); err != nil {
 			return nil, nil, err
 		}
-		it, gerr := l.client.Get(l.lockKey(key))
+		it, gerr := l.get(l.lockKey(key))
 		switch {
 		case errors.Is(gerr, memcache.ErrCacheMiss):
 			continue // released (or expired) since the add: try again
