@@ -2,11 +2,11 @@ package idempotency
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/idemlock/lock"
 )
@@ -67,7 +67,8 @@ func Replayed(p *bool) DoOption { return func(d *doConfig) { d.replayed = p } }
 //   - If another call holds the key, Do returns an [*InProgressError]: nack
 //     the message with a delay of its RetryAfter, do not ack it.
 //   - Otherwise fn runs under the lease, renewed in the background by
-//     lock.KeepAlive. Its context carries the fencing token
+//     lock.KeepAlive (started once the work outlasts a third of the lease
+//     TTL, when the first refresh is due). Its context carries the fencing token
 //     ([TokenFromContext]) and is cancelled the moment the lease is lost
 //     or ctx ends.
 //   - If fn fails, the key is released, so a redelivery runs fn again,
@@ -110,6 +111,7 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 	fp := workerFingerprint(dc.payload)
 	skey := storageKey(domainWorkerKey, g.cfg.namespace, "", key)
 
+	sent := time.Now()
 	lease, stored, err := g.store.Claim(ctx, skey, g.cfg.leaseTTL)
 	switch {
 	case errors.Is(err, lock.ErrNotAcquired):
@@ -123,12 +125,7 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 		return replayValue[T](stored, fp, dc.codec)
 	}
 
-	k, err := lock.KeepAlive(ctx, lease, g.cfg.leaseTTL)
-	if err != nil {
-		rctx, cancel := g.storeCtx(ctx)
-		defer cancel()
-		return result, errors.Join(err, lease.Release(rctx))
-	}
+	k := g.keep(ctx, lease, sent)
 	panicked := true
 	defer func() {
 		if panicked {
@@ -197,10 +194,10 @@ func replayValue[T any](stored []byte, fp [fpSize]byte, codec Codec) (T, error) 
 
 // workerFingerprint hashes a [Do] payload.
 func workerFingerprint(payload []byte) [fpSize]byte {
-	h := sha256.New()
-	writeField(h, domainWorkerFP)
-	writeField(h, string(payload))
-	var fp [fpSize]byte
-	h.Sum(fp[:0])
+	h := getHasher()
+	h.field(domainWorkerFP)
+	field(h, payload)
+	fp := h.sum()
+	putHasher(h)
 	return fp
 }

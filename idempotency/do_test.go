@@ -248,3 +248,28 @@ func TestDoUnencodable(t *testing.T) {
 		t.Fatalf("duplicate: %v (%d runs)", err, runs)
 	}
 }
+
+// Work that outlasts the lease TTL keeps the key: the keep-alive starts at
+// a third of the TTL and renews from then on.
+func TestDoOutlastsLeaseTTL(t *testing.T) {
+	g, store := newGuard(t, idempotency.WithLeaseTTL(60*time.Millisecond))
+	ctx := context.Background()
+	v, err := idempotency.Do(ctx, g, "long", func(ctx context.Context) (int, error) {
+		deadline := time.Now().Add(300 * time.Millisecond) // five TTLs: time is what is under test
+		for time.Now().Before(deadline) {
+			if ctx.Err() != nil {
+				t.Errorf("the lease was lost while kept alive: %v", context.Cause(ctx))
+				return 0, ctx.Err()
+			}
+			if _, err := idempotency.Do(context.Background(), g, "long", func(context.Context) (int, error) { return 0, nil }); !errors.Is(err, idempotency.ErrInProgress) {
+				t.Errorf("a duplicate during the long run: %v, want ErrInProgress", err)
+				return 0, nil
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return 1, nil
+	})
+	if err != nil || v != 1 || store.Records() != 1 {
+		t.Fatalf("long run: %v %v, %d records", v, err, store.Records())
+	}
+}

@@ -426,7 +426,7 @@ func (g *Guard) storeCtx(ctx context.Context) (context.Context, context.CancelFu
 }
 
 // release gives a lease up after the work, logging a failure.
-func (g *Guard) release(ctx context.Context, k *lock.Keeper) {
+func (g *Guard) release(ctx context.Context, k *keeper) {
 	k.Stop()
 	if k.Lost() {
 		return // Release could only report ErrNotHeld
@@ -439,7 +439,7 @@ func (g *Guard) release(ctx context.Context, k *lock.Keeper) {
 }
 
 // complete stores rec for k's lease.
-func (g *Guard) complete(ctx context.Context, k *lock.Keeper, rec []byte) error {
+func (g *Guard) complete(ctx context.Context, k *keeper, rec []byte) error {
 	k.Stop()
 	sctx, cancel := g.storeCtx(ctx)
 	defer cancel()
@@ -466,6 +466,19 @@ func TokenFromContext(ctx context.Context) (uint64, bool) {
 	return t, ok
 }
 
+// tokenCtx carries the fencing token without boxing it until asked.
+type tokenCtx struct {
+	context.Context
+	token uint64
+}
+
+func (c *tokenCtx) Value(key any) any {
+	if _, ok := key.(tokenKey); ok {
+		return c.token
+	}
+	return c.Context.Value(key)
+}
+
 func withToken(ctx context.Context, token uint64) context.Context {
-	return context.WithValue(ctx, tokenKey{}, token)
+	return &tokenCtx{ctx, token}
 }

@@ -55,17 +55,18 @@ func defaultReplayHeaders() map[string]bool {
 	}
 }
 
-// filterHeader returns the allowed fields of h, or nil if none.
-func (c *config) filterHeader(h http.Header) http.Header {
-	var out http.Header
+// appendAllowed encodes the allowed fields of h as record header lines and
+// returns them with their count.
+func (c *config) appendAllowed(dst []byte, h http.Header) ([]byte, int) {
+	n := 0
 	for k, vs := range h {
-		if !c.replayHeader[k] || neverStored[k] || len(vs) == 0 {
+		if !c.replayHeader[k] || neverStored[k] {
 			continue
 		}
-		if out == nil {
-			out = make(http.Header, 4)
+		for _, v := range vs {
+			dst = appendHeaderLine(dst, k, v)
+			n++
 		}
-		out[k] = append([]string(nil), vs...)
 	}
-	return out
+	return dst, n
 }

@@ -2,9 +2,13 @@ package idempotency
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -130,7 +134,6 @@ const (
 	domainWorkerKey = "idemlock/idempotency/v1/worker-key"
 	domainHTTPFP    = "idemlock/idempotency/v1/http-fingerprint"
 	domainWorkerFP  = "idemlock/idempotency/v1/worker-fingerprint"
-	domainBody      = "idemlock/idempotency/v1/body"
 )
 
 // storePrefix starts every key a Store sees, so that an operator can tell
@@ -141,30 +144,62 @@ const storePrefix = "idem/"
 // domain-separated SHA-256 of (namespace, scope, key), hex encoded. Every
 // field is length-prefixed, so ("ab","c") and ("a","bc") never collide.
 func storageKey(domain, namespace, scope, key string) string {
-	h := sha256.New()
-	writeField(h, domain)
-	writeField(h, namespace)
-	writeField(h, scope)
-	writeField(h, key)
-	var sum [sha256.Size]byte
-	h.Sum(sum[:0])
+	h := getHasher()
+	h.field(domain)
+	h.field(namespace)
+	h.field(scope)
+	h.field(key)
+	sum := h.sum()
+	putHasher(h)
 	var out [len(storePrefix) + 2*sha256.Size]byte
 	copy(out[:], storePrefix)
 	hex.Encode(out[len(storePrefix):], sum[:])
 	return string(out[:])
 }
 
-type byteWriter interface {
-	Write(p []byte) (int, error)
+// hasher computes SHA-256 over length-prefixed fields, batching small
+// fields into one buffer. It is pooled: hashing allocates nothing.
+type hasher struct {
+	h   hash.Hash
+	buf []byte
 }
 
-// writeField writes a length-prefixed field into a hash.
-func writeField(h byteWriter, s string) {
-	var n [8]byte
-	l := uint64(len(s))
-	for i := range n {
-		n[i] = byte(l >> (56 - 8*i))
+var hasherPool = sync.Pool{New: func() any {
+	return &hasher{h: sha256.New(), buf: make([]byte, 0, 1024)}
+}}
+
+func getHasher() *hasher {
+	h := hasherPool.Get().(*hasher)
+	h.h.Reset()
+	h.buf = h.buf[:0]
+	return h
+}
+
+func putHasher(h *hasher) { hasherPool.Put(h) }
+
+// field adds one length-prefixed field.
+func field[S string | []byte](h *hasher, s S) {
+	h.buf = binary.BigEndian.AppendUint64(h.buf, uint64(len(s)))
+	if len(h.buf)+len(s) > cap(h.buf) {
+		_, _ = h.h.Write(h.buf)
+		h.buf = h.buf[:0]
+		if len(s) > cap(h.buf) {
+			if b, ok := any(s).([]byte); ok {
+				_, _ = h.h.Write(b)
+			} else {
+				_, _ = io.WriteString(h.h, string(s))
+			}
+			return
+		}
 	}
-	_, _ = h.Write(n[:])
-	_, _ = h.Write([]byte(s))
+	h.buf = append(h.buf, s...)
+}
+
+func (h *hasher) field(s string) { field(h, s) }
+
+func (h *hasher) sum() [sha256.Size]byte {
+	_, _ = h.h.Write(h.buf)
+	var out [sha256.Size]byte
+	h.h.Sum(out[:0])
+	return out
 }

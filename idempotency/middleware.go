@@ -3,7 +3,6 @@ package idempotency
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -28,7 +27,15 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 	})
 }
 
-var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// reqBuf buffers one request body; pooled, and never handed to the
+// handler (it gets a reader over the bytes, which stay valid until the
+// middleware returns).
+type reqBuf struct {
+	bytes.Buffer
+	lr io.LimitedReader
+}
+
+var bufPool = sync.Pool{New: func() any { return new(reqBuf) }}
 
 // body is the buffered request body handed to the handler in place of the
 // original, which it still closes.
@@ -77,14 +84,16 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 			tooLarge(w, c)
 			return
 		}
-		buf := bufPool.Get().(*bytes.Buffer)
+		buf := bufPool.Get().(*reqBuf)
 		buf.Reset()
 		defer func() {
+			buf.lr.R = nil
 			if buf.Cap() <= 64<<10 {
 				bufPool.Put(buf)
 			}
 		}()
-		_, err := buf.ReadFrom(io.LimitReader(r.Body, c.maxReqBody+1))
+		buf.lr = io.LimitedReader{R: r.Body, N: c.maxReqBody + 1}
+		_, err := buf.ReadFrom(&buf.lr)
 		if err != nil {
 			if r.Context().Err() != nil {
 				return // the client is gone
@@ -114,9 +123,10 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 	skey := storageKey(domainHTTPKey, c.namespace, scope, key)
 
 	ctx := r.Context()
+	sent := time.Now()
 	lease, stored, err := g.store.Claim(ctx, skey, c.leaseTTL)
 	if errors.Is(err, lock.ErrNotAcquired) && c.wait > 0 {
-		lease, stored, err = g.waitClaim(ctx, skey, err)
+		lease, stored, sent, err = g.waitClaim(ctx, skey, err)
 	}
 	switch {
 	case errors.Is(err, lock.ErrNotAcquired):
@@ -137,7 +147,7 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 	case lease == nil:
 		g.replay(w, stored, &fp)
 	default:
-		g.run(w, r, next, lease, &fp)
+		g.run(w, r, next, lease, sent, &fp)
 	}
 }
 
@@ -156,15 +166,15 @@ func (g *Guard) httpFingerprint(r *http.Request, body []byte) [fpSize]byte {
 }
 
 func httpFingerprint(method, pattern, route, query string, body []byte) [fpSize]byte {
-	h := sha256.New()
-	writeField(h, domainHTTPFP)
-	writeField(h, method)
-	writeField(h, pattern)
-	writeField(h, route)
-	writeField(h, query)
-	writeField(h, string(body))
-	var fp [fpSize]byte
-	h.Sum(fp[:0])
+	h := getHasher()
+	h.field(domainHTTPFP)
+	h.field(method)
+	h.field(pattern)
+	h.field(route)
+	h.field(query)
+	field(h, body)
+	fp := h.sum()
+	putHasher(h)
 	return fp
 }
 
@@ -191,30 +201,32 @@ func (g *Guard) replay(w http.ResponseWriter, stored []byte, fp *[fpSize]byte) {
 		return
 	}
 	h := w.Header()
-	for k, vs := range rec.header {
-		if g.cfg.replayHeader[k] && !neverStored[k] {
-			h[k] = vs
+	var prev []byte
+	rec.eachHeader(func(name, value []byte) {
+		// Only what is allowed now is replayed, whatever was stored then.
+		if !g.cfg.replayHeader[string(name)] || neverStored[string(name)] {
+			return
 		}
-	}
+		k := string(name)
+		if !bytes.Equal(name, prev) {
+			// The values of one field are stored together: the first
+			// replaces whatever outer middleware set.
+			h[k] = []string{string(value)}
+		} else {
+			h[k] = append(h[k], string(value))
+		}
+		prev = name
+	})
 	h.Set(ReplayedHeader, "true")
 	w.WriteHeader(rec.status)
 	_, _ = w.Write(rec.body)
 }
 
 // run runs next under the claimed lease and stores or releases the key.
-func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, lease lock.Lease, fp *[fpSize]byte) {
+func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, lease lock.Lease, sent time.Time, fp *[fpSize]byte) {
 	c := &g.cfg
 	ctx := r.Context()
-	k, err := lock.KeepAlive(ctx, lease, c.leaseTTL)
-	if err != nil {
-		sctx, cancel := g.storeCtx(ctx)
-		_ = lease.Release(sctx)
-		cancel()
-		g.logger().Error("idempotency: keep-alive", "error", err)
-		writeProblem(w, http.StatusServiceUnavailable, ProblemStoreUnavailable, "Idempotency store unavailable",
-			"The idempotency key could not be kept; retry later with the same key.", c.retryAfter)
-		return
-	}
+	k := g.keep(ctx, lease, sent)
 	rec := &recorder{w: w, max: c.maxRespBody, cfg: c}
 	done := false
 	defer func() {
@@ -240,7 +252,7 @@ func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, l
 			return
 		}
 		status = http.StatusOK // what net/http sends for a silent handler
-		rec.header = c.filterHeader(w.Header())
+		rec.hdr, rec.nhdr = c.appendAllowed(rec.hdr[:0], w.Header())
 	}
 	outcome := OutcomeStore
 	if !rec.terminal {
@@ -254,13 +266,13 @@ func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, l
 	case rec.over:
 		g.store1(ctx, k, &record{kind: kindHTTP, fp: *fp, tombstone: true, reason: TombstoneOversize})
 	default:
-		g.store1(ctx, k, &record{kind: kindHTTP, fp: *fp, status: status, header: rec.header, body: rec.body})
+		g.store1(ctx, k, &record{kind: kindHTTP, fp: *fp, status: status, nhdr: rec.nhdr, hdr: rec.hdr, body: rec.body})
 	}
 }
 
 // store1 completes the key with rec, logging what goes wrong: the response
 // was sent already.
-func (g *Guard) store1(ctx context.Context, k *lock.Keeper, rec *record) {
+func (g *Guard) store1(ctx context.Context, k *keeper, rec *record) {
 	err := g.complete(ctx, k, appendRecord(nil, rec))
 	switch {
 	case err == nil:
@@ -273,7 +285,7 @@ func (g *Guard) store1(ctx context.Context, k *lock.Keeper, rec *record) {
 
 // waitClaim retries the claim until the holder finishes or the wait ends,
 // woken by the Store's release events when it is a lock.Notifier.
-func (g *Guard) waitClaim(ctx context.Context, skey string, held error) (lock.Lease, []byte, error) {
+func (g *Guard) waitClaim(ctx context.Context, skey string, held error) (lock.Lease, []byte, time.Time, error) {
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.wait)
 	defer cancel()
 	var sub lock.Subscription
@@ -285,12 +297,13 @@ func (g *Guard) waitClaim(ctx context.Context, skey string, held error) (lock.Le
 	}
 	backoff := 2 * time.Millisecond
 	for {
+		sent := time.Now()
 		lease, stored, err := g.store.Claim(wctx, skey, g.cfg.leaseTTL)
 		if !errors.Is(err, lock.ErrNotAcquired) {
 			if wctx.Err() != nil && ctx.Err() == nil && err != nil {
-				return nil, nil, held // the wait ended during the claim
+				return nil, nil, sent, held // the wait ended during the claim
 			}
-			return lease, stored, err
+			return lease, stored, sent, err
 		}
 		held = err
 		var na *lock.NotAcquiredError
@@ -325,9 +338,9 @@ func (g *Guard) waitClaim(ctx context.Context, skey string, held error) (lock.Le
 		}
 		if wctx.Err() != nil {
 			if ctx.Err() != nil {
-				return nil, nil, ctx.Err()
+				return nil, nil, time.Time{}, ctx.Err()
 			}
-			return nil, nil, held
+			return nil, nil, time.Time{}, held
 		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/http"
 )
 
 // The record format, version 1. All integers are unsigned varints unless
@@ -94,12 +93,36 @@ type record struct {
 	reason    TombstoneReason
 	fp        [fpSize]byte
 	status    int
-	header    http.Header
+	nhdr      int    // header field lines in hdr
+	hdr       []byte // encoded header lines: (uvarint len, name, uvarint len, value)*
 	body      []byte
+}
+
+// appendHeaderLine encodes one header field line for record.hdr.
+func appendHeaderLine(dst []byte, name, value string) []byte {
+	dst = appendBytes(dst, name)
+	return appendBytes(dst, value)
+}
+
+// eachHeader calls fn for every header line of a decoded or built record.
+// The slices alias the record.
+func (r *record) eachHeader(fn func(name, value []byte)) {
+	d := decoder{b: r.hdr}
+	for range r.nhdr {
+		name := d.bytes("header name")
+		value := d.bytes("header value")
+		if d.err != nil {
+			return // decodeRecord validated hdr; a built one is well formed
+		}
+		fn(name, value)
+	}
 }
 
 // appendRecord encodes r after dst.
 func appendRecord(dst []byte, r *record) []byte {
+	if dst == nil {
+		dst = make([]byte, 0, headerSize+2*binary.MaxVarintLen64+len(r.hdr)+len(r.body))
+	}
 	dst = append(dst, recordMagic...)
 	var flags byte
 	if r.tombstone {
@@ -111,17 +134,8 @@ func appendRecord(dst []byte, r *record) []byte {
 	dst = append(dst, recordVersion, r.kind, flags, byte(r.reason))
 	dst = append(dst, r.fp[:]...)
 	dst = binary.AppendUvarint(dst, uint64(r.status))
-	n := 0
-	for _, vs := range r.header {
-		n += len(vs)
-	}
-	dst = binary.AppendUvarint(dst, uint64(n))
-	for name, vs := range r.header {
-		for _, v := range vs {
-			dst = appendBytes(dst, name)
-			dst = appendBytes(dst, v)
-		}
-	}
+	dst = binary.AppendUvarint(dst, uint64(r.nhdr))
+	dst = append(dst, r.hdr...)
 	dst = binary.AppendUvarint(dst, uint64(len(r.body)))
 	return append(dst, r.body...)
 }
@@ -168,19 +182,17 @@ func decodeRecord(b []byte) (*record, error) {
 	if d.err == nil && n > maxRecordHeaders {
 		d.err = &RecordError{Reason: fmt.Sprintf("%d header lines, more than %d", n, maxRecordHeaders)}
 	}
-	if d.err == nil && n > 0 {
-		r.header = make(http.Header, n)
-		for i := uint64(0); i < n && d.err == nil; i++ {
-			name := d.bytes("header name")
-			value := d.bytes("header value")
-			if d.err == nil && len(name) == 0 {
-				d.err = &RecordError{Reason: "empty header name"}
-			}
-			if d.err == nil {
-				k := string(name)
-				r.header[k] = append(r.header[k], string(value))
-			}
+	hdrStart := d.b
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		name := d.bytes("header name")
+		d.bytes("header value")
+		if d.err == nil && len(name) == 0 {
+			d.err = &RecordError{Reason: "empty header name"}
 		}
+	}
+	if d.err == nil {
+		r.nhdr = int(n)
+		r.hdr = hdrStart[: len(hdrStart)-len(d.b) : len(hdrStart)-len(d.b)]
 	}
 	body := d.bytes("body")
 	if d.err != nil {

@@ -17,7 +17,8 @@ type recorder struct {
 	max      int
 	cfg      *config
 	status   int
-	header   http.Header // allowed headers, captured at WriteHeader
+	hdr      []byte // allowed headers as record lines, captured at WriteHeader
+	nhdr     int
 	body     []byte
 	wrote    bool // a final status was written
 	over     bool // the body passed the cap; body was dropped
@@ -42,7 +43,7 @@ func (rec *recorder) WriteHeader(code int) {
 	if code == http.StatusSwitchingProtocols {
 		rec.hijack = true
 	}
-	rec.header = rec.cfg.filterHeader(rec.w.Header())
+	rec.hdr, rec.nhdr = rec.cfg.appendAllowed(rec.hdr[:0], rec.w.Header())
 	rec.w.WriteHeader(code)
 }
 

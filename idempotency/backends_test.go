@@ -1,0 +1,237 @@
+package idempotency_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/idemlock/lock/backends/memcachedlock"
+	"github.com/idemlock/lock/backends/redislock"
+	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/internal/testenv"
+	"github.com/redis/go-redis/v9"
+)
+
+// A small middleware and worker run on every real backend: the full
+// contract is specified by conformance.RunStore (which each backend runs)
+// and tested on memlock above; this proves the pieces fit on each server.
+
+// backend opens a Store on a real server, counting its round trips when
+// it can; tests get servers only through internal/testenv.
+type backend struct {
+	name string
+	open func(t *testing.T, trips *atomic.Int64) idempotency.Store
+}
+
+// countHook counts commands sent to Redis.
+type countHook struct{ n *atomic.Int64 }
+
+func (h countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { h.n.Add(1); return next(ctx, cmd) }
+}
+func (h countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(1); return next(ctx, cmds) }
+}
+
+func backends() []backend {
+	return []backend{
+		{"redis", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
+			c := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
+			c.AddHook(countHook{trips})
+			l := redislock.New(c)
+			t.Cleanup(func() { _ = l.Close(); _ = c.Close() })
+			return l
+		}},
+		{"redis-cluster", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
+			c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: testenv.RedisClusterAddrs(t)})
+			l := redislock.New(c)
+			t.Cleanup(func() { _ = l.Close(); _ = c.Close() })
+			return l
+		}},
+		{"memcached", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
+			c := memcache.New(testenv.MemcachedAddr(t))
+			l := memcachedlock.New(c)
+			t.Cleanup(func() { _ = l.Close(); _ = c.Close() })
+			return l
+		}},
+	}
+}
+
+// testLogger sends the Guard's log to the test's log.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, nil))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+
+func runID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func TestMiddlewareOnBackends(t *testing.T) {
+	for _, be := range backends() {
+		t.Run(be.name, func(t *testing.T) {
+			var trips atomic.Int64
+			store := be.open(t, &trips)
+			// Keys are unique per run: the servers are shared and keep
+			// records for their retention.
+			id := runID()
+			g, err := idempotency.New(store,
+				idempotency.WithScope(func(r *http.Request) string { return r.Header.Get("X-User") }),
+				idempotency.WithNamespace("idempotency-test/"+id),
+				idempotency.WithRetention(time.Minute),
+				idempotency.WithLogger(testLogger(t)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			storyOn(t, g)
+			workerOn(t, g)
+			waitOn(t, g)
+		})
+	}
+}
+
+// storyOn runs the checkout story's requests through g.
+func storyOn(t *testing.T, g *idempotency.Guard) {
+	t.Helper()
+	h := &counter{}
+	m := g.Middleware(h)
+	first := send(m, req{key: "k1", body: "cart", user: "u"})
+	if first.Code != http.StatusCreated {
+		t.Fatalf("first: %d %s", first.Code, first.Body)
+	}
+	replay := send(m, req{key: "k1", body: "cart", user: "u"})
+	if replay.Code != http.StatusCreated || replay.Header().Get(idempotency.ReplayedHeader) != "true" ||
+		replay.Body.String() != first.Body.String() || replay.Header().Get("Location") != "/orders/1" || replay.Header().Get("Set-Cookie") != "" {
+		t.Fatalf("replay: %d %v %q", replay.Code, replay.Header(), replay.Body)
+	}
+	problem(t, send(m, req{key: "k1", body: "other cart", user: "u"}), http.StatusUnprocessableEntity, idempotency.ProblemKeyReused)
+	if w := send(m, req{key: "k1", body: "cart", user: "someone else"}); w.Header().Get(idempotency.ReplayedHeader) != "" {
+		t.Fatalf("another scope replayed the response")
+	}
+	if n := h.runs.Load(); n != 2 {
+		t.Fatalf("handler ran %d times, want 2 (once per scope)", n)
+	}
+
+	// In flight: 409.
+	b := newBlocking()
+	mb := g.Middleware(b)
+	done := make(chan *httptest.ResponseRecorder)
+	go func() { done <- send(mb, req{key: "k2", user: "u"}) }()
+	<-b.started
+	problem(t, send(mb, req{key: "k2", user: "u"}), http.StatusConflict, idempotency.ProblemInProgress)
+	close(b.proceed)
+	<-done
+
+	// A failing charge releases the key; the retry runs and is stored.
+	s := &statusHandler{status: http.StatusInternalServerError}
+	ms := g.Middleware(s)
+	send(ms, req{key: "k3", user: "u"})
+	s.status = http.StatusCreated
+	send(ms, req{key: "k3", user: "u"})
+	if w := send(ms, req{key: "k3", user: "u"}); w.Header().Get(idempotency.ReplayedHeader) != "true" || s.runs.Load() != 2 {
+		t.Fatalf("release then store: %d runs, replay %q", s.runs.Load(), w.Header().Get(idempotency.ReplayedHeader))
+	}
+
+	// A large response within the cap round-trips intact.
+	big := strings.Repeat("0123456789abcdef", 4096) // 64 KiB
+	mbig := g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, big)
+	}))
+	send(mbig, req{key: "k4", user: "u"})
+	if w := send(mbig, req{key: "k4", user: "u"}); w.Body.String() != big {
+		t.Fatalf("64 KiB replay came back with %d bytes", w.Body.Len())
+	}
+}
+
+func workerOn(t *testing.T, g *idempotency.Guard) {
+	t.Helper()
+	ctx := context.Background()
+	runs := 0
+	fn := func(ctx context.Context) (receipt, error) {
+		runs++
+		if tok, ok := idempotency.TokenFromContext(ctx); !ok || tok == 0 {
+			t.Errorf("no fencing token")
+		}
+		return receipt{ID: "r", Amount: 1}, nil
+	}
+	for range 2 {
+		if v, err := idempotency.Do(ctx, g, "msg", fn); err != nil || v.ID != "r" {
+			t.Fatalf("Do: %v %v", v, err)
+		}
+	}
+	if runs != 1 {
+		t.Fatalf("worker ran %d times", runs)
+	}
+	started, proceed := make(chan struct{}), make(chan struct{})
+	done := make(chan error)
+	go func() {
+		_, err := idempotency.Do(ctx, g, "msg2", func(context.Context) (int, error) { close(started); <-proceed; return 1, nil })
+		done <- err
+	}()
+	<-started
+	if _, err := idempotency.Do(ctx, g, "msg2", func(context.Context) (int, error) { return 2, nil }); !errors.Is(err, idempotency.ErrInProgress) {
+		t.Fatalf("in flight: %v", err)
+	}
+	close(proceed)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitOn(t *testing.T, g *idempotency.Guard) {
+	t.Helper()
+	gw, err := g.With(idempotency.WithWait(20 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBlocking()
+	m := gw.Middleware(b)
+	first := make(chan *httptest.ResponseRecorder)
+	go func() { first <- send(m, req{key: "w", user: "u"}) }()
+	<-b.started
+	second := make(chan *httptest.ResponseRecorder)
+	go func() { second <- send(m, req{key: "w", user: "u"}) }()
+	close(b.proceed)
+	<-first
+	if w := <-second; w.Code != http.StatusCreated || b.runs.Load() != 1 {
+		t.Fatalf("waiting duplicate: %d, %d runs", w.Code, b.runs.Load())
+	}
+}
+
+// TestRoundTripsRedis checks the speed goal: a first request costs Claim +
+// Complete (2 round trips) and a replay one Claim.
+func TestRoundTripsRedis(t *testing.T) {
+	var trips atomic.Int64
+	store := backends()[0].open(t, &trips)
+	g, _ := idempotency.New(store, idempotency.WithNamespace("rt/"+runID()),
+		idempotency.WithScope(func(*http.Request) string { return "" }), idempotency.WithRetention(time.Minute))
+	m := g.Middleware(&counter{})
+	send(m, req{key: "warm-up"}) // the connection's handshake is not per request
+	before := trips.Load()
+	send(m, req{key: "k"})
+	firstTrips := trips.Load() - before
+	before = trips.Load()
+	send(m, req{key: "k"})
+	replayTrips := trips.Load() - before
+	t.Logf("Redis round trips: first request %d, replay %d", firstTrips, replayTrips)
+	if firstTrips > 3 || replayTrips != 1 {
+		t.Fatalf("round trips: first %d (want at most 3, goal 2), replay %d (want 1)", firstTrips, replayTrips)
+	}
+}

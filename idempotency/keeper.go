@@ -1,0 +1,142 @@
+package idempotency
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/idemlock/lock"
+)
+
+// keeper keeps one claimed lease alive while the work runs, with
+// lock.KeepAlive, started lazily: most guarded work finishes long before a
+// third of the lease TTL, when the first refresh is due, so the renewal
+// goroutine and its timers are only set up for work that lasts that long.
+// Until then the lease cannot expire, and the work's context is cancelled
+// the moment the Keeper reports the lease lost, exactly as with an eager
+// KeepAlive.
+type keeper struct {
+	lease  *trackedLease
+	ttl    time.Duration
+	ctx    context.Context // the work's context
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+
+	mu      sync.Mutex
+	k       *lock.Keeper // nil until started
+	stopped bool
+}
+
+// keep starts keeping lease, claimed with a request sent at sent, for work
+// running under parent.
+func (g *Guard) keep(parent context.Context, lease lock.Lease, sent time.Time) *keeper {
+	ttl := g.cfg.leaseTTL
+	tl := &trackedLease{Lease: lease, deadline: sent.Add(ttl)}
+	if d, ok := lease.(lock.Deadliner); ok {
+		tl.deadline = d.Deadline()
+	}
+	ctx, cancel := context.WithCancelCause(parent)
+	kp := &keeper{lease: tl, ttl: ttl, ctx: ctx, cancel: cancel}
+	kp.timer = time.AfterFunc(max(time.Until(tl.Deadline())-2*ttl/3, 0), kp.start)
+	return kp
+}
+
+// start refreshes the lease once, a third of the TTL after the claim, and
+// hands it to lock.KeepAlive for the rest of the work.
+func (kp *keeper) start() {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	if kp.stopped {
+		return
+	}
+	rctx, cancel := context.WithDeadline(kp.ctx, kp.lease.Deadline())
+	err := kp.lease.Refresh(rctx, kp.ttl)
+	cancel()
+	if errors.Is(err, lock.ErrNotHeld) {
+		kp.cancel(errors.Join(lock.ErrLeaseLost, err))
+		return
+	}
+	// A transient error is retried by the Keeper until the deadline.
+	k, err := lock.KeepAlive(kp.ctx, kp.lease, kp.ttl)
+	if err != nil {
+		kp.cancel(err)
+		return
+	}
+	kp.k = k
+	context.AfterFunc(k.Context(), func() {
+		if cause := context.Cause(k.Context()); !errors.Is(cause, lock.ErrStopped) {
+			kp.cancel(cause)
+		}
+	})
+}
+
+// Context is the work's context: cancelled when the lease is lost or the
+// parent ends.
+func (kp *keeper) Context() context.Context { return kp.ctx }
+
+// Lease returns the lease as the Store handed it out.
+func (kp *keeper) Lease() lock.Lease { return kp.lease.Lease }
+
+// Stop ends renewal; once it returns no refresh runs or will start.
+func (kp *keeper) Stop() {
+	kp.mu.Lock()
+	kp.stopped = true
+	kp.timer.Stop()
+	k := kp.k
+	kp.mu.Unlock()
+	if k != nil {
+		k.Stop()
+	}
+	kp.cancel(lock.ErrStopped)
+}
+
+// Err returns why the lease is no longer kept, or nil.
+func (kp *keeper) Err() error {
+	if kp.ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(kp.ctx)
+}
+
+// Lost reports whether the lease was lost while the work ran.
+func (kp *keeper) Lost() bool { return errors.Is(kp.Err(), lock.ErrLeaseLost) }
+
+// trackedLease gives lock.KeepAlive the lease's true deadline, counted from
+// when the claim was sent, on backends whose leases do not report one.
+type trackedLease struct {
+	lock.Lease
+	mu       sync.Mutex
+	deadline time.Time
+}
+
+func (t *trackedLease) Refresh(ctx context.Context, ttl time.Duration) error {
+	sent := time.Now()
+	err := t.Lease.Refresh(ctx, ttl)
+	if err == nil {
+		d := sent.Add(ttl)
+		if dl, ok := t.Lease.(lock.Deadliner); ok {
+			d = dl.Deadline()
+		}
+		t.mu.Lock()
+		t.deadline = d
+		t.mu.Unlock()
+	}
+	return err
+}
+
+// Deadline implements lock.Deadliner.
+func (t *trackedLease) Deadline() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.deadline
+}
+
+// Lost implements lock.LossNotifier when the lease does; a nil channel never
+// fires.
+func (t *trackedLease) Lost() <-chan struct{} {
+	if ln, ok := t.Lease.(lock.LossNotifier); ok {
+		return ln.Lost()
+	}
+	return nil
+}
