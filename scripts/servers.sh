@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # servers.sh — the real servers idemlock's tests run against, on loopback.
 #
-#   scripts/servers.sh start            install what is missing, start all, wait until they answer
-#   scripts/servers.sh stop             stop what this script started (by recorded pid)
+#   scripts/servers.sh start [NAME...]  install what is missing, start all (or the NAMEs), wait until they answer
+#   scripts/servers.sh stop [NAME...]   stop what this script started (by recorded pid)
 #   scripts/servers.sh status           show each server; exit 1 unless all answer
 #   scripts/servers.sh env              print export lines: eval "$(scripts/servers.sh env)"
 #   scripts/servers.sh pause NAME       SIGSTOP a server (fault tests)
@@ -16,6 +16,10 @@
 # beside): Redis 16379; Redis Cluster 17001-17003 (bus 27001-27003); etcd
 # client 12379, peer 12380; Consul http 18500, server 18300, serf 18301/18302,
 # grpc 18502 (dns, https and grpc_tls disabled); memcached 21211.
+#
+# IDEMLOCK_PORT_OFFSET (default 0) is added to every port: with a scratch
+# folder of its own it runs a private set of servers beside the shared one
+# (internal/testenv.Private does that for fault tests).
 #
 # Data, logs and pid files live in ${IDEMLOCK_SERVERS_DIR:-<repo>/.servers}.
 # Consul (MPL-2.0 v1.14.11, built from source once) is cached in
@@ -36,16 +40,21 @@ CONSUL_BIN=$CACHE/consul-$CONSUL_VERSION/consul
 TIMEOUT=${IDEMLOCK_SERVERS_TIMEOUT:-60}
 
 HOST=127.0.0.1
-REDIS_PORT=16379
-CLUSTER_PORTS=(17001 17002 17003)
-ETCD_PORT=12379
-ETCD_PEER_PORT=12380
-CONSUL_HTTP=18500
-CONSUL_SERVER=18300
-CONSUL_SERF_LAN=18301
-CONSUL_SERF_WAN=18302
-CONSUL_GRPC=18502
-MEMCACHED_PORT=21211
+OFFSET=${IDEMLOCK_PORT_OFFSET:-0}
+[[ $OFFSET =~ ^[0-9]+$ && $OFFSET -lt 20000 ]] || {
+	printf 'servers.sh: error: IDEMLOCK_PORT_OFFSET=%s is not a number below 20000\n' "$OFFSET" >&2
+	exit 2
+}
+REDIS_PORT=$((16379 + OFFSET))
+CLUSTER_PORTS=($((17001 + OFFSET)) $((17002 + OFFSET)) $((17003 + OFFSET)))
+ETCD_PORT=$((12379 + OFFSET))
+ETCD_PEER_PORT=$((12380 + OFFSET))
+CONSUL_HTTP=$((18500 + OFFSET))
+CONSUL_SERVER=$((18300 + OFFSET))
+CONSUL_SERF_LAN=$((18301 + OFFSET))
+CONSUL_SERF_WAN=$((18302 + OFFSET))
+CONSUL_GRPC=$((18502 + OFFSET))
+MEMCACHED_PORT=$((21211 + OFFSET))
 
 NAMES=(redis redis-cluster etcd consul memcached)
 
@@ -65,7 +74,10 @@ units() {
 	case $1 in
 	redis | etcd | consul | memcached) echo "$1" ;;
 	redis-cluster) printf 'redis-cluster-%s\n' "${CLUSTER_PORTS[@]}" ;;
-	redis-cluster-1700[1-3]) echo "$1" ;;
+	redis-cluster-[0-9]*)
+		[[ " ${CLUSTER_PORTS[*]} " == *" ${1#redis-cluster-} "* ]] || die "unknown cluster node '$1' (nodes: ${CLUSTER_PORTS[*]})"
+		echo "$1"
+		;;
 	*) die "unknown server '$1' (want one of: ${NAMES[*]})" ;;
 	esac
 }
@@ -587,28 +599,35 @@ lock() {
 	fi
 }
 
-cmd_start() {
+cmd_start() { # [NAME...]
+	local names=("$@")
+	[[ ${#names[@]} -gt 0 ]] || names=("${NAMES[@]}")
 	lock
 	install_packages
 	local t0=$SECONDS n u p
 	# Fail on a taken port, and build Consul, before anything starts.
-	for u in $(all_units); do
-		ourpid "$u" >/dev/null && continue
-		for p in $(ports "$u"); do
-			listening "$p" && die "port $p (for $u) is already in use by a process this script did not start; stop it or free the port, then run start again"
+	for n in "${names[@]}"; do
+		for u in $(units "$n"); do
+			ourpid "$u" >/dev/null && continue
+			for p in $(ports "$u"); do
+				listening "$p" && die "port $p (for $u) is already in use by a process this script did not start; stop it or free the port, then run start again"
+			done
+			[[ $u == consul ]] && build_consul
 		done
 	done
-	ourpid consul >/dev/null || build_consul
-	for n in "${NAMES[@]}"; do
+	for n in "${names[@]}"; do
 		start_name "$n" 0
 	done
-	say "all servers answer ($((SECONDS - t0))s); dir $DIR"
+	say "${names[*]} answer ($((SECONDS - t0))s); dir $DIR"
 }
 
-cmd_stop() {
+cmd_stop() { # [NAME...]
+	local names=("$@") n u
+	[[ ${#names[@]} -gt 0 ]] || names=("${NAMES[@]}")
 	lock
-	local u
-	for u in $(all_units); do stop_unit "$u"; done
+	for n in "${names[@]}"; do
+		for u in $(units "$n"); do stop_unit "$u"; done
+	done
 }
 
 cmd_status() {
@@ -670,7 +689,12 @@ main() {
 	local cmd=$1
 	shift
 	case $cmd in
-	start | stop | status | env)
+	start | stop)
+		local n
+		for n in "$@"; do units "$n" >/dev/null; done # dies on an unknown name
+		"cmd_$cmd" "$@"
+		;;
+	status | env)
 		[[ $# -eq 0 ]] || usage
 		"cmd_$cmd"
 		;;

@@ -6,6 +6,7 @@ package testenv_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -222,5 +223,48 @@ func TestSmokeMemcached(t *testing.T) {
 	}
 	if err := mc.Delete(key); err != nil {
 		t.Errorf("delete %s: %v", key, err)
+	}
+}
+
+// A private server is the fault tests' own: restarting it loses its data
+// and leaves the shared server untouched; pausing it makes it unresponsive.
+func TestPrivateServer(t *testing.T) {
+	shared := memcache.New(testenv.MemcachedAddr(t))
+	t.Cleanup(func() { _ = shared.Close() })
+	sharedKey := "testenv-private-" + t.Name()
+	if err := shared.Set(&memcache.Item{Key: sharedKey, Value: []byte("shared")}); err != nil {
+		t.Fatal(err)
+	}
+
+	in := testenv.Private(t, testenv.Memcached)
+	if in.Addr() == testenv.MemcachedAddr(t) {
+		t.Fatalf("private memcached shares the address %s", in.Addr())
+	}
+	mc := memcache.New(in.Addr())
+	mc.Timeout = 300 * time.Millisecond
+	t.Cleanup(func() { _ = mc.Close() })
+	if err := mc.Set(&memcache.Item{Key: "k", Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+
+	in.Pause(t)
+	if _, err := mc.Get("k"); err == nil {
+		t.Errorf("a paused server answered")
+	}
+	in.Resume(t)
+	if it, err := mc.Get("k"); err != nil || string(it.Value) != "v" {
+		t.Errorf("after resume: Get = %v, %v; want the value back", it, err)
+	}
+
+	in.Restart(t)
+	_, err := mc.Get("k")
+	if err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
+		_, err = mc.Get("k") // the first use of a pooled connection finds it closed
+	}
+	if !errors.Is(err, memcache.ErrCacheMiss) {
+		t.Errorf("after restart: Get = %v, want a cache miss (memcached keeps nothing)", err)
+	}
+	if it, err := shared.Get(sharedKey); err != nil || string(it.Value) != "shared" {
+		t.Errorf("the shared server lost its key to a private restart: %v, %v", it, err)
 	}
 }

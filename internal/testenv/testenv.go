@@ -22,18 +22,21 @@
 // fails the test instead of skipping it, so a test run that claims to cover a
 // backend really did.
 //
-// Fault tests drive the same script through Pause, Resume and Restart.
+// Fault tests start a server of their own with Private and pause, restart or
+// flush that one, so tests sharing the common servers are never disturbed.
 package testenv
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -57,6 +60,9 @@ const (
 	// EnvServersDir, if set, is the scratch folder scripts/servers.sh keeps
 	// its pid files in; Pause, Resume and Restart pass it on unchanged.
 	EnvServersDir = "IDEMLOCK_SERVERS_DIR"
+	// EnvPortOffset is added by scripts/servers.sh to every port; [Private]
+	// sets it to run a server beside the shared ones.
+	EnvPortOffset = "IDEMLOCK_PORT_OFFSET"
 )
 
 // Server names one of the test servers, spelled as scripts/servers.sh
@@ -206,58 +212,114 @@ func MemcachedAddr(t testing.TB) string {
 // of the Redis Cluster takes a few seconds, Consul's a few more.
 const scriptTimeout = 3 * time.Minute
 
-// Pause stops server s with SIGSTOP through scripts/servers.sh, so that it
-// holds its connections but answers nothing, as a hung server would. The
-// test's cleanup resumes it, so a failing test cannot leave it paused.
-func Pause(t testing.TB, s Server) {
+// Instance is a server started by [Private] for one test alone.
+type Instance struct {
+	server Server
+	dir    string // its scratch folder (pid files, data, logs)
+	offset int    // added to every port of the shared servers
+	addrs  []string
+}
+
+// Private starts a server of kind s for the calling test alone, in a
+// scratch folder of its own and on ports moved away from the shared
+// servers', and stops it when the test ends. Fault tests pause, restart or
+// flush it without disturbing the tests that share the common servers.
+//
+// Like [Addrs] it skips the test when the shared servers are not set up
+// (their variable is unset), or fails it under IDEMLOCK_REQUIRE_SERVERS=1.
+func Private(t testing.TB, s Server) *Instance {
 	t.Helper()
-	t.Cleanup(func() {
-		if err := run("resume", s); err != nil {
-			t.Errorf("testenv: resuming %s after the test: %v", s, err)
+	if _, err := lookup(s); err != nil {
+		if Required() {
+			t.Fatalf("testenv: %v (%s=1 makes this a failure; %s)", err, EnvRequire, howTo)
 		}
-	})
-	if err := run("pause", s); err != nil {
-		t.Fatalf("testenv: %v", err)
+		t.Skipf("testenv: %v; skipping test that needs a real %s server: %s", err, s, howTo)
 	}
+	var lastErr error
+	for range 5 {
+		in := &Instance{server: s, dir: t.TempDir(), offset: 3000 + 10*rand.IntN(600)}
+		if _, err := in.run("start"); err != nil {
+			lastErr = err
+			_, _ = in.run("stop")
+			continue // most likely a port another private server took first
+		}
+		t.Cleanup(func() {
+			if out, err := in.run("stop"); err != nil {
+				t.Errorf("testenv: stopping private %s: %v\n%s", s, err, out)
+			}
+		})
+		out, err := in.run("env")
+		if err == nil {
+			in.addrs, err = parseEnv(out, s.Env())
+		}
+		if err != nil {
+			t.Fatalf("testenv: private %s: %v", s, err)
+		}
+		if err := reachable(in.addrs); err != nil {
+			t.Fatalf("testenv: private %s: %v", s, err)
+		}
+		return in
+	}
+	t.Fatalf("testenv: could not start a private %s: %v", s, lastErr)
+	return nil
 }
 
-// Resume continues server s after Pause (SIGCONT).
-func Resume(t testing.TB, s Server) {
+// Addrs returns the private server's addresses, as [Addrs] does for the
+// shared one.
+func (in *Instance) Addrs() []string { return in.addrs }
+
+// Addr returns the private server's first address.
+func (in *Instance) Addr() string { return in.addrs[0] }
+
+// Pause stops the private server with SIGSTOP, so that it keeps its
+// connections but answers nothing, as a hung server would. The test's
+// cleanup stops it anyway, paused or not.
+func (in *Instance) Pause(t testing.TB) { in.must(t, "pause") }
+
+// Resume continues the private server after Pause (SIGCONT).
+func (in *Instance) Resume(t testing.TB) { in.must(t, "resume") }
+
+// Restart stops the private server and starts it again, returning once it
+// answers. Redis, memcached and Consul (dev mode) come back empty; etcd
+// keeps its data; a Redis Cluster keeps its topology but not its keys.
+func (in *Instance) Restart(t testing.TB) { in.must(t, "restart") }
+
+func (in *Instance) must(t testing.TB, verb string) {
 	t.Helper()
-	if err := run("resume", s); err != nil {
-		t.Fatalf("testenv: %v", err)
+	if out, err := in.run(verb); err != nil {
+		t.Fatalf("testenv: %s private %s: %v\n%s", verb, in.server, err, out)
 	}
 }
 
-// Restart stops server s and starts it again, returning once it answers.
-// Redis, memcached and Consul (dev mode) come back empty; etcd keeps its
-// data; the Redis Cluster keeps its topology but not its keys.
-func Restart(t testing.TB, s Server) {
-	t.Helper()
-	if err := run("restart", s); err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
-}
-
-// run executes scripts/servers.sh VERB s. The servers must already be
-// running, so the variables must be set, as for Addrs.
-func run(verb string, s Server) error {
-	if s.Env() == "" {
-		return fmt.Errorf("unknown server %q", s)
-	}
+// run executes scripts/servers.sh VERB [NAME] for this instance.
+func (in *Instance) run(verb string) ([]byte, error) {
 	script, err := Script()
 	if err != nil {
-		return err
+		return nil, err
+	}
+	args := []string{script, verb}
+	if verb != "env" {
+		args = append(args, string(in.server))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), scriptTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", script, verb, string(s))
-	cmd.Env = os.Environ() // IDEMLOCK_SERVERS_DIR passes through
+	cmd := exec.CommandContext(ctx, "bash", args...)
+	cmd.Env = append(os.Environ(), EnvServersDir+"="+in.dir, EnvPortOffset+"="+strconv.Itoa(in.offset))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("scripts/servers.sh %s %s: %v\n%s", verb, s, err, out)
+		return out, fmt.Errorf("scripts/servers.sh %s %s: %v\n%s", verb, in.server, err, out)
 	}
-	return nil
+	return out, nil
+}
+
+// parseEnv picks the value of variable name out of `servers.sh env` output.
+func parseEnv(out []byte, name string) ([]string, error) {
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "export "+name+"="); ok {
+			return strings.Split(v, ","), nil
+		}
+	}
+	return nil, fmt.Errorf("scripts/servers.sh env printed no %s", name)
 }
 
 // Script returns the path of scripts/servers.sh, found by walking up from
