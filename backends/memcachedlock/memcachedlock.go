@@ -28,6 +28,12 @@
 // at 1 when memcached restarts, so after a restart a stale lease's
 // remembered id can equal a new holder's.
 //
+// gomemcache takes no context: the context is checked before each request,
+// and a request in flight is bounded by the client's Timeout. After a
+// memcached restart every pooled connection fails once with EOF; gets, add
+// and incr, whose repetition is harmless, are retried on a fresh connection,
+// so a restart shows up as lost leases (lock.ErrNotHeld), not as errors.
+//
 // # Fencing tokens
 //
 // Tokens come from 64 counter items ("stripes"), chosen by a hash of the key,
@@ -272,7 +278,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*leas
 	}
 	le := &lease{l: l, key: key, item: l.lockKey(key), value: newLockValue()}
 	sent := time.Now()
-	err = l.client.Add(&memcache.Item{Key: le.item, Value: le.value, Expiration: exp})
+	err = l.add(&memcache.Item{Key: le.item, Value: le.value, Expiration: exp})
 	switch {
 	case errors.Is(err, memcache.ErrNotStored):
 		return nil, &lock.NotAcquiredError{Key: key}
@@ -302,7 +308,11 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*leas
 func (l *Locker) nextToken(key string) (uint64, error) {
 	ckey := l.counterKey(key)
 	for range 3 {
-		tok, err := l.client.Increment(ckey, 1)
+		var tok uint64
+		err := l.retry(func() (err error) {
+			tok, err = l.client.Increment(ckey, 1) // a repeated incr only skips a token
+			return err
+		})
 		switch {
 		case err == nil && tok > 0:
 			return tok, nil
@@ -312,7 +322,9 @@ func (l *Locker) nextToken(key string) (uint64, error) {
 			return 0, l.opError("incr", key, err)
 		}
 		seed := uint64(time.Now().UnixNano())
-		err = l.client.Add(&memcache.Item{Key: ckey, Value: strconv.AppendUint(nil, seed, 10)})
+		err = l.retry(func() error {
+			return l.client.Add(&memcache.Item{Key: ckey, Value: strconv.AppendUint(nil, seed, 10)})
+		})
 		switch {
 		case err == nil:
 			return seed, nil
@@ -325,16 +337,45 @@ func (l *Locker) nextToken(key string) (uint64, error) {
 }
 
 // get reads an item (gets, with its CAS id). A read is safe to repeat, so
-// it is retried on a connection the server had closed: after a memcached
-// restart every pooled connection fails once with EOF, and gomemcache does
-// not retry. At most one attempt per pooled connection, plus one.
-func (l *Locker) get(item string) (*memcache.Item, error) {
+// it is retried on a connection the server had closed (see retry).
+func (l *Locker) get(item string) (it *memcache.Item, err error) {
+	err = l.retry(func() error {
+		it, err = l.client.Get(item)
+		return err
+	})
+	return it, err
+}
+
+// add stores a lock item if none exists. It is retried on a closed
+// connection; if a retry finds the item present, the item is read back: it
+// may be this very add, applied just before the connection died.
+func (l *Locker) add(it *memcache.Item) error {
+	attempts := 0
+	err := l.retry(func() error {
+		attempts++
+		return l.client.Add(it)
+	})
+	if attempts > 1 && errors.Is(err, memcache.ErrNotStored) {
+		if cur, gerr := l.get(it.Key); gerr == nil && bytes.Equal(cur.Value, it.Value) {
+			return nil
+		}
+	}
+	return err
+}
+
+// retry calls op again while it fails on a connection the server had
+// closed: after a memcached restart every pooled connection fails once with
+// EOF, and gomemcache does not retry. The request never reached a server
+// then. At most one attempt per pooled connection, plus one. Only requests
+// whose repetition is harmless go through retry: gets, incr, add (see add);
+// never cas, whose repetition would report a conflict with itself.
+func (l *Locker) retry(op func() error) error {
 	attempts := max(l.client.MaxIdleConns, memcache.DefaultMaxIdleConns) + 1
 	for {
-		it, err := l.client.Get(item)
+		err := op()
 		attempts--
 		if attempts == 0 || !closedConn(err) {
-			return it, err
+			return err
 		}
 	}
 }

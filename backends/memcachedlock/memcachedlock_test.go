@@ -41,7 +41,13 @@ func (c countingConn) Write(b []byte) (int, error) {
 // end of tb, whose requests add to n (and to requests).
 func newClient(tb testing.TB, n *atomic.Int64) *memcache.Client {
 	tb.Helper()
-	c := memcache.New(testenv.MemcachedAddr(tb))
+	return newClientAt(tb, testenv.MemcachedAddr(tb), n)
+}
+
+// newClientAt is newClient for the server at addr.
+func newClientAt(tb testing.TB, addr string, n *atomic.Int64) *memcache.Client {
+	tb.Helper()
+	c := memcache.New(addr)
 	c.Timeout = 5 * time.Second // a loaded machine running -race
 	c.MaxIdleConns = 16
 	var d net.Dialer
