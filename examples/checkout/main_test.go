@@ -1,0 +1,46 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/idemlock/lock/internal/testenv"
+)
+
+func TestStory(t *testing.T) {
+	var out bytes.Buffer
+	if code := run("mem://", false, &out); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, &out)
+	}
+	for _, want := range []string{"OK: exactly one charge per key", "409 Conflict", "422 Unprocessable Entity", "502 Bad Gateway", "replayed", "client gave up"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the report lacks %q:\n%s", want, &out)
+		}
+	}
+}
+
+func TestStoryBadBackend(t *testing.T) {
+	var out bytes.Buffer
+	if code := run("nosuch://x", false, &out); code == 0 {
+		t.Fatalf("an unknown scheme exited 0:\n%s", &out)
+	}
+}
+
+// The same story runs on every real backend, through lock.Open.
+func TestStoryOnBackends(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		url  func(t *testing.T) string
+	}{
+		{"redis", func(t *testing.T) string { return "redis://" + testenv.RedisAddr(t) }},
+		{"memcached", func(t *testing.T) string { return "memcached://" + testenv.MemcachedAddr(t) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			if code := run(tc.url(t), false, &out); code != 0 {
+				t.Fatalf("exit %d:\n%s", code, &out)
+			}
+		})
+	}
+}
