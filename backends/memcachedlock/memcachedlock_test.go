@@ -96,3 +96,16 @@ func TestStoreConformance(t *testing.T) {
 func BenchmarkConformance(b *testing.B) {
 	conformance.Benchmark(b, conformanceConfig())
 }
+
+// BenchmarkRawRequest is one bare gomemcache request (a get that misses),
+// the unit the Locker's figures are multiples of on this machine.
+func BenchmarkRawRequest(b *testing.B) {
+	c := newClient(b, new(atomic.Int64))
+	key := "memcachedlock-bench-missing"
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Get(key); err != memcache.ErrCacheMiss {
+			b.Fatal(err)
+		}
+	}
+}
