@@ -18,18 +18,45 @@ import (
 
 // topology names a way of reaching Redis in these tests.
 type topology struct {
-	name      string
-	newClient func(tb testing.TB) redis.UniversalClient
+	name string
+	// newClient returns a client whose connections carry name (CLIENT
+	// SETNAME), so that fault tests can find and kill them.
+	newClient func(tb testing.TB, name string) redis.UniversalClient
 }
 
 var (
-	single = topology{"single", func(tb testing.TB) redis.UniversalClient {
-		return redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(tb)})
+	single = topology{"single", func(tb testing.TB, name string) redis.UniversalClient {
+		return redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(tb), ClientName: name})
 	}}
-	cluster = topology{"cluster", func(tb testing.TB) redis.UniversalClient {
-		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: testenv.RedisClusterAddrs(tb)})
+	cluster = topology{"cluster", func(tb testing.TB, name string) redis.UniversalClient {
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: testenv.RedisClusterAddrs(tb), ClientName: name})
 	}}
+	topologies = []topology{single, cluster}
 )
+
+// client returns a new client closed when tb ends.
+func (tp topology) client(tb testing.TB, name string) redis.UniversalClient {
+	tb.Helper()
+	c := tp.newClient(tb, name)
+	tb.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			tb.Errorf("closing the client: %v", err)
+		}
+	})
+	return c
+}
+
+// locker returns a Locker on c, closed when tb ends (before c).
+func locker(tb testing.TB, c redis.UniversalClient, opts ...redislock.Option) *redislock.Locker {
+	tb.Helper()
+	l := redislock.New(c, opts...)
+	tb.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			tb.Errorf("closing the Locker: %v", err)
+		}
+	})
+	return l
+}
 
 // countHook counts the commands (and pipelines) a client sends: the round
 // trips it makes.
@@ -54,22 +81,11 @@ func (h countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 // counted there.
 func (tp topology) newLocker(tb testing.TB, count *atomic.Int64, opts ...redislock.Option) *redislock.Locker {
 	tb.Helper()
-	c := tp.newClient(tb)
-	tb.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			tb.Errorf("closing the client: %v", err)
-		}
-	})
+	c := tp.client(tb, "")
 	if count != nil {
 		c.AddHook(countHook{count})
 	}
-	l := redislock.New(c, opts...)
-	tb.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			tb.Errorf("closing the Locker: %v", err)
-		}
-	})
-	return l
+	return locker(tb, c, opts...)
 }
 
 func (tp topology) config() conformance.Config {
@@ -108,9 +124,45 @@ func BenchmarkConformance(b *testing.B) { single.bench(b) }
 
 func BenchmarkConformanceCluster(b *testing.B) { cluster.bench(b) }
 
-// runPrefix returns a key prefix no other test run uses.
-func runPrefix(tb testing.TB) string {
+// testPrefix returns a key prefix no other test run uses, and deletes
+// every key under it when tb ends.
+func (tp topology) testPrefix(tb testing.TB) string {
+	tb.Helper()
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	return "idemlock-test:" + hex.EncodeToString(b[:]) + ":"
+	prefix := "idemlock-test:" + hex.EncodeToString(b[:]) + ":"
+	admin := tp.client(tb, "")
+	tb.Cleanup(func() {
+		ctx := context.Background()
+		del := func(ctx context.Context, c *redis.Client) error {
+			keys, err := c.Keys(ctx, prefix+"*").Result()
+			if err != nil || len(keys) == 0 {
+				return err
+			}
+			for _, k := range keys {
+				if err := c.Del(ctx, k).Err(); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		var err error
+		switch c := admin.(type) {
+		case *redis.ClusterClient:
+			err = c.ForEachMaster(ctx, del)
+		case *redis.Client:
+			err = del(ctx, c)
+		}
+		if err != nil {
+			tb.Logf("deleting the test keys under %q: %v", prefix, err)
+		}
+	})
+	return prefix
+}
+
+// uniqueName returns a client name no other test run uses.
+func uniqueName(tb testing.TB) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "idemlock-test-" + hex.EncodeToString(b[:])
 }

@@ -1,0 +1,152 @@
+package redislock
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/idemlock/lock/internal/testenv"
+	"github.com/redis/go-redis/v9"
+)
+
+// TestScriptsRepeatable runs each script twice with the same arguments, as
+// go-redis does when a connection breaks after a command was sent: the
+// repeat must report what the first run did, never a lease that is not held
+// or a release that did not happen.
+func TestScriptsRepeatable(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
+	defer c.Close()
+	ctx := t.Context()
+	k := keysFor(randomPrefix(), t.Name())
+	defer c.Del(context.WithoutCancel(ctx), k.lock, k.record(), k.counter)
+
+	take := func(nonce string) []any {
+		t.Helper()
+		res, err := takeScript.Run(ctx, c, []string{k.lock, k.counter}, nonce, 60000).Slice()
+		if err != nil {
+			t.Fatalf("take: %v", err)
+		}
+		return res
+	}
+	first := take("n1")
+	again := take("n1")
+	if first[0] != int64(1) || again[0] != int64(1) || first[1] != again[1] {
+		t.Fatalf("take, then the same take again: %v then %v, want the same token twice", first, again)
+	}
+	other := take("n2")
+	if other[0] != int64(0) || other[2] != first[1] {
+		t.Fatalf("another take of the held key: %v, want {0, PTTL, %v}", other, first[1])
+	}
+	value := first[1].(string) + ":n1"
+	release := func() int64 {
+		t.Helper()
+		n, err := releaseScript.Run(ctx, c, []string{k.lock}, value, "r:n1", "PUBLISH").Int64()
+		if err != nil {
+			t.Fatalf("release: %v", err)
+		}
+		return n
+	}
+	if a, b := release(), release(); a != 1 || b != 1 {
+		t.Fatalf("release, then the same release again: %d then %d, want 1 and 1", a, b)
+	}
+	if n, _ := refreshScript.Run(ctx, c, []string{k.lock}, value, 60000).Int64(); n != 0 {
+		t.Fatalf("refresh after release = %d, want 0", n)
+	}
+	next := take("n3")
+	if next[0] != int64(1) {
+		t.Fatalf("take over a tombstone: %v, want it taken", next)
+	}
+	t1, _ := strconv.ParseUint(first[1].(string), 10, 64)
+	t3, _ := strconv.ParseUint(next[1].(string), 10, 64)
+	if t3 <= t1 {
+		t.Fatalf("token after release %d, want greater than %d", t3, t1)
+	}
+	// The old lease's release must not touch the new holder.
+	if n := release(); n != 0 {
+		t.Fatalf("stale release = %d, want 0", n)
+	}
+
+	v3 := next[1].(string) + ":n3"
+	complete := func() int64 {
+		t.Helper()
+		n, err := completeScript.Run(ctx, c, []string{k.lock, k.record()}, v3, "r:n3", "PUBLISH", "rec", 60000).Int64()
+		if err != nil {
+			t.Fatalf("complete: %v", err)
+		}
+		return n
+	}
+	if a, b := complete(), complete(); a != 1 || b != 1 {
+		t.Fatalf("complete, then the same complete again: %d then %d, want 1 and 1", a, b)
+	}
+	res, err := claimScript.Run(ctx, c, []string{k.lock, k.counter, k.record()}, "n4", 60000).Slice()
+	if err != nil || res[0] != int64(2) || res[1] != "rec" {
+		t.Fatalf("claim after complete: %v, %v; want {2, rec}", res, err)
+	}
+}
+
+// randomPrefix returns a key prefix no other test run uses.
+func randomPrefix() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "idemlock-test:" + hex.EncodeToString(b[:]) + ":"
+}
+
+// TestTokens checks the token scheme on the server: a token is at least the
+// server's time in microseconds, follows the slot's counter when that is
+// ahead, and keeps increasing when the counter is lost.
+func TestTokens(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
+	defer c.Close()
+	ctx := t.Context()
+	prefix := randomPrefix()
+	l := New(c, WithPrefix(prefix))
+	defer l.Close()
+	k := keysFor(prefix, "k")
+	defer c.Del(context.WithoutCancel(ctx), k.lock, k.counter)
+
+	take := func() uint64 {
+		t.Helper()
+		le, err := l.TryAcquire(ctx, "k", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := le.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return le.Token()
+	}
+	now, err := c.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := take()
+	if floor := uint64(now.UnixMicro()); first < floor {
+		t.Fatalf("token %d is below the server's time %d µs", first, floor)
+	}
+	if got, _ := c.Get(ctx, k.counter).Uint64(); got != first {
+		t.Fatalf("the slot counter %q holds %d, want the last token %d", k.counter, got, first)
+	}
+	// A lost counter: the time floor keeps tokens increasing.
+	if err := c.Del(ctx, k.counter).Err(); err != nil {
+		t.Fatal(err)
+	}
+	second := take()
+	if second <= first {
+		t.Fatalf("token %d after the counter was lost, want greater than %d", second, first)
+	}
+	// A counter ahead of the clock (a server whose clock stepped back):
+	// tokens follow the counter.
+	ahead := second + 1_000_000_000
+	if err := c.Set(ctx, k.counter, ahead, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if third := take(); third != ahead+1 {
+		t.Fatalf("token %d with the counter at %d, want %d", third, ahead, ahead+1)
+	}
+	if ttl, _ := c.PTTL(ctx, k.counter).Result(); ttl != -1 {
+		t.Fatalf("the counter has TTL %v, want none", ttl)
+	}
+}
