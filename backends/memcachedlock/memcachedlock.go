@@ -21,12 +21,13 @@
 //     name alone.
 //
 // An uncontended take + release is 4 requests (add, incr, gets, cas); a
-// refresh is 2. Fewer is not possible safely with gomemcache on memcached
-// 1.6: the client sends one command per request and never returns the CAS
-// id of a store, so the owner check needs its own `gets`; and releasing with
-// a CAS id remembered from the take would be unsafe, because CAS ids restart
-// at 1 when memcached restarts, so after a restart a stale lease's
-// remembered id can equal a new holder's.
+// refresh is 2; a failed take 1. Fewer would need something gomemcache or
+// memcached 1.6.18 lacks: the client sends one command per request (no
+// pipelining of add and incr) and a store never returns its CAS id; a
+// release by a CAS id remembered from the take would be unsafe, since CAS
+// ids restart at 1 when memcached restarts, so after a restart a stale
+// lease's id can equal a new holder's; and the meta protocol's client-chosen
+// CAS ids (ms/md E flag), which would make that safe, are newer than 1.6.18.
 //
 // gomemcache takes no context: the context is checked before each request,
 // and a request in flight is bounded by the client's Timeout. After a
@@ -290,7 +291,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*leas
 	// ends meanwhile; it is one more request.
 	le.token, err = l.nextToken(key)
 	if err == nil && !time.Now().Before(sent.Add(granted)) {
-		err = fmt.Errorf("%w: memcachedlock: key %q: the lease ran out (TTL %v) before its token was issued", lock.ErrNotAcquired, key, ttl)
+		err = fmt.Errorf("%w: memcachedlock: key %q: the lease ran out (TTL %v) before its token was issued", lock.ErrNotAcquired, displayKey(key), ttl)
 	}
 	if err != nil {
 		// Give the lock back, owner-checked; if that fails too it expires.
