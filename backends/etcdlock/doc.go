@@ -54,10 +54,11 @@
 // bound, from when the lease's grant or renewal was sent. Expiry is counted
 // by the etcd leader, relative to when it handled the request; it checks for
 // expired leases twice a second, so a key disappears up to about half a
-// second after its lease ran out. After a leader change (or a restart of a
-// single-member cluster) etcd extends every lease by its full TTL, so a lock
-// may then outlive its deadline: the lease stays truthful (Refresh and
-// Release report what etcd holds), but a paused holder must rely on fencing.
+// second after its lease ran out. When a member becomes leader (after a
+// leader change, or a restart of a single-member cluster) etcd restarts every
+// lease's countdown from its full TTL (lease checkpointing, off by default,
+// changes that), so a lock may then outlive its deadline; leases stay
+// truthful (Refresh and Release report what etcd holds).
 //
 // # Waiting
 //
@@ -102,7 +103,8 @@
 //
 //	etcd://host:port[,host:port...][/][?option=value&...]
 //
-// Options: prefix (string, default idemlock/), dial_timeout (duration,
+// (an IPv6 literal, in brackets, only as the sole endpoint: Go's URL parser
+// refuses it in a list). Options: prefix (string, default idemlock/), dial_timeout (duration,
 // default 5s), lease_pool (count, default 8), ttl_slack (duration, default
 // 1s), timeout (duration, default 5s), max_record_size (bytes, default
 // 1048576), retention_bucket (duration). The Locker owns the client Open made

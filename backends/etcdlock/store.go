@@ -95,7 +95,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 			if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
 				if tok, _, err := decodeRecord(kvs[0].Value); err == nil && tok == le.token {
 					// An earlier attempt whose answer was lost stored it.
-					l.pool.put(le.g)
+					le.l.pool.put(le.g)
 					le.releaseStrays()
 					return nil
 				}
@@ -103,7 +103,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 			return l.notHeld("complete", le.key, nil)
 		}
 		le.done = true
-		l.pool.put(le.g)
+		le.l.pool.put(le.g)
 		le.releaseStrays()
 		return nil
 	}
