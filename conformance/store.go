@@ -49,6 +49,7 @@ var storeSuite = []struct {
 	{"RecordOutlivesLease", "a record is kept for its retention, not for the lease's TTL", testRecordOutlivesLease},
 	{"RecordRetention", "a record is replayed until its retention ends, and then the key is free with a greater token", testRecordRetention},
 	{"KeepAliveClaim", "a claimed lease renewed by KeepAlive outlives its TTL and can still Complete", testKeepAliveClaim},
+	{"OversizeRecordKeepsLease", "a record the Store cannot hold is refused with an error other than ErrNotHeld, and the lease still holds", testOversizeRecord},
 	{"CompleteWakesSubscribers", "optional Notifier: Complete wakes subscribers of the key, as a release does", testCompleteWakes},
 }
 
@@ -448,4 +449,28 @@ func testCompleteWakes(c *check, p storeParams) {
 		c.Errorf("Wait returned %v after Complete, want within %v", d, eventBound)
 	}
 	c.recordIs(waiter, key, []byte("done"), "after the wake-up")
+}
+
+// oversize is larger than any backend's record limit by default (memcached
+// items and etcd requests stop near 1 MiB, Consul transactions at 512 KiB).
+const oversize = 8 << 20
+
+func testOversizeRecord(c *check, p storeParams) {
+	s := p.newStore(c)
+	key := c.key("k")
+	le := c.claim(s, key, p.long)
+	big := binaryRecord(oversize)
+	err := s.Complete(c.ctx(), le, big, p.long)
+	if err == nil {
+		c.recordIs(p.newStore(c), key, big, "a Store that accepts an 8 MiB record must return it whole")
+		return
+	}
+	if errors.Is(err, lock.ErrNotHeld) {
+		c.Fatalf("Complete of an 8 MiB record by a live lease: %v; a refusal for size must not claim the lease was lost", err)
+	}
+	// The idempotency helper then stores a small tombstone with the same
+	// lease, so that the work is never run again.
+	c.claimRefused(p.newStore(c), key, "after a refused record the lease must still hold")
+	c.complete(s, le, []byte("tombstone"), p.long)
+	c.recordIs(p.newStore(c), key, []byte("tombstone"), "the record stored after a refused one")
 }

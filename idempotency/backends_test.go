@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/idemlock/lock"
+	_ "github.com/idemlock/lock/backends/etcdlock"
 	"github.com/idemlock/lock/backends/memcachedlock"
 	"github.com/idemlock/lock/backends/redislock"
 	"github.com/idemlock/lock/idempotency"
@@ -59,6 +61,9 @@ func backends() []backend {
 			t.Cleanup(func() { _ = l.Close(); _ = c.Close() })
 			return l
 		}},
+		{"etcd", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
+			return openURL(t, "etcd://"+hostPort(testenv.EtcdEndpoints(t)[0]))
+		}},
 		{"memcached", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
 			c := memcache.New(testenv.MemcachedAddr(t))
 			l := memcachedlock.New(c)
@@ -78,6 +83,29 @@ type tWriter struct{ t *testing.T }
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// openURL opens a backend with lock.Open, as the examples do.
+func openURL(t *testing.T, url string) idempotency.Store {
+	t.Helper()
+	b, err := lock.Open(context.Background(), url)
+	if err != nil {
+		t.Fatalf("lock.Open(%s): %v", url, err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	s, ok := b.(idempotency.Store)
+	if !ok {
+		t.Fatalf("%T is not an idempotency.Store", b)
+	}
+	return s
+}
+
+// hostPort drops a scheme from an endpoint such as http://127.0.0.1:2379.
+func hostPort(endpoint string) string {
+	if _, rest, ok := strings.Cut(endpoint, "://"); ok {
+		return rest
+	}
+	return endpoint
 }
 
 func runID() string {
@@ -160,6 +188,31 @@ func storyOn(t *testing.T, g *idempotency.Guard) {
 	send(mbig, req{key: "k4", user: "u"})
 	if w := send(mbig, req{key: "k4", user: "u"}); w.Body.String() != big {
 		t.Fatalf("64 KiB replay came back with %d bytes", w.Body.Len())
+	}
+
+	// A response at the middleware's cap (1 MiB) is over some backends'
+	// record limits (memcached's item size, Consul's transaction size):
+	// those stores refuse it and a tombstone is stored instead. Either
+	// way the handler runs once.
+	huge := strings.Repeat("z", idempotency.DefaultMaxResponseBody)
+	hugeRuns := 0
+	mhuge := g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hugeRuns++
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, huge)
+	}))
+	if w := send(mhuge, req{key: "k5", user: "u"}); w.Body.Len() != len(huge) {
+		t.Fatalf("the first caller got %d bytes of 1 MiB", w.Body.Len())
+	}
+	w := send(mhuge, req{key: "k5", user: "u"})
+	switch {
+	case hugeRuns != 1:
+		t.Fatalf("1 MiB response: the handler ran %d times", hugeRuns)
+	case w.Code == http.StatusOK && w.Body.Len() == len(huge):
+		t.Logf("1 MiB response stored and replayed")
+	default:
+		p := problem(t, w, http.StatusUnprocessableEntity, idempotency.ProblemNotReplayable)
+		t.Logf("1 MiB response refused by the store: %s", p.Detail)
 	}
 }
 

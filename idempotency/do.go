@@ -155,7 +155,11 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 		rec.body = body
 	}
 	lost := k.Err()
-	if cerr := g.complete(ctx, k, appendRecord(nil, &rec)); cerr != nil {
+	var tomb *record
+	if !rec.tombstone {
+		tomb = &record{kind: kindWorker, fp: fp, tombstone: true, reason: TombstoneRefused}
+	}
+	if cerr := g.complete(ctx, k, appendRecord(nil, &rec), tomb); cerr != nil {
 		if errors.Is(cerr, lock.ErrNotHeld) && errors.Is(lost, lock.ErrLeaseLost) {
 			cerr = errors.Join(lost, cerr)
 		} else if !errors.Is(cerr, lock.ErrNotHeld) {

@@ -438,18 +438,32 @@ func (g *Guard) release(ctx context.Context, k *keeper) {
 	}
 }
 
-// complete stores rec for k's lease.
-func (g *Guard) complete(ctx context.Context, k *keeper, rec []byte) error {
+// complete stores rec for k's lease. If the Store refuses the record but
+// still holds the lease (a record too large for the backend, such as a
+// memcached item over 1 MiB), it stores tomb instead, when given: the work
+// was done, so the key must never be released for it to run again.
+func (g *Guard) complete(ctx context.Context, k *keeper, rec []byte, tomb *record) error {
 	k.Stop()
 	sctx, cancel := g.storeCtx(ctx)
 	defer cancel()
 	err := g.store.Complete(sctx, k.Lease(), rec, g.cfg.retention)
-	if err != nil && !errors.Is(err, lock.ErrNotHeld) {
-		// The record is lost: free the key rather than leave it in
-		// progress until the lease expires.
-		if rerr := k.Lease().Release(sctx); rerr != nil && !errors.Is(rerr, lock.ErrNotHeld) {
-			err = errors.Join(err, rerr)
+	if err == nil || errors.Is(err, lock.ErrNotHeld) {
+		return err
+	}
+	if tomb != nil {
+		terr := g.store.Complete(sctx, k.Lease(), appendRecord(nil, tomb), g.cfg.retention)
+		if terr == nil {
+			g.logger().Warn("idempotency: the store refused the result; a tombstone was stored instead, so duplicates get a not-replayable answer", "error", err)
+			return nil
 		}
+		if errors.Is(terr, lock.ErrNotHeld) {
+			return terr
+		}
+	}
+	// The record is lost: free the key rather than leave it in progress
+	// until the lease expires.
+	if rerr := k.Lease().Release(sctx); rerr != nil && !errors.Is(rerr, lock.ErrNotHeld) {
+		err = errors.Join(err, rerr)
 	}
 	return err
 }

@@ -273,7 +273,11 @@ func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, l
 // store1 completes the key with rec, logging what goes wrong: the response
 // was sent already.
 func (g *Guard) store1(ctx context.Context, k *keeper, rec *record) {
-	err := g.complete(ctx, k, appendRecord(nil, rec))
+	var tomb *record
+	if !rec.tombstone {
+		tomb = &record{kind: rec.kind, fp: rec.fp, tombstone: true, reason: TombstoneRefused}
+	}
+	err := g.complete(ctx, k, appendRecord(nil, rec), tomb)
 	switch {
 	case err == nil:
 	case errors.Is(err, lock.ErrNotHeld):

@@ -906,3 +906,45 @@ func TestMarkTerminalOutsideGuard(t *testing.T) {
 		t.Fatal("MarkTerminal on an unguarded writer reported true")
 	}
 }
+
+// refusingStore refuses records over a size, keeping the lease, as a
+// backend with an item limit does.
+type refusingStore struct {
+	*memlock.Locker
+	limit int
+}
+
+func (s *refusingStore) Complete(ctx context.Context, le lock.Lease, rec []byte, ret time.Duration) error {
+	if len(rec) > s.limit {
+		return fmt.Errorf("record of %d bytes is over the %d-byte limit", len(rec), s.limit)
+	}
+	return s.Locker.Complete(ctx, le, rec, ret)
+}
+
+func TestStoreRefusesRecord(t *testing.T) {
+	store := &refusingStore{Locker: memlock.New(), limit: 1000}
+	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "" }))
+	runs := 0
+	big := strings.Repeat("y", 2000)
+	m := g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs++
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, big)
+	}))
+	if w := send(m, req{key: "k"}); w.Body.String() != big {
+		t.Fatalf("first caller got %d bytes", w.Body.Len())
+	}
+	p := problem(t, send(m, req{key: "k"}), http.StatusUnprocessableEntity, idempotency.ProblemNotReplayable)
+	if !strings.Contains(p.Detail, "store could not hold") || runs != 1 {
+		t.Fatalf("refused record: %q, %d runs", p.Detail, runs)
+	}
+	// Workers too: the result is tombstoned, fn never runs twice.
+	wruns := 0
+	fn := func(context.Context) (string, error) { wruns++; return big, nil }
+	if v, err := idempotency.Do(context.Background(), g, "w", fn); err != nil || v != big {
+		t.Fatalf("first Do: %v", err)
+	}
+	if _, err := idempotency.Do(context.Background(), g, "w", fn); !errors.Is(err, idempotency.ErrNotReplayable) || wruns != 1 {
+		t.Fatalf("duplicate Do: %v, %d runs", err, wruns)
+	}
+}

@@ -52,7 +52,8 @@ const (
 	TombstoneStreamed                  // the handler flushed: a stream is not replayable
 	TombstoneHijacked                  // the handler took the connection over
 	TombstoneEncoding                  // the result could not be encoded
-	maxTombstoneReason = TombstoneEncoding
+	TombstoneRefused                   // the Store refused the record (too large for it)
+	maxTombstoneReason = TombstoneRefused
 )
 
 func (r TombstoneReason) String() string {
@@ -67,6 +68,8 @@ func (r TombstoneReason) String() string {
 		return "the handler hijacked the connection"
 	case TombstoneEncoding:
 		return "the result could not be encoded"
+	case TombstoneRefused:
+		return "the store could not hold the response (too large for the backend)"
 	}
 	return fmt.Sprintf("reason %d", uint8(r))
 }

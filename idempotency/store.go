@@ -31,5 +31,10 @@ type Store interface {
 	// lease (which Claim on this Store returned) still holds its key.
 	// Otherwise it returns an error matching lock.ErrNotHeld and stores
 	// nothing, so a completion never overwrites a newer owner.
+	//
+	// A record the Store cannot hold (larger than its backend allows) is
+	// refused with an error that does not match lock.ErrNotHeld, and the
+	// lease keeps holding: the Guard then completes with a small tombstone
+	// instead, so that work that was done is never run again.
 	Complete(ctx context.Context, lease lock.Lease, record []byte, retention time.Duration) error
 }

@@ -35,6 +35,7 @@ func TestStoryOnBackends(t *testing.T) {
 	}{
 		{"redis", func(t *testing.T) string { return "redis://" + testenv.RedisAddr(t) }},
 		{"memcached", func(t *testing.T) string { return "memcached://" + testenv.MemcachedAddr(t) }},
+		{"etcd", func(t *testing.T) string { return "etcd://" + hostPort(testenv.EtcdEndpoints(t)[0]) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
@@ -43,4 +44,12 @@ func TestStoryOnBackends(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hostPort drops a scheme from an endpoint such as http://127.0.0.1:2379.
+func hostPort(endpoint string) string {
+	if _, rest, ok := strings.Cut(endpoint, "://"); ok {
+		return rest
+	}
+	return endpoint
 }
