@@ -70,7 +70,9 @@ func (c *config) fail(err error) {
 
 // WithPrefix sets the etcd key prefix under which the Locker keeps its keys
 // (default [DefaultPrefix]). Lockers that must exclude each other use the
-// same prefix. Any string is valid, the empty one included.
+// same prefix. Any string is valid, the empty one included; Lockers with
+// different prefixes share no lock unless one prefix extends the other
+// (prefix "a/" keeps lock "l/x" where prefix "a/l/" keeps lock "x").
 func WithPrefix(prefix string) Option {
 	return func(c *config) { c.prefix = prefix }
 }
@@ -94,8 +96,11 @@ func WithLeasePool(n int) Option {
 // seconds) a lock may last, between 0 and an hour (default
 // [DefaultTTLSlack]). A lock always lasts at least its TTL; the slack lets a
 // lease granted up to that long before a take serve it, which is what makes
-// a warm take one round trip. With zero slack, TTLs of whole seconds never
-// find a pooled lease fresh enough and every take grants one first.
+// a warm take one round trip. A pooled lease older than the slack is renewed
+// before use (one more request in line), so a Locker that takes locks less
+// often than once per slack pays two requests per take: raise the slack if
+// latency matters more than TTL precision. With zero slack, TTLs of whole
+// seconds never find a pooled lease fresh enough.
 func WithTTLSlack(d time.Duration) Option {
 	return func(c *config) {
 		if d < 0 || d > maxTTLSlack {

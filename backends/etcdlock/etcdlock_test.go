@@ -158,3 +158,25 @@ func BenchmarkConformance(b *testing.B) {
 		RoundTrips:     benchCounter.load,
 	})
 }
+
+// BenchmarkTakeReleasePoolOff is TakeRelease without the lease pool: each
+// take grants its lease in line and each release revokes it behind, the
+// cost the pool saves.
+func BenchmarkTakeReleasePoolOff(b *testing.B) {
+	var c counter
+	l := newLocker(b, &c, etcdlock.WithPrefix(testPrefix(b)), etcdlock.WithLeasePool(0))
+	ctx := context.Background()
+	b.ReportAllocs()
+	before := c.load()
+	for b.Loop() {
+		le, err := l.TryAcquire(ctx, "k", 30*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := le.Release(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	etcdlock.Quiesce(l)
+	b.ReportMetric(float64(c.load()-before)/float64(b.N), "roundtrips/op")
+}
