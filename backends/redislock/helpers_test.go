@@ -2,6 +2,9 @@ package redislock_test
 
 import (
 	"context"
+	"fmt"
+	"log"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -123,4 +126,22 @@ func noLeak(t *testing.T) {
 			t.Errorf("goroutines left behind: %v", err)
 		}
 	})
+}
+
+// quietSentinel is go-redis's logger for this test binary: it drops the
+// failover client's routine "sentinel: selected/new master" lines, which the
+// Sentinel tests would print by the hundred, and keeps everything else.
+type quietSentinel struct{}
+
+func (quietSentinel) Printf(_ context.Context, format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	if strings.HasPrefix(msg, "sentinel: selected ") || strings.HasPrefix(msg, "sentinel: new master=") {
+		return
+	}
+	log.Print("redis: ", msg)
+}
+
+func TestMain(m *testing.M) {
+	redis.SetLogger(quietSentinel{})
+	os.Exit(m.Run())
 }
