@@ -1,0 +1,4 @@
+package consullock
+
+// EscapeKey exposes the key escaping to the tests.
+var EscapeKey = escapeKey

@@ -1,0 +1,193 @@
+package consullock_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/idemlock/lock/backends/consullock"
+	"github.com/idemlock/lock/internal/testenv"
+)
+
+// requests counts every HTTP request the test Lockers made.
+var requests atomic.Int64
+
+// runID keeps this run's keys and session names apart from other runs on
+// the shared agent.
+var runID = func() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}()
+
+// counter is an http.RoundTripper that counts requests per endpoint.
+type counter struct {
+	base http.RoundTripper
+	mu   sync.Mutex
+	by   map[string]int
+}
+
+func (c *counter) RoundTrip(r *http.Request) (*http.Response, error) {
+	requests.Add(1)
+	ep := r.URL.Path
+	switch {
+	case strings.HasPrefix(ep, "/v1/kv/"):
+		ep = "kv"
+	case strings.HasPrefix(ep, "/v1/session/renew/"):
+		ep = "session/renew"
+	case strings.HasPrefix(ep, "/v1/session/destroy/"):
+		ep = "session/destroy"
+	default:
+		ep = strings.TrimPrefix(ep, "/v1/")
+	}
+	c.mu.Lock()
+	c.by[ep]++
+	c.mu.Unlock()
+	return c.base.RoundTrip(r)
+}
+
+// snapshot returns the counts so far.
+func (c *counter) snapshot() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]int, len(c.by))
+	for k, v := range c.by {
+		out[k] = v
+	}
+	return out
+}
+
+// diff returns what changed between two snapshots.
+func diff(before, after map[string]int) map[string]int {
+	out := map[string]int{}
+	for k, v := range after {
+		if d := v - before[k]; d != 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+// newClient returns a Consul client of its own (its own connections) for
+// the test agent, counting its requests; its idle connections are closed
+// at the end of the test.
+func newClient(tb testing.TB) (*api.Client, *counter) {
+	tb.Helper()
+	return newClientAt(tb, testenv.ConsulAddr(tb))
+}
+
+// newClientAt is newClient for the agent at addr.
+func newClientAt(tb testing.TB, addr string) (*api.Client, *counter) {
+	tb.Helper()
+	cfg := api.DefaultConfig()
+	cfg.Address, cfg.Scheme, cfg.Token, cfg.TokenFile = addr, "http", "", ""
+	tr := cfg.Transport
+	tb.Cleanup(tr.CloseIdleConnections)
+	c := &counter{base: tr, by: map[string]int{}}
+	cfg.HttpClient = &http.Client{Transport: c}
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		tb.Fatalf("consul client: %v", err)
+	}
+	return client, c
+}
+
+// sessionName names the sessions of a top-level test, so that a test can
+// check that none of its sessions outlived it.
+func sessionName(tb testing.TB) string {
+	name, _, _ := strings.Cut(tb.Name(), "/")
+	return "idemlock-test " + runID + " " + name
+}
+
+// newLocker returns a Locker on its own client, for an agent whose
+// session_ttl_min is 1s, closed at the end of the test.
+func newLocker(tb testing.TB, opts ...consullock.Option) (*consullock.Locker, *counter) {
+	tb.Helper()
+	return newLockerAt(tb, testenv.ConsulAddr(tb), opts...)
+}
+
+// newLockerAt is newLocker for the agent at addr.
+func newLockerAt(tb testing.TB, addr string, opts ...consullock.Option) (*consullock.Locker, *counter) {
+	tb.Helper()
+	client, c := newClientAt(tb, addr)
+	all := append([]consullock.Option{consullock.WithMinTTL(time.Second), consullock.WithSessionName(sessionName(tb))}, opts...)
+	l := consullock.New(client, all...)
+	tb.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			tb.Errorf("Close: %v", err)
+		}
+	})
+	return l, c
+}
+
+// key returns a key unique to this run and test.
+func key(tb testing.TB, name string) string {
+	return "idemlock-test/" + runID + "/" + tb.Name() + "/" + name
+}
+
+// sessions lists the agent's sessions whose names start with prefix.
+func sessions(tb testing.TB, client *api.Client, prefix string) []*api.SessionEntry {
+	tb.Helper()
+	all, _, err := client.Session().List((&api.QueryOptions{}).WithContext(context.Background()))
+	if err != nil {
+		tb.Fatalf("listing sessions: %v", err)
+	}
+	var out []*api.SessionEntry
+	for _, s := range all {
+		if strings.HasPrefix(s.Name, prefix) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// checkNoSessions registers a check, run after the test's other clean-ups
+// (its Lockers' Close), that no lock session of the test is left on the
+// agent. Retention sessions are meant to outlive their Locker and are not
+// counted.
+func checkNoSessions(t *testing.T) {
+	t.Helper()
+	client, _ := newClient(t)
+	name := sessionName(t)
+	t.Cleanup(func() {
+		// Sessions of leases that expired are invalidated by the server
+		// within twice their TTL; give the slowest test TTL (1s) that long.
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			var left []string
+			for _, s := range sessions(t, client, name) {
+				if !strings.HasSuffix(s.Name, " retention") {
+					left = append(left, s.ID+" (TTL "+s.TTL+")")
+				}
+			}
+			if len(left) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%d session(s) of this test outlived it: %v", len(left), left)
+				return
+			}
+			time.Sleep(100 * time.Millisecond) // polling the agent: session expiry sends no event we could wait on here
+		}
+	})
+}
+
+// holder returns the session holding the lock key of k, or "".
+func holder(tb testing.TB, client *api.Client, k string) string {
+	tb.Helper()
+	pair, _, err := client.KV().Get(consullock.DefaultPrefix+"lock/"+consullock.EscapeKey(k), nil)
+	if err != nil {
+		tb.Fatalf("reading the lock key of %q: %v", k, err)
+	}
+	if pair == nil {
+		return ""
+	}
+	return pair.Session
+}

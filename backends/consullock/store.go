@@ -1,0 +1,185 @@
+package consullock
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/idemlock/lock"
+)
+
+// retentionSession is the session that idempotency records of one
+// retention are locked by, so that Consul deletes them when it expires.
+type retentionSession struct {
+	id      string
+	created time.Time // when its create was sent
+	width   time.Duration
+}
+
+// Claim makes one attempt on key for the idempotency helper (it makes
+// *Locker an idempotency.Store): one transaction checks that no record
+// exists under key and takes the lock, so a record stored by Complete is
+// never missed by a Claim that then takes the key. If a record exists, a
+// second request reads it and Claim returns it with a nil Lease (an empty
+// record is returned as a non-nil empty slice). Otherwise Claim behaves as
+// TryAcquire.
+func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
+	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+		return nil, nil, err
+	}
+	le, rec, err := l.take(ctx, key, ttl, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	if le == nil {
+		return nil, rec, nil
+	}
+	return le, nil, nil
+}
+
+// Complete stores record under the key of lease, which Claim on this Locker
+// returned, and ends the lease, in one transaction: it checks that the
+// lease's session holds the lock at the lease's index, deletes the lock and
+// writes the record locked by the retention session (see the package doc).
+// If the lease no longer holds, it returns an error matching
+// lock.ErrNotHeld and stores nothing. Retention is rounded up to whole
+// seconds and to the minimum TTL; above 24 h it is a [*lock.TTLError].
+func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	le, ok := ls.(*lease)
+	if !ok || le == nil || le.l != l {
+		return fmt.Errorf("%w: consullock: Complete with a lease that this Locker did not hand out (%T)", lock.ErrInvalidArgument, ls)
+	}
+	rttl, width, err := l.retentionTTL(retention)
+	if err != nil {
+		return err
+	}
+	if len(record) > l.cfg.maxRecord {
+		return &RecordTooLargeError{Size: len(record), Limit: l.cfg.maxRecord}
+	}
+	if record == nil {
+		record = []byte{}
+	}
+	le.op.Lock()
+	defer le.op.Unlock()
+	le.mu.Lock()
+	state, s, index, suspect := le.state, le.sess, le.index, le.suspect
+	le.mu.Unlock()
+	if state != held {
+		return le.notHeld("complete after release or loss")
+	}
+	if suspect {
+		if err := le.verify(ctx, s, index); err != nil {
+			return err
+		}
+	}
+	recPath := l.recordPath(le.key)
+	for attempt := 0; ; attempt++ {
+		rs, err := l.retentionSession(ctx, rttl, width)
+		if err != nil {
+			return err
+		}
+		le.setWriting(true)
+		ok, resp, err := l.txn(ctx, api.TxnOps{
+			{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: le.path, Session: s.id}},
+			{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: le.path, Index: index}},
+			{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: recPath}},
+			{KV: &api.KVTxnOp{Verb: api.KVLock, Key: recPath, Session: rs.id, Value: record}},
+		})
+		if ok && err == nil {
+			le.finish(s)
+		}
+		le.setWriting(false)
+		if err != nil {
+			le.mu.Lock()
+			le.suspect = true
+			le.mu.Unlock()
+			return fmt.Errorf("consullock: complete %q: %w", le.key, err)
+		}
+		if ok {
+			return nil
+		}
+		f := failure(resp.Errors)
+		switch {
+		case f.denied():
+			return fmt.Errorf("%w: complete %q: %s", ErrPermissionDenied, le.key, f.what)
+		case f.op == 0 || f.op == 1:
+			le.lose(s)
+			return le.notHeld("expired or taken before completion")
+		case f.op == 3 && f.invalidSession() && attempt < 2:
+			l.forgetRetention(rttl, rs)
+			continue // the retention session expired early or the agent restarted
+		}
+		return fmt.Errorf("consullock: complete %q: transaction refused: %s", le.key, f.what)
+	}
+}
+
+// retentionTTL returns the retention rounded up to whole seconds and to
+// the minimum TTL, and the width of its buckets: an eighth of it in whole
+// seconds, at most 1 h (so 0, a session per record, under 8 s).
+func (l *Locker) retentionTTL(retention time.Duration) (rttl, width time.Duration, err error) {
+	if retention <= 0 {
+		return 0, 0, &lock.TTLError{TTL: retention, Reason: "retention must be positive"}
+	}
+	if retention > MaxTTL {
+		return 0, 0, &lock.TTLError{TTL: retention, Reason: "retention longer than Consul's 24h maximum session TTL"}
+	}
+	rttl = max(roundUp(retention, TTLStep), l.cfg.minTTL)
+	width = min(rttl/8, time.Hour).Truncate(TTLStep)
+	return rttl, width, nil
+}
+
+// retentionSession returns the session records of retention rttl are bound
+// to, creating one when the current one is older than width. Its TTL is
+// rttl + width (at most 24 h), so a record bound to it is kept at least
+// rttl by Consul's session contract. It is never renewed or destroyed.
+func (l *Locker) retentionSession(ctx context.Context, rttl, width time.Duration) (*retentionSession, error) {
+	now := time.Now()
+	l.mu.Lock()
+	rs := l.retained[rttl]
+	l.mu.Unlock()
+	if rs != nil && now.Sub(rs.created) < width {
+		return rs, nil
+	}
+	// Width 0 (short retentions): a session per record, kept by nobody.
+	s, err := l.createSession(ctx, min(rttl+width, MaxTTL), l.cfg.name+" retention", 0)
+	if err != nil {
+		return nil, err
+	}
+	rs = &retentionSession{id: s.id, created: s.renewed, width: width}
+	if width == 0 {
+		return rs, nil
+	}
+	l.mu.Lock()
+	if cur := l.retained[rttl]; cur == nil || cur.created.Before(rs.created) {
+		l.retained[rttl] = rs
+	}
+	l.mu.Unlock()
+	return rs, nil
+}
+
+func (l *Locker) forgetRetention(rttl time.Duration, rs *retentionSession) {
+	l.mu.Lock()
+	if l.retained[rttl] == rs {
+		delete(l.retained, rttl)
+	}
+	l.mu.Unlock()
+}
+
+// readRecord reads the record at path; found is false if there is none.
+func (l *Locker) readRecord(ctx context.Context, path string) (rec []byte, found bool, err error) {
+	pair, _, err := l.client.KV().Get(path, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, false, apiError(err)
+	}
+	if pair == nil {
+		return nil, false, nil
+	}
+	if pair.Value == nil {
+		return []byte{}, true, nil
+	}
+	return pair.Value, true, nil
+}
