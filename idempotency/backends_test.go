@@ -16,6 +16,7 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/idemlock/lock"
+	_ "github.com/idemlock/lock/backends/consullock"
 	_ "github.com/idemlock/lock/backends/etcdlock"
 	"github.com/idemlock/lock/backends/memcachedlock"
 	"github.com/idemlock/lock/backends/redislock"
@@ -63,6 +64,9 @@ func backends() []backend {
 		}},
 		{"etcd", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
 			return openURL(t, "etcd://"+hostPort(testenv.EtcdEndpoints(t)[0]))
+		}},
+		{"consul", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
+			return openURL(t, "consul://"+testenv.ConsulAddr(t))
 		}},
 		{"memcached", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
 			c := memcache.New(testenv.MemcachedAddr(t))

@@ -36,6 +36,7 @@ import (
 	"github.com/idemlock/lock/idempotency"
 
 	// Each backend registers its URL scheme for lock.Open.
+	_ "github.com/idemlock/lock/backends/consullock"
 	_ "github.com/idemlock/lock/backends/etcdlock"
 	_ "github.com/idemlock/lock/backends/memcachedlock"
 	_ "github.com/idemlock/lock/backends/memlock"

@@ -36,6 +36,7 @@ func TestStoryOnBackends(t *testing.T) {
 		{"redis", func(t *testing.T) string { return "redis://" + testenv.RedisAddr(t) }},
 		{"memcached", func(t *testing.T) string { return "memcached://" + testenv.MemcachedAddr(t) }},
 		{"etcd", func(t *testing.T) string { return "etcd://" + hostPort(testenv.EtcdEndpoints(t)[0]) }},
+		{"consul", func(t *testing.T) string { return "consul://" + testenv.ConsulAddr(t) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer

@@ -28,6 +28,7 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/idempotency"
 
+	_ "github.com/idemlock/lock/backends/consullock"
 	_ "github.com/idemlock/lock/backends/etcdlock"
 	_ "github.com/idemlock/lock/backends/memcachedlock"
 	_ "github.com/idemlock/lock/backends/memlock"
