@@ -38,7 +38,8 @@
 // Leases are granted ahead of need: each Locker keeps a small pool of unused
 // leases per TTL class (see [WithLeasePool]), refilled in the background and
 // fed by releases, so a warm take is one request and take plus release two
-// (concurrency.Mutex with a fresh session needs four). Pooled leases are
+// (concurrency.Mutex with a fresh session needs four: grant, take, delete,
+// revoke, plus its session's keep-alive stream). Pooled leases are
 // revoked at Close, or expire on their own. A take whose answer is lost
 // (timeout, broken connection) revokes its lease in the background, which
 // frees the key if the take did happen.
@@ -71,7 +72,10 @@
 // lease TTL as Remaining (an upper bound of its remaining life, read from
 // the key's value at no extra cost). If the revision to watch from was
 // compacted away, Wait returns so that the caller tries again from a newer
-// one. All subscriptions of a Locker share one watch stream.
+// one. All subscriptions of a Locker share one watch stream. Every waiter
+// wakes on a release and makes one attempt, so N waiters cost N transactions
+// per hand-off (etcd commits them together); waiters are not queued in
+// arrival order as concurrency.Mutex queues them.
 //
 // # Partitions and failures
 //

@@ -384,7 +384,13 @@ func (le *lease) Token() uint64 { return le.token }
 func (le *lease) Deadline() time.Time {
 	le.mu.Lock()
 	defer le.mu.Unlock()
-	return le.g.expiry()
+	dl := le.g.expiry()
+	for _, s := range le.strays { // the key may be bound to one of them
+		if s.expiry().Before(dl) {
+			dl = s.expiry()
+		}
+	}
+	return dl
 }
 
 // Refresh extends the lock to at least ttl from now. If ttl asks for the

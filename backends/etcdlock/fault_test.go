@@ -451,3 +451,65 @@ func TestZeroSlack(t *testing.T) {
 		}
 	}
 }
+
+// TestInterruptedRefreshMove pauses etcd while a Refresh moves the lock to a
+// lease of another TTL, so that the move's outcome is unknown: the lease
+// must still refresh, report its deadline conservatively, and release.
+func TestInterruptedRefreshMove(t *testing.T) {
+	in, cli := privateClient(t)
+	prefix := testPrefix(t)
+	l := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	t.Cleanup(func() { _ = l.Close() })
+	ctx := t.Context()
+	// Warm the pool for both TTLs so that the move's only request is its
+	// transaction.
+	for _, ttl := range []time.Duration{10 * time.Second, 20 * time.Second} {
+		le, err := l.TryAcquire(ctx, "warm", ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := le.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcdlock.Quiesce(l)
+	le, err := l.TryAcquire(ctx, "k", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcdlock.Quiesce(l)
+	before := le.(lock.Deadliner).Deadline()
+
+	in.Pause(t)
+	rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	err = le.Refresh(rctx, 20*time.Second)
+	cancel()
+	in.Resume(t)
+	if err == nil || errors.Is(err, lock.ErrNotHeld) {
+		t.Fatalf("Refresh while etcd was paused: %v, want a transient error", err)
+	}
+	if dl := le.(lock.Deadliner).Deadline(); dl.After(before) {
+		t.Errorf("Deadline moved %v later after a Refresh that failed", dl.Sub(before))
+	}
+	sent := time.Now()
+	if err := le.Refresh(ctx, 20*time.Second); err != nil {
+		t.Fatalf("Refresh after the interrupted one: %v", err)
+	}
+	if dl := le.(lock.Deadliner).Deadline(); dl.Before(sent.Add(20 * time.Second)) {
+		t.Errorf("Deadline %v after the second Refresh, want at least 20 s", dl.Sub(sent))
+	}
+	kv := rawLock(t, cli, prefix, "k").Kvs[0]
+	ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(kv.Lease))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl.GrantedTTL < 20 {
+		t.Errorf("after the second Refresh the key is on a lease of %d s, want at least 20", ttl.GrantedTTL)
+	}
+	if err := le.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if resp := rawLock(t, cli, prefix, "k"); len(resp.Kvs) != 0 {
+		t.Error("the key survived its Release")
+	}
+}
