@@ -128,12 +128,14 @@ func validWorkerKey(key string) error {
 }
 
 // Domains separate the hashes this package computes, so that no hash of one
-// kind can ever equal a hash of another.
+// kind can ever equal a hash of another. They are short: with one-byte
+// length prefixes a typical storage key or fingerprint input fits in one or
+// two SHA-256 blocks.
 const (
-	domainHTTPKey   = "idemlock/idempotency/v1/http-key"
-	domainWorkerKey = "idemlock/idempotency/v1/worker-key"
-	domainHTTPFP    = "idemlock/idempotency/v1/http-fingerprint"
-	domainWorkerFP  = "idemlock/idempotency/v1/worker-fingerprint"
+	domainHTTPKey   = "idemlock1/hk"
+	domainWorkerKey = "idemlock1/wk"
+	domainHTTPFP    = "idemlock1/hf"
+	domainWorkerFP  = "idemlock1/wf"
 )
 
 // storePrefix starts every key a Store sees, so that an operator can tell
@@ -177,9 +179,10 @@ func getHasher() *hasher {
 
 func putHasher(h *hasher) { hasherPool.Put(h) }
 
-// field adds one length-prefixed field.
+// field adds one field, prefixed by its length as a uvarint: a prefix-free
+// encoding, so the sequence of fields is recovered from the bytes hashed.
 func field[S string | []byte](h *hasher, s S) {
-	h.buf = binary.BigEndian.AppendUint64(h.buf, uint64(len(s)))
+	h.buf = binary.AppendUvarint(h.buf, uint64(len(s)))
 	if len(h.buf)+len(s) > cap(h.buf) {
 		_, _ = h.h.Write(h.buf)
 		h.buf = h.buf[:0]
