@@ -16,7 +16,7 @@
 //     session still holds the key and deletes it only at the lease's own
 //     ModifyIndex (check-session + delete-cas). The session goes back to the
 //     pool for the next take. An uncontended take + release is 2 round trips
-//     (Consul's own api.Lock recipe makes 5).
+//     (Consul's own api.Lock recipe makes 5 on its path, about 7 in all).
 //   - Refresh to the same TTL renews the session (one request; a session the
 //     server no longer knows means [lock.ErrNotHeld]). A session's TTL cannot
 //     change, so Refresh to another TTL moves the lock to a session with that
@@ -64,7 +64,10 @@
 // attempt is never missed, and a waiter wakes within one blocking-query
 // return of it. Cancelling the context aborts the HTTP request at once.
 // A refused take makes one read besides the transaction, to learn that
-// index and the holder's TTL ([lock.NotAcquiredError.Remaining]).
+// index and the holder's TTL ([lock.NotAcquiredError.Remaining]). With
+// lock-delay, a key can be free and still refused; the end of a
+// lock-delay sends no event, so Acquire then retries at its polling cap
+// (250 ms by default) until it ends.
 //
 // Leases implement [lock.LossNotifier]: the first call to Lost starts one
 // blocking query on the key, which closes the channel when the key is
@@ -110,35 +113,42 @@
 // last [WithKeepWarm] period (default 10 s); then the idle sessions are
 // destroyed. [Locker.Close] destroys every idle session. A session whose
 // lease was lost, or whose fate is unknown after a failed request, is
-// destroyed and never reused. Sessions are named after [WithSessionName],
-// so `consul operator` users can tell them apart.
+// destroyed and never reused. Sessions are named by [WithSessionName]
+// (default [DefaultSessionName]), which tells them apart in the agent's
+// session list. A session whose create request was cut short (a cancelled
+// context) may exist without the Locker knowing its ID; it holds nothing
+// and expires on its own.
 //
 // # Idempotency records
 //
 // *Locker is an idempotency.Store. Claim is one transaction: check that no
-// record exists + lock the key. Complete is one transaction: check that the
-// lease's session holds the key at its index, delete the lock, and write
-// the record. Consul KV has no TTL, so a record is locked by a "retention
-// session" (behavior delete, never renewed): when that session expires, the
-// server deletes the record. Records with the same retention share a
-// session created at most an eighth of the retention (1 s to 1 h) before;
-// its TTL is the retention plus that width, at most 24 h. So a record is
-// kept at least its retention (rounded up to whole seconds and to the
-// minimum TTL), except that retentions above 23 h are kept at least 24 h
-// minus the width (23 h for 24 h); since Consul invalidates sessions at
-// about twice their TTL, records typically stay about twice as long.
-// Retention sessions outlive the Locker on purpose (destroying one deletes
-// its records) and simply expire. Retention above 24 h is a
-// [*lock.TTLError]. A record is at most [DefaultMaxRecordSize] bytes unless
-// [WithMaxRecordSize] says otherwise: the value travels base64-encoded in a
+// record exists + lock the key (a second request reads the record when
+// there is one). Complete is one transaction: check that the lease's
+// session holds the key at its index, delete the lock, write the record.
+// Consul KV has no TTL, so a record is locked by a "retention session"
+// (behavior delete, no checks, never renewed): when that session expires,
+// the server deletes the record. Records of one retention share a session
+// for a bucket of an eighth of the retention in whole seconds, at most 1 h
+// (under 8 s a record gets a session of its own), whose TTL is the
+// retention plus that width, capped at Consul's 24 h. By Consul's session
+// contract a record is therefore kept at least its retention (rounded up
+// to whole seconds and to the minimum TTL), or 23 h for retentions above
+// 23 h; since Consul invalidates sessions at about twice their TTL, records
+// typically stay about twice as long. A retention above 24 h is a
+// [*lock.TTLError]. Retention sessions outlive the Locker on purpose
+// (destroying one would delete its records) and expire on their own.
+// A record is at most [DefaultMaxRecordSize] bytes unless
+// [WithMaxRecordSize] says otherwise: it travels base64-encoded in a
 // transaction that Consul caps at txn_max_req_len (512 KiB by default);
-// larger records get a [*RecordTooLargeError].
+// larger records get a [*RecordTooLargeError] before any request.
 //
 // # ACLs
 //
-// The Locker uses the client's token. It needs key write on the prefix and
-// session write on the agent's node; a refusal is an error matching
-// [ErrPermissionDenied].
+// The Locker uses the client's token. It needs key write on the prefix
+// (key_prefix "idemlock/" { policy = "write" }) and session write on the
+// agent's node (session_prefix "" { policy = "write" }); a refusal, or an
+// unknown token, is an error matching [ErrPermissionDenied]. An agent
+// without ACLs ignores tokens.
 //
 // # URL
 //
@@ -438,7 +448,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 			return nil, nil, fmt.Errorf("consullock: claim %q: its record keeps vanishing", key)
 		case f.held():
 			l.putBack(s)
-			return nil, nil, l.heldError(ctx, key, path)
+			return nil, nil, l.heldError(ctx, key, path, f.delayed())
 		case f.invalidSession():
 			// The pooled session is gone (expired, agent restarted): so are
 			// its peers, likely. Forget them and try with a new one.
@@ -457,14 +467,24 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 }
 
 // heldError reads the held key once to learn its holder's index and TTL.
-func (l *Locker) heldError(ctx context.Context, key, path string) error {
+// delayed says the take was refused for the key's lock-delay, which
+// outlives the key itself.
+func (l *Locker) heldError(ctx context.Context, key, path string, delayed bool) error {
 	held := &lock.NotAcquiredError{Key: key}
-	pair, _, err := l.client.KV().Get(path, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil || pair == nil || pair.Session == "" {
-		// Unknown, or freed since: Version 0 makes a waiter look at once.
+	pair, meta, err := l.client.KV().Get(path, (&api.QueryOptions{}).WithContext(ctx))
+	switch {
+	case err != nil:
+		return held // unknown: Version 0 makes a waiter look at once
+	case pair == nil && delayed:
+		// Free but in its lock-delay: wait for a change after now (or for
+		// the waiter's polling bound), not in a loop of refused takes.
+		held.Version = meta.LastIndex
 		return held
+	case pair == nil || pair.Session == "":
+		return held // freed since the attempt: a waiter looks at once
 	}
 	held.Version = pair.ModifyIndex
+	held.Remaining = lock.DefaultMaxBackoff // a holder of unknown TTL (not ours): poll
 	if d, err := time.ParseDuration(string(pair.Value)); err == nil && d > 0 && d <= MaxTTL {
 		held.Remaining = d
 	}
@@ -512,8 +532,10 @@ func failure(errs api.TxnErrors) txnFailure {
 }
 
 func (f txnFailure) held() bool {
-	return strings.Contains(f.what, "lock is already held") || strings.Contains(f.what, "due to lock delay")
+	return strings.Contains(f.what, "lock is already held") || f.delayed()
 }
+
+func (f txnFailure) delayed() bool { return strings.Contains(f.what, "due to lock delay") }
 
 func (f txnFailure) invalidSession() bool { return strings.Contains(f.what, "invalid session") }
 

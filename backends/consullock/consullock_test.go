@@ -380,7 +380,7 @@ func TestWaitCancelled(t *testing.T) {
 func TestLockDelay(t *testing.T) {
 	checkNoSessions(t)
 	client, _ := newClient(t)
-	taker, _ := newLocker(t)
+	taker, tc := newLocker(t)
 	for _, delay := range []time.Duration{0, 2 * time.Second} {
 		l, _ := newLocker(t, consullock.WithLockDelay(delay))
 		k := key(t, delay.String())
@@ -405,17 +405,21 @@ func TestLockDelay(t *testing.T) {
 		case delay > 0 && !errors.Is(err, lock.ErrNotAcquired):
 			t.Errorf("with lock-delay %v, TryAcquire right after the expiry: %v, want ErrNotAcquired", delay, err)
 		case delay > 0:
-			for {
-				if le2, err = taker.TryAcquire(t.Context(), k, 10*time.Second); err == nil {
-					break
-				}
-				if !errors.Is(err, lock.ErrNotAcquired) || time.Since(deleted) > delay+time.Second {
-					t.Fatalf("lock-delay %v: TryAcquire %v after the expiry: %v", delay, time.Since(deleted), err)
-				}
-				time.Sleep(50 * time.Millisecond) // lock-delay ends without an event
+			// Acquire waits out the lock-delay without a storm of refused
+			// takes (its end sends no event: it polls at its default cap).
+			before := tc.snapshot()
+			ctx, cancel := context.WithTimeout(t.Context(), delay+2*time.Second)
+			le2, err = lock.Acquire(ctx, taker, k, 10*time.Second)
+			cancel()
+			if err != nil {
+				t.Fatalf("lock-delay %v: Acquire after the expiry: %v", delay, err)
 			}
-			if d := time.Since(deleted); d < delay/2 {
-				t.Errorf("lock-delay %v: the key was taken %v after the expiry", delay, d)
+			d := time.Since(deleted)
+			if d < delay/2 || d > delay+time.Second {
+				t.Errorf("lock-delay %v: Acquire took the key %v after the expiry", delay, d)
+			}
+			if n := diff(before, tc.snapshot())["txn"]; n > 2*int(delay/lock.DefaultMaxBackoff)+4 {
+				t.Errorf("lock-delay %v: Acquire made %d take attempts while waiting", delay, n)
 			}
 		}
 		if le2 != nil {

@@ -37,7 +37,10 @@ type subscription struct {
 // returned held (released and perhaps taken again), or ctx ends. It starts
 // a blocking query at held.Version, the ModifyIndex the attempt saw, so a
 // release after the attempt is never missed; without it (held nil or
-// Version 0) it first reads the key as it is now.
+// Version 0) it first reads the key as it is now. After a refusal for
+// lock-delay (Version set, Remaining 0) it waits for any change of the key
+// rather than return at once; lock.Acquire bounds that wait by its polling
+// interval, since the end of a lock-delay sends no event.
 func (s *subscription) Wait(ctx context.Context, held *lock.NotAcquiredError) error {
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
@@ -46,8 +49,13 @@ func (s *subscription) Wait(ctx context.Context, held *lock.NotAcquiredError) er
 		return fmt.Errorf("%w: consullock: Wait on a closed subscription", lock.ErrInvalidArgument)
 	}
 	var want uint64 // the holding the attempt saw
+	// delayed: the attempt found the key absent but refused by lock-delay
+	// (the only case with a Version and no Remaining, see heldError); a
+	// key still absent is then no news, so wait for a change.
+	var delayed bool
 	if held != nil {
 		want = held.Version
+		delayed = held.Version != 0 && held.Remaining == 0
 	}
 	index := want
 	for {
@@ -57,6 +65,10 @@ func (s *subscription) Wait(ctx context.Context, held *lock.NotAcquiredError) er
 				return ctx.Err()
 			}
 			return fmt.Errorf("consullock: waiting for a release: %w", apiError(err))
+		}
+		if pair == nil && delayed && meta.LastIndex >= index {
+			index = meta.LastIndex
+			continue
 		}
 		if pair == nil || pair.Session == "" || want != 0 && pair.ModifyIndex != want {
 			return nil
