@@ -115,9 +115,11 @@
 // lease was lost, or whose fate is unknown after a failed request, is
 // destroyed and never reused. Sessions are named by [WithSessionName]
 // (default [DefaultSessionName]), which tells them apart in the agent's
-// session list. A session whose create request was cut short (a cancelled
-// context) may exist without the Locker knowing its ID; it holds nothing
-// and expires on its own.
+// session list. Sessions are created on a goroutine of the Locker's with a
+// context of their own: a take whose context ends while its session is
+// being created returns at once, and the session joins the pool when it
+// arrives (Close waits for it), so no session is left that the Locker does
+// not know.
 //
 // # Idempotency records
 //
@@ -331,8 +333,9 @@ type Locker struct {
 	doomed   []string                 // sessions to destroy
 	retained map[time.Duration]*retentionSession
 	watchers map[*watcher]struct{}
-	keeping  bool          // the keeper goroutine runs
-	poke     chan struct{} // wakes the keeper
+	creates  sync.WaitGroup // session creates running detached
+	keeping  bool           // the keeper goroutine runs
+	poke     chan struct{}  // wakes the keeper
 	stop     context.CancelFunc
 	stopped  chan struct{} // closed when the keeper returned
 }
@@ -663,6 +666,7 @@ func (l *Locker) Close() error {
 	for _, w := range ws {
 		w.halt()
 	}
+	l.creates.Wait() // their sessions are destroyed now that l is closed
 	l.mu.Lock()
 	ids := l.doomed
 	l.doomed = nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -79,11 +80,65 @@ func (l *Locker) getSession(ctx context.Context, ttl time.Duration) (*session, t
 		l.wakeLocked() // nothing fresh: let the keeper renew or replace
 	}
 	l.mu.Unlock()
-	s, err := l.createSession(ctx, ttl, l.cfg.name, l.cfg.lockDelay)
+	s, err := l.createDetached(ctx, ttl, l.cfg.name, l.cfg.lockDelay, l.putBack)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
 	return s, s.renewed, nil
+}
+
+// createDetached creates a session on a goroutine of the Locker's, with a
+// context of its own, and returns when it is created or ctx ends. A
+// create that ctx abandoned still finishes, and the session goes to
+// adopt, so that cancelling a caller never leaves a session nobody knows.
+// Close waits for such goroutines.
+func (l *Locker) createDetached(ctx context.Context, ttl time.Duration, name string, lockDelay time.Duration, adopt func(*session)) (*session, error) {
+	type result struct {
+		s   *session
+		err error
+	}
+	var (
+		mu        sync.Mutex
+		abandoned bool
+		done      = make(chan result, 1)
+	)
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, ErrClosed
+	}
+	l.creates.Add(1)
+	l.mu.Unlock()
+	go func() {
+		defer l.creates.Done()
+		cctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		s, err := l.createSession(cctx, ttl, name, lockDelay)
+		cancel()
+		mu.Lock()
+		if abandoned {
+			mu.Unlock()
+			if s != nil {
+				adopt(s)
+			}
+			return
+		}
+		done <- result{s, err}
+		mu.Unlock()
+	}()
+	select {
+	case r := <-done:
+		return r.s, r.err
+	case <-ctx.Done():
+		mu.Lock()
+		defer mu.Unlock()
+		select {
+		case r := <-done:
+			return r.s, r.err
+		default:
+			abandoned = true
+			return nil, ctx.Err()
+		}
+	}
 }
 
 // createSession creates a session with Consul's API: behavior delete, no

@@ -145,20 +145,35 @@ func (l *Locker) retentionSession(ctx context.Context, rttl, width time.Duration
 		return rs, nil
 	}
 	// Width 0 (short retentions): a session per record, kept by nobody.
-	s, err := l.createSession(ctx, min(rttl+width, MaxTTL), l.cfg.name+" retention", 0)
+	keep := func(s *session) *retentionSession {
+		rs := &retentionSession{id: s.id, created: s.renewed, width: width}
+		if width == 0 {
+			return rs
+		}
+		l.mu.Lock()
+		if cur := l.retained[rttl]; cur == nil || cur.created.Before(rs.created) {
+			l.retained[rttl] = rs
+		}
+		l.mu.Unlock()
+		return rs
+	}
+	adopt := func(s *session) {
+		// Created for a Complete that gave up: bucket it, or destroy a
+		// session that would hold no record.
+		l.mu.Lock()
+		closed := l.closed
+		l.mu.Unlock()
+		if width == 0 || closed {
+			l.doom(s.id)
+			return
+		}
+		keep(s)
+	}
+	s, err := l.createDetached(ctx, min(rttl+width, MaxTTL), l.cfg.name+" retention", 0, adopt)
 	if err != nil {
 		return nil, err
 	}
-	rs = &retentionSession{id: s.id, created: s.renewed, width: width}
-	if width == 0 {
-		return rs, nil
-	}
-	l.mu.Lock()
-	if cur := l.retained[rttl]; cur == nil || cur.created.Before(rs.created) {
-		l.retained[rttl] = rs
-	}
-	l.mu.Unlock()
-	return rs, nil
+	return keep(s), nil
 }
 
 func (l *Locker) forgetRetention(rttl time.Duration, rs *retentionSession) {
