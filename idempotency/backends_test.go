@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -294,4 +295,43 @@ func TestRoundTripsRedis(t *testing.T) {
 	if firstTrips > 3 || replayTrips != 1 {
 		t.Fatalf("round trips: first %d (want at most 3, goal 2), replay %d (want 1)", firstTrips, replayTrips)
 	}
+}
+
+// BenchmarkMiddlewareRedis reports round trips per request on Redis: the
+// goal is 2 for a first request (Claim, Complete) and 1 for a replay.
+func BenchmarkMiddlewareRedis(b *testing.B) {
+	var trips atomic.Int64
+	c := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(b)})
+	c.AddHook(countHook{&trips})
+	l := redislock.New(c)
+	b.Cleanup(func() { _ = l.Close(); _ = c.Close() })
+	g, err := idempotency.New(l, idempotency.WithNamespace("bench/"+runID()),
+		idempotency.WithScope(func(*http.Request) string { return "" }),
+		idempotency.WithRetention(time.Minute), idempotency.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusCreated)
+	}))
+	serve := func(key string) {
+		r := httptest.NewRequest(http.MethodPost, "/checkout", strings.NewReader(`{"cart":1}`))
+		r.Header.Set("Idempotency-Key", key)
+		h.ServeHTTP(&nopWriter{h: http.Header{}}, r)
+	}
+	serve("warm-up")
+	b.Run("first", func(b *testing.B) {
+		before := trips.Load()
+		for i := range b.N {
+			serve("first-" + strconv.Itoa(i))
+		}
+		b.ReportMetric(float64(trips.Load()-before)/float64(b.N), "roundtrips/op")
+	})
+	b.Run("replay", func(b *testing.B) {
+		before := trips.Load()
+		for range b.N {
+			serve("warm-up")
+		}
+		b.ReportMetric(float64(trips.Load()-before)/float64(b.N), "roundtrips/op")
+	})
 }

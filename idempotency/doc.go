@@ -64,11 +64,11 @@
 // # What is stored
 //
 // A finished response is stored when the [Classifier] says so —
-// [DefaultClassifier] stores 2xx and 3xx (a 303 after a POST reports work
-// done) — or when the handler called [MarkTerminal] (a declined payment's
-// 402, a business-rule 409: final outcomes that must not be retried). The
-// key is released, so a retry runs the handler again, for every other
-// status (4xx refusals, 5xx, 408, 429), for a panic (including
+// [DefaultClassifier] stores 2xx — or when the handler called
+// [MarkTerminal] (a 303 after the work was done, a declined payment's 402,
+// a business-rule 409: final outcomes that must not be retried). The key
+// is released, so a retry runs the handler again, for every other status
+// (3xx, 4xx refusals, 5xx, 408, 429), for a panic (including
 // http.ErrAbortHandler; the panic continues after the release), and when
 // the client disconnected before the handler wrote a response. A handler
 // that wrote a storable response before noticing the client left has done

@@ -78,12 +78,14 @@ func (o Outcome) String() string {
 // responses marked with [MarkTerminal] (always stored).
 type Classifier func(status int, h http.Header) Outcome
 
-// DefaultClassifier stores 2xx and 3xx responses (a 303 after a POST
-// reports work done as surely as a 201) and releases everything else: 4xx
-// (the request was refused, so nothing happened; a handler that did act
-// declares it with [MarkTerminal]) and 5xx, 408 and 429 (transient).
+// DefaultClassifier stores 2xx responses and releases everything else:
+// 3xx (a redirect, for example ServeMux's to a path with a trailing slash,
+// usually means the request has yet to reach the handler that acts; a
+// handler that answers a completed POST with 303 See Other declares it
+// with [MarkTerminal]), 4xx (the request was refused, so nothing happened)
+// and 5xx, 408 and 429 (transient).
 func DefaultClassifier(status int, _ http.Header) Outcome {
-	if status >= 200 && status < 400 {
+	if status >= 200 && status < 300 {
 		return OutcomeStore
 	}
 	return OutcomeRelease

@@ -382,7 +382,7 @@ func TestOutcomes(t *testing.T) {
 		stored   bool
 	}{
 		{200, false, true}, {201, false, true}, {202, false, true}, {204, false, true},
-		{303, false, true},
+		{303, false, false}, {307, false, false}, {303, true, true},
 		{400, false, false}, {404, false, false}, {409, false, false}, {422, false, false},
 		{408, false, false}, {429, false, false},
 		{500, false, false}, {502, false, false}, {503, false, false},
