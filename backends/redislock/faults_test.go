@@ -12,15 +12,20 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/redislock"
 	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/internal/testenv"
 	"github.com/redis/go-redis/v9"
 )
 
 // TestNoScriptAfterFlush empties the servers' script caches: every
 // operation must recover on its own (EVALSHA answers NOSCRIPT, EVAL runs and
 // reloads the script), at the price of one extra round trip the first time.
+//
+// It runs on private servers, since SCRIPT FLUSH would cost every other
+// client of a shared server a round trip.
 func TestNoScriptAfterFlush(t *testing.T) {
-	for _, tp := range topologies {
-		t.Run(tp.name, func(t *testing.T) {
+	for _, kind := range []testenv.Server{testenv.Redis, testenv.RedisCluster} {
+		t.Run(string(kind), func(t *testing.T) {
+			tp, _ := private(t, kind)
 			noLeak(t)
 			var n atomic.Int64
 			c := tp.client(t, "")
@@ -121,15 +126,16 @@ func TestConnectionKilled(t *testing.T) {
 
 // TestConnectionKilledMidCommand kills the connection while the server
 // holds a take (and then a release) unexecuted, using CLIENT PAUSE WRITE on
-// the single node: go-redis re-sends the script on a new connection, and the
-// outcome is exactly one lease taken and released, never a lease reported
-// held that is not.
+// a private single node: go-redis re-sends the script on a new connection,
+// and the outcome is exactly one lease taken and released, never a lease
+// reported held that is not.
 func TestConnectionKilledMidCommand(t *testing.T) {
+	tp, _ := private(t, testenv.Redis)
 	noLeak(t)
 	name := uniqueName(t)
-	prefix := single.testPrefix(t)
-	c := single.client(t, name)
-	admin := single.client(t, "").(*redis.Client)
+	prefix := tp.testPrefix(t)
+	c := tp.client(t, name)
+	admin := tp.client(t, "").(*redis.Client)
 	l := locker(t, c, redislock.WithPrefix(prefix))
 	ctx := t.Context()
 	if err := c.Ping(ctx).Err(); err != nil {
@@ -144,14 +150,14 @@ func TestConnectionKilledMidCommand(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- op() }()
 		waitFor(t, what+" waiting on the paused server", 2*time.Second, func() bool {
-			for _, cn := range single.conns(t, name) {
+			for _, cn := range tp.conns(t, name) {
 				if cn.fields["cmd"] == "evalsha" && strings.Contains(cn.fields["flags"], "b") {
 					return true
 				}
 			}
 			return false
 		})
-		if single.kill(t, name, func(cn conn) bool { return cn.fields["cmd"] == "evalsha" }) == 0 {
+		if tp.kill(t, name, func(cn conn) bool { return cn.fields["cmd"] == "evalsha" }) == 0 {
 			t.Fatalf("%s: no connection to kill", what)
 		}
 		if err := admin.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
@@ -338,7 +344,7 @@ func TestOneSubscriptionConnection(t *testing.T) {
 				}
 			}
 			maxSubs := 1
-			if tp.name == cluster.name {
+			if tp.cluster {
 				maxSubs = len(tp.nodes(t))
 			}
 			if subs < 1 || subs > maxSubs {

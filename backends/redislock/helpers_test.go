@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/idemlock/lock/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 )
@@ -18,14 +17,8 @@ import (
 // each Cluster node.
 func (tp topology) nodes(tb testing.TB) []*redis.Client {
 	tb.Helper()
-	addrs := []string{}
-	if tp.name == single.name {
-		addrs = append(addrs, testenv.RedisAddr(tb))
-	} else {
-		addrs = append(addrs, testenv.RedisClusterAddrs(tb)...)
-	}
 	var out []*redis.Client
-	for _, a := range addrs {
+	for _, a := range tp.addrs(tb) {
 		c := redis.NewClient(&redis.Options{Addr: a})
 		tb.Cleanup(func() { _ = c.Close() })
 		out = append(out, c)
@@ -91,7 +84,7 @@ func (tp topology) subscribers(tb testing.TB, channel string) int64 {
 	for _, n := range tp.nodes(tb) {
 		var m map[string]int64
 		var err error
-		if tp.name == single.name {
+		if !tp.cluster {
 			m, err = n.PubSubNumSub(context.Background(), channel).Result()
 		} else {
 			m, err = n.PubSubShardNumSub(context.Background(), channel).Result()

@@ -296,16 +296,20 @@ func (sc *subConn) add(ctx context.Context, s *subscription) (*chanState, error)
 	if !first {
 		return cs, nil
 	}
+	// The commands are written without ctx's cancellation: a failed write
+	// tears the connection down for every waiter on it, and one waiter
+	// giving up must not do that. Waiting for the answer honours ctx.
+	wctx := context.WithoutCancel(ctx)
 	var err error
 	if sc.sharded {
-		err = sc.ps.SSubscribe(ctx, s.channel)
+		err = sc.ps.SSubscribe(wctx, s.channel)
 	} else {
-		err = sc.ps.Subscribe(ctx, s.channel)
+		err = sc.ps.Subscribe(wctx, s.channel)
 	}
 	if err == nil {
 		// Commands on one connection are answered in order: the PONG
 		// proves the server has subscribed the channel.
-		err = sc.ps.Ping(ctx, payload)
+		err = sc.ps.Ping(wctx, payload)
 	}
 	if err != nil {
 		sc.teardown()

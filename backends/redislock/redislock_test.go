@@ -16,23 +16,37 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// topology names a way of reaching Redis in these tests.
+// topology names a way of reaching Redis in these tests: the shared single
+// node or Cluster, or a private one started for a fault test.
 type topology struct {
-	name string
-	// newClient returns a client whose connections carry name (CLIENT
-	// SETNAME), so that fault tests can find and kill them.
-	newClient func(tb testing.TB, name string) redis.UniversalClient
+	name    string
+	cluster bool
+	addrs   func(tb testing.TB) []string
 }
 
 var (
-	single = topology{"single", func(tb testing.TB, name string) redis.UniversalClient {
-		return redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(tb), ClientName: name})
-	}}
-	cluster = topology{"cluster", func(tb testing.TB, name string) redis.UniversalClient {
-		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: testenv.RedisClusterAddrs(tb), ClientName: name})
-	}}
+	single     = topology{"single", false, func(tb testing.TB) []string { return []string{testenv.RedisAddr(tb)} }}
+	cluster    = topology{"cluster", true, testenv.RedisClusterAddrs}
 	topologies = []topology{single, cluster}
 )
+
+// private starts a server of kind s (testenv.Redis or testenv.RedisCluster)
+// for t alone, for fault tests that pause, flush or reshard it.
+func private(t *testing.T, s testenv.Server) (topology, *testenv.Instance) {
+	t.Helper()
+	in := testenv.Private(t, s)
+	return topology{"private " + string(s), s == testenv.RedisCluster, func(testing.TB) []string { return in.Addrs() }}, in
+}
+
+// newClient returns a client whose connections carry name (CLIENT SETNAME),
+// so that fault tests can find and kill them.
+func (tp topology) newClient(tb testing.TB, name string) redis.UniversalClient {
+	tb.Helper()
+	if tp.cluster {
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: tp.addrs(tb), ClientName: name})
+	}
+	return redis.NewClient(&redis.Options{Addr: tp.addrs(tb)[0], ClientName: name})
+}
 
 // client returns a new client closed when tb ends.
 func (tp topology) client(tb testing.TB, name string) redis.UniversalClient {
