@@ -27,7 +27,9 @@ func rawLock(t *testing.T, cli *clientv3.Client, prefix, key string) *clientv3.G
 // (two transactions), a cold one three, a same-TTL refresh one.
 func TestRoundTrips(t *testing.T) {
 	var c counter
-	l := newLocker(t, &c, etcdlock.WithPrefix(testPrefix(t)))
+	// A minute of slack keeps pooled leases fresh for the whole test even
+	// on a loaded machine, so renewals never enter the counts.
+	l := newLocker(t, &c, etcdlock.WithPrefix(testPrefix(t)), etcdlock.WithTTLSlack(time.Minute))
 	ctx := t.Context()
 	const ttl = 10 * time.Second
 
@@ -64,9 +66,6 @@ func TestRoundTrips(t *testing.T) {
 	}
 	etcdlock.Quiesce(l)
 	took := time.Since(start)
-	if took > etcdlock.DefaultTTLSlack-etcdlock.DefaultTTLSlack/4 {
-		t.Skipf("%d rounds took %v: pooled leases went stale on this loaded machine; the count below would include renewals", rounds, took)
-	}
 	warm := float64(c.load()-before) / rounds
 	if warm != 2 {
 		t.Errorf("warm take+release made %.2f requests per round, want exactly 2", warm)
