@@ -436,7 +436,10 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 		}
 		f := failure(resp.Errors)
 		switch {
-		case claim && f.op == 0 && strings.Contains(f.what, "exists"):
+		case f.denied():
+			l.putBack(s)
+			return nil, nil, fmt.Errorf("%w: take %q: %s", ErrPermissionDenied, key, f.what)
+		case claim && f.op == 0 && strings.HasSuffix(f.what, " exists"):
 			l.putBack(s)
 			rec, found, err := l.readRecord(ctx, recPath)
 			if err != nil {
@@ -459,9 +462,6 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 			if attempt < 2 {
 				continue
 			}
-		case f.denied():
-			l.putBack(s)
-			return nil, nil, fmt.Errorf("%w: take %q: %s", ErrPermissionDenied, key, f.what)
 		default:
 			l.putBack(s)
 		}

@@ -135,7 +135,7 @@ func (le *lease) move(ctx context.Context, old *session, ttl time.Duration) erro
 			return fmt.Errorf("consullock: refresh %q: %w", le.key, err)
 		case ok:
 			le.sess = ns
-			le.index = resp.Results[1].KV.ModifyIndex
+			le.index = resp.Results[len(resp.Results)-1].KV.ModifyIndex
 			le.deadline = renewed.Add(ttl)
 			le.mu.Unlock()
 			l.putBack(old) // it holds nothing now

@@ -56,6 +56,8 @@
 // every waiter is woken and re-subscribes before it tries again. Expiry
 // publishes nothing: a waiter never sleeps past the PTTL that the failed
 // take reported in the same round trip ([lock.NotAcquiredError.Remaining]).
+// After [Locker.Close], or when re-subscribing fails, [lock.Acquire] goes on
+// by polling.
 //
 // # Keys
 //
@@ -67,8 +69,10 @@
 // lock (up to SHA-256 collisions). The idempotency record of k is
 // "<prefix>{<k>}:r"; the fencing counters are "<prefix>{%!<n>}". Every key
 // one script touches is in one hash slot. SCAN with MATCH "<prefix>*" finds
-// them all; an ACL that confines the client to "~<prefix>*" and
-// "&<prefix>*" is enough.
+// them all, and the ACL key and channel patterns "~<prefix>*" and
+// "&<prefix>*" cover everything the Locker touches (its commands are EVALSHA,
+// EVAL, (S)SUBSCRIBE, (S)UNSUBSCRIBE and PING; the scripts run GET, SET,
+// PTTL, PEXPIRE, TIME and (S)PUBLISH).
 //
 // # URLs
 //
@@ -83,10 +87,12 @@
 //
 // Options are go-redis's own URL options (redis.ParseURL,
 // redis.ParseClusterURL, redis.ParseFailoverURL: dial_timeout, pool_size,
-// addr=… for more seeds, …) plus key_prefix=… for [WithPrefix]. The opener
-// turns on go-redis's context_timeout_enabled unless the URL sets it, so
-// context deadlines bound every command. The Locker owns the client it made
-// and closes it in Close.
+// addr=host:port for more seeds, which IPv6 seeds need, …) plus
+// key_prefix=… for [WithPrefix]. The opener turns on go-redis's
+// ContextTimeoutEnabled unless the URL says context_timeout_enabled=false,
+// so context deadlines bound every command. Errors match [lock.ErrInvalidURL]
+// and never show the password. The Locker owns the client it made and
+// closes it in Close.
 //
 // # Caveats
 //
@@ -96,10 +102,14 @@
 //     resource when that matters; WAIT-based replication is not attempted.
 //   - go-redis bounds a command by its ReadTimeout, or by the context's
 //     deadline when ContextTimeoutEnabled is set; cancelling a context with
-//     no deadline does not interrupt a command already sent. Waiting in
-//     Subscribe and Wait honours cancellation at once.
-//   - Cluster needs Redis 7.0 or later (sharded pub/sub); a single node or
-//     Sentinel needs 6.2 or later. *redis.Ring is not supported.
+//     no deadline does not interrupt a command already sent, and opening a
+//     new connection (dial and handshake) is bounded by DialTimeout alone.
+//     Waiting in Subscribe and Wait honours cancellation at once.
+//   - Cluster needs Redis 7.0 or later (sharded pub/sub); the package is
+//     tested with Redis 7.0 on a single node, a 3-master Cluster and a
+//     Sentinel. *redis.Ring is not supported.
+//   - A released or completed lock stays in memory for 5 s as a tombstone
+//     (see Guarantees): budget about one small key per release per 5 s.
 //   - Records given to [Locker.Complete] are limited to 512 MiB, Redis's
 //     default proto-max-bulk-len (see [WithMaxRecordSize]).
 package redislock
