@@ -3,6 +3,7 @@ package redislock_test
 import (
 	"bufio"
 	"errors"
+	"math"
 	"regexp"
 	"strconv"
 	"strings"
@@ -315,5 +316,42 @@ func TestCommandStats(t *testing.T) {
 		}
 	}); s != 1 || o != 0 {
 		t.Errorf("a replayed Claim ran %d script commands and %d others on the server, want 1 and 0", s, o)
+	}
+}
+
+// TestExtremeTTLs: a nanosecond rounds up to the server's millisecond, and
+// the longest Duration is accepted as it is.
+func TestExtremeTTLs(t *testing.T) {
+	prefix := single.testPrefix(t)
+	c := single.client(t, "")
+	l := locker(t, c, redislock.WithPrefix(prefix))
+	ctx := t.Context()
+	le, err := l.TryAcquire(ctx, "tiny", time.Nanosecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pttl, _ := c.PTTL(ctx, prefix+"{tiny}").Result(); pttl > time.Millisecond {
+		t.Errorf("PTTL of a 1ns lease = %v, want at most 1ms", pttl)
+	}
+	_ = le.Release(ctx) // it may well have expired already
+	le, err = l.TryAcquire(ctx, "huge", time.Duration(math.MaxInt64))
+	if err != nil {
+		t.Fatalf("TryAcquire with the longest Duration: %v", err)
+	}
+	if dl := le.(lock.Deadliner).Deadline(); dl.Before(time.Now().Add(100 * 365 * 24 * time.Hour)) {
+		t.Errorf("Deadline of the longest lease = %v, want centuries ahead", dl)
+	}
+	if err := le.Refresh(ctx, time.Duration(math.MaxInt64)); err != nil {
+		t.Fatalf("Refresh with the longest Duration: %v", err)
+	}
+	if dl := le.(lock.Deadliner).Deadline(); dl.Before(time.Now().Add(100 * 365 * 24 * time.Hour)) {
+		t.Errorf("Deadline after refreshing the longest lease = %v, want centuries ahead", dl)
+	}
+	// go-redis's PTTL would overflow a Duration here: ask for milliseconds.
+	if ms, err := c.Do(ctx, "PTTL", prefix+"{huge}").Int64(); err != nil || ms < int64(math.MaxInt64/time.Millisecond)-60_000 {
+		t.Errorf("PTTL of the longest lease = %dms (%v), want about %dms", ms, err, math.MaxInt64/time.Millisecond)
+	}
+	if err := le.Release(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -75,4 +75,3 @@ func BenchmarkHandoffOneWaiter(b *testing.B) {
 		})
 	}
 }
-

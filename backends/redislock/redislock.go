@@ -119,6 +119,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -280,7 +281,7 @@ func (l *Locker) take(ctx context.Context, s *redis.Script, key string, k keys, 
 			l: l, key: key, keys: k, token: tok,
 			value:    strconv.FormatUint(tok, 10) + ":" + nonce,
 			tomb:     "r:" + nonce,
-			deadline: sent.Add(time.Duration(ms) * time.Millisecond),
+			deadline: sent.Add(msDuration(ms)),
 		}, nil, nil
 	case code == 0:
 		e := &lock.NotAcquiredError{Key: key}
@@ -323,6 +324,15 @@ func millis(ttl time.Duration) int64 {
 		ms++
 	}
 	return ms
+}
+
+// msDuration converts milliseconds back to a Duration, saturating instead
+// of overflowing for TTLs near the longest Duration.
+func msDuration(ms int64) time.Duration {
+	if ms > math.MaxInt64/int64(time.Millisecond) {
+		return math.MaxInt64
+	}
+	return time.Duration(ms) * time.Millisecond
 }
 
 // opError wraps an error of the server or the client with the operation
@@ -400,7 +410,7 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 		return notHeld("refresh", le.key)
 	}
 	le.mu.Lock()
-	le.deadline = sent.Add(time.Duration(ms) * time.Millisecond)
+	le.deadline = sent.Add(msDuration(ms))
 	le.mu.Unlock()
 	return nil
 }
