@@ -336,6 +336,7 @@ type Locker struct {
 	creates  sync.WaitGroup // session creates running detached
 	keeping  bool           // the keeper goroutine runs
 	poke     chan struct{}  // wakes the keeper
+	wakeAt   time.Time      // when the keeper wakes unless poked
 	stop     context.CancelFunc
 	stopped  chan struct{} // closed when the keeper returned
 }

@@ -194,7 +194,9 @@ func (l *Locker) putBack(s *session) {
 		c.lastUse = time.Now()
 		if len(c.idle) < maxIdle {
 			c.idle = append(c.idle, s)
-			l.startKeeperLocked()
+			if !l.keeping || s.renewed.Add(renewAfter(s.ttl)).Before(l.wakeAt) {
+				l.wakeLocked() // the keeper would renew it too late
+			}
 			l.mu.Unlock()
 			return
 		}
@@ -247,7 +249,11 @@ func (l *Locker) keep(ctx context.Context) {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
-		t.Reset(l.maintain(ctx))
+		next := l.maintain(ctx)
+		l.mu.Lock()
+		l.wakeAt = time.Now().Add(next)
+		l.mu.Unlock()
+		t.Reset(next)
 		select {
 		case <-ctx.Done():
 			return
