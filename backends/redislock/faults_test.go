@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -370,3 +371,56 @@ func TestOneSubscriptionConnection(t *testing.T) {
 }
 
 func itoa(v uint64) string { return strconv.FormatUint(v, 10) }
+
+// TestNoMissedWakeUps hands one key around many goroutines on several
+// Lockers with a TTL far longer than the test's deadline: a single missed
+// wake-up would leave a waiter asleep until the holder's TTL, past the
+// deadline.
+func TestNoMissedWakeUps(t *testing.T) {
+	for _, tp := range topologies {
+		t.Run(tp.name, func(t *testing.T) {
+			noLeak(t)
+			prefix := tp.testPrefix(t)
+			const lockers, perLocker, rounds = 4, 3, 25
+			var takes atomic.Int64
+			ls := make([]*redislock.Locker, lockers)
+			for i := range ls {
+				c := tp.client(t, "")
+				c.AddHook(countHook{&takes})
+				ls[i] = locker(t, c, redislock.WithPrefix(prefix))
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			var (
+				wg   sync.WaitGroup
+				held atomic.Int32
+				errs = make(chan error, lockers*perLocker)
+			)
+			for i := range lockers * perLocker {
+				wg.Go(func() {
+					for range rounds {
+						le, err := lock.Acquire(ctx, ls[i%lockers], "k", time.Minute)
+						if err != nil {
+							errs <- err
+							return
+						}
+						if held.Add(1) != 1 {
+							errs <- errors.New("two holders at once")
+						}
+						held.Add(-1)
+						if err := le.Release(ctx); err != nil {
+							errs <- err
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatalf("hand-off under contention: %v", err)
+			}
+			t.Logf("%d hand-offs took %d commands", lockers*perLocker*rounds, takes.Load())
+		})
+	}
+}

@@ -124,6 +124,12 @@ func (s *subscription) Wait(ctx context.Context, _ *lock.NotAcquiredError) error
 		s.n.mu.Unlock()
 	}
 	if detached {
+		// Whatever wake-up is pending came before the subscription was
+		// lost; re-subscribing and returning nil covers it.
+		select {
+		case <-s.wake:
+		default:
+		}
 		if err := s.subscribe(ctx); err != nil {
 			return opError("re-subscribe", s.key, err)
 		}

@@ -160,3 +160,25 @@ func holdAndWake(t *testing.T, holder, waiter *redislock.Locker) {
 		t.Errorf("the waiter took the key %v after the release", d)
 	}
 }
+
+// TestRESP2 runs a notified hand-off over RESP2 connections, whose pub/sub
+// replies (PING's "pong" array among them) differ from RESP3's.
+func TestRESP2(t *testing.T) {
+	for _, tp := range topologies {
+		t.Run(tp.name, func(t *testing.T) {
+			noLeak(t)
+			prefix := tp.testPrefix(t)
+			newClient := func() redis.UniversalClient {
+				var c redis.UniversalClient
+				if tp.cluster {
+					c = redis.NewClusterClient(&redis.ClusterOptions{Addrs: tp.addrs(t), Protocol: 2})
+				} else {
+					c = redis.NewClient(&redis.Options{Addr: tp.addrs(t)[0], Protocol: 2})
+				}
+				t.Cleanup(func() { _ = c.Close() })
+				return c
+			}
+			holdAndWake(t, locker(t, newClient(), redislock.WithPrefix(prefix)), locker(t, newClient(), redislock.WithPrefix(prefix)))
+		})
+	}
+}
