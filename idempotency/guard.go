@@ -424,7 +424,8 @@ func (g *Guard) Store() Store { return g.store }
 // storeCtx returns a context for a call to the Store after the work ran:
 // ctx's values without its cancellation, bounded by the store timeout.
 func (g *Guard) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), g.cfg.storeTimeout)
+	c := newDetachedCtx(ctx, g.cfg.storeTimeout)
+	return c, c.stop
 }
 
 // release gives a lease up after the work, logging a failure.

@@ -17,7 +17,8 @@ import (
 // the moment the Keeper reports the lease lost, exactly as with an eager
 // KeepAlive.
 type keeper struct {
-	lease  *trackedLease
+	tl     trackedLease
+	lease  *trackedLease // &tl
 	ttl    time.Duration
 	ctx    context.Context // the work's context
 	cancel context.CancelCauseFunc
@@ -32,13 +33,15 @@ type keeper struct {
 // running under parent.
 func (g *Guard) keep(parent context.Context, lease lock.Lease, sent time.Time) *keeper {
 	ttl := g.cfg.leaseTTL
-	tl := &trackedLease{Lease: lease, deadline: sent.Add(ttl)}
-	if d, ok := lease.(lock.Deadliner); ok {
-		tl.deadline = d.Deadline()
-	}
 	ctx, cancel := context.WithCancelCause(parent)
-	kp := &keeper{lease: tl, ttl: ttl, ctx: ctx, cancel: cancel}
-	kp.timer = time.AfterFunc(max(time.Until(tl.Deadline())-2*ttl/3, 0), kp.start)
+	kp := &keeper{ttl: ttl, ctx: ctx, cancel: cancel}
+	kp.tl.Lease = lease
+	kp.tl.deadline = sent.Add(ttl)
+	if d, ok := lease.(lock.Deadliner); ok {
+		kp.tl.deadline = d.Deadline()
+	}
+	kp.lease = &kp.tl
+	kp.timer = time.AfterFunc(max(time.Until(kp.tl.deadline)-2*ttl/3, 0), kp.start)
 	return kp
 }
 

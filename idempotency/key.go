@@ -164,6 +164,7 @@ func storageKey(domain, namespace, scope, key string) string {
 type hasher struct {
 	h   hash.Hash
 	buf []byte
+	out [sha256.Size]byte
 }
 
 var hasherPool = sync.Pool{New: func() any {
@@ -202,7 +203,6 @@ func (h *hasher) field(s string) { field(h, s) }
 
 func (h *hasher) sum() [sha256.Size]byte {
 	_, _ = h.h.Write(h.buf)
-	var out [sha256.Size]byte
-	h.h.Sum(out[:0])
-	return out
+	h.h.Sum(h.out[:0])
+	return h.out
 }

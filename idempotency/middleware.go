@@ -227,7 +227,7 @@ func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, l
 	c := &g.cfg
 	ctx := r.Context()
 	k := g.keep(ctx, lease, sent)
-	rec := &recorder{w: w, max: c.maxRespBody, cfg: c}
+	rec := newRecorder(w, c)
 	done := false
 	defer func() {
 		if !done {

@@ -25,6 +25,17 @@ type recorder struct {
 	flushed  bool
 	hijack   bool
 	terminal bool
+	// Inline room for a typical response's headers and body, so that
+	// capturing them allocates nothing more.
+	hdrBuf  [256]byte
+	bodyBuf [512]byte
+}
+
+func newRecorder(w http.ResponseWriter, c *config) *recorder {
+	rec := &recorder{w: w, max: c.maxRespBody, cfg: c}
+	rec.hdr = rec.hdrBuf[:0]
+	rec.body = rec.bodyBuf[:0]
+	return rec
 }
 
 func (rec *recorder) Header() http.Header { return rec.w.Header() }
@@ -54,7 +65,7 @@ func (rec *recorder) Write(p []byte) (int, error) {
 	if !rec.over {
 		if len(rec.body)+len(p) > rec.max {
 			rec.over = true
-			rec.body = nil
+			rec.body = rec.bodyBuf[:0]
 		} else {
 			rec.body = append(rec.body, p...)
 		}
