@@ -10,9 +10,11 @@
 // lock.Acquire uses) are woken by the release itself: no polling and no
 // goroutine per lock.
 //
-// Memory is proportional to the keys currently held (and keys with waiters):
-// expired holdings are reclaimed from a deadline heap as later calls pass by,
-// so millions of one-shot keys leave nothing behind.
+// Memory is proportional to the keys currently held (and keys with waiters)
+// plus the idempotency records still in their retention (see
+// [Locker.Claim]): expired holdings and records are reclaimed from deadline
+// heaps as later calls pass by, so millions of one-shot keys leave nothing
+// behind.
 //
 // Caveat: the locks exclude only goroutines of this process that share the
 // same Locker value. Use a networked backend to exclude other processes.
