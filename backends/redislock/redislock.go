@@ -258,6 +258,9 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 	if err != nil {
 		return nil, err
 	}
+	if le == nil { // a record: the take script never answers that
+		return nil, opError("take", key, errors.New("unexpected record in the reply"))
+	}
 	return le, nil
 }
 
