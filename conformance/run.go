@@ -126,6 +126,27 @@ func (c *check) refused(l lock.Locker, key string, why string) {
 	}
 }
 
+// refusedBefore asserts that l cannot take key, if the probe's answer comes
+// back before until: the server then saw the probe while the holder's TTL
+// still ran. A later answer proves nothing either way (the machine stalled),
+// so it is only logged.
+func (c *check) refusedBefore(l lock.Locker, key string, until time.Time, why string) {
+	c.Helper()
+	le, err := l.TryAcquire(c.ctx(), key, time.Minute)
+	answered := time.Now()
+	if err == nil {
+		_ = le.Release(context.WithoutCancel(c.ctx()))
+		if answered.Before(until) {
+			c.Fatalf("%s: TryAcquire(%q) succeeded %v before the holder's TTL could have run out", why, key, until.Sub(answered))
+		}
+		c.Logf("%s: inconclusive: the probe was answered %v after the TTL could have run out", why, answered.Sub(until))
+		return
+	}
+	if !errors.Is(err, lock.ErrNotAcquired) {
+		c.Fatalf("%s: TryAcquire(%q) on a held key: got %v, want an error matching ErrNotAcquired", why, key, err)
+	}
+}
+
 // release releases le, failing the clause on error.
 func (c *check) release(le lock.Lease) {
 	c.Helper()

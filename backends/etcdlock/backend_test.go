@@ -344,16 +344,18 @@ func TestHandoff(t *testing.T) {
 			t.Fatal(err)
 		}
 		watches := wc.method("Watch")
-		got := make(chan time.Time, 1)
-		errc := make(chan error, 1)
+		type result struct {
+			at  time.Time
+			err error
+		}
+		got := make(chan result, 1)
 		go func() {
 			w, err := lock.Acquire(ctx, waiter, "k", time.Minute)
-			if err != nil {
-				errc <- err
-				return
+			at := time.Now()
+			if err == nil {
+				err = w.Release(context.WithoutCancel(ctx))
 			}
-			got <- time.Now()
-			errc <- w.Release(context.WithoutCancel(ctx))
+			got <- result{at, err}
 		}()
 		// The waiter's watch request is the event that it is about to
 		// block (its watch replays anything after its attempt anyway).
@@ -366,17 +368,15 @@ func TestHandoff(t *testing.T) {
 			t.Fatal(err)
 		}
 		select {
-		case at := <-got:
-			if d := at.Sub(released); d > 250*time.Millisecond {
+		case r := <-got:
+			if r.err != nil {
+				t.Fatalf("round %d: Acquire and release: %v", round, r.err)
+			}
+			if d := r.at.Sub(released); d > 250*time.Millisecond {
 				t.Errorf("round %d: the waiter took the key %v after the release", round, d)
 			}
-		case err := <-errc:
-			t.Fatalf("round %d: Acquire: %v", round, err)
 		case <-time.After(10 * time.Second):
 			t.Fatalf("round %d: the waiter did not take the key", round)
-		}
-		if err := <-errc; err != nil {
-			t.Fatal(err)
 		}
 		// One take after the event, one release.
 		if n := wc.method("Txn") - txns; n != 2 {
