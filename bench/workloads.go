@@ -1,0 +1,382 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Workload shapes.
+const (
+	// Contenders is the number of independent clients contending for one
+	// key in the Handoff workload.
+	Contenders = 8
+	// Goroutines is how many goroutines share one client in Throughput.
+	Goroutines = 32
+	// Keys is how many keys Throughput spreads over.
+	Keys = 1000
+)
+
+// takeRelease is one uncontended take + release; it fails b when the key
+// was not free.
+func takeRelease(b *testing.B, ctx context.Context, c Client, key string) {
+	h, ok, err := c.Try(ctx, key)
+	if err != nil || !ok {
+		b.Fatalf("take of an uncontended key %q: ok=%v err=%v", key, ok, err)
+	}
+	if err := h.Release(ctx); err != nil {
+		b.Fatalf("release of %q: %v", key, err)
+	}
+}
+
+// serverTime starts measuring the server's command time, if the backend
+// can; the returned function reports server-us/op.
+func serverTime(b *testing.B, be Backend, env Env) func() {
+	if be.ServerTime == nil {
+		return func() {}
+	}
+	read := be.ServerTime(b, env)
+	before := read(b)
+	return func() {
+		b.ReportMetric((read(b)-before)/float64(b.N), "server-us/op")
+	}
+}
+
+// TakeRelease measures uncontended take + release pairs on one key by one
+// goroutine: ns/op and ops/s, and where the backend can tell, the time
+// the server spent on them (server-us/op).
+func TakeRelease(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
+	c := lib.Setup(b, env)()
+	ctx := context.Background()
+	key := prefix + "k"
+	for range 10 { // connections, script caches, lease and session pools
+		takeRelease(b, ctx, c, key)
+	}
+	b.ReportAllocs()
+	report := serverTime(b, be, env)
+	b.ResetTimer()
+	for range b.N {
+		takeRelease(b, ctx, c, key)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+	report()
+}
+
+// holding is one turn of one contender with the lock.
+type holding struct {
+	who        int
+	start, end time.Time // after the take returned; before the release was called
+}
+
+// Handoff measures b.N hand-offs of one key between Contenders clients,
+// each with connections of its own as separate processes would have.
+//
+// Each contender takes the key (waiting as its library waits), holds it,
+// releases it, and once another contender has taken the key it comes back
+// after a random pause, uniform over [0, P), and waits again. P is
+// HoldTime, or the library's PollPeriod if longer, so that contenders that
+// poll at a fixed interval start waiting at independent phases of it and
+// do not fall in step. A holder releases only when it has held the key for
+// HoldTime and every other contender has been waiting (inside its take
+// call) for at least HoldTime: at every release Contenders-1 contenders
+// are waiting, none of them in its first attempt, and every hand-off goes
+// from one contender to another.
+//
+// It reports the latency from a holder's release call to the next
+// holder's take (ns/handoff-p50, ns/handoff-p99), the spread of takes over
+// the contenders (acq-cv: their coefficient of variation, 0 when even;
+// acq-min/max: the fewest over the most), and the requests all contenders
+// sent per hand-off (req/handoff), counted by the backend's Load meter.
+// ns/op is one holding plus one hand-off.
+func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
+	var load Meter
+	if be.Load != nil {
+		env, load = be.Load(b, env)
+	}
+	pause := max(HoldTime, lib.PollPeriod)
+	newClient := lib.Setup(b, env)
+	clients := make([]Client, Contenders)
+	for i := range clients {
+		clients[i] = newClient()
+	}
+	key := prefix + "k"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	for _, c := range clients { // connections, subscriptions, pools
+		h, err := c.Lock(ctx, key)
+		if err != nil {
+			b.Fatalf("warm-up take: %v", err)
+		}
+		if err := h.Release(ctx); err != nil {
+			b.Fatalf("warm-up release: %v", err)
+		}
+	}
+
+	need := b.N + 1 // holdings: b.N hand-offs between them
+	hist := make([]holding, need)
+	var (
+		mu      sync.Mutex
+		taken   int
+		turn    = make(chan struct{})             // closed by the next take
+		waiting = make([]time.Time, len(clients)) // when each began waiting; zero when not
+		arrival = make(chan struct{})             // closed when a contender begins waiting
+		errs    []error
+		wg      sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+		cancel()
+	}
+	// holdUntilReady returns once contender i, holding since start, may
+	// release: HoldTime passed and every other contender has been waiting
+	// for HoldTime.
+	holdUntilReady := func(i int, start time.Time) bool {
+		for {
+			mu.Lock()
+			ready, all := start.Add(HoldTime), true
+			for j, t := range waiting {
+				switch {
+				case j == i:
+				case t.IsZero():
+					all = false
+				case t.Add(HoldTime).After(ready):
+					ready = t.Add(HoldTime)
+				}
+			}
+			next := arrival
+			mu.Unlock()
+			if all {
+				return sleepCtx(ctx, time.Until(ready))
+			}
+			select {
+			case <-next:
+			case <-ctx.Done():
+				return false
+			}
+		}
+	}
+
+	if load != nil {
+		load.Start(b)
+	}
+	b.ResetTimer()
+	for i, c := range clients {
+		wg.Go(func() {
+			for {
+				mu.Lock()
+				waiting[i] = time.Now()
+				close(arrival)
+				arrival = make(chan struct{})
+				mu.Unlock()
+				h, err := c.Lock(ctx, key)
+				if err != nil {
+					if ctx.Err() == nil {
+						fail(fmt.Errorf("contender %d: take: %w", i, err))
+					}
+					return
+				}
+				start := time.Now()
+				mu.Lock()
+				waiting[i] = time.Time{}
+				idx := taken
+				if idx >= need { // the run ended while this contender was taking
+					mu.Unlock()
+					_ = h.Release(context.Background())
+					return
+				}
+				taken++
+				close(turn)
+				turn = make(chan struct{})
+				next := turn
+				mu.Unlock()
+
+				last := idx == need-1
+				if !last && !holdUntilReady(i, start) {
+					_ = h.Release(context.Background())
+					return
+				}
+				end := time.Now()
+				hist[idx] = holding{who: i, start: start, end: end}
+				if err := h.Release(context.Background()); err != nil {
+					fail(fmt.Errorf("contender %d: release: %w", i, err))
+					return
+				}
+				if last {
+					cancel() // the others stop waiting
+					return
+				}
+				select { // contend again once another contender took it,
+				case <-next:
+				case <-ctx.Done():
+					return
+				}
+				if !sleepCtx(ctx, rand.N(pause)) { // after a random pause
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	var counts Counts
+	if load != nil {
+		counts = load.Stop(b)
+	}
+	if len(errs) > 0 {
+		b.Fatalf("hand-off: %v", errs[0])
+	}
+
+	lat := make([]time.Duration, 0, b.N)
+	per := make([]float64, Contenders)
+	per[hist[0].who]++
+	for i := 1; i < need; i++ {
+		d := hist[i].start.Sub(hist[i-1].end)
+		if d < 0 {
+			b.Fatalf("hand-off %d: holder %d took the key %v before holder %d released it: mutual exclusion broken",
+				i, hist[i].who, -d, hist[i-1].who)
+		}
+		lat = append(lat, d)
+		per[hist[i].who]++
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(percentile(lat, 0.50)), "ns/handoff-p50")
+	b.ReportMetric(float64(percentile(lat, 0.99)), "ns/handoff-p99")
+	mean := float64(need) / Contenders
+	var ss float64
+	for _, n := range per {
+		ss += (n - mean) * (n - mean)
+	}
+	b.ReportMetric(math.Sqrt(ss/Contenders)/mean, "acq-cv")
+	b.ReportMetric(slices.Min(per)/slices.Max(per), "acq-min/max")
+	if counts != nil {
+		b.ReportMetric(counts["req"]/float64(b.N), "req/handoff")
+	}
+}
+
+// sleepCtx sleeps for d, or returns false when ctx ends first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// percentile returns the nearest-rank p-th percentile of sorted.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p*float64(len(sorted)))) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// Throughput measures take + release attempts by Goroutines goroutines
+// sharing one client over Keys keys, one attempt per operation (a key
+// another goroutine holds counts as a miss, reported as miss-%).
+func Throughput(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
+	c := lib.Setup(b, env)()
+	keys := make([]string, Keys)
+	for i := range keys {
+		keys[i] = prefix + strconv.Itoa(i)
+	}
+	ctx := context.Background()
+	for i := range Goroutines { // connections and pools, as in steady state
+		takeRelease(b, ctx, c, keys[i])
+	}
+	var misses atomic.Int64
+	var failed atomic.Value
+	b.SetParallelism((Goroutines + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	b.ReportAllocs()
+	report := serverTime(b, be, env)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := rand.IntN(len(keys))
+		for pb.Next() {
+			i = (i + 1) % len(keys)
+			h, ok, err := c.Try(ctx, keys[i])
+			switch {
+			case err != nil:
+				failed.CompareAndSwap(nil, err)
+			case !ok:
+				misses.Add(1)
+			default:
+				if err := h.Release(ctx); err != nil {
+					failed.CompareAndSwap(nil, err)
+				}
+			}
+		}
+	})
+	b.StopTimer()
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatalf("take + release: %v", err)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+	b.ReportMetric(100*float64(misses.Load())/float64(b.N), "miss-%")
+	report()
+}
+
+// RoundTrips counts, at the server, the requests of b.N uncontended take +
+// release pairs by a warm client (its pools filled, its scripts loaded):
+// req/op. Background work the library does meanwhile (renewing pooled
+// leases or sessions, destroying sessions) is counted too. A breakdown by
+// request kind is logged.
+func RoundTrips(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
+	env, meter := be.Meter(b, env)
+	c := lib.Setup(b, env)()
+	ctx := context.Background()
+	key := prefix + "k"
+	for range 20 {
+		takeRelease(b, ctx, c, key)
+	}
+	settle := 300 * time.Millisecond
+	if b.N == 1 {
+		settle = 0 // the calibration run, whose figures are not reported
+	}
+	time.Sleep(settle) // let background refills finish
+	meter.Start(b)
+	b.ResetTimer()
+	for range b.N {
+		takeRelease(b, ctx, c, key)
+	}
+	b.StopTimer()
+	time.Sleep(settle) // asynchronous clean-up (api.Lock destroys its session after Unlock)
+	counts := meter.Stop(b)
+	n := float64(b.N)
+	b.ReportMetric(counts["req"]/n, "req/op")
+	if v, ok := counts["cmds"]; ok {
+		b.ReportMetric(v/n, "cmds/op")
+	}
+	if v, ok := counts["hook-req"]; ok {
+		b.ReportMetric(v/n, "hook-req/op")
+	}
+	var parts []string
+	for k, v := range counts {
+		if strings.Contains(k, ":") {
+			parts = append(parts, fmt.Sprintf("%s=%.2f", k, v/n))
+		}
+	}
+	sort.Strings(parts)
+	if b.N > 1 { // not the calibration run
+		b.Logf("breakdown %s/%s: %s", be.Name, lib.Name, strings.Join(parts, " "))
+	}
+}
