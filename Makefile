@@ -6,6 +6,10 @@
 #   make lint          gofmt, go vet, staticcheck
 #   make servers       start the test servers (scripts/servers.sh start)
 #   make stop-servers  stop them
+#   make bench         benchmarks against the peer libraries (bench/): runs
+#                      them on a private set of servers and rewrites
+#                      BENCHMARKS.md, bench/handoff.png, bench/results.txt
+#                      and bench/benchstat.txt (a few minutes)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -15,7 +19,7 @@ SERVERS     := scripts/servers.sh
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TESTFLAGS   ?= -race -count=1 -timeout 20m
 
-.PHONY: test lint servers stop-servers
+.PHONY: test lint servers stop-servers bench
 
 servers:
 	bash $(SERVERS) start
@@ -33,3 +37,25 @@ test: servers lint
 	eval "$$(bash $(SERVERS) env)"; \
 	export IDEMLOCK_REQUIRE_SERVERS=1; \
 	$(GO) test $(TESTFLAGS) -json ./... | $(GO) run ./internal/cmd/testcheck
+
+# bench runs on servers of its own (ports offset by BENCH_PORT_OFFSET, data
+# in .servers/bench-<offset>), so that the shared test servers' traffic
+# never enters its server-side request counts; they are stopped at the end.
+# BENCH_PORT_OFFSET=0 uses (and keeps) the shared servers instead.
+BENCH_PORT_OFFSET ?= 1005
+BENCH_ROUNDS      ?= 5
+BENCH_FLAGS       ?=
+BENCHSTAT         ?= $(GO) run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
+
+bench:
+	export IDEMLOCK_PORT_OFFSET=$(BENCH_PORT_OFFSET); \
+	if [ "$(BENCH_PORT_OFFSET)" != 0 ]; then \
+		export IDEMLOCK_SERVERS_DIR="$(CURDIR)/.servers/bench-$(BENCH_PORT_OFFSET)"; \
+		trap 'bash $(CURDIR)/$(SERVERS) stop redis etcd consul memcached >/dev/null 2>&1 || true' EXIT; \
+	fi; \
+	bash $(SERVERS) start redis etcd consul memcached; \
+	eval "$$(bash $(SERVERS) env)"; \
+	export IDEMLOCK_REQUIRE_SERVERS=1; \
+	cd bench; \
+	$(GO) run ./cmd/report -rounds $(BENCH_ROUNDS) $(BENCH_FLAGS); \
+	$(BENCHSTAT) -ignore round results.txt > benchstat.txt
