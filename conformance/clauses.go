@@ -93,11 +93,21 @@ func testHeldKeyRefused(c *check, p params) {
 }
 
 func testOneWinner(c *check, p params) {
-	const lockers, perLocker, rounds = 4, 4, 10
+	const lockers = 4
 	ls := make([]lock.Locker, lockers)
 	for i := range ls {
 		ls[i] = p.newLocker(c)
 	}
+	oneWinner(c, "TryAcquire calls", 4*lockers, func(i int, key string) (lock.Lease, error) {
+		return ls[i%lockers].TryAcquire(c.ctx(), key, p.long)
+	})
+}
+
+// oneWinner races n attempts on a fresh key, for several rounds, and fails
+// the clause unless exactly one wins and every other gets ErrNotAcquired.
+func oneWinner(c *check, what string, n int, attempt func(i int, key string) (lock.Lease, error)) {
+	c.Helper()
+	const rounds = 10
 	for round := range rounds {
 		key := c.key(fmt.Sprint("round-", round))
 		var (
@@ -107,10 +117,10 @@ func testOneWinner(c *check, p params) {
 			winners []lock.Lease
 			errs    []error
 		)
-		for i := range lockers * perLocker {
+		for i := range n {
 			wg.Go(func() {
 				<-start
-				le, err := ls[i%lockers].TryAcquire(c.ctx(), key, p.long)
+				le, err := attempt(i, key)
 				mu.Lock()
 				defer mu.Unlock()
 				if err == nil {
@@ -129,7 +139,7 @@ func testOneWinner(c *check, p params) {
 			c.Fatalf("round %d: losers must get ErrNotAcquired, got %v", round, errs[0])
 		}
 		if len(winners) != 1 {
-			c.Fatalf("round %d: %d of %d concurrent TryAcquire calls won, want exactly 1", round, len(winners), lockers*perLocker)
+			c.Fatalf("round %d: %d of %d concurrent %s won, want exactly 1", round, len(winners), n, what)
 		}
 	}
 }

@@ -14,16 +14,16 @@ import (
 	"go.uber.org/goleak"
 )
 
-// subtest is one clause of the contract.
-type subtest struct {
+// subtest is one clause of a contract, run with parameters P.
+type subtest[P any] struct {
 	name   string // stable subtest name
 	clause string // what the contract says, quoted in failures
-	run    func(c *check, p params)
+	run    func(c *check, p P)
 }
 
 // suite lists the clauses in the order Run runs them. The order and names
 // are part of the package's API: users select them with -run and -skip.
-var suite = []subtest{
+var suite = []subtest[params]{
 	{"InvalidInput", "bad input gets a typed error, never a panic", testInvalidInput},
 	{"TakeAndRelease", "a free key can be taken; release frees it", testTakeAndRelease},
 	{"HeldKeyRefused", "a held key is refused with ErrNotAcquired", testHeldKeyRefused},
@@ -52,12 +52,18 @@ var suite = []subtest{
 // that no goroutine was left behind by it.
 func Run(t *testing.T, cfg Config) {
 	t.Helper()
-	p := newParams(t, cfg)
+	runSuite(t, "", suite, newParams(t, cfg))
+}
+
+// runSuite runs each clause as a subtest, with keys under a prefix unique to
+// the run, then the goroutine-leak clause.
+func runSuite[P any](t *testing.T, scope string, clauses []subtest[P], p P) {
+	t.Helper()
 	baseline := goleak.IgnoreCurrent()
-	run := newRunID()
-	for _, st := range suite {
+	prefix := "idemlock-conformance/" + newRunID() + "/" + scope
+	for _, st := range clauses {
 		t.Run(st.name, func(t *testing.T) {
-			c := &check{T: t, clause: st.clause, prefix: "idemlock-conformance/" + run + "/" + st.name + "/"}
+			c := &check{T: t, clause: st.clause, prefix: prefix + st.name + "/"}
 			defer func() {
 				if r := recover(); r != nil {
 					c.Fatalf("panic: %v\n%s", r, debug.Stack())

@@ -5,14 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/idempotency"
-	"go.uber.org/goleak"
 )
 
 // StoreConfig describes an [idempotency.Store] under test. Zero values mean
@@ -31,11 +28,7 @@ type StoreConfig struct {
 
 // storeSuite lists the Store clauses in the order RunStore runs them. The
 // order and names are part of the package's API.
-var storeSuite = []struct {
-	name   string
-	clause string
-	run    func(c *check, p storeParams)
-}{
+var storeSuite = []subtest[storeParams]{
 	{"StoreInvalidInput", "bad input to Claim and Complete gets a typed error, never a panic", testStoreInvalidInput},
 	{"ClaimTakes", "Claim on a free key returns a Lease and no record; a claimed key is refused with ErrNotAcquired", testClaimTakes},
 	{"ClaimOneWinner", "exactly one of many concurrent Claims wins", testClaimOneWinner},
@@ -85,24 +78,7 @@ func RunStore(t *testing.T, cfg StoreConfig) {
 		MinTTL:         cfg.MinTTL,
 		ExpirySlack:    cfg.ExpirySlack,
 	})}
-	baseline := goleak.IgnoreCurrent()
-	run := newRunID()
-	for _, st := range storeSuite {
-		t.Run(st.name, func(t *testing.T) {
-			c := &check{T: t, clause: st.clause, prefix: "idemlock-conformance/" + run + "/store/" + st.name + "/"}
-			defer func() {
-				if r := recover(); r != nil {
-					c.Fatalf("panic: %v\n%s", r, debug.Stack())
-				}
-			}()
-			st.run(c, p)
-		})
-	}
-	t.Run("NoGoroutineLeak", func(t *testing.T) {
-		if err := goleak.Find(baseline); err != nil {
-			t.Errorf("contract clause violated: no goroutine outlives its owner: %v", err)
-		}
-	})
+	runSuite(t, "store/", storeSuite, p)
 }
 
 // claim claims key on s, failing the clause unless it gets a Lease.
@@ -200,48 +176,18 @@ func testClaimTakes(c *check, p storeParams) {
 }
 
 func testClaimOneWinner(c *check, p storeParams) {
-	const stores, perStore, rounds = 4, 4, 5
+	const stores = 4
 	ss := make([]idempotency.Store, stores)
 	for i := range ss {
 		ss[i] = p.newStore(c)
 	}
-	for round := range rounds {
-		key := c.key(fmt.Sprint("round-", round))
-		var (
-			wg      sync.WaitGroup
-			start   = make(chan struct{})
-			mu      sync.Mutex
-			winners []lock.Lease
-			errs    []error
-		)
-		for i := range stores * perStore {
-			wg.Go(func() {
-				<-start
-				le, rec, err := ss[i%stores].Claim(c.ctx(), key, p.long)
-				mu.Lock()
-				defer mu.Unlock()
-				switch {
-				case err == nil && le != nil:
-					winners = append(winners, le)
-				case err == nil:
-					errs = append(errs, fmt.Errorf("a %d-byte record on a key never completed", len(rec)))
-				case !errors.Is(err, lock.ErrNotAcquired):
-					errs = append(errs, err)
-				}
-			})
+	oneWinner(c, "Claims", 4*stores, func(i int, key string) (lock.Lease, error) {
+		le, rec, err := ss[i%stores].Claim(c.ctx(), key, p.long)
+		if err == nil && le == nil {
+			return nil, fmt.Errorf("a %d-byte record on a key never completed", len(rec))
 		}
-		close(start)
-		wg.Wait()
-		for _, le := range winners {
-			defer func() { _ = le.Release(context.WithoutCancel(c.ctx())) }()
-		}
-		if len(errs) > 0 {
-			c.Fatalf("round %d: losers must get ErrNotAcquired, got %v", round, errs[0])
-		}
-		if len(winners) != 1 {
-			c.Fatalf("round %d: %d of %d concurrent Claims won, want exactly 1", round, len(winners), stores*perStore)
-		}
-	}
+		return le, err
+	})
 }
 
 // binaryRecord holds every byte value, so that no backend may treat records
