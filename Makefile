@@ -43,7 +43,7 @@ test: servers lint
 # never enters its server-side request counts; they are stopped at the end.
 # BENCH_PORT_OFFSET=0 uses (and keeps) the shared servers instead.
 BENCH_PORT_OFFSET ?= 1005
-BENCH_ROUNDS      ?= 5
+BENCH_ROUNDS      ?= 6
 BENCH_FLAGS       ?=
 BENCHSTAT         ?= $(GO) run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
 

@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -39,7 +41,7 @@ func consulBackend() Backend {
 				Label: "api.Lock",
 				Desc: "hashicorp/consul/api v1.34.4 Lock (the api.Lock recipe: a session per lock, read, acquire, " +
 					"a monitoring query, release, session destroy), default options; its one-attempt form is LockTryOnce " +
-					"with a stop channel closed after 10 ms (without it, a miss that races a release sleeps 5 s)",
+					"with a stop channel closed 10 ms into the attempt (without it, a miss that races a release sleeps 5 s)",
 				Setup: consulSetup(func(c *api.Client) (Client, func()) { return consulLockClient{c}, func() {} }),
 			},
 		},
@@ -79,13 +81,21 @@ func consulSetup(wrap func(*api.Client) (Client, func())) func(testing.TB, Env) 
 // consulLockClient drives api.Lock.
 type consulLockClient struct{ c *api.Client }
 
-// Try is api.Lock with LockTryOnce and a stop channel closed after
-// consulTryStop. Without the stop channel a miss can take 5 s: when the
-// acquire fails and the re-read finds the key unlocked (its holder released
-// it in between), api.Lock assumes a lock-delay and sleeps
-// DefaultLockRetryTime, LockTryOnce or not.
+// Try is api.Lock with LockTryOnce, bounded: a miss that races a release
+// would otherwise take 5 s (when the acquire fails and the re-read finds
+// the key unlocked, api.Lock assumes a lock-delay and sleeps
+// DefaultLockRetryTime, LockTryOnce or not), so a stop channel closes
+// consulTryStop after the attempt began. api.Lock checks that channel
+// before its first read, so the session is created here, as api.Lock
+// would (same TTL, default lock-delay), and destroyed in the background
+// after the release, as api.Lock's renewal goroutine does: the requests
+// are api.Lock's own.
 func (c consulLockClient) Try(_ context.Context, key string) (Held, bool, error) {
-	lk, err := c.c.LockOpts(&api.LockOptions{Key: key, SessionTTL: TTL.String(), LockTryOnce: true, LockWaitTime: time.Millisecond})
+	id, _, err := c.c.Session().Create(&api.SessionEntry{TTL: TTL.String()}, nil)
+	if err != nil {
+		return nil, false, err
+	}
+	lk, err := c.c.LockOpts(&api.LockOptions{Key: key, Session: id, LockTryOnce: true, LockWaitTime: time.Millisecond})
 	if err != nil {
 		return nil, false, err
 	}
@@ -94,10 +104,13 @@ func (c consulLockClient) Try(_ context.Context, key string) (Held, bool, error)
 	defer t.Stop()
 	ch, err := lk.Lock(stop)
 	if err != nil || ch == nil {
+		go c.destroy(id)
 		return nil, false, err
 	}
-	return consulHeld{lk}, true, nil
+	return consulHeld{lk: lk, destroy: func() { go c.destroy(id) }}, true, nil
 }
+
+func (c consulLockClient) destroy(id string) { _, _ = c.c.Session().Destroy(id, nil) }
 
 func (c consulLockClient) Lock(ctx context.Context, key string) (Held, error) {
 	lk, err := c.c.LockOpts(&api.LockOptions{Key: key, SessionTTL: TTL.String()})
@@ -113,12 +126,21 @@ func (c consulLockClient) Lock(ctx context.Context, key string) (Held, error) {
 	case ch == nil:
 		return nil, ctx.Err()
 	}
-	return consulHeld{lk}, nil
+	return consulHeld{lk: lk}, nil
 }
 
-type consulHeld struct{ lk *api.Lock }
+type consulHeld struct {
+	lk      *api.Lock
+	destroy func() // the session's, when Try created it
+}
 
-func (h consulHeld) Release(context.Context) error { return h.lk.Unlock() }
+func (h consulHeld) Release(context.Context) error {
+	err := h.lk.Unlock()
+	if h.destroy != nil {
+		h.destroy()
+	}
+	return err
+}
 
 // consulMeter counts HTTP requests on their way to the agent, through a
 // reverse proxy on loopback that the measured clients talk to. (The
@@ -140,6 +162,7 @@ func newConsulMeter(tb testing.TB, env Env) (Env, Meter) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 256
 	proxy.Transport = tr
+	proxy.ErrorLog = log.New(io.Discard, "", 0) // cancelled blocking queries are expected
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatalf("consul meter: %v", err)

@@ -4,7 +4,7 @@
 // From bench/, with the servers running and their addresses exported
 // (`make bench` does all of it):
 //
-//	go run ./cmd/report                     # run 5 rounds, write the report
+//	go run ./cmd/report                     # run 6 rounds, write the report
 //	go run ./cmd/report -read results.txt   # only regenerate from saved output
 //
 // Each round runs every workload once, for every backend and library (the
@@ -42,13 +42,13 @@ type group struct {
 
 func main() {
 	var (
-		rounds    = flag.Int("rounds", 5, "rounds to run")
+		rounds    = flag.Int("rounds", 6, "rounds to run (benchstat needs 6 for a 95% confidence interval)")
 		read      = flag.String("read", "", "read this results file instead of running the benchmarks")
 		raw       = flag.String("raw", "results.txt", "where to save the raw go test output")
 		out       = flag.String("out", "../BENCHMARKS.md", "the report to write")
 		chart     = flag.String("chart", "handoff.png", "the hand-off chart to write")
 		chartLink = flag.String("chart-link", "bench/handoff.png", "the chart's path as linked from the report")
-		timeT     = flag.String("benchtime", "250ms", "-benchtime of TakeRelease and Throughput")
+		timeT     = flag.String("benchtime", "200ms", "-benchtime of TakeRelease and Throughput")
 		handoffs  = flag.Int("handoffs", 100, "hand-offs per Handoff benchmark and round")
 		rtOps     = flag.Int("roundtrip-ops", 100, "take + release pairs per RoundTrips benchmark")
 	)
