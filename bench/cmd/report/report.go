@@ -199,11 +199,11 @@ func (res *results) markdown(chartLink, rawName string) string {
 	// Chart.
 	p("## Contended hand-off\n\n![Hand-off latency per library: p50 and p99 bars on a log scale](%s)\n\n", chartLink)
 	p("%d contenders, each with its own client (as %d processes would have), take turns on one key. ", bench.Contenders, bench.Contenders)
-	p("A holder keeps the key for %v, and releases it only when every other contender has been waiting for at least %v; ", bench.HoldTime, bench.HoldTime)
-	p("a contender that released waits again after a random pause (uniform over %v, or over the library's polling interval when that is fixed and longer: 100 ms for bsm/redislock), so that pollers start waiting at independent phases, as separate processes do. ", bench.HoldTime)
+	p("A holder keeps the key for %s, and releases it only when every other contender has been waiting for at least %s; ", fmtAxis(float64(bench.HoldTime)), fmtAxis(float64(bench.HoldTime)))
+	p("a contender that released waits again after a random pause (uniform over %s, or over the library's polling interval when that is fixed and longer: 100 ms for bsm/redislock), so that pollers start waiting at independent phases, as separate processes do. ", fmtAxis(float64(bench.HoldTime)))
 	p("The latency runs from the holder's release call to the moment the next holder's take returned; it includes the release's own round trip. ")
 	p("Fairness is the spread of takes over the contenders: cv is their coefficient of variation (0 when even), min/max the fewest over the most (0: someone never got the lock). ")
-	p("Requests per hand-off are what all %d contenders sent per hand-off, waiting included.\n\n", bench.Contenders)
+	p("Requests per hand-off are what all %d contenders sent per hand-off, waiting included (counted by the clients on Redis and Consul, by the server on etcd and memcached).\n\n", bench.Contenders)
 
 	for _, be := range bench.Backends() {
 		res.backendSection(&b, be)
@@ -355,12 +355,13 @@ func (res *results) methodSection(b *strings.Builder) {
 	p("## How it is measured\n\n")
 	p("`make bench` starts a private set of servers with `scripts/servers.sh` (ports offset by 1005, so the shared test servers' traffic never enters the counters), ")
 	p("builds `bench/` (its own Go module: the peer libraries never enter idemlock's go.mod), runs `bench/cmd/report`, which runs the rounds and writes this file, its chart and bench/%s, and finally benchstat. ", "results.txt")
-	p("Every benchmark is an ordinary Go benchmark (`go test -bench . ./` in bench/ with the servers' addresses exported); without servers they skip.\n\n")
+	p("Every benchmark is an ordinary Go benchmark: with the servers' addresses exported (`eval \"$(scripts/servers.sh env)\"`), `cd bench && go test -run '^$' -bench Handoff/backend=redis -benchtime 100x .` runs one workload; without servers the networked backends skip. ")
+	p("`make bench BENCH_ROUNDS=3` runs fewer rounds; `cd bench && go run ./cmd/report -read results.txt` rewrites this file and the chart from saved output; `benchstat -ignore round results.txt` compares it with another run.\n\n")
 	p("- **take + release**: one goroutine, one key, uncontended: one attempt that must succeed and a release, as ns/op and ops/s. Peers use their one-attempt form (bsm Obtain with no retry, redsync TryLock, Mutex.TryLock, api.Lock with LockTryOnce).\n")
 	p("- **throughput**: %d goroutines share one client and go round %d keys, one attempt each; a key another goroutine holds counts as an operation (miss-%% in the raw output, about 1–3%%).\n", bench.Goroutines, bench.Keys)
 	p("- **hand-off**: as above the chart; each contender waits the way its library waits: idemlock's lock.Acquire (pub/sub on Redis, a watch on etcd, blocking queries on Consul, jittered polling on memcached, a channel in memory), the peers' own blocking calls with the retry policy named.\n")
 	p("- **round trips**: as in that section.\n\n")
-	p("Every library gets the same client configuration on one backend: go-redis defaults; the etcd client's defaults; the Consul api client's defaults with 64 idle connections kept (instead of GOMAXPROCS+1, which would reopen connections under the 32-goroutine load) and gomemcache with 64 (instead of 2), for every library alike. Lease TTLs are %v everywhere, so nothing expires during a run.\n\n", bench.TTL)
+	p("Every library gets the same client configuration on one backend: go-redis defaults; the etcd client's defaults; the Consul api client's defaults with 64 idle connections kept (instead of GOMAXPROCS+1, which would reopen connections under the 32-goroutine load) and gomemcache with 64 (instead of 2), for every library alike. Lease TTLs are %s everywhere, so nothing expires during a run.\n\n", fmtAxis(float64(bench.TTL)))
 }
 
 // findings writes the analysis of the results; parts depend on which goals
