@@ -20,7 +20,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"testing"
 	"time"
@@ -125,9 +124,6 @@ type Env struct {
 
 // Counts are request counts by name; see [Meter].
 type Counts map[string]float64
-
-// errHeld is what adapters return from Lock when ctx ended first.
-var errHeld = errors.New("bench: lock not acquired before the context ended")
 
 // Backends lists every backend, in report order.
 func Backends() []Backend {
