@@ -7,8 +7,9 @@
 // touches a newer holding; TTLs are exact on the monotonic clock; fencing
 // tokens come from one counter per Locker, so they increase across keys,
 // holders and expiries. Waiters registered through [Locker.Subscribe] (which
-// lock.Acquire uses) are woken by the release itself: no polling and no
-// goroutine per lock.
+// lock.Acquire uses) are woken by the release itself, one at a time in the
+// order they subscribed, so the lock is handed on first come, first served:
+// no polling, no thundering herd and no goroutine per lock.
 //
 // Memory is proportional to the keys currently held (and keys with waiters)
 // plus the idempotency records still in their retention (see
@@ -192,8 +193,6 @@ func (le *lease) Release(ctx context.Context) error {
 	}
 	l.heap.remove(le)
 	delete(l.held, le.key)
-	for _, w := range l.waiters[le.key] {
-		w.notify()
-	}
+	l.wakeFirst(le.key)
 	return nil
 }

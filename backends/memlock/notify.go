@@ -17,7 +17,9 @@ type waitSub struct {
 }
 
 // Subscribe registers for releases of key; lock.Acquire uses it to wait
-// without polling. Release of key wakes every subscriber.
+// without polling. A release of key wakes the longest-waiting subscriber;
+// one that closes with a wake-up it did not act on passes it to the next.
+// Completing an idempotency record wakes every subscriber.
 func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
 	if err := lock.CheckContext(ctx); err != nil {
 		return nil, err
@@ -30,6 +32,14 @@ func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, 
 	l.waiters[key] = append(l.waiters[key], s)
 	l.mu.Unlock()
 	return s, nil
+}
+
+// wakeFirst hands a release of key to its longest-waiting subscriber.
+// l.mu is held.
+func (l *Locker) wakeFirst(key string) {
+	if subs := l.waiters[key]; len(subs) > 0 {
+		subs[0].notify()
+	}
 }
 
 // notify records a release without blocking. l.mu is held.
@@ -66,8 +76,16 @@ func (s *waitSub) Close() error {
 	subs := slices.DeleteFunc(l.waiters[s.key], func(w *waitSub) bool { return w == s })
 	if len(subs) == 0 {
 		delete(l.waiters, s.key)
-	} else {
-		l.waiters[s.key] = subs
+		return nil
+	}
+	l.waiters[s.key] = subs
+	select {
+	case <-s.ch:
+		// A release was handed to this subscriber, which leaves without
+		// having waited for it: pass it on, or the next waiter would sleep
+		// until the holder's TTL although the key is free.
+		l.wakeFirst(s.key)
+	default:
 	}
 	return nil
 }
