@@ -41,6 +41,10 @@ func (l *wrappedLease) Refresh(ctx context.Context, ttl time.Duration) error {
 	return l.Lease.Refresh(ctx, ttl)
 }
 
+// Deadline forwards the inner lease's deadline, so KeepAlive sees the same
+// lower bound a backend's lease would report.
+func (l *wrappedLease) Deadline() time.Time { return l.Lease.(lock.Deadliner).Deadline() }
+
 type lossLease struct{ wrappedLease }
 
 func (l *lossLease) Lost() <-chan struct{} { return l.w.lost }

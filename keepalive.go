@@ -139,7 +139,10 @@ func (k *Keeper) run(deadline time.Time, ttl, every time.Duration) {
 	if ln, ok := k.lease.(LossNotifier); ok {
 		lost = ln.Lost()
 	}
-	next := time.NewTimer(every)
+	// The first renewal is due when a third of the TTL (or the interval) has
+	// passed since the take, not since KeepAlive started: a lease handed
+	// over late still gets renewed before it runs out.
+	next := time.NewTimer(max(0, time.Until(deadline)-(ttl-every)))
 	defer next.Stop()
 	for {
 		select {

@@ -210,3 +210,28 @@ func TestKeepAliveBadInput(t *testing.T) {
 // nilContext returns a nil context without tripping vet's nil-context check
 // at the call site.
 func nilContext() context.Context { return nil }
+
+func TestKeepAliveRenewsALateHandedLeaseAtOnce(t *testing.T) {
+	w := &wrapped{inner: memlock.New()}
+	ttl := 300 * time.Millisecond
+	le, err := w.TryAcquire(t.Context(), "k", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The lease is two thirds through its TTL when KeepAlive gets it: the
+	// first renewal must not wait another third.
+	time.Sleep(2 * ttl / 3)
+	k, err := lock.KeepAlive(t.Context(), le, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	select {
+	case <-k.Context().Done():
+		t.Fatalf("lease lost: %v", k.Err())
+	case <-time.After(ttl / 2):
+	}
+	if w.refreshes.Load() == 0 {
+		t.Errorf("no renewal within half a TTL of a lease handed over two thirds through its TTL")
+	}
+}

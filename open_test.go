@@ -5,8 +5,10 @@ import (
 	"errors"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
@@ -55,12 +57,15 @@ func TestOpenRedactsPassword(t *testing.T) {
 
 func TestRegister(t *testing.T) {
 	open := func(context.Context, *url.URL) (lock.Backend, error) { return memlock.New(), nil }
-	lock.Register("idemlock-test-scheme", open)
-	if !slices.Contains(lock.Schemes(), "idemlock-test-scheme") {
+	// The registry is process-wide: a scheme of its own keeps -count=N runs
+	// from meeting the previous run's registration.
+	scheme := "idemlock-test-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	lock.Register(scheme, open)
+	if !slices.Contains(lock.Schemes(), scheme) {
 		t.Errorf("Schemes() = %v, missing the registered scheme", lock.Schemes())
 	}
 	for name, reg := range map[string]func(){
-		"duplicate":    func() { lock.Register("IDEMLOCK-TEST-SCHEME", open) },
+		"duplicate":    func() { lock.Register(strings.ToUpper(scheme), open) },
 		"empty scheme": func() { lock.Register("", open) },
 		"nil opener":   func() { lock.Register("idemlock-other", nil) },
 	} {
