@@ -3,6 +3,7 @@ package redislock
 import (
 	"crypto/sha256"
 	"encoding/base64"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,7 +39,11 @@ type keys struct {
 }
 
 // record returns the name of the idempotency record of the lock.
-func (k keys) record() string { return k.lock + ":r" }
+func (k keys) record() string { return recordKey(k.lock) }
+
+// recordKey returns the name of the idempotency record of the lock named
+// lock.
+func recordKey(lock string) string { return lock + ":r" }
 
 // tag returns the hash tag for key: escaped, or hashed when long.
 func tag(key string) string {
@@ -82,6 +87,39 @@ func keysFor(prefix, key string) keys {
 		lock:    prefix + "{" + t + "}",
 		counter: prefix + "{" + slotTags()[slot(t)] + "}",
 	}
+}
+
+// names returns what one take of key needs, in one allocation: the Redis
+// names of the lock, of its slot's fencing counter and, when withRecord is
+// set, of its idempotency record; and a new random nonce.
+func (l *Locker) names(key string, withRecord bool) (lock, counter, record, nonce string) {
+	t := tag(key)
+	ct := slotTags()[slot(t)]
+	var nb [13]byte // 64 random bits in base 36
+	n := strconv.AppendUint(nb[:0], rand.Uint64(), 36)
+	var b strings.Builder
+	b.Grow(2*len(l.prefix) + len(t) + len(ct) + 6 + len(n))
+	b.WriteString(l.prefix)
+	b.WriteByte('{')
+	b.WriteString(t)
+	b.WriteByte('}')
+	end := b.Len()
+	if withRecord {
+		b.WriteString(":r") // recordKey
+	}
+	rend := b.Len()
+	b.WriteString(l.prefix)
+	b.WriteByte('{')
+	b.WriteString(ct)
+	b.WriteByte('}')
+	cend := b.Len()
+	b.Write(n)
+	s := b.String()
+	lock, counter, nonce = s[:end], s[rend:cend], s[cend:]
+	if withRecord {
+		record = s[:rend]
+	}
+	return lock, counter, record, nonce
 }
 
 // slot returns the Redis Cluster hash slot of a key whose hash tag is t.

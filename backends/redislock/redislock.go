@@ -105,9 +105,10 @@
 //     no deadline does not interrupt a command already sent, and opening a
 //     new connection (dial and handshake) is bounded by DialTimeout alone.
 //     Waiting in Subscribe and Wait honours cancellation at once.
-//   - Cluster needs Redis 7.0 or later (sharded pub/sub); the package is
-//     tested with Redis 7.0 on a single node, a 3-master Cluster and a
-//     Sentinel. *redis.Ring is not supported.
+//   - The scripts need Redis 6.2 or later (SET … GET), and Cluster needs
+//     Redis 7.0 or later (sharded pub/sub); the package is tested with
+//     Redis 7.0 on a single node, a 3-master Cluster and a Sentinel.
+//     *redis.Ring is not supported.
 //   - A released or completed lock stays in memory for 5 s as a tombstone
 //     (see Guarantees): budget about one small key per release per 5 s.
 //   - Records given to [Locker.Complete] are limited to 512 MiB, Redis's
@@ -120,7 +121,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,7 +151,8 @@ var ErrClosed = errors.New("redislock: Locker closed")
 type Locker struct {
 	client    redis.UniversalClient
 	cluster   *redis.ClusterClient // non-nil in Cluster mode
-	publish   string               // PUBLISH, or SPUBLISH in Cluster mode
+	release   *script              // the release script: PUBLISH, or SPUBLISH in Cluster mode
+	complete  *script              // the complete script, likewise
 	prefix    string
 	maxRecord int
 	err       error     // a configuration error every call returns
@@ -189,7 +190,7 @@ func WithMaxRecordSize(n int) Option {
 // closes client. A nil or unsupported client, or a bad option, is reported
 // by every call of the Locker as an error matching [lock.ErrInvalidArgument].
 func New(client redis.UniversalClient, opts ...Option) *Locker {
-	l := &Locker{client: client, publish: "PUBLISH", prefix: DefaultPrefix, maxRecord: DefaultMaxRecordSize}
+	l := &Locker{client: client, release: releaseScript, complete: completeScript, prefix: DefaultPrefix, maxRecord: DefaultMaxRecordSize}
 	for _, o := range opts {
 		if o != nil {
 			o(l)
@@ -206,7 +207,7 @@ func New(client redis.UniversalClient, opts ...Option) *Locker {
 		if c == nil {
 			l.fail("nil *redis.ClusterClient")
 		}
-		l.cluster, l.publish = c, "SPUBLISH"
+		l.cluster, l.release, l.complete = c, releaseScriptSharded, completeScriptSharded
 	case *redis.Ring:
 		l.fail("*redis.Ring is not supported (use a ClusterClient to shard locks)")
 	}
@@ -253,8 +254,7 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 	if l.err != nil {
 		return nil, l.err
 	}
-	k := l.keysFor(key)
-	le, _, err := l.take(ctx, takeScript, key, k, []string{k.lock, k.counter}, ttl)
+	le, _, err := l.take(ctx, takeScript, key, ttl, false)
 	if err != nil {
 		return nil, err
 	}
@@ -264,55 +264,58 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 	return le, nil
 }
 
-// take runs the take or claim script and interprets its answer.
-func (l *Locker) take(ctx context.Context, s *redis.Script, key string, k keys, redisKeys []string, ttl time.Duration) (*lease, []byte, error) {
+// take runs the take script, or with claim the claim script, and
+// interprets its answer: a lease, a record (claim only), or an error.
+func (l *Locker) take(ctx context.Context, s *script, key string, ttl time.Duration, claim bool) (*lease, []byte, error) {
 	ms := millis(ttl)
-	nonce := strconv.FormatUint(rand.Uint64(), 36)
+	lockKey, counter, record, nonce := l.names(key, claim)
+	le := &lease{l: l, key: key, lock: lockKey}
+	// The command's arguments live in the lease, which saves an allocation;
+	// only this call uses them.
+	args := append(le.args[:2], 2, lockKey, counter)
+	if claim {
+		args[2] = 3
+		args = append(args, record)
+	}
+	args = append(args, nonce, ms)
+	le.lockArg = args[3]
 	sent := time.Now()
-	res, err := s.Run(ctx, l.client, redisKeys, nonce, ms).Slice()
-	if err != nil {
+	cmd := s.run(ctx, l.client, args)
+	if err := cmd.Err(); err != nil {
 		return nil, nil, opError("take", key, err)
 	}
-	code, _ := at(res, 0).(int64)
-	switch {
-	case code == 1:
-		tok, err := parseToken(at(res, 1))
+	switch v := cmd.Val().(type) {
+	case string: // taken (now, or by an earlier run of this very call)
+		tok, err := parseToken(v)
 		if err != nil {
 			return nil, nil, opError("take", key, err)
 		}
-		return &lease{
-			l: l, key: key, keys: k, token: tok,
-			value:    strconv.FormatUint(tok, 10) + ":" + nonce,
-			tomb:     "r:" + nonce,
-			deadline: sent.Add(msDuration(ms)),
-		}, nil, nil
-	case code == 0:
-		e := &lock.NotAcquiredError{Key: key}
-		if pttl, _ := at(res, 1).(int64); pttl > 0 {
-			e.Remaining = time.Duration(pttl) * time.Millisecond
+		le.token = tok
+		le.value = v + ":" + nonce
+		le.deadline = sent.Add(msDuration(ms))
+		return le, nil, nil
+	case []any:
+		switch {
+		case len(v) == 2: // held: {PTTL, holder's token}
+			e := &lock.NotAcquiredError{Key: key}
+			if pttl, _ := v[0].(int64); pttl > 0 {
+				e.Remaining = time.Duration(pttl) * time.Millisecond
+			}
+			tok, _ := v[1].(string)
+			e.Version, _ = parseToken(tok)
+			return nil, nil, e
+		case len(v) == 1 && claim: // {record}
+			rec, ok := v[0].(string)
+			if !ok {
+				return nil, nil, opError("claim", key, fmt.Errorf("unexpected record %T", v[0]))
+			}
+			return nil, []byte(rec), nil
 		}
-		e.Version, _ = parseToken(at(res, 2))
-		return nil, nil, e
-	case code == 2:
-		rec, ok := at(res, 1).(string)
-		if !ok {
-			return nil, nil, opError("claim", key, fmt.Errorf("unexpected record %T", at(res, 1)))
-		}
-		return nil, []byte(rec), nil
 	}
-	return nil, nil, opError("take", key, fmt.Errorf("unexpected script reply %v", res))
+	return nil, nil, opError("take", key, fmt.Errorf("unexpected script reply %v", cmd.Val()))
 }
 
-// at returns res[i], or nil when res is shorter.
-func at(res []any, i int) any {
-	if i < len(res) {
-		return res[i]
-	}
-	return nil
-}
-
-func parseToken(v any) (uint64, error) {
-	s, _ := v.(string)
+func parseToken(s string) (uint64, error) {
 	tok, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("unexpected token %q from the server", s)
@@ -364,16 +367,18 @@ const (
 
 // lease is one holding of one Redis lock.
 type lease struct {
-	l     *Locker
-	key   string
-	keys  keys
-	token uint64
-	value string // the lock's value while this lease holds it
-	tomb  string // the lock's value once this lease released it
-	state atomic.Int32
+	l       *Locker
+	key     string
+	lock    string // the lock's Redis key, also its channel
+	lockArg any    // lock as a command argument, converted once
+	token   uint64
+	value   string // the lock's value while this lease holds it
+	state   atomic.Int32
 
 	mu       sync.Mutex
 	deadline time.Time
+
+	args [8]any // the take's command arguments
 }
 
 // Key returns the key as it was passed to TryAcquire.
@@ -404,7 +409,7 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	}
 	ms := millis(ttl)
 	sent := time.Now()
-	n, err := refreshScript.Run(ctx, le.l.client, []string{le.keys.lock}, le.value, ms).Int64()
+	n, err := refreshScript.run(ctx, le.l.client, []any{nil, nil, 1, le.lockArg, le.value, ms}).Int64()
 	if err != nil {
 		return opError("refresh", le.key, err)
 	}
@@ -425,18 +430,16 @@ func (le *lease) Release(ctx context.Context) error {
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
 	}
-	return le.end(ctx, "release", releaseScript, []string{le.keys.lock})
+	return le.end(ctx, "release", le.l.release, []any{nil, nil, 1, le.lockArg, le.value})
 }
 
-// end runs the release or complete script (whose first three arguments are
-// the lease's value, its tombstone and the publish command) at most once
-// successfully per lease.
-func (le *lease) end(ctx context.Context, op string, s *redis.Script, redisKeys []string, extra ...any) error {
+// end runs the release or complete script at most once successfully per
+// lease.
+func (le *lease) end(ctx context.Context, op string, s *script, args []any) error {
 	if !le.state.CompareAndSwap(held, ending) {
 		return notHeld(op, le.key)
 	}
-	args := append([]any{le.value, le.tomb, le.l.publish}, extra...)
-	n, err := s.Run(ctx, le.l.client, redisKeys, args...).Int64()
+	n, err := s.run(ctx, le.l.client, args).Int64()
 	if err != nil {
 		le.state.Store(held) // unknown outcome: a retry will tell
 		return opError(op, le.key, err)

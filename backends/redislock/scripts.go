@@ -1,32 +1,48 @@
 package redislock
 
 import (
-	"strconv"
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// The Lua scripts. Each runs as one EVALSHA (go-redis's Script.Run falls back
-// to EVAL once when the server answers NOSCRIPT, for example after SCRIPT
-// FLUSH or a restart), so each operation is one round trip.
+// The Lua scripts. Each runs as one EVALSHA (and once as EVAL when the
+// server answers NOSCRIPT, for example after SCRIPT FLUSH or a restart), so
+// each operation is one round trip.
 //
 // A lock's value is "<token>:<nonce>", the nonce being random per attempt.
 // A released or completed lock is left for tombstoneMillis as a tombstone
-// "r:<nonce>" that every take treats as free. The nonce and the tombstone
-// make each script safe to run twice, as go-redis does when a connection
-// breaks after the command was sent: a repeated take finds its own value and
-// succeeds with the same token; a repeated release or completion finds its
-// own tombstone and succeeds again, instead of reporting a lease it just
-// gave up as lost.
+// "r:<token>:<nonce>" that every take treats as free. The nonce and the
+// tombstone make each script safe to run twice, as go-redis does when a
+// connection breaks after the command was sent: a repeated take finds its
+// own value and succeeds with the same token; a repeated release or
+// completion finds its own tombstone and succeeds again, instead of
+// reporting a lease it just gave up as lost.
+//
+// Cost. The server runs scripts one at a time, and under load the server is
+// what limits throughput, so the scripts are written for the server's time:
+// every redis.call costs about as much as a small command sent on its own
+// (argument objects, command lookup, ACL and statistics, and the reply
+// converted back to Lua), and Lua's conversions between numbers and strings
+// (tonumber, string.format, arithmetic on strings) cost as much as a call.
+// So a take is four calls (GET, TIME, SET … GET of the counter, SET … PX)
+// and a release three (GET, SET … PX, PUBLISH); tokens stay strings built
+// from TIME's digits, compared by length and then bytes; replies are a bulk
+// string or a small array rather than tables of numbers.
 
-// tombstoneMillis is how long a released lock's tombstone lives: longer
-// than go-redis's retries of one command after a broken connection.
-const tombstoneMillis = 5000
+// tombstoneMillis is how long a released lock's tombstone lives, in
+// milliseconds: longer than go-redis's retries of one command after a
+// broken connection.
+const tombstoneMillis = "5000"
 
 // takeBody is the shared part of the take and claim scripts.
 //
 // KEYS[1] lock, KEYS[2] slot counter; ARGV[1] nonce, ARGV[2] TTL in ms.
-// Returns {1, token} when taken, or {0, PTTL, holder's token} when held.
+// Returns the token (a bulk string of decimal digits) when taken, or
+// {PTTL, holder's token} when held.
 //
 // The token is max(counter + 1, server time in µs): strictly increasing
 // while the slot's counter lives, which is forever unless the server loses
@@ -34,43 +50,58 @@ const tombstoneMillis = 5000
 // replicate it), and then still above every earlier token as long as the
 // server's clock did not step back by more than the time since they were
 // handed out.
+//
+// The time is TIME's seconds followed by its microseconds padded to six
+// digits. SET … GET stores it as the counter and returns the previous
+// counter c in the same call. Both are decimal strings without leading
+// zeros, so c >= time exactly when c is longer, or as long and not smaller
+// byte by byte; only then (a clock that stepped back, or two takes in one
+// microsecond) are numbers needed: the token becomes c + 1, below 2^53 and
+// so exact in Lua's doubles, formatted with %.0f (tostring would round to
+// 14 digits), and the counter is set again.
 const takeBody = `
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, 2) ~= 'r:' then
+if v and string.byte(v) ~= 114 then
   local tok, nonce = string.match(v, '^(%d+):(.*)$')
   if nonce == ARGV[1] then
-    return {1, tok}
+    return tok
   end
-  return {0, redis.call('PTTL', KEYS[1]), tok or ''}
+  return {redis.call('PTTL', KEYS[1]), tok or ''}
 end
 local t = redis.call('TIME')
-local tok = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local last = tonumber(redis.call('GET', KEYS[2]))
-if last and last >= tok then
-  tok = last + 1
+local s = t[2]
+if #s < 6 then
+  s = string.sub('00000' .. s, -6)
 end
-tok = string.format('%.0f', tok)
-redis.call('SET', KEYS[2], tok)
-redis.call('SET', KEYS[1], tok .. ':' .. ARGV[1], 'PX', ARGV[2])
-return {1, tok}
+s = t[1] .. s
+local c = redis.call('SET', KEYS[2], s, 'GET')
+if c and #c >= #s and (#c > #s or c >= s) then
+  local n = tonumber(c)
+  if n and n >= tonumber(s) then
+    s = string.format('%.0f', n + 1)
+    redis.call('SET', KEYS[2], s)
+  end
+end
+redis.call('SET', KEYS[1], s .. ':' .. ARGV[1], 'PX', ARGV[2])
+return s
 `
 
 // takeScript takes a lock. See takeBody.
-var takeScript = redis.NewScript(takeBody)
+var takeScript = newScript(takeBody)
 
 // claimScript is the idempotency Store's Claim: KEYS[3] is the record.
-// Returns {2, record} when a record is stored, else as takeScript.
-var claimScript = redis.NewScript(`
+// Returns {record} when a record is stored, else as takeScript.
+var claimScript = newScript(`
 local r = redis.call('GET', KEYS[3])
 if r then
-  return {2, r}
+  return {r}
 end
 ` + takeBody)
 
 // refreshScript extends a lock if it still holds the caller's value.
 //
 // KEYS[1] lock; ARGV[1] value, ARGV[2] TTL in ms. Returns 1 or 0.
-var refreshScript = redis.NewScript(`
+var refreshScript = newScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
@@ -78,40 +109,93 @@ end
 return 0
 `)
 
-// releaseScript ends a lock if it still holds the caller's value, leaving
-// a tombstone, and announces the release on the lock's channel.
+// releaseBody ends a lock if it still holds the caller's value, leaving a
+// tombstone, and announces the release on the lock's channel with
+// PUBLISH, which releaseScript and releaseScriptSharded replace.
 //
-// KEYS[1] lock; ARGV[1] value, ARGV[2] tombstone, ARGV[3] PUBLISH or
-// SPUBLISH. Returns 1 (released now or by a repeat of this call) or 0.
-var releaseScript = redis.NewScript(`
+// KEYS[1] lock; ARGV[1] value. Returns 1 (released now or by a repeat of
+// this call) or 0.
+const releaseBody = `
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ` + strconv.Itoa(tombstoneMillis) + `)
-  redis.call(ARGV[3], KEYS[1], 'released')
+  redis.call('SET', KEYS[1], 'r:' .. v, 'PX', ` + tombstoneMillis + `)
+  redis.call('PUBLISH', KEYS[1], 'released')
   return 1
 end
-if v == ARGV[2] then
+if v == 'r:' .. ARGV[1] then
   return 1
 end
 return 0
-`)
+`
 
-// completeScript is the idempotency Store's Complete: it stores the record
+// completeBody is the idempotency Store's Complete: it stores the record
 // and ends the lock in one step if the lock still holds the caller's value.
 //
-// KEYS[1] lock, KEYS[2] record; ARGV[1] value, ARGV[2] tombstone, ARGV[3]
-// PUBLISH or SPUBLISH, ARGV[4] record, ARGV[5] retention in ms. Returns 1 or
-// 0 as releaseScript.
-var completeScript = redis.NewScript(`
+// KEYS[1] lock, KEYS[2] record; ARGV[1] value, ARGV[2] record, ARGV[3]
+// retention in ms. Returns 1 or 0 as releaseBody.
+const completeBody = `
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ` + strconv.Itoa(tombstoneMillis) + `)
-  redis.call(ARGV[3], KEYS[1], 'completed')
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[1], 'r:' .. v, 'PX', ` + tombstoneMillis + `)
+  redis.call('PUBLISH', KEYS[1], 'completed')
   return 1
 end
-if v == ARGV[2] then
+if v == 'r:' .. ARGV[1] then
   return 1
 end
 return 0
-`)
+`
+
+// The release and complete scripts, with PUBLISH for a single node or
+// Sentinel, and with SPUBLISH (sharded pub/sub) for Cluster.
+var (
+	releaseScript         = newScript(releaseBody)
+	releaseScriptSharded  = newScript(sharded(releaseBody))
+	completeScript        = newScript(completeBody)
+	completeScriptSharded = newScript(sharded(completeBody))
+)
+
+func sharded(body string) string {
+	return strings.Replace(body, "redis.call('PUBLISH'", "redis.call('SPUBLISH'", 1)
+}
+
+// script is a Lua script run with EVALSHA, falling back to EVAL when the
+// server does not have it cached. It is go-redis's Script.Run, but with the
+// command's arguments built by the caller in one slice (see run).
+type script struct {
+	src string
+	sha any // the hex SHA-1 of src, as the command argument
+}
+
+func newScript(src string) *script {
+	sum := sha1.Sum([]byte(src))
+	return &script{src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+// run runs the script. args must have room for the command name, the
+// script and the number of keys in args[0:3], followed by the keys and then
+// the arguments; run fills in args[0:2] (args[2] is the caller's).
+func (s *script) run(ctx context.Context, c redis.UniversalClient, args []any) *redis.Cmd {
+	args[0], args[1] = "evalsha", s.sha
+	cmd := redis.NewCmd(ctx, args...)
+	cmd.SetFirstKeyPos(3)
+	_ = c.Process(ctx, cmd)
+	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		args = append([]any{"eval", s.src}, args[2:]...)
+		cmd = redis.NewCmd(ctx, args...)
+		cmd.SetFirstKeyPos(3)
+		_ = c.Process(ctx, cmd)
+	}
+	return cmd
+}
+
+// Run runs the script with keys and args, for tests.
+func (s *script) Run(ctx context.Context, c redis.UniversalClient, keys []string, args ...any) *redis.Cmd {
+	all := make([]any, 3, 3+len(keys)+len(args))
+	all[2] = len(keys)
+	for _, k := range keys {
+		all = append(all, k)
+	}
+	return s.run(ctx, c, append(all, args...))
+}

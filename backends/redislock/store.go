@@ -20,8 +20,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 	if l.err != nil {
 		return nil, nil, l.err
 	}
-	k := l.keysFor(key)
-	le, rec, err := l.take(ctx, claimScript, key, k, []string{k.lock, k.counter, k.record()}, ttl)
+	le, rec, err := l.take(ctx, claimScript, key, ttl, true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -58,5 +57,5 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 	if record == nil {
 		record = []byte{}
 	}
-	return le.end(ctx, "complete", completeScript, []string{le.keys.lock, le.keys.record()}, record, millis(retention))
+	return le.end(ctx, "complete", l.complete, []any{nil, nil, 2, le.lockArg, recordKey(le.lock), le.value, record, millis(retention)})
 }
