@@ -285,13 +285,14 @@ func (l *Locker) take(ctx context.Context, s *script, key string, ttl time.Durat
 		return nil, nil, opError("take", key, err)
 	}
 	switch v := cmd.Val().(type) {
-	case string: // taken (now, or by an earlier run of this very call)
-		tok, err := parseToken(v)
-		if err != nil {
-			return nil, nil, opError("take", key, err)
+	case string: // taken (now, or by an earlier run of this very call): the lock's value
+		tok, rest, _ := strings.Cut(v, ":")
+		t, err := parseToken(tok)
+		if err != nil || rest != nonce {
+			return nil, nil, opError("take", key, fmt.Errorf("unexpected value %q from the server", v))
 		}
-		le.token = tok
-		le.value = v + ":" + nonce
+		le.token = t
+		le.value, le.valueArg = v, v
 		le.deadline = sent.Add(msDuration(ms))
 		return le, nil, nil
 	case []any:
@@ -367,13 +368,14 @@ const (
 
 // lease is one holding of one Redis lock.
 type lease struct {
-	l       *Locker
-	key     string
-	lock    string // the lock's Redis key, also its channel
-	lockArg any    // lock as a command argument, converted once
-	token   uint64
-	value   string // the lock's value while this lease holds it
-	state   atomic.Int32
+	l        *Locker
+	key      string
+	lock     string // the lock's Redis key, also its channel
+	lockArg  any    // lock as a command argument, converted once
+	token    uint64
+	value    string // the lock's value while this lease holds it
+	valueArg any    // value as a command argument, converted once
+	state    atomic.Int32
 
 	mu       sync.Mutex
 	deadline time.Time
@@ -409,7 +411,7 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	}
 	ms := millis(ttl)
 	sent := time.Now()
-	n, err := refreshScript.run(ctx, le.l.client, []any{nil, nil, 1, le.lockArg, le.value, ms}).Int64()
+	n, err := refreshScript.run(ctx, le.l.client, []any{nil, nil, 1, le.lockArg, le.valueArg, ms}).Int64()
 	if err != nil {
 		return opError("refresh", le.key, err)
 	}
@@ -430,7 +432,7 @@ func (le *lease) Release(ctx context.Context) error {
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
 	}
-	return le.end(ctx, "release", le.l.release, []any{nil, nil, 1, le.lockArg, le.value})
+	return le.end(ctx, "release", le.l.release, []any{nil, nil, 1, le.lockArg, le.valueArg})
 }
 
 // end runs the release or complete script at most once successfully per

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,12 +32,13 @@ func TestScriptsRepeatable(t *testing.T) {
 		}
 		return res
 	}
-	first, ok := take("n1").(string)
-	if !ok {
-		t.Fatalf("take of a free key answered %v, want a token", first)
+	value, ok := take("n1").(string)
+	first, nonce, _ := strings.Cut(value, ":")
+	if !ok || nonce != "n1" {
+		t.Fatalf("take of a free key answered %v, want the value <token>:n1", value)
 	}
-	if again := take("n1"); again != first {
-		t.Fatalf("take, then the same take again: %v then %v, want the same token twice", first, again)
+	if again := take("n1"); again != value {
+		t.Fatalf("take, then the same take again: %v then %v, want the same value twice", value, again)
 	}
 	other, _ := take("n2").([]any)
 	if len(other) != 2 || other[1] != first {
@@ -45,7 +47,6 @@ func TestScriptsRepeatable(t *testing.T) {
 	if pttl, _ := other[0].(int64); pttl <= 0 || pttl > 60000 {
 		t.Fatalf("another take of the held key reported PTTL %v, want (0, 60000]", other[0])
 	}
-	value := first + ":n1"
 	release := func() int64 {
 		t.Helper()
 		n, err := releaseScript.Run(ctx, c, []string{k.lock}, value).Int64()
@@ -60,9 +61,10 @@ func TestScriptsRepeatable(t *testing.T) {
 	if n, _ := refreshScript.Run(ctx, c, []string{k.lock}, value, 60000).Int64(); n != 0 {
 		t.Fatalf("refresh after release = %d, want 0", n)
 	}
-	next, ok := take("n3").(string)
+	v3, ok := take("n3").(string)
+	next, _, _ := strings.Cut(v3, ":")
 	if !ok {
-		t.Fatalf("take over a tombstone: %v, want it taken", next)
+		t.Fatalf("take over a tombstone: %v, want it taken", v3)
 	}
 	t1, _ := strconv.ParseUint(first, 10, 64)
 	t3, _ := strconv.ParseUint(next, 10, 64)
@@ -74,7 +76,6 @@ func TestScriptsRepeatable(t *testing.T) {
 		t.Fatalf("stale release = %d, want 0", n)
 	}
 
-	v3 := next + ":n3"
 	complete := func() int64 {
 		t.Helper()
 		n, err := completeScript.Run(ctx, c, []string{k.lock, k.record()}, v3, "rec", 60000).Int64()

@@ -35,14 +35,15 @@ import (
 
 // tombstoneMillis is how long a released lock's tombstone lives, in
 // milliseconds: longer than go-redis's retries of one command after a
-// broken connection.
+// broken connection. The scripts pass it to SET as a string: a Lua number
+// would be formatted with %.17g on every call.
 const tombstoneMillis = "5000"
 
 // takeBody is the shared part of the take and claim scripts.
 //
 // KEYS[1] lock, KEYS[2] slot counter; ARGV[1] nonce, ARGV[2] TTL in ms.
-// Returns the token (a bulk string of decimal digits) when taken, or
-// {PTTL, holder's token} when held.
+// Returns the lock's new value "<token>:<nonce>" when taken, or {PTTL,
+// holder's token} when held.
 //
 // The token is max(counter + 1, server time in µs): strictly increasing
 // while the slot's counter lives, which is forever unless the server loses
@@ -64,7 +65,7 @@ local v = redis.call('GET', KEYS[1])
 if v and string.byte(v) ~= 114 then
   local tok, nonce = string.match(v, '^(%d+):(.*)$')
   if nonce == ARGV[1] then
-    return tok
+    return v
   end
   return {redis.call('PTTL', KEYS[1]), tok or ''}
 end
@@ -82,7 +83,8 @@ if c and #c >= #s and (#c > #s or c >= s) then
     redis.call('SET', KEYS[2], s)
   end
 end
-redis.call('SET', KEYS[1], s .. ':' .. ARGV[1], 'PX', ARGV[2])
+s = s .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], s, 'PX', ARGV[2])
 return s
 `
 
@@ -118,7 +120,7 @@ return 0
 const releaseBody = `
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then
-  redis.call('SET', KEYS[1], 'r:' .. v, 'PX', ` + tombstoneMillis + `)
+  redis.call('SET', KEYS[1], 'r:' .. v, 'PX', '` + tombstoneMillis + `')
   redis.call('PUBLISH', KEYS[1], 'released')
   return 1
 end
@@ -137,7 +139,7 @@ const completeBody = `
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  redis.call('SET', KEYS[1], 'r:' .. v, 'PX', ` + tombstoneMillis + `)
+  redis.call('SET', KEYS[1], 'r:' .. v, 'PX', '` + tombstoneMillis + `')
   redis.call('PUBLISH', KEYS[1], 'completed')
   return 1
 end
@@ -181,7 +183,7 @@ func (s *script) run(ctx context.Context, c redis.UniversalClient, args []any) *
 	cmd := redis.NewCmd(ctx, args...)
 	cmd.SetFirstKeyPos(3)
 	_ = c.Process(ctx, cmd)
-	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+	if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		args = append([]any{"eval", s.src}, args[2:]...)
 		cmd = redis.NewCmd(ctx, args...)
 		cmd.SetFirstKeyPos(3)
