@@ -28,7 +28,8 @@
 // the key's Cluster hash slot (a counter key per slot and prefix, at most
 // 16,384 of them, never per lock key) and t is the server's TIME in
 // microseconds. Tokens therefore increase strictly for every key, across
-// holders and across expiry, without any per-key state surviving the lock.
+// holders and across expiry, without any per-key state surviving the lock
+// (c+1 is computed on the decimal digits, exact up to the largest uint64).
 // If the server loses a counter (a restart without persistence, FLUSHALL, a
 // failover before the counter was replicated) the time floor keeps tokens
 // increasing, provided the (new) server's clock is not behind the time the

@@ -156,3 +156,66 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("the counter has TTL %v, want none", ttl)
 	}
 }
+
+// TestTimeDigits checks the take script's conversion of TIME's reply to
+// microseconds, padding included, with chosen times.
+func TestTimeDigits(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
+	defer c.Close()
+	s := newScript("local t = {ARGV[1], ARGV[2]}\n" + timeDigits + "return s")
+	for _, tc := range []struct{ sec, usec, want string }{
+		{"1795739426", "0", "1795739426000000"},
+		{"1795739426", "7", "1795739426000007"},
+		{"1795739426", "12345", "1795739426012345"},
+		{"1795739426", "99999", "1795739426099999"},
+		{"1795739426", "100000", "1795739426100000"},
+		{"1795739426", "999999", "1795739426999999"},
+	} {
+		got, err := s.Run(t.Context(), c, nil, tc.sec, tc.usec).Text()
+		if err != nil || got != tc.want {
+			t.Errorf("TIME {%s, %s} as µs = %q (%v), want %q", tc.sec, tc.usec, got, err, tc.want)
+		}
+	}
+}
+
+// TestCounterStep checks the take script's counter logic with chosen
+// counters and times: the token is max(counter + 1, time), and the counter
+// ends up holding it.
+func TestCounterStep(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
+	defer c.Close()
+	ctx := t.Context()
+	counter := keysFor(randomPrefix(), t.Name()).counter
+	defer c.Del(context.WithoutCancel(ctx), counter)
+	s := newScript("local s = ARGV[1]\n" + counterStep + "return s")
+	const now = "1795739426123456"
+	for _, tc := range []struct {
+		name, counter, want string
+	}{
+		{"no counter", "", now},
+		{"counter behind", "1795739426123455", now},
+		{"counter far behind, shorter", "99999999", now},
+		{"counter equal", now, "1795739426123457"},
+		{"counter ahead", "1795739427000000", "1795739427000001"},
+		{"counter ahead, longer", "17957394260000000", "17957394260000001"},
+		{"counter at 2^53", "9007199254740992", "9007199254740993"},
+		{"counter ending in 9s", "1795739429999999", "1795739430000000"},
+		{"counter all 9s", "99999999999999999", "100000000000000000"},
+		{"counter near 2^64", "18446744073709551614", "18446744073709551615"},
+		{"counter not a number", "garbage-garbage!", now},
+		{"counter not a number, longer", "garbage-garbage-garbage", now},
+	} {
+		if tc.counter == "" {
+			c.Del(ctx, counter)
+		} else if err := c.Set(ctx, counter, tc.counter, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Run(ctx, c, []string{"unused", counter}, now).Text()
+		if err != nil || got != tc.want {
+			t.Errorf("%s: token %q (%v), want %q", tc.name, got, err, tc.want)
+		}
+		if stored, _ := c.Get(ctx, counter).Result(); stored != tc.want {
+			t.Errorf("%s: the counter holds %q, want %q", tc.name, stored, tc.want)
+		}
+	}
+}

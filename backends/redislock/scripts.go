@@ -53,13 +53,9 @@ const tombstoneMillis = "5000"
 // handed out.
 //
 // The time is TIME's seconds followed by its microseconds padded to six
-// digits. SET … GET stores it as the counter and returns the previous
-// counter c in the same call. Both are decimal strings without leading
-// zeros, so c >= time exactly when c is longer, or as long and not smaller
-// byte by byte; only then (a clock that stepped back, or two takes in one
-// microsecond) are numbers needed: the token becomes c + 1, below 2^53 and
-// so exact in Lua's doubles, formatted with %.0f (tostring would round to
-// 14 digits), and the counter is set again.
+// digits (timeDigits). SET … GET stores it as the counter and returns the
+// previous counter in the same call (counterStep); both stay strings:
+// Lua's conversions between numbers and strings cost as much as a call.
 const takeBody = `
 local v = redis.call('GET', KEYS[1])
 if v and string.byte(v) ~= 114 then
@@ -70,22 +66,54 @@ if v and string.byte(v) ~= 114 then
   return {redis.call('PTTL', KEYS[1]), tok or ''}
 end
 local t = redis.call('TIME')
+` + timeDigits + counterStep + `
+s = s .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], s, 'PX', ARGV[2])
+return s
+`
+
+// timeDigits sets s to the time t (TIME's reply: seconds, microseconds)
+// in microseconds, as decimal digits.
+const timeDigits = `
 local s = t[2]
 if #s < 6 then
   s = string.sub('00000' .. s, -6)
 end
 s = t[1] .. s
+`
+
+// counterStep stores the token s in the counter KEYS[2], unless the
+// counter is not below it: then the token becomes counter + 1 and is
+// stored instead.
+//
+// The counter only ever holds decimal digits without leading zeros,
+// written by this step, so it is below s exactly when it is shorter, or as
+// long and smaller byte by byte, and counter + 1 is computed on the digits
+// (exact at any length, where Lua's doubles are exact only below 2^53). A
+// counter that is not such a number (written by someone else) is compared
+// as a Lua number, and ignored when it is not one.
+const counterStep = `
 local c = redis.call('SET', KEYS[2], s, 'GET')
 if c and #c >= #s and (#c > #s or c >= s) then
-  local n = tonumber(c)
-  if n and n >= tonumber(s) then
-    s = string.format('%.0f', n + 1)
+  if string.find(c, '^[1-9]%d*$') then
+    local i = #c
+    while string.byte(c, i) == 57 do
+      i = i - 1
+    end
+    if i == 0 then
+      s = '1' .. string.rep('0', #c)
+    else
+      s = string.sub(c, 1, i - 1) .. string.char(string.byte(c, i) + 1) .. string.rep('0', #c - i)
+    end
     redis.call('SET', KEYS[2], s)
+  else
+    local n = tonumber(c)
+    if n and n >= tonumber(s) then
+      s = string.format('%.0f', n + 1)
+      redis.call('SET', KEYS[2], s)
+    end
   end
 end
-s = s .. ':' .. ARGV[1]
-redis.call('SET', KEYS[1], s, 'PX', ARGV[2])
-return s
 `
 
 // takeScript takes a lock. See takeBody.
