@@ -293,7 +293,7 @@ func (l *Locker) take(ctx context.Context, s *script, key string, ttl time.Durat
 			return nil, nil, opError("take", key, fmt.Errorf("unexpected value %q from the server", v))
 		}
 		le.token = t
-		le.value, le.valueArg = v, v
+		le.value, le.valueArg = v, cmd.Val() // already an interface value: no conversion
 		le.deadline = sent.Add(msDuration(ms))
 		return le, nil, nil
 	case []any:
