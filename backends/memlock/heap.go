@@ -38,7 +38,7 @@ func (h *deadlineHeap) fix(le *lease) {
 	}
 }
 
-func (h deadlineHeap) less(i, j int) bool { return h[i].deadline.Before(h[j].deadline) }
+func (h deadlineHeap) less(i, j int) bool { return h[i].deadline < h[j].deadline }
 
 func (h deadlineHeap) swap(i, j int) {
 	h[i], h[j] = h[j], h[i]

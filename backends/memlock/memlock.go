@@ -23,6 +23,7 @@ package memlock
 
 import (
 	"context"
+	"math"
 	"net/url"
 	"sync"
 	"time"
@@ -54,7 +55,8 @@ type Locker struct {
 	heap    deadlineHeap          // every holding in held, by deadline
 	waiters map[string][]*waitSub // subscriptions per key
 	next    uint64                // last fencing token handed out
-	now     func() time.Time      // the clock; time.Now
+	base    time.Time             // the clock's origin
+	clock   func() time.Duration  // monotonic time since base
 	records map[string]*lease     // completed idempotency records (store.go)
 	rheap   deadlineHeap          // every entry in records, by retention end
 }
@@ -65,10 +67,15 @@ type Option func(*Locker)
 
 // New returns a ready, empty Locker.
 func New(opts ...Option) *Locker {
+	// Deadlines are monotonic durations since base: time.Since reads only
+	// the monotonic clock, where time.Now also reads the wall clock and
+	// time.Time arithmetic costs as much again.
+	base := time.Now()
 	l := &Locker{
 		held:    make(map[string]*lease),
 		waiters: make(map[string][]*waitSub),
-		now:     time.Now,
+		base:    base,
+		clock:   func() time.Duration { return time.Since(base) },
 		records: make(map[string]*lease),
 	}
 	for _, o := range opts {
@@ -89,20 +96,32 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 		return nil, err
 	}
 	l.mu.Lock()
-	now := l.now()
+	defer l.mu.Unlock()
+	now := l.clock()
 	l.reclaim(now)
+	return l.take(key, ttl, now)
+}
+
+// take hands out a new lease on key unless a live one holds it. Expired
+// holdings were reclaimed by the caller. l.mu is held.
+func (l *Locker) take(key string, ttl, now time.Duration) (*lease, error) {
 	if cur := l.held[key]; cur != nil {
-		// reclaim removed every expired holding, so cur is live.
-		remaining := cur.deadline.Sub(now)
-		l.mu.Unlock()
-		return nil, &lock.NotAcquiredError{Key: key, Remaining: remaining}
+		return nil, &lock.NotAcquiredError{Key: key, Remaining: cur.deadline - now}
 	}
 	l.next++
-	le := &lease{l: l, key: key, token: l.next, deadline: now.Add(ttl), index: -1}
+	le := &lease{l: l, key: key, token: l.next, deadline: later(now, ttl), index: -1}
 	l.held[key] = le
 	l.heap.push(le)
-	l.mu.Unlock()
 	return le, nil
+}
+
+// later returns now+d, saturating instead of overflowing for TTLs near the
+// longest Duration.
+func later(now, d time.Duration) time.Duration {
+	if d > math.MaxInt64-now {
+		return math.MaxInt64
+	}
+	return now + d
 }
 
 // Len returns how many keys are held right now (expired holdings not yet
@@ -110,30 +129,31 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 func (l *Locker) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.reclaim(l.now())
+	l.reclaim(l.clock())
 	return len(l.held)
 }
 
 // reclaim drops every holding whose deadline has passed, and every
 // idempotency record whose retention has. l.mu is held.
-func (l *Locker) reclaim(now time.Time) {
-	for len(l.heap) > 0 && !now.Before(l.heap[0].deadline) {
+func (l *Locker) reclaim(now time.Duration) {
+	for len(l.heap) > 0 && now >= l.heap[0].deadline {
 		le := l.heap.pop()
 		delete(l.held, le.key)
 	}
-	for len(l.rheap) > 0 && !now.Before(l.rheap[0].deadline) {
+	for len(l.rheap) > 0 && now >= l.rheap[0].deadline {
 		rec := l.rheap.pop()
 		delete(l.records, rec.key)
 	}
 }
 
 // owns reports whether le is the live holding of its key, dropping it if it
-// expired. l.mu is held.
-func (l *Locker) owns(le *lease, now time.Time) bool {
-	if l.held[le.key] != le || le.index < 0 {
+// expired. A lease is in the heap (index >= 0) exactly while it is its key's
+// holding, so no map lookup is needed. l.mu is held.
+func (l *Locker) owns(le *lease, now time.Duration) bool {
+	if le.index < 0 {
 		return false
 	}
-	if !now.Before(le.deadline) {
+	if now >= le.deadline {
 		l.heap.remove(le)
 		delete(l.held, le.key)
 		return false
@@ -147,9 +167,9 @@ type lease struct {
 	l        *Locker
 	key      string
 	token    uint64
-	deadline time.Time // guarded by l.mu
-	index    int       // position in l.heap, -1 when not held; guarded by l.mu
-	record   []byte    // set only on entries of l.records (store.go)
+	deadline time.Duration // on l.clock; guarded by l.mu
+	index    int           // position in l.heap, -1 when not held; guarded by l.mu
+	record   []byte        // set only on entries of l.records (store.go)
 }
 
 func (le *lease) Key() string   { return le.key }
@@ -159,7 +179,7 @@ func (le *lease) Token() uint64 { return le.token }
 func (le *lease) Deadline() time.Time {
 	le.l.mu.Lock()
 	defer le.l.mu.Unlock()
-	return le.deadline
+	return le.l.base.Add(le.deadline)
 }
 
 func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
@@ -172,11 +192,11 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	l := le.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.now()
+	now := l.clock()
 	if !l.owns(le, now) {
 		return lock.ErrNotHeld
 	}
-	le.deadline = now.Add(ttl)
+	le.deadline = later(now, ttl)
 	l.heap.fix(le)
 	return nil
 }
@@ -188,7 +208,7 @@ func (le *lease) Release(ctx context.Context) error {
 	l := le.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.owns(le, l.now()) {
+	if !l.owns(le, l.clock()) {
 		return lock.ErrNotHeld
 	}
 	l.heap.remove(le)

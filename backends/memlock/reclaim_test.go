@@ -15,12 +15,11 @@ func TestExpiredKeysAreReclaimed(t *testing.T) {
 		n = 10_000
 	}
 	l := New()
-	var now time.Time
-	base := time.Now()
-	l.now = func() time.Time { return now } // a controlled clock keeps the test exact and fast
+	var now time.Duration
+	l.clock = func() time.Duration { return now } // a controlled clock keeps the test exact and fast
 	ctx := context.Background()
 	for i := range n {
-		now = base.Add(time.Duration(i) * time.Microsecond)
+		now = time.Duration(i) * time.Microsecond
 		le, err := l.TryAcquire(ctx, "one-shot:"+strconv.Itoa(i), time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
@@ -35,7 +34,7 @@ func TestExpiredKeysAreReclaimed(t *testing.T) {
 			t.Fatalf("%d holdings live after %d takes of 1ms keys, want at most 1001", live, i+1)
 		}
 	}
-	now = now.Add(time.Millisecond)
+	now += time.Millisecond
 	if got := l.Len(); got != 0 {
 		t.Fatalf("Len() = %d after every lease expired, want 0", got)
 	}
@@ -71,8 +70,8 @@ func TestSubscriptionsAreUnregistered(t *testing.T) {
 
 func TestHeapOrderSurvivesRefreshAndRelease(t *testing.T) {
 	l := New()
-	var now time.Time
-	l.now = func() time.Time { return now }
+	var now time.Duration
+	l.clock = func() time.Duration { return now }
 	ctx := context.Background()
 	var leases []*lease
 	for i := range 50 {
@@ -95,7 +94,7 @@ func TestHeapOrderSurvivesRefreshAndRelease(t *testing.T) {
 		}
 	}
 	for i := 1; i < len(l.heap); i++ {
-		if l.heap[i].deadline.Before(l.heap[(i-1)/2].deadline) {
+		if l.heap[i].deadline < l.heap[(i-1)/2].deadline {
 			t.Fatalf("heap order broken at %d", i)
 		}
 		if l.heap[i].index != i {
@@ -104,11 +103,11 @@ func TestHeapOrderSurvivesRefreshAndRelease(t *testing.T) {
 	}
 	// Expire them one by one: each step may reclaim only expired keys.
 	for s := 0; s <= 51; s++ {
-		now = now.Add(time.Second)
+		now += time.Second
 		l.mu.Lock()
 		l.reclaim(now)
 		for _, le := range l.held {
-			if !now.Before(le.deadline) {
+			if now >= le.deadline {
 				t.Fatalf("expired holding %q survived reclaim", le.key)
 			}
 		}

@@ -22,23 +22,16 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 		return nil, nil, err
 	}
 	l.mu.Lock()
-	now := l.now()
+	defer l.mu.Unlock()
+	now := l.clock()
 	l.reclaim(now)
 	if rec := l.records[key]; rec != nil {
-		out := append([]byte(nil), rec.record...)
-		l.mu.Unlock()
-		return nil, out, nil
+		return nil, append([]byte(nil), rec.record...), nil
 	}
-	if cur := l.held[key]; cur != nil {
-		remaining := cur.deadline.Sub(now)
-		l.mu.Unlock()
-		return nil, nil, &lock.NotAcquiredError{Key: key, Remaining: remaining}
+	le, err := l.take(key, ttl, now)
+	if err != nil {
+		return nil, nil, err
 	}
-	l.next++
-	le := &lease{l: l, key: key, token: l.next, deadline: now.Add(ttl), index: -1}
-	l.held[key] = le
-	l.heap.push(le)
-	l.mu.Unlock()
 	return le, nil, nil
 }
 
@@ -61,7 +54,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 	rec := &lease{l: l, key: le.key, record: append([]byte(nil), record...), index: -1}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.now()
+	now := l.clock()
 	if !l.owns(le, now) {
 		return lock.ErrNotHeld
 	}
@@ -72,7 +65,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 		// used with Claim are not meant for TryAcquire): the newer wins.
 		l.rheap.remove(old)
 	}
-	rec.deadline = now.Add(retention)
+	rec.deadline = later(now, retention)
 	l.records[le.key] = rec
 	l.rheap.push(rec)
 	for _, w := range l.waiters[le.key] {
@@ -87,6 +80,6 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 func (l *Locker) Records() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.reclaim(l.now())
+	l.reclaim(l.clock())
 	return len(l.records)
 }

@@ -27,20 +27,20 @@ func TestStoreConformance(t *testing.T) {
 // fakeClock is a manual monotonic clock for memlock.
 type fakeClock struct {
 	mu  sync.Mutex
-	now time.Time
+	now time.Duration
 }
 
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *fakeClock) Now() time.Duration { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
 func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Lock()
-	c.now = c.now.Add(d)
+	c.now += d
 	c.mu.Unlock()
 }
 
 func newFake() (*Locker, *fakeClock) {
-	clk := &fakeClock{now: time.Unix(1_000_000, 0)}
+	clk := &fakeClock{now: time.Hour}
 	l := New()
-	l.now = clk.Now
+	l.clock = clk.Now
 	return l, clk
 }
 
