@@ -139,10 +139,11 @@ func (k *Keeper) run(deadline time.Time, ttl, every time.Duration) {
 	if ln, ok := k.lease.(LossNotifier); ok {
 		lost = ln.Lost()
 	}
-	// The first renewal is due when a third of the TTL (or the interval) has
-	// passed since the take, not since KeepAlive started: a lease handed
-	// over late still gets renewed before it runs out.
-	next := time.NewTimer(max(0, time.Until(deadline)-(ttl-every)))
+	// The first renewal is due an interval after KeepAlive started, or
+	// sooner if the lease is already that far into its TTL (counted back
+	// from its deadline): a lease handed over late is renewed before it runs
+	// out.
+	next := time.NewTimer(min(every, max(0, time.Until(deadline)-(ttl-every))))
 	defer next.Stop()
 	for {
 		select {
