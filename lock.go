@@ -217,6 +217,15 @@ func CheckArgs(ctx context.Context, key string, ttl time.Duration) error {
 	return ValidateTTL(ttl)
 }
 
+// CheckRefresh validates the arguments of Lease.Refresh: a non-nil context
+// that is not done and a positive TTL.
+func CheckRefresh(ctx context.Context, ttl time.Duration) error {
+	if err := CheckContext(ctx); err != nil {
+		return err
+	}
+	return ValidateTTL(ttl)
+}
+
 // CheckContext returns an error matching [ErrInvalidArgument] for a nil
 // context and ctx.Err() for one that is already done.
 func CheckContext(ctx context.Context) error {

@@ -64,6 +64,20 @@ func TestCheckArgs(t *testing.T) {
 	}
 }
 
+func TestCheckRefresh(t *testing.T) {
+	if err := lock.CheckRefresh(context.Background(), 0); !errors.Is(err, lock.ErrInvalidTTL) {
+		t.Errorf("CheckRefresh(0 TTL) = %v, want ErrInvalidTTL", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := lock.CheckRefresh(ctx, time.Second); !errors.Is(err, context.Canceled) {
+		t.Errorf("CheckRefresh(cancelled ctx) = %v, want context.Canceled", err)
+	}
+	if err := lock.CheckRefresh(context.Background(), time.Second); err != nil {
+		t.Errorf("CheckRefresh(valid) = %v, want nil", err)
+	}
+}
+
 func TestNotAcquiredError(t *testing.T) {
 	var err error = &lock.NotAcquiredError{Key: "k", Remaining: time.Second}
 	if !errors.Is(err, lock.ErrNotAcquired) {

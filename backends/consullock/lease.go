@@ -61,10 +61,7 @@ func (le *lease) notHeld(why string) error {
 // The same TTL renews the session; another TTL moves the lock to a session
 // with that TTL in one owner-checked transaction.
 func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	if err := lock.ValidateTTL(ttl); err != nil {
+	if err := lock.CheckRefresh(ctx, ttl); err != nil {
 		return err
 	}
 	l := le.l

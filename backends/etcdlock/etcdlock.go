@@ -405,10 +405,7 @@ func (le *lease) Deadline() time.Time {
 // while its lease lives is noticed by Release and by a Refresh with another
 // TTL, not by a same-TTL Refresh.
 func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	if err := lock.ValidateTTL(ttl); err != nil {
+	if err := lock.CheckRefresh(ctx, ttl); err != nil {
 		return err
 	}
 	l := le.l

@@ -183,10 +183,7 @@ func (le *lease) Deadline() time.Time {
 }
 
 func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	if err := lock.ValidateTTL(ttl); err != nil {
+	if err := lock.CheckRefresh(ctx, ttl); err != nil {
 		return err
 	}
 	l := le.l

@@ -401,10 +401,7 @@ func (le *lease) Deadline() time.Time {
 // Refresh extends the lease to ttl from now if it still holds its lock,
 // in one round trip; otherwise it returns an error matching lock.ErrNotHeld.
 func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	if err := lock.ValidateTTL(ttl); err != nil {
+	if err := lock.CheckRefresh(ctx, ttl); err != nil {
 		return err
 	}
 	if le.state.Load() == ended {
