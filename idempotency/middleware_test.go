@@ -860,7 +860,10 @@ func TestStreamingNotStored(t *testing.T) {
 }
 
 func TestHijackNotStored(t *testing.T) {
-	g, _ := newGuard(t)
+	// The client reads the hijacked response before the handler returns and
+	// the middleware stores its tombstone: the retry waits for that (an
+	// event from the Store) instead of racing it and getting 409.
+	g, _ := newGuard(t, idempotency.WithWait(10*time.Second))
 	runs := 0
 	mu := sync.Mutex{}
 	srv := httptest.NewServer(g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
