@@ -532,10 +532,7 @@ func attempt(c *check, p params, l lock.Locker, key string) *lock.NotAcquiredErr
 func testKeepAliveHolds(c *check, p params) {
 	l, other := p.newLocker(c), p.newLocker(c)
 	key := c.key("k")
-	// A TTL of at least a second, and of two TTL steps, leaves renewals room
-	// on a loaded machine: memcached, counting whole seconds, may end a
-	// one-second item after just over one second.
-	ttl := roundUp(max(p.short, time.Second, 2*p.gran), p.gran)
+	ttl := p.keepAliveTTL()
 	le := c.take(l, key, ttl)
 	k, err := lock.KeepAlive(c.ctx(), le, ttl)
 	if err != nil {

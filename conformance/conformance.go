@@ -113,6 +113,14 @@ func (p params) newLocker(tb testing.TB) lock.Locker {
 	return l
 }
 
+// keepAliveTTL is the TTL of the clauses that test renewal. At least a
+// second and two TTL steps leave renewals room on a loaded machine:
+// memcached, counting whole seconds on a clock that lags when the server is
+// starved of CPU, may end a one-second item after just over a second.
+func (p params) keepAliveTTL() time.Duration {
+	return roundUp(max(p.short, time.Second, 2*p.gran), p.gran)
+}
+
 // expiryBound is how long after a take with ttl the key must be free.
 func (p params) expiryBound(ttl time.Duration) time.Duration {
 	return ttl + p.slack + p.gran + SchedulingSlack

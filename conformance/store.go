@@ -351,12 +351,13 @@ func testRecordRetention(c *check, p storeParams) {
 func testKeepAliveClaim(c *check, p storeParams) {
 	s := p.newStore(c)
 	key := c.key("k")
-	le := c.claim(s, key, p.short)
-	k, err := lock.KeepAlive(c.ctx(), le, p.short)
+	ttl := p.keepAliveTTL()
+	le := c.claim(s, key, ttl)
+	k, err := lock.KeepAlive(c.ctx(), le, ttl)
 	if err != nil {
 		c.Fatalf("KeepAlive: %v", err)
 	}
-	time.Sleep(p.expiryBound(p.short)) // the clock is what is under test
+	time.Sleep(p.expiryBound(ttl)) // the clock is what is under test
 	c.claimRefused(p.newStore(c), key, "KeepAlive must keep a claimed lease past its TTL")
 	k.Stop()
 	if err := k.Err(); !errors.Is(err, lock.ErrStopped) {
