@@ -52,6 +52,36 @@ type Config struct {
 	// RoundTrips, when set, returns how many requests the Lockers made to the
 	// server so far; [Benchmark] then reports round trips per operation.
 	RoundTrips func() int64
+	// NewFaultyLocker, when set, returns an independent Locker as NewLocker
+	// does, together with the fault switch of its client. The clauses about
+	// unknown outcomes (a reply lost after the server applied the request)
+	// and about cancellation while a request is in flight use it; without it
+	// they are skipped as an optional capability. Every built-in networked
+	// backend's test supplies it.
+	NewFaultyLocker func(t *testing.T) (lock.Locker, Faults)
+}
+
+// Faults switches faults on in the client of one Locker made by
+// [Config.NewFaultyLocker], so that the suite can drive the outcomes a
+// network has besides "done" and "not done". Each method arms a fault for
+// the next lock operation's request that the client sends (the request of a
+// TryAcquire, Refresh, Release, Claim or Complete), never for background
+// traffic such as session or lease renewals and subscriptions. A backend's
+// test implements it at the layer below the backend: a go-redis hook, a gRPC
+// interceptor or dialer, an http.RoundTripper, a net.Conn wrapper.
+type Faults interface {
+	// LoseNextReply makes the next request reach the server and be applied
+	// there, and its reply be lost: the call returns an error that matches
+	// neither lock.ErrNotHeld nor lock.ErrNotAcquired, as when a connection
+	// drops after the request was sent. The outcome is unknown to the
+	// backend; what the lease reports afterwards is what the suite checks.
+	LoseNextReply()
+	// StallNextRequest makes the next request get no answer for as long as
+	// the test runs, as from a server that hangs; the transport honours the
+	// request's context as a real one would. The suite cancels the caller's
+	// context and requires the call to return promptly with an error that
+	// matches the context's error. Stalls end when the test ends.
+	StallNextRequest()
 }
 
 // SchedulingSlack is added to every upper bound on time the suite checks,
