@@ -79,6 +79,9 @@ func conformanceConfig() conformance.Config {
 		NewLockerTB:    func(tb testing.TB) lock.Locker { return newLocker(tb) },
 		TTLGranularity: time.Second,
 		RoundTrips:     requests.Load,
+		NewFaultyLocker: func(t *testing.T) (lock.Locker, conformance.Faults) {
+			return newFaultyLocker(t)
+		},
 	}
 }
 
@@ -90,6 +93,9 @@ func TestStoreConformance(t *testing.T) {
 	conformance.RunStore(t, conformance.StoreConfig{
 		NewStore:       func(t *testing.T) idempotency.Store { return newLocker(t) },
 		TTLGranularity: time.Second,
+		NewFaultyStore: func(t *testing.T) (idempotency.Store, conformance.Faults) {
+			return newFaultyLocker(t)
+		},
 	})
 }
 
