@@ -8,6 +8,7 @@ import (
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
+	"github.com/idemlock/lock/internal/testenv"
 )
 
 // A waiter that is woken by a release and leaves without taking the key
@@ -126,4 +127,10 @@ func (s *hookedSub) Wait(ctx context.Context, held *lock.NotAcquiredError) error
 		s.h.woken()
 	}
 	return err
+}
+
+// Concurrent calls on one lease never misreport ownership.
+func TestConcurrentLeaseCalls(t *testing.T) {
+	l := memlock.New()
+	testenv.RaceLeaseCalls(t, l, l, "k", time.Minute, 1000)
 }
