@@ -2,8 +2,6 @@ package consullock_test
 
 import (
 	"bytes"
-	"context"
-	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -235,36 +233,9 @@ watch:
 // alone.
 func TestReleaseReplyLost(t *testing.T) {
 	checkNoSessions(t)
-	k := key(t, "k")
 	a, faults, _ := newFaultyLocker(t)
 	b, _ := newLocker(t)
-	ctx := t.Context()
-	le, err := a.TryAcquire(ctx, k, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	faults.LoseNextReply()
-	err = le.Release(ctx)
-	if faults.Fired() != 1 {
-		t.Fatal("the lost reply hit no request")
-	}
-	if err == nil || errors.Is(err, lock.ErrNotHeld) {
-		t.Fatalf("Release with its reply lost: %v, want an error of unknown outcome", err)
-	}
-	next, err := b.TryAcquire(ctx, k, 5*time.Second)
-	if err != nil {
-		t.Fatalf("the release went through, so the key must be free: %v", err)
-	}
-	defer next.Release(context.WithoutCancel(ctx))
-	if err := le.Refresh(ctx, 5*time.Second); !errors.Is(err, lock.ErrNotHeld) {
-		t.Errorf("Refresh after the lost release: %v, want ErrNotHeld", err)
-	}
-	if err := le.Release(ctx); !errors.Is(err, lock.ErrNotHeld) {
-		t.Errorf("retried Release: %v, want ErrNotHeld (the documented choice)", err)
-	}
-	if err := next.Refresh(ctx, 5*time.Second); err != nil {
-		t.Errorf("the new holder after the stale lease's calls: %v, want it untouched", err)
-	}
+	testenv.LoseReleaseReply(t, a, faults, b, key(t, "k"), 5*time.Second, false)
 }
 
 // Concurrent calls on one lease never misreport ownership.

@@ -150,48 +150,7 @@ func TestRefreshAfterLostRelease(t *testing.T) {
 	prefix := testPrefix(t)
 	a, faults := newFaultyLocker(t, etcdlock.WithPrefix(prefix))
 	b := newLocker(t, nil, etcdlock.WithPrefix(prefix))
-	ctx := t.Context()
-	const ttl = 5 * time.Second
-	le, err := a.TryAcquire(ctx, "k", ttl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	faults.LoseNextReply()
-	err = le.Release(ctx)
-	if faults.Fired() != 1 {
-		t.Fatal("the lost reply hit no request")
-	}
-	if err == nil || errors.Is(err, lock.ErrNotHeld) {
-		t.Fatalf("Release with its reply lost: %v, want an error of unknown outcome", err)
-	}
-	next, err := b.TryAcquire(ctx, "k", ttl)
-	if err != nil {
-		t.Fatalf("the release went through, so the key must be free: %v", err)
-	}
-	defer next.Release(context.WithoutCancel(ctx))
-
-	k, err := lock.KeepAlive(ctx, le, ttl, lock.WithRefreshInterval(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.Stop()
-	select {
-	case <-k.Context().Done():
-		if cause := context.Cause(k.Context()); !errors.Is(cause, lock.ErrNotHeld) {
-			t.Errorf("KeepAlive ended with %v, want a loss matching ErrNotHeld", cause)
-		}
-	case <-time.After(ttl / 2):
-		t.Fatalf("KeepAlive of a lease whose key another lease holds is still alive after %v", ttl/2)
-	}
-	if err := le.Refresh(ctx, ttl); !errors.Is(err, lock.ErrNotHeld) {
-		t.Errorf("Refresh after the lost release: %v, want ErrNotHeld", err)
-	}
-	if err := le.Release(ctx); !errors.Is(err, lock.ErrNotHeld) {
-		t.Errorf("retried Release: %v, want ErrNotHeld (the documented choice)", err)
-	}
-	if err := next.Refresh(ctx, ttl); err != nil {
-		t.Errorf("the new holder after the stale lease's calls: %v, want it untouched", err)
-	}
+	testenv.LoseReleaseReply(t, a, faults, b, "k", 5*time.Second, false)
 }
 
 // The same after a Complete whose reply was lost: the record is stored and

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -100,5 +101,65 @@ func RaceLeaseCalls(t *testing.T, l, other lock.Locker, key string, ttl time.Dur
 		if err := le.Refresh(ctx, ttl); !errors.Is(err, lock.ErrNotHeld) {
 			t.Fatalf("round %d: Refresh after Release: %v, want ErrNotHeld", round, err)
 		}
+	}
+}
+
+// LoseReleaseReply is the common scenario of a Release whose reply was
+// lost after the server applied it, run against a backend's real server:
+// a takes key, faults (a's fault switch) loses the reply of its Release,
+// and b takes the key, which must be free. Then a KeepAlive on a's lease
+// must end with a loss matching lock.ErrNotHeld, a's Refresh must report
+// ErrNotHeld, a retried Release must return nil when retryNil is set and
+// ErrNotHeld otherwise (the backend's documented choice), and b's lease
+// must be untouched by all of it.
+func LoseReleaseReply(t *testing.T, a lock.Locker, faults *FaultSwitch, b lock.Locker, key string, ttl time.Duration, retryNil bool) {
+	t.Helper()
+	ctx := t.Context()
+	le, err := a.TryAcquire(ctx, key, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fired := faults.Fired()
+	faults.LoseNextReply()
+	err = le.Release(ctx)
+	if faults.Fired() != fired+1 {
+		t.Fatal("the lost reply hit no request of the Release")
+	}
+	if err == nil || errors.Is(err, lock.ErrNotHeld) {
+		t.Fatalf("Release with its reply lost: %v, want an error of unknown outcome", err)
+	}
+	next, err := b.TryAcquire(ctx, key, ttl)
+	if err != nil {
+		t.Fatalf("the release went through, so the key must be free: %v", err)
+	}
+	defer func() { _ = next.Release(context.WithoutCancel(ctx)) }()
+
+	k, err := lock.KeepAlive(ctx, le, ttl, lock.WithRefreshInterval(min(100*time.Millisecond, ttl/3)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-k.Context().Done():
+		if cause := context.Cause(k.Context()); !errors.Is(cause, lock.ErrNotHeld) {
+			t.Errorf("KeepAlive of the stale lease ended with %v, want a loss matching ErrNotHeld", cause)
+		}
+	case <-time.After(ttl / 2):
+		t.Errorf("KeepAlive of a lease whose key another lease holds is still alive after %v", ttl/2)
+	}
+	k.Stop()
+	if err := le.Refresh(ctx, ttl); !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("Refresh after the lost release: %v, want ErrNotHeld", err)
+	}
+	switch err := le.Release(ctx); {
+	case retryNil && err != nil:
+		t.Errorf("retried Release after the first one released the key: %v, want nil (the documented choice)", err)
+	case !retryNil && !errors.Is(err, lock.ErrNotHeld):
+		t.Errorf("retried Release after the first one released the key: %v, want ErrNotHeld (the documented choice)", err)
+	}
+	if err := le.Release(ctx); !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("Release after that: %v, want ErrNotHeld", err)
+	}
+	if err := next.Refresh(ctx, ttl); err != nil {
+		t.Errorf("the new holder after the stale lease's calls: %v, want it untouched", err)
 	}
 }
