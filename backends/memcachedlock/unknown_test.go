@@ -101,18 +101,9 @@ func (c *faultConn) SetReadDeadline(t time.Time) error {
 // connections are faultConns.
 func faultyClient(tb testing.TB, faults *testenv.FaultSwitch, before func(cmd string)) *memcache.Client {
 	tb.Helper()
-	c := memcache.New(testenv.MemcachedAddr(tb))
-	c.Timeout = 5 * time.Second
-	var d net.Dialer
-	c.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		conn, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return &faultConn{Conn: conn, faults: faults, before: before}, nil
-	}
-	tb.Cleanup(func() { _ = c.Close() })
-	return c
+	return newClientWith(tb, testenv.MemcachedAddr(tb), func(conn net.Conn) net.Conn {
+		return &faultConn{Conn: conn, faults: faults, before: before}
+	})
 }
 
 // newFaultyLocker is conformance.Config.NewFaultyLocker: an independent
