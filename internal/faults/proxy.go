@@ -97,6 +97,18 @@ func (n *Net) Proxies() []*Proxy {
 	return out
 }
 
+// used adds to set the upstream addresses that a connection went to
+// through this Net.
+func (n *Net) used(set map[string]bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for u, p := range n.proxies {
+		if p.Accepted() > 0 {
+			set[u] = true
+		}
+	}
+}
+
 // DialContext connects to addr through its proxy. addr may be a server's
 // address (its proxy is made on first use) or one of the Net's proxy
 // addresses. It has the signature of net.Dialer.DialContext, for the dial
@@ -340,10 +352,11 @@ type Proxy struct {
 	ln       *net.TCPListener
 	addr     string
 
-	mu     sync.Mutex
-	links  map[*link]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	links    map[*link]struct{}
+	closed   bool
+	wg       sync.WaitGroup
+	accepted atomic.Int64
 }
 
 // Addr returns the address the proxy listens on.
@@ -408,6 +421,10 @@ func (p *Proxy) Reset() int {
 	return n
 }
 
+// Accepted returns how many client connections the proxy has accepted so
+// far: a test checks with it that its client went through the proxy.
+func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
+
 // Conns returns how many client connections the proxy has open.
 func (p *Proxy) Conns() int {
 	p.mu.Lock()
@@ -422,6 +439,7 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return // closed
 		}
+		p.accepted.Add(1)
 		ctx, cancel := context.WithCancel(context.Background())
 		l := &link{p: p, client: c, ctx: ctx, cancel: cancel, done: ctx.Done()}
 		p.mu.Lock()
