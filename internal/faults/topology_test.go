@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -361,19 +363,57 @@ func isTimeout(err error) bool {
 	return (errors.As(err, &ne) && ne.Timeout()) || errors.As(err, &ct)
 }
 
+// pgAnswers reports whether the PostgreSQL server at addr answers an
+// SSLRequest within a second (with 'N': no TLS here).
+func pgAnswers(addr string) bool {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil {
+		return false
+	}
+	b := make([]byte, 1)
+	_, err = io.ReadFull(conn, b)
+	return err == nil && b[0] == 'N'
+}
+
 func TestPostgres(t *testing.T) {
-	t.Parallel() // a private set of its own; most of the time goes to waiting for elections
+	t.Parallel() // a private set of its own
 	tp := faults.Start(t, testenv.Postgres)
-	if r, _ := role(t, tp, "postgres"); r != "node" {
-		t.Fatalf("postgres is %s, want node", r)
+	u, err := url.Parse(tp.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
 	}
-	f := tp.Kill(t, "postgres")
-	if r, _ := role(t, tp, "postgres"); r != "down" {
-		t.Fatalf("killed postgres is %s, want down", r)
+	if !pgAnswers(u.Host) {
+		t.Fatal("postgres does not answer")
 	}
-	healed(t, tp, f, "postgres", "node", "")
+	for _, tc := range []struct {
+		name   string
+		inject func(testing.TB, string) *faults.Fault
+		role   string
+	}{
+		{"Pause", tp.Pause, "paused"},
+		{"Kill", tp.Kill, "down"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := tc.inject(t, "postgres")
+			if r, _ := role(t, tp, "postgres"); r != tc.role {
+				t.Fatalf("postgres is %s, want %s", r, tc.role)
+			}
+			if pgAnswers(u.Host) {
+				t.Errorf("postgres answers while %s", tc.role)
+			}
+			healed(t, tp, f, "postgres", "node", "")
+			if !pgAnswers(u.Host) {
+				t.Error("postgres does not answer after the heal")
+			}
+		})
+	}
 	tp.Restart(t, "postgres")
-	if r, _ := role(t, tp, "postgres"); r != "node" {
-		t.Errorf("postgres after a restart is %s, want node", r)
+	if !pgAnswers(u.Host) {
+		t.Error("postgres does not answer after a restart")
 	}
 }
