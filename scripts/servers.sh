@@ -1131,10 +1131,11 @@ start_topology() {
 	[[ $running == 1 ]] && keep=1
 	case $name in
 	redis-sentinel)
-		# The primary and replicas first: a Sentinel's configuration names
-		# the primary, which is there by then.
-		start_units "$keep" redis-ha-1 redis-ha-2 redis-ha-3
+		# The Sentinels first: restarted, they know which node is the
+		# primary now (fresh, redis-ha-1), and each node replicates from
+		# the primary they name.
 		start_units "$keep" sentinel-1 sentinel-2 sentinel-3
+		start_units "$keep" redis-ha-1 redis-ha-2 redis-ha-3
 		wait_topology "$name"
 		;;
 	consul-cluster)
