@@ -16,8 +16,6 @@ import (
 	"github.com/idemlock/lock/internal/faults"
 	"github.com/idemlock/lock/internal/testenv"
 	"github.com/redis/go-redis/v9"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // eventually retries op, a request to a topology that is electing or
@@ -70,11 +68,7 @@ func TestEtcdCluster(t *testing.T) {
 	t.Parallel() // a private set of its own; most of the time goes to waiting for elections
 	tp := faults.Start(t, testenv.EtcdCluster)
 	n := tp.Net(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: n.Addrs(tp.Addrs()), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cli.Close() })
+	cli := etcdClient(t, n.Addrs(tp.Addrs()))
 	put := func(v string) func(ctx context.Context) error {
 		return func(ctx context.Context) error { _, err := cli.Put(ctx, "k", v); return err }
 	}
@@ -121,13 +115,7 @@ func TestConsulCluster(t *testing.T) {
 	t.Parallel() // a private set of its own; most of the time goes to waiting for elections
 	tp := faults.Start(t, testenv.ConsulCluster)
 	n := tp.Net(t)
-	cfg := api.DefaultConfig()
-	cfg.Address = n.Addr(tp.Addrs()[0])
-	t.Cleanup(cfg.Transport.CloseIdleConnections)
-	client, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := consulClient(t, n.Addr(tp.Addrs()[0]))
 	put := func(v string) func(ctx context.Context) error {
 		return func(ctx context.Context) error {
 			_, err := client.KV().Put(&api.KVPair{Key: "k", Value: []byte(v)}, (&api.WriteOptions{}).WithContext(ctx))
