@@ -4,7 +4,8 @@
 #                      against them; any failure, or any skip other than an
 #                      "optional capability" one, fails
 #   make lint          gofmt, go vet, staticcheck
-#   make servers       start the test servers (scripts/servers.sh start)
+#   make servers       start the test servers and cluster topologies
+#                      (scripts/servers.sh start; its header lists them)
 #   make stop-servers  stop them
 #   make bench         benchmarks against the peer libraries (bench/): runs
 #                      them on a private set of servers and rewrites
