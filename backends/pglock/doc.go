@@ -1,0 +1,2 @@
+// Package pglock is idemlock's PostgreSQL backend.
+package pglock
