@@ -132,11 +132,11 @@ func testTable(t testing.TB) string {
 // message (what every lock statement sends); simple queries (pgxpool's
 // pings, the listening connection's LISTEN) are never faulted.
 type wire struct {
-	trips   atomic.Int64 // Sync and Query messages: one round trip each
-	execs   atomic.Int64 // Execute messages
-	mu      sync.Mutex
-	lose    int
-	stall   int
+	trips atomic.Int64 // Sync and Query messages: one round trip each
+	execs atomic.Int64 // Execute messages
+	mu    sync.Mutex
+	lose  int
+	stall int
 }
 
 var _ conformance.Faults = (*wire)(nil)

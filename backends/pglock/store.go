@@ -207,4 +207,3 @@ func (l *Locker) cleanLoop() {
 func jittered(d time.Duration) time.Duration {
 	return d + rand.N(d/5+1)
 }
-
