@@ -132,11 +132,12 @@ func testTable(t testing.TB) string {
 // message (what every lock statement sends); simple queries (pgxpool's
 // pings, the listening connection's LISTEN) are never faulted.
 type wire struct {
-	trips atomic.Int64 // Sync and Query messages: one round trip each
-	execs atomic.Int64 // Execute messages
-	mu    sync.Mutex
-	lose  int
-	stall int
+	trips   atomic.Int64 // Sync and Query messages: one round trip each
+	execs   atomic.Int64 // Execute messages
+	mu      sync.Mutex
+	lose    int
+	stall   int
+	stalled chan struct{} // receives one value per request swallowed
 }
 
 var _ conformance.Faults = (*wire)(nil)
@@ -150,6 +151,17 @@ func (w *wire) LoseNextReply() { w.mu.Lock(); w.lose++; w.mu.Unlock() }
 // answer comes until the caller's context ends (pgx then sets a deadline on
 // the connection) or the pool closes the connection.
 func (w *wire) StallNextRequest() { w.mu.Lock(); w.stall++; w.mu.Unlock() }
+
+// Stalled returns a channel that receives a value each time a stalled
+// request has been swallowed.
+func (w *wire) Stalled() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stalled == nil {
+		w.stalled = make(chan struct{}, 16)
+	}
+	return w.stalled
+}
 
 // RoundTrips returns the round trips all wrapped connections made.
 func (w *wire) RoundTrips() int64 { return w.trips.Load() }
@@ -183,6 +195,12 @@ func (c *wireConn) Write(p []byte) (int, error) {
 		stall, lose := c.w.stall > 0, c.w.lose > 0 && c.w.stall == 0
 		if stall {
 			c.w.stall--
+			if c.w.stalled != nil {
+				select {
+				case c.w.stalled <- struct{}{}:
+				default:
+				}
+			}
 		} else if lose {
 			c.w.lose--
 		}

@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -247,17 +248,32 @@ func missingTable(err error) bool {
 	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000")
 }
 
-// migrated runs op, and if it failed only because the table is missing
-// (so nothing was applied), creates the table and runs op once more.
-func (l *Locker) migrated(ctx context.Context, op func() error) error {
+// run runs one statement, op, and runs it once more if it failed before it
+// could have been applied: when the table is missing (after creating it),
+// when pgx did not send it, or when the server had terminated the session
+// (SQLSTATE class 57: an administrator, a restart). A reply lost after the
+// statement was sent is never retried: its outcome is unknown, and the
+// caller gets the error.
+func (l *Locker) run(ctx context.Context, op func() error) error {
 	err := op()
-	if !missingTable(err) {
+	switch {
+	case err == nil || ctx.Err() != nil:
 		return err
-	}
-	if err := l.Migrate(ctx); err != nil {
+	case missingTable(err):
+		if err := l.Migrate(ctx); err != nil {
+			return err
+		}
+	case !pgconn.SafeToRetry(err) && !terminated(err):
 		return err
 	}
 	return op()
+}
+
+// terminated reports whether err is the server ending the session
+// (admin_shutdown, crash_shutdown, cannot_connect_now, ...).
+func terminated(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "57")
 }
 
 // TryAcquire takes key for ttl if it is free, in one statement and one
@@ -299,7 +315,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*leas
 		remaining int64
 	)
 	sent := time.Now()
-	err := l.migrated(ctx, func() error {
+	err := l.run(ctx, func() error {
 		return l.pool.QueryRow(ctx, l.sql.take, l.class, int32(h), bkey, micros(ttl)).Scan(&token, &waiters, &record, &remaining)
 	})
 	if err != nil {
@@ -426,7 +442,11 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 		return notHeld("refresh", le.key, "")
 	}
 	sent := time.Now()
-	tag, err := le.l.pool.Exec(ctx, le.l.sql.refresh, le.bkey, le.token, micros(ttl))
+	var tag pgconn.CommandTag
+	err := le.l.run(ctx, func() (err error) {
+		tag, err = le.l.pool.Exec(ctx, le.l.sql.refresh, le.bkey, le.token, micros(ttl))
+		return err
+	})
 	if err != nil {
 		return le.l.opError("refresh", le.key, ctx, err)
 	}
@@ -458,7 +478,9 @@ func (le *lease) Release(ctx context.Context) error {
 	}
 	var live bool
 	var notified int64
-	err := le.l.pool.QueryRow(ctx, le.l.sql.release, le.bkey, le.token, le.l.channel, le.payload()).Scan(&live, &notified)
+	err := le.l.run(ctx, func() error {
+		return le.l.pool.QueryRow(ctx, le.l.sql.release, le.bkey, le.token, le.l.channel, le.payload()).Scan(&live, &notified)
+	})
 	switch {
 	case errors.Is(err, errNoRows):
 		le.done = true

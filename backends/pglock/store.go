@@ -61,8 +61,10 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 	}
 	var stored, already bool
 	var notified int64
-	err = l.pool.QueryRow(ctx, l.sql.complete, le.bkey, le.token, nonNil(record), micros(retention), l.channel, le.payload()).
-		Scan(&stored, &notified, &already)
+	err = l.run(ctx, func() error {
+		return l.pool.QueryRow(ctx, l.sql.complete, le.bkey, le.token, nonNil(record), micros(retention), l.channel, le.payload()).
+			Scan(&stored, &notified, &already)
+	})
 	if err != nil {
 		return l.opError("complete", le.key, ctx, err) // unknown outcome: a retry tells
 	}
