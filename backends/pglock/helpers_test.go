@@ -19,6 +19,7 @@ import (
 	"github.com/idemlock/lock/backends/pglock"
 	"github.com/idemlock/lock/conformance"
 	"github.com/idemlock/lock/internal/testenv"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -117,12 +118,27 @@ func newLockerOn(t testing.TB, rawURL string, opts ...pglock.Option) (*pglock.Lo
 }
 
 // testTable returns a table name of the test's own, so that tests that
-// look at rows see only theirs.
+// look at rows see only theirs, and drops the table when the test ends.
 func testTable(t testing.TB) string {
 	t.Helper()
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return fmt.Sprintf("t_%x", b)
+	name := fmt.Sprintf("t_%x", b)
+	t.Cleanup(func() {
+		raw := os.Getenv(envPostgresURL)
+		if raw == "" {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, raw)
+		if err != nil {
+			return
+		}
+		defer conn.Close(ctx)
+		_, _ = conn.Exec(ctx, fmt.Sprintf("DROP TABLE IF EXISTS %s; DROP SEQUENCE IF EXISTS %s_token", name, name))
+	})
+	return name
 }
 
 // wire counts and faults the frontend messages of every connection it
