@@ -13,7 +13,6 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/pglock"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestRoundTrips checks the goal: once a connection has prepared the
@@ -512,13 +511,4 @@ func waitFor(tb testing.TB, what string, within time.Duration, cond func() bool)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// pgCode returns the SQLSTATE of err, or "".
-func pgCode(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Code
-	}
-	return ""
 }

