@@ -67,7 +67,8 @@ func postgresBackend() Backend {
 
 // postgresURL returns the server's URL, skipping (or failing under
 // IDEMLOCK_REQUIRE_SERVERS=1) when it is not set or not reachable, as
-// testenv does for the other servers.
+// testenv does for the other servers: testenv.PostgresURL, until
+// internal/testenv has that accessor.
 func postgresURL(tb testing.TB) string {
 	tb.Helper()
 	raw := strings.TrimSpace(os.Getenv(envPostgresURL))

@@ -30,7 +30,9 @@ const envPostgresURL = "IDEMLOCK_POSTGRES_URL"
 // postgresURL returns the shared test server's URL, after checking that it
 // accepts a TCP connection. Like testenv.Addrs it skips the test when the
 // variable is unset or the server unreachable, or fails it when
-// testenv.Required() reports true.
+// testenv.Required() reports true. It is testenv.PostgresURL (same
+// signature and behaviour) until internal/testenv has that accessor; then
+// its body becomes `return testenv.PostgresURL(t)`.
 func postgresURL(t testing.TB) string {
 	t.Helper()
 	raw := strings.TrimSpace(os.Getenv(envPostgresURL))
