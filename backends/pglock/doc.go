@@ -169,6 +169,11 @@
 //   - A Claim waits while another process's CompleteTx of the key is in an
 //     open transaction: keep CompleteTx the last statement before the
 //     commit.
+//   - LISTEN needs a session of its own. Behind a transaction-mode pooler
+//     (PgBouncer's pool_mode = transaction) notifications are lost, and
+//     waiters then wake only when the holder's TTL runs out: give the
+//     Locker a pool that connects to the server directly, or a
+//     session-mode pool.
 //   - Takes write a row version even when they fail (to mark the row as
 //     waited for, and to report the holder's TTL in the same round trip).
 package pglock

@@ -26,6 +26,10 @@ import (
 // its connection failed.
 const reconnectDelay = 250 * time.Millisecond
 
+// subscribeWait bounds how long Subscribe waits for the listening
+// connection before it gives up (lock.Acquire then polls).
+const subscribeWait = 5 * time.Second
+
 // errListenerDown is returned by Wait while the listening connection is
 // down; lock.Acquire then polls.
 var errListenerDown = errors.New("pglock: listening connection lost")
@@ -56,7 +60,8 @@ type subscription struct {
 // lock.Acquire uses to wait without polling. It returns once the Locker's
 // listening connection is listening (it connects on the first Subscribe),
 // so no release after that goes unreported; if the connection cannot be
-// made it returns the error, and lock.Acquire polls instead. Expiry sends
+// made (or is not listening within 5 s) it returns an error, and
+// lock.Acquire polls instead. Expiry sends
 // no notification: callers bound their waits by the remaining TTL that the
 // failed take reported.
 func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
@@ -82,6 +87,8 @@ func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, 
 	}
 	n.subs[s.payload][s] = struct{}{}
 	errs := n.errs
+	timeout := time.NewTimer(subscribeWait)
+	defer timeout.Stop()
 	for !n.up {
 		if n.errs != errs || n.closed {
 			err := n.lastErr
@@ -101,6 +108,11 @@ func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, 
 			n.remove(s)
 			n.mu.Unlock()
 			return nil, ctx.Err()
+		case <-timeout.C:
+			n.mu.Lock()
+			n.remove(s)
+			n.mu.Unlock()
+			return nil, fmt.Errorf("pglock: subscribe %q: %w (not listening after %v)", displayKey(key), errListenerDown, subscribeWait)
 		}
 		n.mu.Lock()
 	}
