@@ -26,5 +26,9 @@ func TestConformanceStore(t *testing.T) {
 	conformance.RunStore(t, conformance.StoreConfig{
 		NewStore:       func(t *testing.T) idempotency.Store { l, _ := newLockerOn(t, url); return l },
 		TTLGranularity: time.Millisecond,
+		NewFaultyStore: func(t *testing.T) (idempotency.Store, conformance.Faults) {
+			l, w := newLockerOn(t, url)
+			return l, w
+		},
 	})
 }

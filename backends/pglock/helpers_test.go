@@ -4,14 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -112,7 +110,7 @@ func newLocker(t testing.TB, opts ...pglock.Option) *pglock.Locker {
 // traffic is counted and can be faulted.
 func newLockerOn(t testing.TB, rawURL string, opts ...pglock.Option) (*pglock.Locker, *wire) {
 	t.Helper()
-	w := &wire{}
+	w := newWire(t)
 	pool := newPool(t, rawURL, w)
 	l := pglock.New(pool, opts...)
 	t.Cleanup(func() { _ = l.Close() }) // runs before pool.Close
@@ -143,46 +141,31 @@ func testTable(t testing.TB) string {
 	return name
 }
 
-// wire counts and faults the frontend messages of every connection it
-// wrapped. It sits below pgx, at the net.Conn, so the faults are those of
-// a network: a reply lost after the server applied the request, a request
-// that never gets an answer. A request is a write that carries an Execute
-// message (what every lock statement sends); simple queries (pgxpool's
-// pings, the listening connection's LISTEN) are never faulted.
+// wire counts the frontend messages of every connection it wrapped and
+// carries out the faults of its FaultSwitch on them. It sits below pgx, at
+// the net.Conn, so the faults are those of a network: a reply lost after
+// the server applied the request, a request that never gets an answer. A
+// request is a write that carries an Execute message (what every lock
+// statement sends); simple queries (pgxpool's pings, the listening
+// connection's LISTEN) are never faulted.
 type wire struct {
-	trips   atomic.Int64 // Sync and Query messages: one round trip each
-	execs   atomic.Int64 // Execute messages
-	mu      sync.Mutex
-	lose    int
-	stall   int
+	*testenv.FaultSwitch
+	trips   atomic.Int64  // Sync and Query messages: one round trip each
 	stalled chan struct{} // receives one value per request swallowed
+}
+
+func newWire(t testing.TB) *wire {
+	return &wire{FaultSwitch: testenv.NewFaultSwitch(t), stalled: make(chan struct{}, 16)}
 }
 
 var _ conformance.Faults = (*wire)(nil)
 
-// LoseNextReply makes the next request reach the server and be applied,
-// and its reply be lost: the connection is closed once the server's
-// ReadyForQuery arrived.
-func (w *wire) LoseNextReply() { w.mu.Lock(); w.lose++; w.mu.Unlock() }
-
-// StallNextRequest makes the next request vanish: it is never sent, so no
-// answer comes until the caller's context ends (pgx then sets a deadline on
-// the connection) or the pool closes the connection.
-func (w *wire) StallNextRequest() { w.mu.Lock(); w.stall++; w.mu.Unlock() }
+// RoundTrips returns the round trips all wrapped connections made.
+func (w *wire) RoundTrips() int64 { return w.trips.Load() }
 
 // Stalled returns a channel that receives a value each time a stalled
 // request has been swallowed.
-func (w *wire) Stalled() <-chan struct{} {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.stalled == nil {
-		w.stalled = make(chan struct{}, 16)
-	}
-	return w.stalled
-}
-
-// RoundTrips returns the round trips all wrapped connections made.
-func (w *wire) RoundTrips() int64 { return w.trips.Load() }
+func (w *wire) Stalled() <-chan struct{} { return w.stalled }
 
 func (w *wire) wrap(c net.Conn) net.Conn { return &wireConn{Conn: c, w: w, startup: true} }
 
@@ -207,26 +190,18 @@ func (c *wireConn) Write(p []byte) (int, error) {
 		}
 	})
 	c.w.trips.Add(int64(trips))
-	c.w.execs.Add(int64(execs))
 	if execs > 0 {
-		c.w.mu.Lock()
-		stall, lose := c.w.stall > 0, c.w.lose > 0 && c.w.stall == 0
-		if stall {
-			c.w.stall--
-			if c.w.stalled != nil {
-				select {
-				case c.w.stalled <- struct{}{}:
-				default:
-				}
+		switch c.w.Take() {
+		case testenv.Stall:
+			// Swallowed: the server never sees it, and no answer comes
+			// until pgx gives up at the caller's context (it sets a
+			// deadline) or the pool closes the connection.
+			select {
+			case c.w.stalled <- struct{}{}:
+			default:
 			}
-		} else if lose {
-			c.w.lose--
-		}
-		c.w.mu.Unlock()
-		if stall {
-			return len(p), nil // swallowed: the server never sees it
-		}
-		if lose {
+			return len(p), nil
+		case testenv.LoseReply:
 			c.drop = true
 		}
 	}
@@ -285,8 +260,5 @@ func (c *wireConn) Read(p []byte) (int, error) {
 		}
 	}
 	_ = c.Conn.Close()
-	return 0, errLostReply
+	return 0, testenv.ErrLostReply
 }
-
-// errLostReply is the read error of a connection whose reply was dropped.
-var errLostReply = &net.OpError{Op: "read", Net: "tcp", Err: errors.New("injected fault: reply lost after the server applied the request")}

@@ -451,55 +451,6 @@ func TestClosed(t *testing.T) {
 	}
 }
 
-// TestConcurrentCallsOnOneLease runs Refresh and Release of one lease at
-// once: exactly one Release succeeds, every other call reports ErrNotHeld
-// or succeeds before it, and the key ends free.
-func TestConcurrentCallsOnOneLease(t *testing.T) {
-	l, other := newLocker(t), newLocker(t)
-	ctx := t.Context()
-	key := "concurrent/" + testTable(t)
-	for range 20 {
-		le, err := l.TryAcquire(ctx, key, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		released := 0
-		for i := range 6 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var err error
-				if i%2 == 0 {
-					err = le.Release(ctx)
-					if err == nil {
-						mu.Lock()
-						released++
-						mu.Unlock()
-					}
-				} else {
-					err = le.Refresh(ctx, time.Minute)
-				}
-				if err != nil && !errors.Is(err, lock.ErrNotHeld) {
-					t.Errorf("call on one lease: %v", err)
-				}
-			}()
-		}
-		wg.Wait()
-		if released != 1 {
-			t.Fatalf("%d Releases of one lease succeeded, want 1", released)
-		}
-		le2, err := other.TryAcquire(ctx, key, time.Minute)
-		if err != nil {
-			t.Fatalf("the key after the release: %v", err)
-		}
-		if err := le2.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // waitFor polls cond, which observes server state that sends no event,
 // until it holds, and fails tb if that takes longer than within.
 func waitFor(tb testing.TB, what string, within time.Duration, cond func() bool) {
