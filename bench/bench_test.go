@@ -50,6 +50,9 @@ func printConfig() {
 	if a := os.Getenv("IDEMLOCK_MEMCACHED_ADDR"); a != "" {
 		fmt.Printf("memcached-version: %s\n", memcachedVersion(a))
 	}
+	if u := os.Getenv(envPostgresURL); u != "" {
+		fmt.Printf("postgres-version: %s\n", postgresVersion(u))
+	}
 }
 
 // round returns the round number from EnvRound, or 0.
