@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,9 +16,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
-
-// envPostgresURL is where scripts/servers.sh's PostgreSQL is.
-const envPostgresURL = "IDEMLOCK_POSTGRES_URL"
 
 // postgresPoll is how often the SKIP LOCKED lock retries while waiting.
 const postgresPoll = 2 * time.Millisecond
@@ -69,29 +64,7 @@ func postgresBackend() Backend {
 // IDEMLOCK_REQUIRE_SERVERS=1) when it is not set or not reachable, as
 // testenv does for the other servers: testenv.PostgresURL, until
 // internal/testenv has that accessor.
-func postgresURL(tb testing.TB) string {
-	tb.Helper()
-	raw := strings.TrimSpace(os.Getenv(envPostgresURL))
-	err := fmt.Errorf("%s is not set", envPostgresURL)
-	if raw != "" {
-		err = nil
-		u, perr := url.Parse(raw)
-		if perr != nil {
-			err = perr
-		} else if c, derr := net.DialTimeout("tcp", u.Host, 2*time.Second); derr != nil {
-			err = derr
-		} else {
-			_ = c.Close()
-		}
-	}
-	if err != nil {
-		if testenv.Required() {
-			tb.Fatalf("postgres: %v", err)
-		}
-		tb.Skipf("postgres: %v; start it with scripts/servers.sh", err)
-	}
-	return raw
-}
+func postgresURL(tb testing.TB) string { return testenv.PostgresURL(tb) }
 
 // postgresSetup returns a Setup whose clients each have a pgx pool of their
 // own (pgxpool's defaults: up to max(4, GOMAXPROCS) connections), through

@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,48 +19,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// envPostgresURL holds the URL of the shared PostgreSQL test server, as
-// `scripts/servers.sh env` prints it.
-const envPostgresURL = "IDEMLOCK_POSTGRES_URL"
-
-// postgresURL returns the shared test server's URL, after checking that it
-// accepts a TCP connection. Like testenv.Addrs it skips the test when the
-// variable is unset or the server unreachable, or fails it when
-// testenv.Required() reports true. It is testenv.PostgresURL (same
-// signature and behaviour) until internal/testenv has that accessor; then
-// its body becomes `return testenv.PostgresURL(t)`.
-func postgresURL(t testing.TB) string {
-	t.Helper()
-	raw := strings.TrimSpace(os.Getenv(envPostgresURL))
-	err := fmt.Errorf("%s is not set", envPostgresURL)
-	if raw != "" {
-		err = reachable(raw)
-	}
-	if err != nil {
-		if testenv.Required() {
-			t.Fatalf("pglock: %v (%s=1 makes this a failure; run `make test`, or `scripts/servers.sh start` and "+
-				"`eval \"$(scripts/servers.sh env)\"` before go test)", err, testenv.EnvRequire)
-		}
-		t.Skipf("pglock: %v; skipping test that needs a real PostgreSQL server", err)
-	}
-	return raw
-}
-
-func reachable(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("bad %s: %v", envPostgresURL, err)
-	}
-	host := u.Host
-	if u.Port() == "" {
-		host = net.JoinHostPort(u.Hostname(), "5432")
-	}
-	c, err := net.DialTimeout("tcp", host, 2*time.Second)
-	if err != nil {
-		return fmt.Errorf("PostgreSQL at %s is unreachable: %v", host, err)
-	}
-	return c.Close()
-}
+// postgresURL returns the shared PostgreSQL test server's URL (see
+// testenv.PostgresURL: skipped without it, failed under make test).
+func postgresURL(t testing.TB) string { return testenv.PostgresURL(t) }
 
 // poolConfig parses rawURL for a test pool: no TLS (the wire wrapper reads
 // plain messages) and the given dialer wrapper, if any.
@@ -125,7 +84,7 @@ func testTable(t testing.TB) string {
 	_, _ = rand.Read(b[:])
 	name := fmt.Sprintf("t_%x", b)
 	t.Cleanup(func() {
-		raw := os.Getenv(envPostgresURL)
+		raw := os.Getenv(testenv.EnvPostgresURL)
 		if raw == "" {
 			return
 		}
