@@ -1,0 +1,210 @@
+package conformance
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/idempotency"
+)
+
+// awaitClaim claims key on s until it gets a Lease, failing if that takes
+// longer than within or if a record turns up.
+func (c *check) awaitClaim(s idempotency.Store, key string, ttl, within time.Duration, why string) lock.Lease {
+	c.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		le, rec, err := s.Claim(c.ctx(), key, ttl)
+		switch {
+		case err == nil && le != nil:
+			return le
+		case err == nil:
+			c.Fatalf("%s: Claim(%q) returned a %d-byte record for a key that was never completed", why, key, len(rec))
+		case !errors.Is(err, lock.ErrNotAcquired):
+			c.Fatalf("%s: Claim(%q): %v", why, key, err)
+		case time.Now().After(deadline):
+			c.Fatalf("%s: key %q still claimed %v later", why, key, within)
+		}
+		time.Sleep(max(within/200, time.Millisecond)) // probing the server: expiry sends no event
+	}
+}
+
+// testClaimCompleteRace completes a claimed key while three other Stores
+// Claim it in a loop, in 4 lanes of fresh keys for 2 s (0.5 s with -short).
+// Every Claim must see the key in progress (ErrNotAcquired) or the record;
+// one that gets a Lease would run the work a second time.
+func testClaimCompleteRace(c *check, p storeParams) {
+	const lanes, claimers = 4, 3
+	owners := make([]idempotency.Store, lanes)
+	others := make([][]idempotency.Store, lanes)
+	for i := range lanes {
+		owners[i] = p.newStore(c)
+		for range claimers {
+			others[i] = append(others[i], p.newStore(c))
+		}
+	}
+	ctx := c.ctx()
+	rounds := c.lanes(lanes, 2, p.budget(2*time.Second), func(lane, i int) *violation {
+		key := c.key(fmt.Sprintf("lane-%d/round-%d", lane, i))
+		rec := []byte(fmt.Sprintf("record of round %d", i))
+		le, got, err := owners[lane].Claim(ctx, key, p.long)
+		if err != nil || le == nil {
+			return violated("Claim(%q) on a free key: got (%v, %d bytes, %v), want a Lease", key, le, len(got), err)
+		}
+		var (
+			wg    sync.WaitGroup
+			mu    sync.Mutex
+			first *violation
+		)
+		fail := func(v *violation) {
+			mu.Lock()
+			defer mu.Unlock()
+			if first == nil {
+				first = v
+			}
+		}
+		start := make(chan struct{}, claimers)
+		done := make(chan struct{})
+		for _, s := range others[lane] {
+			wg.Go(func() {
+				started := false
+				defer func() {
+					if !started {
+						start <- struct{}{}
+					}
+				}()
+				for {
+					dup, r, err := s.Claim(ctx, key, p.long)
+					switch {
+					case err == nil && dup != nil:
+						_ = dup.Release(context.WithoutCancel(ctx))
+						fail(violated("a Claim concurrent with Complete took the key: the work would run twice"))
+						return
+					case err == nil:
+						if !bytes.Equal(r, rec) {
+							fail(violated("a Claim concurrent with Complete returned record %q, want %q", r, rec))
+						}
+						return
+					case !errors.Is(err, lock.ErrNotAcquired):
+						fail(violated("a Claim concurrent with Complete: %v", err))
+						return
+					}
+					if !started {
+						started = true
+						start <- struct{}{} // this claimer has seen the key in progress
+					}
+					select {
+					case <-done:
+						// Complete returned: the record must be there at the
+						// next Claim.
+						if dup, r, err := s.Claim(ctx, key, p.long); err != nil || dup != nil || !bytes.Equal(r, rec) {
+							if dup != nil {
+								_ = dup.Release(context.WithoutCancel(ctx))
+							}
+							fail(violated("Claim after Complete returned: got (%v, %q, %v), want the record", dup, r, err))
+						}
+						return
+					default:
+					}
+				}
+			})
+		}
+		for range claimers {
+			<-start
+		}
+		err = owners[lane].Complete(ctx, le, rec, p.long)
+		close(done)
+		wg.Wait()
+		if err != nil {
+			return violated("Complete of a held lease on %q while others Claim it: %v", key, err)
+		}
+		return first
+	})
+	c.Logf("%d rounds of Complete against 3 claimers", rounds)
+}
+
+// testStoreCancelInFlight stalls the request of a Claim and of a Complete
+// and ends each call's context while it waits: each must return promptly
+// with the context's error. A Claim that may have been applied holds the
+// key no longer than its TTL; a Complete retried after the stalled one
+// answers nil or ErrNotHeld, and the record is stored.
+func testStoreCancelInFlight(c *check, p storeParams) {
+	s, f := p.newFaultyStore(c)
+	other := p.newStore(c)
+
+	k1 := c.key("claim")
+	f.StallNextRequest()
+	sent := time.Now()
+	c.midFlight("Claim", false, func(ctx context.Context) error {
+		le, rec, err := s.Claim(ctx, k1, p.short)
+		if le != nil || rec != nil {
+			return fmt.Errorf("a Lease or record together with the error %w", err)
+		}
+		return err
+	})
+	c.release(c.awaitClaim(other, k1, p.long, p.expiryBound(p.short)-time.Since(sent),
+		"a Claim whose context ended mid-flight may hold the key until its TTL, not longer"))
+
+	k2 := c.key("complete")
+	le := c.claim(s, k2, p.long)
+	rec := []byte("completed once")
+	f.StallNextRequest()
+	c.midFlight("Complete", true, func(ctx context.Context) error { return s.Complete(ctx, le, rec, p.long) })
+	if err := s.Complete(c.ctx(), le, rec, p.long); err != nil && !errors.Is(err, lock.ErrNotHeld) {
+		c.Fatalf("Complete retried after a Complete that was cancelled mid-flight: %v, want nil or ErrNotHeld", err)
+	}
+	c.recordIs(other, k2, rec, "after a Complete retried once its first attempt was cancelled mid-flight")
+}
+
+// testStoreUnknownOutcome loses the reply of a Complete and of a Claim after
+// the server applied them. After the lost Complete the lease reports
+// ErrNotHeld, a retried Complete answers nil or ErrNotHeld, and the record
+// stands; the lost Claim holds the key no longer than its TTL.
+func testStoreUnknownOutcome(c *check, p storeParams) {
+	s, f := p.newFaultyStore(c)
+	other, third := p.newStore(c), p.newStore(c)
+	ctx := c.ctx()
+
+	k1 := c.key("completed")
+	le := c.claim(s, k1, p.long)
+	rec := []byte("completed once")
+	f.LoseNextReply()
+	c.lostReply("Complete", s.Complete(ctx, le, rec, p.long))
+	c.notHeld("Refresh after a Complete whose reply was lost", le.Refresh(ctx, p.long))
+	if err := s.Complete(ctx, le, rec, p.long); err != nil && !errors.Is(err, lock.ErrNotHeld) {
+		c.Fatalf("Complete retried after a Complete whose reply was lost: %v, want nil or ErrNotHeld", err)
+	}
+	if err := le.Release(ctx); err != nil && !errors.Is(err, lock.ErrNotHeld) {
+		c.Fatalf("Release after a Complete whose reply was lost: %v, want nil or ErrNotHeld", err)
+	}
+	c.recordIs(other, k1, rec, "after a Complete whose reply was lost")
+
+	k2 := c.key("lost-claim")
+	f.LoseNextReply()
+	sent := time.Now()
+	lost, got, err := s.Claim(ctx, k2, p.short)
+	if lost != nil {
+		_ = lost.Release(ctx)
+	}
+	c.lostReply("Claim", err)
+	if lost != nil || got != nil {
+		c.Fatalf("Claim whose reply was lost returned a Lease or a record and an error")
+	}
+	switch retry, r, err := s.Claim(ctx, k2, p.long); {
+	case err == nil && retry != nil:
+		c.claimRefused(third, k2, "a Claim retried after a lost reply holds the key alone")
+		c.release(retry)
+		c.release(c.claim(other, k2, p.long))
+	case err == nil:
+		c.Fatalf("Claim retried after a lost Claim returned a %d-byte record for a key that was never completed", len(r))
+	case errors.Is(err, lock.ErrNotAcquired):
+		c.release(c.awaitClaim(other, k2, p.long, p.expiryBound(p.short)-time.Since(sent),
+			"a Claim whose reply was lost must be undone, or end with its TTL"))
+	default:
+		c.Fatalf("Claim retried after a Claim whose reply was lost: %v", err)
+	}
+}
