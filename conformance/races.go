@@ -118,12 +118,12 @@ func sleepUntil(ctx context.Context, t time.Time) {
 // is free. A backend whose owner check and change are two requests (GET then
 // DEL, GET then PEXPIRE) sometimes checks while it still holds and deletes
 // or shortens the next holder's lock. The calls are aimed at the expiry the
-// earlier rounds observed, minus a sweep of up to a few round trips, in 4
-// lanes of fresh keys for 3 s (0.75 s with -short) and at least 2 rounds
-// per lane. With a 1 ms TTL step that is a few hundred calls; with coarse
-// steps only a few, because each round waits out a TTL.
+// earlier rounds observed, minus a sweep of one TTL step and a few round
+// trips, in 2 lanes of fresh keys for 3 s (0.75 s with -short) and at least
+// 2 rounds per lane. With a 1 ms TTL step that is a few hundred calls; with
+// coarse steps only a few, because each round waits out a TTL.
 func testStaleCallsAtExpiry(c *check, p params) {
-	const lanes = 4
+	const lanes = 2
 	ttl := p.raceTTL()
 	type lockers struct{ a, b, probe lock.Locker }
 	ls := make([]lockers, lanes)
@@ -136,7 +136,7 @@ func testStaleCallsAtExpiry(c *check, p params) {
 	// size the sweep; lag is how long after a lease's local deadline its
 	// key was seen free, learnt from the rounds.
 	rtt := measureRTT(c, p, ls[0].a, ls[0].b)
-	spread := 2*p.gran + 8*rtt
+	spread := p.gran + 8*rtt
 	var lag atomic.Int64
 	pause := time.Duration(0) // between the taker's attempts
 	if p.gran > time.Millisecond {
@@ -183,6 +183,8 @@ func testStaleCallsAtExpiry(c *check, p params) {
 				}
 				if pause > 0 {
 					time.Sleep(pause) // polling the server: expiry sends no event
+				} else {
+					runtime.Gosched() // let the holder's goroutine run at its instant
 				}
 			}
 		}()
@@ -264,21 +266,35 @@ func measureRTT(c *check, p params, holder, other lock.Locker) time.Duration {
 
 // testStaleCallsNearNewerExpiry calls Release and Refresh of two stale
 // leases (one expired, one released) at half, three quarters and seven
-// eighths of a newer holder's short TTL. Each must report ErrNotHeld, the
-// newer holder must still hold the key after each, and its lease must still
-// end at its own TTL.
+// eighths of a newer holder's TTL (at least a second). Each must report
+// ErrNotHeld, the newer holder must still hold the key after each, and its
+// lease must still end at its own TTL. A round whose last calls a stalled
+// machine made only after the newer TTL had run out proves nothing and is
+// run again, up to 3 times.
 func testStaleCallsNearNewerExpiry(c *check, p params) {
+	for attempt := range 3 {
+		if staleCallsNearNewerExpiry(c, p, attempt) {
+			return
+		}
+	}
+	c.Logf("inconclusive: in each of 3 rounds the machine was too slow to call before the newer holder's TTL ran out")
+}
+
+// staleCallsNearNewerExpiry is one round of testStaleCallsNearNewerExpiry.
+// It reports whether the round was conclusive.
+func staleCallsNearNewerExpiry(c *check, p params, attempt int) bool {
 	l, newerL, probe := p.newLocker(c), p.newLocker(c), p.newLocker(c)
-	key := c.key("k")
+	key := c.key(fmt.Sprint("attempt-", attempt))
 	expired := c.take(l, key, p.short)
 	sent := time.Now()
 	released := c.awaitFree(probe, key, p.long, p.expiryBound(p.short)-time.Since(sent)+p.gran, "a short lease must expire")
 	c.release(released)
 
-	ttl := p.short
+	ttl := roundUp(max(p.short, time.Second), p.gran)
 	taken := time.Now()
 	newer := c.take(newerL, key, ttl)
 	end := taken.Add(ttl)
+	conclusive := true
 	for _, at := range []struct {
 		num, den int
 	}{{1, 2}, {3, 4}, {7, 8}} {
@@ -293,10 +309,15 @@ func testStaleCallsNearNewerExpiry(c *check, p params) {
 			c.notHeld(fmt.Sprintf("Refresh of %s %s", stale.name, where), stale.le.Refresh(c.ctx(), p.long))
 		}
 		c.refusedBefore(probe, key, end, "stale calls "+where+" must leave the newer holder's lock in place")
+		if time.Now().After(end) {
+			conclusive = false // the calls may have come after the newer lease ended
+			break
+		}
 	}
 	c.release(c.awaitFree(probe, key, p.long, p.expiryBound(ttl)-time.Since(taken)+p.gran,
 		"stale refreshes must not extend the newer holder's TTL"))
 	c.notHeld("Release of the newer lease after it expired", newer.Release(c.ctx()))
+	return conclusive
 }
 
 // testRefreshLate refreshes a lease at three quarters of its TTL and checks,
