@@ -1,23 +1,3 @@
-// Package conformance is the behavioural specification of idemlock's
-// contract, as a test suite any backend can run against its real server:
-//
-//	func TestConformance(t *testing.T) {
-//		conformance.Run(t, conformance.Config{
-//			NewLocker:      func(t *testing.T) lock.Locker { return newLocker(t) },
-//			TTLGranularity: time.Millisecond,
-//		})
-//	}
-//
-// Subtests have stable names in a fixed order, so -run and -skip select
-// clauses. Every failure message starts with "contract clause violated:"
-// and names the clause. Only optional capabilities (such as
-// [lock.Notifier]) are skipped when a backend lacks them, with a message
-// containing "optional capability"; core clauses are never skipped.
-//
-// Timings scale with the backend: TTLs are at least Config.MinTTL and a
-// whole number of Config.TTLGranularity steps, and expiry is expected within
-// Config.ExpirySlack after the TTL. On top of that the suite allows
-// [SchedulingSlack] for a loaded machine running with -race.
 package conformance
 
 import (
