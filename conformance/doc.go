@@ -86,7 +86,8 @@
 //   - StaleCallsAtExpiry: a lease's Release or Refresh is aimed at the
 //     instant its TTL runs out while another Locker takes the key the moment
 //     it is free; the newer holder must keep its lock. Catches an owner check
-//     and a change made in two requests (GET then DEL). 2 lanes, 2 s.
+//     and a change made in two requests (GET then DEL). 2 lanes, 2 s
+//     (with TTL steps of 10 ms or less: and 100 rounds each, up to 8 s).
 //   - StaleCallsNearNewerExpiry: stale leases (one expired, one released)
 //     call Release and Refresh at 1/2, 3/4 and 7/8 of a newer holder's TTL;
 //     each reports lock.ErrNotHeld and the newer lock stands and ends on

@@ -33,9 +33,10 @@ func violated(format string, args ...any) *violation {
 }
 
 // lanes runs round(lane, i) for i = 0, 1, … in n goroutines until budget has
-// passed and every lane ran at least least rounds, or until a round reports
-// a violation; it then fails the clause with the first violation. It
-// returns how many rounds ran in all.
+// passed and every lane ran at least least rounds (but for no longer than
+// four times budget, and at least one round), or until a round reports a
+// violation; it then fails the clause with the first violation. It returns
+// how many rounds ran in all.
 func (c *check) lanes(n, least int, budget time.Duration, round func(lane, i int) *violation) int {
 	c.Helper()
 	var (
@@ -46,10 +47,14 @@ func (c *check) lanes(n, least int, budget time.Duration, round func(lane, i int
 		first *violation
 	)
 	start := time.Now()
-	end := start.Add(budget)
+	end, limit := start.Add(budget), start.Add(4*budget)
+	more := func(i int) bool {
+		now := time.Now()
+		return i == 0 || now.Before(end) || i < least && now.Before(limit)
+	}
 	for lane := range n {
 		wg.Go(func() {
-			for i := 0; !stop.Load() && (i < least || time.Now().Before(end)); i++ {
+			for i := 0; !stop.Load() && more(i); i++ {
 				if c.ctx().Err() != nil {
 					return
 				}
@@ -121,8 +126,10 @@ func sleepUntil(ctx context.Context, t time.Time) {
 // DEL, GET then PEXPIRE) sometimes checks while it still holds and deletes
 // or shortens the next holder's lock. The calls are aimed at the expiry the
 // earlier rounds observed, minus a sweep of one TTL step and a few round
-// trips, in 2 lanes of fresh keys for 2 s (0.5 s with -short) and at least
-// 2 rounds per lane. With a 1 ms TTL step that is a few hundred calls; with
+// trips, in 2 lanes of fresh keys for 2 s (0.5 s with -short). Each lane
+// runs at least one round (one Release, one Refresh); with TTLs of 10 ms or
+// less, at least 100 rounds (25 with -short), for up to 8 s (2 s), because
+// a loaded machine runs few rounds in 2 s. With a 1 ms TTL step that is a few hundred calls; with
 // coarse steps only a few, because each round waits out a TTL.
 func testStaleCallsAtExpiry(c *check, p params) {
 	const lanes = 2
@@ -139,17 +146,21 @@ func testStaleCallsAtExpiry(c *check, p params) {
 	rtt := measureRTT(c, p, ls[0].a, ls[0].b)
 	ttl := p.raceTTL(rtt)
 	spread := p.gran + 8*rtt
-	var skipped atomic.Int64
+	var skipped, before atomic.Int64 // rounds whose take was refused; calls that found the lease live
 	var lag atomic.Int64
 	pause := time.Duration(0) // between the taker's attempts
 	if p.gran > time.Millisecond {
 		pause = p.gran / 200
 	}
 
-	rounds := c.lanes(lanes, 2, p.budget(2*time.Second), func(lane, i int) *violation {
+	least := 1 // coarse TTLs: a round costs a TTL
+	if ttl <= 10*time.Millisecond {
+		least = p.rounds(100, 25) // a machine under load runs few rounds in the budget
+	}
+	rounds := c.lanes(lanes, least, p.budget(2*time.Second), func(lane, i int) *violation {
 		l := ls[lane]
 		key := c.key(fmt.Sprintf("lane-%d/round-%d", lane, i))
-		release := i%2 == 0
+		release := (i*lanes+lane)%2 == 0
 		op := "Release"
 		if !release {
 			op = "Refresh"
@@ -217,6 +228,9 @@ func testStaleCallsAtExpiry(c *check, p params) {
 			return violated("the next taker of %q: %v", key, b.err)
 		}
 		defer func() { _ = b.le.Release(context.WithoutCancel(ctx)) }()
+		if opErr == nil {
+			before.Add(1)
+		}
 		if opErr != nil {
 			// The lease had expired before its call: the taker, spinning
 			// since before the expiry, saw when the server freed the key.
@@ -243,7 +257,8 @@ func testStaleCallsAtExpiry(c *check, p params) {
 		}
 		return nil
 	})
-	c.Logf("%d rounds with TTL %v (%d skipped: the take was refused); calls aimed up to %v before the expiry (round trip %v)", rounds, ttl, skipped.Load(), spread, rtt)
+	c.Logf("%d rounds with TTL %v (%d skipped: the take was refused); %d calls found the lease live; calls aimed up to %v before the expiry (round trip %v)",
+		rounds, ttl, skipped.Load(), before.Load(), spread, rtt)
 	if n := skipped.Load(); n > int64(rounds)/2 {
 		c.Fatalf("%d of %d takes of a fresh key with TTL %v were refused", n, rounds, ttl)
 	}
