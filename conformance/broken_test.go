@@ -173,9 +173,8 @@ func (s *brokenServer) client(t *testing.T) *brokenClient {
 	if err != nil {
 		t.Fatalf("dialling the broken server: %v", err)
 	}
-	c := &brokenClient{srv: s, conn: conn, stop: make(chan struct{})}
+	c := &brokenClient{wire: newWire(t, s.flaw == "ignores-cancel-in-flight"), srv: s, conn: conn}
 	t.Cleanup(func() {
-		close(c.stop) // stalls end with the test
 		if s.flaw != "leaks-connections" {
 			_ = conn.Close()
 		}
@@ -215,41 +214,58 @@ func (s *brokenServer) drop(key string) {
 	}
 }
 
-// brokenClient is one client of a brokenServer: a lock.Locker, a
-// lock.Notifier and the conformance.Faults of its requests.
-type brokenClient struct {
-	srv   *brokenServer
-	conn  net.Conn
-	stop  chan struct{} // closed when the test that made the client ends
-	lose  atomic.Bool
-	stall atomic.Bool
+// wire is the fault switch of one fake client's requests (a
+// conformance.Faults): a write's reply can be lost after the server applied
+// it, and any request can stall until the test ends.
+type wire struct {
+	lose, stall atomic.Bool
+	stop        chan struct{} // closed when the test that made the client ends
+	deaf        bool          // a stalled request ignores its context (a flaw)
 }
 
-func (c *brokenClient) LoseNextReply()    { c.lose.Store(true) }
-func (c *brokenClient) StallNextRequest() { c.stall.Store(true) }
+func newWire(t *testing.T, deaf bool) *wire {
+	w := &wire{stop: make(chan struct{}), deaf: deaf}
+	t.Cleanup(func() { close(w.stop) }) // stalls end with the test
+	return w
+}
 
-// request sends one request: apply runs on the server under its mutex. A
-// write's reply can be lost after it was applied; any request can stall.
-func (c *brokenClient) request(ctx context.Context, write bool, apply func() error) error {
-	if c.stall.CompareAndSwap(true, false) {
-		if c.srv.flaw == "ignores-cancel-in-flight" {
-			<-c.stop // waits for the reply, whatever the context says
+func (w *wire) LoseNextReply()    { w.lose.Store(true) }
+func (w *wire) StallNextRequest() { w.stall.Store(true) }
+
+// send sends one request: apply runs on the server, under mu.
+func (w *wire) send(ctx context.Context, write bool, mu *sync.Mutex, apply func() error) error {
+	if w.stall.CompareAndSwap(true, false) {
+		if w.deaf {
+			<-w.stop // waits for the reply, whatever the context says
 			return errStalled
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-c.stop:
+		case <-w.stop:
 			return errStalled
 		}
 	}
-	c.srv.mu.Lock()
+	mu.Lock()
 	err := apply()
-	c.srv.mu.Unlock()
-	if write && c.lose.CompareAndSwap(true, false) {
+	mu.Unlock()
+	if write && w.lose.CompareAndSwap(true, false) {
 		return errLostReply
 	}
 	return err
+}
+
+// brokenClient is one client of a brokenServer: a lock.Locker, a
+// lock.Notifier and the conformance.Faults of its requests.
+type brokenClient struct {
+	*wire
+	srv  *brokenServer
+	conn net.Conn
+}
+
+// request sends one request to the server.
+func (c *brokenClient) request(ctx context.Context, write bool, apply func() error) error {
+	return c.send(ctx, write, &c.srv.mu, apply)
 }
 
 // checkCtx is the context check every call starts with, skipped by the
@@ -376,30 +392,9 @@ func (le *brokenLease) Refresh(ctx context.Context, ttl time.Duration) error {
 			})
 		}
 	case "refresh-get-then-expire", "unserialised-lease-calls":
-		var version uint64
-		if err := c.request(ctx, false, func() error {
-			if !s.live(le) {
-				return lock.ErrNotHeld
-			}
-			version = s.version[le.key]
-			return nil
-		}); err != nil {
-			return err
-		}
-		time.Sleep(rtt)
-		return c.request(ctx, true, func() error {
-			cur := s.held[le.key]
-			if s.flaw == "unserialised-lease-calls" {
-				if s.version[le.key] != version {
-					return lock.ErrNotHeld // a lost compare-and-swap race reported as a lost lease
-				}
-				cur = le
-			}
-			if cur != nil {
-				cur.deadline = time.Now().Add(s.grant(ttl)) // whoever holds the key now
-				s.version[le.key]++
-			}
-			return nil
+		return le.checkThenChange(ctx, func(cur *brokenLease) {
+			cur.deadline = time.Now().Add(s.grant(ttl))
+			s.version[le.key]++
 		})
 	}
 	return c.request(ctx, true, func() error {
@@ -429,32 +424,47 @@ func (le *brokenLease) Refresh(ctx context.Context, ttl time.Duration) error {
 	})
 }
 
+// checkThenChange is a flawed Refresh or Release in two requests: a read
+// that checks the lease holds its key, then a write that changes whoever
+// holds the key by then (release-get-then-del, refresh-get-then-expire),
+// or, with unserialised-lease-calls, a write conditional on the key's
+// version that reports a lost race as a lost lease (memcached's gets and
+// cas).
+func (le *brokenLease) checkThenChange(ctx context.Context, change func(cur *brokenLease)) error {
+	c, s := le.c, le.c.srv
+	var version uint64
+	if err := c.request(ctx, false, func() error {
+		if !s.live(le) {
+			return lock.ErrNotHeld
+		}
+		version = s.version[le.key]
+		return nil
+	}); err != nil {
+		return err
+	}
+	time.Sleep(rtt)
+	return c.request(ctx, true, func() error {
+		cur := s.held[le.key]
+		if s.flaw == "unserialised-lease-calls" {
+			if s.version[le.key] != version {
+				return lock.ErrNotHeld
+			}
+			cur = le
+		}
+		if cur != nil {
+			change(cur)
+		}
+		return nil
+	})
+}
+
 func (le *brokenLease) Release(ctx context.Context) error {
 	c, s := le.c, le.c.srv
 	if err := c.checkCtx(ctx); err != nil {
 		return err
 	}
 	if s.flaw == "release-get-then-del" || s.flaw == "unserialised-lease-calls" {
-		var version uint64
-		if err := c.request(ctx, false, func() error {
-			if !s.live(le) {
-				return lock.ErrNotHeld
-			}
-			version = s.version[le.key]
-			return nil
-		}); err != nil {
-			return err
-		}
-		time.Sleep(rtt)
-		err := c.request(ctx, true, func() error {
-			if s.flaw == "unserialised-lease-calls" && s.version[le.key] != version {
-				return lock.ErrNotHeld
-			}
-			if s.held[le.key] != nil {
-				s.drop(le.key) // whoever holds the key now
-			}
-			return nil
-		})
+		err := le.checkThenChange(ctx, func(*brokenLease) { s.drop(le.key) })
 		if err == nil {
 			le.released.Store(true)
 		}

@@ -104,20 +104,7 @@ func testCancelInFlight(c *check, p params) {
 	l, f := p.newFaultyLocker(c)
 	other := p.newLocker(c)
 
-	taken := c.key("take")
-	f.StallNextRequest()
-	sent := time.Now()
-	var orphan lock.Lease
-	_ = c.midFlight("TryAcquire", false, func(ctx context.Context) error {
-		le, err := l.TryAcquire(ctx, taken, p.short)
-		orphan = le
-		return err
-	})
-	if orphan != nil {
-		c.Fatalf("TryAcquire whose context ended mid-flight returned a Lease and an error")
-	}
-	c.release(c.awaitFree(other, taken, p.long, p.expiryBound(p.short)-time.Since(sent),
-		"a take whose context ended mid-flight may hold the key until its TTL, not longer"))
+	c.stalledTake(p, "TryAcquire", f, l.TryAcquire, other, c.key("take"))
 
 	key := c.key("k")
 	le := c.take(l, key, p.long)
@@ -136,6 +123,62 @@ func testCancelInFlight(c *check, p params) {
 		c.Fatalf("after a retried Release answered, the key must be free: TryAcquire: %v", err)
 	}
 	c.release(after)
+}
+
+// taker is one attempt to take a key: TryAcquire, or Claim of a key that
+// was never completed (see claimer).
+type taker func(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error)
+
+// stalledTake stalls the request of a take of key and ends its context
+// mid-flight: the take must return promptly with the context's error, and
+// the key, which the server may or may not have given it, must be free
+// again within the take's TTL.
+func (c *check) stalledTake(p params, what string, f Faults, take taker, other lock.Locker, key string) {
+	c.Helper()
+	f.StallNextRequest()
+	sent := time.Now()
+	var orphan lock.Lease
+	c.midFlight(what, false, func(ctx context.Context) error {
+		le, err := take(ctx, key, p.short)
+		orphan = le
+		return err
+	})
+	if orphan != nil {
+		c.Fatalf("%s whose context ended mid-flight returned a Lease and an error", what)
+	}
+	c.release(c.awaitFree(other, key, p.long, p.expiryBound(p.short)-time.Since(sent),
+		what+" whose context ended mid-flight may hold the key until its TTL, not longer"))
+}
+
+// lostTake loses the reply of a take of key after the server applied it:
+// the key is then held by a holding nobody knows about. Retried on the same
+// client, the take either holds the key alone (it recognised or undid its
+// own) or is refused; either way the key must be free again within the
+// lost take's TTL, not kept alive by anything.
+func (c *check) lostTake(p params, what string, f Faults, take taker, other, probe lock.Locker, key string) {
+	c.Helper()
+	ctx := c.ctx()
+	f.LoseNextReply()
+	sent := time.Now()
+	le, err := take(ctx, key, p.short)
+	if err == nil {
+		_ = le.Release(ctx)
+	}
+	c.lostReply(what, err)
+	if le != nil {
+		c.Fatalf("%s whose reply was lost returned a Lease and an error", what)
+	}
+	switch retry, err := take(ctx, key, p.long); {
+	case err == nil:
+		c.refused(probe, key, what+" retried after a lost reply holds the key alone")
+		c.release(retry)
+		c.release(c.take(other, key, p.long))
+	case errors.Is(err, lock.ErrNotAcquired):
+		c.release(c.awaitFree(other, key, p.long, p.expiryBound(p.short)-time.Since(sent),
+			what+" whose reply was lost must be undone, or end with its TTL"))
+	default:
+		c.Fatalf("%s retried after one whose reply was lost: %v", what, err)
+	}
 }
 
 // sameAnswer reports whether two answers of a retried Release agree: both
@@ -204,31 +247,7 @@ func testUnknownOutcome(c *check, p params) {
 	c.release(a)
 	c.release(c.take(other, k3, p.long))
 
-	// A lost take: the key is held by a holding nobody knows about, which
-	// must be undone or end with its TTL.
-	k4 := c.key("lost-take")
-	f.LoseNextReply()
-	sent := time.Now()
-	le, err := l.TryAcquire(ctx, k4, p.short)
-	if err == nil {
-		_ = le.Release(ctx)
-	}
-	c.lostReply("TryAcquire", err)
-	if le != nil {
-		c.Fatalf("TryAcquire whose reply was lost returned a Lease and an error")
-	}
-	switch retry, err := l.TryAcquire(ctx, k4, p.long); {
-	case err == nil:
-		// The backend recognised or undid its own take: it alone holds.
-		c.refused(probe, k4, "a take retried after a lost reply holds the key alone")
-		c.release(retry)
-		c.release(c.take(other, k4, p.long))
-	case errors.Is(err, lock.ErrNotAcquired):
-		c.release(c.awaitFree(other, k4, p.long, p.expiryBound(p.short)-time.Since(sent),
-			"a take whose reply was lost must be undone, or end with its TTL"))
-	default:
-		c.Fatalf("TryAcquire retried after a take whose reply was lost: %v", err)
-	}
+	c.lostTake(p, "TryAcquire", f, l.TryAcquire, other, probe, c.key("lost-take"))
 }
 
 func errText(err error) string {

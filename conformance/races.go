@@ -438,10 +438,8 @@ func testTokenOrder(c *check, p params) {
 	ctx := c.ctx()
 	end := time.Now().Add(p.budget(2 * time.Second))
 	var (
-		mu   sync.Mutex
-		hist []holding
-		errs []error
-		wg   sync.WaitGroup
+		rec recorder
+		wg  sync.WaitGroup
 	)
 	for w := range workers {
 		l := ls[w%lockers]
@@ -453,43 +451,32 @@ func testTokenOrder(c *check, p params) {
 					continue
 				}
 				if err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
+					rec.fail(err)
 					return
 				}
 				start := time.Now()
 				runtime.Gosched()
 				stop := time.Now()
-				rerr := le.Release(context.WithoutCancel(ctx))
-				mu.Lock()
-				hist = append(hist, holding{le.Token(), start, stop})
-				if rerr != nil {
-					errs = append(errs, rerr)
-				}
-				mu.Unlock()
+				rec.held(le, start, stop, le.Release(context.WithoutCancel(ctx)))
 			}
 		})
 	}
 	wg.Wait()
-	if len(errs) > 0 {
-		c.Fatalf("under contention: %v", errs[0])
+	if err := rec.err(); err != nil {
+		c.Fatalf("under contention: %v", err)
 	}
-	if len(hist) < 2 {
-		c.Fatalf("only %d holdings in %v of contention", len(hist), p.budget(2*time.Second))
+	if len(rec.hist) < 2 {
+		c.Fatalf("only %d holdings in %v of contention", len(rec.hist), p.budget(2*time.Second))
 	}
-	slices.SortFunc(hist, func(a, b holding) int { return a.start.Compare(b.start) })
-	for i := 1; i < len(hist); i++ {
-		prev, cur := hist[i-1], hist[i]
-		if cur.start.Before(prev.end) {
-			c.Causef("a take that is not atomic", "two leases (tokens %d and %d) held the key at the same time", prev.token, cur.token)
-		}
-		if cur.token <= prev.token {
-			c.Fatalf("the lease with token %d held the key %v after the lease with token %d had released it: "+
-				"the token must be issued while the take holds the key", cur.token, cur.start.Sub(prev.end), prev.token)
-		}
+	switch f := checkHistory(rec.hist); {
+	case f == nil:
+	case f.overlap:
+		c.Causef("a take that is not atomic", "%s", f)
+	default:
+		c.Fatalf("the lease with token %d held the key %v after the lease with token %d had released it: "+
+			"the token must be issued while the take holds the key", f.cur.token, f.cur.start.Sub(f.prev.end), f.prev.token)
 	}
-	c.Logf("%d holdings in order", len(hist))
+	c.Logf("%d holdings in order", len(rec.hist))
 }
 
 // testConcurrentLeaseCalls runs calls on one lease at once, for 200 rounds

@@ -12,24 +12,14 @@ import (
 	"github.com/idemlock/lock/idempotency"
 )
 
-// awaitClaim claims key on s until it gets a Lease, failing if that takes
-// longer than within or if a record turns up.
-func (c *check) awaitClaim(s idempotency.Store, key string, ttl, within time.Duration, why string) lock.Lease {
-	c.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		le, rec, err := s.Claim(c.ctx(), key, ttl)
-		switch {
-		case err == nil && le != nil:
-			return le
-		case err == nil:
-			c.Fatalf("%s: Claim(%q) returned a %d-byte record for a key that was never completed", why, key, len(rec))
-		case !errors.Is(err, lock.ErrNotAcquired):
-			c.Fatalf("%s: Claim(%q): %v", why, key, err)
-		case time.Now().After(deadline):
-			c.Fatalf("%s: key %q still claimed %v later", why, key, within)
+// claimer makes Claim a taker, for keys that were never completed.
+func claimer(s idempotency.Store) taker {
+	return func(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+		le, rec, err := s.Claim(ctx, key, ttl)
+		if err == nil && le == nil {
+			return nil, fmt.Errorf("Claim(%q) returned a %d-byte record for a key that was never completed", key, len(rec))
 		}
-		time.Sleep(max(within/200, time.Millisecond)) // probing the server: expiry sends no event
+		return le, err
 	}
 }
 
@@ -136,20 +126,7 @@ func testStoreCancelInFlight(c *check, p storeParams) {
 	s, f := p.newFaultyStore(c)
 	other := p.newStore(c)
 
-	k1 := c.key("claim")
-	f.StallNextRequest()
-	sent := time.Now()
-	var got lock.Lease
-	c.midFlight("Claim", false, func(ctx context.Context) error {
-		le, _, err := s.Claim(ctx, k1, p.short)
-		got = le
-		return err
-	})
-	if got != nil {
-		c.Fatalf("Claim whose context ended mid-flight returned a Lease and an error")
-	}
-	c.release(c.awaitClaim(other, k1, p.long, p.expiryBound(p.short)-time.Since(sent),
-		"a Claim whose context ended mid-flight may hold the key until its TTL, not longer"))
+	c.stalledTake(p.params, "Claim", f, claimer(s), other, c.key("claim"))
 
 	k2 := c.key("complete")
 	le := c.claim(s, k2, p.long)
@@ -185,28 +162,5 @@ func testStoreUnknownOutcome(c *check, p storeParams) {
 	}
 	c.recordIs(other, k1, rec, "after a Complete whose reply was lost")
 
-	k2 := c.key("lost-claim")
-	f.LoseNextReply()
-	sent := time.Now()
-	lost, got, err := s.Claim(ctx, k2, p.short)
-	if lost != nil {
-		_ = lost.Release(ctx)
-	}
-	c.lostReply("Claim", err)
-	if lost != nil || got != nil {
-		c.Fatalf("Claim whose reply was lost returned a Lease or a record and an error")
-	}
-	switch retry, r, err := s.Claim(ctx, k2, p.long); {
-	case err == nil && retry != nil:
-		c.claimRefused(third, k2, "a Claim retried after a lost reply holds the key alone")
-		c.release(retry)
-		c.release(c.claim(other, k2, p.long))
-	case err == nil:
-		c.Fatalf("Claim retried after a lost Claim returned a %d-byte record for a key that was never completed", len(r))
-	case errors.Is(err, lock.ErrNotAcquired):
-		c.release(c.awaitClaim(other, k2, p.long, p.expiryBound(p.short)-time.Since(sent),
-			"a Claim whose reply was lost must be undone, or end with its TTL"))
-	default:
-		c.Fatalf("Claim retried after a Claim whose reply was lost: %v", err)
-	}
+	c.lostTake(p.params, "Claim", f, claimer(s), other, third, c.key("lost-claim"))
 }

@@ -53,43 +53,17 @@ func newFakeStore(bug string) *fakeStore {
 // fakeClient is one client of a fakeStore: an idempotency.Store and the
 // conformance.Faults of its requests.
 type fakeClient struct {
-	s     *fakeStore
-	stop  chan struct{} // closed when the test that made the client ends
-	lose  atomic.Bool
-	stall atomic.Bool
+	*wire
+	s *fakeStore
 }
 
 func (s *fakeStore) client(t *testing.T) *fakeClient {
-	c := &fakeClient{s: s, stop: make(chan struct{})}
-	t.Cleanup(func() { close(c.stop) })
-	return c
+	return &fakeClient{wire: newWire(t, s.bug == "ignores cancel in flight"), s: s}
 }
 
-func (c *fakeClient) LoseNextReply()    { c.lose.Store(true) }
-func (c *fakeClient) StallNextRequest() { c.stall.Store(true) }
-
-// request sends one request: apply runs under the server's mutex. A
-// write's reply can be lost after it was applied; any request can stall.
+// request sends one request: apply runs under the server's mutex.
 func (c *fakeClient) request(ctx context.Context, write bool, apply func(now time.Time) error) error {
-	if c.stall.CompareAndSwap(true, false) {
-		if c.s.bug == "ignores cancel in flight" {
-			<-c.stop
-			return errStalled
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c.stop:
-			return errStalled
-		}
-	}
-	c.s.mu.Lock()
-	err := apply(time.Now())
-	c.s.mu.Unlock()
-	if write && c.lose.CompareAndSwap(true, false) {
-		return errLostReply
-	}
-	return err
+	return c.send(ctx, write, &c.s.mu, func() error { return apply(time.Now()) })
 }
 
 func (c *fakeClient) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
