@@ -92,9 +92,9 @@
 //     call Release and Refresh at 1/2, 3/4 and 7/8 of a newer holder's TTL;
 //     each reports lock.ErrNotHeld and the newer lock stands and ends on
 //     time. Catches a release that skips the owner check near the end.
-//   - RefreshLate: a Refresh at 3/4 of the TTL really moves the deadline,
-//     checked by a probe after the old expiry (and by Deadline() if the
-//     lease has it).
+//   - RefreshLate: a Refresh at 3/4 of a TTL of at least a second really
+//     moves the deadline, checked by a probe after the old expiry (and by
+//     Deadline() if the lease has it).
 //   - TTLRoundsUp: TTLs of half a step and of whole steps plus a half are
 //     held at least that long, and expire.
 //   - TokensIncreaseLongRun: up to 5,000 takes of one key in 3 s, each
