@@ -47,8 +47,9 @@ type Config struct {
 //
 // Each method arms one fault, for the next lock operation's request that the
 // client sends (the request of a TryAcquire, Refresh, Release, Claim or
-// Complete), never for background traffic such as session or lease renewals
-// and subscriptions. Arming twice before the fault fires arms it once. The
+// Complete), never for background traffic such as session or lease
+// renewals, subscriptions, or the backend undoing an earlier call whose
+// outcome was unknown. Arming twice before the fault fires arms it once. The
 // suite arms a fault only while no other call on that Locker is in flight,
 // and never arms both at once. A backend's test implements it at the layer
 // below the backend: a go-redis hook, a gRPC interceptor or dialer, an

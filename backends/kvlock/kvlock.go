@@ -237,7 +237,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*leas
 // ctx is live, else in the background, bounded by
 // lock.DefaultReleaseTimeout.
 func (l *Locker) undo(ctx context.Context, lk string, value []byte) {
-	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), lock.DefaultReleaseTimeout)
+	bg, cancel := context.WithTimeout(context.WithValue(context.WithoutCancel(ctx), undoKey{}, true), lock.DefaultReleaseTimeout)
 	if ctx.Err() == nil {
 		defer cancel()
 		_, _ = l.kv.CompareAndDelete(bg, lk, value)
@@ -247,6 +247,18 @@ func (l *Locker) undo(ctx context.Context, lk string, value []byte) {
 		defer cancel()
 		_, _ = l.kv.CompareAndDelete(bg, lk, value)
 	})
+}
+
+type undoKey struct{}
+
+// IsUndo reports whether a KV request with context ctx is the Locker
+// undoing a take whose outcome was unknown: a CompareAndDelete that may run
+// after the call that caused it returned, with a context of its own. A KV
+// may log it; a test that injects faults into the requests of one call
+// (see conformance.Faults) must leave it alone.
+func IsUndo(ctx context.Context) bool {
+	v, _ := ctx.Value(undoKey{}).(bool)
+	return v
 }
 
 // Complete stores record under the key of the lease for retention and ends
