@@ -28,8 +28,10 @@
 // (StaleCallsAtExpiry, TokensIncreaseLongRun, TokenOrder,
 // ConcurrentLeaseCalls, ClaimCompleteRace) run rounds until a time budget
 // stated in their descriptions below is spent; with -short every budget is a
-// quarter as long (and round targets a quarter as many), which makes them
-// weaker but keeps every clause running. Measured with -race on a loaded
+// quarter as long (and round targets a quarter as many), and
+// StaleCallsNearNewerExpiry and RefreshLate use the short TTL instead of a
+// second (a loaded machine then more often makes a round inconclusive),
+// which makes them weaker but keeps every clause running. Measured with -race on a loaded
 // 2-core machine: Run takes about 15 s on an in-memory backend with a 1 ms
 // step (9 s with -short) and about 20 s on Redis (13 s with -short);
 // RunStore about 6 s (4 s). Backends with TTL steps of a second take

@@ -89,6 +89,17 @@ func (p params) raceTTL(rtt time.Duration) time.Duration {
 	return roundUp(max(p.MinTTL, p.gran, 10*rtt, 10*time.Millisecond), p.gran)
 }
 
+// lateTTL is the TTL of the clauses that call late in a TTL: at least a
+// second, so that a loaded machine still makes the call before the TTL runs
+// out; with -short just the short TTL (such rounds are then more often
+// inconclusive, and repeated).
+func (p params) lateTTL() time.Duration {
+	if p.quick {
+		return p.short
+	}
+	return roundUp(max(p.short, time.Second), p.gran)
+}
+
 func minTime(a, b time.Time) time.Time {
 	if a.Before(b) {
 		return a
@@ -304,11 +315,11 @@ func measureRTT(c *check, p params, holder, other lock.Locker) time.Duration {
 
 // testStaleCallsNearNewerExpiry calls Release and Refresh of two stale
 // leases (one expired, one released) at half, three quarters and seven
-// eighths of a newer holder's TTL (at least a second). Each must report
-// ErrNotHeld, the newer holder must still hold the key after each, and its
-// lease must still end at its own TTL. A round whose last calls a stalled
-// machine made only after the newer TTL had run out proves nothing and is
-// run again, up to 3 times.
+// eighths of a newer holder's TTL (see lateTTL: at least a second). Each
+// must report ErrNotHeld, the newer holder must still hold the key after
+// each, and its lease must still end at its own TTL. A round whose last
+// calls a stalled machine made only after the newer TTL had run out proves
+// nothing and is run again, up to 3 times.
 func testStaleCallsNearNewerExpiry(c *check, p params) {
 	for attempt := range 3 {
 		if staleCallsNearNewerExpiry(c, p, attempt) {
@@ -328,7 +339,7 @@ func staleCallsNearNewerExpiry(c *check, p params, attempt int) bool {
 	released := c.awaitFree(probe, key, p.long, p.expiryBound(p.short)-time.Since(sent)+p.gran, "a short lease must expire")
 	c.release(released)
 
-	ttl := roundUp(max(p.short, time.Second), p.gran)
+	ttl := p.lateTTL()
 	taken := time.Now()
 	newer := c.take(newerL, key, ttl)
 	end := taken.Add(ttl)
@@ -358,8 +369,8 @@ func staleCallsNearNewerExpiry(c *check, p params, attempt int) bool {
 	return conclusive
 }
 
-// testRefreshLate refreshes a lease at three quarters of its TTL (at least
-// a second) and checks, with a probe after the old expiry, that the
+// testRefreshLate refreshes a lease at three quarters of its TTL (see
+// lateTTL: at least a second) and checks, with a probe after the old expiry, that the
 // deadline really moved. A round whose refresh a stalled machine sent only
 // after the TTL ran out proves nothing and is run again, up to 3 times.
 func testRefreshLate(c *check, p params) {
@@ -376,7 +387,7 @@ func testRefreshLate(c *check, p params) {
 func refreshLate(c *check, p params, attempt int) bool {
 	l, other := p.newLocker(c), p.newLocker(c)
 	key := c.key(fmt.Sprint("attempt-", attempt))
-	ttl := roundUp(max(p.short, time.Second), p.gran)
+	ttl := p.lateTTL()
 	sent := time.Now()
 	le := c.take(l, key, ttl)
 	time.Sleep(time.Until(sent.Add(ttl * 3 / 4))) // late in the TTL: the clock is what is under test
