@@ -30,12 +30,15 @@
 // stated in their descriptions below is spent; with -short every budget is a
 // quarter as long (and round targets a quarter as many), and
 // StaleCallsNearNewerExpiry and RefreshLate use the short TTL instead of a
-// second (a loaded machine then more often makes a round inconclusive),
-// which makes them weaker but keeps every clause running. Measured with -race on a loaded
-// 2-core machine: Run takes about 15 s on an in-memory backend with a 1 ms
-// step (9 s with -short) and about 20 s on Redis (13 s with -short);
-// RunStore about 6 s (4 s). Backends with TTL steps of a second take
-// longer: most clauses wait out a TTL of at least a second.
+// second (a loaded machine then more often makes a round inconclusive).
+// That makes them weaker but keeps every clause running.
+//
+// Measured with -race on a shared 2-core machine under load: on an
+// in-memory backend with a 1 ms TTL step, Run takes about 13 s (8 s with
+// -short) and RunStore about 5 s (4 s); on Redis, 15 s (11 s) and 5 s
+// (5 s). Backends whose TTLs count in seconds take longer, because most
+// clauses wait out a TTL of at least a second: memcached and Consul about
+// 50 s and 17 s, etcd (whose leases last at least 2 s) about 85 s and 21 s.
 //
 // # The clauses of Run
 //
