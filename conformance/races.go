@@ -321,12 +321,20 @@ func measureRTT(c *check, p params, holder, other lock.Locker) time.Duration {
 // calls a stalled machine made only after the newer TTL had run out proves
 // nothing and is run again, up to 3 times.
 func testStaleCallsNearNewerExpiry(c *check, p params) {
-	for attempt := range 3 {
-		if staleCallsNearNewerExpiry(c, p, attempt) {
+	c.conclusive(func(attempt int) bool { return staleCallsNearNewerExpiry(c, p, attempt) })
+}
+
+// conclusive runs round(0), round(1), … until one reports that it was
+// conclusive (a stalled machine did not make its check come too late), up
+// to 3 times, and logs if none was.
+func (c *check) conclusive(round func(attempt int) bool) {
+	const attempts = 3
+	for attempt := range attempts {
+		if round(attempt) {
 			return
 		}
 	}
-	c.Logf("inconclusive: in each of 3 rounds the machine was too slow to call before the newer holder's TTL ran out")
+	c.Logf("inconclusive: in each of %d rounds the machine was too slow to call before the TTL ran out", attempts)
 }
 
 // staleCallsNearNewerExpiry is one round of testStaleCallsNearNewerExpiry.
@@ -370,16 +378,12 @@ func staleCallsNearNewerExpiry(c *check, p params, attempt int) bool {
 }
 
 // testRefreshLate refreshes a lease at three quarters of its TTL (see
-// lateTTL: at least a second) and checks, with a probe after the old expiry, that the
-// deadline really moved. A round whose refresh a stalled machine sent only
-// after the TTL ran out proves nothing and is run again, up to 3 times.
+// lateTTL: at least a second) and checks, with a probe after the old
+// expiry, that the deadline really moved. A round whose refresh a stalled
+// machine sent only after the TTL ran out proves nothing and is run again,
+// up to 3 times.
 func testRefreshLate(c *check, p params) {
-	for attempt := range 3 {
-		if refreshLate(c, p, attempt) {
-			return
-		}
-	}
-	c.Logf("inconclusive: in each of 3 rounds the machine was too slow to refresh before the TTL ran out")
+	c.conclusive(func(attempt int) bool { return refreshLate(c, p, attempt) })
 }
 
 // refreshLate is one round of testRefreshLate. It reports whether the round
