@@ -2,7 +2,6 @@ package conformance_test
 
 import (
 	"context"
-	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/internal/testenv"
 )
 
 // A suite that never fails proves nothing. These tests run the suite, in a
@@ -144,11 +144,6 @@ type brokenServer struct {
 // operation that takes two.
 const rtt = 200 * time.Microsecond
 
-var (
-	errLostReply = errors.New("broken: connection reset after the request was sent")
-	errStalled   = errors.New("broken: the test ended while the request was stalled")
-)
-
 func newBrokenServer(t *testing.T, flaw string) *brokenServer {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -214,43 +209,37 @@ func (s *brokenServer) drop(key string) {
 	}
 }
 
-// wire is the fault switch of one fake client's requests (a
-// conformance.Faults): a write's reply can be lost after the server applied
-// it, and any request can stall until the test ends.
+// wire carries the requests of one fake client, with the faults of its
+// conformance.Faults (a testenv.FaultSwitch): a write's reply can be lost
+// after the server applied it, and any request can stall until the test
+// ends.
 type wire struct {
-	lose, stall atomic.Bool
-	stop        chan struct{} // closed when the test that made the client ends
-	deaf        bool          // a stalled request ignores its context (a flaw)
+	*testenv.FaultSwitch
+	deaf bool // a stalled request ignores its context (a flaw)
 }
 
 func newWire(t *testing.T, deaf bool) *wire {
-	w := &wire{stop: make(chan struct{}), deaf: deaf}
-	t.Cleanup(func() { close(w.stop) }) // stalls end with the test
-	return w
+	return &wire{FaultSwitch: testenv.NewFaultSwitch(t), deaf: deaf}
 }
-
-func (w *wire) LoseNextReply()    { w.lose.Store(true) }
-func (w *wire) StallNextRequest() { w.stall.Store(true) }
 
 // send sends one request: apply runs on the server, under mu.
 func (w *wire) send(ctx context.Context, write bool, mu *sync.Mutex, apply func() error) error {
-	if w.stall.CompareAndSwap(true, false) {
+	fault := w.Take()
+	if fault == testenv.LoseReply && !write {
+		w.Rearm(fault) // a read passes: the reply of the write is lost
+		fault = testenv.NoFault
+	}
+	if fault == testenv.Stall {
 		if w.deaf {
-			<-w.stop // waits for the reply, whatever the context says
-			return errStalled
+			return w.Stall(context.Background()) // waits for the reply, whatever ctx says
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-w.stop:
-			return errStalled
-		}
+		return w.Stall(ctx)
 	}
 	mu.Lock()
 	err := apply()
 	mu.Unlock()
-	if write && w.lose.CompareAndSwap(true, false) {
-		return errLostReply
+	if fault == testenv.LoseReply {
+		return testenv.ErrLostReply
 	}
 	return err
 }

@@ -3,7 +3,6 @@ package kvlock_test
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,26 +10,22 @@ import (
 	"github.com/idemlock/lock/backends/kvlock"
 	"github.com/idemlock/lock/conformance"
 	"github.com/idemlock/lock/idempotency"
-)
-
-var (
-	errLost    = errors.New("test: connection reset after the request was sent")
-	errStalled = errors.New("test: the test ended while the request was stalled")
+	"github.com/idemlock/lock/internal/testenv"
 )
 
 // client is one process's client of a memKV "server": every request can be
 // stalled or have its reply lost, as on a network (conformance.Faults).
 type client struct {
-	kv          *memKV
-	stop        chan struct{} // closed when the test that made it ends
-	lose, stall atomic.Bool
+	*testenv.FaultSwitch
+	kv *memKV
 	// appliedStall makes a stalled request reach the server before its
 	// reply stalls (by default it stalls on the way there).
 	appliedStall bool
 }
 
-func (c *client) LoseNextReply()    { c.lose.Store(true) }
-func (c *client) StallNextRequest() { c.stall.Store(true) }
+func newClient(t *testing.T, srv *memKV) *client {
+	return &client{FaultSwitch: testenv.NewFaultSwitch(t), kv: srv}
+}
 
 // do sends one request: fn runs on the server. Faults are for the requests
 // of the calls the suite makes, not for undoing an earlier one.
@@ -39,21 +34,17 @@ func (c *client) do(ctx context.Context, fn func()) error {
 		fn()
 		return nil
 	}
-	if c.stall.CompareAndSwap(true, false) {
+	switch c.Take() {
+	case testenv.Stall:
 		if c.appliedStall {
 			fn()
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c.stop:
-			return errStalled
-		}
+		return c.Stall(ctx)
+	case testenv.LoseReply:
+		fn()
+		return testenv.ErrLostReply
 	}
 	fn()
-	if c.lose.CompareAndSwap(true, false) {
-		return errLost
-	}
 	return nil
 }
 
@@ -93,14 +84,13 @@ type polling struct{ kvlock.KV }
 // newBackend returns a Backend with a client of its own on srv, closed when
 // t ends, and the client's faults.
 func newBackend(t *testing.T, srv *memKV, watch bool) (kvlock.Backend, *client) {
-	c := &client{kv: srv, stop: make(chan struct{})}
+	c := newClient(t, srv)
 	var kv kvlock.KV = c
 	if !watch {
 		kv = polling{c}
 	}
 	b := kvlock.New(kv)
 	t.Cleanup(func() {
-		close(c.stop)
 		if err := b.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
@@ -166,9 +156,7 @@ func TestTokenDrawnWhileHolding(t *testing.T) {
 	ctx := t.Context()
 	other, _ := newBackend(t, srv, true)
 	var theirs lock.Lease
-	c := &client{kv: srv, stop: make(chan struct{})}
-	defer close(c.stop)
-	b := kvlock.New(lossy{c, func() {
+	b := kvlock.New(lossy{newClient(t, srv), func() {
 		srv.mu.Lock()
 		for k := range srv.entries {
 			delete(srv.entries, k) // the take's key expires…
@@ -198,7 +186,7 @@ func TestLostTakeUndone(t *testing.T) {
 	b, f := newBackend(t, srv, true)
 	other, _ := newBackend(t, srv, true)
 	f.LoseNextReply()
-	if _, err := b.TryAcquire(t.Context(), "k", time.Hour); !errors.Is(err, errLost) {
+	if _, err := b.TryAcquire(t.Context(), "k", time.Hour); !errors.Is(err, testenv.ErrLostReply) {
 		t.Fatalf("TryAcquire whose reply was lost: got %v, want the transport's error", err)
 	}
 	le, err := other.TryAcquire(t.Context(), "k", time.Hour)
@@ -212,7 +200,8 @@ func TestLostTakeUndone(t *testing.T) {
 // undone in the background, and Close waits for it.
 func TestCancelledTakeUndoneByClose(t *testing.T) {
 	srv := newMemKV()
-	c := &client{kv: srv, stop: make(chan struct{}), appliedStall: true}
+	c := newClient(t, srv)
+	c.appliedStall = true
 	b := kvlock.New(c)
 	ctx, cancel := context.WithCancel(t.Context())
 	c.StallNextRequest()
@@ -223,7 +212,6 @@ func TestCancelledTakeUndoneByClose(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	close(c.stop)
 	other, _ := newBackend(t, srv, true)
 	le, err := other.TryAcquire(t.Context(), "k", time.Hour)
 	if err != nil {
