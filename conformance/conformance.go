@@ -66,11 +66,11 @@ type Faults interface {
 	LoseNextReply()
 	// StallNextRequest makes the next request get no answer for as long as
 	// the test runs, as from a server that hangs; whether the server applies
-	// it is unknown. The transport honours the request's context as a real
-	// one would. The suite ends the caller's context and requires the call
+	// it is unknown. The transport behaves as a real one would: it honours
+	// the request's context, or the deadlines the client sets on its
+	// connection. The suite ends the caller's context and requires the call
 	// to return promptly with an error that matches the context's error.
-	// Stalls end when the test ends (a t.Cleanup of the test that made the
-	// Locker).
+	// Stalls end when the test that made the Locker ends.
 	StallNextRequest()
 }
 
