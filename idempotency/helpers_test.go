@@ -22,16 +22,24 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // newGuard returns a Guard on a fresh memlock table, scoped by the X-User
-// header so tests can play several callers.
+// header so tests can play several callers ("anonymous" without one).
 func newGuard(t testing.TB, opts ...idempotency.Option) (*idempotency.Guard, *memlock.Locker) {
 	t.Helper()
 	store := memlock.New()
-	base := []idempotency.Option{idempotency.WithScope(func(r *http.Request) string { return r.Header.Get("X-User") })}
+	base := []idempotency.Option{idempotency.WithScope(userScope)}
 	g, err := idempotency.New(store, append(base, opts...)...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	return g, store
+}
+
+// userScope names the caller by the X-User header, "anonymous" without one.
+func userScope(r *http.Request) string {
+	if u := r.Header.Get("X-User"); u != "" {
+		return u
+	}
+	return "anonymous"
 }
 
 // counter is a handler that counts its runs and answers 201 with a body
