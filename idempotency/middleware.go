@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/idemlock/lock"
@@ -37,43 +38,37 @@ func (g *Guard) Middleware(next http.Handler) http.Handler {
 	})
 }
 
+// reqBuf buffers one request body while it is fingerprinted; pooled. It
+// is never handed to the handler: a request that runs gets a copy of its
+// own (see body), because a handler may pass the body to a goroutine that
+// reads it after the middleware returned and the buffer was reused.
+type reqBuf struct {
+	bytes.Buffer
+	lr io.LimitedReader
+}
+
+var bufPool = sync.Pool{New: func() any { return new(reqBuf) }}
+
 // body is the request body handed to the handler in place of the
-// original, which it still closes: the bytes the middleware read to
-// fingerprint them. The memory is the request's own, never pooled: a
-// handler may hand the body to a goroutine that reads it after the
-// middleware returned.
+// original, which it still closes: a copy, in memory of the request's own,
+// of the bytes the middleware read.
 type body struct {
 	bytes.Reader
 	orig io.Closer
-	lr   io.LimitedReader // reads the original while buffering
 }
 
 func (b *body) Close() error { return b.orig.Close() }
 
-// fill reads the original body, up to limit+1 bytes so that a larger one
-// is seen, into one allocation of the declared length when there is one.
-func (b *body) fill(r io.Reader, declared, limit int64) ([]byte, error) {
-	b.lr = io.LimitedReader{R: r, N: limit + 1}
-	size := int64(512)
-	if declared >= 0 && declared <= limit {
-		size = declared + 1 // +1: room to read the EOF without growing
+// handOver gives r a body over its own copy of b, for a handler to read
+// (orig is the body read into b; nil when there was none).
+func handOver(r *http.Request, orig io.ReadCloser, b []byte) *http.Request {
+	if orig == nil {
+		return r
 	}
-	buf := make([]byte, 0, size)
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := b.lr.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			b.lr.R = nil
-			return buf, nil
-		}
-		if err != nil {
-			b.lr.R = nil
-			return buf, err
-		}
-	}
+	nb := &body{orig: orig}
+	nb.Reset(bytes.Clone(b))
+	r.Body = nb
+	return r
 }
 
 func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
@@ -116,13 +111,22 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 	// Buffer the body: it is part of the fingerprint, which must be known
 	// before the claim, and the handler still gets all of it.
 	var bodyBytes []byte
+	var orig io.ReadCloser // the body read into bodyBytes, if any
 	if r.Body != nil && r.Body != http.NoBody {
 		if r.ContentLength > c.maxReqBody {
 			tooLarge(w, c)
 			return
 		}
-		nb := &body{orig: r.Body}
-		b, err := nb.fill(r.Body, r.ContentLength, c.maxReqBody)
+		buf := bufPool.Get().(*reqBuf)
+		buf.Reset()
+		defer func() {
+			buf.lr.R = nil
+			if buf.Cap() <= 64<<10 {
+				bufPool.Put(buf)
+			}
+		}()
+		buf.lr = io.LimitedReader{R: r.Body, N: c.maxReqBody + 1}
+		_, err := buf.ReadFrom(&buf.lr)
 		if err != nil {
 			if r.Context().Err() != nil {
 				g.ended(w)
@@ -136,13 +140,11 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 			c.problem(w, http.StatusBadRequest, ProblemBodyUnreadable, "Request body unreadable", "The request body could not be read.", 0)
 			return
 		}
-		if int64(len(b)) > c.maxReqBody {
+		if int64(buf.Len()) > c.maxReqBody {
 			tooLarge(w, c)
 			return
 		}
-		bodyBytes = b
-		nb.Reset(b)
-		r.Body = nb
+		bodyBytes, orig = buf.Bytes(), r.Body
 	}
 	fp := g.httpFingerprint(r, bodyBytes)
 	skey := storageKey(domainHTTPKey, c.namespace, scope, key)
@@ -167,7 +169,7 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 		}
 		if c.failOpen {
 			g.logger().Warn("idempotency: store unavailable, running the handler unguarded (FailOpen)", "error", err)
-			next.ServeHTTP(w, r)
+			next.ServeHTTP(w, handOver(r, orig, bodyBytes))
 			return
 		}
 		g.logger().Error("idempotency: store unavailable", "error", err)
@@ -185,7 +187,7 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 		cancel()
 		g.ended(w)
 	default:
-		g.run(w, r, next, lease, sent, &fp)
+		g.run(w, handOver(r, orig, bodyBytes), next, lease, sent, &fp)
 	}
 }
 
