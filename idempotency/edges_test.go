@@ -475,22 +475,15 @@ func TestReplayContentLength(t *testing.T) {
 		_, _ = io.WriteString(w, body)
 	})))
 	defer srv.Close()
-	post := func() *http.Response {
-		r, _ := http.NewRequest(http.MethodPost, srv.URL, nil)
-		r.Header.Set("Idempotency-Key", "k")
-		resp, err := srv.Client().Do(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(b) != body {
+	get := func() *http.Response {
+		resp, b := post(t, srv, "k")
+		if b != body {
 			t.Fatalf("body of %d bytes, want %d", len(b), len(body))
 		}
 		return resp
 	}
-	first := post()
-	replay := post()
+	first := get()
+	replay := get()
 	if replay.Header.Get(idempotency.ReplayedHeader) != "true" || replay.ContentLength != first.ContentLength || len(replay.TransferEncoding) != 0 {
 		t.Fatalf("replay: Content-Length %d (original %d), Transfer-Encoding %v", replay.ContentLength, first.ContentLength, replay.TransferEncoding)
 	}
@@ -562,33 +555,27 @@ func TestTimeoutHandlerOutsideGuard(t *testing.T) {
 		}
 	}), 50*time.Millisecond, "timeout"))
 	defer srv.Close()
-	post := func(first bool) (int, string) {
-		r, _ := http.NewRequest(http.MethodPost, srv.URL, nil)
-		r.Header.Set("Idempotency-Key", "k")
+	send := func(first bool) (int, string) {
+		hdr := []string{}
 		if first {
-			r.Header.Set("X-First", "1")
+			hdr = []string{"X-First", "1"}
 		}
-		resp, err := srv.Client().Do(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		resp, body := post(t, srv, "k", hdr...)
+		return resp.StatusCode, body
 	}
-	if code, _ := post(true); code != http.StatusServiceUnavailable {
+	if code, _ := send(true); code != http.StatusServiceUnavailable {
 		t.Fatalf("first: %d, want TimeoutHandler's 503", code)
 	}
 	<-started
 	for start := time.Now(); time.Since(start) < 3*ttl; {
-		if code, body := post(false); code != http.StatusConflict {
+		if code, body := send(false); code != http.StatusConflict {
 			t.Fatalf("retry while the handler still runs: %d %q, want 409", code, body)
 		}
 		time.Sleep(ttl / 10)
 	}
 	close(proceed)
 	<-firstDone
-	if code, body := post(false); code != http.StatusCreated || body != "done" || runs.Load() != 1 {
+	if code, body := send(false); code != http.StatusCreated || body != "done" || runs.Load() != 1 {
 		t.Fatalf("retry after the handler finished: %d %q, %d runs", code, body, runs.Load())
 	}
 }

@@ -99,6 +99,27 @@ func send(h http.Handler, q req) *httptest.ResponseRecorder {
 	return w
 }
 
+// post sends a POST with an idempotency key (and header pairs, name then
+// value) to a test server and returns the response and its whole body.
+func post(t *testing.T, srv *httptest.Server, key string, hdr ...string) (*http.Response, string) {
+	t.Helper()
+	r, _ := http.NewRequest(http.MethodPost, srv.URL, nil)
+	r.Header.Set("Idempotency-Key", key)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		r.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := srv.Client().Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the response: %v", err)
+	}
+	return resp, string(b)
+}
+
 // problem asserts that w is an RFC 9457 problem of the given status and type.
 func problem(t *testing.T, w *httptest.ResponseRecorder, status int, typ string) idempotency.Problem {
 	t.Helper()

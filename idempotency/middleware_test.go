@@ -1,7 +1,6 @@
 package idempotency_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -835,22 +834,11 @@ func TestStreamingNotStored(t *testing.T) {
 		_, _ = io.WriteString(w, "event 2\n")
 	})))
 	defer srv.Close()
-	post := func() (*http.Response, string) {
-		r, _ := http.NewRequest("POST", srv.URL, nil)
-		r.Header.Set("Idempotency-Key", "stream")
-		resp, err := srv.Client().Do(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp, string(b)
-	}
-	resp, body := post()
+	resp, body := post(t, srv, "stream")
 	if resp.StatusCode != 200 || body != "event 1\nevent 2\n" {
 		t.Fatalf("stream: %d %q", resp.StatusCode, body)
 	}
-	resp, body = post()
+	resp, body = post(t, srv, "stream")
 	if resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(body, "ProblemNotReplayable") {
 		t.Fatalf("retry of a streamed response: %d %q", resp.StatusCode, body)
 	}
@@ -882,22 +870,11 @@ func TestHijackNotStored(t *testing.T) {
 		_ = buf.Flush()
 	})))
 	defer srv.Close()
-	post := func() (int, string) {
-		r, _ := http.NewRequest("POST", srv.URL, nil)
-		r.Header.Set("Idempotency-Key", "hj")
-		resp, err := srv.Client().Do(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(bufio.NewReader(resp.Body))
-		return resp.StatusCode, string(b)
+	if resp, body := post(t, srv, "hj"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("hijacked: %d %q", resp.StatusCode, body)
 	}
-	if code, body := post(); code != 200 || body != "ok" {
-		t.Fatalf("hijacked: %d %q", code, body)
-	}
-	if code, body := post(); code != http.StatusUnprocessableEntity || !strings.Contains(body, "hijacked") {
-		t.Fatalf("retry of a hijacked response: %d %q", code, body)
+	if resp, body := post(t, srv, "hj"); resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(body, "hijacked") {
+		t.Fatalf("retry of a hijacked response: %d %q", resp.StatusCode, body)
 	}
 	mu.Lock()
 	defer mu.Unlock()
