@@ -274,10 +274,15 @@ func (d *decoder) uvarint(what string) uint64 {
 }
 
 func (d *decoder) bytes(what string) []byte {
-	n := d.uvarint(what + " length")
 	if d.err != nil {
 		return nil
 	}
+	n, k := binary.Uvarint(d.b)
+	if k <= 0 {
+		d.err = &RecordError{Reason: "truncated or overlong " + what + " length"}
+		return nil
+	}
+	d.b = d.b[k:]
 	if n > uint64(len(d.b)) {
 		d.err = &RecordError{Reason: fmt.Sprintf("%s of %d bytes overruns the record", what, n)}
 		return nil
