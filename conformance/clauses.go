@@ -400,32 +400,31 @@ func testAcquireDeadline(c *check, p params) {
 const wakeBound = lock.DefaultMaxBackoff + SchedulingSlack
 
 func testAcquireWakesOnRelease(c *check, p params) {
-	holder, waiter := p.newLocker(c), p.newLocker(c)
+	holder, waiter := p.newLocker(c), watch(p.newLocker(c))
 	key := c.key("k")
 	le := c.take(holder, key, p.long)
-	type result struct {
-		at  time.Time
-		err error
-	}
-	got := make(chan result, 1)
+	got := make(chan error, 1)
 	go func() {
-		w, err := lock.Acquire(c.ctx(), waiter, key, p.long)
-		at := time.Now()
+		w, err := lock.Acquire(c.ctx(), waiter.locker(), key, p.long)
 		if err == nil {
 			err = w.Release(context.WithoutCancel(c.ctx()))
 		}
-		got <- result{at, err}
+		got <- err
 	}()
-	time.Sleep(100 * time.Millisecond) // let the waiter block; there is no event for that
+	select {
+	case <-waiter.waiting:
+	case <-time.After(p.long / 2):
+		c.Fatalf("the waiter did not start waiting within %v", p.long/2)
+	}
 	released := time.Now()
 	c.release(le)
 	select {
-	case r := <-got:
-		if r.err != nil {
-			c.Fatalf("Acquire (and release) of a key that was then released: %v", r.err)
+	case err := <-got:
+		if err != nil {
+			c.Fatalf("Acquire (and release) of a key that was then released: %v", err)
 		}
-		if d := r.at.Sub(released); d > wakeBound {
-			c.Errorf("the waiter took the key %v after the release, want within %v", d, wakeBound)
+		if d := waiter.late(released, wakeBound); d > 0 {
+			c.Errorf("the waiter sent the attempt that took the key %v later than %v after the release (beyond the round trip of its attempt before)", d, wakeBound)
 		}
 	case <-time.After(p.long / 2):
 		c.Fatalf("the waiter did not take the key within %v of its release", p.long/2)
@@ -433,19 +432,19 @@ func testAcquireWakesOnRelease(c *check, p params) {
 }
 
 func testAcquireWaitsForExpiry(c *check, p params) {
-	holder, waiter := p.newLocker(c), p.newLocker(c)
+	holder, waiter := p.newLocker(c), watch(p.newLocker(c))
 	key := c.key("k")
 	sent := time.Now()
 	c.take(holder, key, p.short) // never released
 	bound := p.expiryBound(p.short) + wakeBound
 	ctx, cancel := context.WithTimeout(c.ctx(), 2*bound)
 	defer cancel()
-	le, err := lock.Acquire(ctx, waiter, key, p.long)
+	le, err := lock.Acquire(ctx, waiter.locker(), key, p.long)
 	if err != nil {
 		c.Fatalf("Acquire of a key whose holder lets it expire (TTL %v): %v", p.short, err)
 	}
-	if took := time.Since(sent); took > bound {
-		c.Errorf("Acquire took the key %v after the holder's take with TTL %v, want within %v", took, p.short, bound)
+	if d := waiter.late(sent, bound); d > 0 {
+		c.Errorf("Acquire sent the attempt that took the key %v later than %v after the holder's take with TTL %v (beyond the round trip of its attempt before)", d, bound, p.short)
 	}
 	c.release(le)
 }

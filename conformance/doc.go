@@ -22,6 +22,15 @@
 // Config.ExpirySlack after the TTL. On top of that the suite allows
 // [SchedulingSlack] for a loaded machine running with -race.
 //
+// Time bounds are judged by when the server could have seen a probe, never
+// by when a stalled machine got its answer: a probe that finds a key still
+// held breaks an expiry bound only if it was sent after the bound; one that
+// finds it free breaks a hold only if its answer came back before the TTL
+// could have run out; a blocked lock.Acquire is late only if the attempt
+// that took the key was sent after the bound, by more than the round trip
+// of the attempt before it. A late answer is inconclusive, never a failure
+// by itself: the next probe decides.
+//
 // # Running time and -short
 //
 // Most clauses wait out a few short TTLs. The statistical clauses

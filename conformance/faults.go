@@ -255,9 +255,11 @@ func errText(err error) string {
 	return fmt.Sprintf("%q", err.Error())
 }
 
-// watched wraps a waiter's Locker for testWokenWaiterGivesUp: it reports
-// when lock.Acquire has started waiting, and makes a waiter give up (cancel
-// its own context) at its first attempt once the test is about to release.
+// watched wraps a waiter's Locker for the clauses that block in
+// lock.Acquire: it reports when Acquire has started waiting, records when
+// its attempts were sent and answered (see late), and, for
+// testWokenWaiterGivesUp, makes a waiter give up (cancel its own context)
+// at its first attempt once the test is about to release.
 type watched struct {
 	lock.Locker
 	polls    atomic.Int32
@@ -265,6 +267,26 @@ type watched struct {
 	waiting  chan struct{} // closed when the waiter waits
 	giveUp   context.CancelFunc
 	releases *atomic.Bool // set just before the holder releases
+
+	mu         sync.Mutex
+	last, prev roundTrip // the latest TryAcquire and the one before it
+}
+
+// roundTrip is when one TryAcquire was sent and when its answer came back.
+type roundTrip struct{ sent, answered time.Time }
+
+// watch returns a watched Locker around l.
+func watch(l lock.Locker) *watched { return &watched{Locker: l, waiting: make(chan struct{})} }
+
+// late returns by how much the waiter's latest attempt (the one that took
+// the key) was sent later than bound after from, less the round trip of
+// the attempt before it: an answer that came back late (the machine
+// stalled) delays the next attempt by as much and proves nothing about the
+// backend, as in refusedBefore. Positive means too late.
+func (w *watched) late(from time.Time, bound time.Duration) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last.sent.Sub(from) - bound - w.prev.answered.Sub(w.prev.sent)
 }
 
 func (w *watched) markWaiting() { w.once.Do(func() { close(w.waiting) }) }
@@ -274,7 +296,11 @@ func (w *watched) TryAcquire(ctx context.Context, key string, ttl time.Duration)
 		w.giveUp() // woken, and leaving without taking the key
 		return nil, ctx.Err()
 	}
+	sent := time.Now()
 	le, err := w.Locker.TryAcquire(ctx, key, ttl)
+	w.mu.Lock()
+	w.prev, w.last = w.last, roundTrip{sent, time.Now()}
+	w.mu.Unlock()
 	if _, notify := w.Locker.(lock.Notifier); !notify && errors.Is(err, lock.ErrNotAcquired) && w.polls.Add(1) >= 2 {
 		w.markWaiting() // a polling waiter: its second attempt follows a sleep
 	}
@@ -328,7 +354,8 @@ func testWokenWaiterGivesUp(c *check, p params) {
 		}
 	}
 
-	first := &watched{Locker: p.newLocker(c), waiting: make(chan struct{}), giveUp: giveUp, releases: &releasing}
+	first := watch(p.newLocker(c))
+	first.giveUp, first.releases = giveUp, &releasing
 	gaveUp := make(chan error, 1)
 	go func() {
 		got, err := lock.Acquire(ctxA, first.locker(), key, p.long)
@@ -340,18 +367,19 @@ func testWokenWaiterGivesUp(c *check, p params) {
 	waitFor(first, "first")
 
 	type taken struct {
-		at, released time.Time
-		err          error
+		w        *watched
+		released time.Time
+		err      error
 	}
 	bound := wakeBound + p.gran
 	ctxBC, cancelBC := context.WithTimeout(c.ctx(), p.long/2)
 	defer cancelBC()
 	results := make(chan taken, 2)
 	for _, who := range []string{"second", "third"} {
-		w := &watched{Locker: p.newLocker(c), waiting: make(chan struct{})}
+		w := watch(p.newLocker(c))
 		go func() {
 			got, err := lock.Acquire(ctxBC, w.locker(), key, p.long)
-			r := taken{at: time.Now(), err: err}
+			r := taken{w: w, err: err}
 			if err == nil {
 				r.err = got.Release(context.WithoutCancel(ctxBC))
 				r.released = time.Now()
@@ -379,10 +407,10 @@ func testWokenWaiterGivesUp(c *check, p params) {
 			c.Fatalf("%d of the 2 remaining waiters took the key within %v of the release: the wake-up the first waiter did not act on was lost", len(got), 4*bound)
 		}
 	}
-	if d := got[0].at.Sub(released); d > bound {
-		c.Errorf("the next waiter took the key %v after the release, want within %v", d, bound)
+	if d := got[0].w.late(released, bound); d > 0 {
+		c.Errorf("the next waiter sent the attempt that took the key %v later than %v after the release (beyond the round trip of its attempt before)", d, bound)
 	}
-	if d := got[1].at.Sub(got[0].released); d > bound {
-		c.Errorf("the last waiter took the key %v after the previous one released it, want within %v", d, bound)
+	if d := got[1].w.late(got[0].released, bound); d > 0 {
+		c.Errorf("the last waiter sent the attempt that took the key %v later than %v after the previous one released it (beyond the round trip of its attempt before)", d, bound)
 	}
 }

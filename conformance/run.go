@@ -232,24 +232,43 @@ func (c *check) notHeld(op string, err error) {
 	}
 }
 
-// awaitFree probes with l until key can be taken, and fails if that takes
-// longer than within. It returns the lease it took.
+// awaitFree probes with l until key can be taken, and fails if a probe
+// sent more than within from now still finds it held (see pollUntil). It
+// returns the lease it took.
 func (c *check) awaitFree(l lock.Locker, key string, ttl, within time.Duration, why string) lock.Lease {
 	c.Helper()
-	deadline := time.Now().Add(within)
-	probe := max(within/200, time.Millisecond)
-	for {
-		le, err := l.TryAcquire(c.ctx(), key, ttl)
-		if err == nil {
-			return le
-		}
-		if !errors.Is(err, lock.ErrNotAcquired) {
+	var le lock.Lease
+	c.pollUntil(time.Now().Add(within), max(within/200, time.Millisecond), func() bool {
+		got, err := l.TryAcquire(c.ctx(), key, ttl)
+		if err != nil && !errors.Is(err, lock.ErrNotAcquired) {
 			c.Fatalf("%s: TryAcquire(%q): %v", why, key, err)
 		}
-		if time.Now().After(deadline) {
-			c.Fatalf("%s: key %q still held %v later", why, key, within)
+		le = got
+		return err == nil
+	}, "%s: key %q still held more than %v later", why, key, within)
+	return le
+}
+
+// pollUntil calls probe, interval apart, until it reports done; probing the
+// server, as expiry sends no event. A probe that finds it not done fails
+// the clause (with the message format and args give) only if it was sent
+// after deadline: the server then saw it after the bound. A probe sent
+// before deadline whose answer comes back after it (the machine stalled)
+// proves nothing either way, as in refusedBefore: the next probe, sent at
+// once, decides. So a backend that never lets go still fails.
+func (c *check) pollUntil(deadline time.Time, interval time.Duration, probe func() bool, format string, args ...any) {
+	c.Helper()
+	for {
+		sent := time.Now()
+		if probe() {
+			return
 		}
-		time.Sleep(probe) // probing the server: expiry sends no event
+		if sent.After(deadline) {
+			c.Fatalf(format, args...)
+		}
+		if time.Now().Before(deadline) {
+			time.Sleep(interval)
+		}
 	}
 }
 

@@ -301,22 +301,18 @@ func testStaleComplete(c *check, p storeParams) {
 	sent := time.Now()
 	stale := c.claim(s, key, p.short)
 	var fresh lock.Lease
-	deadline := sent.Add(p.expiryBound(p.short))
-	for fresh == nil {
+	bound := p.expiryBound(p.short)
+	c.pollUntil(sent.Add(bound), max(p.short/50, time.Millisecond), func() bool {
 		le, rec, err := other.Claim(c.ctx(), key, p.long)
 		switch {
-		case err == nil && le != nil:
-			fresh = le
-		case err == nil:
+		case err == nil && le == nil:
 			c.Fatalf("Claim returned a %d-byte record for a key that was never completed", len(rec))
-		case !errors.Is(err, lock.ErrNotAcquired):
+		case err != nil && !errors.Is(err, lock.ErrNotAcquired):
 			c.Fatalf("Claim while waiting for expiry: %v", err)
-		case time.Now().After(deadline):
-			c.Fatalf("a claimed lease with TTL %v was still held %v later", p.short, time.Since(sent))
-		default:
-			time.Sleep(max(p.short/50, time.Millisecond)) // expiry sends no event
 		}
-	}
+		fresh = le
+		return err == nil
+	}, "a claimed lease with TTL %v was still held more than %v later", p.short, bound)
 	c.notHeld("Complete by the expired lease", s.Complete(c.ctx(), stale, []byte("stale"), p.long))
 	c.claimRefused(third, key, "the newer owner must still hold the key after a stale Complete")
 	c.complete(other, fresh, []byte("fresh"), p.long)
@@ -365,27 +361,23 @@ func testRecordRetention(c *check, p storeParams) {
 	} else if err != nil || !bytes.Equal(rec, []byte("short")) {
 		c.Fatalf("Claim at half of the retention %v: got (%q, %v), want the record", p.short, rec, err)
 	}
-	deadline := sent.Add(p.expiryBound(p.short))
-	for {
-		le2, rec, err := other.Claim(c.ctx(), key, p.long)
+	bound := p.expiryBound(p.short)
+	var le2 lock.Lease
+	c.pollUntil(sent.Add(bound), max(p.short/50, time.Millisecond), func() bool {
+		got, rec, err := other.Claim(c.ctx(), key, p.long)
 		if err != nil {
 			c.Fatalf("Claim while waiting for the retention to end: %v", err)
 		}
-		if le2 == nil && !bytes.Equal(rec, []byte("short")) {
+		if got == nil && !bytes.Equal(rec, []byte("short")) {
 			c.Fatalf("Claim while waiting for the retention to end returned record %q, want %q or a Lease", rec, "short")
 		}
-		if le2 != nil {
-			if le2.Token() <= le.Token() {
-				c.Errorf("token after the record expired %d, want greater than %d", le2.Token(), le.Token())
-			}
-			c.release(le2)
-			return
-		}
-		if time.Now().After(deadline) {
-			c.Fatalf("a record with retention %v was still returned %v later", p.short, time.Since(sent))
-		}
-		time.Sleep(max(p.short/50, time.Millisecond)) // expiry sends no event
+		le2 = got
+		return got != nil
+	}, "a record with retention %v was still returned more than %v later", p.short, bound)
+	if le2.Token() <= le.Token() {
+		c.Errorf("token after the record expired %d, want greater than %d", le2.Token(), le.Token())
 	}
+	c.release(le2)
 }
 
 func testKeepAliveClaim(c *check, p storeParams) {

@@ -33,18 +33,41 @@
 // lease's id can equal a new holder's; and the meta protocol's client-chosen
 // CAS ids (ms/md E flag), which would make that safe, are newer than 1.6.18.
 //
-// gomemcache takes no context: the context is checked before each request,
-// and a request in flight is bounded by the client's Timeout. After a
-// memcached restart every pooled connection fails once with EOF; gets, add
-// and incr, whose repetition is harmless, are retried on a fresh connection,
-// so a restart shows up as lost leases (lock.ErrNotHeld), not as errors.
+// After a memcached restart every pooled connection fails once with EOF;
+// gets, add and incr, whose repetition is harmless, are retried on a fresh
+// connection, so a restart shows up as lost leases (lock.ErrNotHeld), not
+// as errors.
+//
+// # Contexts
+//
+// gomemcache takes no context, so a call runs its requests on a goroutine
+// of the Locker's and returns as soon as its context ends, with an error
+// matching ctx.Err(). Its caller has abandoned it, and its outcome is
+// handled as that of a request whose reply was lost (below): the call goes
+// on until its request in flight is answered or the client's Timeout
+// passes, and then stops, except that a take whose add went through
+// finishes and gives its key back (owner-checked); a lease call's effect
+// is found out by the lease's next call. Close waits for abandoned calls, so no goroutine outlives the
+// Locker. A call whose context can never end (context.Background) runs on
+// the caller's goroutine.
+//
+// Abandoning the call is the simplest correct way with gomemcache, and the
+// only one without forking it: a request cannot be tied to its context
+// below the API. The client picks a pooled connection inside each call
+// and sets that connection's deadline from its Timeout before every
+// request, so a connection wrapper whose deadline came from the caller's
+// context would not know which call it serves and would be overridden;
+// and the client's dialer (the caller's own DialContext, which a backend
+// must not replace) gets a context of the client's, not the caller's.
 //
 // # Concurrent calls and unknown outcomes
 //
 // Refresh, Release and Complete on one lease are serialised (each is a gets
-// and a cas, which two calls at once would interleave). A request whose
-// reply was lost (a timeout) may have been applied: the next call on the
-// lease reads the item again before it reports anything, so it reports
+// and a cas, which two calls at once would interleave), abandoned ones
+// included: a call waits, as long as its context allows, for the requests
+// of an earlier call on the lease that its caller abandoned. A request
+// whose reply was lost (a timeout) may have been applied: the next call on
+// the lease reads the item again before it reports anything, so it reports
 // lock.ErrNotHeld if a lost release went through or another lease took
 // the key since. memcached keeps no trace of a release, so a Release
 // retried after one whose reply was lost returns lock.ErrNotHeld when the
@@ -191,6 +214,9 @@ type Locker struct {
 	owned       bool  // Close closes client (a Locker made by the URL opener)
 	err         error // a bad option or client, returned by every call
 	closed      atomic.Bool
+
+	mu    sync.Mutex     // orders calls.Add after a check of closed, before Close's Wait
+	calls sync.WaitGroup // calls running on goroutines of the Locker's (see run)
 }
 
 // Option configures a Locker.
@@ -247,14 +273,67 @@ func (l *Locker) fail(err error) {
 }
 
 // Close marks the Locker closed: later calls on it and its leases fail with
-// [ErrClosed]. A Locker made by lock.Open also closes the client it made; one
-// made by [New] leaves the caller's client alone. Held locks are not
-// released: they expire at their TTL. Close is safe to call more than once.
+// [ErrClosed]. It waits for the calls already started, those whose context
+// ended included, which run to their end (each of their requests is bounded
+// by the client's Timeout): so a take its caller abandoned still gives its
+// key back. A Locker made by lock.Open then closes the
+// client it made; one made by [New] leaves the caller's client alone. Held
+// locks are not released: they expire at their TTL. Close is safe to call
+// more than once.
 func (l *Locker) Close() error {
-	if l.closed.Swap(true) || !l.owned || l.client == nil {
+	l.mu.Lock()
+	already := l.closed.Swap(true)
+	l.mu.Unlock()
+	l.calls.Wait()
+	if already || !l.owned || l.client == nil {
 		return nil
 	}
 	return l.client.Close()
+}
+
+// run calls op on a goroutine of the Locker's and returns its result, or
+// an error matching ctx.Err() as soon as ctx ends: gomemcache takes no
+// context. op must stop making requests once ctx has ended (each of its
+// requests is bounded by the client's Timeout). The result of an op its
+// caller abandoned goes to undo when op succeeded; undo may be nil. A ctx
+// that can never end (or a nil one, which op reports) runs op on the
+// caller's goroutine.
+func run[T any](ctx context.Context, l *Locker, op func() (T, error), undo func(T)) (T, error) {
+	var zero T
+	if ctx == nil || ctx.Done() == nil {
+		return op()
+	}
+	l.mu.Lock()
+	if l.closed.Load() {
+		l.mu.Unlock()
+		return zero, ErrClosed
+	}
+	l.calls.Add(1)
+	l.mu.Unlock()
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result) // unbuffered: a send succeeds only if the caller takes it
+	abandoned := make(chan struct{})
+	go func() {
+		defer l.calls.Done()
+		v, err := op()
+		select {
+		case done <- result{v, err}:
+		case <-abandoned:
+			if err == nil && undo != nil {
+				undo(v)
+			}
+		}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		close(abandoned)
+		return zero, fmt.Errorf("memcachedlock: %w with a request in flight, whose outcome is unknown", ctx.Err())
+	}
 }
 
 // usable reports why the Locker cannot make requests, if it cannot.
@@ -275,10 +354,11 @@ func (l *Locker) usable(ctx context.Context) error {
 // and, when it succeeds, an `incr` of the key's token counter. A held key
 // gives a *lock.NotAcquiredError.
 //
-// gomemcache takes no context: ctx is checked before each request, and a
-// request in flight is bounded by the client's Timeout (default 500 ms).
+// It returns as soon as ctx ends, with an error matching ctx.Err(); a take
+// that went through all the same is given back (see Contexts in the
+// package doc).
 func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
-	le, err := l.take(ctx, key, ttl)
+	le, err := run(ctx, l, func() (*lease, error) { return l.take(ctx, key, ttl) }, func(le *lease) { le.giveBack(ctx) })
 	if err != nil {
 		return nil, err // never a typed nil inside the interface
 	}
@@ -296,7 +376,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*leas
 	if err != nil {
 		return nil, err
 	}
-	le := &lease{l: l, key: key, item: l.lockKey(key), value: newLockValue()}
+	le := &lease{l: l, key: key, item: l.lockKey(key), value: newLockValue(), turn: make(chan struct{}, 1)}
 	sent := time.Now()
 	err = l.add(&memcache.Item{Key: le.item, Value: le.value, Expiration: exp})
 	switch {
@@ -341,7 +421,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*leas
 // with a context of its own; if that fails too, the item expires.
 func (le *lease) giveBack(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*le.l.timeout())
-	_ = le.drop(rctx)
+	_ = le.serial(rctx, func() error { return le.drop(rctx) })
 	cancel()
 }
 
@@ -483,10 +563,11 @@ type lease struct {
 	value []byte // the lock item's value while this lease holds it
 	token uint64
 
-	// op serialises Refresh, Release and Complete: each is a gets and a
-	// cas, and two at once would read the same CAS id, so that one of them
-	// found the other's write and took it for another owner's.
-	op sync.Mutex
+	// turn serialises Refresh, Release and Complete (see serial): each is
+	// a gets and a cas, and two at once would read the same CAS id, so
+	// that one of them found the other's write and took it for another
+	// owner's.
+	turn chan struct{}
 
 	mu       sync.Mutex
 	deadline time.Time
@@ -507,43 +588,61 @@ func (le *lease) Deadline() time.Time {
 
 // Refresh extends the lease to ttl from now with an owner-checked gets + cas.
 func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	if err := lock.CheckContext(ctx); err != nil {
+	if err := le.l.usable(ctx); err != nil {
 		return err
 	}
 	exp, granted, err := expiry(ttl)
 	if err != nil {
 		return err
 	}
-	le.op.Lock()
-	defer le.op.Unlock()
-	var sent time.Time
-	err = le.swap(ctx, "refresh", func(it *memcache.Item) {
-		it.Expiration = exp
-		sent = time.Now()
+	return le.call(ctx, func() error {
+		var sent time.Time
+		err := le.swap(ctx, "refresh", func(it *memcache.Item) {
+			it.Expiration = exp
+			sent = time.Now()
+		})
+		if err != nil {
+			return err
+		}
+		le.mu.Lock()
+		le.deadline = sent.Add(granted)
+		le.mu.Unlock()
+		return nil
 	})
-	if err != nil {
-		return err
+}
+
+// call runs op in the lease's turn (see serial) on a goroutine of the
+// Locker's, returning when ctx ends (see run).
+func (le *lease) call(ctx context.Context, op func() error) error {
+	_, err := run(ctx, le.l, func() (struct{}, error) { return struct{}{}, le.serial(ctx, op) }, nil)
+	return err
+}
+
+// serial runs op once no other call on the lease runs (an abandoned one
+// included), or returns ctx's error if ctx ends first.
+func (le *lease) serial(ctx context.Context, op func() error) error {
+	select {
+	case le.turn <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	le.mu.Lock()
-	le.deadline = sent.Add(granted)
-	le.mu.Unlock()
-	return nil
+	defer func() { <-le.turn }()
+	return op()
 }
 
 // Release deletes the lock item if this lease still holds it: a gets, then
 // a cas with an expiry in the past, so a newer holder's item is never
 // touched.
 func (le *lease) Release(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
+	if err := le.l.usable(ctx); err != nil {
 		return err
 	}
-	return le.drop(ctx)
+	return le.call(ctx, func() error { return le.drop(ctx) })
 }
 
-// drop deletes the lock item if this lease still holds it.
+// drop deletes the lock item if this lease still holds it. It runs in the
+// lease's turn.
 func (le *lease) drop(ctx context.Context) error {
-	le.op.Lock()
-	defer le.op.Unlock()
 	err := le.swap(ctx, "release", func(it *memcache.Item) {
 		it.Expiration = -1 // stored as expired at once: compare-and-delete
 	})
@@ -555,8 +654,8 @@ func (le *lease) drop(ctx context.Context) error {
 
 // swap reads the lock item, checks that it still carries this lease's owner
 // id, lets change edit it and writes it back with cas. It returns an error
-// matching lock.ErrNotHeld when the lease does not hold its key. le.op is
-// held.
+// matching lock.ErrNotHeld when the lease does not hold its key. It runs in
+// the lease's turn.
 //
 // Every step asks the server, so after a call whose outcome was unknown
 // (its cas sent, the reply lost) the next one finds out what happened: the
@@ -568,7 +667,7 @@ func (le *lease) swap(ctx context.Context, op string, change func(*memcache.Item
 		return le.notHeld(op, "it was released or lost earlier")
 	}
 	for attempt := 0; ; attempt++ {
-		if err := l.usable(ctx); err != nil {
+		if err := ctx.Err(); err != nil {
 			return err
 		}
 		it, err := l.get(le.item)
@@ -584,7 +683,7 @@ func (le *lease) swap(ctx context.Context, op string, change func(*memcache.Item
 		case it.CasID == 0:
 			return ErrNoCAS
 		}
-		if err := l.usable(ctx); err != nil {
+		if err := ctx.Err(); err != nil {
 			return err
 		}
 		change(it)

@@ -16,8 +16,32 @@ import (
 // take are one atomic `add`: it fails while either a lock or a record is
 // stored. Only then does Claim read the item: a record is returned (with a
 // nil Lease), a lock gives a *lock.NotAcquiredError. An uncontended first
-// claim is 3 requests (add, incr, gets), a replay 2 (add, get).
+// claim is 3 requests (add, incr, gets), a replay 2 (add, get). Like
+// TryAcquire, it returns as soon as ctx ends.
 func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
+	type claimed struct {
+		le     *lease
+		record []byte
+	}
+	c, err := run(ctx, l, func() (claimed, error) {
+		le, record, err := l.claim(ctx, key, ttl)
+		return claimed{le, record}, err
+	}, func(c claimed) {
+		if c.le != nil {
+			c.le.giveBack(ctx)
+		}
+	})
+	switch {
+	case err != nil:
+		return nil, nil, err
+	case c.le == nil:
+		return nil, c.record, nil // never a typed nil inside the interface
+	}
+	return c.le, nil, nil
+}
+
+// claim is Claim on the calling goroutine.
+func (l *Locker) claim(ctx context.Context, key string, ttl time.Duration) (*lease, []byte, error) {
 	for range 2 {
 		le, err := l.take(ctx, key, ttl)
 		if err == nil {
@@ -27,7 +51,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 		if !errors.As(err, &held) {
 			return nil, nil, err
 		}
-		if err := l.usable(ctx); err != nil {
+		if err := ctx.Err(); err != nil {
 			return nil, nil, err
 		}
 		it, gerr := l.get(l.lockKey(key))
@@ -52,7 +76,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 // lease holding. held must come from Claim or TryAcquire on a Locker of
 // this package.
 func (l *Locker) Complete(ctx context.Context, held lock.Lease, record []byte, retention time.Duration) error {
-	if err := lock.CheckContext(ctx); err != nil {
+	if err := l.usable(ctx); err != nil {
 		return err
 	}
 	le, ok := held.(*lease)
@@ -69,20 +93,20 @@ func (l *Locker) Complete(ctx context.Context, held lock.Lease, record []byte, r
 	value := make([]byte, 1+len(record))
 	value[0] = kindRecord
 	copy(value[1:], record)
-	le.op.Lock()
-	defer le.op.Unlock()
-	err = le.swap(ctx, "complete", func(it *memcache.Item) {
-		it.Value = value
-		it.Expiration = exp
-	})
-	if err != nil {
-		if isTooLarge(err) {
-			return fmt.Errorf("%w: the server refused %d bytes: %w", ErrRecordTooLarge, len(record), err)
+	return le.call(ctx, func() error {
+		err := le.swap(ctx, "complete", func(it *memcache.Item) {
+			it.Value = value
+			it.Expiration = exp
+		})
+		if err != nil {
+			if isTooLarge(err) {
+				return fmt.Errorf("%w: the server refused %d bytes: %w", ErrRecordTooLarge, len(record), err)
+			}
+			return err
 		}
-		return err
-	}
-	le.markGone()
-	return nil
+		le.markGone()
+		return nil
+	})
 }
 
 // isTooLarge reports whether memcached refused a value for its size.

@@ -66,11 +66,18 @@ func newLocker(t testing.TB, opts ...pglock.Option) *pglock.Locker {
 }
 
 // newLockerOn returns a Locker on rawURL with a pool of its own whose wire
-// traffic is counted and can be faulted.
+// traffic is counted and can be faulted. The pool has a connection open,
+// as a running process's would: a stall armed for a call then hits the
+// call's statement, not a connection still being dialled when the call's
+// context ends (under load a dial outlasts the conformance suite's 100 ms,
+// and the stall would stay armed for a later call without a deadline).
 func newLockerOn(t testing.TB, rawURL string, opts ...pglock.Option) (*pglock.Locker, *wire) {
 	t.Helper()
 	w := newWire(t)
 	pool := newPool(t, rawURL, w)
+	if err := pool.Ping(t.Context()); err != nil {
+		t.Fatalf("connecting to the test server: %v", err)
+	}
 	l := pglock.New(pool, opts...)
 	t.Cleanup(func() { _ = l.Close() }) // runs before pool.Close
 	return l, w
