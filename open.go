@@ -11,12 +11,15 @@ import (
 	"sync"
 )
 
-// Backend is a Locker that owns resources (connections, a subscription) that
-// Close frees. Every built-in backend's Locker is one. A Locker built by a
-// backend's New from a client the caller passed in never closes that client;
-// one made by [Open] closes the client Open created.
+// Backend is a [Store] (so a Locker too) that owns resources (connections,
+// a subscription) that Close frees. Every built-in backend's Locker is one,
+// so what [Open] returns can be handed to the idempotency helper as it is.
+// A Locker built by a backend's New from a client the caller passed in never
+// closes that client; one made by [Open] closes the client Open created. A
+// custom backend that has no records of its own can get Claim and Complete
+// from package backends/kvlock.
 type Backend interface {
-	Locker
+	Store
 	io.Closer
 }
 

@@ -28,7 +28,7 @@ var (
 	// lock.ErrInvalidArgument. The Guard turns only this refusal into a
 	// tombstone; any other Complete error is retried within the store
 	// timeout. Each built-in backend's own "too large" error wraps it.
-	ErrRecordTooLarge = fmt.Errorf("%w: record too large for the store", lock.ErrInvalidArgument)
+	ErrRecordTooLarge = lock.ErrRecordTooLarge
 )
 
 // InProgressError is returned to a duplicate while the first call for its

@@ -60,15 +60,10 @@ func run(backendURL string, verbose bool, out io.Writer) int {
 		return 2
 	}
 	defer b.Close()
-	store, ok := b.(idempotency.Store)
-	if !ok {
-		fmt.Fprintf(out, "checkout: the %T backend does not implement idempotency.Store\n", b)
-		return 2
-	}
 
 	provider := newProvider()
 	leaseTTL := leaseTTLFor(backendURL)
-	guard, err := idempotency.New(store,
+	guard, err := idempotency.New(b,
 		// One caller never replays another's receipt: keys are scoped by
 		// the authenticated user.
 		idempotency.WithScope(userOf),

@@ -163,13 +163,8 @@ func run(backendURL string, out io.Writer) int {
 		return 2
 	}
 	defer b.Close()
-	store, ok := b.(idempotency.Store)
-	if !ok {
-		fmt.Fprintf(out, "worker: the %T backend does not implement idempotency.Store\n", b)
-		return 2
-	}
 	run := fmt.Sprint(time.Now().UnixNano()) // keys unique to this run on a shared server
-	g, err := idempotency.New(store,
+	g, err := idempotency.New(b,
 		idempotency.WithScope(func(*http.Request) string { return "all" }), // one key space: Do has no caller to scope by
 		idempotency.WithNamespace("worker-example/"+run),
 		idempotency.WithRetention(time.Hour),
