@@ -1,0 +1,306 @@
+package torture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/idemlock/lock"
+
+	// Worker processes open backends by URL.
+	_ "github.com/idemlock/lock/backends/consullock"
+	_ "github.com/idemlock/lock/backends/etcdlock"
+	_ "github.com/idemlock/lock/backends/memcachedlock"
+	_ "github.com/idemlock/lock/backends/memlock"
+	_ "github.com/idemlock/lock/backends/redislock"
+)
+
+// Backend is a lock backend under torture.
+type Backend struct {
+	Name string
+	// URL, when set, opens the backend with lock.Open for every worker, in
+	// this process and in worker processes: each worker has a client of
+	// its own.
+	URL string
+	// Open, used when URL is empty, returns the Locker of one worker; such
+	// a backend lives in this process, so a run has no worker processes.
+	Open func() (lock.Locker, error)
+	// TTL is the lease TTL the workers take. Slack is how much later than
+	// its TTL the server may expire a lease (its TTL step, rounding and
+	// expiry lag); the checkers allow it.
+	TTL   time.Duration
+	Slack time.Duration
+}
+
+// open returns a new Locker for one worker and the function that closes it.
+func (b *Backend) open(ctx context.Context) (lock.Locker, func() error, error) {
+	if b.URL == "" {
+		if b.Open == nil {
+			return nil, nil, fmt.Errorf("torture: backend %s has neither a URL nor an Open function", b.Name)
+		}
+		l, err := b.Open()
+		if err != nil {
+			return nil, nil, err
+		}
+		closer := func() error { return nil }
+		if c, ok := l.(interface{ Close() error }); ok {
+			closer = c.Close
+		}
+		return l, closer, nil
+	}
+	l, err := lock.Open(ctx, b.URL)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, l.Close, nil
+}
+
+// Config is one run: a backend, a workload, who contends, and the faults.
+type Config struct {
+	Backend  Backend
+	Workload Workload
+	// Workers run in this process; Procs worker processes run ProcWorkers
+	// each (only for a backend with a URL).
+	Workers     int
+	Procs       int
+	ProcWorkers int
+	// Faults are injected in turn, each for its Duration and then healed,
+	// with Settle of health before the first and after each; the schedule
+	// repeats until the run has MinTakes takes and lasted MinDuration (and
+	// every fault came once), or lasted MaxDuration.
+	Faults      []Fault
+	Settle      time.Duration
+	MinTakes    int
+	MinDuration time.Duration
+	MaxDuration time.Duration
+	// Prefix starts every key of the run (default: a random one).
+	Prefix string
+	Seed   uint64
+	// Exec is the command line that starts a worker process: a binary
+	// whose main (or TestMain) calls [ChildMain] first. Default: this
+	// process's own binary.
+	Exec []string
+	// Logf, if set, gets a line at each step of the schedule.
+	Logf func(format string, args ...any)
+}
+
+// FaultWindow is one injection of a fault in a run.
+type FaultWindow struct {
+	Name   string
+	Caveat string
+	Inject int64 // when the injection began
+	Heal   int64 // when the heal finished
+	Err    string
+}
+
+// Result is the history of one run.
+type Result struct {
+	Config  Config
+	Start   int64
+	End     int64
+	Records Records
+	Writes  []WriteRecord
+	Faults  []FaultWindow
+}
+
+// Run runs cfg until its schedule is done and returns the history.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	if cfg.Backend.TTL <= 0 {
+		return nil, errors.New("torture: backend TTL must be positive")
+	}
+	cfg.Workload.TTL = cfg.Backend.TTL
+	cfg.Workload.fill()
+	if cfg.Workers <= 0 && cfg.Procs <= 0 {
+		cfg.Workers = 2 * cfg.Workload.Keys
+	}
+	if cfg.Backend.URL == "" {
+		cfg.Procs = 0
+	}
+	if cfg.Procs > 0 && !sharedClock {
+		return nil, errors.New("torture: worker processes need a clock shared by processes (Linux)")
+	}
+	if cfg.Procs > 0 && cfg.ProcWorkers <= 0 {
+		cfg.ProcWorkers = 2
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = fmt.Sprintf("torture/%x/", rand.Uint64())
+	}
+	if cfg.Seed == 0 {
+		cfg.Seed = rand.Uint64()
+	}
+	if cfg.Settle <= 0 {
+		cfg.Settle = 2*cfg.Backend.TTL + cfg.Backend.Slack
+	}
+	logf := cfg.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+
+	clock := NewClock()
+	res := NewResource(clock)
+	r := &Result{Config: cfg, Start: clock.Now()}
+	keys := keyIndex(cfg.Prefix)
+
+	// Workers in this process.
+	set := &workerSet{}
+	for i := range cfg.Workers {
+		l, closer, err := cfg.Backend.open(ctx)
+		if err != nil {
+			set.closeAll()
+			return nil, fmt.Errorf("torture: opening %s: %w", cfg.Backend.Name, err)
+		}
+		set.close = append(set.close, closer)
+		set.ws = append(set.ws, newWorker(i, 0, cfg, l, keys, clock, localFence{res}))
+	}
+
+	// Worker processes, writing to the resource over RPC.
+	var procs []*proc
+	stopRPC := func() {}
+	if cfg.Procs > 0 {
+		addr, stop, err := serveResource(ctx, res)
+		if err != nil {
+			set.closeAll()
+			return nil, err
+		}
+		stopRPC = stop
+		for p := range cfg.Procs {
+			spec := childSpec{
+				URL: cfg.Backend.URL, Workload: cfg.Workload, Prefix: cfg.Prefix, Epoch: clock.Epoch(),
+				Resource: addr, Proc: p + 1, FirstWorker: cfg.Workers + p*cfg.ProcWorkers, Workers: cfg.ProcWorkers,
+				Seed: cfg.Seed + uint64(p+1),
+			}
+			pr, err := startProc(cfg.Exec, spec)
+			if err != nil {
+				for _, pr := range procs {
+					_, _ = pr.stop()
+				}
+				stopRPC()
+				set.closeAll()
+				return nil, err
+			}
+			procs = append(procs, pr)
+		}
+	}
+	defer stopRPC()
+
+	wctx, stopWorkers := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { set.run(wctx) })
+
+	env := &Env{procs: procs, workers: set.ws, rng: rand.New(rand.NewPCG(cfg.Seed, 1)), Backend: cfg.Backend}
+	schedErr := schedule(ctx, cfg, env, res, clock, r, logf)
+
+	stopWorkers()
+	wg.Wait()
+	set.closeAll()
+	recs := set.records()
+	var procErrs []string
+	for _, pr := range procs {
+		pr.resume() // a paused process could not stop
+		got, err := pr.stop()
+		if err != nil {
+			procErrs = append(procErrs, err.Error())
+			continue
+		}
+		recs.Ops = append(recs.Ops, got.Ops...)
+		recs.Takes = append(recs.Takes, got.Takes...)
+		recs.AcquireErrors += got.AcquireErrors
+		if got.LastError != "" {
+			recs.LastError = got.LastError
+		}
+	}
+	r.End = clock.Now()
+	sort.Slice(recs.Ops, func(i, j int) bool { return recs.Ops[i].Call < recs.Ops[j].Call })
+	sort.Slice(recs.Takes, func(i, j int) bool { return recs.Takes[i].Taken < recs.Takes[j].Taken })
+	r.Records = recs
+	r.Writes = res.Log()
+	if len(procErrs) > 0 {
+		return r, fmt.Errorf("torture: worker processes: %s", strings.Join(procErrs, "; "))
+	}
+	if schedErr != nil && ctx.Err() == nil {
+		return r, schedErr
+	}
+	return r, ctx.Err()
+}
+
+// schedule runs the fault schedule of cfg and records each window in r.
+func schedule(ctx context.Context, cfg Config, env *Env, res *Resource, clock *Clock, r *Result, logf func(string, ...any)) error {
+	begin := time.Now()
+	enough := func(rounds int) bool {
+		el := time.Since(begin)
+		if cfg.MaxDuration > 0 && el >= cfg.MaxDuration {
+			return true
+		}
+		return rounds >= len(cfg.Faults) && el >= cfg.MinDuration && res.Takes() >= cfg.MinTakes
+	}
+	if err := sleepCtx(ctx, cfg.Settle); err != nil {
+		return err
+	}
+	for i := 0; !enough(i); i++ {
+		if len(cfg.Faults) == 0 {
+			if err := sleepCtx(ctx, cfg.Settle); err != nil {
+				return err
+			}
+			continue
+		}
+		f := cfg.Faults[i%len(cfg.Faults)]
+		w := FaultWindow{Name: f.Name, Caveat: f.Caveat, Inject: clock.Now()}
+		logf("%s: %s: inject (%d takes so far)", cfg.Backend.Name, f.Name, res.Takes())
+		err := f.inject(ctx, env)
+		if err == nil {
+			err = sleepCtx(ctx, f.Duration)
+		}
+		// Heal whatever happened, with a context of its own: a fault is
+		// never left behind.
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Minute)
+		if herr := f.heal(hctx, env); herr != nil {
+			err = errors.Join(err, herr)
+		}
+		cancel()
+		w.Heal = clock.Now()
+		if err != nil {
+			w.Err = err.Error()
+			logf("%s: %s: %v", cfg.Backend.Name, f.Name, err)
+		}
+		r.Faults = append(r.Faults, w)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := sleepCtx(ctx, cfg.Settle); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// keyIndex maps a key name of the run back to its index.
+func keyIndex(prefix string) func(string) int {
+	return func(name string) int {
+		i, err := strconv.Atoi(strings.TrimPrefix(name, prefix+"k"))
+		if err != nil {
+			return -1
+		}
+		return i
+	}
+}
+
+func newWorker(id, procNum int, cfg Config, l lock.Locker, keys func(string) int, clock *Clock, f fence) *worker {
+	rec := &recorder{clock: clock, worker: id, key: keys}
+	return &worker{
+		id: id, proc: procNum, prefix: cfg.Prefix, load: cfg.Workload,
+		locker: record(l, rec), rec: rec, fence: f, clock: clock,
+		rng: rand.New(rand.NewPCG(cfg.Seed, uint64(id))), stall: &stall{},
+	}
+}
+
+func (s *workerSet) closeAll() {
+	for _, c := range s.close {
+		_ = c()
+	}
+}
