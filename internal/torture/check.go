@@ -10,8 +10,12 @@ import (
 
 // Violation is one breach of a check, with the fault window it happened in.
 type Violation struct {
-	Key  int
-	At   int64  // on the run's clock
+	Key int
+	At  int64 // on the run's clock
+	// From, when set, starts the interval the violation spans: a token
+	// order violation spans from the earlier take to the later one, and
+	// the fault behind it may lie anywhere in between.
+	From int64
 	What string // a readable example
 	// Fault is the name of the fault whose window (injection to heal plus
 	// the settle time) holds At, or "" when the backend was healthy;
@@ -46,10 +50,14 @@ type Report struct {
 	Attempts      int // TryAcquire calls
 	Unknown       int // operations with an unknown outcome
 	AcquireErrors int
-	Workers       int
+	Workers       int // in all
+	ProcWorkers   int // of which in worker processes
 	Procs         int
 	ProcTakes     int // takes made in worker processes
+	TTL           time.Duration
+	Slack         time.Duration
 	Faults        []FaultWindow
+	FaultDefs     []Fault
 
 	Fenced    CheckResult
 	Stale     int // writes the fence refused
@@ -97,8 +105,8 @@ func Check(r *Result, opt CheckOptions) *Report {
 	cfg := r.Config
 	rep := &Report{
 		Backend: cfg.Backend.Name, Duration: time.Duration(r.End - r.Start), Ops: len(r.Records.Ops),
-		AcquireErrors: r.Records.AcquireErrors, Workers: cfg.Workers + cfg.Procs*cfg.ProcWorkers, Procs: cfg.Procs,
-		Faults: r.Faults,
+		AcquireErrors: r.Records.AcquireErrors, Workers: cfg.Workers + cfg.Procs*cfg.ProcWorkers, ProcWorkers: cfg.Procs * cfg.ProcWorkers, Procs: cfg.Procs,
+		Faults: r.Faults, FaultDefs: cfg.Faults, TTL: cfg.Backend.TTL, Slack: cfg.Backend.Slack,
 	}
 	for _, op := range r.Records.Ops {
 		if op.Kind == Take {
@@ -123,7 +131,7 @@ func Check(r *Result, opt CheckOptions) *Report {
 	rep.Loss = CheckResult{Name: CheckLoss, Violations: at.mark(CheckLoss, checkLoss(r, &rep.LossLatency))}
 	rep.LivenessBound = livenessBound(cfg)
 	rep.Liveness = CheckResult{Name: CheckLiveness, Violations: at.mark(CheckLiveness, checkLiveness(r, rep.LivenessBound, &rep.Recovery))}
-	rep.LinearResults = checkLinear(r.Records.Ops, cfg.Backend.TTL, cfg.Backend.Slack, opt.LinearTimeout, opt.VisualDir, opt.VisualName)
+	rep.LinearResults = checkLinear(r.Records.Ops, cfg.Backend.TTL, cfg.Backend.Slack, opt.LinearTimeout, at.skipped(CheckLinear), opt.VisualDir, opt.VisualName)
 	var lin []Violation
 	for _, lr := range rep.LinearResults {
 		if lr.Result == porcupine.Illegal {
@@ -162,13 +170,36 @@ func windows(r *Result) faultTimes {
 	return ft
 }
 
+// skipped returns the windows of the faults documented to break check.
+func (ft faultTimes) skipped(check string) []span {
+	var out []span
+	for i, w := range ft.ws {
+		if ft.breaks[i][check] {
+			out = append(out, span{w.Inject, w.Heal + ft.settle})
+		}
+	}
+	return out
+}
+
 // mark sets Fault and Caveat of each violation.
 func (ft faultTimes) mark(check string, vs []Violation) []Violation {
 	for i := range vs {
-		for j, w := range ft.ws {
-			if vs[i].At >= w.Inject && vs[i].At <= w.Heal+ft.settle {
+		from := vs[i].From
+		if from == 0 || from > vs[i].At {
+			from = vs[i].At
+		}
+		// The latest window the violation's interval overlaps, preferring
+		// one whose fault is documented to break the check.
+		for j := len(ft.ws) - 1; j >= 0; j-- {
+			w := ft.ws[j]
+			if from > w.Heal+ft.settle || vs[i].At < w.Inject {
+				continue
+			}
+			if vs[i].Fault == "" || ft.breaks[j][check] {
 				vs[i].Fault = w.Name
 				vs[i].Caveat = ft.breaks[j][check]
+			}
+			if vs[i].Caveat {
 				break
 			}
 		}
@@ -216,7 +247,8 @@ func checkFenced(log []WriteRecord, stale *int) []Violation {
 
 // checkExclusion finds takes of one key whose live critical sections (from
 // the take to the end of the critical section or of the KeepAlive context)
-// overlap.
+// overlap: one violation per take that others entered while it was live,
+// saying how many did.
 func checkExclusion(takes []TakeRecord, longest *time.Duration) []Violation {
 	byKey := map[int][]TakeRecord{}
 	for _, t := range takes {
@@ -225,20 +257,37 @@ func checkExclusion(takes []TakeRecord, longest *time.Duration) []Violation {
 	var out []Violation
 	for k, ts := range byKey {
 		sort.Slice(ts, func(i, j int) bool { return ts[i].Taken < ts[j].Taken })
-		var cur *TakeRecord
+		var cur *TakeRecord // the take with the latest end so far
+		var entered []*TakeRecord
+		var overlap time.Duration
+		flush := func() {
+			if len(entered) == 0 {
+				return
+			}
+			first := entered[0]
+			what := fmt.Sprintf("key %d: worker %d (token %d) took it while worker %d (token %d) was still inside with a live context",
+				k, first.Worker, first.Token, cur.Worker, cur.Token)
+			if len(entered) > 1 {
+				what += fmt.Sprintf(", and %d more holders after it", len(entered)-1)
+			}
+			what += fmt.Sprintf(": %v of overlap", overlap.Round(time.Microsecond))
+			out = append(out, Violation{Key: k, At: first.Taken, What: what})
+			entered, overlap = nil, 0
+		}
 		for i := range ts {
 			t := &ts[i]
 			if cur != nil && t.Taken < cur.End() {
 				d := time.Duration(min(t.End(), cur.End()) - t.Taken)
 				*longest = max(*longest, d)
-				out = append(out, Violation{Key: k, At: t.Taken, What: fmt.Sprintf(
-					"key %d: worker %d (token %d) took it while worker %d (token %d) was still inside with a live context, for %v",
-					k, t.Worker, t.Token, cur.Worker, cur.Token, d.Round(time.Microsecond))})
+				overlap += d
+				entered = append(entered, t)
 			}
 			if cur == nil || t.End() > cur.End() {
+				flush()
 				cur = t
 			}
 		}
+		flush()
 	}
 	sortViolations(out)
 	return out
@@ -269,7 +318,7 @@ func checkTokenOrder(ops []Op) []Violation {
 				j++
 			}
 			if high.Lease != 0 && t.Token <= high.Token {
-				out = append(out, Violation{Key: k, At: t.Call, What: fmt.Sprintf(
+				out = append(out, Violation{Key: k, At: t.Call, From: high.Return, What: fmt.Sprintf(
 					"key %d: worker %d took token %d after worker %d had taken token %d", k, t.Worker, t.Token, high.Worker, high.Token)})
 			} else if o, dup := seen[t.Token]; dup {
 				out = append(out, Violation{Key: k, At: t.Call, What: fmt.Sprintf(

@@ -161,16 +161,24 @@ func addSat(a, b int64) int64 {
 	return a + b
 }
 
-// linOps turns one key's recorded operations into porcupine's form. An
-// operation with an unknown outcome may take effect at any moment after its
-// call: its return is put at the end of the history.
-func linOps(ops []Op) []porcupine.Operation {
+// linOps turns one segment of a key's recorded operations into porcupine's
+// form. An operation with an unknown outcome may take effect at any moment
+// after its call: its return is put at the end of the segment. A segment
+// that starts midway leaves out the refreshes and releases of leases taken
+// before it.
+func linOps(ops []Op, midway bool) []porcupine.Operation {
 	end := int64(0)
 	for _, op := range ops {
 		end = max(end, op.Return)
 	}
+	taken := map[uint64]bool{}
 	out := make([]porcupine.Operation, 0, len(ops))
 	for _, op := range ops {
+		if op.Kind == Take {
+			taken[op.Lease] = true
+		} else if midway && !taken[op.Lease] {
+			continue
+		}
 		ret := op.Return
 		if op.Outcome == Unknown {
 			ret = end + 1
@@ -198,9 +206,16 @@ type LinearResult struct {
 	Took time.Duration
 }
 
-// checkLinear checks each key's history, with timeout per key, and writes
-// a visualisation of each failing one into dir (if not empty).
-func checkLinear(ops []Op, ttl, slack time.Duration, timeout time.Duration, dir, name string) []LinearResult {
+// span is an interval of a run's clock.
+type span struct{ from, to int64 }
+
+// checkLinear checks each key's history, with timeout per segment, and
+// writes a visualisation of each failing one into dir (if not empty). The
+// history is cut at the spans of skip (faults documented to break
+// linearizability, such as a restart that loses the server's data): the
+// operations that overlap one are not judged, and each segment after one
+// starts from a state the model leaves open.
+func checkLinear(ops []Op, ttl, slack time.Duration, timeout time.Duration, skip []span, dir, name string) []LinearResult {
 	byKey := map[int][]Op{}
 	for _, op := range ops {
 		byKey[op.Key] = append(byKey[op.Key], op)
@@ -210,22 +225,54 @@ func checkLinear(ops []Op, ttl, slack time.Duration, timeout time.Duration, dir,
 		keys = append(keys, k)
 	}
 	sort.Ints(keys)
-	model := lockModel(ttl, slack, false)
+	sort.Slice(skip, func(i, j int) bool { return skip[i].from < skip[j].from })
 	var out []LinearResult
 	for _, k := range keys {
-		hist := linOps(byKey[k])
-		start := time.Now()
-		res, info := porcupine.CheckOperationsVerbose(model, hist, timeout)
-		lr := LinearResult{Key: k, Ops: len(hist), Result: res, Took: time.Since(start)}
-		if res == porcupine.Illegal {
-			lr.At = stuckAt(hist, info)
-			if dir != "" {
-				lr.File = visualise(ttl, slack, hist, lr.At, timeout, dir, fmt.Sprintf("%s-key%d", name, k))
+		lr := LinearResult{Key: k, Result: porcupine.Ok}
+		for i, seg := range segments(byKey[k], skip) {
+			hist := linOps(seg, i > 0)
+			model := lockModel(ttl, slack, i > 0)
+			start := time.Now()
+			res, info := porcupine.CheckOperationsVerbose(model, hist, timeout)
+			lr.Took += time.Since(start)
+			lr.Ops += len(hist)
+			switch {
+			case res == porcupine.Illegal && lr.Result != porcupine.Illegal:
+				lr.Result = porcupine.Illegal
+				lr.At = stuckAt(hist, info)
+				if dir != "" {
+					lr.File = visualise(ttl, slack, hist, lr.At, i > 0, timeout, dir, fmt.Sprintf("%s-key%d", name, k))
+				}
+			case res == porcupine.Unknown && lr.Result == porcupine.Ok:
+				lr.Result = porcupine.Unknown
 			}
 		}
 		out = append(out, lr)
 	}
 	return out
+}
+
+// segments cuts one key's operations at the skipped spans, leaving out the
+// operations that overlap one (an unknown outcome's return is unbounded).
+func segments(ops []Op, skip []span) [][]Op {
+	segs := make([][]Op, len(skip)+1)
+	for _, op := range ops {
+		ret := op.Return
+		if op.Outcome == Unknown {
+			ret = forever
+		}
+		i := 0
+		for i < len(skip) && op.Call > skip[i].to {
+			i++
+		}
+		if i < len(skip) && ret >= skip[i].from {
+			if op.Outcome != Unknown || op.Call >= skip[i].from {
+				continue // overlaps the skipped span
+			}
+		}
+		segs[i] = append(segs[i], op)
+	}
+	return segs
 }
 
 // stuckAt returns the call time of the earliest operation left out of the
@@ -262,9 +309,9 @@ func stuckAt(hist []porcupine.Operation, info porcupine.LinearizationInfo) int64
 // the failure: started midway, with the operations on leases taken before
 // it left out, if that window still fails; else to the prefix that ends
 // with the window.
-func visualise(ttl, slack time.Duration, hist []porcupine.Operation, at int64, timeout time.Duration, dir, name string) string {
+func visualise(ttl, slack time.Duration, hist []porcupine.Operation, at int64, midway bool, timeout time.Duration, dir, name string) string {
 	const before, after = 300, 30
-	model := lockModel(ttl, slack, false)
+	model := lockModel(ttl, slack, midway)
 	if len(hist) > before+after {
 		sorted := append([]porcupine.Operation(nil), hist...)
 		sort.Slice(sorted, func(i, j int) bool { return sorted[i].Call < sorted[j].Call })

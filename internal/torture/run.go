@@ -149,26 +149,41 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	// Workers in this process.
 	set := &workerSet{}
+	defer set.closeAll()
 	for i := range cfg.Workers {
 		l, closer, err := cfg.Backend.open(ctx)
 		if err != nil {
-			set.closeAll()
 			return nil, fmt.Errorf("torture: opening %s: %w", cfg.Backend.Name, err)
 		}
 		set.close = append(set.close, closer)
 		set.ws = append(set.ws, newWorker(i, 0, cfg, l, keys, clock, localFence{res}))
 	}
 
-	// Worker processes, writing to the resource over RPC.
+	// Worker processes, writing to the resource over RPC. Every exit path
+	// below stops them, and the workers, even a fault's runtime.Goexit
+	// (testing.T.FailNow).
 	var procs []*proc
-	stopRPC := func() {}
+	var procRecs Records
+	var procErrs []string
+	stopProcs := func() {
+		for _, pr := range procs {
+			pr.resume() // a paused process could not stop
+			got, err := pr.stop()
+			if err != nil {
+				procErrs = append(procErrs, err.Error())
+				continue
+			}
+			procRecs.merge(got)
+		}
+		procs = nil
+	}
+	defer stopProcs()
 	if cfg.Procs > 0 {
 		addr, stop, err := serveResource(ctx, res)
 		if err != nil {
-			set.closeAll()
 			return nil, err
 		}
-		stopRPC = stop
+		defer stop()
 		for p := range cfg.Procs {
 			spec := childSpec{
 				URL: cfg.Backend.URL, Workload: cfg.Workload, Prefix: cfg.Prefix, Epoch: clock.Epoch(),
@@ -177,44 +192,30 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			}
 			pr, err := startProc(cfg.Exec, spec)
 			if err != nil {
-				for _, pr := range procs {
-					_, _ = pr.stop()
-				}
-				stopRPC()
-				set.closeAll()
 				return nil, err
 			}
 			procs = append(procs, pr)
 		}
 	}
-	defer stopRPC()
 
 	wctx, stopWorkers := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { set.run(wctx) })
+	defer func() { stopWorkers(); wg.Wait() }()
 
 	env := &Env{procs: procs, workers: set.ws, rng: rand.New(rand.NewPCG(cfg.Seed, 1)), Backend: cfg.Backend}
-	schedErr := schedule(ctx, cfg, env, res, clock, r, logf)
+	defer func() {
+		for _, p := range env.paused {
+			p.resume()
+		}
+	}()
+	schedErr := schedule(ctx, cfg, env, res.Takes, clock, r, logf)
 
 	stopWorkers()
 	wg.Wait()
-	set.closeAll()
 	recs := set.records()
-	var procErrs []string
-	for _, pr := range procs {
-		pr.resume() // a paused process could not stop
-		got, err := pr.stop()
-		if err != nil {
-			procErrs = append(procErrs, err.Error())
-			continue
-		}
-		recs.Ops = append(recs.Ops, got.Ops...)
-		recs.Takes = append(recs.Takes, got.Takes...)
-		recs.AcquireErrors += got.AcquireErrors
-		if got.LastError != "" {
-			recs.LastError = got.LastError
-		}
-	}
+	stopProcs()
+	recs.merge(procRecs)
 	r.End = clock.Now()
 	sort.Slice(recs.Ops, func(i, j int) bool { return recs.Ops[i].Call < recs.Ops[j].Call })
 	sort.Slice(recs.Takes, func(i, j int) bool { return recs.Takes[i].Taken < recs.Takes[j].Taken })
@@ -229,15 +230,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	return r, ctx.Err()
 }
 
-// schedule runs the fault schedule of cfg and records each window in r.
-func schedule(ctx context.Context, cfg Config, env *Env, res *Resource, clock *Clock, r *Result, logf func(string, ...any)) error {
+// schedule runs the fault schedule of cfg and records each window in r;
+// progress counts the takes so far.
+func schedule(ctx context.Context, cfg Config, env *Env, progress func() int, clock *Clock, r *Result, logf func(string, ...any)) error {
 	begin := time.Now()
 	enough := func(rounds int) bool {
 		el := time.Since(begin)
 		if cfg.MaxDuration > 0 && el >= cfg.MaxDuration {
 			return true
 		}
-		return rounds >= len(cfg.Faults) && el >= cfg.MinDuration && res.Takes() >= cfg.MinTakes
+		return rounds >= len(cfg.Faults) && el >= cfg.MinDuration && progress() >= cfg.MinTakes
 	}
 	if err := sleepCtx(ctx, cfg.Settle); err != nil {
 		return err
@@ -251,7 +253,7 @@ func schedule(ctx context.Context, cfg Config, env *Env, res *Resource, clock *C
 		}
 		f := cfg.Faults[i%len(cfg.Faults)]
 		w := FaultWindow{Name: f.Name, Caveat: f.Caveat, Inject: clock.Now()}
-		logf("%s: %s: inject (%d takes so far)", cfg.Backend.Name, f.Name, res.Takes())
+		logf("%s: %s: inject (%d so far)", cfg.Backend.Name, f.Name, progress())
 		err := f.inject(ctx, env)
 		if err == nil {
 			err = sleepCtx(ctx, f.Duration)

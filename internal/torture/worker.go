@@ -22,9 +22,9 @@ type Workload struct {
 	// write after the first.
 	Writes int
 	Hold   time.Duration
-	// Every LongEvery-th take of a worker holds its key for LongHold in
-	// all, so that KeepAlive has to renew it (0: never).
-	LongEvery int
+	// About once per LongEvery (at random) a worker holds its key for
+	// LongHold in all, so that KeepAlive has to renew it (0: never).
+	LongEvery time.Duration
 	LongHold  time.Duration
 	// AcquireTimeout bounds one lock.Acquire; ReleaseTimeout one release.
 	AcquireTimeout time.Duration
@@ -72,19 +72,20 @@ type worker struct {
 	rng    *rand.Rand
 	stall  *stall
 
+	nextLong    time.Time // when the next long hold is due
 	takes       []TakeRecord
 	acquireErrs int
 	lastErr     string
 }
 
 func (w *worker) run(ctx context.Context) {
-	for n := 1; ctx.Err() == nil; n++ {
-		w.once(ctx, n)
+	for ctx.Err() == nil {
+		w.once(ctx)
 	}
 }
 
 // once makes one take: acquire, critical section, release.
-func (w *worker) once(ctx context.Context, n int) {
+func (w *worker) once(ctx context.Context) {
 	key := w.rng.IntN(w.load.Keys)
 	name := keyName(w.prefix, key)
 	t := TakeRecord{Key: key, Worker: w.id, Proc: w.proc, Invoke: w.clock.Now()}
@@ -128,8 +129,15 @@ func (w *worker) once(ctx context.Context, n int) {
 	})
 
 	hold := w.load.Hold
-	if w.load.LongEvery > 0 && n%w.load.LongEvery == 0 && w.load.Writes > 1 {
-		hold = w.load.LongHold / time.Duration(w.load.Writes-1)
+	if w.load.LongEvery > 0 && w.load.Writes > 1 {
+		now := time.Now()
+		if w.nextLong.IsZero() {
+			w.nextLong = now.Add(time.Duration(w.rng.Int64N(int64(w.load.LongEvery))))
+		}
+		if now.After(w.nextLong) {
+			hold = w.load.LongHold / time.Duration(w.load.Writes-1)
+			w.nextLong = now.Add(jitter(w.rng, w.load.LongEvery))
+		}
 	}
 	stallFor := w.stall.take()
 	for seq := range w.load.Writes {
@@ -222,6 +230,15 @@ func (s *workerSet) records() Records {
 		}
 	}
 	return r
+}
+
+func (r *Records) merge(o Records) {
+	r.Ops = append(r.Ops, o.Ops...)
+	r.Takes = append(r.Takes, o.Takes...)
+	r.AcquireErrors += o.AcquireErrors
+	if o.LastError != "" {
+		r.LastError = o.LastError
+	}
 }
 
 // Records is what a set of workers recorded.

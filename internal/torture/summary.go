@@ -1,0 +1,152 @@
+package torture
+
+import (
+	"time"
+
+	"github.com/anishathalye/porcupine"
+)
+
+// Cell is the summary of one run of the torture matrix (a backend under one
+// fault, or its idempotency run), as RELIABILITY.md shows it.
+type Cell struct {
+	Backend  string
+	Cell     string
+	Topology string
+	Test     string // the -run pattern of the subtest that produced it
+	Faults   []FaultSummary
+	Duration time.Duration
+	TTL      time.Duration
+	Slack    time.Duration
+
+	Workers     int // in all
+	ProcWorkers int // of which in worker processes
+	Procs       int
+	Takes       int
+	ProcTakes   int
+	Attempts    int
+	Ops         int
+	Unknown     int
+	AcqErrors   int
+	Stale       int // writes the fence refused
+
+	Checks []CheckSummary
+
+	MaxOverlap    time.Duration
+	Losses        int
+	LossP50       time.Duration
+	LossP99       time.Duration
+	LossMax       time.Duration
+	Recoveries    int
+	RecoveryP50   time.Duration
+	RecoveryMax   time.Duration
+	LivenessBound time.Duration
+	LinearKeys    int
+	LinearUnknown int // keys whose check ran out of time
+	LinearTook    time.Duration
+	LinearFiles   []string
+
+	Idem *IdemSummary `json:",omitempty"`
+}
+
+// FaultSummary is a fault of a cell and how often it came.
+type FaultSummary struct {
+	Name   string
+	Count  int
+	Errors int
+	Caveat string `json:",omitempty"`
+	Breaks []string
+}
+
+// CheckSummary is one check's verdict in a cell.
+type CheckSummary struct {
+	Name string
+	// Violations no caveat explains, and those a fault's caveat does.
+	Violations int
+	Caveat     int
+	Examples   []Violation
+}
+
+// IdemSummary is the idempotency part of a cell.
+type IdemSummary struct {
+	Keys      int
+	Attempts  int
+	Answered  int
+	Unsettled int
+	Effects   int
+	Statuses  map[string]int
+	Logged    map[string]int
+}
+
+// Summarize condenses a report into a cell.
+func Summarize(rep *Report, topology string) Cell {
+	c := Cell{
+		Backend: rep.Backend, Topology: topology, Duration: rep.Duration,
+		Workers: rep.Workers, ProcWorkers: rep.ProcWorkers, Procs: rep.Procs, Takes: rep.Takes, ProcTakes: rep.ProcTakes, Attempts: rep.Attempts,
+		Ops: rep.Ops, Unknown: rep.Unknown, AcqErrors: rep.AcquireErrors, Stale: rep.Stale,
+		MaxOverlap: rep.MaxOverlap, Losses: len(rep.LossLatency),
+		LossP50: Percentile(rep.LossLatency, 50), LossP99: Percentile(rep.LossLatency, 99), LossMax: Percentile(rep.LossLatency, 100),
+		Recoveries: len(rep.Recovery), RecoveryP50: Percentile(rep.Recovery, 50), RecoveryMax: Percentile(rep.Recovery, 100),
+		LivenessBound: rep.LivenessBound, LinearKeys: len(rep.LinearResults),
+		TTL: rep.TTL, Slack: rep.Slack,
+	}
+	c.Faults = summarizeFaults(rep.Faults, rep.FaultDefs)
+	for _, ch := range rep.Checks() {
+		c.Checks = append(c.Checks, summarizeCheck(ch))
+	}
+	for _, lr := range rep.LinearResults {
+		if lr.Result == porcupine.Unknown {
+			c.LinearUnknown++
+		}
+		c.LinearTook += lr.Took
+		if lr.File != "" {
+			c.LinearFiles = append(c.LinearFiles, lr.File)
+		}
+	}
+	return c
+}
+
+// SummarizeIdem condenses an idempotency report into a cell.
+func SummarizeIdem(rep *IdemReport, topology string) Cell {
+	c := Cell{Backend: rep.Backend, Cell: "idempotency", Topology: topology, Duration: rep.Duration, TTL: rep.LeaseTTL}
+	c.Faults = summarizeFaults(rep.Faults, rep.FaultDefs)
+	c.Checks = []CheckSummary{summarizeCheck(&rep.Count)}
+	c.Idem = &IdemSummary{Keys: rep.Keys, Attempts: rep.Attempts, Answered: rep.Answered, Unsettled: rep.Unsettled,
+		Effects: rep.Effects, Statuses: rep.Statuses, Logged: rep.Logged}
+	return c
+}
+
+func summarizeCheck(ch *CheckResult) CheckSummary {
+	s := CheckSummary{Name: ch.Name}
+	var fails, caveats []Violation
+	for _, v := range ch.Violations {
+		if v.Caveat {
+			s.Caveat++
+			caveats = append(caveats, v)
+		} else {
+			s.Violations++
+			fails = append(fails, v)
+		}
+	}
+	s.Examples = append(fails[:min(3, len(fails))], caveats[:min(2, len(caveats))]...)
+	return s
+}
+
+func summarizeFaults(ws []FaultWindow, defs []Fault) []FaultSummary {
+	byName := map[string]*FaultSummary{}
+	var out []FaultSummary
+	for _, f := range defs {
+		byName[f.Name] = &FaultSummary{Name: f.Name, Caveat: f.Caveat, Breaks: f.Breaks}
+	}
+	for _, w := range ws {
+		if fs := byName[w.Name]; fs != nil {
+			fs.Count++
+			if w.Err != "" {
+				fs.Errors++
+			}
+		}
+	}
+	for _, f := range defs {
+		out = append(out, *byName[f.Name])
+	}
+	return out
+}
