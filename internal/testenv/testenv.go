@@ -1,6 +1,9 @@
 // Package testenv connects idemlock's tests to the real servers that
-// scripts/servers.sh runs on loopback: Redis (single node and a three-master
-// Cluster), etcd, Consul and memcached.
+// scripts/servers.sh runs on loopback: single nodes of Redis, etcd, Consul
+// and memcached, a three-primary Redis Cluster, PostgreSQL, and the cluster
+// topologies (a 3-member etcd cluster, 3 Consul servers with a client
+// agent, a Redis primary with 2 replicas and 3 Sentinels, a Redis Cluster of
+// 3 primaries with a replica each, 3 memcached nodes).
 //
 // A test asks for a server's address and gets it, or is skipped:
 //
@@ -22,8 +25,9 @@
 // fails the test instead of skipping it, so a test run that claims to cover a
 // backend really did.
 //
-// Fault tests start a server of their own with Private and pause, restart or
-// flush that one, so tests sharing the common servers are never disturbed.
+// Fault tests start a server or topology of their own with Private and
+// pause, kill, restart or fail over that one (internal/faults wraps it), so
+// tests sharing the common servers are never disturbed.
 package testenv
 
 import (
@@ -57,6 +61,24 @@ const (
 	EnvConsulAddr = "IDEMLOCK_CONSUL_ADDR"
 	// EnvMemcachedAddr holds the host:port of a memcached server.
 	EnvMemcachedAddr = "IDEMLOCK_MEMCACHED_ADDR"
+	// EnvEtcdClusterEndpoints holds the client endpoints of the 3-member etcd cluster.
+	EnvEtcdClusterEndpoints = "IDEMLOCK_ETCD_CLUSTER_ENDPOINTS"
+	// EnvConsulClusterAddr holds the host:port of the HTTP API of the
+	// client agent joined to the 3 Consul servers.
+	EnvConsulClusterAddr = "IDEMLOCK_CONSUL_CLUSTER_ADDR"
+	// EnvRedisSentinelAddrs holds the host:port of each of the 3 Sentinels
+	// that watch a Redis primary and its 2 replicas.
+	EnvRedisSentinelAddrs = "IDEMLOCK_REDIS_SENTINEL_ADDRS"
+	// EnvRedisSentinelMaster holds the name the Sentinels know the primary
+	// by (default [RedisSentinelMaster]).
+	EnvRedisSentinelMaster = "IDEMLOCK_REDIS_SENTINEL_MASTER"
+	// EnvRedisClusterHAAddrs holds the host:port of each node of the Redis
+	// Cluster of 3 primaries with 1 replica each.
+	EnvRedisClusterHAAddrs = "IDEMLOCK_REDIS_CLUSTER_HA_ADDRS"
+	// EnvMemcachedClusterAddrs holds the host:port of each of 3 memcached nodes.
+	EnvMemcachedClusterAddrs = "IDEMLOCK_MEMCACHED_CLUSTER_ADDRS"
+	// EnvPostgresURL holds a postgres:// URL of the PostgreSQL server.
+	EnvPostgresURL = "IDEMLOCK_POSTGRES_URL"
 	// EnvServersDir, if set, is the scratch folder scripts/servers.sh keeps
 	// its pid files in; Pause, Resume and Restart pass it on unchanged.
 	EnvServersDir = "IDEMLOCK_SERVERS_DIR"
@@ -69,18 +91,38 @@ const (
 // spells it.
 type Server string
 
-// The servers scripts/servers.sh runs.
+// The servers and topologies scripts/servers.sh runs.
 const (
 	Redis        Server = "redis"
 	RedisCluster Server = "redis-cluster"
 	Etcd         Server = "etcd"
 	Consul       Server = "consul"
 	Memcached    Server = "memcached"
+	// EtcdCluster is 3 etcd members (units etcd-cluster-1..3).
+	EtcdCluster Server = "etcd-cluster"
+	// ConsulCluster is 3 Consul servers (consul-cluster-1..3) and the client
+	// agent the library talks to (consul-cluster-client).
+	ConsulCluster Server = "consul-cluster"
+	// RedisSentinel is a Redis primary with 2 replicas (redis-ha-1..3,
+	// redis-ha-1 the first primary) and 3 Sentinels (sentinel-1..3).
+	RedisSentinel Server = "redis-sentinel"
+	// RedisClusterHA is a Redis Cluster of 3 primaries with 1 replica each
+	// (redis-cluster-ha-1..6).
+	RedisClusterHA Server = "redis-cluster-ha"
+	// MemcachedCluster is 3 memcached nodes (memcached-cluster-1..3).
+	MemcachedCluster Server = "memcached-cluster"
+	// Postgres is a PostgreSQL server (unit postgres).
+	Postgres Server = "postgres"
 )
+
+// RedisSentinelMaster is the name the Sentinels of [RedisSentinel] know
+// their primary by.
+const RedisSentinelMaster = "idemlock"
 
 // All returns every server, in the order scripts/servers.sh starts them.
 func All() []Server {
-	return []Server{Redis, RedisCluster, Etcd, Consul, Memcached}
+	return []Server{Redis, RedisCluster, Etcd, Consul, Memcached,
+		EtcdCluster, ConsulCluster, RedisSentinel, RedisClusterHA, MemcachedCluster, Postgres}
 }
 
 // Env returns the environment variable that holds s's address(es), or ""
@@ -97,6 +139,18 @@ func (s Server) Env() string {
 		return EnvConsulAddr
 	case Memcached:
 		return EnvMemcachedAddr
+	case EtcdCluster:
+		return EnvEtcdClusterEndpoints
+	case ConsulCluster:
+		return EnvConsulClusterAddr
+	case RedisSentinel:
+		return EnvRedisSentinelAddrs
+	case RedisClusterHA:
+		return EnvRedisClusterHAAddrs
+	case MemcachedCluster:
+		return EnvMemcachedClusterAddrs
+	case Postgres:
+		return EnvPostgresURL
 	}
 	return ""
 }
@@ -208,11 +262,58 @@ func MemcachedAddr(t testing.TB) string {
 	return Addrs(t, Memcached)[0]
 }
 
+// EtcdClusterEndpoints returns the client endpoints of the etcd cluster.
+func EtcdClusterEndpoints(t testing.TB) []string {
+	t.Helper()
+	return Addrs(t, EtcdCluster)
+}
+
+// ConsulClusterAddr returns the host:port of the HTTP API of the Consul
+// cluster's client agent.
+func ConsulClusterAddr(t testing.TB) string {
+	t.Helper()
+	return Addrs(t, ConsulCluster)[0]
+}
+
+// RedisSentinelAddrs returns the Sentinels' addresses and the name they
+// know the primary by.
+func RedisSentinelAddrs(t testing.TB) (sentinels []string, master string) {
+	t.Helper()
+	return Addrs(t, RedisSentinel), sentinelMaster()
+}
+
+func sentinelMaster() string {
+	if m := strings.TrimSpace(os.Getenv(EnvRedisSentinelMaster)); m != "" {
+		return m
+	}
+	return RedisSentinelMaster
+}
+
+// RedisClusterHAAddrs returns the addresses of every node of the Redis
+// Cluster with replicas.
+func RedisClusterHAAddrs(t testing.TB) []string {
+	t.Helper()
+	return Addrs(t, RedisClusterHA)
+}
+
+// MemcachedClusterAddrs returns the addresses of the 3 memcached nodes.
+func MemcachedClusterAddrs(t testing.TB) []string {
+	t.Helper()
+	return Addrs(t, MemcachedCluster)
+}
+
+// PostgresURL returns a postgres:// URL of the PostgreSQL server (user
+// postgres, trust authentication, database postgres).
+func PostgresURL(t testing.TB) string {
+	t.Helper()
+	return Addrs(t, Postgres)[0]
+}
+
 // scriptTimeout bounds one run of scripts/servers.sh from a test; a restart
 // of the Redis Cluster takes a few seconds, Consul's a few more.
 const scriptTimeout = 3 * time.Minute
 
-// Instance is a server started by [Private] for one test alone.
+// Instance is a server or topology started by [Private] for one test alone.
 type Instance struct {
 	server Server
 	dir    string // its scratch folder (pid files, data, logs)
@@ -220,10 +321,11 @@ type Instance struct {
 	addrs  []string
 }
 
-// Private starts a server of kind s for the calling test alone, in a
-// scratch folder of its own and on ports moved away from the shared
-// servers', and stops it when the test ends. Fault tests pause, restart or
-// flush it without disturbing the tests that share the common servers.
+// Private starts a server or topology of kind s for the calling test
+// alone, in a scratch folder of its own and on ports moved away from the
+// shared servers', and stops it when the test ends. Fault tests pause,
+// kill, restart or fail over its processes without disturbing the tests
+// that share the common servers.
 //
 // Like [Addrs] it skips the test when the shared servers are not set up
 // (their variable is unset), or fails it under IDEMLOCK_REQUIRE_SERVERS=1.
@@ -236,7 +338,7 @@ func Private(t testing.TB, s Server) *Instance {
 		t.Skipf("testenv: %v; skipping test that needs a real %s server: %s", err, s, howTo)
 	}
 	var lastErr error
-	for range 5 {
+	for range 8 {
 		in := &Instance{server: s, dir: t.TempDir(), offset: 3000 + 10*rand.IntN(600)}
 		if _, err := in.run("start"); err != nil {
 			lastErr = err
@@ -264,6 +366,9 @@ func Private(t testing.TB, s Server) *Instance {
 	return nil
 }
 
+// Server returns what the instance runs.
+func (in *Instance) Server() Server { return in.server }
+
 // Addrs returns the private server's addresses, as [Addrs] does for the
 // shared one.
 func (in *Instance) Addrs() []string { return in.addrs }
@@ -280,9 +385,79 @@ func (in *Instance) Pause(t testing.TB) { in.must(t, "pause") }
 func (in *Instance) Resume(t testing.TB) { in.must(t, "resume") }
 
 // Restart stops the private server and starts it again, returning once it
-// answers. Redis, memcached and Consul (dev mode) come back empty; etcd
-// keeps its data; a Redis Cluster keeps its topology but not its keys.
+// answers. Redis, memcached and Consul (dev mode) come back empty; etcd,
+// the Consul cluster and PostgreSQL keep their data; a Redis Cluster keeps
+// its topology but not its keys.
 func (in *Instance) Restart(t testing.TB) { in.must(t, "restart") }
+
+// Node is one process (a unit) of a server or topology, as
+// `scripts/servers.sh nodes` lists it.
+type Node struct {
+	// Unit names the process, as the script does: "etcd-cluster-2",
+	// "sentinel-1", "redis-cluster-ha-4", "postgres".
+	Unit string
+	// Addr is its client host:port.
+	Addr string
+	// Role is what it is now: "leader" or "follower" (etcd members, Consul
+	// servers), "client" (the Consul client agent), "primary" or "replica"
+	// (Redis), "sentinel", "node" (anything else), or "down", "paused" or
+	// "unknown" when it does not answer.
+	Role string
+	// Peer is the unit a replica replicates from, or the one a Sentinel
+	// names as primary; empty otherwise.
+	Peer string
+}
+
+// Nodes lists the instance's processes with their roles now.
+func (in *Instance) Nodes(t testing.TB) []Node {
+	t.Helper()
+	out, err := in.Run("nodes", string(in.server))
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	nodes, err := ParseNodes(out)
+	if err != nil {
+		t.Fatalf("testenv: private %s: %v", in.server, err)
+	}
+	return nodes
+}
+
+// ParseNodes reads the output of `scripts/servers.sh nodes NAME`.
+func ParseNodes(out []byte) ([]Node, error) {
+	var nodes []Node
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 4 {
+			return nil, fmt.Errorf("servers.sh nodes printed %q, want UNIT ADDR ROLE PEER", line)
+		}
+		n := Node{Unit: f[0], Addr: f[1], Role: f[2], Peer: f[3]}
+		if n.Peer == "-" {
+			n.Peer = ""
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes, nil
+}
+
+// Run runs `scripts/servers.sh ARGS...` on the instance's set of servers
+// (its scratch folder and ports) and returns the combined output: for
+// example Run("kill", "etcd-cluster-2") or Run("failover", "redis-sentinel").
+// Package internal/faults builds its process and topology faults on it.
+func (in *Instance) Run(args ...string) ([]byte, error) {
+	script, err := Script()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), scriptTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", append([]string{script}, args...)...)
+	cmd.Env = append(os.Environ(), EnvServersDir+"="+in.dir, EnvPortOffset+"="+strconv.Itoa(in.offset))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("scripts/servers.sh %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out, nil
+}
 
 func (in *Instance) must(t testing.TB, verb string) {
 	t.Helper()
@@ -293,29 +468,19 @@ func (in *Instance) must(t testing.TB, verb string) {
 
 // run executes scripts/servers.sh VERB [NAME] for this instance.
 func (in *Instance) run(verb string) ([]byte, error) {
-	script, err := Script()
-	if err != nil {
-		return nil, err
+	if verb == "env" {
+		return in.Run(verb)
 	}
-	args := []string{script, verb}
-	if verb != "env" {
-		args = append(args, string(in.server))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), scriptTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", args...)
-	cmd.Env = append(os.Environ(), EnvServersDir+"="+in.dir, EnvPortOffset+"="+strconv.Itoa(in.offset))
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return out, fmt.Errorf("scripts/servers.sh %s %s: %v\n%s", verb, in.server, err, out)
-	}
-	return out, nil
+	return in.Run(verb, string(in.server))
 }
 
 // parseEnv picks the value of variable name out of `servers.sh env` output.
 func parseEnv(out []byte, name string) ([]string, error) {
 	for _, line := range strings.Split(string(out), "\n") {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "export "+name+"="); ok {
+			if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
+				v = v[1 : len(v)-1] // quoted: a URL with a '?'
+			}
 			return strings.Split(v, ","), nil
 		}
 	}

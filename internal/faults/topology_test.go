@@ -1,0 +1,385 @@
+package faults_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/hashicorp/consul/api"
+	"github.com/idemlock/lock/internal/faults"
+	"github.com/idemlock/lock/internal/testenv"
+	"github.com/redis/go-redis/v9"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// eventually retries op, a request to a topology that is electing or
+// reconfiguring, until it succeeds, failing t after within.
+func eventually(t *testing.T, what string, within time.Duration, op func(ctx context.Context) error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		err := op(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still failing after %v: %v", what, within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// role returns unit's role now, and whom it follows.
+func role(t *testing.T, tp *faults.Topology, unit string) (string, string) {
+	t.Helper()
+	n := tp.Node(t, unit)
+	return n.Role, n.Peer
+}
+
+func follower(t *testing.T, tp *faults.Topology) string {
+	t.Helper()
+	for _, n := range tp.Nodes(t) {
+		if n.Role == "follower" {
+			return n.Unit
+		}
+	}
+	t.Fatalf("no follower in %v", tp.Nodes(t))
+	return ""
+}
+
+func TestEtcdCluster(t *testing.T) {
+	tp := faults.Start(t, testenv.EtcdCluster)
+	n := tp.Net(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: n.Addrs(tp.Addrs()), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	put := func(v string) func(ctx context.Context) error {
+		return func(ctx context.Context) error { _, err := cli.Put(ctx, "k", v); return err }
+	}
+	eventually(t, "put", 10*time.Second, put("0"))
+	if got := len(tp.Nodes(t)); got != 3 {
+		t.Fatalf("%d members, want 3", got)
+	}
+
+	t.Run("KillFollower", func(t *testing.T) {
+		u := follower(t, tp)
+		f := tp.Kill(t, u)
+		if r, _ := role(t, tp, u); r != "down" {
+			t.Fatalf("killed %s is %s, want down", u, r)
+		}
+		eventually(t, "put with a member down", 10*time.Second, put("1"))
+		f.Heal()
+		if r, _ := role(t, tp, u); r != "follower" {
+			t.Errorf("%s after the heal is %s, want follower", u, r)
+		}
+	})
+
+	t.Run("PauseFollower", func(t *testing.T) {
+		u := follower(t, tp)
+		f := tp.Pause(t, u)
+		if r, _ := role(t, tp, u); r != "paused" {
+			t.Fatalf("paused %s is %s", u, r)
+		}
+		eventually(t, "put with a member paused", 10*time.Second, put("2"))
+		f.Heal()
+		if r, _ := role(t, tp, u); r != "follower" {
+			t.Errorf("%s after the heal is %s, want follower", u, r)
+		}
+	})
+
+	t.Run("KillLeader", func(t *testing.T) {
+		old, next, f := tp.KillLeader(t)
+		if next.Unit == old.Unit || next.Role != "leader" {
+			t.Fatalf("leader %s killed, new leader %+v", old.Unit, next)
+		}
+		eventually(t, "put after the leader was killed", 10*time.Second, put("3"))
+		resp, err := cli.Get(t.Context(), "k")
+		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "3" {
+			t.Errorf("get after the new election: %v, %v", resp, err)
+		}
+		f.Heal()
+		if r, _ := role(t, tp, old.Unit); r != "follower" {
+			t.Errorf("old leader %s after the heal is %s, want follower", old.Unit, r)
+		}
+	})
+}
+
+func TestConsulCluster(t *testing.T) {
+	tp := faults.Start(t, testenv.ConsulCluster)
+	n := tp.Net(t)
+	cfg := api.DefaultConfig()
+	cfg.Address = n.Addr(tp.Addrs()[0])
+	t.Cleanup(cfg.Transport.CloseIdleConnections)
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(v string) func(ctx context.Context) error {
+		return func(ctx context.Context) error {
+			_, err := client.KV().Put(&api.KVPair{Key: "k", Value: []byte(v)}, (&api.WriteOptions{}).WithContext(ctx))
+			return err
+		}
+	}
+	eventually(t, "put", 10*time.Second, put("0"))
+	var servers int
+	for _, n := range tp.Nodes(t) {
+		if n.Role == "leader" || n.Role == "follower" {
+			servers++
+		}
+	}
+	if servers != 3 {
+		t.Fatalf("%d servers, want 3: %v", servers, tp.Nodes(t))
+	}
+
+	old, next, f := tp.KillLeader(t)
+	if next.Unit == old.Unit {
+		t.Fatalf("leader %s killed, and it is still the leader", old.Unit)
+	}
+	eventually(t, "put after the leader was killed", 10*time.Second, put("1"))
+	pair, _, err := client.KV().Get("k", (&api.QueryOptions{RequireConsistent: true}).WithContext(t.Context()))
+	if err != nil || pair == nil || string(pair.Value) != "1" {
+		t.Errorf("consistent get after the new election: %v, %v", pair, err)
+	}
+	// session_ttl_min is 1s on the servers.
+	id, _, err := client.Session().Create(&api.SessionEntry{TTL: "1s"}, (&api.WriteOptions{}).WithContext(t.Context()))
+	if err != nil {
+		t.Fatalf("a session with a 1s TTL: %v", err)
+	}
+	_, _ = client.Session().Destroy(id, nil)
+	f.Heal()
+	if r, _ := role(t, tp, old.Unit); r != "follower" {
+		t.Errorf("old leader %s after the heal is %s, want follower", old.Unit, r)
+	}
+}
+
+func TestRedisSentinel(t *testing.T) {
+	tp := faults.Start(t, testenv.RedisSentinel)
+	n := tp.Net(t)
+	rdb := redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName:    tp.SentinelMaster(),
+		SentinelAddrs: tp.Addrs(),
+		Dialer:        n.DialContext,
+	})
+	t.Cleanup(func() { _ = rdb.Close() })
+	// set writes k and waits until the replicas (2, or 1 while one node is
+	// down) have it, so that a failover cannot lose it.
+	set := func(v string, replicas int) func(ctx context.Context) error {
+		return func(ctx context.Context) error {
+			if err := rdb.Set(ctx, "k", v, 0).Err(); err != nil {
+				return err
+			}
+			acked, err := rdb.Do(ctx, "WAIT", replicas, 1000).Int()
+			if err == nil && acked < replicas {
+				err = fmt.Errorf("WAIT: %d replicas have the write, want %d", acked, replicas)
+			}
+			return err
+		}
+	}
+	check := func(want string) {
+		t.Helper()
+		eventually(t, "get", 15*time.Second, func(ctx context.Context) error {
+			got, err := rdb.Get(ctx, "k").Result()
+			if err == nil && got != want {
+				return fmt.Errorf("got %q, want %q", got, want)
+			}
+			return err
+		})
+	}
+	eventually(t, "set", 10*time.Second, set("0", 2))
+	primary := tp.Leader(t)
+	if primary.Unit != "redis-ha-1" {
+		t.Errorf("first primary %s, want redis-ha-1", primary.Unit)
+	}
+	// The client reached the primary through a proxy made by its dialer.
+	if p := n.Proxy(primary.Addr); p.Conns() == 0 {
+		t.Errorf("no connection to the primary %s goes through its proxy", primary.Unit)
+	}
+
+	t.Run("KillPrimary", func(t *testing.T) {
+		old, next, f := tp.KillLeader(t)
+		if next.Unit == old.Unit || next.Role != "primary" {
+			t.Fatalf("primary %s killed, new primary %+v", old.Unit, next)
+		}
+		check("0")
+		eventually(t, "set after the failover", 15*time.Second, set("1", 1))
+		f.Heal()
+		if r, peer := role(t, tp, old.Unit); r != "replica" || peer != next.Unit {
+			t.Errorf("old primary %s after the heal is %s of %q, want a replica of %s", old.Unit, r, peer, next.Unit)
+		}
+	})
+
+	t.Run("Failover", func(t *testing.T) {
+		old, next := tp.Failover(t)
+		if r, peer := role(t, tp, old.Unit); r != "replica" || peer != next.Unit {
+			t.Errorf("old primary %s after the failover is %s of %q, want a replica of %s", old.Unit, r, peer, next.Unit)
+		}
+		check("1")
+		eventually(t, "set after the failover", 15*time.Second, set("2", 2))
+	})
+}
+
+func TestRedisClusterHA(t *testing.T) {
+	tp := faults.Start(t, testenv.RedisClusterHA)
+	n := tp.Net(t)
+	// A refused connection to a killed primary is no MOVED and not
+	// retried: go-redis learns of the promotion only when it reloads the
+	// slots, by default every 60 s.
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: tp.Addrs(), Dialer: n.DialContext,
+		ClusterStateReloadInterval: time.Second})
+	t.Cleanup(func() { _ = rdb.Close() })
+	keys := make([]string, 30) // spread over the slots of all primaries
+	for i := range keys {
+		keys[i] = fmt.Sprintf("key-%d", i)
+	}
+	// write sets every key to v and waits until its replica has it (but
+	// for the shard whose primary is down, which has none).
+	write := func(v string) func(ctx context.Context) error {
+		return func(ctx context.Context) error {
+			for _, k := range keys {
+				if err := rdb.Set(ctx, k, v, 0).Err(); err != nil {
+					return err
+				}
+			}
+			return rdb.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+				info, err := c.Info(ctx, "replication").Result()
+				if err != nil || strings.Contains(info, "connected_slaves:0") {
+					return err
+				}
+				acked, err := c.Do(ctx, "WAIT", 1, 1000).Int()
+				if err == nil && acked != 1 {
+					err = fmt.Errorf("WAIT on %s: %d replicas", c.Options().Addr, acked)
+				}
+				return err
+			})
+		}
+	}
+	read := func(want string) func(ctx context.Context) error {
+		return func(ctx context.Context) error {
+			for _, k := range keys {
+				got, err := rdb.Get(ctx, k).Result()
+				if err != nil {
+					return err
+				}
+				if got != want {
+					return fmt.Errorf("%s = %q, want %q", k, got, want)
+				}
+			}
+			return nil
+		}
+	}
+	eventually(t, "write", 10*time.Second, write("0"))
+
+	var replica, primary string
+	primaries := 0
+	for _, n := range tp.Nodes(t) {
+		switch n.Role {
+		case "primary":
+			primaries++
+		case "replica":
+			replica, primary = n.Unit, n.Peer
+		}
+	}
+	if primaries != 3 || replica == "" {
+		t.Fatalf("nodes %v, want 3 primaries with a replica each", tp.Nodes(t))
+	}
+
+	t.Run("PromoteReplica", func(t *testing.T) {
+		old, promoted := tp.PromoteReplica(t, replica)
+		if old.Unit != primary || promoted.Role != "primary" {
+			t.Fatalf("CLUSTER FAILOVER on %s: old %+v, promoted %+v", replica, old, promoted)
+		}
+		if r, peer := role(t, tp, primary); r != "replica" || peer != replica {
+			t.Errorf("old primary %s is %s of %q, want a replica of %s", primary, r, peer, replica)
+		}
+		eventually(t, "read after the promotion", 15*time.Second, read("0"))
+		eventually(t, "write after the promotion", 15*time.Second, write("1"))
+	})
+
+	t.Run("KillPrimary", func(t *testing.T) {
+		// replica is a primary now, and primary its replica.
+		promoted, f := tp.KillPrimary(t, replica)
+		if promoted.Unit != primary {
+			t.Fatalf("killed %s, promoted %s, want %s", replica, promoted.Unit, primary)
+		}
+		eventually(t, "read after the kill", 20*time.Second, read("1"))
+		eventually(t, "write after the kill", 20*time.Second, write("2"))
+		f.Heal()
+		if r, peer := role(t, tp, replica); r != "replica" || peer != primary {
+			t.Errorf("killed %s after the heal is %s of %q, want a replica of %s", replica, r, peer, primary)
+		}
+	})
+}
+
+func TestMemcachedCluster(t *testing.T) {
+	tp := faults.Start(t, testenv.MemcachedCluster)
+	n := tp.Net(t)
+	mc := memcache.New(n.Addrs(tp.Addrs())...)
+	mc.Timeout = 500 * time.Millisecond
+	t.Cleanup(func() { _ = mc.Close() })
+	// Keys spread over the three nodes; a paused node fails its keys only.
+	keys := make([]string, 30)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("key-%d", i)
+		if err := mc.Set(&memcache.Item{Key: keys[i], Value: []byte("v")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes := tp.Nodes(t)
+	if len(nodes) != 3 {
+		t.Fatalf("%d nodes, want 3", len(nodes))
+	}
+	f := tp.Pause(t, nodes[1].Unit)
+	failed := 0
+	for _, k := range keys {
+		if _, err := mc.Get(k); err != nil {
+			if !isTimeout(err) {
+				t.Errorf("get %s with a node paused: %v, want a success or a timeout", k, err)
+			}
+			failed++
+		}
+	}
+	if failed == 0 || failed == len(keys) {
+		t.Errorf("%d of %d keys failed with one of three nodes paused, want some", failed, len(keys))
+	}
+	f.Heal()
+	for _, k := range keys {
+		if _, err := mc.Get(k); err != nil {
+			t.Errorf("get %s after the heal: %v", k, err)
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	var ct *memcache.ConnectTimeoutError
+	return (errors.As(err, &ne) && ne.Timeout()) || errors.As(err, &ct)
+}
+
+func TestPostgres(t *testing.T) {
+	tp := faults.Start(t, testenv.Postgres)
+	if r, _ := role(t, tp, "postgres"); r != "node" {
+		t.Fatalf("postgres is %s, want node", r)
+	}
+	f := tp.Kill(t, "postgres")
+	if r, _ := role(t, tp, "postgres"); r != "down" {
+		t.Fatalf("killed postgres is %s, want down", r)
+	}
+	f.Heal()
+	if r, _ := role(t, tp, "postgres"); r != "node" {
+		t.Errorf("postgres after the heal is %s, want node", r)
+	}
+	tp.Restart(t, "postgres")
+	if r, _ := role(t, tp, "postgres"); r != "node" {
+		t.Errorf("postgres after a restart is %s, want node", r)
+	}
+}
