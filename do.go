@@ -17,7 +17,11 @@ import (
 //
 // The error is fn's, joined with an error matching [ErrLeaseLost] if the
 // lease was lost while fn ran (fn may then not have run alone), or with the
-// release error.
+// release error. A lease lost only because its local deadline passed without
+// a successful renewal is still released: the server may hold the key for a
+// while longer, and the release frees it for the next holder at once (it is
+// owner-checked, so it never frees a newer holder's lock). Only a loss the
+// backend reported (an error matching [ErrNotHeld]) skips the release.
 func Do(ctx context.Context, l Locker, key string, fn func(ctx context.Context) error, opts ...Option) (err error) {
 	if fn == nil {
 		return fmt.Errorf("%w: nil function", ErrInvalidArgument)
@@ -36,11 +40,20 @@ func Do(ctx context.Context, l Locker, key string, fn func(ctx context.Context) 
 	}
 	defer func() {
 		k.Stop()
-		if lost := context.Cause(k.ctx); errors.Is(lost, ErrLeaseLost) {
-			err = errors.Join(err, lost)
-			return // the release could only report ErrNotHeld again
+		lost := context.Cause(k.ctx)
+		if !errors.Is(lost, ErrLeaseLost) {
+			err = errors.Join(err, releaseDetached(ctx, lease, o))
+			return
 		}
-		err = errors.Join(err, releaseDetached(ctx, lease, o))
+		err = errors.Join(err, lost)
+		if errors.Is(lost, ErrNotHeld) {
+			return // the backend said so: a release could only say it again
+		}
+		// Lost by the local deadline alone (renewals failed or hung): the
+		// server may hold the key for a while yet, so give it back.
+		if rerr := releaseDetached(ctx, lease, o); !errors.Is(rerr, ErrNotHeld) {
+			err = errors.Join(err, rerr)
+		}
 	}()
 	return fn(k.Context())
 }

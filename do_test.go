@@ -3,6 +3,7 @@ package lock_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,5 +118,83 @@ func TestDoBadInput(t *testing.T) {
 	}
 	if err := lock.Do(t.Context(), l, "k", func(context.Context) error { return nil }, lock.WithReleaseTimeout(0)); !errors.Is(err, lock.ErrInvalidArgument) {
 		t.Errorf("zero release timeout: %v", err)
+	}
+}
+
+// lateExpiry is a Locker whose server keeps a key longer than the client's
+// lower bound of the lease says (as Consul keeps a session up to twice its
+// TTL): its leases report a deadline of ttl from the take but hold the key
+// for ten times that, and their renewals fail without an answer.
+type lateExpiry struct {
+	inner    *memlock.Locker
+	releases atomic.Int64
+}
+
+func (l *lateExpiry) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+	sent := time.Now()
+	le, err := l.inner.TryAcquire(ctx, key, 10*ttl)
+	if err != nil {
+		return nil, err
+	}
+	return &lateLease{Lease: le, l: l, deadline: sent.Add(ttl)}, nil
+}
+
+type lateLease struct {
+	lock.Lease
+	l        *lateExpiry
+	deadline time.Time
+}
+
+func (le *lateLease) Deadline() time.Time { return le.deadline }
+
+func (le *lateLease) Refresh(context.Context, time.Duration) error {
+	return testError("i/o timeout") // the outcome is unknown: not ErrNotHeld
+}
+
+func (le *lateLease) Release(ctx context.Context) error {
+	le.l.releases.Add(1)
+	return le.Lease.Release(ctx)
+}
+
+// TestDoReleasesAfterLocalDeadline is the regression test of issue 13,
+// finding 5: a lease lost only because no renewal succeeded before its
+// local deadline may still be held by the server, so Do must release it.
+func TestDoReleasesAfterLocalDeadline(t *testing.T) {
+	l := &lateExpiry{inner: memlock.New()}
+	err := lock.Do(t.Context(), l, "k", func(ctx context.Context) error {
+		<-ctx.Done() // lost at the local deadline
+		return nil
+	}, lock.WithTTL(60*time.Millisecond))
+	if !errors.Is(err, lock.ErrLeaseLost) {
+		t.Errorf("Do = %v, want ErrLeaseLost", err)
+	}
+	if n := l.releases.Load(); n != 1 {
+		t.Errorf("Do released %d times after a loss by the local deadline, want once", n)
+	}
+	if l.inner.Len() != 0 {
+		t.Errorf("the server still holds the key after Do returned: a lease lost only by its local deadline was not released")
+	}
+}
+
+// TestDoSkipsReleaseAfterReportedLoss checks the other side: when the
+// backend reported the loss (ErrNotHeld), Do does not release again.
+func TestDoSkipsReleaseAfterReportedLoss(t *testing.T) {
+	var releases atomic.Int64
+	w := &wrapped{inner: memlock.New(), refresh: func(context.Context, lock.Lease, time.Duration) error {
+		return lock.ErrNotHeld
+	}}
+	w.release = func(ctx context.Context, inner lock.Lease) error {
+		releases.Add(1)
+		return inner.Release(ctx)
+	}
+	err := lock.Do(t.Context(), w, "k", func(ctx context.Context) error {
+		<-ctx.Done()
+		return nil
+	}, lock.WithTTL(60*time.Millisecond))
+	if !errors.Is(err, lock.ErrLeaseLost) || !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("Do = %v, want ErrLeaseLost and ErrNotHeld", err)
+	}
+	if n := releases.Load(); n != 0 {
+		t.Errorf("Do released %d times after the backend reported the loss, want none", n)
 	}
 }

@@ -13,6 +13,7 @@ import (
 type wrapped struct {
 	inner     lock.Locker
 	refresh   func(ctx context.Context, inner lock.Lease, ttl time.Duration) error
+	release   func(ctx context.Context, inner lock.Lease) error
 	lost      chan struct{} // non-nil: leases implement lock.LossNotifier
 	refreshes atomic.Int64
 }
@@ -39,6 +40,13 @@ func (l *wrappedLease) Refresh(ctx context.Context, ttl time.Duration) error {
 		return l.w.refresh(ctx, l.Lease, ttl)
 	}
 	return l.Lease.Refresh(ctx, ttl)
+}
+
+func (l *wrappedLease) Release(ctx context.Context) error {
+	if l.w.release != nil {
+		return l.w.release(ctx, l.Lease)
+	}
+	return l.Lease.Release(ctx)
 }
 
 // Deadline forwards the inner lease's deadline, so KeepAlive sees the same

@@ -55,6 +55,25 @@ type Locker interface {
 }
 
 // Lease is one holding of one lock.
+//
+// A Lease's methods are safe for concurrent use: Refresh and Release may run
+// at the same time from different goroutines (a [Keeper] renewing while the
+// owner releases, two renewals at once), and no interleaving makes either
+// misreport ownership. A call returns ErrNotHeld only if the lease no longer
+// holds its key, and nil only if it held the key when the call took effect;
+// a Refresh never revives a lease that a Release ended.
+//
+// A call that crosses the network has three outcomes: done, not done, or
+// unknown (the server may have applied it and the reply was lost, or the
+// context ended while it was in flight). An unknown outcome is an error
+// that matches neither ErrNotHeld nor ErrNotAcquired. After it the lease
+// never reports holding a key that another lease holds: the next Refresh
+// asks the server before it reports success. A Release may be retried
+// after such an error: it never frees another lease's holding, and it
+// returns nil or an error matching ErrNotHeld; if the earlier call did
+// release the key, which of the two is each backend's documented choice
+// (nil when the backend keeps evidence of its own release, ErrNotHeld
+// otherwise, as for any Release of a lease that no longer holds its key).
 type Lease interface {
 	// Key returns the key this lease holds, as it was passed to TryAcquire.
 	Key() string

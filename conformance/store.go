@@ -24,6 +24,9 @@ type StoreConfig struct {
 	TTLGranularity time.Duration
 	MinTTL         time.Duration
 	ExpirySlack    time.Duration
+	// NewFaultyStore, when set, returns an independent Store as NewStore
+	// does, together with the fault switch of its client (see [Faults]).
+	NewFaultyStore func(t *testing.T) (idempotency.Store, Faults)
 }
 
 // storeSuite lists the Store clauses in the order RunStore runs them. The

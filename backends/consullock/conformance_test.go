@@ -20,6 +20,10 @@ func suiteConfig() conformance.Config {
 		MinTTL:         time.Second,
 		ExpirySlack:    time.Second,
 		RoundTrips:     requests.Load,
+		NewFaultyLocker: func(t *testing.T) (lock.Locker, conformance.Faults) {
+			l, faults, _ := newFaultyLocker(t)
+			return l, faults
+		},
 	}
 }
 
@@ -39,5 +43,9 @@ func TestStoreConformance(t *testing.T) {
 		TTLGranularity: time.Second,
 		MinTTL:         time.Second,
 		ExpirySlack:    time.Second,
+		NewFaultyStore: func(t *testing.T) (idempotency.Store, conformance.Faults) {
+			l, faults, _ := newFaultyLocker(t)
+			return l, faults
+		},
 	})
 }

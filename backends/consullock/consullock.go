@@ -77,11 +77,25 @@
 // # Consistency
 //
 // Writes (take, release, refresh moves, Claim, Complete) are transactions
-// that go through Raft. Reads (the holder's index after a refused take,
-// waiting, the lost-lease watch, reading a record) use Consul's default
-// consistency mode: served by the leader, which can be stale only briefly
-// around a leader change; a stale read can cause a spurious wake-up, never a
+// that go through Raft. The lost-lease watch, whose verdict destroys a
+// session, reads in consistent mode, and its blocking queries never wait
+// from an index below the lease's own latest write, so it never acts on a
+// view older than that write (a leader just elected may serve one in the
+// default mode). Other reads (the holder's index after a refused take,
+// waiting, reading a record) use Consul's default consistency mode: served
+// by the leader, which can be stale only briefly around a leader change; a
+// stale read there can cause a spurious wake-up or another attempt, never a
 // wrong lock.
+//
+// # Unknown outcomes and concurrent calls
+//
+// Refresh, Release and Complete on one lease are serialised. After a write
+// whose reply was lost (or whose context ended in flight) the lease is
+// suspect: the next Refresh first checks, in one transaction, that its
+// session still holds the key at its index, and reports lock.ErrNotHeld
+// otherwise. A Release retried after one whose reply was lost returns
+// lock.ErrNotHeld if the first one did delete the key: Consul keeps no trace
+// of it; the retry never touches a newer holder's key.
 //
 // # Lock-delay
 //

@@ -86,12 +86,23 @@ func newClient(tb testing.TB) (*api.Client, *counter) {
 // newClientAt is newClient for the agent at addr.
 func newClientAt(tb testing.TB, addr string) (*api.Client, *counter) {
 	tb.Helper()
+	return newClientWith(tb, addr, nil)
+}
+
+// newClientWith is newClientAt with wrap (when not nil) between the client
+// and its counting transport.
+func newClientWith(tb testing.TB, addr string, wrap func(http.RoundTripper) http.RoundTripper) (*api.Client, *counter) {
+	tb.Helper()
 	cfg := api.DefaultConfig()
 	cfg.Address, cfg.Scheme, cfg.Token, cfg.TokenFile = addr, "http", "", ""
 	tr := cfg.Transport
 	tb.Cleanup(tr.CloseIdleConnections)
 	c := &counter{base: tr, by: map[string]int{}}
-	cfg.HttpClient = &http.Client{Transport: c}
+	var rt http.RoundTripper = c
+	if wrap != nil {
+		rt = wrap(c)
+	}
+	cfg.HttpClient = &http.Client{Transport: rt}
 	client, err := api.NewClient(cfg)
 	if err != nil {
 		tb.Fatalf("consul client: %v", err)
@@ -116,7 +127,13 @@ func newLocker(tb testing.TB, opts ...consullock.Option) (*consullock.Locker, *c
 // newLockerAt is newLocker for the agent at addr.
 func newLockerAt(tb testing.TB, addr string, opts ...consullock.Option) (*consullock.Locker, *counter) {
 	tb.Helper()
-	client, c := newClientAt(tb, addr)
+	return newLockerWith(tb, addr, nil, opts...)
+}
+
+// newLockerWith is newLockerAt on a client made by newClientWith.
+func newLockerWith(tb testing.TB, addr string, wrap func(http.RoundTripper) http.RoundTripper, opts ...consullock.Option) (*consullock.Locker, *counter) {
+	tb.Helper()
+	client, c := newClientWith(tb, addr, wrap)
 	all := append([]consullock.Option{consullock.WithMinTTL(time.Second), consullock.WithSessionName(sessionName(tb))}, opts...)
 	l := consullock.New(client, all...)
 	tb.Cleanup(func() {

@@ -129,24 +129,43 @@ func (l *Locker) watch(le *lease) *watcher {
 
 // run follows le's key with blocking queries until it sees the key deleted
 // or locked by a session that is not le's, then marks le lost.
+//
+// Every read is consistent (the leader confirms its leadership and has
+// applied every committed write before it answers), and a blocking query
+// never waits from an index below the lease's own latest write: a lagging
+// server, such as a leader just elected, could otherwise answer with the
+// key as it was before that write (absent, or held by the session a move
+// left), and the watch would destroy a session that holds the key.
 func (w *watcher) run(ctx context.Context, le *lease, index uint64) {
 	kv := le.l.client.KV()
 	retry := 10 * time.Millisecond
+	pause := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		}
+	}
 	for {
-		pair, meta, err := kv.Get(le.path, (&api.QueryOptions{WaitIndex: index}).WithContext(ctx))
+		if index != 0 {
+			le.mu.Lock()
+			index = max(index, le.index)
+			le.mu.Unlock()
+		}
+		pair, meta, err := kv.Get(le.path, (&api.QueryOptions{WaitIndex: index, RequireConsistent: true}).WithContext(ctx))
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			// The agent may be restarting: start over from its current state
-			// once it answers. KeepAlive's own deadline covers the gap.
+			// The agent may be restarting: look at its current state once
+			// it answers (a consistent read, so index 0 is safe).
+			// KeepAlive's own deadline covers the gap.
 			index = 0
-			t := time.NewTimer(retry)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if !pause(retry) {
 				return
-			case <-t.C:
 			}
 			retry = min(2*retry, time.Second)
 			continue
@@ -163,12 +182,8 @@ func (w *watcher) run(ctx context.Context, le *lease, index uint64) {
 				// The lease's own write (a move to another session, a
 				// release) changed the key: look again once it is done.
 				index = 0
-				t := time.NewTimer(5 * time.Millisecond)
-				select {
-				case <-ctx.Done():
-					t.Stop()
+				if !pause(5 * time.Millisecond) {
 					return
-				case <-t.C:
 				}
 				continue
 			}
@@ -181,7 +196,7 @@ func (w *watcher) run(ctx context.Context, le *lease, index uint64) {
 			return
 		}
 		if meta.LastIndex < index {
-			index = 0
+			index = 0 // the agent's indexes went back (a restart): look again
 			continue
 		}
 		index = meta.LastIndex

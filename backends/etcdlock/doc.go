@@ -88,6 +88,21 @@
 // clientv3 does; a request whose outcome is unknown returns an error that is
 // not lock.ErrNotHeld (KeepAlive retries those until the deadline).
 //
+// # Unknown outcomes and concurrent calls
+//
+// Calls on one lease are serialised, so concurrent Refresh, Release and
+// Complete never interleave. A Release or Complete whose reply was lost
+// (or whose context ended in flight) may have deleted the lock key while
+// the holding's etcd lease lives on, so renewing that lease would prove
+// nothing: the next Refresh then moves the key to a fresh lease in a
+// transaction guarded by its creation revision, which reports
+// lock.ErrNotHeld if the key is gone or another holder's (and so ends
+// lock.KeepAlive's context). A Release retried after one whose reply was
+// lost returns lock.ErrNotHeld if the first one did delete the key: etcd
+// keeps no trace of it; the retry never touches a newer holder's key. A
+// Complete retried the same way reports success if the first one stored the
+// record (see [Locker.Complete]).
+//
 // # Idempotency records
 //
 // The Locker is also an idempotency.Store. Claim is one transaction that

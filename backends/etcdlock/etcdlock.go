@@ -372,7 +372,11 @@ type lease struct {
 	g  grant // the etcd lease bound to lk
 	// strays are leases that an interrupted Refresh may have bound lk to.
 	strays []grant
-	done   bool // released, completed or known lost
+	// doubt is set when a Release or Complete failed with an unknown
+	// outcome: the key may be gone while le.g lives on, so renewing le.g
+	// proves nothing, and the next Refresh must check the key itself.
+	doubt bool
+	done  bool // released, completed or known lost
 }
 
 func (le *lease) Key() string   { return le.key }
@@ -395,8 +399,10 @@ func (le *lease) Deadline() time.Time {
 
 // Refresh extends the lock to at least ttl from now. If ttl asks for the
 // same lease TTL as the lock has, it renews the etcd lease (one request);
-// otherwise it moves the lock key, in one transaction guarded by the key's
-// creation revision, to a lease with the new TTL. A lease that etcd no
+// otherwise, or when an earlier Release, Complete or move of this lease
+// failed with an unknown outcome, it moves the lock key, in one transaction
+// guarded by the key's creation revision, to a lease with the new TTL, which
+// also checks that the key is still this lease's. A lease that etcd no
 // longer knows, or a lock key that is gone or belongs to another holder,
 // gives an error matching lock.ErrNotHeld.
 //
@@ -418,7 +424,7 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if le.done {
 		return l.notHeld("refresh", le.key, nil)
 	}
-	if req == le.g.req && len(le.strays) == 0 {
+	if req == le.g.req && len(le.strays) == 0 && !le.doubt {
 		sent := time.Now()
 		resp, err := l.leases.KeepAliveOnce(ctx, le.g.id)
 		switch {
@@ -463,6 +469,7 @@ func (le *lease) move(ctx context.Context, ttl time.Duration, req int64) error {
 		l.pool.put(le.g)
 		le.releaseStrays()
 		le.g = g
+		le.doubt = false
 		return nil
 	}
 }
@@ -495,6 +502,7 @@ func (le *lease) Release(ctx context.Context) error {
 		Then(clientv3.OpDelete(le.lk)).
 		Commit()
 	if err != nil {
+		le.doubt = true // the key may be gone: the next Refresh checks it
 		return l.opError("release", le.key, ctx, err)
 	}
 	le.done = true

@@ -133,6 +133,9 @@ func TestConformance(t *testing.T) {
 		TTLGranularity: granularity,
 		MinTTL:         minTTL,
 		ExpirySlack:    expirySlack,
+		NewFaultyLocker: func(t *testing.T) (lock.Locker, conformance.Faults) {
+			return newFaultyLocker(t)
+		},
 	})
 }
 
@@ -142,6 +145,9 @@ func TestStoreConformance(t *testing.T) {
 		TTLGranularity: granularity,
 		MinTTL:         minTTL,
 		ExpirySlack:    expirySlack,
+		NewFaultyStore: func(t *testing.T) (idempotency.Store, conformance.Faults) {
+			return newFaultyLocker(t)
+		},
 	})
 }
 

@@ -89,6 +89,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 			l.ret.drop(rg) // refused whole; grant a fresh retention lease
 			continue
 		case err != nil:
+			le.doubt = true // the key may be gone: the next Refresh checks it
 			return l.opError("complete", le.key, ctx, err)
 		case !resp.Succeeded:
 			le.done = true

@@ -299,7 +299,7 @@ func TestRoundTrips(t *testing.T) {
 		}
 	}
 	release(take(t, l, key, time.Minute)) // the counter stripe exists from now on
-	count("take + release", 4, func() { release(take(t, l, key, time.Minute)) })
+	count("take + release", 5, func() { release(take(t, l, key, time.Minute)) })
 	le := take(t, l, key, time.Minute)
 	count("failed take", 1, func() { refused(t, l, key, "held") })
 	count("refresh", 2, func() {
@@ -314,7 +314,7 @@ func TestRoundTrips(t *testing.T) {
 		}
 	})
 	var claimed lock.Lease
-	count("first claim", 2, func() {
+	count("first claim", 3, func() {
 		var err error
 		if claimed, _, err = l.Claim(t.Context(), key, time.Minute); err != nil || claimed == nil {
 			t.Fatalf("Claim: %v", err)

@@ -11,7 +11,11 @@
 // it (a random 128-bit owner id).
 //
 //   - Take: `add` of the item with the TTL as its expiry (atomic: it fails if
-//     the item exists), then `incr` of a fencing counter (see Fencing tokens).
+//     the item exists), then `incr` of a fencing counter (see Fencing tokens),
+//     then `gets` of the item: if it no longer carries this lease's owner id
+//     (it vanished between the add and the incr, and perhaps another take
+//     added it again and drew a smaller token), the take is refused, so
+//     that token order always follows take order.
 //   - Refresh: `gets` (the item must still carry this lease's owner id) then
 //     `cas` with the CAS id just read and the new expiry.
 //   - Release: `gets` then `cas` with an expiry in the past, which memcached
@@ -20,7 +24,7 @@
 //     CAS id, and changes nothing. Nothing ever deletes or touches a lock by
 //     name alone.
 //
-// An uncontended take + release is 4 requests (add, incr, gets, cas); a
+// An uncontended take + release is 5 requests (add, incr, gets, gets, cas); a
 // refresh is 2; a failed take 1. Fewer would need something gomemcache or
 // memcached 1.6.18 lacks: the client sends one command per request (no
 // pipelining of add and incr) and a store never returns its CAS id; a
@@ -35,12 +39,26 @@
 // and incr, whose repetition is harmless, are retried on a fresh connection,
 // so a restart shows up as lost leases (lock.ErrNotHeld), not as errors.
 //
+// # Concurrent calls and unknown outcomes
+//
+// Refresh, Release and Complete on one lease are serialised (each is a gets
+// and a cas, which two calls at once would interleave). A request whose
+// reply was lost (a timeout) may have been applied: the next call on the
+// lease reads the item again before it reports anything, so it reports
+// lock.ErrNotHeld if a lost release went through or another lease took
+// the key since. memcached keeps no trace of a release, so a Release
+// retried after one whose reply was lost returns lock.ErrNotHeld when the
+// first one did release the key. A take whose `add` reply was lost gives
+// the item back (owner-checked) before it returns its error, so the key is
+// not left locked by nobody until its TTL.
+//
 // # Fencing tokens
 //
 // Tokens come from 64 counter items ("stripes"), chosen by a hash of the key,
-// and are taken with `incr` after the `add` succeeded, so that a token is
-// always handed out while its lease holds the lock: tokens of one key
-// strictly increase across holders and expiries. When memcached has lost a
+// and are taken with `incr` after the `add` succeeded and checked by a
+// `gets` after it, so that a token is always handed out while its lease
+// holds the lock: tokens of one key strictly increase across holders and
+// expiries. When memcached has lost a
 // counter (eviction, restart, flush) it is re-seeded with the wall clock in
 // nanoseconds since 1970. That value exceeds every token the lost counter
 // gave out provided the clock of the machine that re-seeds is not behind the
@@ -284,24 +302,46 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*leas
 	case errors.Is(err, memcache.ErrNotStored):
 		return nil, &lock.NotAcquiredError{Key: key}
 	case err != nil:
+		// The add may have been applied with its reply lost: give the lock
+		// back if it is ours (owner-checked), so the key is not left
+		// locked by nobody until its TTL.
+		le.giveBack(ctx)
 		return nil, l.opError("add", key, err)
 	}
 	// The lock is ours: the token is taken now, while it holds, so that it
 	// orders after every earlier holder's. The take completes even if ctx
-	// ends meanwhile; it is one more request.
+	// ends meanwhile; it is more requests.
 	le.token, err = l.nextToken(key)
-	if err == nil && !time.Now().Before(sent.Add(granted)) {
-		err = fmt.Errorf("%w: memcachedlock: key %q: the lease ran out (TTL %v) before its token was issued", lock.ErrNotAcquired, displayKey(key), ttl)
-	}
 	if err != nil {
-		// Give the lock back, owner-checked; if that fails too it expires.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*l.timeout())
-		_ = le.drop(rctx)
-		cancel()
+		le.giveBack(ctx)
 		return nil, err
+	}
+	// If the item vanished between the add and the incr (evicted, flushed)
+	// another take may have added it again and drawn a smaller token after
+	// this one's add: the token order would then not follow the take
+	// order. So the take counts only if the item still holds this lease's
+	// owner id after the incr; otherwise it is refused.
+	it, err := l.get(le.item)
+	switch {
+	case errors.Is(err, memcache.ErrCacheMiss) || err == nil && !bytes.Equal(it.Value, le.value):
+		return nil, &lock.NotAcquiredError{Key: key}
+	case err != nil:
+		le.giveBack(ctx)
+		return nil, l.opError("take: gets", key, err)
+	case !time.Now().Before(sent.Add(granted)):
+		le.giveBack(ctx)
+		return nil, fmt.Errorf("%w: memcachedlock: key %q: the lease ran out (TTL %v) before its token was issued", lock.ErrNotAcquired, displayKey(key), ttl)
 	}
 	le.deadline = sent.Add(granted)
 	return le, nil
+}
+
+// giveBack releases a lease that a failed take may hold, owner-checked and
+// with a context of its own; if that fails too, the item expires.
+func (le *lease) giveBack(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*le.l.timeout())
+	_ = le.drop(rctx)
+	cancel()
 }
 
 // nextToken returns the next fencing token for key from its counter stripe,
@@ -442,6 +482,11 @@ type lease struct {
 	value []byte // the lock item's value while this lease holds it
 	token uint64
 
+	// op serialises Refresh, Release and Complete: each is a gets and a
+	// cas, and two at once would read the same CAS id, so that one of them
+	// found the other's write and took it for another owner's.
+	op sync.Mutex
+
 	mu       sync.Mutex
 	deadline time.Time
 	gone     bool // released, completed or found not held: never held again
@@ -468,6 +513,8 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if err != nil {
 		return err
 	}
+	le.op.Lock()
+	defer le.op.Unlock()
 	var sent time.Time
 	err = le.swap(ctx, "refresh", func(it *memcache.Item) {
 		it.Expiration = exp
@@ -494,6 +541,8 @@ func (le *lease) Release(ctx context.Context) error {
 
 // drop deletes the lock item if this lease still holds it.
 func (le *lease) drop(ctx context.Context) error {
+	le.op.Lock()
+	defer le.op.Unlock()
 	err := le.swap(ctx, "release", func(it *memcache.Item) {
 		it.Expiration = -1 // stored as expired at once: compare-and-delete
 	})
@@ -505,43 +554,59 @@ func (le *lease) drop(ctx context.Context) error {
 
 // swap reads the lock item, checks that it still carries this lease's owner
 // id, lets change edit it and writes it back with cas. It returns an error
-// matching lock.ErrNotHeld when the lease does not hold its key.
+// matching lock.ErrNotHeld when the lease does not hold its key. le.op is
+// held.
+//
+// Every step asks the server, so after a call whose outcome was unknown
+// (its cas sent, the reply lost) the next one finds out what happened: the
+// item is gone (a release went through), or carries another owner id, or
+// is still this lease's.
 func (le *lease) swap(ctx context.Context, op string, change func(*memcache.Item)) error {
 	l := le.l
 	if le.isGone() {
 		return le.notHeld(op, "it was released or lost earlier")
 	}
-	if err := l.usable(ctx); err != nil {
-		return err
+	for attempt := 0; ; attempt++ {
+		if err := l.usable(ctx); err != nil {
+			return err
+		}
+		it, err := l.get(le.item)
+		switch {
+		case errors.Is(err, memcache.ErrCacheMiss):
+			le.markGone()
+			return le.notHeld(op, "its lock expired, was released or was evicted")
+		case err != nil:
+			return l.opError(op+": gets", le.key, err)
+		case !bytes.Equal(it.Value, le.value):
+			le.markGone()
+			return le.notHeld(op, "another lease holds the key")
+		case it.CasID == 0:
+			return ErrNoCAS
+		}
+		if err := l.usable(ctx); err != nil {
+			return err
+		}
+		change(it)
+		err = l.client.CompareAndSwap(it)
+		switch {
+		case errors.Is(err, memcache.ErrCASConflict):
+			// Changed since the gets: by another owner after expiry, or,
+			// since only this lease writes an item that carries its owner
+			// id, by an earlier write of this lease's that reached the
+			// server late. The next gets tells which.
+			if attempt < 2 {
+				continue
+			}
+			return l.opError(op+": cas", le.key, err)
+		case errors.Is(err, memcache.ErrNotStored), errors.Is(err, memcache.ErrCacheMiss):
+			// Gone since the gets: by expiry, and perhaps another take.
+			le.markGone()
+			return le.notHeld(op, "its lock changed hands during the "+op)
+		case err != nil:
+			return l.opError(op+": cas", le.key, err)
+		}
+		return nil
 	}
-	it, err := l.get(le.item)
-	switch {
-	case errors.Is(err, memcache.ErrCacheMiss):
-		le.markGone()
-		return le.notHeld(op, "its lock expired or was evicted")
-	case err != nil:
-		return l.opError(op+": gets", le.key, err)
-	case !bytes.Equal(it.Value, le.value):
-		le.markGone()
-		return le.notHeld(op, "another lease holds the key")
-	case it.CasID == 0:
-		return ErrNoCAS
-	}
-	if err := l.usable(ctx); err != nil {
-		return err
-	}
-	change(it)
-	err = l.client.CompareAndSwap(it)
-	switch {
-	case errors.Is(err, memcache.ErrCASConflict), errors.Is(err, memcache.ErrNotStored), errors.Is(err, memcache.ErrCacheMiss):
-		// Changed or gone since the gets: by expiry and another take, as
-		// nothing else writes an item this lease holds.
-		le.markGone()
-		return le.notHeld(op, "its lock changed hands during the "+op)
-	case err != nil:
-		return l.opError(op+": cas", le.key, err)
-	}
-	return nil
 }
 
 func (le *lease) notHeld(op, why string) error {

@@ -47,6 +47,13 @@ func newClient(tb testing.TB, n *atomic.Int64) *memcache.Client {
 // newClientAt is newClient for the server at addr.
 func newClientAt(tb testing.TB, addr string, n *atomic.Int64) *memcache.Client {
 	tb.Helper()
+	return newClientWith(tb, addr, func(conn net.Conn) net.Conn { return countingConn{Conn: conn, n: n} })
+}
+
+// newClientWith returns a client of its own for the server at addr, closed
+// at the end of tb, whose connections are wrapped by wrap.
+func newClientWith(tb testing.TB, addr string, wrap func(net.Conn) net.Conn) *memcache.Client {
+	tb.Helper()
 	c := memcache.New(addr)
 	c.Timeout = 5 * time.Second // a loaded machine running -race
 	c.MaxIdleConns = 16
@@ -56,7 +63,7 @@ func newClientAt(tb testing.TB, addr string, n *atomic.Int64) *memcache.Client {
 		if err != nil {
 			return nil, err
 		}
-		return countingConn{Conn: conn, n: n}, nil
+		return wrap(conn), nil
 	}
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
@@ -79,6 +86,9 @@ func conformanceConfig() conformance.Config {
 		NewLockerTB:    func(tb testing.TB) lock.Locker { return newLocker(tb) },
 		TTLGranularity: time.Second,
 		RoundTrips:     requests.Load,
+		NewFaultyLocker: func(t *testing.T) (lock.Locker, conformance.Faults) {
+			return newFaultyLocker(t)
+		},
 	}
 }
 
@@ -90,6 +100,9 @@ func TestStoreConformance(t *testing.T) {
 	conformance.RunStore(t, conformance.StoreConfig{
 		NewStore:       func(t *testing.T) idempotency.Store { return newLocker(t) },
 		TTLGranularity: time.Second,
+		NewFaultyStore: func(t *testing.T) (idempotency.Store, conformance.Faults) {
+			return newFaultyLocker(t)
+		},
 	})
 }
 

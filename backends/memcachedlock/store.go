@@ -16,7 +16,7 @@ import (
 // take are one atomic `add`: it fails while either a lock or a record is
 // stored. Only then does Claim read the item: a record is returned (with a
 // nil Lease), a lock gives a *lock.NotAcquiredError. An uncontended first
-// claim is 2 requests (add, incr), a replay 2 (add, get).
+// claim is 3 requests (add, incr, gets), a replay 2 (add, get).
 func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
 	for range 2 {
 		le, err := l.take(ctx, key, ttl)
@@ -69,6 +69,8 @@ func (l *Locker) Complete(ctx context.Context, held lock.Lease, record []byte, r
 	value := make([]byte, 1+len(record))
 	value[0] = kindRecord
 	copy(value[1:], record)
+	le.op.Lock()
+	defer le.op.Unlock()
 	err = le.swap(ctx, "complete", func(it *memcache.Item) {
 		it.Value = value
 		it.Expiration = exp

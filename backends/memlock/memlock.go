@@ -9,7 +9,9 @@
 // holders and expiries. Waiters registered through [Locker.Subscribe] (which
 // lock.Acquire uses) are woken by the release itself, one at a time in the
 // order they subscribed, so the lock is handed on first come, first served:
-// no polling, no thundering herd and no goroutine per lock.
+// no polling, no thundering herd and no goroutine per lock. A waiter that is
+// woken and gives up (its context ended) without taking the key passes the
+// wake-up to the next, so a free key is always handed on.
 //
 // Memory is proportional to the keys currently held (and keys with waiters)
 // plus the idempotency records still in their retention (see

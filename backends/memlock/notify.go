@@ -18,7 +18,8 @@ type waitSub struct {
 
 // Subscribe registers for releases of key; lock.Acquire uses it to wait
 // without polling. A release of key wakes the longest-waiting subscriber;
-// one that closes with a wake-up it did not act on passes it to the next.
+// one that closes while the key is free (it was woken and gave up instead
+// of taking the key) wakes the next, so a release is never stranded.
 // Completing an idempotency record wakes every subscriber.
 func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
 	if err := lock.CheckContext(ctx); err != nil {
@@ -86,6 +87,12 @@ func (s *waitSub) Close() error {
 		// until the holder's TTL although the key is free.
 		l.wakeFirst(s.key)
 	default:
+		// The wake-up may have been taken by Wait and then not acted on
+		// (the waiter's context ended before it tried the key): if the key
+		// is free, the next waiter must hear of it.
+		if cur := l.held[s.key]; cur == nil || l.clock() >= cur.deadline {
+			l.wakeFirst(s.key)
+		}
 	}
 	return nil
 }

@@ -14,6 +14,8 @@ import (
 //	<prefix>{<tag>}         the lock itself (a string "<token>:<nonce>"),
 //	                        and the pub/sub channel its release is announced on
 //	<prefix>{<tag>}:r       the idempotency record stored by Complete
+//	<prefix>{<tag>}:e:<n>   the 5 s marker of the release or completion of
+//	                        the lease with nonce <n>
 //	<prefix>{%!<n>}         the fencing counter of one Cluster hash slot
 //
 // where <tag> is the user's key with '%' written as "%25" and '}' as "%7D"

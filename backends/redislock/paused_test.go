@@ -125,7 +125,7 @@ func testServerPaused(t *testing.T, kind testenv.Server) {
 
 	// The release above may or may not have reached the server before the
 	// pause ended; either way a second Release succeeds (the script
-	// recognises its own tombstone) and the key is free afterwards.
+	// recognises its own marker) and the key is free afterwards.
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := le.Release(rctx); err != nil {

@@ -18,9 +18,22 @@
 // extends or removes a newer holder's lock. The scripts are safe to repeat:
 // when go-redis re-sends one after a broken connection, a take that had
 // already succeeded returns its own lease, and a release that had already
-// happened reports success again (a released lock is left as a 5 s
-// "tombstone" that takes treat as free), so a lease is never reported held
-// when it is not, nor lost when it was merely released.
+// happened reports success again, so a lease is never reported held when it
+// is not, nor lost when it was merely released.
+//
+// # Unknown outcomes and concurrent calls
+//
+// A release (or completion) deletes the lock and leaves a 5 s marker under
+// a key of the lease's own, "<lock>:e:<nonce>", which no take writes: a
+// Release retried after an error (the reply was lost, the context ended in
+// flight) returns nil if the earlier one did release the lock, even when a
+// waiter it woke has taken the key since, and the retry never touches that
+// waiter's lock. After the marker expired (5 s) such a retry returns
+// lock.ErrNotHeld. Refresh always asks the server (the script compares the
+// lock's value), so after any error it reports lock.ErrNotHeld once the
+// lock is no longer this lease's. Lease methods are safe for concurrent
+// use: Refresh is one atomic script, and Release and Complete on one lease
+// wait for each other.
 //
 // # Fencing tokens
 //
@@ -73,7 +86,8 @@
 // them all, and the ACL key and channel patterns "~<prefix>*" and
 // "&<prefix>*" cover everything the Locker touches (its commands are EVALSHA,
 // EVAL, (S)SUBSCRIBE, (S)UNSUBSCRIBE and PING; the scripts run GET, SET,
-// PTTL, PEXPIRE, TIME and (S)PUBLISH).
+// DEL, PTTL, PEXPIRE, TIME and (S)PUBLISH). A release leaves
+// "<prefix>{<k>}:e:<nonce>" for 5 s (see above).
 //
 // # URLs
 //
@@ -110,8 +124,8 @@
 //     Redis 7.0 or later (sharded pub/sub); the package is tested with
 //     Redis 7.0 on a single node, a 3-master Cluster and a Sentinel.
 //     *redis.Ring is not supported.
-//   - A released or completed lock stays in memory for 5 s as a tombstone
-//     (see Guarantees): budget about one small key per release per 5 s.
+//   - A release or completion leaves a small marker key for 5 s (see
+//     Unknown outcomes): budget about one small key per release per 5 s.
 //   - Records given to [Locker.Complete] are limited to 512 MiB, Redis's
 //     default proto-max-bulk-len (see [WithMaxRecordSize]).
 package redislock
@@ -362,9 +376,9 @@ func displayKey(key string) string {
 
 // lease states.
 const (
-	held   int32 = iota // held as far as this process knows
-	ending              // a release or completion is in flight
-	ended               // released, completed, or found lost
+	held  int32 = iota // held as far as this process knows
+	lost               // a refresh found the lock no longer this lease's
+	ended              // released or completed, or a release or completion found it lost
 )
 
 // lease is one holding of one Redis lock.
@@ -377,6 +391,10 @@ type lease struct {
 	value    string // the lock's value while this lease holds it
 	valueArg any    // value as a command argument, converted once
 	state    atomic.Int32
+
+	// op serialises Release and Complete, so that a second one waits for
+	// the first one's outcome instead of guessing it.
+	op sync.Mutex
 
 	mu       sync.Mutex
 	deadline time.Time
@@ -404,7 +422,7 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if err := lock.CheckRefresh(ctx, ttl); err != nil {
 		return err
 	}
-	if le.state.Load() == ended {
+	if le.state.Load() != held {
 		return notHeld("refresh", le.key)
 	}
 	ms := millis(ttl)
@@ -414,7 +432,7 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 		return opError("refresh", le.key, err)
 	}
 	if n != 1 {
-		le.state.CompareAndSwap(held, ended)
+		le.state.CompareAndSwap(held, lost)
 		return notHeld("refresh", le.key)
 	}
 	le.mu.Lock()
@@ -430,19 +448,30 @@ func (le *lease) Release(ctx context.Context) error {
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
 	}
-	return le.end(ctx, "release", le.l.release, []any{nil, nil, 1, le.lockArg, le.valueArg})
+	return le.end(ctx, "release", le.l.release, []any{nil, nil, 2, le.lockArg, le.marker(), le.valueArg})
 }
 
-// end runs the release or complete script at most once successfully per
-// lease.
+// marker returns the name of the key that a release or completion of this
+// lease leaves behind (see the scripts): the lock's name, ":e:" and the
+// lease's nonce.
+func (le *lease) marker() string {
+	_, nonce, _ := strings.Cut(le.value, ":")
+	return le.lock + ":e:" + nonce
+}
+
+// end runs the release or complete script until it succeeds once or
+// reports the lease not held. A run whose outcome is unknown (an error)
+// leaves the lease as it was: the next run finds its marker if it went
+// through.
 func (le *lease) end(ctx context.Context, op string, s *script, args []any) error {
-	if !le.state.CompareAndSwap(held, ending) {
+	le.op.Lock()
+	defer le.op.Unlock()
+	if le.state.Load() == ended {
 		return notHeld(op, le.key)
 	}
 	n, err := s.run(ctx, le.l.client, args).Int64()
 	if err != nil {
-		le.state.Store(held) // unknown outcome: a retry will tell
-		return opError(op, le.key, err)
+		return opError(op, le.key, err) // unknown outcome: a retry will tell
 	}
 	le.state.Store(ended)
 	if n != 1 {

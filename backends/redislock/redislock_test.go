@@ -107,6 +107,9 @@ func (tp topology) config() conformance.Config {
 		NewLocker:      func(t *testing.T) lock.Locker { return tp.newLocker(t, nil) },
 		NewLockerTB:    func(tb testing.TB) lock.Locker { return tp.newLocker(tb, nil) },
 		TTLGranularity: time.Millisecond,
+		NewFaultyLocker: func(t *testing.T) (lock.Locker, conformance.Faults) {
+			return tp.newFaultyLocker(t)
+		},
 	}
 }
 
@@ -118,6 +121,9 @@ func (tp topology) storeConfig() conformance.StoreConfig {
 	return conformance.StoreConfig{
 		NewStore:       func(t *testing.T) idempotency.Store { return tp.newLocker(t, nil) },
 		TTLGranularity: time.Millisecond,
+		NewFaultyStore: func(t *testing.T) (idempotency.Store, conformance.Faults) {
+			return tp.newFaultyLocker(t)
+		},
 	}
 }
 

@@ -49,7 +49,7 @@ func TestScriptsRepeatable(t *testing.T) {
 	}
 	release := func() int64 {
 		t.Helper()
-		n, err := releaseScript.Run(ctx, c, []string{k.lock}, value).Int64()
+		n, err := releaseScript.Run(ctx, c, []string{k.lock, k.lock + ":e:n1"}, value).Int64()
 		if err != nil {
 			t.Fatalf("release: %v", err)
 		}
@@ -61,24 +61,36 @@ func TestScriptsRepeatable(t *testing.T) {
 	if n, _ := refreshScript.Run(ctx, c, []string{k.lock}, value, 60000).Int64(); n != 0 {
 		t.Fatalf("refresh after release = %d, want 0", n)
 	}
+	if pttl, err := c.PTTL(ctx, k.lock+":e:n1").Result(); err != nil || pttl <= 0 || pttl > 5*time.Second {
+		t.Fatalf("the release's marker lives %v (%v), want (0, 5s]", pttl, err)
+	}
 	v3, ok := take("n3").(string)
 	next, _, _ := strings.Cut(v3, ":")
 	if !ok {
-		t.Fatalf("take over a tombstone: %v, want it taken", v3)
+		t.Fatalf("take after a release: %v, want it taken", v3)
 	}
 	t1, _ := strconv.ParseUint(first, 10, 64)
 	t3, _ := strconv.ParseUint(next, 10, 64)
 	if t3 <= t1 {
 		t.Fatalf("token after release %d, want greater than %d", t3, t1)
 	}
-	// The old lease's release must not touch the new holder.
-	if n := release(); n != 0 {
-		t.Fatalf("stale release = %d, want 0", n)
+	// The old lease's release, repeated, still finds its marker, and does
+	// not touch the new holder.
+	if n := release(); n != 1 {
+		t.Fatalf("repeated release after another take = %d, want 1 (its marker)", n)
+	}
+	if v, _ := c.Get(ctx, k.lock).Result(); v != v3 {
+		t.Fatalf("after the old lease's repeated release the lock holds %q, want the new holder's %q", v, v3)
+	}
+	// A release of a lease that never released (expired, say) finds no
+	// marker of its own.
+	if n, _ := releaseScript.Run(ctx, c, []string{k.lock, k.lock + ":e:n2"}, first+":n2").Int64(); n != 0 {
+		t.Fatalf("stale release without a marker = %d, want 0", n)
 	}
 
 	complete := func() int64 {
 		t.Helper()
-		n, err := completeScript.Run(ctx, c, []string{k.lock, k.record()}, v3, "rec", 60000).Int64()
+		n, err := completeScript.Run(ctx, c, []string{k.lock, k.record(), k.lock + ":e:n3"}, v3, "rec", 60000).Int64()
 		if err != nil {
 			t.Fatalf("complete: %v", err)
 		}

@@ -14,13 +14,16 @@ import (
 // each operation is one round trip.
 //
 // A lock's value is "<token>:<nonce>", the nonce being random per attempt.
-// A released or completed lock is left for tombstoneMillis as a tombstone
-// "r:<token>:<nonce>" that every take treats as free. The nonce and the
-// tombstone make each script safe to run twice, as go-redis does when a
-// connection breaks after the command was sent: a repeated take finds its
-// own value and succeeds with the same token; a repeated release or
-// completion finds its own tombstone and succeeds again, instead of
-// reporting a lease it just gave up as lost.
+// A release or completion deletes the lock and leaves, for tombstoneMillis,
+// a marker of its own under "<lock>:e:<nonce>" ("released" or "completed"),
+// a key that no take ever writes. The nonce and the marker make each script
+// safe to run twice, as go-redis does when a connection breaks after the
+// command was sent, and as a caller does after an error: a repeated take
+// finds its own value and succeeds with the same token; a repeated release
+// or completion finds its own marker and succeeds again, instead of
+// reporting a lease it just gave up as lost, even when a waiter it woke has
+// taken the key since. (Locks of earlier versions left a tombstone
+// "r:<token>:<nonce>" in the lock itself; takes still treat one as free.)
 //
 // Cost. The server runs scripts one at a time, and under load the server is
 // what limits throughput, so the scripts are written for the server's time.
@@ -30,16 +33,17 @@ import (
 // callgrind), and Lua's conversions between numbers and strings (tonumber,
 // string.format, a number passed to redis.call) cost a good part of one.
 // So a take is four calls (GET, TIME, SET … GET of the counter, SET … PX)
-// and a release three (GET, SET … PX, PUBLISH), each of them needed by a
-// guarantee: TIME and the counter by the fencing tokens, the GET and the
-// tombstone by safe repeats, PUBLISH by notified waiting. Tokens stay
+// and a release four (GET, DEL, SET … PX of the marker, PUBLISH), each of
+// them needed by a guarantee: TIME and the counter by the fencing tokens,
+// the GET and the marker by safe repeats, PUBLISH by notified waiting. Tokens stay
 // strings built from TIME's digits, compared by length and then bytes;
 // replies are a bulk string or a small array.
 
-// tombstoneMillis is how long a released lock's tombstone lives, in
-// milliseconds: longer than go-redis's retries of one command after a
-// broken connection. The scripts pass it to SET as a string: a Lua number
-// would be formatted with %.17g on every call.
+// tombstoneMillis is how long the marker of a release or completion lives,
+// in milliseconds: longer than go-redis's retries of one command after a
+// broken connection, and than a caller's prompt retry. The scripts pass it
+// to SET as a string: a Lua number would be formatted with %.17g on every
+// call.
 const tombstoneMillis = "5000"
 
 // takeBody is the shared part of the take and claim scripts.
@@ -142,20 +146,20 @@ end
 return 0
 `)
 
-// releaseBody ends a lock if it still holds the caller's value, leaving a
-// tombstone, and announces the release on the lock's channel with
+// releaseBody ends a lock if it still holds the caller's value, leaving
+// its marker, and announces the release on the lock's channel with
 // PUBLISH, which releaseScript and releaseScriptSharded replace.
 //
-// KEYS[1] lock; ARGV[1] value. Returns 1 (released now or by a repeat of
-// this call) or 0.
+// KEYS[1] lock, KEYS[2] the lease's marker; ARGV[1] value. Returns 1
+// (released now or by an earlier run of the lease's release) or 0.
 const releaseBody = `
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then
-  redis.call('SET', KEYS[1], 'r:' .. v, 'PX', '` + tombstoneMillis + `')
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], 'released', 'PX', '` + tombstoneMillis + `')
   redis.call('PUBLISH', KEYS[1], 'released')
   return 1
 end
-if v == 'r:' .. ARGV[1] then
+if redis.call('GET', KEYS[2]) == 'released' then
   return 1
 end
 return 0
@@ -164,17 +168,18 @@ return 0
 // completeBody is the idempotency Store's Complete: it stores the record
 // and ends the lock in one step if the lock still holds the caller's value.
 //
-// KEYS[1] lock, KEYS[2] record; ARGV[1] value, ARGV[2] record, ARGV[3]
-// retention in ms. Returns 1 or 0 as releaseBody.
+// KEYS[1] lock, KEYS[2] record, KEYS[3] the lease's marker; ARGV[1]
+// value, ARGV[2] record, ARGV[3] retention in ms. Returns 1 or 0 as
+// releaseBody; a lease's release marker does not count as its completion.
 const completeBody = `
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then
+if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  redis.call('SET', KEYS[1], 'r:' .. v, 'PX', '` + tombstoneMillis + `')
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[3], 'completed', 'PX', '` + tombstoneMillis + `')
   redis.call('PUBLISH', KEYS[1], 'completed')
   return 1
 end
-if v == 'r:' .. ARGV[1] then
+if redis.call('GET', KEYS[3]) == 'completed' then
   return 1
 end
 return 0

@@ -57,5 +57,5 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 	if record == nil {
 		record = []byte{}
 	}
-	return le.end(ctx, "complete", l.complete, []any{nil, nil, 2, le.lockArg, recordKey(le.lock), le.valueArg, record, millis(retention)})
+	return le.end(ctx, "complete", l.complete, []any{nil, nil, 3, le.lockArg, recordKey(le.lock), le.marker(), le.valueArg, record, millis(retention)})
 }
