@@ -3,6 +3,7 @@ package torture
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -79,11 +80,18 @@ type Report struct {
 	LivenessBound time.Duration
 	Linear        CheckResult
 	LinearResults []LinearResult
+	// Effects judges the idempotency clients, when the run had them.
+	Effects CheckResult
+	Idem    *IdemFigures
 }
 
 // Checks returns the check results in the report's order.
 func (r *Report) Checks() []*CheckResult {
-	return []*CheckResult{&r.Fenced, &r.Exclusion, &r.TokenOrder, &r.Loss, &r.Liveness, &r.Linear}
+	cs := []*CheckResult{&r.Fenced, &r.Exclusion, &r.TokenOrder, &r.Loss, &r.Liveness, &r.Linear}
+	if r.Idem != nil {
+		cs = append(cs, &r.Effects)
+	}
+	return cs
 }
 
 // CheckOptions tune [Check].
@@ -131,7 +139,7 @@ func Check(r *Result, opt CheckOptions) *Report {
 	rep.Loss = CheckResult{Name: CheckLoss, Violations: at.mark(CheckLoss, checkLoss(r, &rep.LossLatency))}
 	rep.LivenessBound = livenessBound(cfg)
 	rep.Liveness = CheckResult{Name: CheckLiveness, Violations: at.mark(CheckLiveness, checkLiveness(r, rep.LivenessBound, &rep.Recovery))}
-	rep.LinearResults = checkLinear(r.Records.Ops, cfg.Backend.TTL, cfg.Backend.Slack, opt.LinearTimeout, at.skipped(CheckLinear), opt.VisualDir, opt.VisualName)
+	rep.LinearResults = checkLinear(r.Records.Ops, cfg.Backend.TTL, cfg.Backend.Slack, at.stalls(), at.skipped(CheckLinear), opt.LinearTimeout, opt.VisualDir, opt.VisualName)
 	var lin []Violation
 	for _, lr := range rep.LinearResults {
 		if lr.Result == porcupine.Illegal {
@@ -143,6 +151,10 @@ func Check(r *Result, opt CheckOptions) *Report {
 		}
 	}
 	rep.Linear = CheckResult{Name: CheckLinear, Violations: at.mark(CheckLinear, lin)}
+	if r.Idem != nil {
+		rep.Idem = &IdemFigures{}
+		rep.Effects = CheckResult{Name: CheckEffects, Violations: at.mark(CheckEffects, checkEffects(r.Idem, rep.Idem))}
+	}
 	return rep
 }
 
@@ -150,6 +162,7 @@ func Check(r *Result, opt CheckOptions) *Report {
 type faultTimes struct {
 	ws     []FaultWindow
 	breaks []map[string]bool
+	stall  []bool
 	settle int64
 }
 
@@ -166,8 +179,20 @@ func windows(r *Result) faultTimes {
 			m[c] = true
 		}
 		ft.breaks = append(ft.breaks, m)
+		ft.stall = append(ft.stall, f.Stalls)
 	}
 	return ft
+}
+
+// stalls returns the windows in which the server may have stood still.
+func (ft faultTimes) stalls() []span {
+	var out []span
+	for i, w := range ft.ws {
+		if ft.stall[i] {
+			out = append(out, span{w.Inject, w.Heal})
+		}
+	}
+	return out
 }
 
 // skipped returns the windows of the faults documented to break check.
@@ -337,8 +362,12 @@ func checkTokenOrder(ops []Op) []Violation {
 func checkLoss(r *Result, latencies *[]time.Duration) []Violation {
 	ttl := int64(r.Config.Backend.TTL)
 	byLease := map[uint64][]Op{}
+	all := map[uint64][]Op{}
 	takesByKey := map[int][]Op{}
 	for _, op := range r.Records.Ops {
+		if op.Lease != 0 {
+			all[op.Lease] = append(all[op.Lease], op)
+		}
 		if op.Outcome != OK || op.Kind == Release {
 			continue
 		}
@@ -383,12 +412,25 @@ func checkLoss(r *Result, latencies *[]time.Duration) []Violation {
 			}
 		case t.Release == Refused && !t.Stalled:
 			out = append(out, Violation{Key: t.Key, At: t.Exit, What: fmt.Sprintf(
-				"key %d: worker %d (token %d) left its critical section with a live context, but its release found the lease gone",
-				t.Key, t.Worker, t.Token)})
+				"key %d: worker %d (token %d) left its critical section with a live context, but its release found the lease gone (%s)",
+				t.Key, t.Worker, t.Token, story(all[t.Lease], t.Taken))})
 		}
 	}
 	sortViolations(out)
 	return out
+}
+
+// story tells what happened to a lease, in times relative to ref.
+func story(ops []Op, ref int64) string {
+	var parts []string
+	for _, op := range ops {
+		s := fmt.Sprintf("%s [%+.3fs, %+.3fs] %s", op.Kind, time.Duration(op.Call-ref).Seconds(), time.Duration(op.Return-ref).Seconds(), op.Outcome)
+		if op.Err != "" {
+			s += " (" + op.Err + ")"
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // livenessBound is the longest a key may stay untaken after a heal: a

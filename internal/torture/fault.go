@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 )
 
@@ -34,6 +35,64 @@ type Fault struct {
 	Breaks []string
 	// Caveat says why, for the report.
 	Caveat string
+	// Stalls says the server may stand still while the fault lasts
+	// (paused, restarting, electing a leader): its leases then expire
+	// later than their TTL by up to that time.
+	Stalls bool
+	// Hits, if set, counts the times the fault acted so far (replies
+	// lost, connections reset), for the report.
+	Hits func() int64
+}
+
+// Combine makes one fault of several that act at the same time: injected
+// in order, healed in reverse, for the longest of their durations.
+func Combine(name string, fs ...Fault) Fault {
+	c := Fault{Name: name}
+	var caveats []string
+	seen := map[string]bool{}
+	for _, f := range fs {
+		c.Duration = max(c.Duration, f.Duration)
+		c.Stalls = c.Stalls || f.Stalls
+		for _, b := range f.Breaks {
+			if !seen[b] {
+				seen[b] = true
+				c.Breaks = append(c.Breaks, b)
+			}
+		}
+		if f.Caveat != "" {
+			caveats = append(caveats, f.Name+": "+f.Caveat)
+		}
+	}
+	c.Caveat = strings.Join(caveats, " ")
+	var names []string
+	for _, f := range fs {
+		names = append(names, f.Name)
+	}
+	c.Name = fmt.Sprintf("%s (%s)", name, strings.Join(names, ", "))
+	c.Inject = func(ctx context.Context, e *Env) error {
+		var errs []error
+		for _, f := range fs {
+			errs = append(errs, f.inject(ctx, e))
+		}
+		return errors.Join(errs...)
+	}
+	c.Heal = func(ctx context.Context, e *Env) error {
+		var errs []error
+		for i := len(fs) - 1; i >= 0; i-- {
+			errs = append(errs, fs[i].heal(ctx, e))
+		}
+		return errors.Join(errs...)
+	}
+	c.Hits = func() int64 {
+		var n int64
+		for _, f := range fs {
+			if f.Hits != nil {
+				n += f.Hits()
+			}
+		}
+		return n
+	}
+	return c
 }
 
 func (f *Fault) inject(ctx context.Context, e *Env) error {
@@ -66,6 +125,11 @@ type Env struct {
 	workers []*worker
 	rng     *rand.Rand
 	paused  []*proc
+}
+
+// Pick returns k distinct numbers below n, at random.
+func (e *Env) Pick(n, k int) []int {
+	return e.rng.Perm(n)[:min(k, n)]
 }
 
 // PausedProcessCaveat explains the unfenced overlaps a paused worker

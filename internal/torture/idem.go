@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,14 +17,15 @@ import (
 	"github.com/idemlock/lock/idempotency"
 )
 
-// IdemConfig is an idempotency torture run: clients with retries, timeouts
-// and disconnects send checkouts through the idempotency middleware on a
-// backend while faults come and go, and every charge is counted.
-type IdemConfig struct {
-	Backend Backend
+// IdemLoad is the idempotency part of a run: clients with retries,
+// timeouts and disconnects send checkouts through the idempotency
+// middleware on the run's backend, under the run's faults, and every
+// charge is counted.
+type IdemLoad struct {
 	// Clients send at once, each working through keys of its own.
 	Clients int
-	// LeaseTTL is the Guard's in-progress lease (WithLeaseTTL).
+	// LeaseTTL is the Guard's in-progress lease (WithLeaseTTL; default
+	// idempotency.DefaultLeaseTTL).
 	LeaseTTL time.Duration
 	// Work is how long the handler takes (jittered): half before the
 	// charge, when it gives up if its context ends, and half after it,
@@ -35,14 +35,25 @@ type IdemConfig struct {
 	// a random shorter one, to leave in the middle of the handler.
 	Timeout time.Duration
 	// GiveUp bounds the time a client spends on one key.
-	GiveUp      time.Duration
-	Faults      []Fault
-	Settle      time.Duration
-	MinKeys     int
-	MinDuration time.Duration
-	MaxDuration time.Duration
-	Seed        uint64
-	Logf        func(format string, args ...any)
+	GiveUp time.Duration
+}
+
+func (l *IdemLoad) fill() {
+	if l.Clients <= 0 {
+		l.Clients = 8
+	}
+	if l.LeaseTTL <= 0 {
+		l.LeaseTTL = idempotency.DefaultLeaseTTL
+	}
+	if l.Work <= 0 {
+		l.Work = 20 * time.Millisecond
+	}
+	if l.Timeout <= 0 {
+		l.Timeout = 2 * time.Second
+	}
+	if l.GiveUp <= 0 {
+		l.GiveUp = 3*l.LeaseTTL + time.Minute
+	}
 }
 
 // IdemKey is what happened to one idempotency key.
@@ -57,15 +68,12 @@ type IdemKey struct {
 	At       int64
 }
 
-// IdemResult is the history of an idempotency run.
+// IdemResult is the history of the idempotency part of a run.
 type IdemResult struct {
-	Config   IdemConfig
-	Start    int64
-	End      int64
+	Load     IdemLoad
 	Keys     []IdemKey
-	Statuses map[string]int // attempt outcomes: "201", "409", "timeout", …
+	Statuses map[string]int // attempt outcomes: "201", "409", "client gave up", …
 	Logged   map[string]int // the Guard's log lines by level and message
-	Faults   []FaultWindow
 }
 
 // provider is the payment provider behind the checkout handler: it counts
@@ -121,55 +129,48 @@ func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
 func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
 
-// RunIdem runs an idempotency torture.
-func RunIdem(ctx context.Context, cfg IdemConfig) (*IdemResult, error) {
-	if cfg.Clients <= 0 {
-		cfg.Clients = 8
-	}
-	if cfg.LeaseTTL <= 0 {
-		cfg.LeaseTTL = idempotency.DefaultLeaseTTL
-	}
-	if cfg.Work <= 0 {
-		cfg.Work = 20 * time.Millisecond
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 2 * time.Second
-	}
-	if cfg.GiveUp <= 0 {
-		cfg.GiveUp = 3*cfg.LeaseTTL + time.Minute
-	}
-	if cfg.Seed == 0 {
-		cfg.Seed = rand.Uint64()
-	}
-	if cfg.Settle <= 0 {
-		cfg.Settle = 2*cfg.Backend.TTL + cfg.Backend.Slack
-	}
-	logf := cfg.Logf
-	if logf == nil {
-		logf = func(string, ...any) {}
-	}
-	l, closer, err := cfg.Backend.open(ctx)
+// idemRun is the idempotency part of a run while it runs.
+type idemRun struct {
+	load    IdemLoad
+	closer  func() error
+	srv     *httptest.Server
+	prov    *provider
+	logs    *countingHandler
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	keys    []*IdemKey
+	status  map[string]int
+	started atomic.Int64
+}
+
+// startIdem starts the idempotency clients of a run on b's client -1.
+func startIdem(ctx context.Context, b *Backend, load IdemLoad, clock *Clock, seed uint64) (*idemRun, error) {
+	load.fill()
+	l, closer, err := b.open(ctx, -1)
 	if err != nil {
-		return nil, fmt.Errorf("torture: opening %s: %w", cfg.Backend.Name, err)
+		return nil, fmt.Errorf("torture: opening %s: %w", b.Name, err)
 	}
-	defer closer()
 	store, ok := l.(idempotency.Store)
 	if !ok {
-		return nil, fmt.Errorf("torture: the %s backend (%T) is not an idempotency.Store", cfg.Backend.Name, l)
+		_ = closer()
+		return nil, fmt.Errorf("torture: the %s backend (%T) is not an idempotency.Store", b.Name, l)
 	}
-	logs := &countingHandler{n: map[string]int{}}
+	ir := &idemRun{load: load, closer: closer, logs: &countingHandler{n: map[string]int{}}, status: map[string]int{},
+		prov: &provider{keys: map[string]*IdemKey{}, tokens: map[string]uint64{}}}
 	guard, err := idempotency.New(store,
 		idempotency.WithScope(func(*http.Request) string { return "torture" }),
 		idempotency.WithNamespace(fmt.Sprintf("torture/%x", rand.Uint64())),
-		idempotency.WithLeaseTTL(cfg.LeaseTTL),
+		idempotency.WithLeaseTTL(load.LeaseTTL),
 		idempotency.WithRetention(time.Hour),
 		idempotency.WithRetryAfter(time.Second),
-		idempotency.WithLogger(slog.New(logs)))
+		idempotency.WithLogger(slog.New(ir.logs)))
 	if err != nil {
+		_ = closer()
 		return nil, err
 	}
-	prov := &provider{keys: map[string]*IdemKey{}, tokens: map[string]uint64{}}
-	work := cfg.Work
+	work := load.Work
+	prov := ir.prov
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := r.Header.Get("Idempotency-Key")
 		prov.started(key)
@@ -192,69 +193,61 @@ func RunIdem(ctx context.Context, cfg IdemConfig) (*IdemResult, error) {
 		w.WriteHeader(http.StatusCreated)
 		_, _ = io.WriteString(w, `{"charged":true}`)
 	})
-	srv := httptest.NewServer(guard.Middleware(handler))
-	defer srv.Close()
-
-	clock := NewClock()
-	res := &IdemResult{Config: cfg, Start: clock.Now(), Statuses: map[string]int{}}
-	var statusMu sync.Mutex
-	status := func(s string) {
-		statusMu.Lock()
-		res.Statuses[s]++
-		statusMu.Unlock()
-	}
-	var keysDone atomic.Int64
-	var client sync.Map // key → *IdemKey as the client saw it
-	cctx, stopClients := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	for c := range cfg.Clients {
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(cfg.Seed, uint64(c)))
+	ir.srv = httptest.NewServer(guard.Middleware(handler))
+	cctx, stop := context.WithCancel(ctx)
+	ir.stop = stop
+	for c := range load.Clients {
+		ir.wg.Go(func() {
+			rng := rand.New(rand.NewPCG(seed, uint64(c)))
 			hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 			defer hc.CloseIdleConnections()
 			for n := 0; cctx.Err() == nil; n++ {
-				key := fmt.Sprintf("c%d-%d-%x", c, n, rng.Uint32())
-				ck := &IdemKey{Key: key, At: clock.Now()}
-				client.Store(key, ck)
-				idemClient(cctx, hc, srv.URL, ck, cfg, rng, status)
-				keysDone.Add(1)
+				ck := &IdemKey{Key: fmt.Sprintf("c%d-%d-%x", c, n, rng.Uint32()), At: clock.Now()}
+				ir.mu.Lock()
+				ir.keys = append(ir.keys, ck)
+				ir.mu.Unlock()
+				ir.started.Add(1)
+				idemClient(cctx, hc, ir.srv.URL, ck, load, rng, ir.count)
 			}
 		})
 	}
-	env := &Env{Backend: cfg.Backend, rng: rand.New(rand.NewPCG(cfg.Seed, 1))}
-	lcfg := Config{Backend: cfg.Backend, Faults: cfg.Faults, Settle: cfg.Settle, MinTakes: cfg.MinKeys, MinDuration: cfg.MinDuration, MaxDuration: cfg.MaxDuration}
-	lr := &Result{}
-	schedErr := schedule(ctx, lcfg, env, func() int { return int(keysDone.Load()) }, clock, lr, logf)
-	stopClients()
-	wg.Wait()
-	res.End = clock.Now()
-	res.Faults = lr.Faults
+	return ir, nil
+}
 
-	prov.mu.Lock()
-	client.Range(func(k, v any) bool {
-		ck := v.(*IdemKey)
-		if pk := prov.keys[ck.Key]; pk != nil {
-			ck.Runs, ck.Effects, ck.Stale = pk.Runs, pk.Effects, pk.Stale
+func (ir *idemRun) count(status string) {
+	ir.mu.Lock()
+	ir.status[status]++
+	ir.mu.Unlock()
+}
+
+// finish stops the clients, the server and the store, and returns what
+// happened to every key.
+func (ir *idemRun) finish() *IdemResult {
+	ir.stop()
+	ir.wg.Wait()
+	ir.srv.Close()
+	_ = ir.closer()
+	res := &IdemResult{Load: ir.load, Statuses: ir.status}
+	ir.prov.mu.Lock()
+	for _, ck := range ir.keys {
+		k := *ck
+		if pk := ir.prov.keys[k.Key]; pk != nil {
+			k.Runs, k.Effects, k.Stale = pk.Runs, pk.Effects, pk.Stale
 		}
-		res.Keys = append(res.Keys, *ck)
-		return true
-	})
-	prov.mu.Unlock()
-	sort.Slice(res.Keys, func(i, j int) bool { return res.Keys[i].At < res.Keys[j].At })
-	logs.mu.Lock()
-	res.Logged = logs.n
-	logs.mu.Unlock()
-	if schedErr != nil && ctx.Err() == nil {
-		return res, schedErr
+		res.Keys = append(res.Keys, k)
 	}
-	return res, ctx.Err()
+	ir.prov.mu.Unlock()
+	ir.logs.mu.Lock()
+	res.Logged = ir.logs.n
+	ir.logs.mu.Unlock()
+	return res
 }
 
 // idemClient works on one key until it gets a final answer, gives up, or
 // the run ends: like a browser or SDK, it retries after timeouts, 409s and
 // 5xx; sometimes it double-clicks (two attempts at once) and sometimes it
 // leaves in the middle of the handler.
-func idemClient(ctx context.Context, hc *http.Client, url string, ck *IdemKey, cfg IdemConfig, rng *rand.Rand, status func(string)) {
+func idemClient(ctx context.Context, hc *http.Client, url string, ck *IdemKey, cfg IdemLoad, rng *rand.Rand, status func(string)) {
 	giveUp := time.Now().Add(cfg.GiveUp)
 	var mu sync.Mutex
 	attempt := func(timeout time.Duration) int {
@@ -314,10 +307,8 @@ func idemClient(ctx context.Context, hc *http.Client, url string, ck *IdemKey, c
 	}
 }
 
-// IdemReport is the verdict on an idempotency run.
-type IdemReport struct {
-	Backend   string
-	Duration  time.Duration
+// IdemFigures are the figures of the idempotency part of a run.
+type IdemFigures struct {
 	Keys      int
 	Attempts  int
 	Answered  int // keys that got a 2xx
@@ -325,26 +316,21 @@ type IdemReport struct {
 	Effects   int
 	Statuses  map[string]int
 	Logged    map[string]int
-	Faults    []FaultWindow
-	FaultDefs []Fault
 	LeaseTTL  time.Duration
-	// Count lists keys charged other than once after a 2xx, or more than
-	// once at all.
-	Count CheckResult
 }
 
-// CheckIdem counts the effects of every key of an idempotency run.
-func CheckIdem(r *IdemResult) *IdemReport {
-	rep := &IdemReport{Backend: r.Config.Backend.Name, Duration: time.Duration(r.End - r.Start), Keys: len(r.Keys),
-		Statuses: r.Statuses, Logged: r.Logged, Faults: r.Faults, FaultDefs: r.Config.Faults, LeaseTTL: r.Config.LeaseTTL}
+// checkEffects counts the charges of every key: exactly one for a key that
+// got a 2xx, at most one for any key.
+func checkEffects(r *IdemResult, fig *IdemFigures) []Violation {
+	*fig = IdemFigures{Keys: len(r.Keys), Statuses: r.Statuses, Logged: r.Logged, LeaseTTL: r.Load.LeaseTTL}
 	var vs []Violation
 	for _, k := range r.Keys {
-		rep.Attempts += k.Attempts
-		rep.Effects += k.Effects
+		fig.Attempts += k.Attempts
+		fig.Effects += k.Effects
 		if k.Got2xx {
-			rep.Answered++
+			fig.Answered++
 		} else {
-			rep.Unsettled++
+			fig.Unsettled++
 		}
 		switch {
 		case k.Got2xx && k.Effects != 1:
@@ -353,7 +339,5 @@ func CheckIdem(r *IdemResult) *IdemReport {
 			vs = append(vs, Violation{At: k.At, What: fmt.Sprintf("key %s was charged %d times (%d handler runs, %d attempts, last status %d)", k.Key, k.Effects, k.Runs, k.Attempts, k.Final)})
 		}
 	}
-	lr := &Result{Faults: r.Faults, Config: Config{Faults: r.Config.Faults, Settle: r.Config.Settle}}
-	rep.Count = CheckResult{Name: CheckEffects, Violations: windows(lr).mark(CheckEffects, vs)}
-	return rep
+	return vs
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -47,10 +48,15 @@ type linOutput struct {
 }
 
 // lockModel returns the specification for leases of ttl that a server may
-// expire up to slack late. With midway, the history starts at some moment
+// expire up to slack late, and later still by the time it stood still in
+// the stalls spans (paused, restarting, electing a leader): its expiry
+// clock does not run then. With midway, the history starts at some moment
 // of a run: the key may then be held by anyone, for any time.
-func lockModel(ttl, slack time.Duration, midway bool) porcupine.Model {
+func lockModel(ttl, slack time.Duration, stalls []span, midway bool) porcupine.Model {
 	t, s := int64(ttl), int64(slack)
+	// latest is when a lease whose last renewal returned at ret has
+	// expired at the latest.
+	latest := func(ret int64) int64 { return serverAfter(stalls, ret, t+s) }
 	step := func(state, input, output any) []any {
 		st := state.(linState)
 		in, out := input.(linInput), output.(linOutput)
@@ -65,7 +71,7 @@ func lockModel(ttl, slack time.Duration, midway bool) porcupine.Model {
 				if !mayBeFree || out.token <= st.token {
 					return nil
 				}
-				return []any{linState{holder: in.lease, token: out.token, expMin: in.call + t, expMax: addSat(out.ret, t+s)}}
+				return []any{linState{holder: in.lease, token: out.token, expMin: in.call + t, expMax: latest(out.ret)}}
 			case Refused:
 				if st.holder != 0 && in.call < st.expMax {
 					return []any{st}
@@ -80,7 +86,7 @@ func lockModel(ttl, slack time.Duration, midway bool) porcupine.Model {
 				if !mayHold(in.lease) {
 					return nil
 				}
-				return []any{linState{holder: in.lease, token: st.token, expMin: max(st.expMin, in.call+t), expMax: addSat(out.ret, t+s)}}
+				return []any{linState{holder: in.lease, token: st.token, expMin: max(st.expMin, in.call+t), expMax: latest(out.ret)}}
 			case Refused:
 				if st.holder != in.lease || out.ret >= st.expMin {
 					return []any{st}
@@ -94,7 +100,7 @@ func lockModel(ttl, slack time.Duration, midway bool) porcupine.Model {
 				// last a TTL longer. That state allows everything the
 				// unchanged one does.
 				next := st
-				next.expMax = addSat(st.expMax, t+s)
+				next.expMax = latest(st.expMax)
 				return []any{next}
 			}
 		case Release:
@@ -152,6 +158,25 @@ func lockModel(ttl, slack time.Duration, midway bool) porcupine.Model {
 		},
 	}
 	return nm.ToModel()
+}
+
+// serverAfter returns the moment d of a server's running time after from,
+// skipping the spans in which it stood still (sorted by start).
+func serverAfter(stalls []span, from, d int64) int64 {
+	t := from
+	for _, st := range stalls {
+		if st.to <= t {
+			continue
+		}
+		if st.from > t {
+			if st.from-t >= d {
+				break
+			}
+			d -= st.from - t
+		}
+		t = st.to
+	}
+	return addSat(t, d)
 }
 
 func addSat(a, b int64) int64 {
@@ -215,7 +240,7 @@ type span struct{ from, to int64 }
 // linearizability, such as a restart that loses the server's data): the
 // operations that overlap one are not judged, and each segment after one
 // starts from a state the model leaves open.
-func checkLinear(ops []Op, ttl, slack time.Duration, timeout time.Duration, skip []span, dir, name string) []LinearResult {
+func checkLinear(ops []Op, ttl, slack time.Duration, stalls, skip []span, timeout time.Duration, dir, name string) []LinearResult {
 	byKey := map[int][]Op{}
 	for _, op := range ops {
 		byKey[op.Key] = append(byKey[op.Key], op)
@@ -226,12 +251,13 @@ func checkLinear(ops []Op, ttl, slack time.Duration, timeout time.Duration, skip
 	}
 	sort.Ints(keys)
 	sort.Slice(skip, func(i, j int) bool { return skip[i].from < skip[j].from })
+	sort.Slice(stalls, func(i, j int) bool { return stalls[i].from < stalls[j].from })
 	var out []LinearResult
 	for _, k := range keys {
 		lr := LinearResult{Key: k, Result: porcupine.Ok}
 		for i, seg := range segments(byKey[k], skip) {
 			hist := linOps(seg, i > 0)
-			model := lockModel(ttl, slack, i > 0)
+			model := lockModel(ttl, slack, stalls, i > 0)
 			start := time.Now()
 			res, info := porcupine.CheckOperationsVerbose(model, hist, timeout)
 			lr.Took += time.Since(start)
@@ -241,7 +267,7 @@ func checkLinear(ops []Op, ttl, slack time.Duration, timeout time.Duration, skip
 				lr.Result = porcupine.Illegal
 				lr.At = stuckAt(hist, info)
 				if dir != "" {
-					lr.File = visualise(ttl, slack, hist, lr.At, i > 0, timeout, dir, fmt.Sprintf("%s-key%d", name, k))
+					lr.File = visualise(lockModel(ttl, slack, stalls, i > 0), lockModel(ttl, slack, stalls, true), hist, lr.At, timeout, dir, fmt.Sprintf("%s-key%d", name, k))
 				}
 			case res == porcupine.Unknown && lr.Result == porcupine.Ok:
 				lr.Result = porcupine.Unknown
@@ -309,9 +335,8 @@ func stuckAt(hist []porcupine.Operation, info porcupine.LinearizationInfo) int64
 // the failure: started midway, with the operations on leases taken before
 // it left out, if that window still fails; else to the prefix that ends
 // with the window.
-func visualise(ttl, slack time.Duration, hist []porcupine.Operation, at int64, midway bool, timeout time.Duration, dir, name string) string {
+func visualise(model, midway porcupine.Model, hist []porcupine.Operation, at int64, timeout time.Duration, dir, name string) string {
 	const before, after = 300, 30
-	model := lockModel(ttl, slack, midway)
 	if len(hist) > before+after {
 		sorted := append([]porcupine.Operation(nil), hist...)
 		sort.Slice(sorted, func(i, j int) bool { return sorted[i].Call < sorted[j].Call })
@@ -328,7 +353,6 @@ func visualise(ttl, slack time.Duration, hist []porcupine.Operation, at int64, m
 			}
 			window = append(window, op)
 		}
-		midway := lockModel(ttl, slack, true)
 		if porcupine.CheckOperationsTimeout(midway, window, timeout) == porcupine.Illegal {
 			model, hist = midway, window
 		} else {
@@ -343,5 +367,32 @@ func visualise(ttl, slack time.Duration, hist []porcupine.Operation, at int64, m
 	if err := porcupine.VisualizePath(model, info, path); err != nil {
 		return ""
 	}
+	_ = os.WriteFile(filepath.Join(dir, name+".txt"), []byte(excerpt(hist, at)), 0o644)
 	return path
+}
+
+// excerpt lists the operations called around a failure, with their times
+// relative to it, as text.
+func excerpt(hist []porcupine.Operation, at int64) string {
+	const before, after = 40, 10
+	sorted := append([]porcupine.Operation(nil), hist...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Call < sorted[j].Call })
+	cut := sort.Search(len(sorted), func(i int) bool { return sorted[i].Call >= at })
+	var b strings.Builder
+	fmt.Fprintf(&b, "operations called around the first one porcupine could not linearize (marked >), times relative to its call\n")
+	for i := max(0, cut-before); i < min(len(sorted), cut+after); i++ {
+		op := sorted[i]
+		in, out := op.Input.(linInput), op.Output.(linOutput)
+		mark := " "
+		if i == cut {
+			mark = ">"
+		}
+		what := fmt.Sprintf("%s lease %x -> %s", in.kind, in.lease, out.outcome)
+		if in.kind == Take && out.outcome == OK {
+			what += fmt.Sprintf(" token %d", out.token)
+		}
+		fmt.Fprintf(&b, "%s [%+10.6fs, %+10.6fs] worker %-3d %s\n", mark,
+			time.Duration(op.Call-at).Seconds(), time.Duration(out.ret-at).Seconds(), op.ClientId, what)
+	}
+	return b.String()
 }

@@ -23,14 +23,13 @@ const childEnv = "IDEMLOCK_TORTURE_WORKER"
 
 // childSpec tells a worker process what to run.
 type childSpec struct {
-	URL         string
+	URLs        []string // one per worker
 	Workload    Workload
 	Prefix      string
 	Epoch       int64  // the coordinator's clock epoch
 	Resource    string // the resource's RPC address
 	Proc        int
 	FirstWorker int
-	Workers     int
 	Seed        uint64
 }
 
@@ -60,14 +59,18 @@ func childMain(stdin io.Reader, stdout io.Writer) error {
 		return err
 	}
 	defer client.Close()
-	cfg := Config{Backend: Backend{Name: "worker", URL: spec.URL, TTL: spec.Workload.TTL}, Workload: spec.Workload, Prefix: spec.Prefix, Seed: spec.Seed}
+	urls := spec.URLs
+	cfg := Config{
+		Backend:  Backend{Name: "worker", TTL: spec.Workload.TTL, ClientURL: func(i int) string { return urls[i-spec.FirstWorker] }},
+		Workload: spec.Workload, Prefix: spec.Prefix, Seed: spec.Seed,
+	}
 	keys := keyIndex(spec.Prefix)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	set := &workerSet{}
 	defer set.closeAll()
-	for i := range spec.Workers {
-		l, closer, err := cfg.Backend.open(ctx)
+	for i := range urls {
+		l, closer, err := cfg.Backend.open(ctx, spec.FirstWorker+i)
 		if err != nil {
 			return err
 		}

@@ -107,7 +107,7 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 		p.line("")
 		var first *Cell
 		for i := range cells {
-			if cells[i].Backend == b && cells[i].Idem == nil {
+			if cells[i].Backend == b {
 				first = &cells[i]
 				break
 			}
@@ -120,7 +120,7 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 		p.line("| cell | faults | takes (in processes) | unknown outcomes | stale writes refused | fenced safety | unfenced exclusion (longest) | token order | loss p50 / p99 (n) | loss violations | recovery p50 / max (bound) | liveness | linearizability |")
 		p.line("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 		for _, c := range cells {
-			if c.Backend != b || c.Idem != nil {
+			if c.Backend != b {
 				continue
 			}
 			ch := checksByName(c)
@@ -130,18 +130,24 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 				lossFigures(c), count(ch[CheckLoss]), recoveryFigures(c), count(ch[CheckLiveness]), linearFigures(c, ch[CheckLinear]))
 		}
 		p.line("")
+		idemHeader := false
 		for _, c := range cells {
-			if c.Backend == b && c.Idem != nil {
-				i := c.Idem
-				ch := checksByName(c)
-				p.line("Idempotency (lease TTL %v, faults: %s): %d keys, %d requests, %d keys answered 2xx, %d charges; effect count violations %s.",
-					c.TTL, faultList(c.Faults), i.Keys, i.Attempts, i.Answered, i.Effects, count(ch[CheckEffects]))
-				p.line("Answers: %s.", mapList(i.Statuses))
-				if len(i.Logged) > 0 {
-					p.line("Guard log: %s.", mapList(i.Logged))
-				}
-				p.line("")
+			if c.Backend != b || c.Idem == nil {
+				continue
 			}
+			if !idemHeader {
+				idemHeader = true
+				p.line("Idempotency clients beside the workers, through `idempotency.Guard` (lease TTL %v):", c.Idem.LeaseTTL)
+				p.line("")
+				p.line("| cell | keys | requests | keys answered 2xx | charges | effect count | answers | Guard log |")
+				p.line("|---|--:|--:|--:|--:|--:|---|---|")
+			}
+			i := c.Idem
+			p.line("| %s | %d | %d | %d | %d | %s | %s | %s |", c.Cell, i.Keys, i.Attempts, i.Answered, i.Effects,
+				count(checksByName(c)[CheckEffects]), mapList(i.Statuses), mapList(i.Logged))
+		}
+		if idemHeader {
+			p.line("")
 		}
 		examples(p, cells, b)
 	}

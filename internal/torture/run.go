@@ -28,6 +28,10 @@ type Backend struct {
 	// this process and in worker processes: each worker has a client of
 	// its own.
 	URL string
+	// ClientURL, when set, gives each client a URL of its own (its own
+	// proxies, so that a fault can cut off one client): worker i gets
+	// ClientURL(i), the idempotency store ClientURL(-1). It overrides URL.
+	ClientURL func(client int) string
 	// Open, used when URL is empty, returns the Locker of one worker; such
 	// a backend lives in this process, so a run has no worker processes.
 	Open func() (lock.Locker, error)
@@ -38,9 +42,22 @@ type Backend struct {
 	Slack time.Duration
 }
 
-// open returns a new Locker for one worker and the function that closes it.
-func (b *Backend) open(ctx context.Context) (lock.Locker, func() error, error) {
-	if b.URL == "" {
+// urlFor returns the URL of client i, or "" for a backend without one.
+func (b *Backend) urlFor(i int) string {
+	if b.ClientURL != nil {
+		return b.ClientURL(i)
+	}
+	return b.URL
+}
+
+// networked reports whether the backend is reached by URL, so that worker
+// processes can reach it too.
+func (b *Backend) networked() bool { return b.URL != "" || b.ClientURL != nil }
+
+// open returns a new Locker for client i and the function that closes it.
+func (b *Backend) open(ctx context.Context, i int) (lock.Locker, func() error, error) {
+	url := b.urlFor(i)
+	if url == "" {
 		if b.Open == nil {
 			return nil, nil, fmt.Errorf("torture: backend %s has neither a URL nor an Open function", b.Name)
 		}
@@ -54,7 +71,7 @@ func (b *Backend) open(ctx context.Context) (lock.Locker, func() error, error) {
 		}
 		return l, closer, nil
 	}
-	l, err := lock.Open(ctx, b.URL)
+	l, err := lock.Open(ctx, url)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -79,6 +96,9 @@ type Config struct {
 	MinTakes    int
 	MinDuration time.Duration
 	MaxDuration time.Duration
+	// Idem, if set, runs idempotency clients beside the workers, on a
+	// client of their own, under the same faults.
+	Idem *IdemLoad
 	// Prefix starts every key of the run (default: a random one).
 	Prefix string
 	Seed   uint64
@@ -97,6 +117,7 @@ type FaultWindow struct {
 	Inject int64 // when the injection began
 	Heal   int64 // when the heal finished
 	Err    string
+	Hits   int64 // the times the fault acted, when it counts them
 }
 
 // Result is the history of one run.
@@ -107,6 +128,7 @@ type Result struct {
 	Records Records
 	Writes  []WriteRecord
 	Faults  []FaultWindow
+	Idem    *IdemResult // when Config.Idem was set
 }
 
 // Run runs cfg until its schedule is done and returns the history.
@@ -119,7 +141,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Workers <= 0 && cfg.Procs <= 0 {
 		cfg.Workers = 2 * cfg.Workload.Keys
 	}
-	if cfg.Backend.URL == "" {
+	if !cfg.Backend.networked() {
 		cfg.Procs = 0
 	}
 	if cfg.Procs > 0 && !sharedClock {
@@ -151,7 +173,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	set := &workerSet{}
 	defer set.closeAll()
 	for i := range cfg.Workers {
-		l, closer, err := cfg.Backend.open(ctx)
+		l, closer, err := cfg.Backend.open(ctx, i)
 		if err != nil {
 			return nil, fmt.Errorf("torture: opening %s: %w", cfg.Backend.Name, err)
 		}
@@ -186,9 +208,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		defer stop()
 		for p := range cfg.Procs {
 			spec := childSpec{
-				URL: cfg.Backend.URL, Workload: cfg.Workload, Prefix: cfg.Prefix, Epoch: clock.Epoch(),
-				Resource: addr, Proc: p + 1, FirstWorker: cfg.Workers + p*cfg.ProcWorkers, Workers: cfg.ProcWorkers,
+				Workload: cfg.Workload, Prefix: cfg.Prefix, Epoch: clock.Epoch(),
+				Resource: addr, Proc: p + 1, FirstWorker: cfg.Workers + p*cfg.ProcWorkers,
 				Seed: cfg.Seed + uint64(p+1),
+			}
+			for i := range cfg.ProcWorkers {
+				spec.URLs = append(spec.URLs, cfg.Backend.urlFor(spec.FirstWorker+i))
 			}
 			pr, err := startProc(cfg.Exec, spec)
 			if err != nil {
@@ -203,6 +228,19 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	wg.Go(func() { set.run(wctx) })
 	defer func() { stopWorkers(); wg.Wait() }()
 
+	var idem *idemRun
+	if cfg.Idem != nil {
+		var err error
+		if idem, err = startIdem(ctx, &cfg.Backend, *cfg.Idem, clock, cfg.Seed); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if idem != nil {
+				idem.finish()
+			}
+		}()
+	}
+
 	env := &Env{procs: procs, workers: set.ws, rng: rand.New(rand.NewPCG(cfg.Seed, 1)), Backend: cfg.Backend}
 	defer func() {
 		for _, p := range env.paused {
@@ -213,6 +251,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	stopWorkers()
 	wg.Wait()
+	if idem != nil {
+		r.Idem = idem.finish()
+		idem = nil
+	}
 	recs := set.records()
 	stopProcs()
 	recs.merge(procRecs)
@@ -254,6 +296,10 @@ func schedule(ctx context.Context, cfg Config, env *Env, progress func() int, cl
 		f := cfg.Faults[i%len(cfg.Faults)]
 		w := FaultWindow{Name: f.Name, Caveat: f.Caveat, Inject: clock.Now()}
 		logf("%s: %s: inject (%d so far)", cfg.Backend.Name, f.Name, progress())
+		var hits0 int64
+		if f.Hits != nil {
+			hits0 = f.Hits()
+		}
 		err := f.inject(ctx, env)
 		if err == nil {
 			err = sleepCtx(ctx, f.Duration)
@@ -266,6 +312,9 @@ func schedule(ctx context.Context, cfg Config, env *Env, progress func() int, cl
 		}
 		cancel()
 		w.Heal = clock.Now()
+		if f.Hits != nil {
+			w.Hits = f.Hits() - hits0
+		}
 		if err != nil {
 			w.Err = err.Error()
 			logf("%s: %s: %v", cfg.Backend.Name, f.Name, err)

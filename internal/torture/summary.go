@@ -9,7 +9,8 @@ import (
 // Cell is the summary of one run of the torture matrix (a backend under one
 // fault, or its idempotency run), as RELIABILITY.md shows it.
 type Cell struct {
-	Backend  string
+	Group    string // the backend, for the report's totals
+	Backend  string // the topology: the backend on a server or cluster
 	Cell     string
 	Topology string
 	Test     string // the -run pattern of the subtest that produced it
@@ -45,7 +46,7 @@ type Cell struct {
 	LinearTook    time.Duration
 	LinearFiles   []string
 
-	Idem *IdemSummary `json:",omitempty"`
+	Idem *IdemFigures `json:",omitempty"`
 }
 
 // FaultSummary is a fault of a cell and how often it came.
@@ -53,6 +54,7 @@ type FaultSummary struct {
 	Name   string
 	Count  int
 	Errors int
+	Hits   int64
 	Caveat string `json:",omitempty"`
 	Breaks []string
 }
@@ -64,17 +66,6 @@ type CheckSummary struct {
 	Violations int
 	Caveat     int
 	Examples   []Violation
-}
-
-// IdemSummary is the idempotency part of a cell.
-type IdemSummary struct {
-	Keys      int
-	Attempts  int
-	Answered  int
-	Unsettled int
-	Effects   int
-	Statuses  map[string]int
-	Logged    map[string]int
 }
 
 // Summarize condenses a report into a cell.
@@ -90,6 +81,7 @@ func Summarize(rep *Report, topology string) Cell {
 		TTL: rep.TTL, Slack: rep.Slack,
 	}
 	c.Faults = summarizeFaults(rep.Faults, rep.FaultDefs)
+	c.Idem = rep.Idem
 	for _, ch := range rep.Checks() {
 		c.Checks = append(c.Checks, summarizeCheck(ch))
 	}
@@ -102,16 +94,6 @@ func Summarize(rep *Report, topology string) Cell {
 			c.LinearFiles = append(c.LinearFiles, lr.File)
 		}
 	}
-	return c
-}
-
-// SummarizeIdem condenses an idempotency report into a cell.
-func SummarizeIdem(rep *IdemReport, topology string) Cell {
-	c := Cell{Backend: rep.Backend, Cell: "idempotency", Topology: topology, Duration: rep.Duration, TTL: rep.LeaseTTL}
-	c.Faults = summarizeFaults(rep.Faults, rep.FaultDefs)
-	c.Checks = []CheckSummary{summarizeCheck(&rep.Count)}
-	c.Idem = &IdemSummary{Keys: rep.Keys, Attempts: rep.Attempts, Answered: rep.Answered, Unsettled: rep.Unsettled,
-		Effects: rep.Effects, Statuses: rep.Statuses, Logged: rep.Logged}
 	return c
 }
 
@@ -140,6 +122,7 @@ func summarizeFaults(ws []FaultWindow, defs []Fault) []FaultSummary {
 	for _, w := range ws {
 		if fs := byName[w.Name]; fs != nil {
 			fs.Count++
+			fs.Hits += w.Hits
 			if w.Err != "" {
 				fs.Errors++
 			}

@@ -1,12 +1,10 @@
 package torture
 
 import (
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -16,24 +14,27 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
 	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/internal/faults"
 	"github.com/idemlock/lock/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/logging"
 )
 
-// TestTorture runs the torture matrix: every backend under every fault it
-// can be given, each cell a subtest TestTorture/<backend>/<cell>. By default
-// (make test) each fault comes once per backend and any fenced-safety,
-// token-order, linearizability or effect-count violation that no fault's
-// documented caveat explains fails the test. With -torture.long (make
-// torture) every backend gets at least -torture.takes contended takes, and
-// -torture.json writes every cell's summary for the report.
+// TestTorture runs the torture matrix: every backend, on single servers and
+// on the cluster topologies, under every fault it can be given; each cell is
+// a subtest TestTorture/<topology>/<cell>. By default (make test) the faults
+// of a topology come once each, grouped into a few cells, and any
+// fenced-safety, token-order, linearizability or effect-count violation that
+// no fault's documented caveat explains fails the test. With -torture.long
+// (make torture) every fault is a cell of its own and every backend gets
+// about -torture.takes contended takes; -torture.json writes every cell's
+// summary for the report.
 var (
 	longRun  = flag.Bool("torture.long", false, "run the long torture (make torture) instead of the short one")
-	takes    = flag.Int("torture.takes", 100_000, "with -torture.long: contended takes per backend, spread over its cells")
+	takes    = flag.Int("torture.takes", 100_000, "with -torture.long: contended takes per backend, spread over its topologies and cells")
 	jsonOut  = flag.String("torture.json", "", "write every cell's summary as JSON to this file")
 	visDir   = flag.String("torture.vis", "", "keep porcupine's visualisation of each failing history in this folder (default: the test's temporary folder)")
-	parallel = flag.Bool("torture.parallel", true, "run the backends at once (their cells run one after another)")
+	parallel = flag.Bool("torture.parallel", true, "run the topologies in parallel (up to -test.parallel at once); their cells run one after another")
 )
 
 func TestMain(m *testing.M) {
@@ -45,52 +46,74 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// backendCase is a backend of the matrix: how to reach a private server of
-// it, its timings, and the faults its server can be given.
-type backendCase struct {
-	name   string
-	server testenv.Server // "" for the in-process memlock
-	url    func(addrs []string) string
-	ttl    time.Duration
-	slack  time.Duration
-	// dataLoss explains what a restart loses, for a server that keeps
-	// nothing across one ("" for a durable server).
+// topology is one line of the matrix: a backend on a server or a topology
+// of scripts/servers.sh, its timings, and the faults it can be given.
+type topology struct {
+	name    string // the subtest's name
+	backend string // the backend, for the report's totals
+	server  testenv.Server
+	// url makes a client's URL from the server addresses it is given
+	// (proxies' addresses when proxied).
+	url func(addrs []string) string
+	// proxied: every client reaches the servers through proxies of its
+	// own, so that network faults can act on one client or all.
+	proxied bool
+	// unit is the process of a single server, for pause and kill.
+	unit  string
+	ttl   time.Duration
+	slack time.Duration
+	// dataLoss explains what a kill loses, for a server that keeps nothing
+	// across one ("" for a durable server).
 	dataLoss string
-	// rate is a rough count of contended takes per second on this
-	// machine, to size the long cells.
-	rate int
+	// share is this topology's part of the backend's takes in the long
+	// run, and rate a rough count of its contended takes per second here.
+	share float64
+	rate  int
+	// faults are the topology's own faults (leader kill, failover).
+	faults func(t *testing.T, tp *faults.Topology, d time.Duration) []Fault
 }
 
-func backendCases() []backendCase {
-	return []backendCase{
-		{name: "memlock", ttl: 200 * time.Millisecond, slack: 20 * time.Millisecond, rate: 2000},
-		{
-			name: "redis", server: testenv.Redis, ttl: time.Second, slack: 200 * time.Millisecond, rate: 350,
-			url:      func(a []string) string { return "redis://" + a[0] + "/0" },
-			dataLoss: "the test Redis runs without persistence (as a cache-only Redis does): a restart forgets every lock, so a new holder takes a key whose old holder still works; redislock's package doc states it",
-		},
-		{
-			name: "etcd", server: testenv.Etcd, ttl: 2 * time.Second, slack: 3 * time.Second, rate: 180,
-			url: func(a []string) string { return "etcd://" + hostPort(a[0]) },
-		},
-		{
-			name: "consul", server: testenv.Consul, ttl: time.Second, slack: 2 * time.Second, rate: 120,
-			url:      func(a []string) string { return "consul://" + a[0] + "/?min_ttl=1s" },
-			dataLoss: "the test Consul agent runs in dev mode, which keeps its state in memory: a restart forgets every session and lock",
-		},
-		{
-			name: "memcached", server: testenv.Memcached, ttl: time.Second, slack: 2500 * time.Millisecond, rate: 200,
-			url:      func(a []string) string { return "memcached://" + a[0] },
-			dataLoss: "memcached keeps nothing across a restart (and may evict a lock early): a memcached lock is best-effort unless the resource checks the fencing token, as its package doc says",
-		},
-	}
-}
+const (
+	redisDataLoss = "the test Redis runs without persistence (as a cache-only Redis does): a restart forgets every lock, " +
+		"so a new holder takes a key whose old holder still works; redislock's package doc states it"
+	consulDevDataLoss = "the single test Consul agent runs in dev mode, which keeps its state in memory: a restart forgets " +
+		"every session and lock, and the raft index that makes the tokens starts again (the Consul cluster keeps its data)"
+	memcachedDataLoss = "memcached keeps nothing across a restart (and may evict a lock early): a memcached lock is " +
+		"best-effort unless the resource checks the fencing token, as memcachedlock's package doc says"
+	redisFailover = "Redis replicates asynchronously: a failover can lose a lock that was not yet replicated, and a new " +
+		"holder then takes a key whose old holder still works; redislock's package doc states it"
+)
 
-func hostPort(endpoint string) string {
-	if _, rest, ok := strings.Cut(endpoint, "://"); ok {
-		return rest
+func topologies() []topology {
+	redisURL := func(a []string) string { return "redis://" + a[0] + "/0" }
+	etcdURL := func(a []string) string { return "etcd://" + strings.Join(a, ",") }
+	consulURL := func(a []string) string { return "consul://" + a[0] + "/?min_ttl=1s" }
+	memcachedURL := func(a []string) string { return "memcached://" + strings.Join(a, ",") }
+	return []topology{
+		{name: "memlock", backend: "memlock", ttl: 200 * time.Millisecond, slack: 20 * time.Millisecond, share: 1, rate: 2000},
+		{name: "redis", backend: "redis", server: testenv.Redis, url: redisURL, proxied: true, unit: "redis",
+			ttl: time.Second, slack: 200 * time.Millisecond, dataLoss: redisDataLoss, share: 0.6, rate: 350},
+		{name: "redis-sentinel", backend: "redis", server: testenv.RedisSentinel,
+			url: func(a []string) string {
+				return "redis+sentinel://" + strings.Join(a, ",") + "/0?master_name=" + testenv.RedisSentinelMaster
+			},
+			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, rate: 300, faults: sentinelFaults},
+		{name: "redis-cluster-ha", backend: "redis", server: testenv.RedisClusterHA,
+			url: func(a []string) string { return "redis+cluster://" + strings.Join(a, ",") },
+			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, rate: 300, faults: clusterHAFaults},
+		{name: "etcd", backend: "etcd", server: testenv.Etcd, url: etcdURL, proxied: true, unit: "etcd",
+			ttl: 2 * time.Second, slack: 3 * time.Second, share: 0.7, rate: 180},
+		{name: "etcd-cluster", backend: "etcd", server: testenv.EtcdCluster, url: etcdURL, proxied: true,
+			ttl: 2 * time.Second, slack: 3 * time.Second, share: 0.3, rate: 120, faults: leaderFaults},
+		{name: "consul", backend: "consul", server: testenv.Consul, url: consulURL, proxied: true, unit: "consul",
+			ttl: time.Second, slack: 2 * time.Second, dataLoss: consulDevDataLoss, share: 0.7, rate: 120},
+		{name: "consul-cluster", backend: "consul", server: testenv.ConsulCluster, url: consulURL, proxied: true,
+			ttl: time.Second, slack: 3 * time.Second, share: 0.3, rate: 80, faults: leaderFaults},
+		{name: "memcached", backend: "memcached", server: testenv.Memcached, url: memcachedURL, proxied: true, unit: "memcached",
+			ttl: time.Second, slack: 2500 * time.Millisecond, dataLoss: memcachedDataLoss, share: 0.7, rate: 200},
+		{name: "memcached-cluster", backend: "memcached", server: testenv.MemcachedCluster, url: memcachedURL, proxied: true,
+			ttl: time.Second, slack: 2500 * time.Millisecond, share: 0.3, rate: 200, faults: memcachedNodeFaults},
 	}
-	return endpoint
 }
 
 // cells collects the summaries for -torture.json.
@@ -114,108 +137,135 @@ func TestTorture(t *testing.T) {
 			t.Errorf("writing %s: %v", *jsonOut, err)
 		}
 	})
-	for _, bc := range backendCases() {
-		t.Run(bc.name, func(t *testing.T) {
+	for _, tc := range topologies() {
+		t.Run(tc.name, func(t *testing.T) {
 			if *parallel {
 				t.Parallel()
 			}
-			tortureBackend(t, bc)
+			tortureTopology(t, tc)
 		})
 	}
 }
 
-// tortureBackend runs the cells of one backend on a private server.
-func tortureBackend(t *testing.T, bc backendCase) {
-	b := Backend{Name: bc.name, TTL: bc.ttl, Slack: bc.slack}
-	var in *testenv.Instance
-	topology := "in-process"
-	if bc.server == "" {
+// cell is one run of a topology: a name and the faults it injects.
+type cell struct {
+	name   string
+	faults []Fault
+}
+
+// tortureTopology runs the cells of one topology on a private set of it.
+func tortureTopology(t *testing.T, tc topology) {
+	b := Backend{Name: tc.name, TTL: tc.ttl, Slack: tc.slack}
+	var tp *faults.Topology
+	var nets []*faults.Net // per client: workers 0…n-1, the idempotency store last
+	topo := "in-process"
+	const workers, procs, procWorkers = 4, 2, 2
+	clients := workers + procs*procWorkers + 1
+	if tc.server == "" {
 		shared := memlock.New()
 		b.Open = func() (lock.Locker, error) { return shared, nil }
 	} else {
-		in = testenv.Private(t, bc.server)
-		b.URL = bc.url(in.Addrs())
-		topology = "single node, private (" + string(bc.server) + ")"
-	}
-	type cell struct {
-		name   string
-		faults []Fault
-	}
-	d := bc.ttl + bc.slack // long enough for a lease to expire
-	cs := []cell{{name: "healthy"}, {name: "holder stall", faults: []Fault{StallHolder(2, d+bc.ttl)}}}
-	var serverFaults []Fault
-	if in != nil {
-		cs = append(cs, cell{name: "worker process pause", faults: []Fault{PauseWorkerProcess(d + bc.ttl)}})
-		serverFaults = []Fault{serverPause(t, in, d+bc.ttl), serverRestart(t, in, bc.dataLoss)}
-		for _, f := range serverFaults {
-			cs = append(cs, cell{name: cellName(f.Name), faults: []Fault{f}})
+		tp = faults.Start(t, tc.server)
+		topo = string(tc.server) + ", private"
+		if tc.proxied {
+			topo += ", each client through proxies of its own"
+			for range clients {
+				nets = append(nets, tp.Net(t))
+			}
+			addrs := tp.Addrs()
+			b.ClientURL = func(i int) string {
+				if i < 0 {
+					i = len(nets) - 1
+				}
+				return tc.url(nets[i].Addrs(addrs))
+			}
+		} else {
+			b.URL = tc.url(tp.Addrs())
 		}
 	}
-	perCell := *takes / len(cs)
+
+	// d keeps a fault on long enough for a lease to expire under it.
+	d := tc.ttl + tc.slack + tc.ttl
+	cs := cellsOf(t, tc, tp, nets, d)
+	perCell := int(float64(*takes) * tc.share / float64(len(cs)))
 	for _, c := range cs {
-		t.Run(cellName(c.name), func(t *testing.T) {
+		t.Run(subtestName(c.name), func(t *testing.T) {
 			cfg := Config{
-				Backend:     b,
-				Workload:    Workload{Keys: 4, Writes: 2, Hold: time.Millisecond, LongEvery: 20 * time.Second, LongHold: bc.ttl + bc.ttl/2},
-				Workers:     4,
-				Faults:      c.faults,
-				Settle:      bc.ttl + bc.slack + time.Second,
-				MinDuration: 5 * time.Second,
-				Logf:        t.Logf,
+				Backend:  b,
+				Workload: Workload{Keys: 4, Writes: 2, Hold: time.Millisecond, LongEvery: 20 * time.Second, LongHold: tc.ttl + tc.ttl/2},
+				Workers:  workers,
+				Faults:   c.faults,
+				Settle:   tc.ttl + tc.slack + time.Second,
+				Idem:     &IdemLoad{Clients: 4, LeaseTTL: idempotency.DefaultLeaseTTL},
+				Logf:     t.Logf,
 			}
-			if b.URL != "" {
-				cfg.Procs, cfg.ProcWorkers = 2, 2
+			if b.URL != "" || b.ClientURL != nil {
+				cfg.Procs, cfg.ProcWorkers = procs, procWorkers
 			}
 			if *longRun {
-				// Enough takes, unless the backend is far slower than its
-				// rough rate says: then the cell stops at three times the
-				// expected time, and the report shows the takes it got.
-				expect := time.Duration(float64(perCell) / float64(bc.rate) * float64(time.Second))
+				// Enough takes, unless the topology is far slower than
+				// its rough rate says: then the cell stops at three times
+				// the expected time, and the report shows what it got.
+				expect := time.Duration(float64(perCell) / float64(tc.rate) * float64(time.Second))
 				cfg.MinTakes = perCell
-				cfg.MinDuration = 0
-				cfg.MaxDuration = max(3*expect, time.Minute)
+				cfg.MaxDuration = max(3*expect, 2*time.Minute)
+			} else {
+				cfg.MinDuration = 3 * time.Second
 			}
 			r, err := Run(t.Context(), cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			rep := Check(r, CheckOptions{VisualDir: visualDir(t), VisualName: bc.name + "-" + cellName(c.name)})
-			judge(t, rep.Checks(), CheckFenced, CheckTokenOrder, CheckLinear)
-			sum := Summarize(rep, topology)
-			sum.Cell, sum.Test = c.name, testPattern(t)
+			rep := Check(r, CheckOptions{VisualDir: visualDir(t), VisualName: tc.name + "-" + subtestName(c.name)})
+			judge(t, rep.Checks(), CheckFenced, CheckTokenOrder, CheckLinear, CheckEffects)
+			sum := Summarize(rep, topo)
+			sum.Group, sum.Cell, sum.Test = tc.backend, c.name, testPattern(t)
 			logCell(t, sum)
 			addCell(sum)
 		})
 	}
-	t.Run("idempotency", func(t *testing.T) {
-		faults := serverFaults
-		if *longRun && in != nil {
-			faults = append(faults, pastLease(serverPause(t, in, idempotency.DefaultLeaseTTL+bc.slack+time.Second)))
+}
+
+// cellsOf returns the cells of a topology: in the long run a healthy one
+// and one per fault; in the short one the faults grouped into a few cells
+// (each fault once, the faults of a group at the same time).
+func cellsOf(t *testing.T, tc topology, tp *faults.Topology, nets []*faults.Net, d time.Duration) []cell {
+	stall := StallHolder(2, d)
+	if tp == nil {
+		return []cell{{name: "healthy"}, {name: "holder stall", faults: []Fault{stall}}}
+	}
+	var network, clients, server []Fault
+	clients = append(clients, stall, PauseWorkerProcess(d))
+	if tc.proxied {
+		network = []Fault{latency(t, nets, tc.ttl/10), lostReplies(t, nets, d), resets(t, nets, d)}
+		clients = append(clients, partition(t, nets[:len(nets)-1], d))
+	}
+	if tc.unit != "" {
+		server = []Fault{serverPause(t, tp, tc.unit, d), serverKill(t, tp, tc.unit, d, tc.dataLoss)}
+	}
+	if tc.faults != nil {
+		server = append(server, tc.faults(t, tp, d)...)
+	}
+	if *longRun {
+		cs := []cell{{name: "healthy"}}
+		for _, f := range append(append(network, clients...), server...) {
+			cs = append(cs, cell{name: f.Name, faults: []Fault{f}})
 		}
-		cfg := IdemConfig{
-			Backend:     b,
-			Clients:     8,
-			LeaseTTL:    idempotency.DefaultLeaseTTL,
-			Faults:      faults,
-			Settle:      bc.ttl + bc.slack + time.Second,
-			MinDuration: 5 * time.Second,
-			Logf:        t.Logf,
+		return cs
+	}
+	var cs []cell
+	if tc.faults == nil {
+		// A cluster topology's short run is about its own faults; the
+		// client faults run on its single server.
+		if len(network) > 0 {
+			cs = append(cs, cell{name: "network faults", faults: []Fault{Combine("flaky network", network...)}})
 		}
-		if *longRun {
-			cfg.MinDuration = 30 * time.Second
-		}
-		r, err := RunIdem(t.Context(), cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rep := CheckIdem(r)
-		judge(t, []*CheckResult{&rep.Count}, CheckEffects)
-		sum := SummarizeIdem(rep, topology)
-		sum.Test = testPattern(t)
-		t.Logf("%s/idempotency: %d keys, %d attempts, %d answered 2xx, %d charges; statuses %v; guard log %v; effect count %d (+%d caveat)",
-			bc.name, rep.Keys, rep.Attempts, rep.Answered, rep.Effects, rep.Statuses, rep.Logged, sum.Checks[0].Violations, sum.Checks[0].Caveat)
-		addCell(sum)
-	})
+		cs = append(cs, cell{name: "client faults", faults: []Fault{Combine("stuck clients", clients...)}})
+	}
+	if len(server) > 0 {
+		cs = append(cs, cell{name: "server faults", faults: server})
+	}
+	return cs
 }
 
 // judge fails the test for each violation of the named checks that no
@@ -253,6 +303,10 @@ func logCell(t *testing.T, c Cell) {
 		parts = append(parts, fmt.Sprintf("%s %d (+%d caveat)", ch.Name, ch.Violations, ch.Caveat))
 	}
 	t.Logf("%s/%s: %d takes (%d in worker processes) in %v; %s", c.Backend, c.Cell, c.Takes, c.ProcTakes, c.Duration.Round(time.Second), strings.Join(parts, ", "))
+	if i := c.Idem; i != nil {
+		t.Logf("%s/%s idempotency: %d keys, %d requests, %d answered 2xx, %d charges; answers %v; guard log %v",
+			c.Backend, c.Cell, i.Keys, i.Attempts, i.Answered, i.Effects, i.Statuses, i.Logged)
+	}
 }
 
 func addCell(c Cell) {
@@ -263,9 +317,9 @@ func addCell(c Cell) {
 
 var nonWord = regexp.MustCompile(`[^a-z0-9]+`)
 
-// cellName is a fault name as a subtest name: "server paused 3s" →
+// subtestName makes a cell's name a subtest name: "server paused 3s" →
 // "server_paused".
-func cellName(s string) string {
+func subtestName(s string) string {
 	s = strings.ToLower(s)
 	if i := strings.IndexFunc(s, func(r rune) bool { return r >= '0' && r <= '9' }); i > 0 {
 		s = s[:i]
@@ -284,42 +338,7 @@ func testPattern(t *testing.T) string {
 
 func visualDir(t *testing.T) string {
 	if *visDir != "" {
-		return filepath.Join(*visDir)
+		return *visDir
 	}
 	return t.TempDir()
-}
-
-// pastLease marks a store pause longer than the idempotency lease: work in
-// flight is done but its outcome cannot be recorded.
-func pastLease(f Fault) Fault {
-	f.Name = "store paused past the lease " + strings.TrimPrefix(f.Name, "server paused ")
-	f.Breaks = []string{CheckEffects}
-	f.Caveat = "a store outage longer than the in-progress lease while the handler runs: the charge is made, but Complete must refuse once the lease expired " +
-		"(another request may own the key by then), so the outcome is not stored and a retry runs the handler again; the Guard logs a warning. " +
-		"Only an effect that is idempotent by itself avoids it."
-	return f
-}
-
-// serverPause pauses the private server (SIGSTOP) for d and resumes it.
-func serverPause(t *testing.T, in *testenv.Instance, d time.Duration) Fault {
-	return Fault{
-		Name:     fmt.Sprintf("server paused %v", d),
-		Duration: d,
-		Inject:   func(context.Context, *Env) error { in.Pause(t); return nil },
-		Heal:     func(context.Context, *Env) error { in.Resume(t); return nil },
-	}
-}
-
-// serverRestart stops the private server and starts it again. A server
-// that keeps nothing across a restart breaks, by design, what it held.
-func serverRestart(t *testing.T, in *testenv.Instance, dataLoss string) Fault {
-	f := Fault{
-		Name:   "server restarted",
-		Inject: func(context.Context, *Env) error { in.Restart(t); return nil },
-	}
-	if dataLoss != "" {
-		f.Breaks = []string{CheckExclusion, CheckLoss, CheckLinear, CheckTokenOrder, CheckEffects, CheckLiveness}
-		f.Caveat = dataLoss
-	}
-	return f
 }
