@@ -1,7 +1,11 @@
 package torture
 
 import (
+	"bufio"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -80,6 +84,9 @@ type Report struct {
 	LivenessBound time.Duration
 	Linear        CheckResult
 	LinearResults []LinearResult
+	// HistoryFile holds the whole history of a run that failed fenced
+	// safety, token order or linearizability, as text.
+	HistoryFile string
 	// Effects judges the idempotency clients, when the run had them.
 	Effects CheckResult
 	Idem    *IdemFigures
@@ -154,6 +161,9 @@ func Check(r *Result, opt CheckOptions) *Report {
 	if r.Idem != nil {
 		rep.Idem = &IdemFigures{}
 		rep.Effects = CheckResult{Name: CheckEffects, Violations: at.mark(CheckEffects, checkEffects(r.Idem, rep.Idem))}
+	}
+	if opt.VisualDir != "" && len(rep.Fenced.Failures())+len(rep.TokenOrder.Failures())+len(rep.Linear.Failures()) > 0 {
+		rep.HistoryFile = writeHistory(r, opt.VisualDir, opt.VisualName)
 	}
 	return rep
 }
@@ -411,9 +421,23 @@ func checkLoss(r *Result, latencies *[]time.Duration) []Violation {
 					t.Key, t.Worker, t.Token, time.Duration(t.Lost-n.Return).Round(time.Microsecond), n.Worker, n.Token)})
 			}
 		case t.Release == Refused && !t.Stalled:
-			out = append(out, Violation{Key: t.Key, At: t.Exit, What: fmt.Sprintf(
-				"key %d: worker %d (token %d) left its critical section with a live context, but its release found the lease gone (%s)",
-				t.Key, t.Worker, t.Token, story(all[t.Lease], t.Taken))})
+			// The release found the lease gone. That is a loss nobody
+			// reported only if the lease had to be there still: the
+			// release returned before its TTL ran out from its last
+			// renewal's call (else it may have expired after the critical
+			// section, while the release waited for a renewal in flight
+			// or its request crossed a slow network).
+			var call, ret int64
+			for _, op := range all[t.Lease] {
+				if op.Kind == Release {
+					call, ret = op.Call, op.Return
+				}
+			}
+			if ret < lastRenew(t.Lease, call)+ttl {
+				out = append(out, Violation{Key: t.Key, At: t.Exit, What: fmt.Sprintf(
+					"key %d: worker %d (token %d) left its critical section with a live context, and its release, before the TTL ran out, found the lease gone (%s)",
+					t.Key, t.Worker, t.Token, story(all[t.Lease], t.Taken))})
+			}
 		}
 	}
 	sortViolations(out)
@@ -494,4 +518,30 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	i := int(p / 100 * float64(len(s)-1))
 	return s[i]
+}
+
+// writeHistory writes every fault window and lock operation of a run, one a
+// line, and returns the file's path ("" if it could not).
+func writeHistory(r *Result, dir, name string) string {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return ""
+	}
+	path := filepath.Join(dir, name+"-history.txt")
+	f, err := os.Create(path)
+	if err != nil {
+		return ""
+	}
+	w := bufio.NewWriter(f)
+	fmt.Fprintf(w, "# run of %v; times since its start; lease ids: worker+1 in the high 32 bits\n", time.Duration(r.End-r.Start))
+	for _, fw := range r.Faults {
+		fmt.Fprintf(w, "fault %q injected %v, healed %v %s\n", fw.Name, time.Duration(fw.Inject-r.Start), time.Duration(fw.Heal-r.Start), fw.Err)
+	}
+	for _, op := range r.Records.Ops {
+		fmt.Fprintf(w, "[%v, %v] worker %d key %d %s lease %x token %d -> %s %s\n",
+			time.Duration(op.Call-r.Start), time.Duration(op.Return-r.Start), op.Worker, op.Key, op.Kind, op.Lease, op.Token, op.Outcome, op.Err)
+	}
+	if err := errors.Join(w.Flush(), f.Close()); err != nil {
+		return ""
+	}
+	return path
 }

@@ -109,15 +109,6 @@ func (f *Fault) heal(ctx context.Context, e *Env) error {
 	return f.Heal(ctx, e)
 }
 
-func (f *Fault) breaks(check string) bool {
-	for _, c := range f.Breaks {
-		if c == check {
-			return true
-		}
-	}
-	return false
-}
-
 // Env is what a fault acts on during a run.
 type Env struct {
 	Backend Backend

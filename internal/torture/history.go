@@ -78,7 +78,7 @@ type Op struct {
 	Call    int64
 	Return  int64
 	Outcome Outcome
-	Err     string // the error of an unknown outcome, for examples
+	Err     string // the error, for examples
 }
 
 // TakeRecord is one holding of a key by a worker: from its Acquire to its
@@ -151,8 +151,11 @@ func (r *recorder) drain() []Op {
 
 func (r *recorder) record(k Kind, key int, lease, token uint64, call int64, err error) {
 	op := Op{Kind: k, Key: key, Lease: lease, Token: token, Worker: r.worker, Call: call, Return: r.clock.Now(), Outcome: outcomeOf(k, err)}
-	if op.Outcome == Unknown {
+	if err != nil {
 		op.Err = err.Error()
+		if len(op.Err) > 300 {
+			op.Err = op.Err[:300] + "…"
+		}
 	}
 	r.add(op)
 }

@@ -39,6 +39,7 @@ type linInput struct {
 	kind  Kind
 	lease uint64
 	call  int64
+	err   string // an unknown outcome's error, for the excerpt
 }
 
 type linOutput struct {
@@ -77,8 +78,11 @@ func lockModel(ttl, slack time.Duration, stalls []span, midway bool) porcupine.M
 					return []any{st}
 				}
 				return nil
-			default: // maybe taken at any moment after the call, by a lease nobody has
-				return []any{st, linState{holder: phantom, token: st.token, expMin: in.call + t, expMax: forever}}
+			default:
+				// Maybe taken at any moment after the call, by a lease
+				// nobody has, which may also be gone at any moment: the
+				// backend may have given it back on its error path.
+				return []any{st, linState{holder: phantom, token: st.token, expMin: in.call, expMax: forever}}
 			}
 		case Refresh:
 			switch out.outcome {
@@ -210,7 +214,7 @@ func linOps(ops []Op, midway bool) []porcupine.Operation {
 		}
 		out = append(out, porcupine.Operation{
 			ClientId: op.Worker,
-			Input:    linInput{kind: op.Kind, lease: op.Lease, call: op.Call},
+			Input:    linInput{kind: op.Kind, lease: op.Lease, call: op.Call, err: op.Err},
 			Call:     op.Call,
 			Output:   linOutput{outcome: op.Outcome, token: op.Token, ret: op.Return},
 			Return:   ret,
@@ -278,23 +282,26 @@ func checkLinear(ops []Op, ttl, slack time.Duration, stalls, skip []span, timeou
 	return out
 }
 
-// segments cuts one key's operations at the skipped spans, leaving out the
-// operations that overlap one (an unknown outcome's return is unbounded).
+// segments cuts one key's operations at the skipped spans. An operation
+// called in a span is left out. One called before a span and returning in
+// or after it may have taken effect before the span or not: it stays in the
+// segment before, its outcome made unknown (a refused take, which changes
+// nothing, is left out).
 func segments(ops []Op, skip []span) [][]Op {
 	segs := make([][]Op, len(skip)+1)
 	for _, op := range ops {
-		ret := op.Return
-		if op.Outcome == Unknown {
-			ret = forever
-		}
 		i := 0
 		for i < len(skip) && op.Call > skip[i].to {
 			i++
 		}
-		if i < len(skip) && ret >= skip[i].from {
-			if op.Outcome != Unknown || op.Call >= skip[i].from {
-				continue // overlaps the skipped span
+		if i < len(skip) && op.Call >= skip[i].from {
+			continue // called in the skipped span
+		}
+		if i < len(skip) && op.Return >= skip[i].from && op.Outcome != Unknown {
+			if op.Kind == Take && op.Outcome == Refused {
+				continue
 			}
+			op.Outcome, op.Err = Unknown, "overlaps "+fmt.Sprint(time.Duration(skip[i].from))
 		}
 		segs[i] = append(segs[i], op)
 	}
@@ -337,6 +344,7 @@ func stuckAt(hist []porcupine.Operation, info porcupine.LinearizationInfo) int64
 // with the window.
 func visualise(model, midway porcupine.Model, hist []porcupine.Operation, at int64, timeout time.Duration, dir, name string) string {
 	const before, after = 300, 30
+	full := hist
 	if len(hist) > before+after {
 		sorted := append([]porcupine.Operation(nil), hist...)
 		sort.Slice(sorted, func(i, j int) bool { return sorted[i].Call < sorted[j].Call })
@@ -367,14 +375,14 @@ func visualise(model, midway porcupine.Model, hist []porcupine.Operation, at int
 	if err := porcupine.VisualizePath(model, info, path); err != nil {
 		return ""
 	}
-	_ = os.WriteFile(filepath.Join(dir, name+".txt"), []byte(excerpt(hist, at)), 0o644)
+	_ = os.WriteFile(filepath.Join(dir, name+".txt"), []byte(excerpt(full, at)), 0o644)
 	return path
 }
 
 // excerpt lists the operations called around a failure, with their times
 // relative to it, as text.
 func excerpt(hist []porcupine.Operation, at int64) string {
-	const before, after = 40, 10
+	const before, after = 60, 20
 	sorted := append([]porcupine.Operation(nil), hist...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Call < sorted[j].Call })
 	cut := sort.Search(len(sorted), func(i int) bool { return sorted[i].Call >= at })
@@ -390,6 +398,9 @@ func excerpt(hist []porcupine.Operation, at int64) string {
 		what := fmt.Sprintf("%s lease %x -> %s", in.kind, in.lease, out.outcome)
 		if in.kind == Take && out.outcome == OK {
 			what += fmt.Sprintf(" token %d", out.token)
+		}
+		if in.err != "" {
+			what += " (" + in.err + ")"
 		}
 		fmt.Fprintf(&b, "%s [%+10.6fs, %+10.6fs] worker %-3d %s\n", mark,
 			time.Duration(op.Call-at).Seconds(), time.Duration(out.ret-at).Seconds(), op.ClientId, what)

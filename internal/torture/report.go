@@ -3,6 +3,7 @@ package torture
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -37,20 +38,25 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 	p.line("")
 
 	backends := backendOrder(cells)
+	groups := groupOrder(cells)
 	p.line("## Summary")
 	p.line("")
 	p.line("Violations that no documented caveat explains, and in parentheses those a fault's caveat explains (see")
 	p.line("[Caveats](#caveats)). Fenced safety, token order, linearizability and effect count must be 0 outside")
 	p.line("caveats; `make test` runs a short version of this matrix and fails otherwise.")
 	p.line("")
-	p.line("| backend | contended takes | in worker processes | fenced safety | unfenced exclusion | token order | linearizability | loss detection | liveness | idempotency effect count |")
-	p.line("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-	for _, b := range backends {
+	p.line("| backend | topologies | contended takes | in worker processes | fenced safety | unfenced exclusion | token order | linearizability | loss detection | liveness | idempotency effect count |")
+	p.line("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+	for _, g := range groups {
 		var takes, proc int
 		sums := map[string][2]int{}
+		var topos []string
 		for _, c := range cells {
-			if c.Backend != b {
+			if groupOf(c) != g {
 				continue
+			}
+			if !slices.Contains(topos, c.Backend) {
+				topos = append(topos, c.Backend)
 			}
 			takes += c.Takes
 			proc += c.ProcTakes
@@ -61,7 +67,7 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 				sums[ch.Name] = s
 			}
 		}
-		p.line("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s |", b, takes, proc,
+		p.line("| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s |", g, strings.Join(topos, ", "), takes, proc,
 			count(sums[CheckFenced]), count(sums[CheckExclusion]), count(sums[CheckTokenOrder]),
 			count(sums[CheckLinear]), count(sums[CheckLoss]), count(sums[CheckLiveness]), count(sums[CheckEffects]))
 	}
@@ -150,6 +156,7 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 			p.line("")
 		}
 		examples(p, cells, b)
+		knownIssues(p, cells, b)
 	}
 
 	p.line("## Caveats")
@@ -195,6 +202,26 @@ func (p *printer) line(format string, args ...any) {
 	if p.err == nil {
 		_, p.err = fmt.Fprintf(p.w, format+"\n", args...)
 	}
+}
+
+// groupOf is the backend a cell belongs to.
+func groupOf(c Cell) string {
+	if c.Group != "" {
+		return c.Group
+	}
+	return c.Backend
+}
+
+func groupOrder(cells []Cell) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, c := range cells {
+		if g := groupOf(c); !seen[g] {
+			seen[g] = true
+			out = append(out, g)
+		}
+	}
+	return out
 }
 
 func backendOrder(cells []Cell) []string {
@@ -313,13 +340,44 @@ func examples(p *printer, cells []Cell, backend string) {
 			}
 		}
 		for _, f := range c.LinearFiles {
-			lines = append(lines, fmt.Sprintf("- %s: porcupine's visualisation of the failing history: `%s`", c.Cell, f))
+			lines = append(lines, fmt.Sprintf("- %s: porcupine's visualisation of the failing history: `%s` (and the operations around the failure: `%s`)",
+				c.Cell, f, strings.TrimSuffix(f, ".html")+".txt"))
+		}
+		if c.HistoryFile != "" {
+			lines = append(lines, fmt.Sprintf("- %s: the whole history: `%s`", c.Cell, c.HistoryFile))
 		}
 	}
 	if len(lines) == 0 {
 		return
 	}
 	p.line("Examples:")
+	p.line("")
+	for _, l := range lines {
+		p.line("%s", l)
+	}
+	p.line("")
+}
+
+// knownIssues lists the known issues that explain some of a backend's
+// violations: found by this harness, their fixes tracked elsewhere.
+func knownIssues(p *printer, cells []Cell, backend string) {
+	seen := map[string]bool{}
+	var lines []string
+	for _, c := range cells {
+		if c.Backend != backend {
+			continue
+		}
+		for _, k := range c.Known {
+			if !seen[k] {
+				seen[k] = true
+				lines = append(lines, "- "+k)
+			}
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	p.line("Known issues behind the violations above (found by this harness; their fixes are tracked elsewhere):")
 	p.line("")
 	for _, l := range lines {
 		p.line("%s", l)

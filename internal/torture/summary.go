@@ -45,8 +45,12 @@ type Cell struct {
 	LinearUnknown int // keys whose check ran out of time
 	LinearTook    time.Duration
 	LinearFiles   []string
+	HistoryFile   string `json:",omitempty"`
 
 	Idem *IdemFigures `json:",omitempty"`
+	// Known lists the known issues (found here, fixed elsewhere) that
+	// explain some of the cell's violations.
+	Known []string `json:",omitempty"`
 }
 
 // FaultSummary is a fault of a cell and how often it came.
@@ -82,6 +86,7 @@ func Summarize(rep *Report, topology string) Cell {
 	}
 	c.Faults = summarizeFaults(rep.Faults, rep.FaultDefs)
 	c.Idem = rep.Idem
+	c.HistoryFile = rep.HistoryFile
 	for _, ch := range rep.Checks() {
 		c.Checks = append(c.Checks, summarizeCheck(ch))
 	}
