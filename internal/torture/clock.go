@@ -23,11 +23,24 @@ func NewClock() *Clock {
 
 // ClockAt returns a Clock for an epoch read by another process with
 // [Clock.Epoch].
+//
+// It ties the runtime's clock to the system's by reading the system's
+// before and after one reading of the runtime's; a descheduled process can
+// stretch that window to milliseconds, which would misorder operations of
+// different processes, so it keeps the narrowest of many tries (about a
+// microsecond).
 func ClockAt(epoch int64) *Clock {
-	before := systemMono()
-	base := time.Now()
-	after := systemMono()
-	return &Clock{epoch: epoch, base: base, offset: before + (after-before)/2 - epoch}
+	c := &Clock{epoch: epoch}
+	window := int64(-1)
+	for range 200 {
+		before := systemMono()
+		base := time.Now()
+		after := systemMono()
+		if w := after - before; window < 0 || w < window {
+			window, c.base, c.offset = w, base, before+w/2-epoch
+		}
+	}
+	return c
 }
 
 // Epoch returns the epoch, to pass to [ClockAt] in another process.
@@ -36,5 +49,3 @@ func (c *Clock) Epoch() int64 { return c.epoch }
 // Now returns the nanoseconds since the epoch.
 func (c *Clock) Now() int64 { return c.offset + int64(time.Since(c.base)) }
 
-// Time returns the local time.Time of a timestamp of this Clock.
-func (c *Clock) Time(ts int64) time.Time { return c.base.Add(time.Duration(ts - c.offset)) }
