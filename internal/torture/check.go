@@ -150,7 +150,7 @@ func Check(r *Result, opt CheckOptions) *Report {
 	var lin []Violation
 	for _, lr := range rep.LinearResults {
 		if lr.Result == porcupine.Illegal {
-			what := fmt.Sprintf("key %d: %d operations are not linearizable as a TTL lock with fencing tokens", lr.Key, lr.Ops)
+			what := fmt.Sprintf("key %d: %d operations are not linearizable as a TTL lock with fencing tokens; the first that fits nowhere: %s", lr.Key, lr.Ops, lr.First)
 			if lr.File != "" {
 				what += " (see " + lr.File + ")"
 			}

@@ -48,4 +48,3 @@ func (c *Clock) Epoch() int64 { return c.epoch }
 
 // Now returns the nanoseconds since the epoch.
 func (c *Clock) Now() int64 { return c.offset + int64(time.Since(c.base)) }
-

@@ -230,9 +230,12 @@ type LinearResult struct {
 	Result porcupine.CheckResult
 	// At is about when the history stops being linearizable: the call of
 	// the first operation after the longest linearizable prefix found.
-	At   int64
-	File string // the visualisation of a failing history
-	Took time.Duration
+	At int64
+	// First describes the operation called at At, the first porcupine
+	// could not place.
+	First string
+	File  string // the visualisation of a failing history
+	Took  time.Duration
 }
 
 // span is an interval of a run's clock.
@@ -270,6 +273,12 @@ func checkLinear(ops []Op, ttl, slack time.Duration, stalls, skip []span, timeou
 			case res == porcupine.Illegal && lr.Result != porcupine.Illegal:
 				lr.Result = porcupine.Illegal
 				lr.At = stuckAt(hist, info)
+				for _, op := range hist {
+					if op.Call == lr.At {
+						lr.First = describe(op)
+						break
+					}
+				}
 				if dir != "" {
 					lr.File = visualise(lockModel(ttl, slack, stalls, i > 0), lockModel(ttl, slack, stalls, true), hist, lr.At, timeout, dir, fmt.Sprintf("%s-key%d", name, k))
 				}
@@ -390,20 +399,26 @@ func excerpt(hist []porcupine.Operation, at int64) string {
 	fmt.Fprintf(&b, "operations called around the first one porcupine could not linearize (marked >), times relative to its call\n")
 	for i := max(0, cut-before); i < min(len(sorted), cut+after); i++ {
 		op := sorted[i]
-		in, out := op.Input.(linInput), op.Output.(linOutput)
+		out := op.Output.(linOutput)
 		mark := " "
 		if i == cut {
 			mark = ">"
 		}
-		what := fmt.Sprintf("%s lease %x -> %s", in.kind, in.lease, out.outcome)
-		if in.kind == Take && out.outcome == OK {
-			what += fmt.Sprintf(" token %d", out.token)
-		}
-		if in.err != "" {
-			what += " (" + in.err + ")"
-		}
 		fmt.Fprintf(&b, "%s [%+10.6fs, %+10.6fs] worker %-3d %s\n", mark,
-			time.Duration(op.Call-at).Seconds(), time.Duration(out.ret-at).Seconds(), op.ClientId, what)
+			time.Duration(op.Call-at).Seconds(), time.Duration(out.ret-at).Seconds(), op.ClientId, describe(op))
 	}
 	return b.String()
+}
+
+// describe says what an operation did, for excerpts and examples.
+func describe(op porcupine.Operation) string {
+	in, out := op.Input.(linInput), op.Output.(linOutput)
+	what := fmt.Sprintf("%s lease %x -> %s", in.kind, in.lease, out.outcome)
+	if in.kind == Take && out.outcome == OK {
+		what += fmt.Sprintf(" token %d", out.token)
+	}
+	if in.err != "" {
+		what += " (" + in.err + ")"
+	}
+	return what
 }
