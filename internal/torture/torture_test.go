@@ -114,9 +114,11 @@ type topology struct {
 	// across one ("" for a durable server).
 	dataLoss string
 	// share is this topology's part of the backend's takes in the long
-	// run, and rate a rough count of its contended takes per second here.
-	share float64
-	rate  int
+	// run, and budget the most time its cells may take together (their
+	// throughput differs by a factor of ten, and a loaded machine halves
+	// it again).
+	share  float64
+	budget time.Duration
 	// faults are the topology's own faults (leader kill, failover).
 	faults func(t *testing.T, tp *faults.Topology, d time.Duration) []Fault
 }
@@ -138,29 +140,30 @@ func topologies() []topology {
 	consulURL := func(a []string) string { return "consul://" + a[0] + "/?min_ttl=1s" }
 	memcachedURL := func(a []string) string { return "memcached://" + strings.Join(a, ",") }
 	return []topology{
-		{name: "memlock", backend: "memlock", ttl: 200 * time.Millisecond, slack: 20 * time.Millisecond, share: 1, rate: 2000},
+		// The slowest first: up to -test.parallel run at once.
+		{name: "etcd", backend: "etcd", server: testenv.Etcd, url: etcdURL, proxied: true, unit: "etcd",
+			ttl: 2 * time.Second, slack: 3 * time.Second, share: 0.7, budget: 15 * time.Minute},
+		{name: "consul", backend: "consul", server: testenv.Consul, url: consulURL, proxied: true, unit: "consul",
+			ttl: time.Second, slack: 2 * time.Second, dataLoss: consulDevDataLoss, share: 0.7, budget: 15 * time.Minute},
+		{name: "etcd-cluster", backend: "etcd", server: testenv.EtcdCluster, url: etcdURL, proxied: true,
+			ttl: 2 * time.Second, slack: 3 * time.Second, share: 0.3, budget: 6 * time.Minute, faults: leaderFaults},
+		{name: "consul-cluster", backend: "consul", server: testenv.ConsulCluster, url: consulURL, proxied: true,
+			ttl: time.Second, slack: 3 * time.Second, share: 0.3, budget: 6 * time.Minute, faults: leaderFaults},
 		{name: "redis", backend: "redis", server: testenv.Redis, url: redisURL, proxied: true, unit: "redis",
-			ttl: time.Second, slack: 200 * time.Millisecond, dataLoss: redisDataLoss, share: 0.6, rate: 350},
+			ttl: time.Second, slack: 200 * time.Millisecond, dataLoss: redisDataLoss, share: 0.6, budget: 5 * time.Minute},
+		{name: "memcached", backend: "memcached", server: testenv.Memcached, url: memcachedURL, proxied: true, unit: "memcached",
+			ttl: time.Second, slack: 2500 * time.Millisecond, dataLoss: memcachedDataLoss, share: 0.7, budget: 6 * time.Minute},
 		{name: "redis-sentinel", backend: "redis", server: testenv.RedisSentinel,
 			url: func(a []string) string {
 				return "redis+sentinel://" + strings.Join(a, ",") + "/0?master_name=" + testenv.RedisSentinelMaster
 			},
-			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, rate: 300, faults: sentinelFaults},
+			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, budget: 3 * time.Minute, faults: sentinelFaults},
 		{name: "redis-cluster-ha", backend: "redis", server: testenv.RedisClusterHA,
 			url: func(a []string) string { return "redis+cluster://" + strings.Join(a, ",") },
-			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, rate: 300, faults: clusterHAFaults},
-		{name: "etcd", backend: "etcd", server: testenv.Etcd, url: etcdURL, proxied: true, unit: "etcd",
-			ttl: 2 * time.Second, slack: 3 * time.Second, share: 0.7, rate: 180},
-		{name: "etcd-cluster", backend: "etcd", server: testenv.EtcdCluster, url: etcdURL, proxied: true,
-			ttl: 2 * time.Second, slack: 3 * time.Second, share: 0.3, rate: 120, faults: leaderFaults},
-		{name: "consul", backend: "consul", server: testenv.Consul, url: consulURL, proxied: true, unit: "consul",
-			ttl: time.Second, slack: 2 * time.Second, dataLoss: consulDevDataLoss, share: 0.7, rate: 120},
-		{name: "consul-cluster", backend: "consul", server: testenv.ConsulCluster, url: consulURL, proxied: true,
-			ttl: time.Second, slack: 3 * time.Second, share: 0.3, rate: 80, faults: leaderFaults},
-		{name: "memcached", backend: "memcached", server: testenv.Memcached, url: memcachedURL, proxied: true, unit: "memcached",
-			ttl: time.Second, slack: 2500 * time.Millisecond, dataLoss: memcachedDataLoss, share: 0.7, rate: 200},
+			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, budget: 3 * time.Minute, faults: clusterHAFaults},
 		{name: "memcached-cluster", backend: "memcached", server: testenv.MemcachedCluster, url: memcachedURL, proxied: true,
-			ttl: time.Second, slack: 2500 * time.Millisecond, share: 0.3, rate: 200, faults: memcachedNodeFaults},
+			ttl: time.Second, slack: 2500 * time.Millisecond, share: 0.3, budget: 3 * time.Minute, faults: memcachedNodeFaults},
+		{name: "memlock", backend: "memlock", ttl: 200 * time.Millisecond, slack: 20 * time.Millisecond, share: 1, budget: time.Minute},
 	}
 }
 
@@ -207,7 +210,12 @@ func tortureTopology(t *testing.T, tc topology) {
 	var tp *faults.Topology
 	var nets []*faults.Net // per client: workers 0…n-1, the idempotency store last
 	topo := "in-process"
-	const workers, procs, procWorkers = 4, 2, 2
+	// Twice as many workers as keys; the long run has more of both, for
+	// throughput.
+	keys, workers, procs, procWorkers := 4, 4, 2, 2
+	if *longRun {
+		keys, workers, procWorkers = 12, 12, 6
+	}
 	clients := workers + procs*procWorkers + 1
 	if tc.server == "" {
 		shared := memlock.New()
@@ -239,27 +247,32 @@ func tortureTopology(t *testing.T, tc topology) {
 	}
 	cs := cellsOf(t, tc, tp, nets, d)
 	perCell := int(float64(*takes) * tc.share / float64(len(cs)))
-	for _, c := range cs {
+	start := time.Now()
+	for i, c := range cs {
 		t.Run(subtestName(c.name), func(t *testing.T) {
 			cfg := Config{
-				Backend:  b,
-				Workload: Workload{Keys: 4, Writes: 2, Hold: time.Millisecond, LongEvery: 20 * time.Second, LongHold: tc.ttl + tc.ttl/2},
-				Workers:  workers,
-				Faults:   c.faults,
-				Settle:   tc.ttl + tc.slack,
-				Idem:     &IdemLoad{Clients: 4, LeaseTTL: idempotency.DefaultLeaseTTL},
-				Logf:     t.Logf,
+				Backend: b,
+				// Long holds (renewed by KeepAlive) are rare enough that
+				// about one key at a time is held long: workers that chose
+				// it wait, and too many of them would stall the run.
+				Workload: Workload{Keys: keys, Writes: 2, Hold: time.Millisecond,
+					LongEvery: time.Duration(4*(workers+procs*procWorkers)) * (tc.ttl + tc.ttl/2), LongHold: tc.ttl + tc.ttl/2},
+				Workers: workers,
+				Faults:  c.faults,
+				Settle:  tc.ttl + tc.slack,
+				Idem:    &IdemLoad{Clients: 4, LeaseTTL: idempotency.DefaultLeaseTTL},
+				Logf:    t.Logf,
 			}
 			if b.URL != "" || b.ClientURL != nil {
 				cfg.Procs, cfg.ProcWorkers = procs, procWorkers
 			}
 			if *longRun {
-				// Enough takes, unless the topology is far slower than
-				// its rough rate says: then the cell stops at three times
-				// the expected time, and the report shows what it got.
-				expect := time.Duration(float64(perCell) / float64(tc.rate) * float64(time.Second))
+				// Enough takes, or the cell's part of the time budget: 3 * time.Minute
+				// report shows what it got.
 				cfg.MinTakes = perCell
-				cfg.MaxDuration = max(3*expect, 2*time.Minute)
+				// What earlier cells left of the budget is shared by the
+				// cells still to run.
+				cfg.MaxDuration = max(time.Minute/2, (tc.budget-time.Since(start))/time.Duration(len(cs)-i))
 			} else {
 				cfg.MinDuration = 3 * time.Second
 			}
@@ -380,7 +393,8 @@ func logCell(t *testing.T, c Cell) {
 	for _, ch := range c.Checks {
 		parts = append(parts, fmt.Sprintf("%s %d (+%d caveat)", ch.Name, ch.Violations, ch.Caveat))
 	}
-	t.Logf("%s/%s: %d takes (%d in worker processes) in %v; %s", c.Backend, c.Cell, c.Takes, c.ProcTakes, c.Duration.Round(time.Second), strings.Join(parts, ", "))
+	t.Logf("%s/%s: %d takes (%d in worker processes) in %v, %d attempts, %d unknown outcomes, %d failed Acquires; %s",
+		c.Backend, c.Cell, c.Takes, c.ProcTakes, c.Duration.Round(time.Second), c.Attempts, c.Unknown, c.AcqErrors, strings.Join(parts, ", "))
 	if i := c.Idem; i != nil {
 		t.Logf("%s/%s idempotency: %d keys, %d requests, %d answered 2xx, %d charges; answers %v; guard log %v",
 			c.Backend, c.Cell, i.Keys, i.Attempts, i.Answered, i.Effects, i.Statuses, i.Logged)
