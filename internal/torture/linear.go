@@ -84,46 +84,36 @@ func lockModel(ttl, slack time.Duration, stalls []span, midway bool) porcupine.M
 				// backend may have given it back on its error path.
 				return []any{st, linState{holder: phantom, token: st.token, expMin: in.call, expMax: forever}}
 			}
-		case Refresh:
+		case Refresh, Release:
 			switch out.outcome {
 			case OK:
 				if !mayHold(in.lease) {
 					return nil
+				}
+				if in.kind == Release {
+					return []any{linState{token: st.token}}
 				}
 				return []any{linState{holder: in.lease, token: st.token, expMin: max(st.expMin, in.call+t), expMax: latest(out.ret)}}
 			case Refused:
+				// Not held: another lease holds the key, or this one may
+				// have expired by the return.
 				if st.holder != in.lease || out.ret >= st.expMin {
 					return []any{st}
 				}
 				return nil
 			default:
-				if st.holder != in.lease {
+				switch {
+				case st.holder != in.lease:
 					return []any{st}
+				case in.kind == Release:
+					return []any{st, linState{token: st.token}}
 				}
-				// Applied, if at all, before the lease expired: it may
-				// last a TTL longer. That state allows everything the
-				// unchanged one does.
+				// A refresh applied, if at all, before the lease expired:
+				// it may last a TTL longer. That state allows everything
+				// the unchanged one does.
 				next := st
 				next.expMax = latest(st.expMax)
 				return []any{next}
-			}
-		case Release:
-			switch out.outcome {
-			case OK:
-				if !mayHold(in.lease) {
-					return nil
-				}
-				return []any{linState{token: st.token}}
-			case Refused:
-				if st.holder != in.lease || out.ret >= st.expMin {
-					return []any{st}
-				}
-				return nil
-			default:
-				if st.holder != in.lease {
-					return []any{st}
-				}
-				return []any{st, linState{token: st.token}}
 			}
 		}
 		return nil

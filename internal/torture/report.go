@@ -347,10 +347,15 @@ func examples(p *printer, cells []Cell, backend string) {
 			lines = append(lines, fmt.Sprintf("- %s: the whole history: `%s`", c.Cell, c.HistoryFile))
 		}
 	}
+	p.list("Examples:", lines)
+}
+
+// list prints a titled list of lines, or nothing for none.
+func (p *printer) list(title string, lines []string) {
 	if len(lines) == 0 {
 		return
 	}
-	p.line("Examples:")
+	p.line("%s", title)
 	p.line("")
 	for _, l := range lines {
 		p.line("%s", l)
@@ -374,13 +379,5 @@ func knownIssues(p *printer, cells []Cell, backend string) {
 			}
 		}
 	}
-	if len(lines) == 0 {
-		return
-	}
-	p.line("Known issues behind the violations above (found by this harness; their fixes are tracked elsewhere):")
-	p.line("")
-	for _, l := range lines {
-		p.line("%s", l)
-	}
-	p.line("")
+	p.list("Known issues behind the violations above (found by this harness; their fixes are tracked elsewhere):", lines)
 }
