@@ -27,6 +27,9 @@ type Violation struct {
 	// Caveat is true when that fault is documented to break the check.
 	Fault  string
 	Caveat bool
+	// Known, when set, names the known issue (found here, fixed
+	// elsewhere) that explains the violation.
+	Known string `json:",omitempty"`
 }
 
 // CheckResult is the verdict of one check on a run.
@@ -77,7 +80,10 @@ type Report struct {
 	// cancellation: negative when the holder stopped before the server
 	// could have handed the key on.
 	LossLatency []time.Duration
-	Liveness    CheckResult
+	// ExpiredOnArrival counts the leases whose Acquire returned after
+	// their TTL had run out (left out of LossLatency).
+	ExpiredOnArrival int
+	Liveness         CheckResult
 	// Recovery holds, for each heal and key, the time until a worker took
 	// the key again; LivenessBound is the most a key may stay stuck.
 	Recovery      []time.Duration
@@ -143,7 +149,7 @@ func Check(r *Result, opt CheckOptions) *Report {
 	rep.Fenced = CheckResult{Name: CheckFenced, Violations: at.mark(CheckFenced, checkFenced(r.Writes, &rep.Stale))}
 	rep.Exclusion = CheckResult{Name: CheckExclusion, Violations: at.mark(CheckExclusion, checkExclusion(r.Records.Takes, &rep.MaxOverlap))}
 	rep.TokenOrder = CheckResult{Name: CheckTokenOrder, Violations: at.mark(CheckTokenOrder, checkTokenOrder(r.Records.Ops))}
-	rep.Loss = CheckResult{Name: CheckLoss, Violations: at.mark(CheckLoss, checkLoss(r, &rep.LossLatency))}
+	rep.Loss = CheckResult{Name: CheckLoss, Violations: at.mark(CheckLoss, checkLoss(r, &rep.LossLatency, &rep.ExpiredOnArrival))}
 	rep.LivenessBound = livenessBound(cfg)
 	rep.Liveness = CheckResult{Name: CheckLiveness, Violations: at.mark(CheckLiveness, checkLiveness(r, rep.LivenessBound, &rep.Recovery))}
 	rep.LinearResults = checkLinear(r.Records.Ops, cfg.Backend.TTL, cfg.Backend.Slack, at.stalls(), at.skipped(CheckLinear), opt.LinearTimeout, opt.VisualDir, opt.VisualName)
@@ -369,7 +375,7 @@ func checkTokenOrder(ops []Op) []Violation {
 // checkLoss measures how each lost lease's loss was reported, and finds
 // losses reported after another holder took the key, and losses never
 // reported (the release found the lease gone while its context was live).
-func checkLoss(r *Result, latencies *[]time.Duration) []Violation {
+func checkLoss(r *Result, latencies *[]time.Duration, expired *int) []Violation {
 	ttl := int64(r.Config.Backend.TTL)
 	byLease := map[uint64][]Op{}
 	all := map[uint64][]Op{}
@@ -405,7 +411,13 @@ func checkLoss(r *Result, latencies *[]time.Duration) []Violation {
 		switch {
 		case t.Lost != 0:
 			bound := lastRenew(t.Lease, t.Lost) + ttl
-			*latencies = append(*latencies, time.Duration(t.Lost-bound))
+			if t.Taken >= bound {
+				// Acquire returned after the lease's TTL had run out (a
+				// slow or stalled take): its holder learnt at once.
+				*expired++
+			} else {
+				*latencies = append(*latencies, time.Duration(t.Lost-bound))
+			}
 			// The first take of the key by another lease after this one.
 			ts := takesByKey[t.Key]
 			i := sort.Search(len(ts), func(i int) bool { return ts[i].Return > t.Taken })

@@ -34,6 +34,7 @@ type Cell struct {
 
 	MaxOverlap    time.Duration
 	Losses        int
+	LateTakes     int // leases that had expired when Acquire returned
 	LossP50       time.Duration
 	LossP99       time.Duration
 	LossMax       time.Duration
@@ -66,8 +67,10 @@ type FaultSummary struct {
 // CheckSummary is one check's verdict in a cell.
 type CheckSummary struct {
 	Name string
-	// Violations no caveat explains, and those a fault's caveat does.
+	// Violations nothing explains, those a known issue explains, and
+	// those a fault's caveat explains.
 	Violations int
+	Known      int
 	Caveat     int
 	Examples   []Violation
 }
@@ -78,7 +81,7 @@ func Summarize(rep *Report, topology string) Cell {
 		Backend: rep.Backend, Topology: topology, Duration: rep.Duration,
 		Workers: rep.Workers, ProcWorkers: rep.ProcWorkers, Procs: rep.Procs, Takes: rep.Takes, ProcTakes: rep.ProcTakes, Attempts: rep.Attempts,
 		Ops: rep.Ops, Unknown: rep.Unknown, AcqErrors: rep.AcquireErrors, Stale: rep.Stale,
-		MaxOverlap: rep.MaxOverlap, Losses: len(rep.LossLatency),
+		MaxOverlap: rep.MaxOverlap, Losses: len(rep.LossLatency), LateTakes: rep.ExpiredOnArrival,
 		LossP50: Percentile(rep.LossLatency, 50), LossP99: Percentile(rep.LossLatency, 99), LossMax: Percentile(rep.LossLatency, 100),
 		Recoveries: len(rep.Recovery), RecoveryP50: Percentile(rep.Recovery, 50), RecoveryMax: Percentile(rep.Recovery, 100),
 		LivenessBound: rep.LivenessBound, LinearKeys: len(rep.LinearResults),
@@ -104,17 +107,21 @@ func Summarize(rep *Report, topology string) Cell {
 
 func summarizeCheck(ch *CheckResult) CheckSummary {
 	s := CheckSummary{Name: ch.Name}
-	var fails, caveats []Violation
+	var fails, known, caveats []Violation
 	for _, v := range ch.Violations {
-		if v.Caveat {
+		switch {
+		case v.Caveat:
 			s.Caveat++
 			caveats = append(caveats, v)
-		} else {
+		case v.Known != "":
+			s.Known++
+			known = append(known, v)
+		default:
 			s.Violations++
 			fails = append(fails, v)
 		}
 	}
-	s.Examples = append(fails[:min(3, len(fails))], caveats[:min(2, len(caveats))]...)
+	s.Examples = append(append(fails[:min(3, len(fails))], known[:min(2, len(known))]...), caveats[:min(2, len(caveats))]...)
 	return s
 }
 
