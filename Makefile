@@ -4,7 +4,8 @@
 #                      against them; any failure, or any skip other than an
 #                      "optional capability" one, fails
 #   make lint          gofmt, go vet, staticcheck
-#   make servers       start the test servers (scripts/servers.sh start)
+#   make servers       start the test servers and cluster topologies
+#                      (scripts/servers.sh start; its header lists them)
 #   make stop-servers  stop them
 #   make bench         benchmarks against the peer libraries (bench/): runs
 #                      them on a private set of servers and rewrites
@@ -22,6 +23,9 @@ GO          ?= go
 SERVERS     := scripts/servers.sh
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TESTFLAGS   ?= -race -count=1 -timeout 20m
+# MODULES are the Go modules of this repository that make lint and make test
+# cover: the root module and each backend that is a module of its own.
+MODULES     := . backends/pglock
 
 .PHONY: test lint servers stop-servers bench torture
 
@@ -34,13 +38,12 @@ stop-servers:
 lint:
 	@unformatted="$$(gofmt -l .)"; \
 	if [ -n "$$unformatted" ]; then echo "gofmt -l: these files need gofmt:"; echo "$$unformatted"; exit 1; fi
-	$(GO) vet ./...
-	$(STATICCHECK) ./...
+	for m in $(MODULES); do (cd $$m && $(GO) vet ./... && $(STATICCHECK) ./...); done
 
 test: servers lint
 	eval "$$(bash $(SERVERS) env)"; \
 	export IDEMLOCK_REQUIRE_SERVERS=1; \
-	$(GO) test $(TESTFLAGS) -json ./... | $(GO) run ./internal/cmd/testcheck
+	for m in $(MODULES); do (cd $$m && $(GO) test $(TESTFLAGS) -json ./...); done | $(GO) run ./internal/cmd/testcheck
 
 # bench runs on servers of its own (ports offset by BENCH_PORT_OFFSET, data
 # in .servers/bench-<offset>), so that the shared test servers' traffic
@@ -55,9 +58,9 @@ bench:
 	export IDEMLOCK_PORT_OFFSET=$(BENCH_PORT_OFFSET); \
 	if [ "$(BENCH_PORT_OFFSET)" != 0 ]; then \
 		export IDEMLOCK_SERVERS_DIR="$(CURDIR)/.servers/bench-$(BENCH_PORT_OFFSET)"; \
-		trap 'bash $(CURDIR)/$(SERVERS) stop redis etcd consul memcached >/dev/null 2>&1 || true' EXIT; \
+		trap 'bash $(CURDIR)/$(SERVERS) stop redis etcd consul memcached postgres >/dev/null 2>&1 || true' EXIT; \
 	fi; \
-	bash $(SERVERS) start redis etcd consul memcached; \
+	bash $(SERVERS) start redis etcd consul memcached postgres; \
 	eval "$$(bash $(SERVERS) env)"; \
 	export IDEMLOCK_REQUIRE_SERVERS=1; \
 	cd bench; \

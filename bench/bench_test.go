@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/idemlock/lock/internal/testenv"
 )
 
 // runID keeps this process's keys apart from every other run's on the
@@ -49,6 +51,9 @@ func printConfig() {
 	}
 	if a := os.Getenv("IDEMLOCK_MEMCACHED_ADDR"); a != "" {
 		fmt.Printf("memcached-version: %s\n", memcachedVersion(a))
+	}
+	if u := os.Getenv(testenv.EnvPostgresURL); u != "" {
+		fmt.Printf("postgres-version: %s\n", postgresVersion(u))
 	}
 }
 

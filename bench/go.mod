@@ -8,10 +8,20 @@ require (
 	github.com/go-redsync/redsync/v4 v4.18.1
 	github.com/hashicorp/consul/api v1.34.4
 	github.com/idemlock/lock v0.0.0-00010101000000-000000000000
+	github.com/idemlock/lock/backends/pglock v0.0.0-00010101000000-000000000000
+	github.com/jackc/pgx/v5 v5.12.0
 	github.com/redis/go-redis/v9 v9.23.0
 	go.etcd.io/etcd/client/v3 v3.7.3
 	go.uber.org/zap v1.27.1
 	golang.org/x/image v0.48.0
+)
+
+require (
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/pgxlisten v0.0.0-20250802141604-12b92425684c // indirect
+	github.com/jackc/puddle/v2 v2.2.3 // indirect
+	golang.org/x/sync v0.25.0 // indirect
 )
 
 require (
@@ -50,3 +60,5 @@ require (
 )
 
 replace github.com/idemlock/lock => ../
+
+replace github.com/idemlock/lock/backends/pglock => ../backends/pglock

@@ -20,6 +20,7 @@ package bench
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -79,7 +80,7 @@ type Lib struct {
 
 // Backend is one server kind and the libraries measured on it.
 type Backend struct {
-	Name string // redis, etcd, consul, memcached, memory
+	Name string // redis, etcd, consul, memcached, postgres, memory
 	Libs []Lib  // the first one is idemlock
 	// Env returns where the server is, skipping (or failing, under
 	// IDEMLOCK_REQUIRE_SERVERS=1) when it is not running.
@@ -115,11 +116,15 @@ type Env struct {
 	EtcdEndpoints []string
 	ConsulAddr    string
 	MemcachedAddr string
+	PostgresURL   string
 	// RedisHook, when set, is added to every Redis client (to count
 	// requests on the client side as well).
 	RedisHook redis.Hook
 	// ConsulWrap, when set, wraps the transport of every Consul client.
 	ConsulWrap func(http.RoundTripper) http.RoundTripper
+	// PostgresDial, when set, dials every PostgreSQL connection (to count
+	// requests).
+	PostgresDial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Counts are request counts by name; see [Meter].
@@ -127,5 +132,5 @@ type Counts map[string]float64
 
 // Backends lists every backend, in report order.
 func Backends() []Backend {
-	return []Backend{redisBackend(), etcdBackend(), consulBackend(), memcachedBackend(), memoryBackend()}
+	return []Backend{redisBackend(), etcdBackend(), consulBackend(), memcachedBackend(), postgresBackend(), memoryBackend()}
 }

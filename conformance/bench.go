@@ -78,10 +78,8 @@ func benchHandoff(b *testing.B, p params, prefix string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	var (
-		left = atomic.Int64{}
-		mu   sync.Mutex
-		hist []holding
-		errs []error
+		left atomic.Int64
+		rec  recorder
 		wg   sync.WaitGroup
 	)
 	left.Store(int64(b.N))
@@ -91,28 +89,21 @@ func benchHandoff(b *testing.B, p params, prefix string) {
 			for left.Add(-1) >= 0 {
 				le, err := lock.Acquire(ctx, ls[i], key, p.long)
 				if err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
+					rec.fail(err)
 					return
 				}
 				start := time.Now()
 				end := time.Now()
-				err = le.Release(ctx)
-				mu.Lock()
-				hist = append(hist, holding{le.Token(), start, end})
-				if err != nil {
-					errs = append(errs, err)
-				}
-				mu.Unlock()
+				rec.held(le, start, end, le.Release(ctx))
 			}
 		})
 	}
 	wg.Wait()
 	b.StopTimer()
-	if len(errs) > 0 {
-		b.Fatalf("hand-off: %v", errs[0])
+	if err := rec.err(); err != nil {
+		b.Fatalf("hand-off: %v", err)
 	}
+	hist := rec.hist
 	slices.SortFunc(hist, func(a, b holding) int { return a.start.Compare(b.start) })
 	lat := make([]time.Duration, 0, len(hist))
 	for i := 1; i < len(hist); i++ {

@@ -1,23 +1,3 @@
-// Package conformance is the behavioural specification of idemlock's
-// contract, as a test suite any backend can run against its real server:
-//
-//	func TestConformance(t *testing.T) {
-//		conformance.Run(t, conformance.Config{
-//			NewLocker:      func(t *testing.T) lock.Locker { return newLocker(t) },
-//			TTLGranularity: time.Millisecond,
-//		})
-//	}
-//
-// Subtests have stable names in a fixed order, so -run and -skip select
-// clauses. Every failure message starts with "contract clause violated:"
-// and names the clause. Only optional capabilities (such as
-// [lock.Notifier]) are skipped when a backend lacks them, with a message
-// containing "optional capability"; core clauses are never skipped.
-//
-// Timings scale with the backend: TTLs are at least Config.MinTTL and a
-// whole number of Config.TTLGranularity steps, and expiry is expected within
-// Config.ExpirySlack after the TTL. On top of that the suite allows
-// [SchedulingSlack] for a loaded machine running with -race.
 package conformance
 
 import (
@@ -61,26 +41,36 @@ type Config struct {
 	NewFaultyLocker func(t *testing.T) (lock.Locker, Faults)
 }
 
-// Faults switches faults on in the client of one Locker made by
-// [Config.NewFaultyLocker], so that the suite can drive the outcomes a
-// network has besides "done" and "not done". Each method arms a fault for
-// the next lock operation's request that the client sends (the request of a
-// TryAcquire, Refresh, Release, Claim or Complete), never for background
-// traffic such as session or lease renewals and subscriptions. A backend's
-// test implements it at the layer below the backend: a go-redis hook, a gRPC
-// interceptor or dialer, an http.RoundTripper, a net.Conn wrapper.
+// Faults switches faults on in the client of one Locker (or Store) made
+// by [Config.NewFaultyLocker] (or [StoreConfig.NewFaultyStore]), so that the
+// suite can drive the outcomes a network has besides "done" and "not done".
+//
+// Each method arms one fault, for the next lock operation's request that the
+// client sends (the request of a TryAcquire, Refresh, Release, Claim or
+// Complete), never for background traffic such as session or lease
+// renewals, subscriptions, or the backend undoing an earlier call whose
+// outcome was unknown. Arming twice before the fault fires arms it once. The
+// suite arms a fault only while no other call on that Locker is in flight,
+// and never arms both at once. A backend's test implements it at the layer
+// below the backend: a go-redis hook, a gRPC interceptor or dialer, an
+// http.RoundTripper, a net.Conn wrapper.
 type Faults interface {
-	// LoseNextReply makes the next request reach the server and be applied
-	// there, and its reply be lost: the call returns an error that matches
-	// neither lock.ErrNotHeld nor lock.ErrNotAcquired, as when a connection
-	// drops after the request was sent. The outcome is unknown to the
-	// backend; what the lease reports afterwards is what the suite checks.
+	// LoseNextReply makes the next request that changes state on the server
+	// reach the server and be applied there, and its reply be lost: the call
+	// returns an error that matches neither lock.ErrNotHeld nor
+	// lock.ErrNotAcquired, as when a connection drops after the request was
+	// sent. A read that only precedes the change (memcached's gets before
+	// its cas) passes untouched; the fault fires on the write. The outcome
+	// is unknown to the backend; what the lease reports afterwards is what
+	// the suite checks.
 	LoseNextReply()
 	// StallNextRequest makes the next request get no answer for as long as
-	// the test runs, as from a server that hangs; the transport honours the
-	// request's context as a real one would. The suite cancels the caller's
-	// context and requires the call to return promptly with an error that
-	// matches the context's error. Stalls end when the test ends.
+	// the test runs, as from a server that hangs; whether the server applies
+	// it is unknown. The transport behaves as a real one would: it honours
+	// the request's context, or the deadlines the client sets on its
+	// connection. The suite ends the caller's context and requires the call
+	// to return promptly with an error that matches the context's error.
+	// Stalls end when the test that made the Locker ends.
 	StallNextRequest()
 }
 
@@ -95,6 +85,7 @@ type params struct {
 	short time.Duration // a TTL short enough to wait out
 	slack time.Duration // ExpirySlack
 	long  time.Duration // a TTL that never runs out during a subtest
+	quick bool          // -short: smaller time budgets for the statistical clauses
 }
 
 func newParams(tb testing.TB, cfg Config) params {
@@ -113,7 +104,26 @@ func newParams(tb testing.TB, cfg Config) params {
 		p.slack = 2 * p.gran
 	}
 	p.long = roundUp(max(30*time.Second, 10*(p.short+p.slack)), p.gran)
+	p.quick = testing.Short()
 	return p
+}
+
+// budget is the time a statistical clause may spend: full by default, a
+// quarter of it with -short.
+func (p params) budget(full time.Duration) time.Duration {
+	if p.quick {
+		return full / 4
+	}
+	return full
+}
+
+// rounds is a statistical clause's target number of rounds: full by default,
+// a quarter of it with -short, never fewer than least.
+func (p params) rounds(full, least int) int {
+	if p.quick {
+		return max(full/4, least)
+	}
+	return full
 }
 
 func roundUp(d, step time.Duration) time.Duration {

@@ -26,27 +26,50 @@ type StoreConfig struct {
 	ExpirySlack    time.Duration
 	// NewFaultyStore, when set, returns an independent Store as NewStore
 	// does, together with the fault switch of its client (see [Faults]).
+	// The clauses about lost replies and cancellation while a request is in
+	// flight use it; without it they are skipped as an optional capability.
 	NewFaultyStore func(t *testing.T) (idempotency.Store, Faults)
 }
 
 // storeSuite lists the Store clauses in the order RunStore runs them. The
 // order and names are part of the package's API.
 var storeSuite = []subtest[storeParams]{
-	{"StoreInvalidInput", "bad input to Claim and Complete gets a typed error, never a panic", testStoreInvalidInput},
-	{"ClaimTakes", "Claim on a free key returns a Lease and no record; a claimed key is refused with ErrNotAcquired", testClaimTakes},
-	{"ClaimOneWinner", "exactly one of many concurrent Claims wins", testClaimOneWinner},
-	{"CompleteStores", "after Complete every Claim, on any Store, returns the record byte for byte and no Lease", testCompleteStores},
-	{"CompleteEndsLease", "Complete ends the lease: Refresh and Release then report ErrNotHeld and leave the record", testCompleteEndsLease},
-	{"ReleaseFreesKey", "Release of a claimed lease frees the key and stores nothing; the next Claim gets a greater token", testReleaseFreesKey},
-	{"CompleteTwice", "a second Complete reports ErrNotHeld and keeps the first record", testCompleteTwice},
-	{"CompleteAfterRelease", "Complete after Release reports ErrNotHeld and stores nothing", testCompleteAfterRelease},
-	{"StaleCompleteOwnerChecked", "a Complete by an expired lease never overwrites or ends a newer owner", testStaleComplete},
-	{"IndependentKeys", "Complete and Release on one key leave other keys alone", testStoreIndependentKeys},
-	{"RecordOutlivesLease", "a record is kept for its retention, not for the lease's TTL", testRecordOutlivesLease},
-	{"RecordRetention", "a record is replayed until its retention ends, and then the key is free with a greater token", testRecordRetention},
-	{"KeepAliveClaim", "a claimed lease renewed by KeepAlive outlives its TTL and can still Complete", testKeepAliveClaim},
-	{"OversizeRecordKeepsLease", "a record the Store cannot hold is refused with an error other than ErrNotHeld, and the lease still holds", testOversizeRecord},
-	{"CompleteWakesSubscribers", "optional Notifier: Complete wakes subscribers of the key, as a release does", testCompleteWakes},
+	{"StoreInvalidInput", "bad input to Claim and Complete gets a typed error, never a panic", testStoreInvalidInput,
+		"Claim does not call lock.CheckArgs first, or Complete accepts a lease of another type (check it with a type assertion, and a typed nil)"},
+	{"ClaimTakes", "Claim on a free key returns a Lease and no record; a claimed key is refused with ErrNotAcquired", testClaimTakes,
+		"Claim overwrites instead of create-if-absent"},
+	{"ClaimOneWinner", "exactly one of many concurrent Claims wins", testClaimOneWinner,
+		"Claim reads the record and then takes the lease in two requests"},
+	{"CompleteStores", "after Complete every Claim, on any Store, returns the record byte for byte and no Lease", testCompleteStores,
+		"the record is stored as text (it is binary) or truncated"},
+	{"CompleteEndsLease", "Complete ends the lease: Refresh and Release then report ErrNotHeld and leave the record", testCompleteEndsLease,
+		"Complete stores the record but leaves the lease's holding in place"},
+	{"ReleaseFreesKey", "Release of a claimed lease frees the key and stores nothing; the next Claim gets a greater token", testReleaseFreesKey,
+		"Release of a claimed lease leaves something behind that Claim reads as a record or a holding"},
+	{"CompleteTwice", "a second Complete reports ErrNotHeld and keeps the first record", testCompleteTwice,
+		"Complete does not compare the lease's own value before writing"},
+	{"CompleteAfterRelease", "Complete after Release reports ErrNotHeld and stores nothing", testCompleteAfterRelease,
+		"Complete does not compare the lease's own value before writing"},
+	{"StaleCompleteOwnerChecked", "a Complete by an expired lease never overwrites or ends a newer owner", testStaleComplete,
+		"Complete writes by key name instead of compare-and-swap on the lease's own value"},
+	{"IndependentKeys", "Complete and Release on one key leave other keys alone", testStoreIndependentKeys,
+		"records or holdings of different keys share a storage key"},
+	{"RecordOutlivesLease", "a record is kept for its retention, not for the lease's TTL", testRecordOutlivesLease,
+		"Complete keeps the lease's TTL on the record instead of setting the retention"},
+	{"RecordRetention", "a record is replayed until its retention ends, and then the key is free with a greater token", testRecordRetention,
+		"the record is stored without a server-side TTL"},
+	{"KeepAliveClaim", "a claimed lease renewed by KeepAlive outlives its TTL and can still Complete", testKeepAliveClaim,
+		"Refresh of a claimed lease does not extend the server's TTL"},
+	{"OversizeRecordKeepsLease", "a record the Store cannot hold is refused with an error other than ErrNotHeld, and the lease still holds", testOversizeRecord,
+		"a refused write is reported as ErrNotHeld, or the lease is deleted before the record is known to fit"},
+	{"CompleteWakesSubscribers", "optional Notifier: Complete wakes subscribers of the key, as a release does", testCompleteWakes,
+		"Complete publishes no event, so waiting duplicates sleep until the lease's TTL"},
+	{"ClaimCompleteRace", "a Claim concurrent with Complete returns ErrNotAcquired or the record, never a Lease", testClaimCompleteRace,
+		"the record and the lease are kept under separate keys and Complete writes one and then deletes the other; keep them under one key and replace the lease by the record in one compare-and-swap"},
+	{"CancelInFlight", "optional fault hook: cancellation while a Claim or Complete is in flight is honoured promptly", testStoreCancelInFlight,
+		"the client call does not get the caller's context, or waits for a reply without watching ctx.Done()"},
+	{"UnknownOutcome", "optional fault hook: after a lost reply of Complete the lease reports ErrNotHeld and the record stands; a lost Claim holds the key no longer than its TTL", testStoreUnknownOutcome,
+		"the lease keeps local state that a failed Complete does not invalidate; after an error whose outcome is unknown the next call must ask the server"},
 }
 
 // storeParams are the derived timings of one RunStore.
@@ -82,6 +105,20 @@ func RunStore(t *testing.T, cfg StoreConfig) {
 		ExpirySlack:    cfg.ExpirySlack,
 	})}
 	runSuite(t, "store/", storeSuite, p)
+}
+
+// newFaultyStore returns a Store whose client faults can be switched on,
+// or skips the clause when the backend's test supplies none.
+func (p storeParams) newFaultyStore(c *check) (idempotency.Store, Faults) {
+	c.Helper()
+	if p.cfg.NewFaultyStore == nil {
+		c.Skip("optional capability: StoreConfig.NewFaultyStore is not set, so lost replies and stalled requests cannot be injected")
+	}
+	s, f := p.cfg.NewFaultyStore(c.T)
+	if s == nil || f == nil {
+		c.T.Fatal("conformance: NewFaultyStore returned a nil Store or Faults")
+	}
+	return s, f
 }
 
 // claim claims key on s, failing the clause unless it gets a Lease.

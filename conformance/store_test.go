@@ -3,12 +3,14 @@ package conformance_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,8 +19,9 @@ import (
 	"github.com/idemlock/lock/idempotency"
 )
 
-// fakeStore is a small, correct idempotency.Store with switchable bugs, to
-// prove that RunStore catches broken backends.
+// fakeStore is a small, correct idempotency.Store server with switchable
+// bugs, to prove that RunStore catches broken backends. Its clients
+// (fakeClient) send "requests" that faults can lose or stall.
 type fakeStore struct {
 	bug     string
 	mu      sync.Mutex
@@ -33,102 +36,172 @@ type fakeRecord struct {
 }
 
 type fakeLease struct {
-	s        *fakeStore
+	c        *fakeClient
 	key      string
 	token    uint64
+	ttl      time.Duration
 	deadline time.Time
+	// The client's view (refresh-after-lost-complete): ended once a
+	// Complete, Release or Refresh reported so.
+	ended atomic.Bool
 }
 
 func newFakeStore(bug string) *fakeStore {
 	return &fakeStore{bug: bug, held: map[string]*fakeLease{}, records: map[string]fakeRecord{}}
 }
 
-func (s *fakeStore) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
-	le, _, err := s.Claim(ctx, key, ttl)
+// fakeClient is one client of a fakeStore: an idempotency.Store and the
+// conformance.Faults of its requests.
+type fakeClient struct {
+	*wire
+	s *fakeStore
+}
+
+func (s *fakeStore) client(t *testing.T) *fakeClient {
+	return &fakeClient{wire: newWire(t, s.bug == "ignores cancel in flight"), s: s}
+}
+
+// request sends one request: apply runs under the server's mutex.
+func (c *fakeClient) request(ctx context.Context, write bool, apply func(now time.Time) error) error {
+	return c.send(ctx, write, &c.s.mu, func() error { return apply(time.Now()) })
+}
+
+func (c *fakeClient) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+	le, _, err := c.Claim(ctx, key, ttl)
 	return le, err
 }
 
-func (s *fakeStore) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
+func (c *fakeClient) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
 	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
 		return nil, nil, err
 	}
-	s.mu.Lock()
-	now := time.Now()
-	if r, ok := s.records[key]; ok && (s.bug == "records never expire" || now.Before(r.deadline)) {
-		s.mu.Unlock()
-		return nil, bytes.Clone(r.data), nil
+	s := c.s
+	var rec []byte
+	readRecord := func(now time.Time) {
+		if r, ok := s.records[key]; ok && (s.bug == "records never expire" || now.Before(r.deadline)) {
+			rec = bytes.Clone(r.data)
+		}
 	}
-	cur := s.held[key]
-	free := cur == nil || !now.Before(cur.deadline)
-	if s.bug == "claim not atomic" {
-		s.mu.Unlock()
-		runtime.Gosched()
-		time.Sleep(time.Millisecond)
-		s.mu.Lock()
+	if s.bug == "record under a separate key" {
+		// The record and the lease are two keys: read one, then take the
+		// other, each atomic, the pair not.
+		if err := c.request(ctx, false, func(now time.Time) error { readRecord(now); return nil }); err != nil || rec != nil {
+			return nil, rec, err
+		}
+		time.Sleep(rtt)
 	}
-	defer s.mu.Unlock()
-	if !free {
-		return nil, nil, &lock.NotAcquiredError{Key: key}
+	var le *fakeLease
+	err := c.request(ctx, true, func(now time.Time) error {
+		if s.bug != "record under a separate key" {
+			if readRecord(now); rec != nil {
+				return nil
+			}
+		}
+		cur := s.held[key]
+		free := cur == nil || !now.Before(cur.deadline)
+		if s.bug == "claim not atomic" {
+			s.mu.Unlock()
+			runtime.Gosched()
+			time.Sleep(time.Millisecond)
+			s.mu.Lock()
+		}
+		if !free {
+			return &lock.NotAcquiredError{Key: key}
+		}
+		s.next++
+		le = &fakeLease{c: c, key: key, token: s.next, ttl: ttl, deadline: now.Add(ttl)}
+		s.held[key] = le
+		return nil
+	})
+	if err != nil || rec != nil {
+		return nil, rec, err
 	}
-	s.next++
-	le := &fakeLease{s: s, key: key, token: s.next, deadline: now.Add(ttl)}
-	s.held[key] = le
 	return le, nil, nil
 }
 
-func (s *fakeStore) Complete(ctx context.Context, l lock.Lease, rec []byte, retention time.Duration) error {
+func (c *fakeClient) Complete(ctx context.Context, l lock.Lease, rec []byte, retention time.Duration) error {
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
 	}
 	le, ok := l.(*fakeLease)
-	if !ok || retention <= 0 {
+	if !ok || le == nil || retention <= 0 {
 		return fmt.Errorf("%w: bad Complete", lock.ErrInvalidArgument)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := time.Now()
-	if !le.owns(now) && s.bug != "complete not owner-checked" {
-		return lock.ErrNotHeld
+	s := c.s
+	store := func(now time.Time) error {
+		if !le.owns(now) && s.bug != "complete not owner-checked" {
+			return lock.ErrNotHeld
+		}
+		if s.bug == "oversize ends lease" && len(rec) > 1<<20 {
+			delete(s.held, le.key)
+			return lock.ErrNotHeld
+		}
+		if s.bug != "complete keeps lease" && s.bug != "record under a separate key" {
+			delete(s.held, le.key)
+		}
+		keep := now.Add(retention)
+		if s.bug == "record lives as long as the lease" {
+			keep = le.deadline
+		}
+		s.records[le.key] = fakeRecord{data: bytes.Clone(rec), deadline: keep}
+		return nil
 	}
-	if s.bug == "oversize ends lease" && len(rec) > 1<<20 {
-		delete(s.held, le.key)
-		return lock.ErrNotHeld
+	err := c.request(ctx, true, store)
+	if err == nil && s.bug == "record under a separate key" {
+		time.Sleep(rtt)
+		err = c.request(ctx, true, func(time.Time) error { delete(s.held, le.key); return nil })
 	}
-	if s.bug != "complete keeps lease" {
-		delete(s.held, le.key)
+	if err == nil || errors.Is(err, lock.ErrNotHeld) {
+		le.ended.Store(true)
 	}
-	keep := now.Add(retention)
-	if s.bug == "record lives as long as the lease" {
-		keep = le.deadline
-	}
-	s.records[le.key] = fakeRecord{data: bytes.Clone(rec), deadline: keep}
-	return nil
+	return err
 }
 
 // owns reports whether le is the live holder of its key. s.mu is held.
 func (le *fakeLease) owns(now time.Time) bool {
-	return le.s.held[le.key] == le && now.Before(le.deadline)
+	return le.c.s.held[le.key] == le && now.Before(le.deadline)
 }
 
 func (le *fakeLease) Key() string   { return le.key }
 func (le *fakeLease) Token() uint64 { return le.token }
 func (le *fakeLease) Refresh(ctx context.Context, ttl time.Duration) error {
-	le.s.mu.Lock()
-	defer le.s.mu.Unlock()
-	if !le.owns(time.Now()) {
-		return lock.ErrNotHeld
+	if err := lock.CheckRefresh(ctx, ttl); err != nil {
+		return err
 	}
-	le.deadline = time.Now().Add(ttl)
-	return nil
+	if le.c.s.bug == "refresh after lost complete" && !le.ended.Load() && ttl == le.ttl {
+		// A renewal fast path for an unchanged TTL that trusts the
+		// lease's own state: it renews "the session" only.
+		return le.c.request(ctx, true, func(now time.Time) error {
+			if !now.Before(le.deadline) {
+				return lock.ErrNotHeld
+			}
+			le.deadline = now.Add(ttl)
+			return nil
+		})
+	}
+	return le.c.request(ctx, true, func(now time.Time) error {
+		if !le.owns(now) {
+			return lock.ErrNotHeld
+		}
+		le.deadline = now.Add(ttl)
+		return nil
+	})
 }
 func (le *fakeLease) Release(ctx context.Context) error {
-	le.s.mu.Lock()
-	defer le.s.mu.Unlock()
-	if !le.owns(time.Now()) {
-		return lock.ErrNotHeld
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
 	}
-	delete(le.s.held, le.key)
-	return nil
+	err := le.c.request(ctx, true, func(now time.Time) error {
+		if !le.owns(now) {
+			return lock.ErrNotHeld
+		}
+		delete(le.c.s.held, le.key)
+		return nil
+	})
+	if err == nil {
+		le.ended.Store(true)
+	}
+	return err
 }
 
 const brokenEnv = "IDEMLOCK_CONFORMANCE_BROKEN_STORE"
@@ -136,7 +209,8 @@ const brokenEnv = "IDEMLOCK_CONFORMANCE_BROKEN_STORE"
 func runFake(t *testing.T, bug string) {
 	s := newFakeStore(bug)
 	conformance.RunStore(t, conformance.StoreConfig{
-		NewStore:       func(*testing.T) idempotency.Store { return s },
+		NewStore:       func(t *testing.T) idempotency.Store { return s.client(t) },
+		NewFaultyStore: func(t *testing.T) (idempotency.Store, conformance.Faults) { c := s.client(t); return c, c },
 		TTLGranularity: time.Millisecond,
 	})
 }
@@ -158,31 +232,41 @@ func TestBrokenStoreHelper(t *testing.T) {
 	runFake(t, bug)
 }
 
+// storeBugs maps each broken store to the clause that must catch it.
+var storeBugs = map[string]string{
+	"claim not atomic":                  "ClaimOneWinner",
+	"complete not owner-checked":        "StaleCompleteOwnerChecked",
+	"complete keeps lease":              "CompleteEndsLease",
+	"record lives as long as the lease": "RecordOutlivesLease",
+	"records never expire":              "RecordRetention",
+	"oversize ends lease":               "OversizeRecordKeepsLease",
+	"record under a separate key":       "ClaimCompleteRace",
+	"ignores cancel in flight":          "CancelInFlight",
+	"refresh after lost complete":       "UnknownOutcome",
+}
+
 // A suite that never fails proves nothing: each broken store must fail the
-// clause that describes its bug.
+// clause that describes its bug (run alone, as in TestSuiteCatchesBrokenBackends).
 func TestRunStoreCatchesBrokenStores(t *testing.T) {
 	if os.Getenv(brokenEnv) != "" {
 		t.Skip("helper process")
 	}
-	for bug, clause := range map[string]string{
-		"claim not atomic":                  "ClaimOneWinner",
-		"complete not owner-checked":        "StaleCompleteOwnerChecked",
-		"complete keeps lease":              "CompleteEndsLease",
-		"record lives as long as the lease": "RecordOutlivesLease",
-		"records never expire":              "RecordRetention",
-		"oversize ends lease":               "OversizeRecordKeepsLease",
-	} {
+	if testing.Short() {
+		t.Skip("runs the store suite once per bug")
+	}
+	for bug, clause := range storeBugs {
 		t.Run(strings.ReplaceAll(bug, " ", "_"), func(t *testing.T) {
 			t.Parallel()
-			cmd := exec.Command(os.Args[0], "-test.run=^TestBrokenStoreHelper$", "-test.v")
+			cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestBrokenStoreHelper$/^"+clause+"$", "-test.v", "-test.timeout=5m")
 			cmd.Env = append(os.Environ(), brokenEnv+"="+bug)
 			out, err := cmd.CombinedOutput()
 			if err == nil {
 				t.Fatalf("RunStore passed a store whose %s:\n%s", bug, out)
 			}
-			want := "--- FAIL: TestBrokenStoreHelper/" + clause
-			if !strings.Contains(string(out), want) || !strings.Contains(string(out), "contract clause violated") {
-				t.Fatalf("a store whose %s did not fail %s with a named clause:\n%s", bug, clause, out)
+			for _, want := range []string{"--- FAIL: TestBrokenStoreHelper/" + clause + " ", "contract clause violated: ", "likely cause: "} {
+				if !strings.Contains(string(out), want) {
+					t.Fatalf("a store whose %s did not fail %s with a named clause and a likely cause (no %q):\n%s", bug, clause, want, out)
+				}
 			}
 		})
 	}

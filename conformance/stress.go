@@ -19,22 +19,68 @@ type holding struct {
 	start, end time.Time
 }
 
-// checkHistory verifies that holdings ordered by token never overlap and
-// that tokens are unique and strictly increase with time. It returns a
-// description of the first violation, or "".
-func checkHistory(hist []holding) string {
-	sorted := slices.Clone(hist)
-	slices.SortFunc(sorted, func(a, b holding) int { return a.start.Compare(b.start) })
-	for i := 1; i < len(sorted); i++ {
-		prev, cur := sorted[i-1], sorted[i]
+// recorder collects, from goroutines that take turns on one key, each
+// holding and the errors that ended their turns.
+type recorder struct {
+	mu   sync.Mutex
+	hist []holding
+	errs []error
+}
+
+// fail records an error that ended a goroutine's turns.
+func (r *recorder) fail(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.errs = append(r.errs, err)
+}
+
+// held records le's holding from start to end and its Release's error.
+func (r *recorder) held(le lock.Lease, start, end time.Time, releaseErr error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hist = append(r.hist, holding{le.Token(), start, end})
+	if releaseErr != nil {
+		r.errs = append(r.errs, releaseErr)
+	}
+}
+
+// err returns the first error recorded, or nil.
+func (r *recorder) err() error {
+	if len(r.errs) > 0 {
+		return r.errs[0]
+	}
+	return nil
+}
+
+// historyFault is the first violation checkHistory found between two
+// holdings adjacent in time.
+type historyFault struct {
+	overlap   bool // else: the later holding has the smaller token
+	prev, cur holding
+}
+
+func (f *historyFault) String() string {
+	if f.overlap {
+		return "two leases (tokens " + u64(f.prev.token) + " and " + u64(f.cur.token) + ") were in the critical section at the same time"
+	}
+	return "token " + u64(f.cur.token) + " was handed out after token " + u64(f.prev.token)
+}
+
+// checkHistory sorts holdings by their start and verifies that they never
+// overlap and that their tokens strictly increase. It returns the first
+// violation, or nil.
+func checkHistory(hist []holding) *historyFault {
+	slices.SortFunc(hist, func(a, b holding) int { return a.start.Compare(b.start) })
+	for i := 1; i < len(hist); i++ {
+		prev, cur := hist[i-1], hist[i]
 		if cur.start.Before(prev.end) {
-			return "two leases (tokens " + u64(prev.token) + " and " + u64(cur.token) + ") were in the critical section at the same time"
+			return &historyFault{true, prev, cur}
 		}
 		if cur.token <= prev.token {
-			return "token " + u64(cur.token) + " was handed out after token " + u64(prev.token)
+			return &historyFault{false, prev, cur}
 		}
 	}
-	return ""
+	return nil
 }
 
 func testMutualExclusion(c *check, p params) {
@@ -46,9 +92,7 @@ func testMutualExclusion(c *check, p params) {
 	}
 	var (
 		counter atomic.Int64 // read-modify-written without atomicity: only the lock protects it
-		mu      sync.Mutex
-		hist    []holding
-		errs    []error
+		rec     recorder
 		wg      sync.WaitGroup
 	)
 	ctx, cancel := context.WithTimeout(c.ctx(), p.long)
@@ -59,9 +103,7 @@ func testMutualExclusion(c *check, p params) {
 			for range rounds {
 				le, err := lock.Acquire(ctx, l, key, p.long)
 				if err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
+					rec.fail(err)
 					return
 				}
 				start := time.Now()
@@ -70,25 +112,19 @@ func testMutualExclusion(c *check, p params) {
 				time.Sleep(100 * time.Microsecond) // hold briefly, inviting a second holder
 				counter.Store(v + 1)
 				end := time.Now()
-				rerr := le.Release(context.WithoutCancel(ctx))
-				mu.Lock()
-				hist = append(hist, holding{le.Token(), start, end})
-				if rerr != nil {
-					errs = append(errs, rerr)
-				}
-				mu.Unlock()
+				rec.held(le, start, end, le.Release(context.WithoutCancel(ctx)))
 			}
 		})
 	}
 	wg.Wait()
-	if len(errs) > 0 {
-		c.Fatalf("under stress: %v", errs[0])
+	if err := rec.err(); err != nil {
+		c.Fatalf("under stress: %v", err)
 	}
 	if got, want := counter.Load(), int64(lockers*perLocker*rounds); got != want {
 		c.Errorf("a counter incremented under the lock %d times reads %d: updates were lost to concurrent holders", want, got)
 	}
-	if msg := checkHistory(hist); msg != "" {
-		c.Errorf("%s", msg)
+	if f := checkHistory(rec.hist); f != nil {
+		c.Errorf("%s", f)
 	}
 }
 

@@ -6,7 +6,7 @@
 #   scripts/servers.sh status           show each server; exit 1 unless all answer
 #   scripts/servers.sh env              print export lines: eval "$(scripts/servers.sh env)"
 #   scripts/servers.sh nodes NAME       one line per process of NAME: UNIT ADDR ROLE PEER (see below)
-#   scripts/servers.sh pause NAME       SIGSTOP a server (its whole process group; fault tests)
+#   scripts/servers.sh pause NAME       SIGSTOP a server (with its child processes; fault tests)
 #   scripts/servers.sh resume NAME      SIGCONT it again
 #   scripts/servers.sh kill NAME        SIGKILL it (kill -9), keeping its data; `start NAME` brings it back
 #   scripts/servers.sh restart NAME     stop it and start it again, waiting until it answers
@@ -222,14 +222,13 @@ find_binaries() {
 	EXE[postgres]=${PG_BIN:+$PG_BIN/postgres}
 }
 
-# proc_stat PID: set STAT_STATE, STAT_PGRP and STAT_START (clock ticks
-# since boot) from /proc/PID/stat; 1 if there is no such process.
+# proc_stat PID: set STAT_STATE and STAT_START (clock ticks since boot)
+# from /proc/PID/stat; 1 if there is no such process.
 proc_stat() {
 	local line f
 	{ read -r line <"/proc/$1/stat"; } 2>/dev/null || return 1
 	read -r -a f <<<"${line##*) }"
 	STAT_STATE=${f[0]}
-	STAT_PGRP=${f[2]}
 	STAT_START=${f[19]}
 }
 
@@ -239,14 +238,34 @@ alive() { proc_stat "$1" && [[ $STAT_STATE != [ZX] ]]; }
 # stopped PID: the process is stopped (SIGSTOP).
 stopped() { proc_stat "$1" && [[ $STAT_STATE == T ]]; }
 
-# signal SIG PID: send SIG to the process group PID leads (a unit launched
-# by setsid leads its own: PostgreSQL's backends are in it), else to PID.
+# family PID: set FAMILY to PID and every process descending from it.
+# (PostgreSQL's backends each start a session of their own, so neither the
+# process group nor the session of the postmaster holds them.)
+family() {
+	local f line pid ppid i=0
+	local -A kids=()
+	for f in /proc/[0-9]*/stat; do
+		{ read -r line <"$f"; } 2>/dev/null || continue
+		pid=${f#/proc/}
+		pid=${pid%/stat}
+		line=${line##*) }
+		ppid=${line#* }
+		ppid=${ppid%% *}
+		kids[$ppid]+=" $pid"
+	done
+	FAMILY=("$1")
+	while ((i < ${#FAMILY[@]})); do
+		# shellcheck disable=SC2206 # a list of pids
+		FAMILY+=(${kids[${FAMILY[$i]}]:-})
+		i=$((i + 1))
+	done
+}
+
+# signal SIG PID: send SIG to PID and every process descending from it:
+# pausing or killing a server pauses or kills all of it.
 signal() {
-	if proc_stat "$2" && [[ $STAT_PGRP == "$2" ]]; then
-		kill "-$1" -- "-$2" 2>/dev/null
-	else
-		kill "-$1" "$2" 2>/dev/null
-	fi
+	family "$2"
+	kill "-$1" "${FAMILY[@]}" 2>/dev/null
 }
 
 # ourpid UNIT: set OURPID to the recorded pid if that process (same pid
@@ -477,9 +496,13 @@ install_packages() {
 	[[ -n $PG_BIN ]] || die "no /usr/lib/postgresql/*/bin/postgres after installing ${missing[*]}"
 }
 
-# consul_ok: the cached binary is there and is the version we build.
+# consul_ok: the cached binary is there and is the version we build
+# (checked once per run: starting Consul to ask takes a while).
+CONSUL_CHECKED=0
 consul_ok() {
-	is_consul "$CONSUL_BIN"
+	[[ $CONSUL_CHECKED == 1 ]] && return 0
+	is_consul "$CONSUL_BIN" || return 1
+	CONSUL_CHECKED=1
 }
 
 # is_consul BINARY: BINARY runs and says it is Consul $CONSUL_VERSION. (No
@@ -1108,10 +1131,11 @@ start_topology() {
 	[[ $running == 1 ]] && keep=1
 	case $name in
 	redis-sentinel)
-		# The primary and replicas first: a Sentinel's configuration names
-		# the primary, which is there by then.
-		start_units "$keep" redis-ha-1 redis-ha-2 redis-ha-3
+		# The Sentinels first: restarted, they know which node is the
+		# primary now (fresh, redis-ha-1), and each node replicates from
+		# the primary they name.
 		start_units "$keep" sentinel-1 sentinel-2 sentinel-3
+		start_units "$keep" redis-ha-1 redis-ha-2 redis-ha-3
 		wait_topology "$name"
 		;;
 	consul-cluster)
@@ -1337,19 +1361,21 @@ cmd_signal() { # SIG VERB NAME
 	done
 }
 
-# cmd_kill NAME: SIGKILL each unit's process group and wait until every
-# process of it is gone; the data stays for `start`.
+# cmd_kill NAME: SIGKILL each unit and its child processes and wait until
+# every one is gone; the data stays for `start`.
 cmd_kill() {
-	local u pid deadline
+	local u pid deadline p
 	lock
 	for u in ${UNITS[$1]:-$1}; do
 		ourpid "$u" || die "$u is not running (start it with: $0 start)"
 		pid=$OURPID
 		signal KILL "$pid" || true
 		deadline=$((SECONDS + 10))
-		while alive "$pid" || kill -0 -- "-$pid" 2>/dev/null; do
-			((SECONDS < deadline)) || die "$u: pid $pid (or its process group) survived SIGKILL for 10s"
-			sleep 0.05
+		for p in "${FAMILY[@]}"; do
+			while alive "$p"; do
+				((SECONDS < deadline)) || die "$u: pid $p survived SIGKILL for 10s"
+				sleep 0.05
+			done
 		done
 		rm -f "$DIR/$u.pid"
 		say "$u: killed (pid $pid)"

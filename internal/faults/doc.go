@@ -51,6 +51,7 @@
 //	connection reset     n.Reset()                        // RST every open connection now
 //	server unreachable   n.Refuse(t)                      // RST every new connection
 //	lost reply           f := n.LoseNextReply(t); ...; <-f.Hit()  // applied, reply dropped, conn reset
+//	                     (RESP, memcached, HTTP/1.1 by connection; HTTP/2 and gRPC by stream)
 //	every reply lost     n.LoseReplies(t)
 //
 // Process (any unit of a private set):

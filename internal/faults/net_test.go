@@ -10,10 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock/internal/faults"
 	"github.com/idemlock/lock/internal/testenv"
 	"github.com/redis/go-redis/v9"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 )
 
 // noLeak checks, after every other clean-up of t, that no goroutine
@@ -321,4 +324,72 @@ func TestSharedRefusesFaults(t *testing.T) {
 	if err := c.Ping(t.Context()).Err(); err != nil {
 		t.Errorf("PING after the refused faults: %v", err)
 	}
+}
+
+// A lost reply on gRPC (etcd): many requests share one HTTP/2 connection
+// and the server sends control frames of its own, yet the frame lost is
+// the response, so the Put was applied every time the client got an error.
+func TestLoseReplyGRPC(t *testing.T) {
+	tp := faults.Start(t, testenv.Etcd)
+	n := tp.Net(t)
+	cli := etcdClient(t, n.Addrs(tp.Addrs()))
+	direct := etcdClient(t, tp.Addrs())
+	ctx := t.Context()
+	for i := range 10 {
+		if _, err := cli.Put(ctx, "k", "before"); err != nil {
+			t.Fatal(err)
+		}
+		f := n.LoseNextReply(t)
+		if _, err := cli.Put(ctx, "k", fmt.Sprint(i)); err == nil {
+			t.Fatalf("Put %d with its reply lost returned no error", i)
+		}
+		waitHit(t, f)
+		resp, err := direct.Get(ctx, "k")
+		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != fmt.Sprint(i) {
+			t.Fatalf("Put %d with its reply lost: the server holds %v (%v), want it applied", i, resp, err)
+		}
+		f.Heal()
+	}
+}
+
+// ... and on HTTP/1.1 (Consul), where net/http does not replay a PUT.
+func TestLoseReplyHTTP(t *testing.T) {
+	tp := faults.Start(t, testenv.Consul)
+	n := tp.Net(t)
+	c := consulClient(t, n.Addr(tp.Addrs()[0]))
+	direct := consulClient(t, tp.Addrs()[0])
+	for i := range 3 {
+		f := n.LoseNextReply(t)
+		if _, err := c.KV().Put(&api.KVPair{Key: "k", Value: []byte(fmt.Sprint(i))}, nil); err == nil {
+			t.Fatalf("PUT %d with its reply lost returned no error", i)
+		}
+		waitHit(t, f)
+		pair, _, err := direct.KV().Get("k", nil)
+		if err != nil || pair == nil || string(pair.Value) != fmt.Sprint(i) {
+			t.Fatalf("PUT %d with its reply lost: the agent holds %v (%v), want it applied", i, pair, err)
+		}
+		f.Heal()
+	}
+}
+
+func etcdClient(t *testing.T, endpoints []string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	return cli
+}
+
+func consulClient(t *testing.T, addr string) *api.Client {
+	t.Helper()
+	cfg := api.DefaultConfig()
+	cfg.Address = addr
+	t.Cleanup(cfg.Transport.CloseIdleConnections)
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -97,6 +97,18 @@ func (n *Net) Proxies() []*Proxy {
 	return out
 }
 
+// used adds to set the upstream addresses that a connection went to
+// through this Net.
+func (n *Net) used(set map[string]bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for u, p := range n.proxies {
+		if p.Accepted() > 0 {
+			set[u] = true
+		}
+	}
+}
+
 // DialContext connects to addr through its proxy. addr may be a server's
 // address (its proxy is made on first use) or one of the Net's proxy
 // addresses. It has the signature of net.Dialer.DialContext, for the dial
@@ -297,10 +309,9 @@ func (n *Net) Refuse(tb testing.TB) *Fault {
 // that a client sends (on any connection, after this call) is forwarded to
 // the server, which applies it; the first data the server sends back on
 // that connection is dropped and the connection is reset, so the client
-// sees an error. It acts once; Hit tells when. On a multiplexed connection
-// (gRPC, HTTP/2) the first data back may be a control frame sent before the
-// server applied the request: the request is then in flight, and its
-// outcome equally unknown to the client.
+// sees an error. On HTTP/2 (gRPC: etcd) the request is the next stream
+// the client opens and the data dropped is that stream's response; the
+// server's control frames before it pass. It acts once; Hit tells when.
 func (n *Net) LoseNextReply(tb testing.TB) *Fault {
 	tb.Helper()
 	return n.loseReplies(tb, nil, true)
@@ -340,10 +351,11 @@ type Proxy struct {
 	ln       *net.TCPListener
 	addr     string
 
-	mu     sync.Mutex
-	links  map[*link]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	links    map[*link]struct{}
+	closed   bool
+	wg       sync.WaitGroup
+	accepted atomic.Int64
 }
 
 // Addr returns the address the proxy listens on.
@@ -408,6 +420,10 @@ func (p *Proxy) Reset() int {
 	return n
 }
 
+// Accepted returns how many client connections the proxy has accepted so
+// far: a test checks with it that its client went through the proxy.
+func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
+
 // Conns returns how many client connections the proxy has open.
 func (p *Proxy) Conns() int {
 	p.mu.Lock()
@@ -422,6 +438,7 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return // closed
 		}
+		p.accepted.Add(1)
 		ctx, cancel := context.WithCancel(context.Background())
 		l := &link{p: p, client: c, ctx: ctx, cancel: cancel, done: ctx.Done()}
 		p.mu.Lock()
@@ -463,6 +480,16 @@ type link struct {
 	// lose is the lost-reply fault that claims the next data the server
 	// sends on this connection.
 	lose atomic.Pointer[Fault]
+
+	// HTTP/2 (see h2.go): h2 is decided by the client's first data; up is
+	// walked by the writer to the server, down by the writer to the
+	// client; lost holds the streams whose response a lost-reply fault
+	// claims.
+	h2        atomic.Int32 // 0 not known yet, 1 HTTP/2, -1 not
+	up, down  h2Frames
+	maxStream uint32
+	lostMu    sync.Mutex
+	lost      map[uint32]*Fault
 }
 
 type chunk struct {
@@ -474,9 +501,7 @@ func (l *link) serve() {
 	defer l.p.wg.Done()
 	defer func() {
 		l.close()
-		if f := l.lose.Load(); f != nil && f.once && f.Hits() == 0 {
-			f.claimed.Store(false) // the connection ended first: the next one is lost instead
-		}
+		l.unclaim()
 		l.p.mu.Lock()
 		delete(l.p.links, l)
 		l.p.mu.Unlock()
@@ -568,14 +593,19 @@ func (l *link) pipe(d Direction, src, dst *net.TCPConn) {
 				return
 			}
 		}
-		if d == ToClient && l.loseReply() {
-			drain(q)
-			<-eof
-			return
+		if d == ToClient {
+			if cut, f := l.loseReply(c.data); f != nil {
+				_, _ = dst.Write(c.data[:cut]) // control frames before the reply
+				f.recordHit()
+				l.reset()
+				drain(q)
+				<-eof
+				return
+			}
 		}
 		if d == ToServer {
 			// Before the write: the reply may be back before it returns.
-			l.claimReply()
+			l.claimReply(c.data)
 		}
 		if _, err := dst.Write(c.data); err != nil {
 			l.close()
@@ -618,12 +648,9 @@ func (l *link) hold(d Direction) bool {
 	}
 }
 
-// claimReply runs as a request goes to the server: an armed lost-reply
-// fault claims this connection's next data back.
-func (l *link) claimReply() {
-	if l.lose.Load() != nil {
-		return
-	}
+// armed returns the lost-reply fault that claims the reply to a request
+// going to the server now, if one does.
+func (l *link) armed() *Fault {
 	for _, f := range l.p.net.state.Load().faults {
 		if f.kind != kindLoseReply || !f.applies(l.p, ToClient) {
 			continue
@@ -631,21 +658,92 @@ func (l *link) claimReply() {
 		if f.once && !f.claimed.CompareAndSwap(false, true) {
 			continue
 		}
-		l.lose.Store(f)
-		return
+		return f
 	}
+	return nil
 }
 
-// loseReply drops the data about to go to the client and resets the
-// connection if a lost-reply fault claimed it.
-func (l *link) loseReply() bool {
-	f := l.lose.Load()
-	if f == nil || f.Healed() {
-		return false
+// claimReply runs as request data goes to the server: an armed lost-reply
+// fault claims this connection's next data back or, on HTTP/2, the
+// response on each stream the data opens.
+func (l *link) claimReply(b []byte) {
+	if l.h2.Load() == 0 {
+		if isH2Preface(b) {
+			l.up.preface = len(h2Preface)
+			l.h2.Store(1)
+		} else {
+			l.h2.Store(-1)
+		}
 	}
-	f.recordHit()
-	l.reset()
-	return true
+	if l.h2.Load() < 0 {
+		if l.lose.Load() == nil {
+			if f := l.armed(); f != nil {
+				l.lose.Store(f)
+			}
+		}
+		return
+	}
+	l.up.scan(b, func(_ int, typ byte, stream uint32) bool {
+		if typ != h2Headers || stream%2 == 0 || stream <= l.maxStream {
+			return true // not a new request
+		}
+		l.maxStream = stream
+		if f := l.armed(); f != nil {
+			l.lostMu.Lock()
+			if l.lost == nil {
+				l.lost = map[uint32]*Fault{}
+			}
+			l.lost[stream] = f
+			l.lostMu.Unlock()
+		}
+		return true
+	})
+}
+
+// loseReply looks at data about to go to the client: if a lost-reply
+// fault claims it, it returns the fault and how much of b to pass first
+// (on HTTP/2, the frames before the claimed response).
+func (l *link) loseReply(b []byte) (int, *Fault) {
+	if l.h2.Load() < 0 {
+		if f := l.lose.Load(); f != nil && !f.Healed() {
+			return 0, f
+		}
+		return 0, nil
+	}
+	// Walked from the first byte even before the client's preface tells
+	// HTTP/2 (a server may send its SETTINGS first), to stay in step.
+	cut, lost := 0, (*Fault)(nil)
+	l.down.scan(b, func(start int, typ byte, stream uint32) bool {
+		if typ != h2Headers && typ != h2Data {
+			return true
+		}
+		l.lostMu.Lock()
+		f := l.lost[stream]
+		l.lostMu.Unlock()
+		if f == nil || f.Healed() {
+			return true
+		}
+		cut, lost = max(start, 0), f
+		return false
+	})
+	return cut, lost
+}
+
+// unclaim releases, when the connection ends, a one-time lost-reply
+// fault it claimed but never acted on, so that the next request is lost
+// instead.
+func (l *link) unclaim() {
+	claimed := []*Fault{l.lose.Load()}
+	l.lostMu.Lock()
+	for _, f := range l.lost {
+		claimed = append(claimed, f)
+	}
+	l.lostMu.Unlock()
+	for _, f := range claimed {
+		if f != nil && f.once && f.Hits() == 0 {
+			f.claimed.Store(false)
+		}
+	}
 }
 
 // reset closes both connections with a TCP RST; false if already closed.

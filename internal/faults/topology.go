@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +29,9 @@ type Topology struct {
 	in     *testenv.Instance // nil for the shared servers
 	addrs  []string
 	master string
+
+	mu   sync.Mutex
+	nets []*Net // every Net made, for Used
 }
 
 // Start starts a private set of server s (a single server such as
@@ -66,12 +70,49 @@ func (tp *Topology) Addrs() []string { return slices.Clone(tp.addrs) }
 // SentinelMaster returns the name the Sentinels know the primary by.
 func (tp *Topology) SentinelMaster() string { return tp.master }
 
-// Net returns a new set of proxies for the topology's clients (see [Net]).
-// On the shared servers it makes proxies whose fault methods fail the
-// test.
+// Net returns a new set of proxies for the topology's clients (see [Net]),
+// closed when tb ends. On the shared servers it makes proxies whose fault
+// methods fail the test. A test that checks that no goroutine outlives a
+// client gives each client a Net of its own, made with the client's tb.
 func (tp *Topology) Net(tb testing.TB) *Net {
 	tb.Helper()
-	return newNet(tb, tp.in == nil)
+	n := newNet(tb, tp.in == nil)
+	tp.mu.Lock()
+	tp.nets = append(tp.nets, n)
+	tp.mu.Unlock()
+	return n
+}
+
+// Used returns the server addresses that client connections went to
+// through the proxies of the Nets made so far (also those closed since),
+// sorted: a test that claims to run through proxies checks them.
+func (tp *Topology) Used() []string {
+	tp.mu.Lock()
+	nets := slices.Clone(tp.nets)
+	tp.mu.Unlock()
+	set := map[string]bool{}
+	for _, n := range nets {
+		n.used(set)
+	}
+	out := make([]string, 0, len(set))
+	for u := range set {
+		out = append(out, u)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Unused returns the addresses among upstreams that no client connection
+// went to through the topology's Nets.
+func (tp *Topology) Unused(upstreams []string) []string {
+	used := tp.Used()
+	var out []string
+	for _, u := range upstreams {
+		if !slices.Contains(used, u) {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // private returns the instance, or fails the test on the shared servers.

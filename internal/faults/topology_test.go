@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -14,8 +16,6 @@ import (
 	"github.com/idemlock/lock/internal/faults"
 	"github.com/idemlock/lock/internal/testenv"
 	"github.com/redis/go-redis/v9"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // eventually retries op, a request to a topology that is electing or
@@ -44,6 +44,15 @@ func role(t *testing.T, tp *faults.Topology, unit string) (string, string) {
 	return n.Role, n.Peer
 }
 
+// healed heals f and checks that unit is back as wantRole (of wantPeer).
+func healed(t *testing.T, tp *faults.Topology, f *faults.Fault, unit, wantRole, wantPeer string) {
+	t.Helper()
+	f.Heal()
+	if r, peer := role(t, tp, unit); r != wantRole || peer != wantPeer {
+		t.Errorf("%s after healing %s is %s (of %q), want %s (of %q)", unit, f, r, peer, wantRole, wantPeer)
+	}
+}
+
 func follower(t *testing.T, tp *faults.Topology) string {
 	t.Helper()
 	for _, n := range tp.Nodes(t) {
@@ -56,13 +65,10 @@ func follower(t *testing.T, tp *faults.Topology) string {
 }
 
 func TestEtcdCluster(t *testing.T) {
+	t.Parallel() // a private set of its own; most of the time goes to waiting for elections
 	tp := faults.Start(t, testenv.EtcdCluster)
 	n := tp.Net(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: n.Addrs(tp.Addrs()), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cli.Close() })
+	cli := etcdClient(t, n.Addrs(tp.Addrs()))
 	put := func(v string) func(ctx context.Context) error {
 		return func(ctx context.Context) error { _, err := cli.Put(ctx, "k", v); return err }
 	}
@@ -71,31 +77,25 @@ func TestEtcdCluster(t *testing.T) {
 		t.Fatalf("%d members, want 3", got)
 	}
 
-	t.Run("KillFollower", func(t *testing.T) {
-		u := follower(t, tp)
-		f := tp.Kill(t, u)
-		if r, _ := role(t, tp, u); r != "down" {
-			t.Fatalf("killed %s is %s, want down", u, r)
-		}
-		eventually(t, "put with a member down", 10*time.Second, put("1"))
-		f.Heal()
-		if r, _ := role(t, tp, u); r != "follower" {
-			t.Errorf("%s after the heal is %s, want follower", u, r)
-		}
-	})
-
-	t.Run("PauseFollower", func(t *testing.T) {
-		u := follower(t, tp)
-		f := tp.Pause(t, u)
-		if r, _ := role(t, tp, u); r != "paused" {
-			t.Fatalf("paused %s is %s", u, r)
-		}
-		eventually(t, "put with a member paused", 10*time.Second, put("2"))
-		f.Heal()
-		if r, _ := role(t, tp, u); r != "follower" {
-			t.Errorf("%s after the heal is %s, want follower", u, r)
-		}
-	})
+	// A member killed or paused: the other two keep a quorum.
+	for _, tc := range []struct {
+		name   string
+		inject func(testing.TB, string) *faults.Fault
+		role   string
+	}{
+		{"KillFollower", tp.Kill, "down"},
+		{"PauseFollower", tp.Pause, "paused"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := follower(t, tp)
+			f := tc.inject(t, u)
+			if r, _ := role(t, tp, u); r != tc.role {
+				t.Fatalf("%s is %s, want %s", u, r, tc.role)
+			}
+			eventually(t, "put with a member "+tc.role, 10*time.Second, put(tc.name))
+			healed(t, tp, f, u, "follower", "")
+		})
+	}
 
 	t.Run("KillLeader", func(t *testing.T) {
 		old, next, f := tp.KillLeader(t)
@@ -107,23 +107,15 @@ func TestEtcdCluster(t *testing.T) {
 		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "3" {
 			t.Errorf("get after the new election: %v, %v", resp, err)
 		}
-		f.Heal()
-		if r, _ := role(t, tp, old.Unit); r != "follower" {
-			t.Errorf("old leader %s after the heal is %s, want follower", old.Unit, r)
-		}
+		healed(t, tp, f, old.Unit, "follower", "")
 	})
 }
 
 func TestConsulCluster(t *testing.T) {
+	t.Parallel() // a private set of its own; most of the time goes to waiting for elections
 	tp := faults.Start(t, testenv.ConsulCluster)
 	n := tp.Net(t)
-	cfg := api.DefaultConfig()
-	cfg.Address = n.Addr(tp.Addrs()[0])
-	t.Cleanup(cfg.Transport.CloseIdleConnections)
-	client, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := consulClient(t, n.Addr(tp.Addrs()[0]))
 	put := func(v string) func(ctx context.Context) error {
 		return func(ctx context.Context) error {
 			_, err := client.KV().Put(&api.KVPair{Key: "k", Value: []byte(v)}, (&api.WriteOptions{}).WithContext(ctx))
@@ -156,13 +148,11 @@ func TestConsulCluster(t *testing.T) {
 		t.Fatalf("a session with a 1s TTL: %v", err)
 	}
 	_, _ = client.Session().Destroy(id, nil)
-	f.Heal()
-	if r, _ := role(t, tp, old.Unit); r != "follower" {
-		t.Errorf("old leader %s after the heal is %s, want follower", old.Unit, r)
-	}
+	healed(t, tp, f, old.Unit, "follower", "")
 }
 
 func TestRedisSentinel(t *testing.T) {
+	t.Parallel() // a private set of its own; most of the time goes to waiting for elections
 	tp := faults.Start(t, testenv.RedisSentinel)
 	n := tp.Net(t)
 	rdb := redis.NewFailoverClient(&redis.FailoverOptions{
@@ -212,10 +202,7 @@ func TestRedisSentinel(t *testing.T) {
 		}
 		check("0")
 		eventually(t, "set after the failover", 15*time.Second, set("1", 1))
-		f.Heal()
-		if r, peer := role(t, tp, old.Unit); r != "replica" || peer != next.Unit {
-			t.Errorf("old primary %s after the heal is %s of %q, want a replica of %s", old.Unit, r, peer, next.Unit)
-		}
+		healed(t, tp, f, old.Unit, "replica", next.Unit)
 	})
 
 	t.Run("Failover", func(t *testing.T) {
@@ -229,6 +216,7 @@ func TestRedisSentinel(t *testing.T) {
 }
 
 func TestRedisClusterHA(t *testing.T) {
+	t.Parallel() // a private set of its own; most of the time goes to waiting for elections
 	tp := faults.Start(t, testenv.RedisClusterHA)
 	n := tp.Net(t)
 	// A refused connection to a killed primary is no MOVED and not
@@ -313,14 +301,12 @@ func TestRedisClusterHA(t *testing.T) {
 		}
 		eventually(t, "read after the kill", 20*time.Second, read("1"))
 		eventually(t, "write after the kill", 20*time.Second, write("2"))
-		f.Heal()
-		if r, peer := role(t, tp, replica); r != "replica" || peer != primary {
-			t.Errorf("killed %s after the heal is %s of %q, want a replica of %s", replica, r, peer, primary)
-		}
+		healed(t, tp, f, replica, "replica", primary)
 	})
 }
 
 func TestMemcachedCluster(t *testing.T) {
+	t.Parallel() // a private set of its own; most of the time goes to waiting for elections
 	tp := faults.Start(t, testenv.MemcachedCluster)
 	n := tp.Net(t)
 	mc := memcache.New(n.Addrs(tp.Addrs())...)
@@ -365,21 +351,57 @@ func isTimeout(err error) bool {
 	return (errors.As(err, &ne) && ne.Timeout()) || errors.As(err, &ct)
 }
 
+// pgAnswers reports whether the PostgreSQL server at addr answers an
+// SSLRequest within a second (with 'N': no TLS here).
+func pgAnswers(addr string) bool {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil {
+		return false
+	}
+	b := make([]byte, 1)
+	_, err = io.ReadFull(conn, b)
+	return err == nil && b[0] == 'N'
+}
+
 func TestPostgres(t *testing.T) {
+	t.Parallel() // a private set of its own
 	tp := faults.Start(t, testenv.Postgres)
-	if r, _ := role(t, tp, "postgres"); r != "node" {
-		t.Fatalf("postgres is %s, want node", r)
+	u, err := url.Parse(tp.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
 	}
-	f := tp.Kill(t, "postgres")
-	if r, _ := role(t, tp, "postgres"); r != "down" {
-		t.Fatalf("killed postgres is %s, want down", r)
+	if !pgAnswers(u.Host) {
+		t.Fatal("postgres does not answer")
 	}
-	f.Heal()
-	if r, _ := role(t, tp, "postgres"); r != "node" {
-		t.Errorf("postgres after the heal is %s, want node", r)
+	for _, tc := range []struct {
+		name   string
+		inject func(testing.TB, string) *faults.Fault
+		role   string
+	}{
+		{"Pause", tp.Pause, "paused"},
+		{"Kill", tp.Kill, "down"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := tc.inject(t, "postgres")
+			if r, _ := role(t, tp, "postgres"); r != tc.role {
+				t.Fatalf("postgres is %s, want %s", r, tc.role)
+			}
+			if pgAnswers(u.Host) {
+				t.Errorf("postgres answers while %s", tc.role)
+			}
+			healed(t, tp, f, "postgres", "node", "")
+			if !pgAnswers(u.Host) {
+				t.Error("postgres does not answer after the heal")
+			}
+		})
 	}
 	tp.Restart(t, "postgres")
-	if r, _ := role(t, tp, "postgres"); r != "node" {
-		t.Errorf("postgres after a restart is %s, want node", r)
+	if !pgAnswers(u.Host) {
+		t.Error("postgres does not answer after a restart")
 	}
 }

@@ -3,6 +3,7 @@ package testenv
 import (
 	"fmt"
 	"net"
+	"os/exec"
 	"reflect"
 	"strings"
 	"testing"
@@ -167,5 +168,58 @@ func TestScriptFound(t *testing.T) {
 	}
 	if !strings.HasSuffix(script, "/scripts/servers.sh") || !fileExists(script) {
 		t.Errorf("Script() = %q, want an existing .../scripts/servers.sh", script)
+	}
+}
+
+func TestParseNodes(t *testing.T) {
+	out := []byte("redis-ha-1 127.0.0.1:16381 primary -\nredis-ha-2 127.0.0.1:16382 replica redis-ha-1\n")
+	got, err := ParseNodes(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Node{
+		{Unit: "redis-ha-1", Addr: "127.0.0.1:16381", Role: "primary"},
+		{Unit: "redis-ha-2", Addr: "127.0.0.1:16382", Role: "replica", Peer: "redis-ha-1"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("ParseNodes = %+v, want %+v", got, want)
+	}
+	if _, err := ParseNodes([]byte("redis-ha-1 127.0.0.1:16381\n")); err == nil {
+		t.Error("ParseNodes accepted a line of two fields")
+	}
+}
+
+// The script quotes the PostgreSQL URL (its '?' is a glob character).
+func TestParseEnvQuoted(t *testing.T) {
+	out := []byte("export IDEMLOCK_REDIS_ADDR=127.0.0.1:16379\n" +
+		"export IDEMLOCK_POSTGRES_URL='postgres://postgres@127.0.0.1:15432/postgres?sslmode=disable'\n")
+	got, err := parseEnv(out, EnvPostgresURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"postgres://postgres@127.0.0.1:15432/postgres?sslmode=disable"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("parseEnv = %q, want %q", got, want)
+	}
+	if _, err := parseEnv(out, EnvEtcdClusterEndpoints); err == nil {
+		t.Error("parseEnv found a variable the output lacks")
+	}
+}
+
+// Every server and topology the script knows has a variable in its env
+// output, and each parses as a list of addresses.
+func TestScriptEnvCoversEveryServer(t *testing.T) {
+	script, err := Script()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("bash", script, "env").CombinedOutput()
+	if err != nil {
+		t.Fatalf("servers.sh env: %v\n%s", err, out)
+	}
+	for _, s := range All() {
+		addrs, err := parseEnv(out, s.Env())
+		if err != nil || len(addrs) == 0 || addrs[0] == "" {
+			t.Errorf("%s: %v, %q", s, err, addrs)
+		}
 	}
 }

@@ -1,0 +1,407 @@
+// Package kvlock turns a key-value store into an idemlock backend. Implement
+// the five primitives of [KV] for your store (each one atomic step on the
+// server) and [New] gives you a [lock.Locker] that is also an
+// [idempotency.Store]: the fencing tokens, the owner checks, the atomicity
+// of Claim and Complete, the undoing of takes whose reply was lost and the
+// waiting are written here once, and pass conformance.Run and
+// conformance.RunStore as long as the primitives keep their promises. The
+// conformance package's doc explains why each primitive is needed.
+//
+//	backend := kvlock.New(myKV{client})
+//	err := lock.Do(ctx, backend, "invoice/42", func(ctx context.Context) error { … })
+//	guard := idempotency.New(backend)
+//
+// # How it uses the store
+//
+// A lock key k is stored under "<prefix>l:<k>" (prefix "idemlock:" unless
+// [WithPrefix] says otherwise). Its value is 'L' followed by 16 random bytes
+// while a lease holds it, and 'R' followed by the record once an
+// idempotency Claim was completed. Fencing tokens come from one counter,
+// "<prefix>token", shared by every key: tokens then increase across all
+// keys, which is more than the contract asks, and no per-key state outlives
+// a lock. Under heavy load on many keys that counter is the hot spot.
+//
+//   - TryAcquire: Create the lock key, Increment the counter, then
+//     CompareAndExpire the lock key with the lease's own value. The token is
+//     drawn while the take holds the key, and the last step checks that it
+//     still does: if the key was lost in between, the take reports
+//     lock.ErrNotAcquired rather than a lease with a token out of order.
+//     Three round trips.
+//   - Refresh: CompareAndExpire. Release: CompareAndDelete. One each.
+//   - Claim: as TryAcquire, but a key that holds a record returns the
+//     record. Complete: CompareAndSwap of the lease's value for the record,
+//     with the retention as TTL: the record and the end of the lease are one
+//     step, so a concurrent Claim sees either the lease or the record.
+//   - A take whose outcome is unknown (an error after Create was sent) is
+//     undone with CompareAndDelete of its own value: at once when the
+//     caller's context is still live, in the background (bounded by
+//     lock.DefaultReleaseTimeout, awaited by [Locker.Close]) when it ended.
+//
+// Every call on a lease is one atomic request that compares the lease's own
+// value, so concurrent calls on one lease never misreport ownership, and a
+// Release retried after a lost reply answers lock.ErrNotHeld whether or not
+// another lease took the key since.
+//
+// # Waiting
+//
+// If the KV also implements [Watcher], the Locker implements lock.Notifier
+// and lock.Acquire wakes on changes of the key; every subscriber of a key is
+// woken, so none is stranded by another that gives up. Otherwise
+// lock.Acquire polls, never sleeping past the holder's remaining TTL when
+// Create reports it.
+//
+// # Keys and TTLs
+//
+// Any key the contract accepts (lock.MaxKeyLen bytes of UTF-8) is passed to
+// the store behind the prefix; a store that cannot hold such keys must
+// escape or hash them in its KV implementation, one-to-one. TTLs are the
+// store's: a KV must round a TTL it cannot represent up, never down.
+package kvlock
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/idempotency"
+)
+
+// KV is what a key-value store must provide. Each method is one atomic step
+// on the server, with TTLs counted by the server from when it handles the
+// request. Every method honours its context, including while a request is
+// in flight, and returns an error (never a false "not done") when it cannot
+// tell whether the server applied the request.
+type KV interface {
+	// Create stores value under key, to expire after ttl, if key is absent
+	// (or expired), and reports created. Otherwise it stores nothing and
+	// returns key's current value and its remaining time to live, or zero
+	// if the store cannot tell.
+	Create(ctx context.Context, key string, value []byte, ttl time.Duration) (created bool, current []byte, remaining time.Duration, err error)
+	// CompareAndDelete deletes key if its value is old, and reports whether
+	// it did.
+	CompareAndDelete(ctx context.Context, key string, old []byte) (bool, error)
+	// CompareAndExpire makes key expire ttl from now if its value is old,
+	// and reports whether it did.
+	CompareAndExpire(ctx context.Context, key string, old []byte, ttl time.Duration) (bool, error)
+	// CompareAndSwap replaces key's value by value, to expire ttl from now,
+	// if its value is old, and reports whether it did. A value larger than
+	// the store holds is refused with an error.
+	CompareAndSwap(ctx context.Context, key string, old, value []byte, ttl time.Duration) (bool, error)
+	// Increment adds one to the counter under key (absent counts as zero)
+	// and returns the new value. The counter never expires and is never
+	// reset: fencing tokens come from it.
+	Increment(ctx context.Context, key string) (uint64, error)
+}
+
+// Watcher is an optional capability of a KV: telling when a key changes.
+// With it, the Locker implements lock.Notifier.
+type Watcher interface {
+	// Watch calls changed after every change of key (a delete, a swap, and
+	// an expiry if the store reports those) until stop is called. changed
+	// must not block; it may be called from any goroutine, and more often
+	// than the key changed. Once Watch returns, no change goes unreported.
+	Watch(ctx context.Context, key string, changed func()) (stop func(), err error)
+}
+
+// Option configures a Locker.
+type Option func(*Locker)
+
+// WithPrefix sets the prefix of every key the Locker stores (default
+// "idemlock:").
+func WithPrefix(prefix string) Option {
+	return func(l *Locker) { l.prefix = prefix }
+}
+
+// Locker is a lock.Locker and idempotency.Store on a KV. Safe for
+// concurrent use.
+type Locker struct {
+	kv     KV
+	prefix string
+	undos  sync.WaitGroup // background undos of takes with unknown outcome
+}
+
+// Backend is what [New] returns: a lock.Locker that is also an
+// idempotency.Store and a lock.Backend (so an opener registered with
+// lock.Register can return it).
+type Backend interface {
+	idempotency.Store
+	// Close waits for takes with an unknown outcome to be undone; it does
+	// not close the store.
+	Close() error
+}
+
+// New returns a Backend on kv: a *Locker, or when kv implements [Watcher]
+// a type that embeds *Locker and also implements lock.Notifier
+// (lock.Acquire finds that out by a type assertion).
+func New(kv KV, opts ...Option) Backend {
+	l := &Locker{kv: kv, prefix: "idemlock:"}
+	for _, o := range opts {
+		if o != nil {
+			o(l)
+		}
+	}
+	if w, ok := kv.(Watcher); ok {
+		return &notifying{Locker: l, w: w}
+	}
+	return l
+}
+
+// Close waits for takes with an unknown outcome to be undone. It does not
+// close the store: the KV belongs to the caller.
+func (l *Locker) Close() error {
+	l.undos.Wait()
+	return nil
+}
+
+const (
+	leaseTag  = 'L'
+	recordTag = 'R'
+)
+
+func (l *Locker) lockKey(key string) string { return l.prefix + "l:" + key }
+func (l *Locker) counter() string           { return l.prefix + "token" }
+
+// TryAcquire takes key for ttl if no lease holds it. A key that holds an
+// idempotency record (see Complete) counts as held.
+func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+		return nil, err
+	}
+	le, rec, err := l.take(ctx, key, ttl)
+	if err != nil {
+		return nil, err
+	}
+	if rec != nil {
+		return nil, &lock.NotAcquiredError{Key: key}
+	}
+	return le, nil
+}
+
+// Claim makes one attempt on key for the idempotency helper: the record if
+// one is stored, else a lease as TryAcquire takes it.
+func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
+	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+		return nil, nil, err
+	}
+	le, rec, err := l.take(ctx, key, ttl)
+	if err != nil || rec != nil {
+		return nil, rec, err
+	}
+	return le, nil, nil
+}
+
+// take creates the lock key, draws a token while holding it, and checks
+// that it still holds it. It returns a lease, or the record stored under
+// key, or an error.
+func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*lease, []byte, error) {
+	value := make([]byte, 17)
+	value[0] = leaseTag
+	_, _ = rand.Read(value[1:])
+	lk := l.lockKey(key)
+	sent := time.Now()
+	created, cur, remaining, err := l.kv.Create(ctx, lk, value, ttl)
+	if err != nil {
+		l.undo(ctx, lk, value)
+		return nil, nil, opError("take", key, err)
+	}
+	if !created {
+		if len(cur) > 0 && cur[0] == recordTag {
+			return nil, cur[1:], nil
+		}
+		return nil, nil, &lock.NotAcquiredError{Key: key, Remaining: remaining}
+	}
+	token, err := l.kv.Increment(ctx, l.counter())
+	if err != nil {
+		l.undo(ctx, lk, value)
+		return nil, nil, opError("take", key, err)
+	}
+	// The token was drawn while the take held the key; if the key was lost
+	// in the meantime, a later holder may have a smaller token: no lease.
+	held, err := l.kv.CompareAndExpire(ctx, lk, value, ttl)
+	if err != nil {
+		l.undo(ctx, lk, value)
+		return nil, nil, opError("take", key, err)
+	}
+	if !held {
+		return nil, nil, &lock.NotAcquiredError{Key: key}
+	}
+	return &lease{l: l, key: key, lockKey: lk, value: value, token: token, deadline: sent.Add(ttl)}, nil, nil
+}
+
+// undo deletes the lock key if it still holds value: a take whose outcome
+// is unknown must not keep the key for its whole TTL. It runs at once while
+// ctx is live, else in the background, bounded by
+// lock.DefaultReleaseTimeout.
+func (l *Locker) undo(ctx context.Context, lk string, value []byte) {
+	bg, cancel := context.WithTimeout(context.WithValue(context.WithoutCancel(ctx), undoKey{}, true), lock.DefaultReleaseTimeout)
+	if ctx.Err() == nil {
+		defer cancel()
+		_, _ = l.kv.CompareAndDelete(bg, lk, value)
+		return
+	}
+	l.undos.Go(func() {
+		defer cancel()
+		_, _ = l.kv.CompareAndDelete(bg, lk, value)
+	})
+}
+
+type undoKey struct{}
+
+// IsUndo reports whether a KV request with context ctx is the Locker
+// undoing a take whose outcome was unknown: a CompareAndDelete that may run
+// after the call that caused it returned, with a context of its own. A KV
+// may log it; a test that injects faults into the requests of one call
+// (see conformance.Faults) must leave it alone.
+func IsUndo(ctx context.Context) bool {
+	v, _ := ctx.Value(undoKey{}).(bool)
+	return v
+}
+
+// Complete stores record under the key of the lease for retention and ends
+// the lease, in one CompareAndSwap, provided the lease still holds its key;
+// otherwise it returns lock.ErrNotHeld and stores nothing.
+func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	if retention <= 0 {
+		return &lock.TTLError{TTL: retention, Reason: "retention must be positive"}
+	}
+	le, ok := ls.(*lease)
+	if !ok || le == nil || le.l != l {
+		return fmt.Errorf("%w: Complete with a lease that this kvlock.Locker did not hand out (%T)", lock.ErrInvalidArgument, ls)
+	}
+	value := make([]byte, 1+len(record))
+	value[0] = recordTag
+	copy(value[1:], record)
+	swapped, err := l.kv.CompareAndSwap(ctx, le.lockKey, le.value, value, retention)
+	if err != nil {
+		return opError("complete", le.key, err)
+	}
+	if !swapped {
+		return lock.ErrNotHeld
+	}
+	return nil
+}
+
+// lease is one holding: the lock key holds value while it lasts.
+type lease struct {
+	l        *Locker
+	key      string
+	lockKey  string
+	value    []byte
+	token    uint64
+	mu       sync.Mutex
+	deadline time.Time
+}
+
+func (le *lease) Key() string   { return le.key }
+func (le *lease) Token() uint64 { return le.token }
+
+// Deadline returns the time the take or the latest successful refresh was
+// sent, plus its TTL: the server's expiry is no earlier.
+func (le *lease) Deadline() time.Time {
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	return le.deadline
+}
+
+func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
+	if err := lock.CheckRefresh(ctx, ttl); err != nil {
+		return err
+	}
+	sent := time.Now()
+	ok, err := le.l.kv.CompareAndExpire(ctx, le.lockKey, le.value, ttl)
+	if err != nil {
+		return opError("refresh", le.key, err)
+	}
+	if !ok {
+		return lock.ErrNotHeld
+	}
+	le.mu.Lock()
+	le.deadline = sent.Add(ttl)
+	le.mu.Unlock()
+	return nil
+}
+
+func (le *lease) Release(ctx context.Context) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	ok, err := le.l.kv.CompareAndDelete(ctx, le.lockKey, le.value)
+	if err != nil {
+		return opError("release", le.key, err)
+	}
+	if !ok {
+		return lock.ErrNotHeld
+	}
+	return nil
+}
+
+// opError wraps an error of the store. It never matches lock.ErrNotHeld or
+// lock.ErrNotAcquired: only the store's answers say those.
+func opError(op, key string, err error) error {
+	if errors.Is(err, lock.ErrNotHeld) || errors.Is(err, lock.ErrNotAcquired) {
+		err = errors.New(err.Error())
+	}
+	return fmt.Errorf("kvlock: %s %q: %w", op, key, err)
+}
+
+// notifying is a Locker on a KV that implements Watcher.
+type notifying struct {
+	*Locker
+	w Watcher
+}
+
+// Subscribe watches key's lock key; every change wakes the subscription.
+func (n *notifying) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
+	if err := lock.CheckContext(ctx); err != nil {
+		return nil, err
+	}
+	if err := lock.ValidateKey(key); err != nil {
+		return nil, err
+	}
+	s := &subscription{ch: make(chan struct{}, 1)}
+	stop, err := n.w.Watch(ctx, n.lockKey(key), s.notify)
+	if err != nil {
+		return nil, opError("subscribe", key, err)
+	}
+	s.stop = stop
+	return s, nil
+}
+
+// subscription keeps at most one pending change: a change before Wait is
+// kept, not missed.
+type subscription struct {
+	ch   chan struct{}
+	once sync.Once
+	stop func()
+}
+
+func (s *subscription) notify() {
+	select {
+	case s.ch <- struct{}{}:
+	default:
+	}
+}
+
+func (s *subscription) Wait(ctx context.Context, _ *lock.NotAcquiredError) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	select {
+	case <-s.ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *subscription) Close() error {
+	s.once.Do(s.stop)
+	return nil
+}

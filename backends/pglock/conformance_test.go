@@ -1,0 +1,34 @@
+package pglock_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/idempotency"
+)
+
+func TestConformance(t *testing.T) {
+	url := postgresURL(t)
+	conformance.Run(t, conformance.Config{
+		NewLocker:      func(t *testing.T) lock.Locker { l, _ := newLockerOn(t, url); return l },
+		TTLGranularity: time.Millisecond,
+		NewFaultyLocker: func(t *testing.T) (lock.Locker, conformance.Faults) {
+			l, w := newLockerOn(t, url)
+			return l, w
+		},
+	})
+}
+
+func TestConformanceStore(t *testing.T) {
+	url := postgresURL(t)
+	conformance.RunStore(t, conformance.StoreConfig{
+		NewStore:       func(t *testing.T) idempotency.Store { l, _ := newLockerOn(t, url); return l },
+		TTLGranularity: time.Millisecond,
+		NewFaultyStore: func(t *testing.T) (idempotency.Store, conformance.Faults) {
+			l, w := newLockerOn(t, url)
+			return l, w
+		},
+	})
+}

@@ -1,0 +1,223 @@
+package pglock_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemlock/lock/backends/pglock"
+	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/internal/testenv"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// postgresURL returns the shared PostgreSQL test server's URL (see
+// testenv.PostgresURL: skipped without it, failed under make test).
+func postgresURL(t testing.TB) string { return testenv.PostgresURL(t) }
+
+// poolConfig parses rawURL for a test pool: no TLS (the wire wrapper reads
+// plain messages) and the given dialer wrapper, if any.
+func poolConfig(t testing.TB, rawURL string, w *wire) *pgxpool.Config {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(rawURL)
+	if err != nil {
+		t.Fatalf("ParseConfig: %v", err)
+	}
+	cfg.ConnConfig.TLSConfig = nil
+	cfg.ConnConfig.Fallbacks = nil
+	if w != nil {
+		var d net.Dialer
+		cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return w.wrap(c), nil
+		}
+	}
+	return cfg
+}
+
+// newPool returns a pool on rawURL, closed when the test ends.
+func newPool(t testing.TB, rawURL string, w *wire) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.NewWithConfig(context.Background(), poolConfig(t, rawURL, w))
+	if err != nil {
+		t.Fatalf("pgxpool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// newLocker returns a Locker with a pool of its own on the shared server,
+// as another process would have; both are closed when the test ends.
+func newLocker(t testing.TB, opts ...pglock.Option) *pglock.Locker {
+	t.Helper()
+	l, _ := newLockerOn(t, postgresURL(t), opts...)
+	return l
+}
+
+// newLockerOn returns a Locker on rawURL with a pool of its own whose wire
+// traffic is counted and can be faulted.
+func newLockerOn(t testing.TB, rawURL string, opts ...pglock.Option) (*pglock.Locker, *wire) {
+	t.Helper()
+	w := newWire(t)
+	pool := newPool(t, rawURL, w)
+	l := pglock.New(pool, opts...)
+	t.Cleanup(func() { _ = l.Close() }) // runs before pool.Close
+	return l, w
+}
+
+// testTable returns a table name of the test's own, so that tests that
+// look at rows see only theirs, and drops the table when the test ends.
+func testTable(t testing.TB) string {
+	t.Helper()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	name := fmt.Sprintf("t_%x", b)
+	t.Cleanup(func() {
+		raw := os.Getenv(testenv.EnvPostgresURL)
+		if raw == "" {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, raw)
+		if err != nil {
+			return
+		}
+		defer conn.Close(ctx)
+		_, _ = conn.Exec(ctx, fmt.Sprintf("DROP TABLE IF EXISTS %s; DROP SEQUENCE IF EXISTS %s_token", name, name))
+	})
+	return name
+}
+
+// wire counts the frontend messages of every connection it wrapped and
+// carries out the faults of its FaultSwitch on them. It sits below pgx, at
+// the net.Conn, so the faults are those of a network: a reply lost after
+// the server applied the request, a request that never gets an answer. A
+// request is a write that carries an Execute message (what every lock
+// statement sends); simple queries (pgxpool's pings, the listening
+// connection's LISTEN) are never faulted.
+type wire struct {
+	*testenv.FaultSwitch
+	trips   atomic.Int64  // Sync and Query messages: one round trip each
+	stalled chan struct{} // receives one value per request swallowed
+}
+
+func newWire(t testing.TB) *wire {
+	return &wire{FaultSwitch: testenv.NewFaultSwitch(t), stalled: make(chan struct{}, 16)}
+}
+
+var _ conformance.Faults = (*wire)(nil)
+
+// RoundTrips returns the round trips all wrapped connections made.
+func (w *wire) RoundTrips() int64 { return w.trips.Load() }
+
+// Stalled returns a channel that receives a value each time a stalled
+// request has been swallowed.
+func (w *wire) Stalled() <-chan struct{} { return w.stalled }
+
+func (w *wire) wrap(c net.Conn) net.Conn { return &wireConn{Conn: c, w: w, startup: true} }
+
+// wireConn parses the frontend message stream of one connection.
+type wireConn struct {
+	net.Conn
+	w       *wire
+	startup bool // the next message is the untyped startup message
+	partial int  // bytes of the current message still to come in later writes
+	hdr     []byte
+	drop    bool // LoseNextReply: read and discard up to ReadyForQuery, then fail
+}
+
+func (c *wireConn) Write(p []byte) (int, error) {
+	var execs, trips int
+	c.scan(p, func(typ byte) {
+		switch typ {
+		case 'E':
+			execs++
+		case 'S', 'Q':
+			trips++
+		}
+	})
+	c.w.trips.Add(int64(trips))
+	if execs > 0 {
+		switch c.w.Take() {
+		case testenv.Stall:
+			// Swallowed: the server never sees it, and no answer comes
+			// until pgx gives up at the caller's context (it sets a
+			// deadline) or the pool closes the connection.
+			select {
+			case c.w.stalled <- struct{}{}:
+			default:
+			}
+			return len(p), nil
+		case testenv.LoseReply:
+			c.drop = true
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+// scan calls fn with the type of every message that starts in p.
+func (c *wireConn) scan(p []byte, fn func(byte)) {
+	for len(p) > 0 {
+		if c.partial > 0 {
+			n := min(c.partial, len(p))
+			c.partial -= n
+			p = p[n:]
+			continue
+		}
+		// A message header may itself be split; collect it.
+		need := 5
+		if c.startup {
+			need = 4
+		}
+		n := min(need-len(c.hdr), len(p))
+		c.hdr = append(c.hdr, p[:n]...)
+		p = p[n:]
+		if len(c.hdr) < need {
+			return
+		}
+		if c.startup {
+			c.partial = int(binary.BigEndian.Uint32(c.hdr)) - 4
+			c.startup = false
+		} else {
+			fn(c.hdr[0])
+			c.partial = int(binary.BigEndian.Uint32(c.hdr[1:])) - 4
+		}
+		c.hdr = c.hdr[:0]
+	}
+}
+
+func (c *wireConn) Read(p []byte) (int, error) {
+	if !c.drop {
+		return c.Conn.Read(p)
+	}
+	// The request was sent: wait for the server's whole answer (it ends
+	// with ReadyForQuery, after the commit), throw it away and break the
+	// connection, as a network that failed at that moment would.
+	c.drop = false
+	var hdr [5]byte
+	for {
+		if _, err := io.ReadFull(c.Conn, hdr[:]); err != nil {
+			return 0, err
+		}
+		if _, err := io.CopyN(io.Discard, c.Conn, int64(binary.BigEndian.Uint32(hdr[1:]))-4); err != nil {
+			return 0, err
+		}
+		if hdr[0] == 'Z' {
+			break
+		}
+	}
+	_ = c.Conn.Close()
+	return 0, testenv.ErrLostReply
+}

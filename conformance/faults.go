@@ -1,0 +1,388 @@
+package conformance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/idemlock/lock"
+)
+
+// newFaultyLocker returns a Locker whose client faults can be switched on,
+// or skips the clause when the backend's test supplies none.
+func (p params) newFaultyLocker(c *check) (lock.Locker, Faults) {
+	c.Helper()
+	if p.NewFaultyLocker == nil {
+		c.Skip("optional capability: Config.NewFaultyLocker is not set, so lost replies and stalled requests cannot be injected")
+	}
+	l, f := p.NewFaultyLocker(c.T)
+	if l == nil || f == nil {
+		c.T.Fatal("conformance: NewFaultyLocker returned a nil Locker or Faults")
+	}
+	return l, f
+}
+
+// hookCause is the likely cause when a fault did not fire.
+const hookCause = "the test's Faults implementation: the fault was not armed for this call, or it fired on another request"
+
+// lostReply checks the error of a call whose reply the fault hook lost:
+// the call must fail, with an error that says neither "held by another"
+// nor "no longer held".
+func (c *check) lostReply(op string, err error) {
+	c.Helper()
+	switch {
+	case err == nil:
+		c.Causef(hookCause, "%s after Faults.LoseNextReply returned nil: the reply was not lost", op)
+	case errors.Is(err, lock.ErrNotAcquired), errors.Is(err, lock.ErrNotHeld):
+		c.Causef("a transport error is reported as a contract answer: only the server's answer may say ErrNotAcquired or ErrNotHeld",
+			"%s whose reply was lost after the server applied it: got %v, want an error matching neither ErrNotAcquired nor ErrNotHeld", op, err)
+	}
+}
+
+// midFlightBound is how long the suite lets a stalled call run after its
+// context ended before it stops waiting for it.
+const midFlightBound = 2 * time.Second
+
+// midFlight runs call with a context that ends 100ms later, by its deadline
+// or, with cancel, by a cancellation, while the call's request is stalled.
+// The call must return within SchedulingSlack of that with an error
+// matching the context's error.
+func (c *check) midFlight(what string, cancel bool, call func(ctx context.Context) error) {
+	c.Helper()
+	const after = 100 * time.Millisecond
+	var (
+		ctx   context.Context
+		stop  context.CancelFunc
+		want  = context.DeadlineExceeded
+		ended atomic.Int64 // when the context ended, in Unix nanoseconds
+	)
+	if cancel {
+		ctx, stop = context.WithCancel(c.ctx())
+		t := time.AfterFunc(after, func() { // the cancellation under test, not synchronisation
+			ended.Store(time.Now().UnixNano())
+			stop()
+		})
+		defer t.Stop()
+		want = context.Canceled
+	} else {
+		ctx, stop = context.WithTimeout(c.ctx(), after)
+		dl, _ := ctx.Deadline()
+		ended.Store(dl.UnixNano())
+	}
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- call(ctx) }()
+	select {
+	case err := <-done:
+		returned := time.Now()
+		if ctx.Err() == nil {
+			c.Causef(hookCause, "%s returned %v before its context ended, although Faults.StallNextRequest stalled its request", what, err)
+		}
+		if late := returned.Sub(time.Unix(0, ended.Load())); late > SchedulingSlack {
+			c.Errorf("%s returned %v after its context ended mid-flight, want within %v", what, late, SchedulingSlack)
+		}
+		if !errors.Is(err, want) {
+			c.Fatalf("%s whose context ended mid-flight: got %v, want an error matching %v", what, err, want)
+		}
+	case <-time.After(after + midFlightBound):
+		c.Fatalf("%s was still blocked %v after its context ended while its request was in flight", what, midFlightBound)
+	}
+}
+
+// testCancelInFlight stalls the request of a TryAcquire, a Refresh and a
+// Release and ends each call's context while it waits for the reply: each
+// must return promptly with the context's error. A take that may have been
+// applied must not keep the key past its TTL; after the stalled Refresh the
+// lease still holds; after the stalled Release a retried Release answers
+// nil or ErrNotHeld and the key is free.
+func testCancelInFlight(c *check, p params) {
+	l, f := p.newFaultyLocker(c)
+	other := p.newLocker(c)
+
+	c.stalledTake(p, "TryAcquire", f, l.TryAcquire, other, c.key("take"))
+
+	key := c.key("k")
+	le := c.take(l, key, p.long)
+	f.StallNextRequest()
+	c.midFlight("Refresh", true, func(ctx context.Context) error { return le.Refresh(ctx, p.long) })
+	if err := le.Refresh(c.ctx(), p.long); err != nil {
+		c.Fatalf("Refresh after a Refresh that was cancelled mid-flight: %v; nothing else could have taken the key", err)
+	}
+	f.StallNextRequest()
+	c.midFlight("Release", false, func(ctx context.Context) error { return le.Release(ctx) })
+	if err := le.Release(c.ctx()); err != nil && !errors.Is(err, lock.ErrNotHeld) {
+		c.Fatalf("Release retried after a Release that timed out mid-flight: %v, want nil or ErrNotHeld", err)
+	}
+	after, err := other.TryAcquire(c.ctx(), key, p.long)
+	if err != nil {
+		c.Fatalf("after a retried Release answered, the key must be free: TryAcquire: %v", err)
+	}
+	c.release(after)
+}
+
+// taker is one attempt to take a key: TryAcquire, or Claim of a key that
+// was never completed (see claimer).
+type taker func(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error)
+
+// stalledTake stalls the request of a take of key and ends its context
+// mid-flight: the take must return promptly with the context's error, and
+// the key, which the server may or may not have given it, must be free
+// again within the take's TTL.
+func (c *check) stalledTake(p params, what string, f Faults, take taker, other lock.Locker, key string) {
+	c.Helper()
+	f.StallNextRequest()
+	sent := time.Now()
+	var orphan lock.Lease
+	c.midFlight(what, false, func(ctx context.Context) error {
+		le, err := take(ctx, key, p.short)
+		orphan = le
+		return err
+	})
+	if orphan != nil {
+		c.Fatalf("%s whose context ended mid-flight returned a Lease and an error", what)
+	}
+	c.release(c.awaitFree(other, key, p.long, p.expiryBound(p.short)-time.Since(sent),
+		what+" whose context ended mid-flight may hold the key until its TTL, not longer"))
+}
+
+// lostTake loses the reply of a take of key after the server applied it:
+// the key is then held by a holding nobody knows about. Retried on the same
+// client, the take either holds the key alone (it recognised or undid its
+// own) or is refused; either way the key must be free again within the
+// lost take's TTL, not kept alive by anything.
+func (c *check) lostTake(p params, what string, f Faults, take taker, other, probe lock.Locker, key string) {
+	c.Helper()
+	ctx := c.ctx()
+	f.LoseNextReply()
+	sent := time.Now()
+	le, err := take(ctx, key, p.short)
+	if err == nil {
+		_ = le.Release(ctx)
+	}
+	c.lostReply(what, err)
+	if le != nil {
+		c.Fatalf("%s whose reply was lost returned a Lease and an error", what)
+	}
+	switch retry, err := take(ctx, key, p.long); {
+	case err == nil:
+		c.refused(probe, key, what+" retried after a lost reply holds the key alone")
+		c.release(retry)
+		c.release(c.take(other, key, p.long))
+	case errors.Is(err, lock.ErrNotAcquired):
+		c.release(c.awaitFree(other, key, p.long, p.expiryBound(p.short)-time.Since(sent),
+			what+" whose reply was lost must be undone, or end with its TTL"))
+	default:
+		c.Fatalf("%s retried after one whose reply was lost: %v", what, err)
+	}
+}
+
+// sameAnswer reports whether two answers of a retried Release agree: both
+// nil or both ErrNotHeld.
+func sameAnswer(a, b error) bool {
+	return (a == nil) == (b == nil) && errors.Is(a, lock.ErrNotHeld) == errors.Is(b, lock.ErrNotHeld)
+}
+
+// testUnknownOutcome loses the reply of a Release (once while the key stays
+// free, once while another Locker takes it), of a Refresh and of a take,
+// each after the server applied the request. Afterwards the lease must
+// never report holding a key that another lease holds: Refresh (with the
+// lease's own TTL, where fast paths live) reports ErrNotHeld after the lost
+// Release; a retried Release answers nil or ErrNotHeld, the same whether or
+// not the key was taken since; the lost Refresh left the lease held; the
+// lost take holds the key no longer than its TTL.
+func testUnknownOutcome(c *check, p params) {
+	l, f := p.newFaultyLocker(c)
+	other, probe := p.newLocker(c), p.newLocker(c)
+	ctx := c.ctx()
+
+	// A lost Release; nobody takes the key.
+	k1 := c.key("released")
+	a := c.take(l, k1, p.long)
+	f.LoseNextReply()
+	c.lostReply("Release", a.Release(ctx))
+	retryFree := a.Release(ctx)
+	if retryFree != nil && !errors.Is(retryFree, lock.ErrNotHeld) {
+		c.Fatalf("Release retried after a Release whose reply was lost: %v, want nil or ErrNotHeld", retryFree)
+	}
+	c.notHeld("Refresh after a Release whose reply was lost", a.Refresh(ctx, p.long))
+	c.release(c.take(other, k1, p.long))
+
+	// A lost Release; another Locker takes the key at once.
+	k2 := c.key("taken")
+	a = c.take(l, k2, p.long)
+	f.LoseNextReply()
+	c.lostReply("Release", a.Release(ctx))
+	newer := c.take(other, k2, p.long)
+	for i := range 3 {
+		if err := a.Refresh(ctx, p.long); !errors.Is(err, lock.ErrNotHeld) {
+			c.Fatalf("Refresh %d (same TTL as the take) after a Release whose reply was lost, while another lease holds the key: got %v, want ErrNotHeld", i+1, err)
+		}
+	}
+	retryTaken := a.Release(ctx)
+	if retryTaken != nil && !errors.Is(retryTaken, lock.ErrNotHeld) {
+		c.Fatalf("Release retried after a Release whose reply was lost, while another lease holds the key: %v, want nil or ErrNotHeld", retryTaken)
+	}
+	if !sameAnswer(retryFree, retryTaken) {
+		c.Causef("the evidence of the release (a tombstone) is overwritten by the next take, so a retry's answer depends on what happened since",
+			"a retried Release of a lock that was released (reply lost) answered %v while the key stayed free but %v once another lease had taken it: the answer must not depend on that",
+			errText(retryFree), errText(retryTaken))
+	}
+	c.refused(probe, k2, "stale calls after a lost Release must leave the newer holder's lock in place")
+	c.release(newer)
+
+	// A lost Refresh: the lease still holds.
+	k3 := c.key("refreshed")
+	a = c.take(l, k3, p.long)
+	f.LoseNextReply()
+	c.lostReply("Refresh", a.Refresh(ctx, p.long))
+	if err := a.Refresh(ctx, p.long); err != nil {
+		c.Fatalf("Refresh after a Refresh whose reply was lost: %v; nothing else could take the key", err)
+	}
+	c.refused(probe, k3, "a lease whose Refresh reply was lost still holds")
+	c.release(a)
+	c.release(c.take(other, k3, p.long))
+
+	c.lostTake(p, "TryAcquire", f, l.TryAcquire, other, probe, c.key("lost-take"))
+}
+
+func errText(err error) string {
+	if err == nil {
+		return "nil"
+	}
+	return fmt.Sprintf("%q", err.Error())
+}
+
+// watched wraps a waiter's Locker for testWokenWaiterGivesUp: it reports
+// when lock.Acquire has started waiting, and makes a waiter give up (cancel
+// its own context) at its first attempt once the test is about to release.
+type watched struct {
+	lock.Locker
+	polls    atomic.Int32
+	once     sync.Once
+	waiting  chan struct{} // closed when the waiter waits
+	giveUp   context.CancelFunc
+	releases *atomic.Bool // set just before the holder releases
+}
+
+func (w *watched) markWaiting() { w.once.Do(func() { close(w.waiting) }) }
+
+func (w *watched) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+	if w.giveUp != nil && w.releases.Load() {
+		w.giveUp() // woken, and leaving without taking the key
+		return nil, ctx.Err()
+	}
+	le, err := w.Locker.TryAcquire(ctx, key, ttl)
+	if _, notify := w.Locker.(lock.Notifier); !notify && errors.Is(err, lock.ErrNotAcquired) && w.polls.Add(1) >= 2 {
+		w.markWaiting() // a polling waiter: its second attempt follows a sleep
+	}
+	return le, err
+}
+
+// watchedNotifier is a watched Locker whose backend implements Notifier.
+type watchedNotifier struct{ *watched }
+
+func (w watchedNotifier) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
+	sub, err := w.Locker.(lock.Notifier).Subscribe(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return watchedSub{sub, w.watched}, nil
+}
+
+type watchedSub struct {
+	lock.Subscription
+	w *watched
+}
+
+func (s watchedSub) Wait(ctx context.Context, held *lock.NotAcquiredError) error {
+	s.w.markWaiting() // subscribed, so no later release is missed
+	return s.Subscription.Wait(ctx, held)
+}
+
+func (w *watched) locker() lock.Locker {
+	if _, ok := w.Locker.(lock.Notifier); ok {
+		return watchedNotifier{w}
+	}
+	return w
+}
+
+// testWokenWaiterGivesUp has three waiters block in lock.Acquire on a held
+// key, one after the other. The first gives up (its context ends) at its
+// first attempt after the holder releases: the key must still reach the
+// second waiter within one polling interval, and then the third.
+func testWokenWaiterGivesUp(c *check, p params) {
+	holder := p.newLocker(c)
+	key := c.key("k")
+	le := c.take(holder, key, p.long)
+	var releasing atomic.Bool
+	ctxA, giveUp := context.WithCancel(c.ctx())
+	defer giveUp()
+	waitFor := func(w *watched, who string) {
+		select {
+		case <-w.waiting:
+		case <-time.After(p.long / 2):
+			c.Fatalf("the %s waiter did not start waiting within %v", who, p.long/2)
+		}
+	}
+
+	first := &watched{Locker: p.newLocker(c), waiting: make(chan struct{}), giveUp: giveUp, releases: &releasing}
+	gaveUp := make(chan error, 1)
+	go func() {
+		got, err := lock.Acquire(ctxA, first.locker(), key, p.long)
+		if err == nil {
+			_ = got.Release(context.WithoutCancel(ctxA))
+		}
+		gaveUp <- err
+	}()
+	waitFor(first, "first")
+
+	type taken struct {
+		at, released time.Time
+		err          error
+	}
+	bound := wakeBound + p.gran
+	ctxBC, cancelBC := context.WithTimeout(c.ctx(), p.long/2)
+	defer cancelBC()
+	results := make(chan taken, 2)
+	for _, who := range []string{"second", "third"} {
+		w := &watched{Locker: p.newLocker(c), waiting: make(chan struct{})}
+		go func() {
+			got, err := lock.Acquire(ctxBC, w.locker(), key, p.long)
+			r := taken{at: time.Now(), err: err}
+			if err == nil {
+				r.err = got.Release(context.WithoutCancel(ctxBC))
+				r.released = time.Now()
+			}
+			results <- r
+		}()
+		waitFor(w, who)
+	}
+
+	releasing.Store(true)
+	released := time.Now()
+	c.release(le)
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		c.Fatalf("the waiter that gave up: Acquire returned %v, want an error matching context.Canceled", err)
+	}
+	var got []taken
+	for range 2 {
+		select {
+		case r := <-results:
+			if r.err != nil {
+				c.Fatalf("a waiter behind one that gave up: %v", r.err)
+			}
+			got = append(got, r)
+		case <-time.After(4 * bound):
+			c.Fatalf("%d of the 2 remaining waiters took the key within %v of the release: the wake-up the first waiter did not act on was lost", len(got), 4*bound)
+		}
+	}
+	if d := got[0].at.Sub(released); d > bound {
+		c.Errorf("the next waiter took the key %v after the release, want within %v", d, bound)
+	}
+	if d := got[1].at.Sub(got[0].released); d > bound {
+		c.Errorf("the last waiter took the key %v after the previous one released it, want within %v", d, bound)
+	}
+}
