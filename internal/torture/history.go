@@ -19,6 +19,7 @@ const (
 	Release                 // Lease.Release
 )
 
+// String names the operation.
 func (k Kind) String() string {
 	switch k {
 	case Take:
@@ -42,6 +43,7 @@ const (
 	Unknown                    // any other error: timeout, reset, lost reply
 )
 
+// String names the outcome.
 func (o Outcome) String() string {
 	switch o {
 	case OK:
