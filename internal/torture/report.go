@@ -165,15 +165,37 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 
 	p.line("## Caveats")
 	p.line("")
-	seen := map[string]bool{}
-	for _, c := range cells {
-		for _, f := range c.Faults {
-			if f.Caveat == "" || seen[c.Backend+f.Name] {
+	p.line("What each fault with a documented caveat is allowed to break, and why; the tables count its violations in")
+	p.line("parentheses.")
+	p.line("")
+	type caveat struct {
+		text, breaks string
+		where        []string
+	}
+	var caveats []*caveat
+	for _, b := range backends {
+		for _, c := range cells {
+			if c.Backend != b {
 				continue
 			}
-			seen[c.Backend+f.Name] = true
-			p.line("- **%s, %s** (breaks %s): %s", c.Backend, f.Name, strings.Join(f.Breaks, ", "), f.Caveat)
+			for _, f := range c.Faults {
+				if f.Caveat == "" {
+					continue
+				}
+				where := b + ": " + f.Name
+				i := slices.IndexFunc(caveats, func(cv *caveat) bool { return cv.text == f.Caveat })
+				if i < 0 {
+					caveats = append(caveats, &caveat{text: f.Caveat, breaks: strings.Join(f.Breaks, ", ")})
+					i = len(caveats) - 1
+				}
+				if !slices.Contains(caveats[i].where, where) {
+					caveats[i].where = append(caveats[i].where, where)
+				}
+			}
 		}
+	}
+	for _, cv := range caveats {
+		p.line("- **%s** (may break %s): %s", strings.Join(cv.where, "; "), cv.breaks, cv.text)
 	}
 	p.line("")
 
