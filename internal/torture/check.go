@@ -58,8 +58,9 @@ type Report struct {
 	Attempts      int // TryAcquire calls
 	Unknown       int // operations with an unknown outcome
 	AcquireErrors int
-	Workers       int // in all
-	ProcWorkers   int // of which in worker processes
+	AcquireError  string // one of their errors
+	Workers       int    // in all
+	ProcWorkers   int    // of which in worker processes
 	Procs         int
 	ProcTakes     int // takes made in worker processes
 	TTL           time.Duration
@@ -126,7 +127,7 @@ func Check(r *Result, opt CheckOptions) *Report {
 	cfg := r.Config
 	rep := &Report{
 		Backend: cfg.Backend.Name, Duration: time.Duration(r.End - r.Start), Ops: len(r.Records.Ops),
-		AcquireErrors: r.Records.AcquireErrors, Workers: cfg.Workers + cfg.Procs*cfg.ProcWorkers, ProcWorkers: cfg.Procs * cfg.ProcWorkers, Procs: cfg.Procs,
+		AcquireErrors: r.Records.AcquireErrors, AcquireError: r.Records.LastError, Workers: cfg.Workers + cfg.Procs*cfg.ProcWorkers, ProcWorkers: cfg.Procs * cfg.ProcWorkers, Procs: cfg.Procs,
 		Faults: r.Faults, FaultDefs: cfg.Faults, TTL: cfg.Backend.TTL, Slack: cfg.Backend.Slack,
 	}
 	for _, op := range r.Records.Ops {
@@ -308,6 +309,9 @@ func checkExclusion(takes []TakeRecord, longest *time.Duration) []Violation {
 			first := entered[0]
 			what := fmt.Sprintf("key %d: worker %d (token %d) took it while worker %d (token %d) was still inside with a live context",
 				k, first.Worker, first.Token, cur.Worker, cur.Token)
+			if first.Token < cur.Token {
+				what += " (its own lease was older: it had expired when its Acquire returned)"
+			}
 			if len(entered) > 1 {
 				what += fmt.Sprintf(", and %d more holders after it", len(entered)-1)
 			}

@@ -98,6 +98,7 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 	p.line("  cancellation (negative: the holder stopped before the server could hand the key on), and apart the leases")
 	p.line("  that had expired when Acquire returned (a take stalled past the TTL); a violation is a loss reported after")
 	p.line("  another worker took the key, or never reported (the release, done within the TTL, found the lease gone).")
+	p.line("- An Acquire that gives up (its timeout is 4 × TTL + 5 s) is counted, not judged: the worker tries again.")
 	p.line("- **liveness**: after each heal, the time until each key was taken again; a violation is a key stuck")
 	p.line("  beyond the bound (TTL + the server's expiry slack + the longest hold + 1 s).")
 	p.line("- **linearizability**: each key's history of TryAcquire, Refresh and Release calls, checked with")
@@ -127,15 +128,15 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 				first.Topology, first.TTL, first.Slack, first.Workers, first.ProcWorkers, first.Procs)
 			p.line("")
 		}
-		p.line("| cell | faults | takes (in processes) | unknown outcomes | stale writes refused | fenced safety | unfenced exclusion (longest) | token order | loss p50 / p99 (n) | loss violations | recovery p50 / max (bound) | liveness | linearizability |")
-		p.line("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+		p.line("| cell | faults | takes (in processes) | unknown outcomes | Acquires given up | stale writes refused | fenced safety | unfenced exclusion (longest) | token order | loss p50 / p99 (n) | loss violations | recovery p50 / max (bound) | liveness | linearizability |")
+		p.line("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 		for _, c := range cells {
 			if c.Backend != b {
 				continue
 			}
 			ch := checksByName(c)
-			p.line("| %s | %s | %d (%d) | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |",
-				c.Cell, faultList(c.Faults), c.Takes, c.ProcTakes, c.Unknown, c.Stale,
+			p.line("| %s | %s | %d (%d) | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |",
+				c.Cell, faultList(c.Faults), c.Takes, c.ProcTakes, c.Unknown, c.AcqErrors, c.Stale,
 				count(ch[CheckFenced]), withLongest(ch[CheckExclusion], c.MaxOverlap), count(ch[CheckTokenOrder]),
 				lossFigures(c), count(ch[CheckLoss]), recoveryFigures(c), count(ch[CheckLiveness]), linearFigures(c, ch[CheckLinear]))
 		}
@@ -398,6 +399,9 @@ func examples(p *printer, cells []Cell, backend string) {
 		for _, f := range c.LinearFiles {
 			lines = append(lines, fmt.Sprintf("- %s: porcupine's visualisation of the failing history: `%s` (and the operations around the failure: `%s`)",
 				c.Cell, f, strings.TrimSuffix(f, ".html")+".txt"))
+		}
+		if c.AcqErrors > 0 && c.AcqError != "" {
+			lines = append(lines, fmt.Sprintf("- %s: %d Acquires gave up after their timeout, for example: %s", c.Cell, c.AcqErrors, c.AcqError))
 		}
 		if c.HistoryFile != "" {
 			lines = append(lines, fmt.Sprintf("- %s: the whole history: `%s`", c.Cell, c.HistoryFile))

@@ -28,7 +28,8 @@ type Cell struct {
 	Ops         int
 	Unknown     int
 	AcqErrors   int
-	Stale       int // writes the fence refused
+	AcqError    string `json:",omitempty"` // one of them
+	Stale       int    // writes the fence refused
 
 	Checks []CheckSummary
 
@@ -80,7 +81,7 @@ func Summarize(rep *Report, topology string) Cell {
 	c := Cell{
 		Backend: rep.Backend, Topology: topology, Duration: rep.Duration,
 		Workers: rep.Workers, ProcWorkers: rep.ProcWorkers, Procs: rep.Procs, Takes: rep.Takes, ProcTakes: rep.ProcTakes, Attempts: rep.Attempts,
-		Ops: rep.Ops, Unknown: rep.Unknown, AcqErrors: rep.AcquireErrors, Stale: rep.Stale,
+		Ops: rep.Ops, Unknown: rep.Unknown, AcqErrors: rep.AcquireErrors, AcqError: rep.AcquireError, Stale: rep.Stale,
 		MaxOverlap: rep.MaxOverlap, Losses: len(rep.LossLatency), LateTakes: rep.ExpiredOnArrival,
 		LossP50: Percentile(rep.LossLatency, 50), LossP99: Percentile(rep.LossLatency, 99), LossMax: Percentile(rep.LossLatency, 100),
 		Recoveries: len(rep.Recovery), RecoveryP50: Percentile(rep.Recovery, 50), RecoveryMax: Percentile(rep.Recovery, 100),

@@ -52,6 +52,12 @@ type knownIssue struct {
 
 var known = []knownIssue{
 	{
+		check: CheckExclusion, violation: "had expired when its Acquire returned",
+		what: "lock.KeepAlive: given a lease whose deadline has already passed (an Acquire whose reply came late, after a " +
+			"partition), it returns a Keeper whose Context is live until the loss timer's goroutine runs, a few microseconds: " +
+			"a caller that checks Context().Err() right away may use an expired lease (the fence refuses its writes)",
+	},
+	{
 		check: CheckEffects, logged: "storing the response failed; the key was released",
 		what: "idempotency.Guard: when Complete fails with an unknown outcome (the store unreachable for longer than the client's " +
 			"timeout or WithStoreTimeout), the Guard stops renewing and releases the key although the handler's work was done, " +

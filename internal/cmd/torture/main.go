@@ -7,7 +7,7 @@
 //
 //	eval "$(scripts/servers.sh env)"       # the servers' variables (make torture sets them)
 //	go run ./internal/cmd/torture           # about 45 minutes on a 2-core machine
-//	go run ./internal/cmd/torture -from .torture/cells.json   # render again without running
+//	go run ./internal/cmd/torture -from .torture/cells.json   # render again without running (machine.json beside it)
 //
 // Porcupine's visualisations of failing histories are kept in
 // .torture/vis. The exit status is 1 if the test failed: a fenced-safety,
@@ -79,14 +79,22 @@ func mainErr(out, dir, from string, takes int, run string, timeout time.Duration
 		fmt.Fprintf(os.Stderr, "torture: %s: %v\n", path, err)
 		return 2
 	}
-	m := machine()
-	m.Took = time.Since(start)
-	m.Command = "make torture"
+	// The machine and the run's time are kept beside the cells, so that a
+	// report rendered again with -from says where and how long they ran.
+	mpath := filepath.Join(filepath.Dir(path), "machine.json")
+	var m torture.Machine
 	if from != "" {
-		if fi, err := os.Stat(from); err == nil {
-			m.Date = fi.ModTime().Format("2006-01-02")
+		if b, err := os.ReadFile(mpath); err == nil {
+			err = json.Unmarshal(b, &m)
 		}
-		m.Took = 0
+	}
+	if m.Date == "" {
+		m = machine()
+		m.Took = time.Since(start)
+		m.Command = "make torture"
+		if b, err := json.MarshalIndent(m, "", "  "); err == nil {
+			_ = os.WriteFile(mpath, b, 0o644)
+		}
 	}
 	var buf bytes.Buffer
 	if err := torture.WriteReport(&buf, m, cells); err != nil {
