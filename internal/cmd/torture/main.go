@@ -85,15 +85,17 @@ func mainErr(out, dir, from string, takes int, run string, timeout time.Duration
 	var m torture.Machine
 	if from != "" {
 		if b, err := os.ReadFile(mpath); err == nil {
-			err = json.Unmarshal(b, &m)
+			_ = json.Unmarshal(b, &m)
 		}
 	}
 	if m.Date == "" {
 		m = machine()
-		m.Took = time.Since(start)
 		m.Command = "make torture"
-		if b, err := json.MarshalIndent(m, "", "  "); err == nil {
-			_ = os.WriteFile(mpath, b, 0o644)
+		if from == "" {
+			m.Took = time.Since(start)
+			if b, err := json.MarshalIndent(m, "", "  "); err == nil {
+				_ = os.WriteFile(mpath, b, 0o644)
+			}
 		}
 	}
 	var buf bytes.Buffer
