@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -67,6 +68,9 @@ type Report struct {
 	Slack         time.Duration
 	Faults        []FaultWindow
 	FaultDefs     []Fault
+	// BackendCaveat and BackendBreaks are the backend's own caveat.
+	BackendCaveat string
+	BackendBreaks []string
 
 	Fenced    CheckResult
 	Stale     int // writes the fence refused
@@ -129,6 +133,7 @@ func Check(r *Result, opt CheckOptions) *Report {
 		Backend: cfg.Backend.Name, Duration: time.Duration(r.End - r.Start), Ops: len(r.Records.Ops),
 		AcquireErrors: r.Records.AcquireErrors, AcquireError: r.Records.LastError, Workers: cfg.Workers + cfg.Procs*cfg.ProcWorkers, ProcWorkers: cfg.Procs * cfg.ProcWorkers, Procs: cfg.Procs,
 		Faults: r.Faults, FaultDefs: cfg.Faults, TTL: cfg.Backend.TTL, Slack: cfg.Backend.Slack,
+		BackendCaveat: cfg.Backend.Caveat, BackendBreaks: cfg.Backend.Breaks,
 	}
 	for _, op := range r.Records.Ops {
 		if op.Kind == Take {
@@ -177,14 +182,15 @@ func Check(r *Result, opt CheckOptions) *Report {
 
 // faultTimes attributes moments of a run to its fault windows.
 type faultTimes struct {
-	ws     []FaultWindow
-	breaks []map[string]bool
-	stall  []bool
-	settle int64
+	backend *Backend
+	ws      []FaultWindow
+	breaks  []map[string]bool
+	stall   []bool
+	settle  int64
 }
 
 func windows(r *Result) faultTimes {
-	ft := faultTimes{ws: r.Faults, settle: int64(r.Config.Settle)}
+	ft := faultTimes{backend: &r.Config.Backend, ws: r.Faults, settle: int64(r.Config.Settle)}
 	byName := map[string]Fault{}
 	for _, f := range r.Config.Faults {
 		byName[f.Name] = f
@@ -243,6 +249,13 @@ func (ft faultTimes) mark(check string, vs []Violation) []Violation {
 			}
 			if vs[i].Caveat {
 				break
+			}
+		}
+		if b := ft.backend; !vs[i].Caveat && b != nil && b.Caveat != "" && slices.Contains(b.Breaks, check) &&
+			(b.CaveatApplies == nil || b.CaveatApplies(check, vs[i])) {
+			vs[i].Caveat = true
+			if vs[i].Fault == "" {
+				vs[i].Fault = b.Name + " itself"
 			}
 		}
 	}

@@ -183,7 +183,11 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 			if c.Backend != b {
 				continue
 			}
-			for _, f := range c.Faults {
+			fs := c.Faults
+			if c.Caveat != nil {
+				fs = append([]FaultSummary{*c.Caveat}, fs...)
+			}
+			for _, f := range fs {
 				if f.Caveat == "" {
 					continue
 				}

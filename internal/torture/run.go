@@ -40,6 +40,12 @@ type Backend struct {
 	// expiry lag); the checkers allow it.
 	TTL   time.Duration
 	Slack time.Duration
+	// Caveat, when set, is the backend's own documented caveat: a
+	// violation of a check in Breaks is counted apart, as under a fault's
+	// caveat, whenever it happens (and CaveatApplies, if set, says so).
+	Caveat        string
+	Breaks        []string
+	CaveatApplies func(check string, v Violation) bool
 }
 
 // urlFor returns the URL of client i, or "" for a backend without one.

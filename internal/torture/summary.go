@@ -15,6 +15,8 @@ type Cell struct {
 	Topology string
 	Test     string // the -run pattern of the subtest that produced it
 	Faults   []FaultSummary
+	// Caveat is the backend's own documented caveat, if it has one.
+	Caveat   *FaultSummary `json:",omitempty"`
 	Duration time.Duration
 	TTL      time.Duration
 	Slack    time.Duration
@@ -90,6 +92,9 @@ func Summarize(rep *Report, topology string) Cell {
 	}
 	c.Faults = summarizeFaults(rep.Faults, rep.FaultDefs)
 	c.Idem = rep.Idem
+	if rep.BackendCaveat != "" {
+		c.Caveat = &FaultSummary{Name: rep.Backend + " itself", Caveat: rep.BackendCaveat, Breaks: rep.BackendBreaks}
+	}
 	c.HistoryFile = rep.HistoryFile
 	for _, ch := range rep.Checks() {
 		c.Checks = append(c.Checks, summarizeCheck(ch))

@@ -150,6 +150,11 @@ type topology struct {
 	budget time.Duration
 	// faults are the topology's own faults (leader kill, failover).
 	faults func(t *testing.T, tp *faults.Topology, d time.Duration) []Fault
+	// caveat is the backend's own documented caveat, and breaks and
+	// applies what it may break, whatever the fault.
+	caveat  string
+	breaks  []string
+	applies func(check string, v Violation) bool
 }
 
 const (
@@ -159,6 +164,11 @@ const (
 		"every session and lock, and the raft index that makes the tokens starts again (the Consul cluster keeps its data)"
 	memcachedDataLoss = "memcached keeps nothing across a restart (and may evict a lock early): a memcached lock is " +
 		"best-effort unless the resource checks the fencing token, as memcachedlock's package doc says"
+	memcachedEarly = "memcached counts expiry on a clock that ticks once a second; on a loaded machine a tick comes late and " +
+		"the next one jumps, so an item can expire well before its TTL (memcachedlock sends the TTL plus one second, which a " +
+		"lag of more than a second defeats): a lock is lost early and a new holder takes the key while the old one works. " +
+		"memcachedlock's package doc calls a memcached lock best-effort unless the resource checks the fencing token; " +
+		"the fence must, and fenced safety and token order stay strict"
 	redisFailover = "Redis replicates asynchronously: a failover can lose a lock that was not yet replicated, and a new " +
 		"holder then takes a key whose old holder still works; redislock's package doc states it"
 )
@@ -171,29 +181,41 @@ func topologies() []topology {
 	return []topology{
 		// The slowest first: up to -test.parallel run at once.
 		{name: "etcd", backend: "etcd", server: testenv.Etcd, url: etcdURL, proxied: true, unit: "etcd",
-			ttl: 2 * time.Second, slack: 3 * time.Second, share: 0.7, budget: 15 * time.Minute},
+			ttl: 2 * time.Second, slack: 3 * time.Second, share: 0.7, budget: 19 * time.Minute},
 		{name: "consul", backend: "consul", server: testenv.Consul, url: consulURL, proxied: true, unit: "consul",
-			ttl: time.Second, slack: 2 * time.Second, dataLoss: consulDevDataLoss, share: 0.7, budget: 15 * time.Minute},
+			ttl: time.Second, slack: 2 * time.Second, dataLoss: consulDevDataLoss, share: 0.7, budget: 22 * time.Minute},
 		{name: "etcd-cluster", backend: "etcd", server: testenv.EtcdCluster, url: etcdURL, proxied: true,
 			ttl: 2 * time.Second, slack: 3 * time.Second, share: 0.3, budget: 6 * time.Minute, faults: leaderFaults},
 		{name: "consul-cluster", backend: "consul", server: testenv.ConsulCluster, url: consulURL, proxied: true,
 			ttl: time.Second, slack: 3 * time.Second, share: 0.3, budget: 6 * time.Minute, faults: leaderFaults},
 		{name: "redis", backend: "redis", server: testenv.Redis, url: redisURL, proxied: true, unit: "redis",
-			ttl: time.Second, slack: 200 * time.Millisecond, dataLoss: redisDataLoss, share: 0.6, budget: 5 * time.Minute},
+			ttl: time.Second, slack: 200 * time.Millisecond, dataLoss: redisDataLoss, share: 0.6, budget: 4 * time.Minute},
 		{name: "memcached", backend: "memcached", server: testenv.Memcached, url: memcachedURL, proxied: true, unit: "memcached",
-			ttl: time.Second, slack: 2500 * time.Millisecond, dataLoss: memcachedDataLoss, share: 0.7, budget: 6 * time.Minute},
+			ttl: time.Second, slack: 2500 * time.Millisecond, dataLoss: memcachedDataLoss, share: 0.7, budget: 4 * time.Minute,
+			caveat: memcachedEarly, breaks: memcachedBreaks, applies: earlyLoss},
 		{name: "redis-sentinel", backend: "redis", server: testenv.RedisSentinel,
 			url: func(a []string) string {
 				return "redis+sentinel://" + strings.Join(a, ",") + "/0?master_name=" + testenv.RedisSentinelMaster
 			},
-			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, budget: 3 * time.Minute, faults: sentinelFaults},
+			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, budget: 2 * time.Minute, faults: sentinelFaults},
 		{name: "redis-cluster-ha", backend: "redis", server: testenv.RedisClusterHA,
 			url: func(a []string) string { return "redis+cluster://" + strings.Join(a, ",") },
-			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, budget: 3 * time.Minute, faults: clusterHAFaults},
+			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, budget: 2 * time.Minute, faults: clusterHAFaults},
 		{name: "memcached-cluster", backend: "memcached", server: testenv.MemcachedCluster, url: memcachedURL, proxied: true,
-			ttl: time.Second, slack: 2500 * time.Millisecond, share: 0.3, budget: 3 * time.Minute, faults: memcachedNodeFaults},
-		{name: "memlock", backend: "memlock", ttl: 200 * time.Millisecond, slack: 20 * time.Millisecond, share: 1, budget: time.Minute},
+			ttl: time.Second, slack: 2500 * time.Millisecond, share: 0.3, budget: 2 * time.Minute, faults: memcachedNodeFaults,
+			caveat: memcachedEarly, breaks: memcachedBreaks, applies: earlyLoss},
+		{name: "memlock", backend: "memlock", ttl: time.Second, slack: 20 * time.Millisecond, share: 1, budget: 2 * time.Minute},
 	}
+}
+
+// memcachedBreaks is what a lock that memcached drops early breaks.
+var memcachedBreaks = []string{CheckExclusion, CheckLoss, CheckLinear, CheckLiveness, CheckEffects}
+
+// earlyLoss tells the violations a lock lost early explains: all but a
+// linearizability failure at a refused take, which no early loss makes
+// (that one is the known issue of takes refused after their own add).
+func earlyLoss(check string, v Violation) bool {
+	return check != CheckLinear || !strings.Contains(v.What, "fits nowhere: take lease 0 -> refused")
 }
 
 // cells collects the summaries for -torture.json.
@@ -235,7 +257,7 @@ type cell struct {
 
 // tortureTopology runs the cells of one topology on a private set of it.
 func tortureTopology(t *testing.T, tc topology) {
-	b := Backend{Name: tc.name, TTL: tc.ttl, Slack: tc.slack}
+	b := Backend{Name: tc.name, TTL: tc.ttl, Slack: tc.slack, Caveat: tc.caveat, Breaks: tc.breaks, CaveatApplies: tc.applies}
 	var tp *faults.Topology
 	var nets []*faults.Net // per client: workers 0…n-1, the idempotency store last
 	topo := "in-process"
@@ -296,7 +318,7 @@ func tortureTopology(t *testing.T, tc topology) {
 				cfg.Procs, cfg.ProcWorkers = procs, procWorkers
 			}
 			if *longRun {
-				// Enough takes, or the cell's part of the time budget: 3 * time.Minute
+				// Enough takes, or the cell's part of the time budget: the
 				// report shows what it got.
 				cfg.MinTakes = perCell
 				// What earlier cells left of the budget is shared by the
