@@ -74,6 +74,11 @@ func mainErr(out, dir, from string, takes int, run string, timeout time.Duration
 		fmt.Fprintln(os.Stderr, "torture:", err)
 		return 2
 	}
+	// Paths of visualisations and histories are shown relative to the
+	// repository, where the command runs.
+	if wd, err := os.Getwd(); err == nil {
+		b = bytes.ReplaceAll(b, []byte(wd+string(filepath.Separator)), nil)
+	}
 	var cells []torture.Cell
 	if err := json.Unmarshal(b, &cells); err != nil {
 		fmt.Fprintf(os.Stderr, "torture: %s: %v\n", path, err)
