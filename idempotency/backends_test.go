@@ -67,7 +67,8 @@ func backends() []backend {
 			return openURL(t, "etcd://"+hostPort(testenv.EtcdEndpoints(t)[0]))
 		}},
 		{"consul", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
-			return openURL(t, "consul://"+testenv.ConsulAddr(t))
+			// The test agent runs with session_ttl_min = "1s".
+			return openURL(t, "consul://"+testenv.ConsulAddr(t)+"?min_ttl=1s")
 		}},
 		{"memcached", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
 			c := memcache.New(testenv.MemcachedAddr(t))
@@ -128,7 +129,7 @@ func TestMiddlewareOnBackends(t *testing.T) {
 			// records for their retention.
 			id := runID()
 			g, err := idempotency.New(store,
-				idempotency.WithScope(func(r *http.Request) string { return r.Header.Get("X-User") }),
+				idempotency.WithScope(userScope),
 				idempotency.WithNamespace("idempotency-test/"+id),
 				idempotency.WithRetention(time.Minute),
 				idempotency.WithLogger(testLogger(t)))
@@ -138,6 +139,33 @@ func TestMiddlewareOnBackends(t *testing.T) {
 			storyOn(t, g)
 			workerOn(t, g)
 			waitOn(t, g)
+		})
+	}
+}
+
+// TestWorkOutlivesClientOnBackends is item 1 of the failure-edges issue on
+// every real server: a client that gives up (and a worker's caller that
+// cancels) while the work runs for several lease TTLs must not end the
+// lease's renewal, or a duplicate runs the work a second time. TTLs are
+// short but safe on a loaded machine: a second on Redis, two on the
+// servers that count whole seconds (etcd grants at least about 2 s).
+func TestWorkOutlivesClientOnBackends(t *testing.T) {
+	ttls := map[string]time.Duration{"redis": time.Second, "redis-cluster": time.Second,
+		"etcd": 2 * time.Second, "consul": 2 * time.Second, "memcached": 2 * time.Second}
+	for _, be := range backends() {
+		t.Run(be.name, func(t *testing.T) {
+			t.Parallel()
+			ttl := ttls[be.name]
+			var trips atomic.Int64
+			store := be.open(t, &trips)
+			g, err := idempotency.New(store, idempotency.WithScope(userScope),
+				idempotency.WithNamespace("outlives/"+runID()), idempotency.WithLeaseTTL(ttl),
+				idempotency.WithRetention(time.Minute), idempotency.WithLogger(testLogger(t)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			outlivesClient(t, g, ttl, "http")
+			workOutlivesCaller(t, g, ttl, "worker")
 		})
 	}
 }
@@ -282,7 +310,7 @@ func TestRoundTripsRedis(t *testing.T) {
 	var trips atomic.Int64
 	store := backends()[0].open(t, &trips)
 	g, _ := idempotency.New(store, idempotency.WithNamespace("rt/"+runID()),
-		idempotency.WithScope(func(*http.Request) string { return "" }), idempotency.WithRetention(time.Minute))
+		idempotency.WithScope(func(*http.Request) string { return "all" }), idempotency.WithRetention(time.Minute))
 	m := g.Middleware(&counter{})
 	send(m, req{key: "warm-up"}) // the connection's handshake is not per request
 	before := trips.Load()
@@ -306,7 +334,7 @@ func BenchmarkMiddlewareRedis(b *testing.B) {
 	l := redislock.New(c)
 	b.Cleanup(func() { _ = l.Close(); _ = c.Close() })
 	g, err := idempotency.New(l, idempotency.WithNamespace("bench/"+runID()),
-		idempotency.WithScope(func(*http.Request) string { return "" }),
+		idempotency.WithScope(func(*http.Request) string { return "all" }),
 		idempotency.WithRetention(time.Minute), idempotency.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		b.Fatal(err)

@@ -12,6 +12,18 @@ import (
 )
 
 // Codec encodes the results [Do] stores. JSON is the default.
+//
+// A duplicate gets the result as the codec gives it back, which is not
+// always the value fn returned. With [JSON] (encoding/json): unexported
+// fields and fields tagged "-" are dropped; a time.Time loses its
+// monotonic clock reading and keeps only its offset, not its
+// *time.Location; an interface-typed value comes back as map[string]any,
+// []any, float64, string or bool, not as its dynamic type; a nil slice
+// or map may come back empty or nil as its tags say; numbers in an
+// `any` come back as float64, so integers above 2^53 lose precision.
+// Results JSON cannot encode at all (channels, functions, NaN, cyclic
+// values) store a tombstone instead (see [ErrNotReplayable]). Use a Codec
+// of your own for exact round trips (gob, protobuf).
 type Codec interface {
 	Marshal(v any) ([]byte, error)
 	Unmarshal(data []byte, v any) error
@@ -68,17 +80,22 @@ func Replayed(p *bool) DoOption { return func(d *doConfig) { d.replayed = p } }
 //     the message with a delay of its RetryAfter, do not ack it.
 //   - Otherwise fn runs under the lease, renewed in the background by
 //     lock.KeepAlive (started once the work outlasts a third of the lease
-//     TTL, when the first refresh is due). Its context carries the fencing token
-//     ([TokenFromContext]) and is cancelled the moment the lease is lost
-//     or ctx ends.
+//     TTL, when the first refresh is due). Its context carries the fencing
+//     token ([TokenFromContext]) and is cancelled the moment the lease is
+//     lost or ctx ends. Renewal does not end with ctx: a caller that
+//     cancels ctx (a shutdown) while fn keeps working keeps the key until
+//     fn returns, so no other consumer runs fn meanwhile; fn decides
+//     whether to stop.
 //   - If fn fails, the key is released, so a redelivery runs fn again,
 //     unless the error is [Permanent]. If fn panics, the key is released
 //     and the panic continues.
 //   - If fn succeeds, its result is stored with the lease in one step
-//     (Store.Complete), which refuses if the lease was lost meanwhile: then
-//     Do returns fn's result with an error matching lock.ErrLeaseLost or
-//     lock.ErrNotHeld, because another call may have run fn too, and
-//     nothing of this call is stored over the newer owner's.
+//     (Store.Complete, retried within the Guard's store timeout, on a
+//     context detached from ctx), which refuses if the lease was lost
+//     meanwhile: then Do returns fn's result with a [*LeaseLostError]
+//     (matching lock.ErrLeaseLost and lock.ErrNotHeld) that says why,
+//     because another call may have run fn too, and nothing of this call
+//     is stored over the newer owner's.
 //
 // Nothing marks the key as done before fn has returned and its result is
 // stored, so a crash at any point leaves the key to be retried, never
@@ -112,8 +129,10 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 	skey := storageKey(domainWorkerKey, g.cfg.namespace, "", key)
 
 	sent := time.Now()
-	lease, stored, err := g.store.Claim(ctx, skey, g.cfg.leaseTTL)
+	lease, stored, holder, err := g.claim(ctx, skey, &fp)
 	switch {
+	case errors.Is(err, lock.ErrNotAcquired) && reused(holder, &fp):
+		return result, fmt.Errorf("%w: the payload differs from the one in progress", ErrKeyReused)
 	case errors.Is(err, lock.ErrNotAcquired):
 		return result, &InProgressError{RetryAfter: g.cfg.retryAfter}
 	case err != nil:
@@ -144,6 +163,10 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 	case ferr != nil:
 		rec.stored = true
 		rec.body = []byte(perm.err.Error())
+		for _, t := range errorChain(perm.err)[1:] {
+			rec.hdr = appendHeaderLine(rec.hdr, chainHeader, t)
+			rec.nhdr++
+		}
 	default:
 		body, merr := dc.codec.Marshal(result)
 		if merr != nil {
@@ -154,15 +177,21 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 		}
 		rec.body = body
 	}
-	lost := k.Err()
 	var tomb *record
 	if !rec.tombstone {
 		tomb = &record{kind: kindWorker, fp: fp, tombstone: true, reason: TombstoneRefused}
 	}
 	if cerr := g.complete(ctx, k, appendRecord(nil, &rec), tomb); cerr != nil {
-		if errors.Is(cerr, lock.ErrNotHeld) && errors.Is(lost, lock.ErrLeaseLost) {
-			cerr = errors.Join(lost, cerr)
-		} else if !errors.Is(cerr, lock.ErrNotHeld) {
+		if errors.Is(cerr, lock.ErrNotHeld) {
+			cause := k.Lost()
+			if cause == nil {
+				cause = cerr // the Store saw what the keep-alive did not
+			}
+			if ctx.Err() != nil {
+				cause = fmt.Errorf("%w (the caller's context had ended too: %w)", cause, context.Cause(ctx))
+			}
+			cerr = &LeaseLostError{Key: key, Cause: cause}
+		} else {
 			cerr = storeError("complete", cerr)
 		}
 		return result, errors.Join(ferr, cerr)
@@ -187,7 +216,13 @@ func replayValue[T any](stored []byte, fp [fpSize]byte, codec Codec) (T, error) 
 	case rec.tombstone:
 		return zero, &NotReplayableError{Reason: rec.reason}
 	case rec.stored:
-		return zero, &StoredError{Message: string(rec.body)}
+		se := &StoredError{Message: string(rec.body)}
+		rec.eachHeader(func(name, value []byte) {
+			if string(name) == chainHeader {
+				se.chain = append(se.chain, string(value))
+			}
+		})
+		return zero, se
 	}
 	var v T
 	if err := codec.Unmarshal(rec.body, &v); err != nil {

@@ -146,7 +146,7 @@ func TestDoPayloadMismatch(t *testing.T) {
 
 func TestDoLeaseLost(t *testing.T) {
 	store := &losingStore{Locker: memlock.New(), lost: make(chan struct{})}
-	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "" }), idempotency.WithLeaseTTL(30*time.Millisecond))
+	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "all" }), idempotency.WithLeaseTTL(30*time.Millisecond))
 	ctx := context.Background()
 	v, err := idempotency.Do(ctx, g, "k", func(ctx context.Context) (string, error) {
 		<-ctx.Done() // the lease is lost: stop touching the resource
@@ -214,7 +214,7 @@ func TestDoInvalidInput(t *testing.T) {
 func TestDoStoreDown(t *testing.T) {
 	store := &spyStore{Locker: memlock.New()}
 	store.setClaimErr(errDown)
-	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "" }))
+	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "all" }))
 	_, err := idempotency.Do(context.Background(), g, "k", func(context.Context) (int, error) {
 		t.Error("fn ran without a claim")
 		return 0, nil

@@ -39,27 +39,42 @@
 //	invalid key: empty, a list (several header       400 ProblemKeyInvalid
 //	  lines or a comma), not printable ASCII,
 //	  over 255 bytes
+//	WithScope set, and it names no caller            403 ProblemScopeMissing
 //	body over WithMaxRequestBody (1 MiB)             413 ProblemBodyTooLarge
 //	new key                                          the handler runs; its response is sent
 //	                                                 as written and stored or released (below)
 //	same key while the first is in flight            409 ProblemInProgress with Retry-After,
 //	                                                 or with WithWait: waits, then replays
-//	same key, different method, route, query         422 ProblemKeyReused
-//	  or body
+//	same key, different method, route, query         422 ProblemKeyReused (while the first
+//	  or body                                        is in flight too, on a Store that is
+//	                                                 a FingerprintClaimer)
 //	same key, completed                              the stored status, body and allowed
 //	                                                 headers, with Idempotent-Replayed: true
 //	same key, completed but not replayable           422 ProblemNotReplayable
 //	  (tombstone: see below)
 //	Store unreachable                                503 ProblemStoreUnavailable (fail
 //	                                                 closed), or unguarded with FailOpen
+//	request context ended before it was processed   503 ProblemRequestEnded with Retry-After
 //
 // The key is the header value (name set by WithHeader), as a bare token or
-// a quoted Structured Field String; see [ParseKey]. The route in the
-// fingerprint is r.URL.Path, together with r.Pattern when a ServeMux
-// matched one (WithRoute replaces both). The middleware's own errors are
-// RFC 9457 application/problem+json with type, title, status and detail
-// (see [Problem] and the Problem* constants), Cache-Control: no-store, and
-// are never stored.
+// a quoted Structured Field String, with RFC 8941 parameters allowed and
+// ignored; see [ParseKey]. The route in the fingerprint is r.URL.Path,
+// together with r.Pattern when a ServeMux matched one (WithRoute replaces
+// both). The middleware's own errors are RFC 9457
+// application/problem+json with type, title, status and detail (see
+// [Problem] and the Problem* constants; [WithProblemTypes] sets the type
+// URIs), Cache-Control: no-store, and are never stored.
+//
+// Put the guard inside anything that answers while the handler still
+// runs, http.TimeoutHandler above all:
+//
+//	mux.Handle("POST /checkout", http.TimeoutHandler(guard.Middleware(checkout), 10*time.Second, "timeout"))
+//
+// The client then gets the timeout's 503 and its retry 409 until the
+// handler is done, then the stored response. The other way round, the
+// timeout's 503 would release the key while the handler still runs and a
+// retry would run it a second time; [Guard.Middleware] logs an error when
+// it is handed an http.TimeoutHandler.
 //
 // # What is stored
 //
@@ -68,12 +83,13 @@
 // [MarkTerminal] (a 303 after the work was done, a declined payment's 402,
 // a business-rule 409: final outcomes that must not be retried). The key
 // is released, so a retry runs the handler again, for every other status
-// (3xx, 4xx refusals, 5xx, 408, 429), for a panic (including
-// http.ErrAbortHandler; the panic continues after the release), and when
-// the client disconnected before the handler wrote a response. A handler
-// that wrote a storable response before noticing the client left has done
-// its work: that response is stored, so the retry gets it rather than a
-// second charge.
+// (3xx, 4xx refusals, 5xx, 408, 429), for a panic before a storable
+// response was written, and when the client disconnected before the
+// handler wrote a response. A handler that wrote a storable response has
+// done its work, whatever happens next: if the client left, or the
+// handler panicked afterwards (http.ErrAbortHandler included), that
+// response is stored, so the retry gets it rather than a second charge;
+// a panic then continues to net/http.
 //
 // Stored: the status, the body, and the response headers on the allow-list
 // (Content-Type, Content-Encoding, Content-Language, Content-Location,
@@ -82,16 +98,75 @@
 // or replayed, whatever the allow-list says ([NeverStored]): Set-Cookie,
 // Authorization, Proxy-Authorization, WWW-Authenticate and the other
 // authentication headers, Date, and the framing headers Content-Length,
-// Transfer-Encoding, Connection, Keep-Alive, TE, Trailer, Upgrade.
+// Transfer-Encoding, Connection, Keep-Alive, TE, Trailer, Upgrade. Header
+// names are stored in canonical form (a name set through the map as
+// w.Header()["ETag"] is replayed as Etag). A replay sends Content-Length,
+// the length of the stored body, as the original did or could have. The
+// body is replayed as stored, with its Content-Encoding, whatever the
+// retry's Accept-Encoding (a retry is the same request): put compression
+// middleware outside the guard, so that what is stored is the identity
+// encoding and every replay is compressed for its own client.
 //
 // Some completed responses cannot be replayed; for them a tombstone is
 // stored, so the handler never runs twice, and duplicates get 422
 // ProblemNotReplayable saying why: a body over WithMaxResponseBody (1 MiB;
 // the first caller still gets all of it), a streamed response (the handler
-// flushed), a hijacked connection, or a record the Store refused (larger
-// than the backend holds: a memcached item, a Consul transaction). The
+// flushed), a hijacked connection, trailers (which are not stored), a body
+// shorter than the Content-Length the handler declared (it panicked
+// mid-body), more than 256 header lines, or a record the Store refused
+// with [ErrRecordTooLarge] (larger than the backend holds: a memcached
+// item, a Consul transaction). Whatever would fail to replay is refused
+// when it is stored, never discovered at replay. The
 // ResponseWriter the handler gets keeps http.Flusher, http.Hijacker and
 // http.ResponseController working (it has an Unwrap method).
+//
+// # What happens when things fail
+//
+// One line per edge; "the work" is the handler or the [Do] function.
+//
+//   - Client disconnects, or a server deadline ends the request, while the
+//     work runs: the lease is still renewed until the work returns (renewal
+//     runs on a context detached from the request); duplicates get 409
+//     meanwhile; a storable response is then stored; if nothing was
+//     written, the key is released and a 503 ProblemRequestEnded written.
+//   - A worker's caller cancels ctx while fn runs (a shutdown): the same;
+//     fn's context ends, the lease does not, and fn's result is stored.
+//   - The request context ends before the work ran (while the body was
+//     read, during the claim, or during WithWait): 503 ProblemRequestEnded
+//     with Retry-After, the key free; never an empty 200.
+//   - The work panics after writing a storable response
+//     (http.ErrAbortHandler included): the response is stored, then the
+//     panic continues; before that, the key is released.
+//   - The lease is lost (a refresh reports it not held, the backend says
+//     so, or no refresh succeeds before its local deadline): the work's
+//     context is cancelled with lock.ErrLeaseLost; its result is stored
+//     only if Complete still finds the lease held; a deadline-only loss is
+//     released, since the server may still hold the key.
+//   - Complete fails with an unknown outcome (timeout, dropped
+//     connection): retried within WithStoreTimeout, a Claim recognising
+//     an attempt that was applied; only [ErrRecordTooLarge] stores a
+//     tombstone; a Complete that never succeeds releases the key.
+//   - The store refuses the record as too large: a tombstone; duplicates
+//     get 422 ProblemNotReplayable and the work never runs again.
+//   - A response a record cannot replay (streamed, hijacked, trailers, an
+//     unfinished Content-Length, over the size cap, more than 256 header
+//     lines): a tombstone, decided when it is stored.
+//   - A stored record that cannot be decoded (corrupt, unknown version, a
+//     status net/http refuses): 500 ProblemRecordUnreadable, never a panic.
+//   - The store is unreachable at the claim: 503 ProblemStoreUnavailable
+//     (or the handler runs unguarded with FailOpen); Do returns ErrStore.
+//   - WithWait's release events fail (a broken subscription): the wait
+//     polls until it ends, then 409 or the replay.
+//   - WithScope set and it returns "": 403 ProblemScopeMissing, a logged
+//     warning (at most one a minute); nothing runs, nothing replays.
+//   - A different request with the key of one in flight: 409 (422 when
+//     the Store is a [FingerprintClaimer]); after it completed: 422.
+//   - http.TimeoutHandler inside the guard: an error is logged at
+//     construction; the supported order is the guard inside (above).
+//   - The handler keeps reading the request body after it returned (a
+//     goroutine): the body is its own memory, never reused.
+//   - A [Permanent] error: stored; duplicates get a [*StoredError] that
+//     matches the same sentinel errors (by text) as the first call's.
 //
 // # Security
 //
@@ -100,7 +175,9 @@
 // replay — that is, read — another caller's stored response by sending the
 // same key. WITHOUT A SCOPE ALL CALLERS SHARE ONE KEY SPACE: anyone who
 // learns or guesses a key gets its response. [New] logs a warning when no
-// scope is set.
+// scope is set. With a scope set, a request it names no caller for (an
+// empty string) is refused with 403 ProblemScopeMissing, never merged
+// with other anonymous requests into one key space.
 //
 // The Store never sees a raw key: it gets "idem/" and the hex SHA-256 of
 // (a domain string, the namespace, the scope, the key), each field
@@ -133,15 +210,18 @@
 //	}
 //
 // A duplicate gets the stored result (decoded with the [Codec], JSON by
-// default); an error marked [Permanent] is stored too and returned to
-// duplicates as a [*StoredError]. Nothing marks a message seen before it
-// was processed and its result stored, so a crash anywhere leaves it to be
-// retried.
+// default; see Codec for what JSON drops); an error marked [Permanent] is
+// stored too and returned to duplicates as a [*StoredError] that matches
+// the same sentinels. Nothing marks a message seen before it was processed
+// and its result stored, so a crash anywhere leaves it to be retried.
 //
 // # Records
 //
 // Completed keys are kept as a small versioned binary record (magic "IDR",
 // version 1): kind, tombstone flag and reason, fingerprint, status,
 // allowed header lines, body. Decoding never panics and fails with a
-// [*RecordError] on anything malformed or of an unknown version.
+// [*RecordError] on anything malformed or of an unknown version; the
+// encoder applies the same checks before storing. Tombstone reasons added
+// later in version 1 (limits, trailers, incomplete body) are refused by
+// readers built before them, as an unknown record.
 package idempotency

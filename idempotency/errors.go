@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/idemlock/lock"
 )
 
 var (
@@ -20,6 +22,13 @@ var (
 	// ErrStore is matched by errors the Store returned, other than "in
 	// progress" (for example a connection failure).
 	ErrStore = errors.New("idempotency: store unavailable")
+	// ErrRecordTooLarge is the one error every [Store] wraps when it
+	// refuses a record for its size (larger than a memcached item, a
+	// Consul transaction, a configured limit); it also matches
+	// lock.ErrInvalidArgument. The Guard turns only this refusal into a
+	// tombstone; any other Complete error is retried within the store
+	// timeout. Each built-in backend's own "too large" error wraps it.
+	ErrRecordTooLarge = fmt.Errorf("%w: record too large for the store", lock.ErrInvalidArgument)
 )
 
 // InProgressError is returned to a duplicate while the first call for its
@@ -50,12 +59,95 @@ func (e *NotReplayableError) Error() string {
 func (e *NotReplayableError) Unwrap() error { return ErrNotReplayable }
 
 // StoredError is what [Do] returns to duplicates of a call whose function
-// failed with a [Permanent] error: the error's text, as stored.
+// failed with a [Permanent] error: the error's text, as stored, and the
+// texts of the errors it wrapped.
+//
+// errors.Is(err, target) on a StoredError is true when target's text is
+// the text of the stored error or of any error in its chain (what
+// errors.Unwrap and Unwrap() []error reach), so a duplicate matches the
+// same sentinel errors (errors.New values such as ErrCardDeclined) as the
+// first call did. Sentinels are matched by their text, which is all a
+// record can carry across processes: two sentinels with one text are one
+// to a replay. errors.As cannot recover the original types.
 type StoredError struct {
 	Message string
+	chain   []string // texts of the stored error and everything it wraps
 }
 
 func (e *StoredError) Error() string { return e.Message }
+
+// Is reports whether target's text is that of the stored error or of an
+// error it wrapped.
+func (e *StoredError) Is(target error) bool {
+	if target == nil {
+		return false
+	}
+	t := target.Error()
+	if t == e.Message {
+		return true
+	}
+	for _, c := range e.chain {
+		if c == t {
+			return true
+		}
+	}
+	return false
+}
+
+// errorChain returns the texts of err and of every error it wraps, each
+// once, at most maxChain of them, in depth-first order.
+func errorChain(err error) []string {
+	var out []string
+	seen := map[string]bool{}
+	var walk func(error)
+	walk = func(err error) {
+		if err == nil || len(out) >= maxChain {
+			return
+		}
+		if t := err.Error(); !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			walk(u.Unwrap())
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				walk(e)
+			}
+		}
+	}
+	walk(err)
+	return out
+}
+
+// maxChain bounds the error texts a stored error keeps.
+const maxChain = 32
+
+// LeaseLostError is returned by [Do], joined with fn's own error, when fn
+// ran but its result could not be stored because the key's lease was no
+// longer held: another call may have run fn too, and nothing of this call
+// was stored over the newer owner's. It matches lock.ErrLeaseLost and
+// lock.ErrNotHeld, and Cause says why the lease was lost as far as this
+// process knows.
+type LeaseLostError struct {
+	Key string
+	// Cause is the keep-alive's loss cause (a refresh reported the lease
+	// not held, the backend signalled the loss, or no refresh succeeded
+	// before the lease's local deadline), or, when the keep-alive saw
+	// nothing, the Store's refusal of the completion.
+	Cause error
+}
+
+func (e *LeaseLostError) Error() string {
+	return fmt.Sprintf("idempotency: the lease of key %q was lost before the result was stored (another call may have run too): %v", e.Key, e.Cause)
+}
+
+// Unwrap makes errors.Is match lock.ErrLeaseLost, lock.ErrNotHeld and
+// whatever Cause matches.
+func (e *LeaseLostError) Unwrap() []error {
+	return []error{lock.ErrLeaseLost, lock.ErrNotHeld, e.Cause}
+}
 
 // permanentError marks an error [Do] stores instead of releasing the key.
 type permanentError struct{ err error }

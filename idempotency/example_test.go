@@ -52,7 +52,7 @@ func ExampleGuard_Middleware() {
 }
 
 func ExampleDo() {
-	guard, err := idempotency.New(memlock.New(), idempotency.WithScope(func(*http.Request) string { return "" }))
+	guard, err := idempotency.New(memlock.New(), idempotency.WithScope(func(*http.Request) string { return "all" }))
 	if err != nil {
 		panic(err)
 	}
@@ -85,7 +85,7 @@ func ExampleDo() {
 }
 
 func ExampleMarkTerminal() {
-	guard, _ := idempotency.New(memlock.New(), idempotency.WithScope(func(*http.Request) string { return "" }))
+	guard, _ := idempotency.New(memlock.New(), idempotency.WithScope(func(*http.Request) string { return "all" }))
 	attempts := 0
 	pay := guard.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		attempts++

@@ -15,7 +15,7 @@ func FuzzParseKey(f *testing.F) {
 	for _, s := range []string{
 		"", "k", "8e03978e-40d5-43e8-bc93-6894a57f9324", `"quoted"`, `"a\"b\\c"`, `""`,
 		"a,b", `"a", "b"`, "a b", "clé", "\x00", `"abc`, `"a\nb"`, strings.Repeat("k", 255),
-		strings.Repeat("k", 256), `"` + strings.Repeat("k", 255) + `"`, `"a"b`, `\`,
+		strings.Repeat("k", 256), `"` + strings.Repeat("k", 255) + `"`, `"a"b`, `\`, `"k";p=1`, `"k";a;b=?0;c=:YQ==:`, `"k";`,
 	} {
 		f.Add(s)
 	}

@@ -1,12 +1,15 @@
 package idempotency
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/idemlock/lock"
@@ -112,6 +115,7 @@ type config struct {
 	failOpen     bool
 	storeTimeout time.Duration
 	logger       *slog.Logger
+	problemType  func(string) string
 	err          error
 }
 
@@ -173,6 +177,15 @@ func RequireKey() Option { return func(c *config) { c.requireKey = true } }
 // responses carry nothing private; [New] logs a warning at start-up.
 // Scope runs after your authentication middleware, on the request it
 // passes on; it must not read the body.
+//
+// With a scope set, a request for which it returns "" (no authenticated
+// caller: a route left outside the authentication middleware, an
+// anonymous request) is refused with 403 [ProblemScopeMissing] before
+// anything is claimed or run, and the Guard's logger gets a warning (at
+// most one a minute): an empty scope would otherwise merge every such
+// caller into one key space and replay one's response to another. A
+// service whose keys are deliberately global says so with a constant
+// scope, for example WithScope(func(*http.Request) string { return "all" }).
 func WithScope(scope func(r *http.Request) string) Option {
 	return func(c *config) {
 		if scope == nil {
@@ -344,7 +357,10 @@ func WithStoreTimeout(d time.Duration) Option {
 
 // WithLogger sets where the Guard reports what it cannot return to anyone:
 // a failed Complete or Release after the response was sent, a record it
-// could not decode (default slog.Default()).
+// could not decode, a request refused for an empty scope, a Guard built
+// without a scope or around http.TimeoutHandler (default slog.Default(),
+// so these reach the program's log unless it says otherwise; pass
+// slog.New(slog.DiscardHandler) to silence them).
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) {
 		if l == nil {
@@ -355,12 +371,36 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
+// WithProblemTypes sets the "type" URI of the middleware's problem
+// responses. fn gets the package's constant for the problem (for example
+// [ProblemInProgress]) and returns the URI to send: a page of your own API
+// documentation, or "about:blank" (RFC 9457's "no more than the status
+// code"), which is also what an empty result sends. By default the
+// constants themselves are sent, which name this package.
+//
+//	idempotency.WithProblemTypes(func(p string) string {
+//		_, name, _ := strings.Cut(p, "#") // "ProblemInProgress"
+//		return "https://api.example.com/errors#" + name
+//	})
+func WithProblemTypes(fn func(problem string) string) Option {
+	return func(c *config) {
+		if fn == nil {
+			c.fail("WithProblemTypes", "nil function")
+			return
+		}
+		c.problemType = fn
+	}
+}
+
 // Guard runs work at most once per idempotency key on a [Store]: as HTTP
 // middleware ([Guard.Middleware]) or for workers ([Do]). It is safe for
 // concurrent use.
 type Guard struct {
 	store Store
 	cfg   config
+	// lastScopeWarn is when the latest empty-scope warning was logged
+	// (UnixNano), so that unauthenticated traffic cannot flood the log.
+	lastScopeWarn *atomic.Int64
 }
 
 // New returns a Guard on store. Bad options are reported as an error
@@ -381,7 +421,7 @@ func New(store Store, opts ...Option) (*Guard, error) {
 		classify:     DefaultClassifier,
 		storeTimeout: DefaultStoreTimeout,
 	}
-	g := &Guard{store: store, cfg: c}
+	g := &Guard{store: store, cfg: c, lastScopeWarn: new(atomic.Int64)}
 	if err := g.apply(opts); err != nil {
 		return nil, err
 	}
@@ -394,7 +434,7 @@ func New(store Store, opts ...Option) (*Guard, error) {
 // With returns a copy of g with more options, sharing its Store: for a
 // route that fails open, waits, or requires a key while others do not.
 func (g *Guard) With(opts ...Option) (*Guard, error) {
-	n := &Guard{store: g.store, cfg: g.cfg}
+	n := &Guard{store: g.store, cfg: g.cfg, lastScopeWarn: g.lastScopeWarn}
 	n.cfg.err = nil
 	if err := n.apply(opts); err != nil {
 		return nil, err
@@ -428,11 +468,16 @@ func (g *Guard) storeCtx(ctx context.Context) (context.Context, context.CancelFu
 	return c, c.stop
 }
 
-// release gives a lease up after the work, logging a failure.
+// release gives a lease up after the work, logging a failure. It stops
+// renewal first. A lease whose loss the server confirmed (a refresh or the
+// backend reported it not held) is not released: that could only report
+// ErrNotHeld. A lease lost only by the local clock (no successful refresh
+// before its deadline) is released all the same, since the server may
+// still hold it: otherwise the key would stay locked for up to a TTL.
 func (g *Guard) release(ctx context.Context, k *keeper) {
 	k.Stop()
-	if k.Lost() {
-		return // Release could only report ErrNotHeld
+	if k.released() {
+		return
 	}
 	sctx, cancel := g.storeCtx(ctx)
 	defer cancel()
@@ -441,27 +486,34 @@ func (g *Guard) release(ctx context.Context, k *keeper) {
 	}
 }
 
-// complete stores rec for k's lease. If the Store refuses the record but
-// still holds the lease (a record too large for the backend, such as a
-// memcached item over 1 MiB), it stores tomb instead, when given: the work
-// was done, so the key must never be released for it to run again.
+// complete stores rec for k's lease. A Complete that fails for another
+// reason than ErrNotHeld or ErrRecordTooLarge (a timeout, a dropped
+// connection, a failover) is retried, with jittered backoff, until the
+// store timeout: the outcome of a failed attempt is unknown, and a retry
+// either stores the record or finds the lease ended (ErrNotHeld, which is
+// then reported). Only a Store's explicit refusal of the record for its
+// size ([ErrRecordTooLarge]) stores tomb instead, when given: the work was
+// done, so the key must never be released for it to run again. If the
+// record cannot be stored in time the key is released, so that it does
+// not stay in progress until the lease expires.
 func (g *Guard) complete(ctx context.Context, k *keeper, rec []byte, tomb *record) error {
 	k.Stop()
 	sctx, cancel := g.storeCtx(ctx)
 	defer cancel()
-	err := g.store.Complete(sctx, k.Lease(), rec, g.cfg.retention)
+	err := g.completeRetry(sctx, k.Lease(), rec)
 	if err == nil || errors.Is(err, lock.ErrNotHeld) {
 		return err
 	}
-	if tomb != nil {
-		terr := g.store.Complete(sctx, k.Lease(), appendRecord(nil, tomb), g.cfg.retention)
+	if tomb != nil && errors.Is(err, ErrRecordTooLarge) {
+		terr := g.completeRetry(sctx, k.Lease(), appendRecord(nil, tomb))
 		if terr == nil {
-			g.logger().Warn("idempotency: the store refused the result; a tombstone was stored instead, so duplicates get a not-replayable answer", "error", err)
+			g.logger().Warn("idempotency: the store refused the result for its size; a tombstone was stored instead, so duplicates get a not-replayable answer", "error", err)
 			return nil
 		}
 		if errors.Is(terr, lock.ErrNotHeld) {
 			return terr
 		}
+		err = errors.Join(err, terr)
 	}
 	// The record is lost: free the key rather than leave it in progress
 	// until the lease expires.
@@ -469,6 +521,50 @@ func (g *Guard) complete(ctx context.Context, k *keeper, rec []byte, tomb *recor
 		err = errors.Join(err, rerr)
 	}
 	return err
+}
+
+// completeRetry calls Store.Complete until it succeeds, fails for a reason
+// a retry cannot change (ErrNotHeld, ErrInvalidArgument, which
+// ErrRecordTooLarge matches), or ctx ends; it returns the latest error.
+//
+// A retry that finds the lease ended may follow an attempt that was
+// applied although its reply was lost: a Claim then tells whether the key
+// holds exactly this record, which is success.
+func (g *Guard) completeRetry(ctx context.Context, lease lock.Lease, rec []byte) error {
+	backoff := 10 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		err := g.store.Complete(ctx, lease, rec, g.cfg.retention)
+		if attempt > 0 && errors.Is(err, lock.ErrNotHeld) && g.holdsRecord(ctx, lease.Key(), rec) {
+			return nil
+		}
+		if err == nil || errors.Is(err, lock.ErrNotHeld) || errors.Is(err, lock.ErrInvalidArgument) {
+			return err
+		}
+		d := backoff/2 + rand.N(backoff)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+			return err // no time for another attempt
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
+}
+
+// holdsRecord reports whether key is completed with exactly rec. A Claim
+// that takes the key instead (it is free: the earlier Complete was not
+// applied) gives it up at once.
+func (g *Guard) holdsRecord(ctx context.Context, key string, rec []byte) bool {
+	le, stored, err := g.store.Claim(ctx, key, g.cfg.leaseTTL)
+	if le != nil {
+		_ = le.Release(ctx)
+		return false
+	}
+	return err == nil && bytes.Equal(stored, rec)
 }
 
 // tokenKey is the context key of the fencing token.

@@ -1,6 +1,9 @@
 package idempotency
 
-import "net/http"
+import (
+	"net/http"
+	"strings"
+)
 
 // ReplayedHeader is set to "true" on every replayed response.
 const ReplayedHeader = "Idempotent-Replayed"
@@ -55,18 +58,47 @@ func defaultReplayHeaders() map[string]bool {
 	}
 }
 
-// appendAllowed encodes the allowed fields of h as record header lines and
-// returns them with their count.
+// allowed returns the canonical form of the response header name k and
+// whether it is stored and replayed. A name set through the map in a
+// non-canonical form (w.Header()["ETag"]) counts as its canonical form.
+func (c *config) allowed(k string) (string, bool) {
+	if c.replayHeader[k] {
+		return k, !neverStored[k]
+	}
+	ck := http.CanonicalHeaderKey(k)
+	if ck == k {
+		return k, false
+	}
+	return ck, c.replayHeader[ck] && !neverStored[ck]
+}
+
+// appendAllowed encodes the allowed fields of h as record header lines,
+// under their canonical names, and returns them with their count.
 func (c *config) appendAllowed(dst []byte, h http.Header) ([]byte, int) {
 	n := 0
 	for k, vs := range h {
-		if !c.replayHeader[k] || neverStored[k] {
+		ck, ok := c.allowed(k)
+		if !ok {
 			continue
 		}
 		for _, v := range vs {
-			dst = appendHeaderLine(dst, k, v)
+			dst = appendHeaderLine(dst, ck, v)
 			n++
 		}
 	}
 	return dst, n
+}
+
+// hasTrailers reports whether h declares trailers: a Trailer field, or a
+// field named with http.TrailerPrefix.
+func hasTrailers(h http.Header) bool {
+	if _, ok := h["Trailer"]; ok {
+		return true
+	}
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			return true
+		}
+	}
+	return false
 }

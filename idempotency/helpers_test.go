@@ -22,16 +22,24 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // newGuard returns a Guard on a fresh memlock table, scoped by the X-User
-// header so tests can play several callers.
+// header so tests can play several callers ("anonymous" without one).
 func newGuard(t testing.TB, opts ...idempotency.Option) (*idempotency.Guard, *memlock.Locker) {
 	t.Helper()
 	store := memlock.New()
-	base := []idempotency.Option{idempotency.WithScope(func(r *http.Request) string { return r.Header.Get("X-User") })}
+	base := []idempotency.Option{idempotency.WithScope(userScope)}
 	g, err := idempotency.New(store, append(base, opts...)...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	return g, store
+}
+
+// userScope names the caller by the X-User header, "anonymous" without one.
+func userScope(r *http.Request) string {
+	if u := r.Header.Get("X-User"); u != "" {
+		return u
+	}
+	return "anonymous"
 }
 
 // counter is a handler that counts its runs and answers 201 with a body
@@ -89,6 +97,27 @@ func send(h http.Handler, q req) *httptest.ResponseRecorder {
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, r)
 	return w
+}
+
+// post sends a POST with an idempotency key (and header pairs, name then
+// value) to a test server and returns the response and its whole body.
+func post(t *testing.T, srv *httptest.Server, key string, hdr ...string) (*http.Response, string) {
+	t.Helper()
+	r, _ := http.NewRequest(http.MethodPost, srv.URL, nil)
+	r.Header.Set("Idempotency-Key", key)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		r.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := srv.Client().Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the response: %v", err)
+	}
+	return resp, string(b)
 }
 
 // problem asserts that w is an RFC 9457 problem of the given status and type.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strings"
 	"sync"
 	"unicode/utf8"
 )
@@ -40,14 +41,21 @@ func (e *KeyError) Unwrap() error { return ErrInvalidKey }
 //
 // Two forms are accepted: the Structured Field String the IETF draft
 // specifies ("8e03978e-40d5-43e8-bc93-6894a57f9324", quoted, with \" and \\
-// escapes), and the bare token most clients (Stripe's among them) send. The
-// key is the unquoted value. It is rejected, with a [*KeyError], when it is:
+// escapes, optionally followed by RFC 8941 parameters such as ;p=1, which
+// are checked and ignored), and the bare token most clients (Stripe's among
+// them) send. The key is the unquoted value. It is rejected, with a
+// [*KeyError], when it is:
 //
 //   - empty (including "");
-//   - a list: a comma in a bare value, or anything after the closing quote;
+//   - a list: a comma in a bare value, or anything after the closing quote
+//     other than well-formed parameters;
 //   - not printable ASCII: a bare key is visible ASCII (0x21–0x7E) only; a
 //     quoted one may also contain spaces, as Structured Field Strings do;
 //   - longer than [MaxKeyLen] bytes once unquoted.
+//
+// A bare value is taken whole, semicolons included: "k;p=1" is that
+// five-byte key, not "k" with a parameter (parameters belong to the
+// structured form).
 //
 // Several header lines are a list too; the middleware rejects them before
 // calling ParseKey.
@@ -71,39 +79,14 @@ func ParseKey(v string) (string, error) {
 		}
 		return v, nil
 	}
-	// Structured Field String (RFC 8941 section 3.3.3).
-	var buf []byte
-	i := 1
-	for ; i < len(v); i++ {
-		c := v[i]
-		switch {
-		case c == '\\':
-			i++
-			if i == len(v) || (v[i] != '"' && v[i] != '\\') {
-				return "", &KeyError{Reason: "bad escape in quoted string"}
-			}
-			if buf == nil {
-				buf = append(make([]byte, 0, len(v)), v[1:i-1]...)
-			}
-			buf = append(buf, v[i])
-			continue
-		case c == '"':
-			goto closed
-		case c < 0x20 || c > 0x7e:
-			return "", &KeyError{Reason: fmt.Sprintf("byte %#02x at offset %d is not printable ASCII", c, i)}
-		}
-		if buf != nil {
-			buf = append(buf, c)
-		}
+	key, rest, err := sfString(v)
+	if err != nil {
+		return "", err
 	}
-	return "", &KeyError{Reason: "unterminated quoted string"}
-closed:
-	if i != len(v)-1 {
-		return "", &KeyError{Reason: "a list of several values, or text after the quoted string"}
-	}
-	key := v[1:i]
-	if buf != nil {
-		key = string(buf)
+	if rest != "" {
+		if err := sfParams(rest); err != nil {
+			return "", err
+		}
 	}
 	switch {
 	case key == "":
@@ -112,6 +95,142 @@ closed:
 		return "", &KeyError{Reason: fmt.Sprintf("%d bytes, longer than %d", len(key), MaxKeyLen)}
 	}
 	return key, nil
+}
+
+// sfString parses the Structured Field String (RFC 8941 section 3.3.3) at
+// the start of v, which starts with a quote, and returns its value and what
+// follows the closing quote.
+func sfString(v string) (value, rest string, err error) {
+	var buf []byte
+	i := 1
+	for ; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c == '\\':
+			i++
+			if i == len(v) || (v[i] != '"' && v[i] != '\\') {
+				return "", "", &KeyError{Reason: "bad escape in quoted string"}
+			}
+			if buf == nil {
+				buf = append(make([]byte, 0, len(v)), v[1:i-1]...)
+			}
+			buf = append(buf, v[i])
+			continue
+		case c == '"':
+			if buf != nil {
+				return string(buf), v[i+1:], nil
+			}
+			return v[1:i], v[i+1:], nil
+		case c < 0x20 || c > 0x7e:
+			return "", "", &KeyError{Reason: fmt.Sprintf("byte %#02x at offset %d is not printable ASCII", c, i)}
+		}
+		if buf != nil {
+			buf = append(buf, c)
+		}
+	}
+	return "", "", &KeyError{Reason: "unterminated quoted string"}
+}
+
+// sfParams checks that rest, what follows an Item's bare item, is RFC 8941
+// parameters (section 3.1.2): *( ";" *SP key [ "=" bare-item ] ), nothing
+// else. Their values are not used.
+func sfParams(rest string) error {
+	notParams := &KeyError{Reason: "a list of several values, or text after the quoted string that is not parameters"}
+	for rest != "" {
+		if rest[0] != ';' {
+			return notParams
+		}
+		rest = strings.TrimLeft(rest[1:], " ")
+		// key = ( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )
+		if rest == "" || !(isLCAlpha(rest[0]) || rest[0] == '*') {
+			return &KeyError{Reason: "bad parameter name after the quoted string"}
+		}
+		n := 1
+		for n < len(rest) && (isLCAlpha(rest[n]) || isDigit(rest[n]) || strings.IndexByte("_-.*", rest[n]) >= 0) {
+			n++
+		}
+		rest = rest[n:]
+		if rest != "" && rest[0] == '=' {
+			var err error
+			if rest, err = sfBareItem(rest[1:]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// sfBareItem consumes one RFC 8941 bare item (integer, decimal, string,
+// token, byte sequence or boolean) from the start of v.
+func sfBareItem(v string) (string, error) {
+	bad := &KeyError{Reason: "bad parameter value after the quoted string"}
+	if v == "" {
+		return "", bad
+	}
+	switch c := v[0]; {
+	case c == '-' || isDigit(c):
+		i := 0
+		if c == '-' {
+			i++
+		}
+		start := i
+		for i < len(v) && isDigit(v[i]) {
+			i++
+		}
+		digits := i - start
+		if digits == 0 {
+			return "", bad
+		}
+		if i < len(v) && v[i] == '.' {
+			i++
+			fstart := i
+			for i < len(v) && isDigit(v[i]) {
+				i++
+			}
+			if digits > 12 || i-fstart < 1 || i-fstart > 3 {
+				return "", bad
+			}
+		} else if digits > 15 {
+			return "", bad
+		}
+		return v[i:], nil
+	case c == '"':
+		_, rest, err := sfString(v)
+		if err != nil {
+			return "", bad
+		}
+		return rest, nil
+	case isAlpha(c) || c == '*':
+		i := 1
+		for i < len(v) && (isTChar(v[i]) || v[i] == ':' || v[i] == '/') {
+			i++
+		}
+		return v[i:], nil
+	case c == ':':
+		i := 1
+		for i < len(v) && (isAlpha(v[i]) || isDigit(v[i]) || strings.IndexByte("+/=", v[i]) >= 0) {
+			i++
+		}
+		if i == len(v) || v[i] != ':' {
+			return "", bad
+		}
+		return v[i+1:], nil
+	case c == '?':
+		if len(v) < 2 || (v[1] != '0' && v[1] != '1') {
+			return "", bad
+		}
+		return v[2:], nil
+	}
+	return "", bad
+}
+
+func isDigit(c byte) bool   { return c >= '0' && c <= '9' }
+func isLCAlpha(c byte) bool { return c >= 'a' && c <= 'z' }
+func isAlpha(c byte) bool   { return isLCAlpha(c) || (c >= 'A' && c <= 'Z') }
+
+// isTChar reports whether c is an RFC 9110 token character.
+func isTChar(c byte) bool {
+	return isAlpha(c) || isDigit(c) || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // validWorkerKey checks a key given to [Do].

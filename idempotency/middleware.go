@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -18,18 +19,29 @@ import (
 // Middleware guards next: requests with a guarded method and an
 // idempotency key run next at most once per (scope, key); duplicates get
 // the stored response. See the package documentation for the contract.
+//
+// Put http.TimeoutHandler (and any middleware that answers while the
+// handler is still running) outside the guard, never inside:
+// http.TimeoutHandler(guard.Middleware(h), d, msg). Inside, its 503 would
+// release the key while the handler still runs, and a retry would run it
+// a second time; Middleware logs an error when next is an
+// http.TimeoutHandler.
 func (g *Guard) Middleware(next http.Handler) http.Handler {
 	if next == nil {
 		next = http.NotFoundHandler()
+	}
+	if fmt.Sprintf("%T", next) == "*http.timeoutHandler" {
+		g.logger().Error("idempotency: Middleware wraps an http.TimeoutHandler: its 503 releases the key while the handler still runs, so a retry runs the handler twice; put the guard inside it instead: http.TimeoutHandler(guard.Middleware(h), d, msg)")
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		g.serve(w, r, next)
 	})
 }
 
-// reqBuf buffers one request body; pooled, and never handed to the
-// handler (it gets a reader over the bytes, which stay valid until the
-// middleware returns).
+// reqBuf buffers one request body while it is fingerprinted; pooled. It
+// is never handed to the handler: a request that runs gets a copy of its
+// own (see body), because a handler may pass the body to a goroutine that
+// reads it after the middleware returned and the buffer was reused.
 type reqBuf struct {
 	bytes.Buffer
 	lr io.LimitedReader
@@ -37,14 +49,27 @@ type reqBuf struct {
 
 var bufPool = sync.Pool{New: func() any { return new(reqBuf) }}
 
-// body is the buffered request body handed to the handler in place of the
-// original, which it still closes.
+// body is the request body handed to the handler in place of the
+// original, which it still closes: a copy, in memory of the request's own,
+// of the bytes the middleware read.
 type body struct {
 	bytes.Reader
 	orig io.Closer
 }
 
 func (b *body) Close() error { return b.orig.Close() }
+
+// handOver gives r a body over its own copy of b, for a handler to read
+// (orig is the body read into b; nil when there was none).
+func handOver(r *http.Request, orig io.ReadCloser, b []byte) *http.Request {
+	if orig == nil {
+		return r
+	}
+	nb := &body{orig: orig}
+	nb.Reset(bytes.Clone(b))
+	r.Body = nb
+	return r
+}
 
 func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	c := &g.cfg
@@ -55,7 +80,7 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 	vals := r.Header[c.header]
 	if len(vals) == 0 {
 		if c.requireKey {
-			writeProblem(w, http.StatusBadRequest, ProblemKeyMissing, "Idempotency key missing",
+			c.problem(w, http.StatusBadRequest, ProblemKeyMissing, "Idempotency key missing",
 				fmt.Sprintf("%s requests to this resource need an %s header.", r.Method, c.header), 0)
 			return
 		}
@@ -63,7 +88,7 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 		return
 	}
 	if len(vals) > 1 {
-		writeProblem(w, http.StatusBadRequest, ProblemKeyInvalid, "Idempotency key invalid",
+		c.problem(w, http.StatusBadRequest, ProblemKeyInvalid, "Idempotency key invalid",
 			fmt.Sprintf("The %s header was sent %d times; send exactly one key.", c.header, len(vals)), 0)
 		return
 	}
@@ -71,14 +96,22 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 	if err != nil {
 		var ke *KeyError
 		errors.As(err, &ke)
-		writeProblem(w, http.StatusBadRequest, ProblemKeyInvalid, "Idempotency key invalid",
+		c.problem(w, http.StatusBadRequest, ProblemKeyInvalid, "Idempotency key invalid",
 			fmt.Sprintf("The %s header is invalid: %s. A key is 1 to %d printable ASCII characters.", c.header, ke.Reason, MaxKeyLen), 0)
 		return
+	}
+	var scope string
+	if c.scope != nil {
+		if scope = c.scope(r); scope == "" {
+			g.scopeMissing(w, r)
+			return
+		}
 	}
 
 	// Buffer the body: it is part of the fingerprint, which must be known
 	// before the claim, and the handler still gets all of it.
 	var bodyBytes []byte
+	var orig io.ReadCloser // the body read into bodyBytes, if any
 	if r.Body != nil && r.Body != http.NoBody {
 		if r.ContentLength > c.maxReqBody {
 			tooLarge(w, c)
@@ -96,63 +129,110 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 		_, err := buf.ReadFrom(&buf.lr)
 		if err != nil {
 			if r.Context().Err() != nil {
-				return // the client is gone
+				g.ended(w)
+				return
 			}
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
 				tooLarge(w, c)
 				return
 			}
-			writeProblem(w, http.StatusBadRequest, ProblemBodyUnreadable, "Request body unreadable", "The request body could not be read.", 0)
+			c.problem(w, http.StatusBadRequest, ProblemBodyUnreadable, "Request body unreadable", "The request body could not be read.", 0)
 			return
 		}
 		if int64(buf.Len()) > c.maxReqBody {
 			tooLarge(w, c)
 			return
 		}
-		bodyBytes = buf.Bytes()
-		nb := &body{orig: r.Body}
-		nb.Reset(bodyBytes)
-		r.Body = nb
+		bodyBytes, orig = buf.Bytes(), r.Body
 	}
 	fp := g.httpFingerprint(r, bodyBytes)
-	var scope string
-	if c.scope != nil {
-		scope = c.scope(r)
-	}
 	skey := storageKey(domainHTTPKey, c.namespace, scope, key)
 
 	ctx := r.Context()
 	sent := time.Now()
-	lease, stored, err := g.store.Claim(ctx, skey, c.leaseTTL)
-	if errors.Is(err, lock.ErrNotAcquired) && c.wait > 0 {
-		lease, stored, sent, err = g.waitClaim(ctx, skey, err)
+	lease, stored, holder, err := g.claim(ctx, skey, &fp)
+	if errors.Is(err, lock.ErrNotAcquired) && c.wait > 0 && !reused(holder, &fp) {
+		lease, stored, holder, sent, err = g.waitClaim(ctx, skey, &fp)
 	}
 	switch {
+	case errors.Is(err, lock.ErrNotAcquired) && reused(holder, &fp):
+		c.problem(w, http.StatusUnprocessableEntity, ProblemKeyReused, "Idempotency key reused",
+			"This idempotency key is in use by a request in progress with a different method, path, query or body. Use a new key for a new request.", 0)
 	case errors.Is(err, lock.ErrNotAcquired):
-		writeProblem(w, http.StatusConflict, ProblemInProgress, "Request in progress",
+		c.problem(w, http.StatusConflict, ProblemInProgress, "Request in progress",
 			"A request with this idempotency key is being processed. Retry after the delay in Retry-After to get its response.", c.retryAfter)
 	case err != nil:
 		if ctx.Err() != nil {
-			return // the client is gone; nothing was claimed
+			g.ended(w) // nothing was claimed, as far as we know
+			return
 		}
 		if c.failOpen {
 			g.logger().Warn("idempotency: store unavailable, running the handler unguarded (FailOpen)", "error", err)
-			next.ServeHTTP(w, r)
+			next.ServeHTTP(w, handOver(r, orig, bodyBytes))
 			return
 		}
 		g.logger().Error("idempotency: store unavailable", "error", err)
-		writeProblem(w, http.StatusServiceUnavailable, ProblemStoreUnavailable, "Idempotency store unavailable",
+		c.problem(w, http.StatusServiceUnavailable, ProblemStoreUnavailable, "Idempotency store unavailable",
 			"The request was not processed because its idempotency key cannot be checked right now. Retry later with the same key.", c.retryAfter)
 	case lease == nil:
 		g.replay(w, stored, &fp)
+	case ctx.Err() != nil:
+		// Claimed just as the request ended (a long WithWait, a server
+		// deadline): it was never processed, so the key goes back.
+		sctx, cancel := g.storeCtx(ctx)
+		if err := lease.Release(sctx); err != nil && !errors.Is(err, lock.ErrNotHeld) {
+			g.logger().Warn("idempotency: releasing a key failed; it stays in progress until its lease expires", "error", err)
+		}
+		cancel()
+		g.ended(w)
 	default:
-		g.run(w, r, next, lease, sent, &fp)
+		g.run(w, handOver(r, orig, bodyBytes), next, lease, sent, &fp)
 	}
 }
 
+// claim claims key, with the request's fingerprint when the Store keeps
+// one with the lease; holder is the in-flight request's fingerprint when
+// the key is held and the Store knows it.
+func (g *Guard) claim(ctx context.Context, key string, fp *[fpSize]byte) (lease lock.Lease, record, holder []byte, err error) {
+	if fc, ok := g.store.(FingerprintClaimer); ok {
+		return fc.ClaimFingerprint(ctx, key, g.cfg.leaseTTL, append([]byte(nil), fp[:]...))
+	}
+	lease, record, err = g.store.Claim(ctx, key, g.cfg.leaseTTL)
+	return lease, record, nil, err
+}
+
+// reused reports whether the holder of a key in flight is known to have
+// claimed it for a different request.
+func reused(holder []byte, fp *[fpSize]byte) bool {
+	return holder != nil && subtle.ConstantTimeCompare(holder, fp[:]) != 1
+}
+
+// ended answers a request whose context ended before it was processed:
+// the client left or a server deadline passed. Writing to a departed
+// client is harmless; a middleware outside that is still listening (a
+// deadline's own handler, a proxy) gets a true answer instead of an
+// empty 200.
+func (g *Guard) ended(w http.ResponseWriter) {
+	g.cfg.problem(w, http.StatusServiceUnavailable, ProblemRequestEnded, "Request not processed",
+		"The request ended (the client left or a server deadline passed) before it was processed. Retry with the same idempotency key.", g.cfg.retryAfter)
+}
+
+// scopeMissing refuses a request whose configured scope is empty, warning
+// at most once a minute.
+func (g *Guard) scopeMissing(w http.ResponseWriter, r *http.Request) {
+	now := time.Now().UnixNano()
+	last := g.lastScopeWarn.Load()
+	if now-last >= int64(time.Minute) && g.lastScopeWarn.CompareAndSwap(last, now) {
+		g.logger().Warn("idempotency: the scope function returned an empty scope, so the request was refused with 403 (is this route behind the authentication middleware?); further occurrences are not logged for a minute",
+			"method", r.Method, "path", r.URL.Path)
+	}
+	g.cfg.problem(w, http.StatusForbidden, ProblemScopeMissing, "Caller not identified",
+		"This request carries an idempotency key, but the server could not tell who sent it, so it cannot keep the key apart from other callers' keys. It was not processed.", 0)
+}
+
 func tooLarge(w http.ResponseWriter, c *config) {
-	writeProblem(w, http.StatusRequestEntityTooLarge, ProblemBodyTooLarge, "Request body too large",
+	c.problem(w, http.StatusRequestEntityTooLarge, ProblemBodyTooLarge, "Request body too large",
 		fmt.Sprintf("Requests with an idempotency key may have a body of at most %d bytes.", c.maxReqBody), 0)
 }
 
@@ -180,75 +260,112 @@ func httpFingerprint(method, pattern, route, query string, body []byte) [fpSize]
 
 // replay answers a duplicate from the stored record.
 func (g *Guard) replay(w http.ResponseWriter, stored []byte, fp *[fpSize]byte) {
+	c := &g.cfg
 	rec, err := decodeRecord(stored)
 	if err == nil && rec.kind != kindHTTP {
 		err = &RecordError{Reason: "a worker record under an HTTP key"}
 	}
 	if err != nil {
 		g.logger().Error("idempotency: stored record unreadable", "error", err)
-		writeProblem(w, http.StatusInternalServerError, ProblemRecordUnreadable, "Stored response unreadable",
+		c.problem(w, http.StatusInternalServerError, ProblemRecordUnreadable, "Stored response unreadable",
 			"The response stored for this idempotency key cannot be read. Use a new key only if repeating the operation is safe.", 0)
 		return
 	}
 	if subtle.ConstantTimeCompare(rec.fp[:], fp[:]) != 1 {
-		writeProblem(w, http.StatusUnprocessableEntity, ProblemKeyReused, "Idempotency key reused",
+		c.problem(w, http.StatusUnprocessableEntity, ProblemKeyReused, "Idempotency key reused",
 			"This idempotency key was used with a different request (method, path, query or body). Use a new key for a new request.", 0)
 		return
 	}
 	if rec.tombstone {
-		writeProblem(w, http.StatusUnprocessableEntity, ProblemNotReplayable, "Response not replayable",
+		c.problem(w, http.StatusUnprocessableEntity, ProblemNotReplayable, "Response not replayable",
 			fmt.Sprintf("The request with this idempotency key was processed, but its response cannot be replayed: %s. It was not processed again.", rec.reason), 0)
 		return
 	}
 	h := w.Header()
+	// The stored fields replace whatever outer middleware set: first
+	// clear them, then add every stored line (a field may be stored in
+	// more than one group). Only what is allowed now is replayed,
+	// whatever was stored then.
 	var prev []byte
-	rec.eachHeader(func(name, value []byte) {
-		// Only what is allowed now is replayed, whatever was stored then.
-		if !g.cfg.replayHeader[string(name)] || neverStored[string(name)] {
-			return
-		}
-		k := string(name)
+	rec.eachHeader(func(name, _ []byte) {
 		if !bytes.Equal(name, prev) {
-			// The values of one field are stored together: the first
-			// replaces whatever outer middleware set.
-			h[k] = []string{string(value)}
-		} else {
-			h[k] = append(h[k], string(value))
+			delete(h, string(name))
+			prev = name
 		}
-		prev = name
+	})
+	prev = nil
+	var k string
+	rec.eachHeader(func(name, value []byte) {
+		if !bytes.Equal(name, prev) {
+			k, prev = string(name), name
+		}
+		if ck, ok := c.allowed(k); ok {
+			h[ck] = append(h[ck], string(value))
+		}
 	})
 	h.Set(ReplayedHeader, "true")
+	if bodyAllowed(rec.status) {
+		// The body is known whole: send it with its length, as the
+		// original (or net/http for it) would have, not chunked.
+		h["Content-Length"] = []string{strconv.Itoa(len(rec.body))}
+	} else {
+		delete(h, "Content-Length")
+	}
 	w.WriteHeader(rec.status)
-	_, _ = w.Write(rec.body)
+	if len(rec.body) > 0 {
+		_, _ = w.Write(rec.body)
+	}
+}
+
+// bodyAllowed reports whether a response with status may have a body.
+func bodyAllowed(status int) bool {
+	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
 }
 
 // run runs next under the claimed lease and stores or releases the key.
 func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, lease lock.Lease, sent time.Time, fp *[fpSize]byte) {
-	c := &g.cfg
 	ctx := r.Context()
 	k := g.keep(ctx, lease, sent)
-	rec := newRecorder(w, c)
+	rec := newRecorder(w, &g.cfg)
 	done := false
 	defer func() {
 		if !done {
-			// A panic (http.ErrAbortHandler included): release, and let it
-			// continue to net/http.
-			g.release(ctx, k)
+			// A panic, http.ErrAbortHandler included. It continues to
+			// net/http once this returns (no recover: its stack stays
+			// intact), after the response is stored or the key released.
+			g.finish(ctx, w, k, rec, fp, true)
 		}
 	}()
 	next.ServeHTTP(rec, r.WithContext(withToken(k.Context(), lease.Token())))
 	done = true
+	g.finish(ctx, w, k, rec, fp, false)
+}
 
+// finish stores the response the handler wrote, or a tombstone when it
+// cannot be replayed, or releases the key. A handler that wrote a
+// storable response has done its work, even if it panicked afterwards or
+// the client left: its response is stored, so a retry gets it rather than
+// a second run.
+func (g *Guard) finish(ctx context.Context, w http.ResponseWriter, k *keeper, rec *recorder, fp *[fpSize]byte, panicked bool) {
+	c := &g.cfg
+	tomb := func(reason TombstoneReason) {
+		g.store1(ctx, k, &record{kind: kindHTTP, fp: *fp, tombstone: true, reason: reason})
+	}
 	if rec.hijack {
-		g.store1(ctx, k, &record{kind: kindHTTP, fp: *fp, tombstone: true, reason: TombstoneHijacked})
+		tomb(TombstoneHijacked)
 		return
 	}
 	status := rec.status
 	if !rec.wrote {
-		if ctx.Err() != nil {
+		switch {
+		case panicked:
+			g.release(ctx, k)
+			return
+		case ctx.Err() != nil:
 			// The client left and the handler wrote nothing: nothing
 			// says the work was done.
 			g.release(ctx, k)
+			g.ended(w)
 			return
 		}
 		status = http.StatusOK // what net/http sends for a silent handler
@@ -262,11 +379,21 @@ func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, l
 	case outcome != OutcomeStore:
 		g.release(ctx, k)
 	case rec.flushed:
-		g.store1(ctx, k, &record{kind: kindHTTP, fp: *fp, tombstone: true, reason: TombstoneStreamed})
+		tomb(TombstoneStreamed)
 	case rec.over:
-		g.store1(ctx, k, &record{kind: kindHTTP, fp: *fp, tombstone: true, reason: TombstoneOversize})
+		tomb(TombstoneOversize)
+	case rec.incomplete():
+		tomb(TombstoneIncomplete)
+	case hasTrailers(w.Header()):
+		tomb(TombstoneTrailers)
 	default:
-		g.store1(ctx, k, &record{kind: kindHTTP, fp: *fp, status: status, nhdr: rec.nhdr, hdr: rec.hdr, body: rec.body})
+		r := &record{kind: kindHTTP, fp: *fp, status: status, nhdr: rec.nhdr, hdr: rec.hdr, body: rec.body}
+		if r.check() != nil {
+			// What a replay would refuse is refused now.
+			tomb(TombstoneLimits)
+			return
+		}
+		g.store1(ctx, k, r)
 	}
 }
 
@@ -281,35 +408,38 @@ func (g *Guard) store1(ctx context.Context, k *keeper, rec *record) {
 	switch {
 	case err == nil:
 	case errors.Is(err, lock.ErrNotHeld):
-		g.logger().Warn("idempotency: the lease was lost before the response could be stored; another request may have run the handler too", "error", errors.Join(k.Err(), err))
+		g.logger().Warn("idempotency: the lease was lost before the response could be stored; another request may have run the handler too", "error", errors.Join(k.Lost(), err))
 	default:
 		g.logger().Error("idempotency: storing the response failed; the key was released and a retry will run the handler again", "error", err)
 	}
 }
 
 // waitClaim retries the claim until the holder finishes or the wait ends,
-// woken by the Store's release events when it is a lock.Notifier.
-func (g *Guard) waitClaim(ctx context.Context, skey string, held error) (lock.Lease, []byte, time.Time, error) {
+// woken by the Store's release events when it is a lock.Notifier. Claims
+// run on the request's context, not the wait's: a wait that ends during a
+// claim never abandons a lease the claim took.
+func (g *Guard) waitClaim(ctx context.Context, skey string, fp *[fpSize]byte) (lock.Lease, []byte, []byte, time.Time, error) {
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.wait)
 	defer cancel()
 	var sub lock.Subscription
+	defer func() {
+		if sub != nil {
+			_ = sub.Close()
+		}
+	}()
 	if n, ok := g.store.(lock.Notifier); ok {
-		if s, err := n.Subscribe(wctx, skey); err == nil {
+		if s, err := n.Subscribe(wctx, skey); err == nil && s != nil {
 			sub = s
-			defer func() { _ = sub.Close() }()
 		}
 	}
 	backoff := 2 * time.Millisecond
 	for {
 		sent := time.Now()
-		lease, stored, err := g.store.Claim(wctx, skey, g.cfg.leaseTTL)
-		if !errors.Is(err, lock.ErrNotAcquired) {
-			if wctx.Err() != nil && ctx.Err() == nil && err != nil {
-				return nil, nil, sent, held // the wait ended during the claim
-			}
-			return lease, stored, sent, err
+		lease, stored, holder, err := g.claim(ctx, skey, fp)
+		if !errors.Is(err, lock.ErrNotAcquired) || reused(holder, fp) {
+			return lease, stored, holder, sent, err
 		}
-		held = err
+		held := err
 		var na *lock.NotAcquiredError
 		errors.As(err, &na)
 		if sub != nil {
@@ -324,6 +454,8 @@ func (g *Guard) waitClaim(ctx context.Context, skey string, held error) (lock.Le
 			werr := sub.Wait(sctx, na)
 			scancel()
 			if werr != nil && !errors.Is(werr, context.DeadlineExceeded) && wctx.Err() == nil {
+				// The subscription broke (a failed re-subscribe, a
+				// blocking query's error, a closed client): poll.
 				_ = sub.Close()
 				sub = nil
 			}
@@ -342,9 +474,9 @@ func (g *Guard) waitClaim(ctx context.Context, skey string, held error) (lock.Le
 		}
 		if wctx.Err() != nil {
 			if ctx.Err() != nil {
-				return nil, nil, time.Time{}, ctx.Err()
+				return nil, nil, nil, time.Time{}, ctx.Err()
 			}
-			return nil, nil, time.Time{}, held
+			return nil, nil, nil, time.Time{}, held
 		}
 	}
 }

@@ -35,6 +35,13 @@ const (
 	ProblemStoreUnavailable = problemBase + "ProblemStoreUnavailable"
 	// ProblemRecordUnreadable: 500, the stored record could not be decoded.
 	ProblemRecordUnreadable = problemBase + "ProblemRecordUnreadable"
+	// ProblemScopeMissing: 403, the Guard has a scope ([WithScope]) and it
+	// named no caller for this request; nothing was claimed or run.
+	ProblemScopeMissing = problemBase + "ProblemScopeMissing"
+	// ProblemRequestEnded: 503 with Retry-After, the request's context ended
+	// (the client left, a server deadline passed) before the request was
+	// processed; the key is free and a retry with it runs the request.
+	ProblemRequestEnded = problemBase + "ProblemRequestEnded"
 )
 
 // Problem is an RFC 9457 problem details object, as the middleware writes
@@ -46,9 +53,15 @@ type Problem struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// writeProblem sends a problem response. It is never stored: it is written
-// either before a key is claimed or after the claim was answered.
-func writeProblem(w http.ResponseWriter, status int, typ, title, detail string, retryAfter time.Duration) {
+// problem sends a problem response, with the type URI [WithProblemTypes]
+// maps typ to. It is never stored: it is written either before a key is
+// claimed or after the claim was answered.
+func (c *config) problem(w http.ResponseWriter, status int, typ, title, detail string, retryAfter time.Duration) {
+	if c.problemType != nil {
+		if typ = c.problemType(typ); typ == "" {
+			typ = "about:blank"
+		}
+	}
 	b, err := json.Marshal(Problem{Type: typ, Title: title, Status: status, Detail: detail})
 	if err != nil {
 		b = []byte(`{"type":"about:blank","status":500}`)

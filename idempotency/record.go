@@ -21,7 +21,13 @@ import (
 //	  value  uvarint length + bytes
 //	body     uvarint length + bytes (HTTP body, worker value or error text)
 //
-// and nothing after. A decoder rejects anything else with a [*RecordError];
+// and nothing after. An HTTP record's status is a final status (200–999),
+// or 0 in a tombstone; a worker record's is 0. A worker record's header
+// lines, named "Is", carry the texts of the errors a stored error wrapped
+// (see [StoredError]). What a decoder would refuse is refused by the
+// encoder too, by the same check (record.check), so whatever is stored
+// replays: a response beyond these limits is stored as a tombstone
+// instead. A decoder rejects anything else with a [*RecordError];
 // a record of a newer version is rejected the same way (an old binary never
 // guesses at a newer layout), so rolling upgrades should add a version only
 // with a reader for it deployed first.
@@ -38,8 +44,12 @@ const (
 	flagStoredError = 1 << 1
 	knownFlags      = flagTombstone | flagStoredError
 
-	// maxRecordHeaders bounds what a decoder allocates for header lines.
+	// maxRecordHeaders bounds the header lines of a record, for the
+	// encoder and the decoder alike (it bounds what a decoder allocates).
 	maxRecordHeaders = 256
+	// chainHeader names the header lines of a worker record that carry the
+	// texts of a stored error's chain.
+	chainHeader = "Is"
 )
 
 // TombstoneReason says why a completed request's response was not stored.
@@ -47,13 +57,16 @@ type TombstoneReason uint8
 
 // Reasons for a tombstone.
 const (
-	TombstoneNone      TombstoneReason = iota
-	TombstoneOversize                  // the response was larger than the cap
-	TombstoneStreamed                  // the handler flushed: a stream is not replayable
-	TombstoneHijacked                  // the handler took the connection over
-	TombstoneEncoding                  // the result could not be encoded
-	TombstoneRefused                   // the Store refused the record (too large for it)
-	maxTombstoneReason = TombstoneRefused
+	TombstoneNone       TombstoneReason = iota
+	TombstoneOversize                   // the response was larger than the cap
+	TombstoneStreamed                   // the handler flushed: a stream is not replayable
+	TombstoneHijacked                   // the handler took the connection over
+	TombstoneEncoding                   // the result could not be encoded
+	TombstoneRefused                    // the Store refused the record (too large for it)
+	TombstoneLimits                     // the response is beyond a record's limits (header lines)
+	TombstoneTrailers                   // the response declared trailers, which are not stored
+	TombstoneIncomplete                 // the handler stopped before writing the Content-Length it declared
+	maxTombstoneReason  = TombstoneIncomplete
 )
 
 func (r TombstoneReason) String() string {
@@ -70,6 +83,12 @@ func (r TombstoneReason) String() string {
 		return "the result could not be encoded"
 	case TombstoneRefused:
 		return "the store could not hold the response (too large for the backend)"
+	case TombstoneLimits:
+		return fmt.Sprintf("the response has more than %d header lines, more than a stored response replays", maxRecordHeaders)
+	case TombstoneTrailers:
+		return "the response has trailers, which are not stored"
+	case TombstoneIncomplete:
+		return "the handler stopped (panicked) before writing the whole body it declared in Content-Length"
 	}
 	return fmt.Sprintf("reason %d", uint8(r))
 }
@@ -171,9 +190,6 @@ func decodeRecord(b []byte) (*record, error) {
 	r.tombstone = flags&flagTombstone != 0
 	r.stored = flags&flagStoredError != 0
 	r.reason = TombstoneReason(b[6])
-	if r.reason > maxTombstoneReason || (r.reason != TombstoneNone) != r.tombstone {
-		return nil, &RecordError{Reason: fmt.Sprintf("tombstone reason %d does not match the flags", b[6])}
-	}
 	copy(r.fp[:], b[7:headerSize])
 	d := decoder{b: b[headerSize:]}
 	status := d.uvarint("status")
@@ -183,15 +199,13 @@ func decodeRecord(b []byte) (*record, error) {
 	r.status = int(status)
 	n := d.uvarint("header count")
 	if d.err == nil && n > maxRecordHeaders {
+		// Checked before the loop: it bounds the work on a hostile record.
 		d.err = &RecordError{Reason: fmt.Sprintf("%d header lines, more than %d", n, maxRecordHeaders)}
 	}
 	hdrStart := d.b
 	for i := uint64(0); i < n && d.err == nil; i++ {
-		name := d.bytes("header name")
+		d.bytes("header name")
 		d.bytes("header value")
-		if d.err == nil && len(name) == 0 {
-			d.err = &RecordError{Reason: "empty header name"}
-		}
 	}
 	if d.err == nil {
 		r.nhdr = int(n)
@@ -205,7 +219,40 @@ func decodeRecord(b []byte) (*record, error) {
 		return nil, &RecordError{Reason: fmt.Sprintf("%d trailing bytes", len(d.b))}
 	}
 	r.body = body
+	if err := r.check(); err != nil {
+		return nil, err
+	}
 	return r, nil
+}
+
+// check reports what makes r unstorable and unreplayable, for the encoder
+// (at store time, when a tombstone can still be stored instead) and the
+// decoder (at replay time) alike: one set of limits for both.
+func (r *record) check() *RecordError {
+	switch {
+	case r.kind != kindHTTP && r.kind != kindWorker:
+		return &RecordError{Reason: fmt.Sprintf("unknown kind %d", r.kind)}
+	case r.reason > maxTombstoneReason || (r.reason != TombstoneNone) != r.tombstone:
+		return &RecordError{Reason: fmt.Sprintf("tombstone reason %d does not match the flags", r.reason)}
+	case r.stored && (r.kind != kindWorker || r.tombstone):
+		return &RecordError{Reason: "a stored error flag outside a worker result"}
+	case r.kind == kindWorker && r.status != 0,
+		r.kind == kindHTTP && r.tombstone && r.status != 0:
+		return &RecordError{Reason: fmt.Sprintf("status %d in a record that has none", r.status)}
+	case r.kind == kindHTTP && !r.tombstone && (r.status < 200 || r.status > 999):
+		// net/http panics on a status outside 100–999, and 1xx is never
+		// a final response.
+		return &RecordError{Reason: fmt.Sprintf("status %d is not a final HTTP status", r.status)}
+	case r.nhdr < 0 || r.nhdr > maxRecordHeaders:
+		return &RecordError{Reason: fmt.Sprintf("%d header lines, more than %d", r.nhdr, maxRecordHeaders)}
+	}
+	var bad *RecordError
+	r.eachHeader(func(name, _ []byte) {
+		if len(name) == 0 && bad == nil {
+			bad = &RecordError{Reason: "empty header name"}
+		}
+	})
+	return bad
 }
 
 type decoder struct {
@@ -227,10 +274,15 @@ func (d *decoder) uvarint(what string) uint64 {
 }
 
 func (d *decoder) bytes(what string) []byte {
-	n := d.uvarint(what + " length")
 	if d.err != nil {
 		return nil
 	}
+	n, k := binary.Uvarint(d.b)
+	if k <= 0 {
+		d.err = &RecordError{Reason: "truncated or overlong " + what + " length"}
+		return nil
+	}
+	d.b = d.b[k:]
 	if n > uint64(len(d.b)) {
 		d.err = &RecordError{Reason: fmt.Sprintf("%s of %d bytes overruns the record", what, n)}
 		return nil

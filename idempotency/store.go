@@ -33,8 +33,28 @@ type Store interface {
 	// nothing, so a completion never overwrites a newer owner.
 	//
 	// A record the Store cannot hold (larger than its backend allows) is
-	// refused with an error that does not match lock.ErrNotHeld, and the
-	// lease keeps holding: the Guard then completes with a small tombstone
-	// instead, so that work that was done is never run again.
+	// refused with an error matching [ErrRecordTooLarge] (and not
+	// lock.ErrNotHeld), and the lease keeps holding: the Guard then
+	// completes with a small tombstone instead, so that work that was done
+	// is never run again. Any other error is taken as transient, its
+	// outcome unknown: the Guard retries the Complete within its store
+	// timeout.
 	Complete(ctx context.Context, lease lock.Lease, record []byte, retention time.Duration) error
+}
+
+// FingerprintClaimer is an optional interface of a [Store] that keeps a
+// request fingerprint with the in-progress lease, so that a duplicate
+// with a different request is told apart while the first is still in
+// flight: the middleware answers it 422 [ProblemKeyReused] (and [Do]
+// returns [ErrKeyReused]) at once, instead of 409 and a 422 only after
+// the first completes. The Guard discovers it by type assertion and then
+// claims with it instead of Claim; a Store without it keeps the 409.
+type FingerprintClaimer interface {
+	// ClaimFingerprint is [Store.Claim] that also stores fp (an opaque
+	// value of at most 64 bytes) with the lease it takes, in the same
+	// atomic step. When another claim holds the key it returns an error
+	// matching lock.ErrNotAcquired, as Claim does, and that claim's fp as
+	// holder (nil if the holder claimed without one). Otherwise holder is
+	// nil.
+	ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (lease lock.Lease, record, holder []byte, err error)
 }

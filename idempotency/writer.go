@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net"
 	"net/http"
+	"strconv"
 )
 
 // recorder wraps the ResponseWriter of a guarded request: it passes every
@@ -20,8 +21,10 @@ type recorder struct {
 	hdr      []byte // allowed headers as record lines, captured at WriteHeader
 	nhdr     int
 	body     []byte
-	wrote    bool // a final status was written
-	over     bool // the body passed the cap; body was dropped
+	written  int64 // body bytes the handler wrote, stored or not
+	declared int64 // the Content-Length the handler declared, or -1
+	wrote    bool  // a final status was written
+	over     bool  // the body passed the cap; body was dropped
 	flushed  bool
 	hijack   bool
 	terminal bool
@@ -32,7 +35,7 @@ type recorder struct {
 }
 
 func newRecorder(w http.ResponseWriter, c *config) *recorder {
-	rec := &recorder{w: w, max: c.maxRespBody, cfg: c}
+	rec := &recorder{w: w, max: c.maxRespBody, cfg: c, declared: -1}
 	rec.hdr = rec.hdrBuf[:0]
 	rec.body = rec.bodyBuf[:0]
 	return rec
@@ -45,8 +48,10 @@ func (rec *recorder) WriteHeader(code int) {
 		rec.w.WriteHeader(code) // net/http logs the superfluous call
 		return
 	}
-	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
-		rec.w.WriteHeader(code) // informational: not the final status
+	if code < 200 && code != http.StatusSwitchingProtocols || code > 999 {
+		// Informational: not the final status; or invalid, which net/http
+		// refuses (with a panic) and which is never recorded.
+		rec.w.WriteHeader(code)
 		return
 	}
 	rec.wrote = true
@@ -54,14 +59,31 @@ func (rec *recorder) WriteHeader(code int) {
 	if code == http.StatusSwitchingProtocols {
 		rec.hijack = true
 	}
-	rec.hdr, rec.nhdr = rec.cfg.appendAllowed(rec.hdr[:0], rec.w.Header())
+	h := rec.w.Header()
+	rec.hdr, rec.nhdr = rec.cfg.appendAllowed(rec.hdr[:0], h)
+	if cl := h["Content-Length"]; len(cl) == 1 {
+		if n, err := strconv.ParseInt(cl[0], 10, 64); err == nil && n >= 0 {
+			rec.declared = n
+		}
+	}
 	rec.w.WriteHeader(code)
+}
+
+// incomplete reports whether the handler wrote less of the body than the
+// Content-Length it declared (for a status that has a body).
+func (rec *recorder) incomplete() bool {
+	switch {
+	case rec.declared < 0, rec.status == http.StatusNoContent, rec.status == http.StatusNotModified:
+		return false
+	}
+	return rec.written < rec.declared
 }
 
 func (rec *recorder) Write(p []byte) (int, error) {
 	if !rec.wrote {
 		rec.WriteHeader(http.StatusOK)
 	}
+	rec.written += int64(len(p))
 	if !rec.over {
 		if len(rec.body)+len(p) > rec.max {
 			rec.over = true

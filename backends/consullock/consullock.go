@@ -192,6 +192,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/idempotency"
 )
 
 // Defaults and limits.
@@ -238,7 +239,7 @@ func (e *RecordTooLargeError) Error() string {
 }
 
 // Unwrap makes errors.Is(err, lock.ErrInvalidArgument) true.
-func (e *RecordTooLargeError) Unwrap() error { return lock.ErrInvalidArgument }
+func (e *RecordTooLargeError) Unwrap() error { return idempotency.ErrRecordTooLarge }
 
 // Option configures a Locker made by [New].
 type Option func(*config) error

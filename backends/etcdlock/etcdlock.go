@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/idempotency"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -45,7 +46,7 @@ var (
 	// ErrRecordTooLarge is returned by Complete for a record above the
 	// Locker's limit (see [WithMaxRecordSize]); it also matches
 	// lock.ErrInvalidArgument. The lease is left as it was.
-	ErrRecordTooLarge = fmt.Errorf("%w: etcdlock: record too large", lock.ErrInvalidArgument)
+	ErrRecordTooLarge = fmt.Errorf("etcdlock: %w", idempotency.ErrRecordTooLarge)
 )
 
 // Option configures a Locker made by [New].

@@ -142,6 +142,7 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/idempotency"
 )
 
 const (
@@ -171,7 +172,7 @@ var (
 	// ErrRecordTooLarge is matched by the error of Complete when the record
 	// does not fit in one memcached item (see [WithMaxItemSize]). Nothing is
 	// stored and the lease still holds its key.
-	ErrRecordTooLarge = errors.New("memcachedlock: record too large for a memcached item")
+	ErrRecordTooLarge = fmt.Errorf("memcachedlock: %w (a memcached item)", idempotency.ErrRecordTooLarge)
 	// ErrClosed is matched by the error of every call on a Locker, or on a
 	// lease of a Locker, after Close.
 	ErrClosed = errors.New("memcachedlock: Locker is closed")

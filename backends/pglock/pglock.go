@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/idempotency"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -34,7 +35,7 @@ var (
 	// ErrRecordTooLarge is returned by Complete and CompleteTx for a record
 	// above the Locker's limit (see [WithMaxRecordSize]); it also matches
 	// lock.ErrInvalidArgument. The lease is left as it was.
-	ErrRecordTooLarge = fmt.Errorf("%w: pglock: record too large", lock.ErrInvalidArgument)
+	ErrRecordTooLarge = fmt.Errorf("pglock: %w", idempotency.ErrRecordTooLarge)
 )
 
 // Option configures a Locker made by [New].

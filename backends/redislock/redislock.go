@@ -143,6 +143,7 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/idempotency"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -156,7 +157,7 @@ const DefaultMaxRecordSize = 512 << 20
 
 // ErrRecordTooLarge is matched by the error of [Locker.Complete] for a
 // record over the size limit; it also matches [lock.ErrInvalidArgument].
-var ErrRecordTooLarge = fmt.Errorf("%w: redislock: record too large", lock.ErrInvalidArgument)
+var ErrRecordTooLarge = fmt.Errorf("redislock: %w", idempotency.ErrRecordTooLarge)
 
 // ErrClosed is returned by [Locker.Subscribe] after [Locker.Close].
 var ErrClosed = errors.New("redislock: Locker closed")

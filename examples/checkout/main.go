@@ -1,9 +1,10 @@
 // Command checkout tells idemlock's story end to end: a checkout endpoint
 // whose handler charges a card, behind the idempotency middleware, and a
 // client that behaves like real users and networks do — it double-clicks,
-// fires a burst, times out and retries, retries with a changed cart, and
-// hits a failing payment provider. It prints what happened and checks that
-// every key was charged exactly once.
+// fires a burst, times out and retries, gives up on a charge that takes
+// longer than the key's lease, retries with a changed cart, and hits a
+// failing payment provider. It prints what happened and checks that every
+// key was charged exactly once.
 //
 //	go run ./examples/checkout                          # embedded mem:// backend
 //	go run ./examples/checkout -backend redis://127.0.0.1:6379/0
@@ -26,6 +27,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -65,12 +67,16 @@ func run(backendURL string, verbose bool, out io.Writer) int {
 	}
 
 	provider := newProvider()
+	leaseTTL := leaseTTLFor(backendURL)
 	guard, err := idempotency.New(store,
 		// One caller never replays another's receipt: keys are scoped by
 		// the authenticated user.
 		idempotency.WithScope(userOf),
 		idempotency.RequireKey(),
 		idempotency.WithRetention(time.Hour),
+		// Short, so that a slow charge outlasts it within the story's
+		// seconds; the lease is renewed while the handler runs.
+		idempotency.WithLeaseTTL(leaseTTL),
 		// The story's own log is the report; keep the Guard quiet.
 		idempotency.WithLogger(slog.New(slog.DiscardHandler)),
 	)
@@ -86,10 +92,11 @@ func run(backendURL string, verbose bool, out io.Writer) int {
 	c := &client{base: srv.URL, http: srv.Client(), verbose: verbose, out: out}
 	fmt.Fprintf(out, "idemlock checkout story on %s (server %s)\n\n", backendURL, srv.URL)
 
-	s := &story{out: out, provider: provider, client: c}
+	s := &story{out: out, provider: provider, client: c, leaseTTL: leaseTTL}
 	s.doubleClick()
 	s.burst()
 	s.timeoutRetry()
+	s.slowerThanLease()
 	s.changedCart()
 	s.failingCharge()
 	s.otherUser()
@@ -111,6 +118,29 @@ func authenticate(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey{}, user)))
 	})
+}
+
+// leaseTTLFor returns a lease TTL short enough for a slow charge to
+// outlast it in seconds, and one the backend honours: memory and Redis
+// count milliseconds (a second leaves renewal room on a loaded machine);
+// etcd and memcached whole seconds (etcd grants at least about 2 s);
+// Consul what its agent's session_ttl_min allows, 10 s by default, lower
+// when the URL's min_ttl says so.
+func leaseTTLFor(backendURL string) time.Duration {
+	u, err := url.Parse(backendURL)
+	if err != nil {
+		return idempotency.DefaultLeaseTTL
+	}
+	switch {
+	case u.Scheme == "mem" || strings.HasPrefix(u.Scheme, "redis"):
+		return time.Second
+	case u.Scheme == "consul":
+		if d, err := time.ParseDuration(u.Query().Get("min_ttl")); err == nil {
+			return max(2*time.Second, d)
+		}
+		return 10 * time.Second
+	}
+	return 2 * time.Second
 }
 
 func userOf(r *http.Request) string {
@@ -322,6 +352,7 @@ type story struct {
 	out      io.Writer
 	provider *provider
 	client   *client
+	leaseTTL time.Duration
 	steps    []*step
 }
 
@@ -418,6 +449,19 @@ func (s *story) timeoutRetry() {
 	st.record(s.client.post("alice", key, o, 200*time.Millisecond))
 	s.untilDone(st, "alice", key, o)
 	s.end(st, "the charge went through after the client left, so its 201 was stored; the retry waited out the 409 and got that receipt instead of a second charge")
+}
+
+func (s *story) slowerThanLease() {
+	// Long enough that retries come well after the first TTL (the client
+	// honours Retry-After: 1 s).
+	delay := s.leaseTTL * 5 / 2
+	st := s.begin(fmt.Sprintf("Slower than the lease: the charge takes %v, the key's lease TTL is %v, the client gives up after 200ms", delay, s.leaseTTL))
+	key, o := newKey(), order{Cart: "cart-slower", Amount: 12000}
+	st.ids, st.want = []string{"alice/" + key}, []int{1}
+	s.provider.setSlow(o.Cart, delay)
+	st.record(s.client.post("alice", key, o, 200*time.Millisecond))
+	s.untilDone(st, "alice", key, o)
+	s.end(st, "the lease is renewed for as long as the handler runs, not as long as the client waits: every retry during the charge got 409, none ran a second charge, and the last one got the stored receipt")
 }
 
 func (s *story) changedCart() {

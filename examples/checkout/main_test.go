@@ -13,7 +13,7 @@ func TestStory(t *testing.T) {
 	if code := run("mem://", false, &out); code != 0 {
 		t.Fatalf("exit %d:\n%s", code, &out)
 	}
-	for _, want := range []string{"OK: exactly one charge per key", "409 Conflict", "422 Unprocessable Entity", "502 Bad Gateway", "replayed", "client gave up"} {
+	for _, want := range []string{"OK: exactly one charge per key", "409 Conflict", "422 Unprocessable Entity", "502 Bad Gateway", "replayed", "client gave up", "Slower than the lease"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the report lacks %q:\n%s", want, &out)
 		}
@@ -36,7 +36,8 @@ func TestStoryOnBackends(t *testing.T) {
 		{"redis", func(t *testing.T) string { return "redis://" + testenv.RedisAddr(t) }},
 		{"memcached", func(t *testing.T) string { return "memcached://" + testenv.MemcachedAddr(t) }},
 		{"etcd", func(t *testing.T) string { return "etcd://" + hostPort(testenv.EtcdEndpoints(t)[0]) }},
-		{"consul", func(t *testing.T) string { return "consul://" + testenv.ConsulAddr(t) }},
+		// The test agent's session_ttl_min is 1 s: the story's short lease.
+		{"consul", func(t *testing.T) string { return "consul://" + testenv.ConsulAddr(t) + "?min_ttl=1s" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer

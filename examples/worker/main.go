@@ -170,7 +170,7 @@ func run(backendURL string, out io.Writer) int {
 	}
 	run := fmt.Sprint(time.Now().UnixNano()) // keys unique to this run on a shared server
 	g, err := idempotency.New(store,
-		idempotency.WithScope(func(*http.Request) string { return "" }), // workers are not HTTP
+		idempotency.WithScope(func(*http.Request) string { return "all" }), // one key space: Do has no caller to scope by
 		idempotency.WithNamespace("worker-example/"+run),
 		idempotency.WithRetention(time.Hour),
 		idempotency.WithRetryAfter(100*time.Millisecond),
