@@ -11,6 +11,10 @@
 #                      them on a private set of servers and rewrites
 #                      BENCHMARKS.md, bench/handoff.png, bench/results.txt
 #                      and bench/benchstat.txt (a few minutes)
+#   make torture       the long torture matrix (internal/torture): every
+#                      backend on private servers under every fault, at
+#                      least 100,000 contended takes each; rewrites
+#                      RELIABILITY.md (about 45 minutes on 2 cores)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -23,7 +27,7 @@ TESTFLAGS   ?= -race -count=1 -timeout 20m
 # cover: the root module and each backend that is a module of its own.
 MODULES     := . backends/pglock
 
-.PHONY: test lint servers stop-servers bench
+.PHONY: test lint servers stop-servers bench torture
 
 servers:
 	bash $(SERVERS) start
@@ -62,3 +66,12 @@ bench:
 	cd bench; \
 	$(GO) run ./cmd/report -rounds $(BENCH_ROUNDS) $(BENCH_FLAGS); \
 	$(BENCHSTAT) -ignore round results.txt > benchstat.txt
+
+# torture starts private servers of its own (internal/testenv.Private) and
+# needs only the servers' variables; TORTURE_FLAGS go to the command
+# (for example -takes 20000, or -run 'TestTorture/etcd' for one backend).
+TORTURE_FLAGS ?=
+
+torture:
+	eval "$$(bash $(SERVERS) env)"; \
+	$(GO) run ./internal/cmd/torture -out RELIABILITY.md $(TORTURE_FLAGS)
