@@ -45,8 +45,8 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 	groups := groupOrder(cells)
 	p.line("## Summary")
 	p.line("")
-	p.line("Violations that nothing explains (in bold), then those a known issue explains (found by this harness, their")
-	p.line("fixes tracked elsewhere: see each backend's section), and in parentheses those a fault's documented caveat")
+	p.line("Violations that nothing explains (in bold), then those a known issue explains (found by this harness, stated")
+	p.line("in the package docs it names, not fixed yet: see each backend's section), and in parentheses those a fault's documented caveat")
 	p.line("explains (see [Caveats](#caveats)). Fenced safety, token order, linearizability and effect count must be 0")
 	p.line("but for caveats; `make test` runs a short version of this matrix and fails otherwise (known issues too with")
 	p.line("`-torture.strict`).")
@@ -432,7 +432,7 @@ func (p *printer) list(title string, lines []string) {
 }
 
 // knownIssues lists the known issues that explain some of a backend's
-// violations: found by this harness, their fixes tracked elsewhere.
+// violations: found by this harness, documented, not fixed yet.
 func knownIssues(p *printer, cells []Cell, backend string) {
 	seen := map[string]bool{}
 	var lines []string
@@ -447,5 +447,5 @@ func knownIssues(p *printer, cells []Cell, backend string) {
 			}
 		}
 	}
-	p.list("Known issues behind the violations above (found by this harness; their fixes are tracked elsewhere):", lines)
+	p.list("Known issues behind the violations above (found by this harness, stated in the package docs they name, not fixed yet):", lines)
 }
