@@ -38,7 +38,7 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 	p.line("faults come and go. Every lock operation is recorded with its call and return time on a clock all processes")
 	p.line("share (CLOCK_MONOTONIC), and the history is judged by the checks below. The harness is shown to catch")
 	p.line("deliberately broken lockers (no owner check, token reset at expiry, refresh after expiry, reused tokens) by")
-	p.line("`TestHarnessBites` in internal/torture.")
+	p.line("`TestHarnessBites` in internal/integration/torture.")
 	p.line("")
 
 	backends := backendOrder(cells)
@@ -220,7 +220,7 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 			ex = "'" + c.Test + "'"
 		}
 	}
-	p.line("go test ./internal/torture -count=1 -v -timeout 30m -run %s -args -torture.long -torture.takes 20000", ex)
+	p.line("cd internal/integration && go test ./torture -count=1 -v -timeout 30m -run %s -args -torture.long -torture.takes 20000", ex)
 	p.line("```")
 	p.line("")
 	p.line("Without `-torture.long` the cell runs its short version (each fault once), as `make test` does. The subtest")
