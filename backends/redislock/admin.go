@@ -80,7 +80,7 @@ func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Dura
 
 // inspectScript reads a lock and its record in one step.
 //
-// KEYS[1] lock, KEYS[2] record. Returns {value or '', PTTL of the lock,
+// KEYS[1] lock, KEYS[2] record. Returns {value (empty when free), PTTL of the lock,
 // length of the record, PTTL of the record (-2 when there is none)}.
 var inspectScript = newScript(`
 local v = redis.call('GET', KEYS[1])
