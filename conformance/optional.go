@@ -270,6 +270,7 @@ func testClaimFingerprint(c *check, p storeParams) {
 			wg      sync.WaitGroup
 			mu      sync.Mutex
 			winner  []byte
+			won     lock.Lease
 			wins    int
 			holders [][]byte
 			errs    []error
@@ -283,7 +284,7 @@ func testClaimFingerprint(c *check, p storeParams) {
 				switch {
 				case err == nil && le != nil:
 					wins++
-					winner = mine
+					winner, won = mine, le
 				case errors.Is(err, lock.ErrNotAcquired):
 					holders = append(holders, holder)
 				default:
@@ -293,8 +294,12 @@ func testClaimFingerprint(c *check, p storeParams) {
 		}
 		wg.Wait()
 		if len(errs) > 0 || wins != 1 {
+			if won != nil {
+				_ = won.Release(context.WithoutCancel(ctx))
+			}
 			c.Fatalf("round %d: %d of %d concurrent ClaimFingerprints won (errors %v), want exactly one", round, wins, claimers, errs)
 		}
+		c.release(won)
 		for _, h := range holders {
 			if !bytes.Equal(h, winner) {
 				c.Fatalf("round %d: a loser saw holder fingerprint %q, want the winner's %q", round, h, winner)
