@@ -73,10 +73,12 @@ func testTTLLimits(c *check, p storeParams) {
 	if lim.Step > 0 {
 		ttl = roundUp(ttl, lim.Step)
 	}
-	key := c.key("min")
+	key, other := c.key("min"), p.newStore(c)
+	sent := time.Now()
 	le := c.claim(s, key, ttl)
-	c.claimRefused(p.newStore(c), key, "a key claimed with the shortest TTL the limits allow")
-	c.release(le)
+	c.refusedBefore(other, key, sent.Add(ttl), "a key claimed with the shortest TTL the limits allow")
+	_ = le.Release(c.ctx()) // it may have run out
+
 	if lim.Min <= lim.Step || lim.Min <= time.Nanosecond {
 		return
 	}
