@@ -14,7 +14,9 @@ import (
 
 // The clauses of the contract's optional interfaces: lock.Pinger,
 // lock.TTLLimiter, lock.Admin and idempotency.FingerprintClaimer. A Store
-// that does not implement one skips its clauses as an optional capability.
+// that does not implement one, or whose Ping or Inspect answers an error
+// matching errors.ErrUnsupported (a toolkit such as kvlock on a store that
+// lacks the capability), skips its clauses as an optional capability.
 
 // adminKeys are the keys the Admin clauses use: a plain one and a few that
 // a backend escapes or hashes, so that an Admin that builds the storage key
@@ -29,7 +31,10 @@ func testPing(c *check, p storeParams) {
 	}
 	ctx, cancel := context.WithTimeout(c.ctx(), p.long)
 	defer cancel()
-	if err := pg.Ping(ctx); err != nil {
+	switch err := pg.Ping(ctx); {
+	case errors.Is(err, errors.ErrUnsupported):
+		c.Skipf("optional capability: the Store's Ping is unsupported here: %v", err)
+	case err != nil:
 		c.Fatalf("Ping of a live Store: %v", err)
 	}
 	if err := lock.Ping(ctx, s); err != nil {
@@ -105,6 +110,9 @@ func admin(c *check, s idempotency.Store) lock.Admin {
 	a, ok := s.(lock.Admin)
 	if !ok {
 		c.Skip("optional capability: the Store is not a lock.Admin")
+	}
+	if _, err := a.Inspect(c.ctx(), c.key("probe")); errors.Is(err, errors.ErrUnsupported) {
+		c.Skipf("optional capability: the Store's lock.Admin is unsupported here: %v", err)
 	}
 	return a
 }
