@@ -77,7 +77,7 @@ func Schemes() []string {
 // package must be imported (import _ "github.com/idemlock/lock/backends/memlock"
 // for "mem://"); each documents its URL form. The caller closes the Backend.
 //
-// No built-in backend connects in Open or keeps ctx once Open returns
+// No built-in backend connects in Open or depends on ctx once Open returns
 // (cancelling it afterwards changes nothing), so Open succeeds for a server
 // that is down: check it with [Ping], which every built-in backend
 // supports, for example in a readiness probe.
