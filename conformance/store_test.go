@@ -198,7 +198,7 @@ func (le *fakeLease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if err := lock.CheckRefresh(ctx, ttl); err != nil {
 		return err
 	}
-	if le.c.s.bug == "refresh after lost complete" && !le.ended.Load() && ttl == le.ttl {
+	if (le.c.s.bug == "refresh after lost complete" && !le.ended.Load() || le.c.s.bug == "force-release keeps the session") && ttl == le.ttl {
 		// A renewal fast path for an unchanged TTL that trusts the
 		// lease's own state: it renews "the session" only.
 		return le.c.request(ctx, true, func(now time.Time) error {
@@ -235,6 +235,9 @@ func (le *fakeLease) Release(ctx context.Context) error {
 }
 
 func (c *fakeClient) Ping(ctx context.Context) error {
+	if c.s.bug == "ping ignores context" {
+		return nil // a cached health status
+	}
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
 	}
@@ -341,6 +344,10 @@ var storeBugs = map[string]string{
 	"admin key not escaped":          "AdminForceRelease",
 	"force-release resets tokens":    "AdminForceRelease",
 	"fingerprint stored after claim": "ClaimFingerprint",
+	// ForceRelease deletes the key but a same-TTL Refresh only renews the
+	// holding's session (etcd's lease, Consul's session), which lives on.
+	"force-release keeps the session": "AdminForceRelease",
+	"ping ignores context":            "Ping",
 }
 
 // A suite that never fails proves nothing: each broken store must fail the
