@@ -1,7 +1,6 @@
 package consullock_test
 
 import (
-	"context"
 	"errors"
 	"testing"
 	"time"
@@ -15,24 +14,8 @@ import (
 // Issue 21.9: lock.Open makes no request, so a readiness probe needs Ping,
 // and Ping must fail for an agent that is not there.
 func TestPingUnreachable(t *testing.T) {
-	b, err := lock.Open(t.Context(), "consul://127.0.0.1:1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	if err := lock.Ping(ctx, b); err == nil {
-		t.Fatal("Ping of a Locker on a port nothing listens on succeeded")
-	}
-	_ = b.Close()
 	live, _ := newLocker(t)
-	if err := lock.Ping(ctx, live); err != nil {
-		t.Fatalf("Ping of the test agent: %v", err)
-	}
-	_ = live.Close()
-	if err := lock.Ping(ctx, live); !errors.Is(err, consullock.ErrClosed) {
-		t.Fatalf("Ping after Close: %v, want ErrClosed", err)
-	}
+	testenv.CheckPing(t, "consul://127.0.0.1:1", live, consullock.ErrClosed)
 }
 
 // Issue 21.6: the min_ttl URL option is what TTLLimits reports.

@@ -1,10 +1,7 @@
 package memcachedlock_test
 
 import (
-	"context"
-	"errors"
 	"testing"
-	"time"
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memcachedlock"
@@ -15,24 +12,7 @@ import (
 // Issue 21.9: lock.Open makes no request, so a readiness probe needs Ping,
 // and Ping must fail for a server that is not there.
 func TestPingUnreachable(t *testing.T) {
-	b, err := lock.Open(t.Context(), "memcached://127.0.0.1:1?timeout=500ms")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	if err := lock.Ping(ctx, b); err == nil {
-		t.Fatal("Ping of a Locker on a port nothing listens on succeeded")
-	}
-	_ = b.Close()
-	live := newLocker(t)
-	if err := lock.Ping(ctx, live); err != nil {
-		t.Fatalf("Ping of the test server: %v", err)
-	}
-	_ = live.Close()
-	if err := lock.Ping(ctx, live); !errors.Is(err, memcachedlock.ErrClosed) {
-		t.Fatalf("Ping after Close: %v, want ErrClosed", err)
-	}
+	testenv.CheckPing(t, "memcached://127.0.0.1:1?timeout=500ms", newLocker(t), memcachedlock.ErrClosed)
 }
 
 // Issue 21.4: memcached cannot tell anyone that an item was deleted, so the

@@ -17,24 +17,7 @@ import (
 // Issue 21.9: lock.Open does not connect, so a readiness probe needs Ping,
 // and Ping must fail for a server that is not there.
 func TestPingUnreachable(t *testing.T) {
-	b, err := lock.Open(t.Context(), "postgres://u@127.0.0.1:1/db?connect_timeout=1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	if err := lock.Ping(ctx, b); err == nil {
-		t.Fatal("Ping of a Locker on a port nothing listens on succeeded")
-	}
-	_ = b.Close()
-	live := newLocker(t, pglock.WithTable(testTable(t)))
-	if err := lock.Ping(ctx, live); err != nil {
-		t.Fatalf("Ping of the test server: %v", err)
-	}
-	_ = live.Close()
-	if err := lock.Ping(ctx, live); !errors.Is(err, pglock.ErrClosed) {
-		t.Fatalf("Ping after Close: %v, want ErrClosed", err)
-	}
+	testenv.CheckPing(t, "postgres://u@127.0.0.1:1/db?connect_timeout=1", newLocker(t, pglock.WithTable(testTable(t))), pglock.ErrClosed)
 }
 
 // A table made before the fingerprint column gets it on first use.
