@@ -6,16 +6,14 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/idempotency"
 	"github.com/idemlock/lock/internal/optional"
 )
 
 var (
-	_ lock.Pinger                    = (*Locker)(nil)
-	_ lock.TTLLimiter                = (*Locker)(nil)
-	_ lock.Admin                     = (*Locker)(nil)
-	_ idempotency.FingerprintClaimer = (*Locker)(nil)
-	_ lock.LossNotifier              = (*lease)(nil)
+	_ lock.Pinger       = (*Locker)(nil)
+	_ lock.TTLLimiter   = (*Locker)(nil)
+	_ lock.Admin        = (*Locker)(nil)
+	_ lock.LossNotifier = (*lease)(nil)
 )
 
 // ErrClosed is returned by [Locker.Ping] after [Locker.Close].

@@ -6,8 +6,13 @@ import (
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/idempotency"
 	"github.com/idemlock/lock/internal/testenv"
 )
+
+// memlock imports no idempotency (whose own tests import memlock), so the
+// check that *Locker is a FingerprintClaimer lives here.
+var _ idempotency.FingerprintClaimer = (*Locker)(nil)
 
 func TestPingAfterClose(t *testing.T) {
 	l := New()
