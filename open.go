@@ -23,7 +23,8 @@ type Backend interface {
 	io.Closer
 }
 
-// Opener makes a Backend from a URL whose scheme it was registered for.
+// Opener makes a Backend from a URL whose scheme it was registered for. ctx
+// bounds the opening only: an Opener must not keep it for later work.
 type Opener func(ctx context.Context, u *url.URL) (Backend, error)
 
 var (
@@ -75,6 +76,11 @@ func Schemes() []string {
 // "redis://127.0.0.1:6379/0" or "etcd://127.0.0.1:2379". The backend's
 // package must be imported (import _ "github.com/idemlock/lock/backends/memlock"
 // for "mem://"); each documents its URL form. The caller closes the Backend.
+//
+// No built-in backend connects in Open or depends on ctx once Open returns
+// (cancelling it afterwards changes nothing), so Open succeeds for a server
+// that is down: check it with [Ping], which every built-in backend
+// supports, for example in a readiness probe.
 func Open(ctx context.Context, rawURL string) (Backend, error) {
 	if err := CheckContext(ctx); err != nil {
 		return nil, err

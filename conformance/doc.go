@@ -164,7 +164,8 @@
 //     key is free afterwards with a greater token.
 //   - KeepAliveClaim: a claimed lease kept alive past its TTL can Complete.
 //   - OversizeRecordKeepsLease: a record of 8 MiB is stored whole or refused
-//     with an error other than lock.ErrNotHeld, the lease still holding.
+//     with an error matching lock.ErrRecordTooLarge (and not
+//     lock.ErrNotHeld), the lease still holding.
 //   - CompleteWakesSubscribers (optional: lock.Notifier): Complete wakes
 //     subscribers of the key.
 //   - ClaimCompleteRace: three Stores Claim a key in a loop while its owner
@@ -177,6 +178,27 @@
 //   - UnknownOutcome (optional: StoreConfig.NewFaultyStore): after a lost
 //     Complete reply the lease reports lock.ErrNotHeld and the record stands;
 //     a lost Claim holds the key no longer than its TTL.
+//   - Ping (optional: lock.Pinger): Ping answers nil on a live Store, and
+//     an error matching context.Canceled with a cancelled context.
+//   - TTLLimits (optional: lock.TTLLimiter): the limits are consistent;
+//     lock.CheckTTL accepts Min and Max and refuses below Min and above Max
+//     with a *lock.TTLError; a Claim with the shortest allowed TTL holds;
+//     one below Min is refused with lock.ErrInvalidTTL or lengthened.
+//   - AdminInspect (optional: lock.Admin): Inspect of a free, a claimed and
+//     a completed key (plain and escaped keys) reports no holding, the
+//     holder's token and remaining TTL, then the record's size.
+//   - AdminForceRelease (optional: lock.Admin): ForceRelease of a free key
+//     reports lock.ErrNotHeld; of a held key, the holder's Refresh,
+//     Complete and Release then report lock.ErrNotHeld and the next holder
+//     gets a greater token; a record is left in place.
+//   - AdminDeleteRecord (optional: lock.Admin): DeleteRecord of a free or
+//     claimed key reports lock.ErrNotHeld and leaves the lease; of a
+//     completed key it lets the next Claim take the key with a greater
+//     token.
+//   - ClaimFingerprint (optional: idempotency.FingerprintClaimer): a refused
+//     claim gets the holder's fingerprint (nil for a plain Claim), a
+//     completed key its record, a 65-byte fingerprint lock.ErrInvalidArgument;
+//     in rounds of 8 concurrent claims every loser sees the winner's.
 //   - NoGoroutineLeak, NoConnectionLeak: as in Run.
 //
 // # Writing a backend: the storage primitives

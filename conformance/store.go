@@ -60,8 +60,8 @@ var storeSuite = []subtest[storeParams]{
 		"the record is stored without a server-side TTL"},
 	{"KeepAliveClaim", "a claimed lease renewed by KeepAlive outlives its TTL and can still Complete", testKeepAliveClaim,
 		"Refresh of a claimed lease does not extend the server's TTL"},
-	{"OversizeRecordKeepsLease", "a record the Store cannot hold is refused with an error other than ErrNotHeld, and the lease still holds", testOversizeRecord,
-		"a refused write is reported as ErrNotHeld, or the lease is deleted before the record is known to fit"},
+	{"OversizeRecordKeepsLease", "a record the Store cannot hold is refused with an error matching ErrRecordTooLarge (not ErrNotHeld), and the lease still holds", testOversizeRecord,
+		"a refused write is reported as ErrNotHeld or as an untyped error (wrap lock.ErrRecordTooLarge), or the lease is deleted before the record is known to fit"},
 	{"CompleteWakesSubscribers", "optional Notifier: Complete wakes subscribers of the key, as a release does", testCompleteWakes,
 		"Complete publishes no event, so waiting duplicates sleep until the lease's TTL"},
 	{"ClaimCompleteRace", "a Claim concurrent with Complete returns ErrNotAcquired or the record, never a Lease", testClaimCompleteRace,
@@ -70,6 +70,18 @@ var storeSuite = []subtest[storeParams]{
 		"the client call does not get the caller's context, or waits for a reply without watching ctx.Done()"},
 	{"UnknownOutcome", "optional fault hook: after a lost reply of Complete the lease reports ErrNotHeld and the record stands; a lost Claim holds the key no longer than its TTL", testStoreUnknownOutcome,
 		"the lease keeps local state that a failed Complete does not invalidate; after an error whose outcome is unknown the next call must ask the server"},
+	{"Ping", "optional lock.Pinger: Ping answers nil on a live Store and honours an ended context", testPing,
+		"Ping is not sent with the caller's context, or reports success without asking the server"},
+	{"TTLLimits", "optional lock.TTLLimiter: the limits are consistent, CheckTTL accepts them, and the shortest TTL they allow works", testTTLLimits,
+		"TTLLimits reports a Min below what the server honours (the server then refuses a TTL that CheckTTL accepted), or a Max above it"},
+	{"AdminInspect", "optional lock.Admin: Inspect reports a key's holder and record as the Store's callers see them", testAdminInspect,
+		"Inspect builds the storage key differently from the lease (escaping or hashing), or reads the wrong field"},
+	{"AdminForceRelease", "optional lock.Admin: ForceRelease ends the holding: the holder's next call reports ErrNotHeld, tokens keep increasing, records are left", testAdminForceRelease,
+		"ForceRelease deletes the token counter with the lock, or builds the storage key differently from the lease, or reports success when nothing was held"},
+	{"AdminDeleteRecord", "optional lock.Admin: DeleteRecord deletes a record only, and the next Claim takes the key with a greater token", testAdminDeleteRecord,
+		"DeleteRecord deletes a holding too, or the token counter with the record"},
+	{"ClaimFingerprint", "optional idempotency.FingerprintClaimer: the holder's fingerprint is stored with the lease in one step and returned to refused claims", testClaimFingerprint,
+		"the fingerprint is written after the lease in a second request, so a Claim in between sees no fingerprint; or it is not cleared with the lease"},
 }
 
 // storeParams are the derived timings of one RunStore.
@@ -91,7 +103,8 @@ func (p storeParams) newStore(c *check) idempotency.Store {
 // Complete, the atomic steps the idempotency helper is built on) against a
 // backend, then checks that no goroutine was left behind. Like [Run], its
 // subtests have stable names in a fixed order and every failure names the
-// clause; only the optional Notifier clause may be skipped. A backend's
+// clause; only the clauses of optional capabilities (a Notifier, the fault
+// hook, the contract's optional interfaces) may be skipped. A backend's
 // Store also passes [Run] as a Locker; RunStore does not repeat it.
 func RunStore(t *testing.T, cfg StoreConfig) {
 	t.Helper()
@@ -451,8 +464,8 @@ func testOversizeRecord(c *check, p storeParams) {
 		c.recordIs(p.newStore(c), key, big, "a Store that accepts an 8 MiB record must return it whole")
 		return
 	}
-	if errors.Is(err, lock.ErrNotHeld) {
-		c.Fatalf("Complete of an 8 MiB record by a live lease: %v; a refusal for size must not claim the lease was lost", err)
+	if errors.Is(err, lock.ErrNotHeld) || !errors.Is(err, lock.ErrRecordTooLarge) {
+		c.Fatalf("Complete of an 8 MiB record by a live lease: %v; a refusal for size must match lock.ErrRecordTooLarge and not claim the lease was lost", err)
 	}
 	// The idempotency helper then stores a small tombstone with the same
 	// lease, so that the work is never run again.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"runtime"
@@ -38,6 +39,7 @@ type fakeRecord struct {
 type fakeLease struct {
 	c        *fakeClient
 	key      string
+	fp       []byte // the fingerprint stored with the holding; guarded by the server's mu
 	token    uint64
 	ttl      time.Duration
 	deadline time.Time
@@ -72,9 +74,27 @@ func (c *fakeClient) TryAcquire(ctx context.Context, key string, ttl time.Durati
 }
 
 func (c *fakeClient) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
+	le, rec, _, err := c.ClaimFingerprint(ctx, key, ttl, nil)
+	return le, rec, err
+}
+
+func (c *fakeClient) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (lock.Lease, []byte, []byte, error) {
 	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
+	if len(fp) > 64 {
+		return nil, nil, nil, fmt.Errorf("%w: fingerprint of %d bytes", lock.ErrInvalidArgument, len(fp))
+	}
+	var holder []byte
+	le, rec, err := c.claim(ctx, key, ttl, fp, &holder)
+	if err == nil && le != nil && fp != nil && c.s.bug == "fingerprint stored after claim" {
+		time.Sleep(rtt)
+		err = c.request(ctx, true, func(time.Time) error { le.(*fakeLease).fp = bytes.Clone(fp); return nil })
+	}
+	return le, rec, holder, err
+}
+
+func (c *fakeClient) claim(ctx context.Context, key string, ttl time.Duration, fp []byte, holder *[]byte) (lock.Lease, []byte, error) {
 	s := c.s
 	var rec []byte
 	readRecord := func(now time.Time) {
@@ -106,10 +126,14 @@ func (c *fakeClient) Claim(ctx context.Context, key string, ttl time.Duration) (
 			s.mu.Lock()
 		}
 		if !free {
+			*holder = bytes.Clone(cur.fp)
 			return &lock.NotAcquiredError{Key: key}
 		}
 		s.next++
 		le = &fakeLease{c: c, key: key, token: s.next, ttl: ttl, deadline: now.Add(ttl)}
+		if s.bug != "fingerprint stored after claim" {
+			le.fp = bytes.Clone(fp)
+		}
 		s.held[key] = le
 		return nil
 	})
@@ -132,9 +156,15 @@ func (c *fakeClient) Complete(ctx context.Context, l lock.Lease, rec []byte, ret
 		if !le.owns(now) && s.bug != "complete not owner-checked" {
 			return lock.ErrNotHeld
 		}
-		if s.bug == "oversize ends lease" && len(rec) > 1<<20 {
-			delete(s.held, le.key)
-			return lock.ErrNotHeld
+		if len(rec) > 1<<20 {
+			switch s.bug {
+			case "oversize ends lease":
+				delete(s.held, le.key)
+				return lock.ErrNotHeld
+			case "oversize untyped":
+				return errors.New("fake: record too large")
+			}
+			return fmt.Errorf("fake: a record of %d bytes: %w", len(rec), lock.ErrRecordTooLarge)
 		}
 		if s.bug != "complete keeps lease" && s.bug != "record under a separate key" {
 			delete(s.held, le.key)
@@ -168,7 +198,7 @@ func (le *fakeLease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if err := lock.CheckRefresh(ctx, ttl); err != nil {
 		return err
 	}
-	if le.c.s.bug == "refresh after lost complete" && !le.ended.Load() && ttl == le.ttl {
+	if (le.c.s.bug == "refresh after lost complete" && !le.ended.Load() || le.c.s.bug == "force-release keeps the session") && ttl == le.ttl {
 		// A renewal fast path for an unchanged TTL that trusts the
 		// lease's own state: it renews "the session" only.
 		return le.c.request(ctx, true, func(now time.Time) error {
@@ -202,6 +232,72 @@ func (le *fakeLease) Release(ctx context.Context) error {
 		le.ended.Store(true)
 	}
 	return err
+}
+
+func (c *fakeClient) Ping(ctx context.Context) error {
+	if c.s.bug == "ping ignores context" {
+		return nil // a cached health status
+	}
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	return c.request(ctx, false, func(time.Time) error { return nil })
+}
+
+func (c *fakeClient) TTLLimits() lock.TTLLimits { return lock.TTLLimits{Step: time.Millisecond} }
+
+// storageKey is the key the server keeps: the Admin of the "admin key not
+// escaped" bug builds it differently from the leases.
+func (c *fakeClient) storageKey(key string) string {
+	if c.s.bug == "admin key not escaped" {
+		return url.PathEscape(key)
+	}
+	return key
+}
+
+func (c *fakeClient) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) {
+	info := lock.KeyInfo{Key: key}
+	err := c.request(ctx, false, func(now time.Time) error {
+		k := c.storageKey(key)
+		if le := c.s.held[k]; le != nil && le.owns(now) {
+			info.Held, info.Token, info.Remaining = true, le.token, le.deadline.Sub(now)
+		}
+		if r, ok := c.s.records[k]; ok && now.Before(r.deadline) {
+			info.Record, info.RecordSize, info.RecordRemaining = true, len(r.data), r.deadline.Sub(now)
+		}
+		return nil
+	})
+	return info, err
+}
+
+func (c *fakeClient) ForceRelease(ctx context.Context, key string) error {
+	return c.request(ctx, true, func(now time.Time) error {
+		k := c.storageKey(key)
+		le := c.s.held[k]
+		if c.s.bug == "admin key not escaped" {
+			delete(c.s.held, k) // deletes nothing, and says so to no one
+			return nil
+		}
+		if le == nil || !le.owns(now) {
+			return lock.ErrNotHeld
+		}
+		delete(c.s.held, k)
+		if c.s.bug == "force-release resets tokens" {
+			c.s.next = 0 // the counter lived in the deleted entry
+		}
+		return nil
+	})
+}
+
+func (c *fakeClient) DeleteRecord(ctx context.Context, key string) error {
+	return c.request(ctx, true, func(now time.Time) error {
+		k := c.storageKey(key)
+		if r, ok := c.s.records[k]; !ok || !now.Before(r.deadline) {
+			return lock.ErrNotHeld
+		}
+		delete(c.s.records, k)
+		return nil
+	})
 }
 
 const brokenEnv = "IDEMLOCK_CONFORMANCE_BROKEN_STORE"
@@ -243,6 +339,15 @@ var storeBugs = map[string]string{
 	"record under a separate key":       "ClaimCompleteRace",
 	"ignores cancel in flight":          "CancelInFlight",
 	"refresh after lost complete":       "UnknownOutcome",
+	// Issue 21: the optional interfaces.
+	"oversize untyped":               "OversizeRecordKeepsLease",
+	"admin key not escaped":          "AdminForceRelease",
+	"force-release resets tokens":    "AdminForceRelease",
+	"fingerprint stored after claim": "ClaimFingerprint",
+	// ForceRelease deletes the key but a same-TTL Refresh only renews the
+	// holding's session (etcd's lease, Consul's session), which lives on.
+	"force-release keeps the session": "AdminForceRelease",
+	"ping ignores context":            "Ping",
 }
 
 // A suite that never fails proves nothing: each broken store must fail the

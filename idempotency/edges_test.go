@@ -147,6 +147,12 @@ type flakyLease struct{ lock.Lease }
 
 func (l flakyLease) Refresh(context.Context, time.Duration) error { return errDown }
 
+// ClaimFingerprint goes through Claim: memlock's own would bypass it.
+func (s flakyStore) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, _ []byte) (lock.Lease, []byte, []byte, error) {
+	le, rec, err := s.Claim(ctx, key, ttl)
+	return le, rec, nil, err
+}
+
 func (s flakyStore) Claim(ctx context.Context, key string, _ time.Duration) (lock.Lease, []byte, error) {
 	le, rec, err := s.Locker.Claim(ctx, key, time.Hour)
 	if le != nil {

@@ -157,6 +157,12 @@ type spyStore struct {
 	subscribed chan struct{} // receives on every Subscribe, if not nil
 }
 
+// ClaimFingerprint goes through Claim: memlock's own would bypass it.
+func (s *spyStore) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, _ []byte) (lock.Lease, []byte, []byte, error) {
+	le, rec, err := s.Claim(ctx, key, ttl)
+	return le, rec, nil, err
+}
+
 func (s *spyStore) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
 	s.claims.Add(1)
 	s.mu.Lock()
@@ -221,6 +227,12 @@ func (s *losingStore) lastKey() string {
 type losingLease struct {
 	lock.Lease
 	s *losingStore
+}
+
+// ClaimFingerprint goes through Claim: memlock's own would bypass it.
+func (s *losingStore) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, _ []byte) (lock.Lease, []byte, []byte, error) {
+	le, rec, err := s.Claim(ctx, key, ttl)
+	return le, rec, nil, err
 }
 
 func (s *losingStore) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {

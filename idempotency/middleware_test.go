@@ -203,11 +203,10 @@ func TestInFlightConflict(t *testing.T) {
 	if ra := w.Header().Get("Retry-After"); ra != "1" {
 		t.Errorf("Retry-After %q, want 1", ra)
 	}
-	// A different body in flight is still a conflict on a Store that does
-	// not keep the fingerprint with the lease (memlock): the first's
-	// fingerprint is not known until it completes. See
-	// TestInFlightMismatchWithFingerprintStore for one that does.
-	problem(t, send(m, req{key: "k", body: "other"}), http.StatusConflict, idempotency.ProblemInProgress)
+	// A different body in flight is told apart at once: memlock keeps the
+	// fingerprint with the lease (an idempotency.FingerprintClaimer). See
+	// TestInFlightMismatchWithFingerprintStore.
+	problem(t, send(m, req{key: "k", body: "other"}), http.StatusUnprocessableEntity, idempotency.ProblemKeyReused)
 	close(h.proceed)
 	if w := <-first; w.Code != http.StatusCreated {
 		t.Fatalf("first: %d", w.Code)

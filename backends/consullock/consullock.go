@@ -188,10 +188,26 @@
 // Options: dc (datacenter), tls=true (https), prefix, min_ttl, lock_delay,
 // keep_warm (durations such as 1s), session_name, max_record_size (bytes).
 // The Locker that Open returns owns its client and closes its idle
-// connections on Close.
+// connections on Close. Open makes no request and keeps no reference to
+// its context: the context does not matter after Open returns.
+//
+// # Health, limits and administration
+//
+// *Locker implements the contract's optional interfaces: [Locker.Ping] (GET
+// /v1/status/leader, for readiness probes: Open succeeds for an agent that
+// is down), [Locker.TTLLimits] (whole seconds, from the minimum the Locker
+// was told with [WithMinTTL] or min_ttl to 24 h), lock.Admin
+// ([Locker.Inspect], [Locker.ForceRelease], [Locker.DeleteRecord], taking
+// the caller's key and escaping it as the leases do) and
+// idempotency.FingerprintClaimer ([Locker.ClaimFingerprint]: the
+// fingerprint is kept in the lock key's value). A lease's Lost channel
+// closes within one blocking-query return of its key's deletion (by hand,
+// by ForceRelease or by session expiry), so lock.KeepAlive learns of it
+// then, not at its next refresh.
 package consullock
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -419,7 +435,7 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
 		return nil, err
 	}
-	le, _, err := l.take(ctx, key, ttl, false)
+	le, _, _, err := l.take(ctx, key, ttl, false, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -428,59 +444,61 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 
 // take runs the take transaction, preceded by a check that no record
 // exists when claim is set. It returns the lease, or the record that a
-// claim found, or an error.
-func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim bool) (*lease, []byte, error) {
+// claim found, or an error and the holder's fingerprint. A non-nil fp is
+// kept in the lock key's value.
+func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim bool, fp []byte) (*lease, []byte, []byte, error) {
 	if err := l.usable(); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	sttl, err := l.sessionTTL(ttl)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	path := l.lockPath(key)
 	recPath := l.recordPath(key)
 	for attempt := 0; ; attempt++ {
 		s, renewed, err := l.getSession(ctx, sttl)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		var ops api.TxnOps
 		if claim {
 			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: recPath}})
 		}
-		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVLock, Key: path, Session: s.id, Value: ttlValue(sttl)}})
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVLock, Key: path, Session: s.id, Value: lockValue(sttl, fp)}})
 		ok, resp, err := l.txn(ctx, ops)
 		if err != nil {
 			// The take may have happened: the session must never be reused.
 			l.doom(s.id)
-			return nil, nil, fmt.Errorf("consullock: take %q: %w", key, err)
+			return nil, nil, nil, fmt.Errorf("consullock: take %q: %w", key, err)
 		}
 		if ok {
 			kv := resp.Results[len(resp.Results)-1].KV
-			le := &lease{l: l, key: key, path: path, token: kv.ModifyIndex, index: kv.ModifyIndex, sess: s, deadline: renewed.Add(sttl)}
-			return le, nil, nil
+			le := &lease{l: l, key: key, path: path, fp: fp, token: kv.ModifyIndex, index: kv.ModifyIndex, sess: s, deadline: renewed.Add(sttl)}
+			return le, nil, nil, nil
 		}
 		f := failure(resp.Errors)
 		switch {
 		case f.denied():
 			l.putBack(s)
-			return nil, nil, fmt.Errorf("%w: take %q: %s", ErrPermissionDenied, key, f.what)
+			return nil, nil, nil, fmt.Errorf("%w: take %q: %s", ErrPermissionDenied, key, f.what)
 		case claim && f.op == 0 && strings.HasSuffix(f.what, " exists"):
 			l.putBack(s)
 			rec, found, err := l.readRecord(ctx, recPath)
 			if err != nil {
-				return nil, nil, fmt.Errorf("consullock: claim %q: reading its record: %w", key, err)
+				return nil, nil, nil, fmt.Errorf("consullock: claim %q: reading its record: %w", key, err)
 			}
 			if found {
-				return nil, rec, nil
+				return nil, rec, nil, nil
 			}
 			if attempt < 3 {
 				continue // the record expired in between: try again
 			}
-			return nil, nil, fmt.Errorf("consullock: claim %q: its record keeps vanishing", key)
+			return nil, nil, nil, fmt.Errorf("consullock: claim %q: its record keeps vanishing", key)
 		case f.held():
 			l.putBack(s)
-			return nil, nil, l.heldError(ctx, key, path, f.delayed())
+			holder, err := l.heldError(ctx, key, path, f.delayed())
+			return nil, nil, holder, err
 		case f.invalidSession():
 			// The pooled session is gone (expired, agent restarted): so are
 			// its peers, likely. Forget them and try with a new one.
@@ -491,33 +509,34 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 		default:
 			l.putBack(s)
 		}
-		return nil, nil, fmt.Errorf("consullock: take %q: transaction refused: %s", key, f.what)
+		return nil, nil, nil, fmt.Errorf("consullock: take %q: transaction refused: %s", key, f.what)
 	}
 }
 
-// heldError reads the held key once to learn its holder's index and TTL.
-// delayed says the take was refused for the key's lock-delay, which
-// outlives the key itself.
-func (l *Locker) heldError(ctx context.Context, key, path string, delayed bool) error {
+// heldError reads the held key once to learn its holder's index, TTL and
+// fingerprint. delayed says the take was refused for the key's lock-delay,
+// which outlives the key itself.
+func (l *Locker) heldError(ctx context.Context, key, path string, delayed bool) ([]byte, error) {
 	held := &lock.NotAcquiredError{Key: key}
 	pair, meta, err := l.client.KV().Get(path, (&api.QueryOptions{}).WithContext(ctx))
 	switch {
 	case err != nil:
-		return held // unknown: Version 0 makes a waiter look at once
+		return nil, held // unknown: Version 0 makes a waiter look at once
 	case pair == nil && delayed:
 		// Free but in its lock-delay: wait for a change after now (or for
 		// the waiter's polling bound), not in a loop of refused takes.
 		held.Version = meta.LastIndex
-		return held
+		return nil, held
 	case pair == nil || pair.Session == "":
-		return held // freed since the attempt: a waiter looks at once
+		return nil, held // freed since the attempt: a waiter looks at once
 	}
 	held.Version = pair.ModifyIndex
 	held.Remaining = lock.DefaultMaxBackoff // a holder of unknown TTL (not ours): poll
-	if d, err := time.ParseDuration(string(pair.Value)); err == nil && d > 0 && d <= MaxTTL {
+	d, fp := parseLockValue(pair.Value)
+	if d > 0 && d <= MaxTTL {
 		held.Remaining = d
 	}
-	return held
+	return fp, held
 }
 
 // txn runs ops as one transaction. ok reports whether it committed; a
@@ -608,8 +627,29 @@ func roundUp(d, step time.Duration) time.Duration {
 	return d
 }
 
-// ttlValue is the lock key's value: its TTL, for waiters' Remaining.
-func ttlValue(ttl time.Duration) []byte { return []byte(ttl.String()) }
+// lockValue is the lock key's value: its TTL, for waiters' Remaining, and
+// with a fingerprint, '/' and its bytes.
+func lockValue(ttl time.Duration, fp []byte) []byte {
+	v := []byte(ttl.String())
+	if fp == nil {
+		return v
+	}
+	return append(append(v, '/'), fp...)
+}
+
+// parseLockValue splits a lock key's value into its TTL (0 when it is not
+// one) and fingerprint (nil without one).
+func parseLockValue(v []byte) (time.Duration, []byte) {
+	ttl, fp, ok := bytes.Cut(v, []byte("/"))
+	d, err := time.ParseDuration(string(ttl))
+	if err != nil {
+		d = 0
+	}
+	if !ok {
+		return d, nil
+	}
+	return d, bytes.Clone(fp)
+}
 
 func (l *Locker) lockPath(key string) string   { return l.cfg.prefix + "lock/" + escapeKey(key) }
 func (l *Locker) recordPath(key string) string { return l.cfg.prefix + "record/" + escapeKey(key) }

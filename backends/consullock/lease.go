@@ -23,6 +23,7 @@ type lease struct {
 	l     *Locker
 	key   string // as the user passed it
 	path  string // the Consul key
+	fp    []byte // the fingerprint kept in the key's value (ClaimFingerprint)
 	token uint64
 
 	op sync.Mutex // serializes Refresh, Release and Complete
@@ -117,7 +118,7 @@ func (le *lease) move(ctx context.Context, old *session, ttl time.Duration) erro
 		le.setWriting(true)
 		ok, resp, err := l.txn(ctx, api.TxnOps{
 			{KV: &api.KVTxnOp{Verb: api.KVUnlock, Key: le.path, Session: old.id}},
-			{KV: &api.KVTxnOp{Verb: api.KVLock, Key: le.path, Session: ns.id, Value: ttlValue(ttl)}},
+			{KV: &api.KVTxnOp{Verb: api.KVLock, Key: le.path, Session: ns.id, Value: lockValue(ttl, le.fp)}},
 		})
 		le.mu.Lock()
 		le.writing = false

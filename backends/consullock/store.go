@@ -28,7 +28,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
 		return nil, nil, err
 	}
-	le, rec, err := l.take(ctx, key, ttl, true)
+	le, rec, _, err := l.take(ctx, key, ttl, true, nil)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -116,6 +116,21 @@
 // 1.5 MiB request limit; see [WithMaxRecordSize]); larger ones get
 // [ErrRecordTooLarge].
 //
+// # Health, limits, administration and loss detection
+//
+// *Locker implements the contract's optional interfaces: [Locker.Ping]
+// (one linearizable read, so it fails without a quorum; lock.Open does not
+// wait for a connection, so it succeeds for a cluster that is down),
+// [Locker.TTLLimits] (whole seconds, at least etcd's minimum lease of 2 s
+// less the TTL slack), lock.Admin ([Locker.Inspect], [Locker.ForceRelease],
+// [Locker.DeleteRecord], taking the caller's key) and
+// idempotency.FingerprintClaimer ([Locker.ClaimFingerprint]: the
+// fingerprint is kept in the lock key's value).
+//
+// A lease is a lock.LossNotifier: lock.KeepAlive watches its key, so a
+// holder learns that its key was deleted (by hand, by ForceRelease, or by
+// etcd at expiry) within one watch event, not at its next refresh.
+//
 // # URL
 //
 // Importing the package registers the "etcd" scheme with lock.Open:
@@ -127,7 +142,9 @@
 // default 5s), lease_pool (count, default 8), ttl_slack (duration, default
 // 1s), timeout (duration, default 5s), max_record_size (bytes, default
 // 1048576), retention_bucket (duration). The Locker owns the client Open made
-// and closes it. Credentials and TLS are not supported in the URL (they are
+// and closes it. Open returns an error if its context has already ended,
+// and otherwise neither waits for a connection nor keeps the context: it
+// does not matter after Open returns. Credentials and TLS are not supported in the URL (they are
 // untested against a real server here); build a clientv3.Client with them and
 // call [New].
 package etcdlock

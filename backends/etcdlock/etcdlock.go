@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -278,7 +277,7 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 	if err := l.usable(); err != nil {
 		return nil, err
 	}
-	le, _, err := l.take(ctx, key, ttl, false)
+	le, _, _, err := l.take(ctx, key, ttl, false, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -287,16 +286,18 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 
 // take is TryAcquire and, when claim is set, Claim: one transaction that
 // puts the lock key if it is absent (and, for a claim, no record exists).
-func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim bool) (*lease, []byte, error) {
+// A non-nil fp is kept in the lock key's value; a refused take returns the
+// holder's as its third result.
+func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim bool, fp []byte) (*lease, []byte, []byte, error) {
 	req, err := l.leaseSeconds(ttl)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	lk, rk := l.lockKey(key), l.recordKey(key)
 	for attempt := 0; ; attempt++ {
 		g, err := l.pool.get(ctx, ttl, req)
 		if err != nil {
-			return nil, nil, l.opError("take", key, ctx, err)
+			return nil, nil, nil, l.opError("take", key, ctx, err)
 		}
 		conds := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(lk), "=", 0)}
 		orElse := []clientv3.Op{clientv3.OpGet(lk)}
@@ -306,7 +307,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 		}
 		resp, err := l.kv.Txn(ctx).
 			If(conds...).
-			Then(clientv3.OpPut(lk, strconv.FormatInt(g.ttl, 10), clientv3.WithLease(g.id))).
+			Then(clientv3.OpPut(lk, lockValue(g.ttl, fp), clientv3.WithLease(g.id))).
 			Else(orElse...).
 			Commit()
 		if err != nil {
@@ -319,29 +320,32 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 			// The outcome is unknown: the key may now be bound to g.
 			// Revoking g frees it if so, and nobody else uses g.
 			l.pool.discard(ctx, g.id)
-			return nil, nil, l.opError("take", key, ctx, err)
+			return nil, nil, nil, l.opError("take", key, ctx, err)
 		}
 		if resp.Succeeded {
-			le := &lease{l: l, key: key, lk: lk, token: uint64(resp.Header.Revision), g: g}
-			return le, nil, nil
+			le := &lease{l: l, key: key, lk: lk, token: uint64(resp.Header.Revision), g: g, fp: fp}
+			return le, nil, nil, nil
 		}
 		l.pool.put(g)
 		if claim {
 			if kvs := resp.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
 				_, rec, err := decodeRecord(kvs[0].Value)
 				if err != nil {
-					return nil, nil, fmt.Errorf("etcdlock: claim %q: %w", displayKey(key), err)
+					return nil, nil, nil, fmt.Errorf("etcdlock: claim %q: %w", displayKey(key), err)
 				}
-				return nil, rec, nil
+				return nil, rec, nil, nil
 			}
 		}
 		held := &lock.NotAcquiredError{Key: key, Version: uint64(resp.Header.Revision)}
+		var holder []byte
 		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			if s, err := strconv.ParseInt(string(kvs[0].Value), 10, 64); err == nil && s > 0 && s <= int64(maxLeaseTTL/time.Second) {
+			var s int64
+			s, holder = parseLockValue(kvs[0].Value)
+			if s > 0 && s <= int64(maxLeaseTTL/time.Second) {
 				held.Remaining = time.Duration(s) * time.Second
 			}
 		}
-		return nil, nil, held
+		return nil, nil, holder, held
 	}
 }
 
@@ -365,6 +369,7 @@ type lease struct {
 	key   string // the caller's key
 	lk    string // the etcd lock key
 	token uint64 // the lock key's CreateRevision
+	fp    []byte // the fingerprint kept in the lock key's value (ClaimFingerprint)
 
 	// mu serialises Refresh, Release and Complete on this lease, so that
 	// a lease returned to the pool is never renewed on this holding's
@@ -378,6 +383,12 @@ type lease struct {
 	// proves nothing, and the next Refresh must check the key itself.
 	doubt bool
 	done  bool // released, completed or known lost
+	// The loss watch (lost.go): lost is made by Lost; ended is set when
+	// the lease's own Release or Complete deleted the key; unwatch stops
+	// the watch.
+	lost    chan struct{}
+	ended   bool
+	unwatch context.CancelFunc
 }
 
 func (le *lease) Key() string   { return le.key }
@@ -451,7 +462,7 @@ func (le *lease) move(ctx context.Context, ttl time.Duration, req int64) error {
 		}
 		resp, err := l.kv.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(le.lk), "=", int64(le.token))).
-			Then(clientv3.OpPut(le.lk, strconv.FormatInt(g.ttl, 10), clientv3.WithLease(g.id))).
+			Then(clientv3.OpPut(le.lk, lockValue(g.ttl, le.fp), clientv3.WithLease(g.id))).
 			Commit()
 		switch {
 		case err != nil && errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0:
@@ -510,6 +521,7 @@ func (le *lease) Release(ctx context.Context) error {
 	if !resp.Succeeded {
 		return l.notHeld("release", le.key, nil)
 	}
+	le.stopLossWatch()
 	l.pool.put(le.g)
 	le.releaseStrays()
 	return nil

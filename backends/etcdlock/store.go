@@ -25,7 +25,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 	if err := l.usable(); err != nil {
 		return nil, nil, err
 	}
-	le, rec, err := l.take(ctx, key, ttl, true)
+	le, rec, _, err := l.take(ctx, key, ttl, true, nil)
 	if err != nil || le == nil {
 		return nil, rec, err
 	}
@@ -96,6 +96,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 			if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
 				if tok, _, err := decodeRecord(kvs[0].Value); err == nil && tok == le.token {
 					// An earlier attempt whose answer was lost stored it.
+					le.stopLossWatch()
 					le.l.pool.put(le.g)
 					le.releaseStrays()
 					return nil
@@ -104,6 +105,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 			return l.notHeld("complete", le.key, nil)
 		}
 		le.done = true
+		le.stopLossWatch()
 		le.l.pool.put(le.g)
 		le.releaseStrays()
 		return nil

@@ -50,6 +50,20 @@ func (m *memKV) changed(key string) {
 	}
 }
 
+// Get reads key (kvlock.Reader: the Locker's Admin methods need it).
+func (m *memKV) Get(ctx context.Context, key string) ([]byte, time.Duration, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.get(key)
+	if !ok {
+		return nil, 0, false, nil
+	}
+	return bytes.Clone(e.value), time.Until(e.expires), true, nil
+}
+
+// Ping answers at once: the store is in memory (lock.Pinger).
+func (m *memKV) Ping(ctx context.Context) error { return ctx.Err() }
+
 func (m *memKV) Create(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, []byte, time.Duration, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

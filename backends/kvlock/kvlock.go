@@ -50,6 +50,19 @@
 // lock.Acquire polls, never sleeping past the holder's remaining TTL when
 // Create reports it.
 //
+// # Health, limits and administration
+//
+// *Locker implements the contract's optional interfaces through its KV:
+// Ping calls the KV's Ping if it is a lock.Pinger, TTLLimits reports the
+// KV's if it is a lock.TTLLimiter, and the lock.Admin methods (Inspect,
+// ForceRelease, DeleteRecord, taking the caller's key) need the KV to be a
+// [Reader]; without the capability each returns an error matching
+// errors.ErrUnsupported. ClaimFingerprint (idempotency.FingerprintClaimer)
+// needs nothing more: the fingerprint is kept in the lease's value, stored
+// by the same Create. A holder learns that its key was deleted by hand, or
+// by ForceRelease, from its next Refresh: under lock.KeepAlive with the
+// default interval, at most a third of the TTL plus one round trip later.
+//
 // # Keys and TTLs
 //
 // Any key the contract accepts (lock.MaxKeyLen bytes of UTF-8) is passed to
@@ -171,7 +184,7 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
 		return nil, err
 	}
-	le, rec, err := l.take(ctx, key, ttl)
+	le, rec, _, err := l.take(ctx, key, ttl, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +200,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
 		return nil, nil, err
 	}
-	le, rec, err := l.take(ctx, key, ttl)
+	le, rec, _, err := l.take(ctx, key, ttl, nil)
 	if err != nil || rec != nil {
 		return nil, rec, err
 	}
@@ -196,40 +209,44 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 
 // take creates the lock key, draws a token while holding it, and checks
 // that it still holds it. It returns a lease, or the record stored under
-// key, or an error.
-func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*lease, []byte, error) {
-	value := make([]byte, 17)
+// key, or an error and the holder's fingerprint. A non-nil fp is kept in
+// the lease's value, after its owner id.
+func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []byte) (*lease, []byte, []byte, error) {
+	value := make([]byte, ownerLen, ownerLen+1+len(fp))
 	value[0] = leaseTag
-	_, _ = rand.Read(value[1:])
+	_, _ = rand.Read(value[1:ownerLen])
+	if fp != nil {
+		value = append(append(value, '/'), fp...)
+	}
 	lk := l.lockKey(key)
 	sent := time.Now()
 	created, cur, remaining, err := l.kv.Create(ctx, lk, value, ttl)
 	if err != nil {
 		l.undo(ctx, lk, value)
-		return nil, nil, opError("take", key, err)
+		return nil, nil, nil, opError("take", key, err)
 	}
 	if !created {
 		if len(cur) > 0 && cur[0] == recordTag {
-			return nil, cur[1:], nil
+			return nil, cur[1:], nil, nil
 		}
-		return nil, nil, &lock.NotAcquiredError{Key: key, Remaining: remaining}
+		return nil, nil, fingerprintOf(cur), &lock.NotAcquiredError{Key: key, Remaining: remaining}
 	}
 	token, err := l.kv.Increment(ctx, l.counter())
 	if err != nil {
 		l.undo(ctx, lk, value)
-		return nil, nil, opError("take", key, err)
+		return nil, nil, nil, opError("take", key, err)
 	}
 	// The token was drawn while the take held the key; if the key was lost
 	// in the meantime, a later holder may have a smaller token: no lease.
 	held, err := l.kv.CompareAndExpire(ctx, lk, value, ttl)
 	if err != nil {
 		l.undo(ctx, lk, value)
-		return nil, nil, opError("take", key, err)
+		return nil, nil, nil, opError("take", key, err)
 	}
 	if !held {
-		return nil, nil, &lock.NotAcquiredError{Key: key}
+		return nil, nil, nil, &lock.NotAcquiredError{Key: key}
 	}
-	return &lease{l: l, key: key, lockKey: lk, value: value, token: token, deadline: sent.Add(ttl)}, nil, nil
+	return &lease{l: l, key: key, lockKey: lk, value: value, token: token, deadline: sent.Add(ttl)}, nil, nil, nil
 }
 
 // undo deletes the lock key if it still holds value: a take whose outcome

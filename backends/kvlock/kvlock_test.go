@@ -73,6 +73,14 @@ func (c *client) Increment(ctx context.Context, key string) (n uint64, err error
 	return
 }
 
+func (c *client) Get(ctx context.Context, key string) (v []byte, rem time.Duration, found bool, err error) {
+	err = c.do(ctx, func() { v, rem, found, _ = c.kv.Get(ctx, key) })
+	return
+}
+
+// Ping is a health check, not a lock operation: faults never touch it.
+func (c *client) Ping(ctx context.Context) error { return c.kv.Ping(ctx) }
+
 // Watch is background traffic: faults never touch it.
 func (c *client) Watch(ctx context.Context, key string, changed func()) (func(), error) {
 	return c.kv.Watch(ctx, key, changed)
@@ -235,4 +243,27 @@ func TestCompleteForeignLease(t *testing.T) {
 			t.Errorf("Complete(%#v): got %v, want ErrInvalidArgument", le, err)
 		}
 	}
+}
+
+// Without kvlock.Reader the Admin methods say so with a typed error.
+func TestAdminNeedsReader(t *testing.T) {
+	b, _ := newBackend(t, newMemKV(), false)
+	a := b.(lock.Admin)
+	if _, err := a.Inspect(t.Context(), "k"); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("Inspect on a KV without Get: %v, want errors.ErrUnsupported", err)
+	}
+	if err := a.ForceRelease(t.Context(), "k"); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("ForceRelease on a KV without Get: %v, want errors.ErrUnsupported", err)
+	}
+	if err := lock.Ping(t.Context(), b); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("Ping on a KV without Ping: %v, want errors.ErrUnsupported", err)
+	}
+}
+
+// Issue 21.4: a KV tells a holder nothing, so it learns of a ForceRelease
+// at its next refresh: within the refresh interval (a third of the TTL).
+func TestLossDetection(t *testing.T) {
+	ttl := lock.DefaultTTL
+	b, _ := newBackend(t, newMemKV(), true)
+	testenv.LossDetection(t, b, "k", ttl, ttl/3+conformance.SchedulingSlack)
 }

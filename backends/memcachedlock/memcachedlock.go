@@ -147,6 +147,22 @@
 //
 //	memcached://host:port[,host:port...][/][?timeout=500ms&max_idle_conns=2&prefix=idemlock:]
 //
+// # Health, limits and administration
+//
+// *Locker implements the contract's optional interfaces: [Locker.Ping]
+// (gomemcache's Ping, a version request to every server, for readiness
+// probes: lock.Open makes no request and keeps no reference to its
+// context, so it succeeds for a server that is down and its context does
+// not matter after it returns), [Locker.TTLLimits] (whole seconds, at most
+// [MaxTTL]), lock.Admin ([Locker.Inspect], [Locker.ForceRelease],
+// [Locker.DeleteRecord], taking the caller's key and hashing it as the
+// leases do) and idempotency.FingerprintClaimer ([Locker.ClaimFingerprint]:
+// the fingerprint is kept in the lock item's value). memcached tells no
+// client that an item was deleted, so a lease learns that its item was
+// deleted by hand, or by ForceRelease, from its next Refresh: under
+// lock.KeepAlive with the default interval, at most a third of the TTL plus
+// one round trip later.
+//
 // # Idempotency store
 //
 // A Locker is also an idempotency.Store. A key's lock and its completed
@@ -367,14 +383,15 @@ func (l *Locker) usable(ctx context.Context) error {
 // that went through all the same is given back (see Contexts in the
 // package doc).
 func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
-	le, err := run(ctx, l, func() (*lease, error) { return l.take(ctx, key, ttl) }, func(le *lease) { le.giveBack(ctx) })
+	le, err := run(ctx, l, func() (*lease, error) { return l.take(ctx, key, ttl, nil) }, func(le *lease) { le.giveBack(ctx) })
 	if err != nil {
 		return nil, err // never a typed nil inside the interface
 	}
 	return le, nil
 }
 
-func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*lease, error) {
+// take takes key for ttl; a non-nil fp is kept in the lock item's value.
+func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []byte) (*lease, error) {
 	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
 		return nil, err
 	}
@@ -385,7 +402,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*leas
 	if err != nil {
 		return nil, err
 	}
-	le := &lease{l: l, key: key, item: l.lockKey(key), value: newLockValue(), turn: make(chan struct{}, 1)}
+	le := &lease{l: l, key: key, item: l.lockKey(key), value: newLockValue(fp), turn: make(chan struct{}, 1)}
 	sent := time.Now()
 	err = l.add(&memcache.Item{Key: le.item, Value: le.value, Expiration: exp})
 	switch {
@@ -553,15 +570,35 @@ const (
 	kindRecord = 'R'
 )
 
-// newLockValue returns the value of a fresh lease's lock item: the kind and
-// a random owner id.
-func newLockValue() []byte {
+// ownerLen is the length of a lock item's value without a fingerprint: the
+// kind and the hex owner id.
+const ownerLen = 1 + 2*16
+
+// newLockValue returns the value of a fresh lease's lock item: the kind, a
+// random owner id and, with a fingerprint, '/' and its bytes.
+func newLockValue(fp []byte) []byte {
 	var id [16]byte
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand, Go 1.24+)
-	v := make([]byte, 1+hex.EncodedLen(len(id)))
+	n := ownerLen
+	if fp != nil {
+		n += 1 + len(fp)
+	}
+	v := make([]byte, n)
 	v[0] = kindLock
 	hex.Encode(v[1:], id[:])
+	if fp != nil {
+		v[ownerLen] = '/'
+		copy(v[ownerLen+1:], fp)
+	}
 	return v
+}
+
+// fingerprintOf returns the fingerprint a lock item's value carries, or nil.
+func fingerprintOf(v []byte) []byte {
+	if len(v) <= ownerLen || v[0] != kindLock || v[ownerLen] != '/' {
+		return nil
+	}
+	return append([]byte{}, v[ownerLen+1:]...)
 }
 
 // lease is one holding of one key.

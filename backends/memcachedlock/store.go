@@ -24,7 +24,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 		record []byte
 	}
 	c, err := run(ctx, l, func() (claimed, error) {
-		le, record, err := l.claim(ctx, key, ttl)
+		le, record, _, err := l.claim(ctx, key, ttl, nil)
 		return claimed{le, record}, err
 	}, func(c claimed) {
 		if c.le != nil {
@@ -40,32 +40,33 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 	return c.le, nil, nil
 }
 
-// claim is Claim on the calling goroutine.
-func (l *Locker) claim(ctx context.Context, key string, ttl time.Duration) (*lease, []byte, error) {
+// claim is Claim, and with fp ClaimFingerprint, on the calling goroutine.
+// A refused claim returns the holder's fingerprint as its third result.
+func (l *Locker) claim(ctx context.Context, key string, ttl time.Duration, fp []byte) (*lease, []byte, []byte, error) {
 	for range 2 {
-		le, err := l.take(ctx, key, ttl)
+		le, err := l.take(ctx, key, ttl, fp)
 		if err == nil {
-			return le, nil, nil
+			return le, nil, nil, nil
 		}
 		var held *lock.NotAcquiredError
 		if !errors.As(err, &held) {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if err := ctx.Err(); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		it, gerr := l.get(l.lockKey(key))
 		switch {
 		case errors.Is(gerr, memcache.ErrCacheMiss):
 			continue // released (or expired) since the add: try again
 		case gerr != nil:
-			return nil, nil, l.opError("claim: get", key, gerr)
+			return nil, nil, nil, l.opError("claim: get", key, gerr)
 		case len(it.Value) > 0 && it.Value[0] == kindRecord:
-			return nil, append([]byte{}, it.Value[1:]...), nil
+			return nil, append([]byte{}, it.Value[1:]...), nil, nil
 		}
-		return nil, nil, err
+		return nil, nil, fingerprintOf(it.Value), err
 	}
-	return nil, nil, &lock.NotAcquiredError{Key: key}
+	return nil, nil, nil, &lock.NotAcquiredError{Key: key}
 }
 
 // Complete replaces the lock item of held by record, kept for retention

@@ -28,6 +28,7 @@ import (
 	"math"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/idemlock/lock"
@@ -61,6 +62,7 @@ type Locker struct {
 	clock   func() time.Duration  // monotonic time since base
 	records map[string]*lease     // completed idempotency records (store.go)
 	rheap   deadlineHeap          // every entry in records, by retention end
+	closed  atomic.Bool           // set by Close; only Ping reads it
 }
 
 // Option configures a Locker. There are none yet; the parameter keeps New's
@@ -88,9 +90,10 @@ func New(opts ...Option) *Locker {
 	return l
 }
 
-// Close does nothing: a memory Locker holds no outside resources. It exists
-// so that *Locker is a lock.Backend.
-func (l *Locker) Close() error { return nil }
+// Close only makes [Locker.Ping] report [ErrClosed]: a memory Locker holds
+// no outside resources, and its locks keep working. It exists so that
+// *Locker is a lock.Backend.
+func (l *Locker) Close() error { l.closed.Store(true); return nil }
 
 // TryAcquire takes key for ttl if no live lease holds it.
 func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
@@ -141,6 +144,7 @@ func (l *Locker) reclaim(now time.Duration) {
 	for len(l.heap) > 0 && now >= l.heap[0].deadline {
 		le := l.heap.pop()
 		delete(l.held, le.key)
+		le.lose()
 	}
 	for len(l.rheap) > 0 && now >= l.rheap[0].deadline {
 		rec := l.rheap.pop()
@@ -158,6 +162,7 @@ func (l *Locker) owns(le *lease, now time.Duration) bool {
 	if now >= le.deadline {
 		l.heap.remove(le)
 		delete(l.held, le.key)
+		le.lose()
 		return false
 	}
 	return true
@@ -172,6 +177,36 @@ type lease struct {
 	deadline time.Duration // on l.clock; guarded by l.mu
 	index    int           // position in l.heap, -1 when not held; guarded by l.mu
 	record   []byte        // set only on entries of l.records (store.go)
+	fp       []byte        // the fingerprint of ClaimFingerprint; fixed before the lease is shared
+	lost     chan struct{} // made by Lost, closed when the holding ends other than by the lease; guarded by l.mu
+	ended    bool          // the lease's own Release or Complete ended it; guarded by l.mu
+}
+
+// lose closes the Lost channel of a holding that ended other than by its
+// own Release or Complete (expiry, ForceRelease). l.mu is held.
+func (le *lease) lose() {
+	if le.lost != nil && !le.ended {
+		le.ended = true
+		close(le.lost)
+	}
+}
+
+// Lost returns a channel that is closed when the lease is found lost:
+// forced out by [Locker.ForceRelease] (at that moment), or found expired by
+// a later call. After the lease's own Release or Complete it is never
+// closed. It makes the lease a lock.LossNotifier, so that lock.KeepAlive
+// cancels its context at once on a ForceRelease.
+func (le *lease) Lost() <-chan struct{} {
+	l := le.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if le.lost == nil {
+		le.lost = make(chan struct{})
+		if le.index < 0 {
+			le.lose()
+		}
+	}
+	return le.lost
 }
 
 func (le *lease) Key() string   { return le.key }
@@ -212,6 +247,7 @@ func (le *lease) Release(ctx context.Context) error {
 	}
 	l.heap.remove(le)
 	delete(l.held, le.key)
+	le.ended = true
 	l.wakeFirst(le.key)
 	return nil
 }

@@ -60,6 +60,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 	}
 	l.heap.remove(le)
 	delete(l.held, le.key)
+	le.ended = true
 	if old := l.records[le.key]; old != nil {
 		// Only reachable if TryAcquire took a key that has a record (keys
 		// used with Claim are not meant for TryAcquire): the newer wins.

@@ -18,7 +18,10 @@
 // first use or by [Locker.Migrate]:
 //
 //	key bytea PRIMARY KEY, token bigint, expires_at timestamptz,
-//	waiters boolean, record bytea
+//	waiters boolean, record bytea, fingerprint bytea
+//
+// (fingerprint was added later: Migrate adds it to an older table, and so
+// does the first statement that finds it missing).
 //
 // Keys are stored as bytea, byte for byte: every key the contract allows
 // (any UTF-8 up to lock.MaxKeyLen bytes, NUL included, which a text column
@@ -115,6 +118,20 @@
 // the handling process between the business write and the response and
 // shows that the retry neither charges twice nor loses the order.
 //
+// # Health, limits and administration
+//
+// *Locker implements the contract's optional interfaces: [Locker.Ping]
+// (pgxpool's Ping, for readiness probes: lock.Open does not connect, so it
+// succeeds for a server that is down), [Locker.TTLLimits] (whole
+// microseconds, no minimum or maximum), lock.Admin ([Locker.Inspect],
+// [Locker.ForceRelease], [Locker.DeleteRecord], taking the caller's key)
+// and idempotency.FingerprintClaimer ([Locker.ClaimFingerprint]: the
+// fingerprint is a column of the key's row, written by the take
+// statement). PostgreSQL notifies only waiters, so a lease learns that its
+// row was deleted (by hand, or by ForceRelease) from its next Refresh:
+// under lock.KeepAlive with the default interval, at most a third of the
+// TTL plus one round trip later.
+//
 // # Expired rows
 //
 // Each Locker runs one cleaner goroutine (not one per lock) that deletes
@@ -155,7 +172,10 @@
 // idemlock_schema, idemlock_cleanup_interval (a duration, 0 for none),
 // idemlock_max_record_size (bytes). Errors match lock.ErrInvalidURL and
 // never show the password. The Locker owns the pool Open made and closes
-// it.
+// it. Open makes no request; pgxpool keeps only the values of its context
+// (not its cancellation) for the connections it opens in the background
+// (pool_min_conns), so ending the context after Open returns changes
+// nothing.
 //
 // # Caveats
 //

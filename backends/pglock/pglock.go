@@ -242,11 +242,12 @@ func (l *Locker) Migrate(ctx context.Context) error {
 // of your own.
 func (l *Locker) Schema() []string { return append([]string(nil), l.sql.migrate...) }
 
-// missingTable reports whether err says that the table, its sequence or its
-// schema does not exist, which Migrate fixes.
+// missingTable reports whether err says that the table, its sequence, its
+// schema or a column added since does not exist, which Migrate fixes.
 func missingTable(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000")
+	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000" ||
+		pgErr.Code == "42703" && strings.Contains(pgErr.Message, "fingerprint")) // a table from before the column
 }
 
 // run runs one statement, op, and runs it once more if it failed before it
@@ -287,7 +288,7 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 	if err := l.usable(); err != nil {
 		return nil, err
 	}
-	le, rec, err := l.take(ctx, key, ttl)
+	le, rec, err := l.take(ctx, key, ttl, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -298,15 +299,17 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 }
 
 // taken is what a take found when it did not take the key: a completed
-// record, kept for remaining.
+// record, kept for remaining, or a live holder's fingerprint.
 type taken struct {
 	record    []byte
 	remaining time.Duration
+	holder    []byte
 }
 
-// take runs the take statement: one round trip that takes key, or marks its
-// live holder as waited for, or finds its completed record.
-func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*lease, *taken, error) {
+// take runs the take statement: one round trip that takes key (storing fp
+// with the lease), or marks its live holder as waited for (and returns its
+// fingerprint), or finds its completed record.
+func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []byte) (*lease, *taken, error) {
 	bkey := []byte(key)
 	h := hash64(key)
 	var (
@@ -314,10 +317,11 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*leas
 		waiters   bool
 		record    []byte
 		remaining int64
+		holder    []byte
 	)
 	sent := time.Now()
 	err := l.run(ctx, func() error {
-		return l.pool.QueryRow(ctx, l.sql.take, l.class, int32(h), bkey, micros(ttl)).Scan(&token, &waiters, &record, &remaining)
+		return l.pool.QueryRow(ctx, l.sql.take, l.class, int32(h), bkey, micros(ttl), fp).Scan(&token, &waiters, &record, &remaining, &holder)
 	})
 	if err != nil {
 		return nil, nil, l.opError("take", key, ctx, err)
@@ -326,7 +330,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration) (*leas
 	case record != nil:
 		return nil, &taken{record: record, remaining: microDuration(remaining)}, nil
 	case waiters:
-		return nil, nil, &lock.NotAcquiredError{Key: key, Remaining: microDuration(remaining), Version: uint64(token)}
+		return nil, &taken{holder: holder}, &lock.NotAcquiredError{Key: key, Remaining: microDuration(remaining), Version: uint64(token)}
 	}
 	le := &lease{l: l, key: key, bkey: bkey, hash: h, token: token, sem: make(chan struct{}, 1)}
 	le.deadline = sent.Add(ttl)

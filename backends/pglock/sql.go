@@ -15,6 +15,8 @@ type statements struct {
 	migrate                      []string
 	take, refresh, release       string
 	complete, completeTx, delete string
+	inspect, forceRelease        string
+	deleteRecord                 string
 }
 
 // Columns of the lease table, one row per key:
@@ -24,6 +26,7 @@ type statements struct {
 //	expires_at  timestamptz  the server time the lease or record ends
 //	waiters     boolean      a failed take saw this holder: wake on release
 //	record      bytea        NULL while held; the completed record after
+//	fingerprint bytea        the holder's fingerprint (ClaimFingerprint), or NULL
 func newStatements(schema, table string) statements {
 	qual := func(name string) string {
 		if schema == "" {
@@ -46,6 +49,8 @@ func newStatements(schema, table string) statements {
 )`, t),
 		// CACHE 1 (the default) keeps nextval in real-time order across
 		// sessions; NO CYCLE keeps it increasing.
+		// Added after the first release: tables made before get it here.
+		fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS fingerprint bytea", t),
 		fmt.Sprintf("CREATE SEQUENCE IF NOT EXISTS %s AS bigint CACHE 1 NO CYCLE", seq),
 		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (expires_at)", pgx.Identifier{table + "_expires"}.Sanitize(), t),
 	)
@@ -57,16 +62,19 @@ func newStatements(schema, table string) statements {
 	// and inserted after another take and release of the key would hold a
 	// smaller token than the lease before it. The row is inserted, or taken
 	// over if it expired, or marked as waited for if it is held; a completed
-	// record is returned as it is. $1,$2 advisory lock, $3 key, $4 TTL µs.
+	// record is returned as it is. The taker's fingerprint is stored with
+	// the lease, and a held row returns its holder's. $1,$2 advisory lock,
+	// $3 key, $4 TTL µs, $5 fingerprint (NULL for none).
 	s.take = fmt.Sprintf(`WITH g AS MATERIALIZED (SELECT pg_advisory_xact_lock($1::int4, $2::int4))
-INSERT INTO %[1]s AS l (key, token, expires_at)
-SELECT $3::bytea, nextval('%[2]s'), now() + $4::bigint * interval '1 microsecond' FROM g
+INSERT INTO %[1]s AS l (key, token, expires_at, fingerprint)
+SELECT $3::bytea, nextval('%[2]s'), now() + $4::bigint * interval '1 microsecond', $5::bytea FROM g
 ON CONFLICT (key) DO UPDATE SET
-	token      = CASE WHEN l.expires_at <= now() THEN excluded.token ELSE l.token END,
-	expires_at = CASE WHEN l.expires_at <= now() THEN excluded.expires_at ELSE l.expires_at END,
-	record     = CASE WHEN l.expires_at <= now() THEN NULL ELSE l.record END,
-	waiters    = CASE WHEN l.expires_at <= now() THEN false ELSE l.waiters OR l.record IS NULL END
-RETURNING token, waiters, record, (extract(epoch FROM expires_at - now()) * 1000000)::bigint`, t, seq)
+	token       = CASE WHEN l.expires_at <= now() THEN excluded.token ELSE l.token END,
+	expires_at  = CASE WHEN l.expires_at <= now() THEN excluded.expires_at ELSE l.expires_at END,
+	record      = CASE WHEN l.expires_at <= now() THEN NULL ELSE l.record END,
+	fingerprint = CASE WHEN l.expires_at <= now() THEN excluded.fingerprint ELSE l.fingerprint END,
+	waiters     = CASE WHEN l.expires_at <= now() THEN false ELSE l.waiters OR l.record IS NULL END
+RETURNING token, waiters, record, (extract(epoch FROM expires_at - now()) * 1000000)::bigint, fingerprint`, t, seq)
 
 	// $1 key, $2 token, $3 TTL µs.
 	s.refresh = fmt.Sprintf(`UPDATE %s SET expires_at = now() + $3::bigint * interval '1 microsecond'
@@ -96,6 +104,18 @@ SELECT (SELECT count(*) FROM c) = 1, (SELECT count(*) FROM n), %[3]s`, t, now, r
 	// never counts as success there (its transaction committed a business
 	// write already).
 	s.completeTx = completeSQL("clock_timestamp()", "false")
+
+	// Admin. $1 key. A live row only: an expired one is free.
+	s.inspect = fmt.Sprintf(`SELECT token, record IS NOT NULL, coalesce(length(record), 0),
+	(extract(epoch FROM expires_at - now()) * 1000000)::bigint
+FROM %s WHERE key = $1 AND expires_at > now()`, t)
+	// $1 key, $2 channel, $3 payload. One row if a live lease was deleted.
+	s.forceRelease = fmt.Sprintf(`WITH d AS (DELETE FROM %s WHERE key = $1 AND record IS NULL AND expires_at > now()
+	RETURNING waiters),
+n AS (SELECT pg_notify($2, $3) FROM d WHERE d.waiters)
+SELECT (SELECT count(*) FROM n) FROM d`, t)
+	// $1 key.
+	s.deleteRecord = fmt.Sprintf(`DELETE FROM %s WHERE key = $1 AND record IS NOT NULL AND expires_at > now()`, t)
 
 	// $1 batch size. Rows a take or a completion has locked are skipped.
 	s.delete = fmt.Sprintf(`DELETE FROM %[1]s WHERE key IN (

@@ -27,7 +27,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 	if err := l.usable(); err != nil {
 		return nil, nil, err
 	}
-	le, rec, err := l.take(ctx, key, ttl)
+	le, rec, err := l.take(ctx, key, ttl, nil)
 	switch {
 	case err != nil:
 		return nil, nil, err

@@ -89,6 +89,22 @@
 // DEL, PTTL, PEXPIRE, TIME and (S)PUBLISH). A release leaves
 // "<prefix>{<k>}:e:<nonce>" for 5 s (see above).
 //
+// # Health, limits and administration
+//
+// *Locker implements the contract's optional interfaces: [Locker.Ping]
+// (one PING, for readiness probes: lock.Open does not connect, so it
+// succeeds for a server that is down), [Locker.TTLLimits] (whole
+// milliseconds, no minimum or maximum), lock.Admin ([Locker.Inspect],
+// [Locker.ForceRelease], [Locker.DeleteRecord], taking the caller's key and
+// escaping or hashing it as above) and idempotency.FingerprintClaimer
+// ([Locker.ClaimFingerprint]: the fingerprint is kept in the lock's value).
+//
+// Loss detection: Redis tells no client that a key was deleted (keyspace
+// notifications need server configuration), so a lease learns that its
+// lock was deleted by hand, or by ForceRelease, from its next Refresh:
+// under lock.KeepAlive with the default interval, at most a third of the
+// TTL plus one round trip later.
+//
 // # URLs
 //
 // Importing the package registers these schemes with [lock.Open]:
@@ -107,7 +123,8 @@
 // ContextTimeoutEnabled unless the URL says context_timeout_enabled=false,
 // so context deadlines bound every command. Errors match [lock.ErrInvalidURL]
 // and never show the password. The Locker owns the client it made and
-// closes it in Close.
+// closes it in Close. Open makes no request and keeps no reference to its
+// context: the context does not matter after Open returns.
 //
 // # Caveats
 //
@@ -132,6 +149,7 @@ package redislock
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -270,7 +288,7 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 	if l.err != nil {
 		return nil, l.err
 	}
-	le, _, err := l.take(ctx, takeScript, key, ttl, false)
+	le, _, _, err := l.take(ctx, takeScript, key, ttl, false, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -281,10 +299,15 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 }
 
 // take runs the take script, or with claim the claim script, and
-// interprets its answer: a lease, a record (claim only), or an error.
-func (l *Locker) take(ctx context.Context, s *script, key string, ttl time.Duration, claim bool) (*lease, []byte, error) {
+// interprets its answer: a lease, a record (claim only), or an error and
+// the holder's fingerprint. A non-nil fp is kept in the lock's value, after
+// the nonce (see fingerprintSep).
+func (l *Locker) take(ctx context.Context, s *script, key string, ttl time.Duration, claim bool, fp []byte) (*lease, []byte, []byte, error) {
 	ms := millis(ttl)
 	lockKey, counter, record, nonce := l.names(key, claim)
+	if fp != nil {
+		nonce += fingerprintSep + base64.RawURLEncoding.EncodeToString(fp)
+	}
 	le := &lease{l: l, key: key, lock: lockKey}
 	// The command's arguments live in the lease, which saves an allocation;
 	// only this call uses them.
@@ -298,38 +321,39 @@ func (l *Locker) take(ctx context.Context, s *script, key string, ttl time.Durat
 	sent := time.Now()
 	cmd := s.run(ctx, l.client, args)
 	if err := cmd.Err(); err != nil {
-		return nil, nil, opError("take", key, err)
+		return nil, nil, nil, opError("take", key, err)
 	}
 	switch v := cmd.Val().(type) {
 	case string: // taken (now, or by an earlier run of this very call): the lock's value
 		tok, rest, _ := strings.Cut(v, ":")
 		t, err := parseToken(tok)
 		if err != nil || rest != nonce {
-			return nil, nil, opError("take", key, fmt.Errorf("unexpected value %q from the server", v))
+			return nil, nil, nil, opError("take", key, fmt.Errorf("unexpected value %q from the server", v))
 		}
 		le.token = t
 		le.value, le.valueArg = v, cmd.Val() // already an interface value: no conversion
 		le.deadline = sent.Add(msDuration(ms))
-		return le, nil, nil
+		return le, nil, nil, nil
 	case []any:
 		switch {
-		case len(v) == 2: // held: {PTTL, holder's token}
+		case len(v) == 3: // held: {PTTL, holder's token, holder's nonce}
 			e := &lock.NotAcquiredError{Key: key}
 			if pttl, _ := v[0].(int64); pttl > 0 {
 				e.Remaining = time.Duration(pttl) * time.Millisecond
 			}
 			tok, _ := v[1].(string)
 			e.Version, _ = parseToken(tok)
-			return nil, nil, e
+			holder, _ := v[2].(string)
+			return nil, nil, fingerprintOf(holder), e
 		case len(v) == 1 && claim: // {record}
 			rec, ok := v[0].(string)
 			if !ok {
-				return nil, nil, opError("claim", key, fmt.Errorf("unexpected record %T", v[0]))
+				return nil, nil, nil, opError("claim", key, fmt.Errorf("unexpected record %T", v[0]))
 			}
-			return nil, []byte(rec), nil
+			return nil, []byte(rec), nil, nil
 		}
 	}
-	return nil, nil, opError("take", key, fmt.Errorf("unexpected script reply %v", cmd.Val()))
+	return nil, nil, nil, opError("take", key, fmt.Errorf("unexpected script reply %v", cmd.Val()))
 }
 
 func parseToken(s string) (uint64, error) {

@@ -41,8 +41,8 @@ func TestScriptsRepeatable(t *testing.T) {
 		t.Fatalf("take, then the same take again: %v then %v, want the same value twice", value, again)
 	}
 	other, _ := take("n2").([]any)
-	if len(other) != 2 || other[1] != first {
-		t.Fatalf("another take of the held key: %v, want {PTTL, %v}", other, first)
+	if len(other) != 3 || other[1] != first || other[2] != "n1" {
+		t.Fatalf("another take of the held key: %v, want {PTTL, %v, n1}", other, first)
 	}
 	if pttl, _ := other[0].(int64); pttl <= 0 || pttl > 60000 {
 		t.Fatalf("another take of the held key reported PTTL %v, want (0, 60000]", other[0])

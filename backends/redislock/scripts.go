@@ -50,7 +50,8 @@ const tombstoneMillis = "5000"
 //
 // KEYS[1] lock, KEYS[2] slot counter; ARGV[1] nonce, ARGV[2] TTL in ms.
 // Returns the lock's new value "<token>:<nonce>" when taken, or {PTTL,
-// holder's token} when held.
+// holder's token, holder's nonce} when held (the nonce carries the holder's
+// fingerprint, if it claimed with one).
 //
 // The token is max(counter + 1, server time in µs): strictly increasing
 // while the slot's counter lives, which is forever unless the server loses
@@ -70,7 +71,7 @@ if v and string.byte(v) ~= 114 then
   if nonce == ARGV[1] then
     return v
   end
-  return {redis.call('PTTL', KEYS[1]), tok or ''}
+  return {redis.call('PTTL', KEYS[1]), tok or '', nonce or ''}
 end
 local t = redis.call('TIME')
 ` + timeDigits + counterStep + `

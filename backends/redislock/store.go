@@ -20,7 +20,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 	if l.err != nil {
 		return nil, nil, l.err
 	}
-	le, rec, err := l.take(ctx, claimScript, key, ttl, true)
+	le, rec, _, err := l.take(ctx, claimScript, key, ttl, true, nil)
 	if err != nil {
 		return nil, nil, err
 	}

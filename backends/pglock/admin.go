@@ -1,0 +1,143 @@
+package pglock
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/internal/optional"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+var (
+	_ lock.Pinger                    = (*Locker)(nil)
+	_ lock.TTLLimiter                = (*Locker)(nil)
+	_ lock.Admin                     = (*Locker)(nil)
+	_ idempotency.FingerprintClaimer = (*Locker)(nil)
+)
+
+// Ping takes a connection from the pool and pings the server with it
+// (pgxpool's Ping), honouring ctx, and returns nil if it answered. After
+// [Locker.Close] it returns [ErrClosed].
+func (l *Locker) Ping(ctx context.Context) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
+	if err := l.usable(); err != nil {
+		return err
+	}
+	if err := l.pool.Ping(ctx); err != nil {
+		return l.opError("ping", "", ctx, err)
+	}
+	return nil
+}
+
+// TTLLimits reports PostgreSQL's limits: TTLs are counted in whole
+// microseconds, with no minimum and no maximum a time.Duration can reach.
+func (l *Locker) TTLLimits() lock.TTLLimits { return lock.TTLLimits{Step: time.Microsecond} }
+
+// ClaimFingerprint is [Locker.Claim] that also stores fp (at most 64 bytes)
+// in the key's row, written by the same statement as the lease; a claim
+// refused because another claim holds the key gets that claim's fp as
+// holder from the same statement. It makes *Locker an
+// idempotency.FingerprintClaimer.
+func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (lock.Lease, []byte, []byte, error) {
+	if err := optional.CheckClaim("pglock", ctx, key, ttl, fp); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := l.usable(); err != nil {
+		return nil, nil, nil, err
+	}
+	le, rec, err := l.take(ctx, key, ttl, fp)
+	switch {
+	case err != nil && rec != nil:
+		return nil, nil, rec.holder, err
+	case err != nil:
+		return nil, nil, nil, err
+	case le == nil:
+		return nil, rec.record, nil, nil
+	}
+	return le, nil, nil, nil
+}
+
+// Inspect reads the row of key in one statement. It makes *Locker a
+// lock.Admin: key is the caller's key.
+func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) {
+	if err := optional.CheckKey(ctx, key); err != nil {
+		return lock.KeyInfo{}, err
+	}
+	if err := l.usable(); err != nil {
+		return lock.KeyInfo{}, err
+	}
+	info := lock.KeyInfo{Key: key}
+	var (
+		token         int64
+		record        bool
+		size, remains int64
+	)
+	err := l.run(ctx, func() error {
+		return l.pool.QueryRow(ctx, l.sql.inspect, []byte(key)).Scan(&token, &record, &size, &remains)
+	})
+	switch {
+	case errors.Is(err, errNoRows):
+		return info, nil
+	case err != nil:
+		return info, l.opError("inspect", key, ctx, err)
+	case record:
+		info.Record, info.RecordSize, info.RecordRemaining = true, int(size), microDuration(remains)
+	default:
+		info.Held, info.Token, info.Remaining = true, uint64(token), microDuration(remains)
+	}
+	return info, nil
+}
+
+// ForceRelease deletes the lease row of key, whoever holds it, in one
+// statement, and wakes the key's waiters as a release does: the holder's
+// next Refresh, Release or Complete (each guarded by its token) reports
+// lock.ErrNotHeld, and tokens come on from the sequence. It returns an
+// error matching lock.ErrNotHeld if no live lease held key.
+func (l *Locker) ForceRelease(ctx context.Context, key string) error {
+	if err := optional.CheckKey(ctx, key); err != nil {
+		return err
+	}
+	if err := l.usable(); err != nil {
+		return err
+	}
+	var notified int64
+	err := l.run(ctx, func() error {
+		return l.pool.QueryRow(ctx, l.sql.forceRelease, []byte(key), l.channel, payload(hash64(key))).Scan(&notified)
+	})
+	switch {
+	case errors.Is(err, errNoRows):
+		return notHeld("force release", key, "no lease holds it")
+	case err != nil:
+		return l.opError("force release", key, ctx, err)
+	}
+	return nil
+}
+
+// DeleteRecord deletes the idempotency record of key in one statement, so
+// that the next Claim takes the key. It returns an error matching
+// lock.ErrNotHeld if no record was stored.
+func (l *Locker) DeleteRecord(ctx context.Context, key string) error {
+	if err := optional.CheckKey(ctx, key); err != nil {
+		return err
+	}
+	if err := l.usable(); err != nil {
+		return err
+	}
+	var tag pgconn.CommandTag
+	err := l.run(ctx, func() (err error) {
+		tag, err = l.pool.Exec(ctx, l.sql.deleteRecord, []byte(key))
+		return err
+	})
+	if err != nil {
+		return l.opError("delete record", key, ctx, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return notHeld("delete record", key, "no record is stored")
+	}
+	return nil
+}
