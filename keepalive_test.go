@@ -26,7 +26,7 @@ func keepAlive(t *testing.T, l lock.Locker, ttl time.Duration, opts ...lock.Opti
 
 func TestKeepAliveHoldsPastTTL(t *testing.T) {
 	l := memlock.New()
-	ttl := 60 * time.Millisecond
+	ttl := 300 * time.Millisecond
 	k := keepAlive(t, l, ttl)
 	select {
 	case <-k.Context().Done():
@@ -130,10 +130,15 @@ func TestKeepAliveMaxHold(t *testing.T) {
 
 func TestKeepAliveStopEndsRenewal(t *testing.T) {
 	w := &wrapped{inner: memlock.New()}
-	ttl := 30 * time.Millisecond
+	// A TTL a loaded machine's scheduling delays cannot outlast.
+	ttl := 300 * time.Millisecond
 	k := keepAlive(t, w, ttl)
-	for w.refreshes.Load() < 2 {
-		time.Sleep(ttl / 3) // wait for renewals to be under way
+	for w.refreshes.Load() < 2 { // wait for renewals to be under way
+		select {
+		case <-k.Context().Done():
+			t.Fatalf("lease lost before two renewals: %v", k.Err())
+		case <-time.After(ttl / 10):
+		}
 	}
 	k.Stop()
 	k.Stop() // idempotent
