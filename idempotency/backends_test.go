@@ -22,6 +22,7 @@ import (
 	"github.com/idemlock/lock/backends/memcachedlock"
 	"github.com/idemlock/lock/backends/redislock"
 	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/internal/faults"
 	"github.com/idemlock/lock/internal/testenv"
 	"github.com/redis/go-redis/v9"
 )
@@ -362,4 +363,49 @@ func BenchmarkMiddlewareRedis(b *testing.B) {
 		}
 		b.ReportMetric(float64(trips.Load()-before)/float64(b.N), "roundtrips/op")
 	})
+}
+
+// TestHungEtcdAnswers503 is issue 21.1 on a real server: an etcd that
+// accepts connections and never answers (a black hole between client and
+// server, on a private server) gets 503 naming the claim within the store
+// timeout, not a wait until the request's own deadline; a worker gets a
+// *StoreError for the claim.
+func TestHungEtcdAnswers503(t *testing.T) {
+	tp := faults.Start(t, testenv.Etcd)
+	n := tp.Net(t)
+	store := openURL(t, "etcd://"+hostPort(n.Addr(hostPort(tp.Addrs()[0]))))
+	logged := new(syncBuffer)
+	const timeout = time.Second
+	g, err := idempotency.New(store, idempotency.WithScope(userScope), idempotency.WithStoreTimeout(timeout),
+		idempotency.WithLogger(slog.New(slog.NewTextHandler(logged, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &counter{}
+	m := g.Middleware(h)
+	if w := send(m, req{key: "before"}); w.Code != http.StatusCreated {
+		t.Fatalf("before the fault: %d %s", w.Code, w.Body)
+	}
+	n.BlackHole(t, faults.Both)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	p := problem(t, send(m, req{key: "during", ctx: ctx}), http.StatusServiceUnavailable, idempotency.ProblemStoreUnavailable)
+	if ctx.Err() != nil {
+		t.Errorf("answered only after the request's own deadline")
+	}
+	if !strings.Contains(p.Detail, "did not answer the claim within "+timeout.String()) {
+		t.Errorf("detail %q does not name the claim and the timeout", p.Detail)
+	}
+	if l := logged.String(); !strings.Contains(l, "call=claim") {
+		t.Errorf("log %q does not name the claim", l)
+	}
+	_, err = idempotency.Do(ctx, g, "job", func(context.Context) (int, error) { return 1, nil })
+	var se *idempotency.StoreError
+	if !errors.As(err, &se) || se.Call != "claim" || se.Timeout != timeout || ctx.Err() != nil {
+		t.Errorf("Do = %v, want a *StoreError for the claim's timeout", err)
+	}
+	if h.runs.Load() != 1 {
+		t.Errorf("the handler ran %d times, want once (before the fault)", h.runs.Load())
+	}
 }

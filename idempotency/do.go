@@ -136,7 +136,7 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 	case errors.Is(err, lock.ErrNotAcquired):
 		return result, &InProgressError{RetryAfter: g.cfg.retryAfter}
 	case err != nil:
-		return result, storeError("claim", err)
+		return result, err // a *StoreError naming the claim
 	case lease == nil:
 		if dc.replayed != nil {
 			*dc.replayed = true
@@ -191,8 +191,6 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 				cause = fmt.Errorf("%w (the caller's context had ended too: %w)", cause, context.Cause(ctx))
 			}
 			cerr = &LeaseLostError{Key: key, Cause: cause}
-		} else {
-			cerr = storeError("complete", cerr)
 		}
 		return result, errors.Join(ferr, cerr)
 	}

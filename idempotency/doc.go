@@ -52,8 +52,9 @@
 //	                                                 headers, with Idempotent-Replayed: true
 //	same key, completed but not replayable           422 ProblemNotReplayable
 //	  (tombstone: see below)
-//	Store unreachable                                503 ProblemStoreUnavailable (fail
-//	                                                 closed), or unguarded with FailOpen
+//	Store unreachable, or no answer to the claim     503 ProblemStoreUnavailable (fail
+//	  within WithStoreTimeout (5 s)                  closed) naming the call, or unguarded
+//	                                                 with FailOpen
 //	request context ended before it was processed   503 ProblemRequestEnded with Retry-After
 //
 // The key is the header value (name set by WithHeader), as a bare token or
@@ -153,8 +154,13 @@
 //     lines): a tombstone, decided when it is stored.
 //   - A stored record that cannot be decoded (corrupt, unknown version, a
 //     status net/http refuses): 500 ProblemRecordUnreadable, never a panic.
-//   - The store is unreachable at the claim: 503 ProblemStoreUnavailable
-//     (or the handler runs unguarded with FailOpen); Do returns ErrStore.
+//   - The store is unreachable at the claim, or does not answer it within
+//     WithStoreTimeout (every store call the Guard makes is bounded by it:
+//     claim, a waiting duplicate's claims and subscription, Complete,
+//     Release): 503 ProblemStoreUnavailable within the store timeout, its
+//     detail and the log naming the call (or the handler runs unguarded
+//     with FailOpen); Do returns a [*StoreError] (matching ErrStore) that
+//     names it.
 //   - WithWait's release events fail (a broken subscription): the wait
 //     polls until it ends, then 409 or the replay.
 //   - WithScope set and it returns "": 403 ProblemScopeMissing, a logged

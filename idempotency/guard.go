@@ -35,7 +35,7 @@ const (
 	// larger response is sent to its caller and leaves a tombstone.
 	DefaultMaxResponseBody = 1 << 20
 	// DefaultStoreTimeout bounds each call the Guard makes to the Store
-	// after the work ran (Complete, Release), on a context of its own.
+	// (see [WithStoreTimeout]).
 	DefaultStoreTimeout = 5 * time.Second
 )
 
@@ -342,9 +342,16 @@ func WithClassifier(f Classifier) Option {
 // cheaper than an outage.
 func FailOpen() Option { return func(c *config) { c.failOpen = true } }
 
-// WithStoreTimeout bounds the Complete or Release the Guard makes once the
-// work is done, on a context detached from the request (default
-// [DefaultStoreTimeout]).
+// WithStoreTimeout bounds every call the Guard makes to the Store (default
+// [DefaultStoreTimeout]): the claim of a key (each one, when a duplicate
+// waits with [WithWait]), the subscription a waiting duplicate makes, and
+// the Complete or Release once the work is done, which run on a context
+// detached from the request. A claim that does not answer in time fails
+// closed with 503 [ProblemStoreUnavailable] (or runs the handler with
+// [FailOpen]), naming the call in the problem's detail and in the log;
+// [Do] returns a [*StoreError]. Its outcome is unknown: if the server took
+// the key and the reply was lost, the key stays in progress until the
+// lease TTL ends.
 func WithStoreTimeout(d time.Duration) Option {
 	return func(c *config) {
 		if d <= 0 {
@@ -482,8 +489,27 @@ func (g *Guard) release(ctx context.Context, k *keeper) {
 	sctx, cancel := g.storeCtx(ctx)
 	defer cancel()
 	if err := k.Lease().Release(sctx); err != nil && !errors.Is(err, lock.ErrNotHeld) {
-		g.logger().Warn("idempotency: releasing a key failed; it stays in progress until its lease expires", "error", err)
+		g.releaseFailed(storeError("release", err, sctx, context.Background(), g.cfg.storeTimeout))
 	}
+}
+
+// releaseFailed logs a failed Release, naming the call and whether it
+// timed out.
+func (g *Guard) releaseFailed(err error) {
+	g.logger().Warn("idempotency: releasing a key failed; it stays in progress until its lease expires", storeAttrs(err, "release")...)
+}
+
+// storeAttrs are the log attributes of a failed store call: its name, the
+// store timeout when it did not answer within it, and the error.
+func storeAttrs(err error, call string) []any {
+	var se *StoreError
+	if errors.As(err, &se) {
+		call = se.Call
+		if se.Timeout > 0 {
+			return []any{"call", call, "timeout", se.Timeout, "error", err}
+		}
+	}
+	return []any{"call", call, "error", err}
 }
 
 // complete stores rec for k's lease. A Complete that fails for another
@@ -495,12 +521,18 @@ func (g *Guard) release(ctx context.Context, k *keeper) {
 // size ([ErrRecordTooLarge]) stores tomb instead, when given: the work was
 // done, so the key must never be released for it to run again. If the
 // record cannot be stored in time the key is released, so that it does
-// not stay in progress until the lease expires.
-func (g *Guard) complete(ctx context.Context, k *keeper, rec []byte, tomb *record) error {
+// not stay in progress until the lease expires. An error other than
+// ErrNotHeld is a [*StoreError] naming the call "complete".
+func (g *Guard) complete(ctx context.Context, k *keeper, rec []byte, tomb *record) (err error) {
 	k.Stop()
 	sctx, cancel := g.storeCtx(ctx)
 	defer cancel()
-	err := g.completeRetry(sctx, k.Lease(), rec)
+	defer func() {
+		if err != nil && !errors.Is(err, lock.ErrNotHeld) {
+			err = storeError("complete", err, sctx, context.Background(), g.cfg.storeTimeout)
+		}
+	}()
+	err = g.completeRetry(sctx, k.Lease(), rec)
 	if err == nil || errors.Is(err, lock.ErrNotHeld) {
 		return err
 	}
