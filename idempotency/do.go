@@ -77,7 +77,9 @@ func Replayed(p *bool) DoOption { return func(d *doConfig) { d.replayed = p } }
 //     returned at once (see [Replayed]); a stored [Permanent] error comes
 //     back as a [*StoredError].
 //   - If another call holds the key, Do returns an [*InProgressError]: nack
-//     the message with a delay of its RetryAfter, do not ack it.
+//     the message with a delay of its RetryAfter (the holder's remaining
+//     lease time when the Store reports it, capped by
+//     [WithMaxRetryAfter]), do not ack it.
 //   - Otherwise fn runs under the lease, renewed in the background by
 //     lock.KeepAlive (started once the work outlasts a third of the lease
 //     TTL, when the first refresh is due). Its context carries the fencing
@@ -134,7 +136,7 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 	case errors.Is(err, lock.ErrNotAcquired) && reused(holder, &fp):
 		return result, fmt.Errorf("%w: the payload differs from the one in progress", ErrKeyReused)
 	case errors.Is(err, lock.ErrNotAcquired):
-		return result, &InProgressError{RetryAfter: g.cfg.retryAfter}
+		return result, &InProgressError{RetryAfter: g.retryAfter(err)}
 	case err != nil:
 		return result, err // a *StoreError naming the claim
 	case lease == nil:

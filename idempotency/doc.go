@@ -43,8 +43,10 @@
 //	body over WithMaxRequestBody (1 MiB)             413 ProblemBodyTooLarge
 //	new key                                          the handler runs; its response is sent
 //	                                                 as written and stored or released (below)
-//	same key while the first is in flight            409 ProblemInProgress with Retry-After,
-//	                                                 or with WithWait: waits, then replays
+//	same key while the first is in flight            409 ProblemInProgress with Retry-After
+//	                                                 (the holder's remaining lease time, at
+//	                                                 most WithMaxRetryAfter, 10 s), or with
+//	                                                 WithWait: waits, then replays
 //	same key, different method, route, query         422 ProblemKeyReused (while the first
 //	  or body                                        is in flight too, on a Store that is
 //	                                                 a FingerprintClaimer)

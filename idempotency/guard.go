@@ -26,8 +26,13 @@ const (
 	DefaultLeaseTTL = lock.DefaultTTL
 	// DefaultRetention is how long a completed record is replayed.
 	DefaultRetention = 24 * time.Hour
-	// DefaultRetryAfter is what a duplicate in flight is told to wait.
+	// DefaultRetryAfter is what a duplicate in flight is told to wait when
+	// the Store cannot tell the holder's remaining time, and what a 503 is
+	// told.
 	DefaultRetryAfter = time.Second
+	// DefaultMaxRetryAfter caps the wait a duplicate in flight is told
+	// when it is derived from the holder's remaining time.
+	DefaultMaxRetryAfter = 10 * time.Second
 	// DefaultMaxRequestBody caps the request body the middleware buffers
 	// and hashes; a larger body is refused with 413.
 	DefaultMaxRequestBody = 1 << 20
@@ -107,6 +112,7 @@ type config struct {
 	leaseTTL     time.Duration
 	retention    time.Duration
 	retryAfter   time.Duration
+	maxRetry     time.Duration
 	wait         time.Duration
 	maxReqBody   int64
 	maxRespBody  int
@@ -241,9 +247,13 @@ func WithRetention(d time.Duration) Option {
 	}
 }
 
-// WithRetryAfter sets the delay a duplicate in flight is told to wait: the
-// Retry-After of a 409 (rounded up to whole seconds) and
-// [InProgressError].RetryAfter (default [DefaultRetryAfter]).
+// WithRetryAfter sets the delay a duplicate in flight is told to wait
+// when the Store cannot tell how long the holder's lease has left, and
+// the Retry-After of a 503 (default [DefaultRetryAfter]). A duplicate in
+// flight is told the holder's remaining lease time when the Store reports
+// it (as a lock.NotAcquiredError's Remaining: every built-in backend
+// does), capped by [WithMaxRetryAfter]: the Retry-After of a 409 (rounded
+// up to whole seconds) and [InProgressError].RetryAfter.
 func WithRetryAfter(d time.Duration) Option {
 	return func(c *config) {
 		if d <= 0 {
@@ -252,6 +262,32 @@ func WithRetryAfter(d time.Duration) Option {
 		}
 		c.retryAfter = d
 	}
+}
+
+// WithMaxRetryAfter caps the delay a duplicate in flight is told to wait
+// when it is derived from the holder's remaining lease time (default
+// [DefaultMaxRetryAfter]): a holder that keeps renewing may finish long
+// before its lease would end, so a client is never told to stay away
+// longer than this.
+func WithMaxRetryAfter(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail("WithMaxRetryAfter", "%v is not positive", d)
+			return
+		}
+		c.maxRetry = d
+	}
+}
+
+// retryAfter is the delay to tell a duplicate whose claim failed with
+// held: the holder's remaining lease time when the Store reported it,
+// capped, and the configured delay otherwise.
+func (g *Guard) retryAfter(held error) time.Duration {
+	var na *lock.NotAcquiredError
+	if errors.As(held, &na) && na.Remaining > 0 {
+		return min(na.Remaining, g.cfg.maxRetry)
+	}
+	return g.cfg.retryAfter
 }
 
 // WithWait makes a duplicate that arrives while the first request is in
@@ -422,6 +458,7 @@ func New(store Store, opts ...Option) (*Guard, error) {
 		leaseTTL:     DefaultLeaseTTL,
 		retention:    DefaultRetention,
 		retryAfter:   DefaultRetryAfter,
+		maxRetry:     DefaultMaxRetryAfter,
 		maxReqBody:   DefaultMaxRequestBody,
 		maxRespBody:  DefaultMaxResponseBody,
 		replayHeader: defaultReplayHeaders(),

@@ -161,7 +161,7 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 			"This idempotency key is in use by a request in progress with a different method, path, query or body. Use a new key for a new request.", 0)
 	case errors.Is(err, lock.ErrNotAcquired):
 		c.problem(w, http.StatusConflict, ProblemInProgress, "Request in progress",
-			"A request with this idempotency key is being processed. Retry after the delay in Retry-After to get its response.", c.retryAfter)
+			"A request with this idempotency key is being processed. Retry after the delay in Retry-After to get its response.", g.retryAfter(err))
 	case err != nil:
 		if ctx.Err() != nil {
 			g.ended(w) // nothing was claimed, as far as we know
