@@ -52,14 +52,23 @@ var ErrInvalidOption = errors.New("idempotency: invalid option")
 type OptionError struct {
 	Option string // the option's name, for example "WithLeaseTTL"
 	Reason string
+	// Err is the error behind Reason when there is one: a *lock.TTLError
+	// for a TTL the Store's backend cannot honour.
+	Err error
 }
 
 func (e *OptionError) Error() string {
 	return fmt.Sprintf("idempotency: invalid option %s: %s", e.Option, e.Reason)
 }
 
-// Unwrap makes errors.Is(err, ErrInvalidOption) true.
-func (e *OptionError) Unwrap() error { return ErrInvalidOption }
+// Unwrap makes errors.Is(err, ErrInvalidOption) true, and whatever Err
+// matches (lock.ErrInvalidTTL for a TTL the backend cannot honour).
+func (e *OptionError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{ErrInvalidOption}
+	}
+	return []error{ErrInvalidOption, e.Err}
+}
 
 // Outcome is what the middleware does with a finished response.
 type Outcome int
@@ -224,7 +233,11 @@ func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns
 // WithLeaseTTL sets the TTL of the in-progress lease (default
 // [DefaultLeaseTTL]); the lease is renewed every third of it while the work
 // runs. Backends round it to their TTL step; etcd grants at least about 2 s
-// and Consul sessions at least 10 s by default.
+// and Consul sessions at least 10 s by default. [New] and [Guard.With]
+// refuse a TTL the Store's backend reports it cannot honour (see
+// lock.TTLLimiter) with an error matching both [ErrInvalidOption] and
+// lock.ErrInvalidTTL that says what to use instead, rather than a 503 on
+// every request later.
 func WithLeaseTTL(d time.Duration) Option {
 	return func(c *config) {
 		if d <= 0 {
@@ -447,7 +460,9 @@ type Guard struct {
 }
 
 // New returns a Guard on store. Bad options are reported as an error
-// matching [ErrInvalidOption], never a panic.
+// matching [ErrInvalidOption], never a panic; so are a lease TTL or a
+// retention the store's backend cannot honour (the error then also
+// matches lock.ErrInvalidTTL and names the fix, see [WithLeaseTTL]).
 func New(store Store, opts ...Option) (*Guard, error) {
 	if store == nil {
 		return nil, &OptionError{Option: "store", Reason: "nil Store"}
@@ -492,7 +507,27 @@ func (g *Guard) apply(opts []Option) error {
 			o(&g.cfg)
 		}
 	}
-	return g.cfg.err
+	if g.cfg.err != nil {
+		return g.cfg.err
+	}
+	return g.checkTTLs()
+}
+
+// checkTTLs refuses, at construction, TTLs the Store's backend cannot
+// honour (see lock.CheckTTL and lock.TTLLimiter), which would otherwise
+// fail every request with 503: the lease TTL within the backend's limits,
+// the retention within its maximum.
+func (g *Guard) checkTTLs() error {
+	if err := lock.CheckTTL(g.store, g.cfg.leaseTTL); err != nil {
+		return &OptionError{Option: "WithLeaseTTL", Reason: err.Error(), Err: err}
+	}
+	if tl, ok := g.store.(lock.TTLLimiter); ok {
+		if max := tl.TTLLimits().Max; max > 0 && g.cfg.retention > max {
+			err := &lock.TTLError{TTL: g.cfg.retention, Reason: fmt.Sprintf("longer than the %v this backend accepts (%T); use at most %v", max, g.store, max)}
+			return &OptionError{Option: "WithRetention", Reason: err.Error(), Err: err}
+		}
+	}
+	return nil
 }
 
 func (g *Guard) logger() *slog.Logger {
