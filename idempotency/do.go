@@ -101,7 +101,8 @@ func Replayed(p *bool) DoOption { return func(d *doConfig) { d.replayed = p } }
 //
 // Nothing marks the key as done before fn has returned and its result is
 // stored, so a crash at any point leaves the key to be retried, never
-// "seen" without having been processed.
+// "seen" without having been processed. After [Guard.Shutdown], Do
+// returns [ErrShutdown] without claiming the key.
 func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Context) (T, error), opts ...DoOption) (result T, err error) {
 	if g == nil {
 		return result, fmt.Errorf("%w: nil Guard", lock.ErrInvalidArgument)
@@ -129,6 +130,10 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 	}
 	fp := workerFingerprint(dc.payload)
 	skey := storageKey(domainWorkerKey, g.cfg.namespace, "", key)
+	if !g.life.enter() {
+		return result, ErrShutdown
+	}
+	defer g.life.leave()
 
 	sent := time.Now()
 	lease, stored, holder, err := g.claim(ctx, skey, &fp)

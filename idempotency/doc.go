@@ -58,6 +58,7 @@
 //	  within WithStoreTimeout (5 s)                  closed) naming the call, or unguarded
 //	                                                 with FailOpen
 //	request context ended before it was processed   503 ProblemRequestEnded with Retry-After
+//	after Guard.Shutdown                             503 ProblemShuttingDown with Retry-After
 //
 // The key is the header value (name set by WithHeader), as a bare token or
 // a quoted Structured Field String, with RFC 8941 parameters allowed and

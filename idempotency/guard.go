@@ -457,6 +457,8 @@ type Guard struct {
 	// lastScopeWarn is when the latest empty-scope warning was logged
 	// (UnixNano), so that unauthenticated traffic cannot flood the log.
 	lastScopeWarn *atomic.Int64
+	// life counts claims in flight for Shutdown; shared with With's copies.
+	life *lifecycle
 }
 
 // New returns a Guard on store. Bad options are reported as an error
@@ -480,7 +482,7 @@ func New(store Store, opts ...Option) (*Guard, error) {
 		classify:     DefaultClassifier,
 		storeTimeout: DefaultStoreTimeout,
 	}
-	g := &Guard{store: store, cfg: c, lastScopeWarn: new(atomic.Int64)}
+	g := &Guard{store: store, cfg: c, lastScopeWarn: new(atomic.Int64), life: newLifecycle()}
 	if err := g.apply(opts); err != nil {
 		return nil, err
 	}
@@ -493,7 +495,7 @@ func New(store Store, opts ...Option) (*Guard, error) {
 // With returns a copy of g with more options, sharing its Store: for a
 // route that fails open, waits, or requires a key while others do not.
 func (g *Guard) With(opts ...Option) (*Guard, error) {
-	n := &Guard{store: g.store, cfg: g.cfg, lastScopeWarn: g.lastScopeWarn}
+	n := &Guard{store: g.store, cfg: g.cfg, lastScopeWarn: g.lastScopeWarn, life: g.life}
 	n.cfg.err = nil
 	if err := n.apply(opts); err != nil {
 		return nil, err

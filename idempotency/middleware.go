@@ -149,6 +149,11 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 	fp := g.httpFingerprint(r, bodyBytes)
 	skey := storageKey(domainHTTPKey, c.namespace, scope, key)
 
+	if !g.life.enter() {
+		g.shuttingDown(w)
+		return
+	}
+	defer g.life.leave()
 	ctx := r.Context()
 	sent := time.Now()
 	lease, stored, holder, err := g.claim(ctx, skey, &fp)
@@ -156,6 +161,8 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 		lease, stored, holder, sent, err = g.waitClaim(ctx, skey, &fp)
 	}
 	switch {
+	case errors.Is(err, lock.ErrNotAcquired) && g.life.shutting():
+		g.shuttingDown(w)
 	case errors.Is(err, lock.ErrNotAcquired) && reused(holder, &fp):
 		c.problem(w, http.StatusUnprocessableEntity, ProblemKeyReused, "Idempotency key reused",
 			"This idempotency key is in use by a request in progress with a different method, path, query or body. Use a new key for a new request.", 0)
@@ -236,6 +243,12 @@ func reused(holder []byte, fp *[fpSize]byte) bool {
 func (g *Guard) ended(w http.ResponseWriter) {
 	g.cfg.problem(w, http.StatusServiceUnavailable, ProblemRequestEnded, "Request not processed",
 		"The request ended (the client left or a server deadline passed) before it was processed. Retry with the same idempotency key.", g.cfg.retryAfter)
+}
+
+// shuttingDown refuses a request that came after Shutdown.
+func (g *Guard) shuttingDown(w http.ResponseWriter) {
+	g.cfg.problem(w, http.StatusServiceUnavailable, ProblemShuttingDown, "Server shutting down",
+		"The server is shutting down and did not process this request. Retry with the same idempotency key.", g.cfg.retryAfter)
 }
 
 // scopeMissing refuses a request whose configured scope is empty, warning
@@ -441,6 +454,8 @@ func (g *Guard) store1(ctx context.Context, k *keeper, rec *record) {
 func (g *Guard) waitClaim(ctx context.Context, skey string, fp *[fpSize]byte) (lock.Lease, []byte, []byte, time.Time, error) {
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.wait)
 	defer cancel()
+	// Shutdown ends the wait: the duplicate is told to retry elsewhere.
+	defer context.AfterFunc(g.life.stopping, cancel)()
 	var sub lock.Subscription
 	defer func() {
 		if sub != nil {
