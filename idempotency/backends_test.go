@@ -409,3 +409,24 @@ func TestHungEtcdAnswers503(t *testing.T) {
 		t.Errorf("the handler ran %d times, want once (before the fault)", h.runs.Load())
 	}
 }
+
+// TestOnceOnBackends is issue 21.5 on every real server: three instances,
+// each with its own client, call Once at the same time (twice), and the
+// job runs once.
+func TestOnceOnBackends(t *testing.T) {
+	for _, be := range backends() {
+		t.Run(be.name, func(t *testing.T) {
+			ns := idempotency.WithNamespace("once/" + runID())
+			var gs []*idempotency.Guard
+			for range 3 {
+				gs = append(gs, instances(t, be.open(t, new(atomic.Int64)), 1, ns)[0])
+			}
+			// An hour: a day's record outlives Consul's 24 h maximum
+			// retention, which Once clamps to only where the backend
+			// reports it (lock.TTLLimiter).
+			if n := onceRace(t, gs, "hourly-report", time.Hour); n != 1 {
+				t.Fatalf("fn ran %d times in one period over 3 instances, want once", n)
+			}
+		})
+	}
+}
