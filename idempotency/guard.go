@@ -134,6 +134,18 @@ type config struct {
 	err          error
 }
 
+// positive is an option that sets the duration field returns to d, which
+// must be positive.
+func positive(option string, d time.Duration, field func(*config) *time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail(option, "%v is not positive", d)
+			return
+		}
+		*field(c) = d
+	}
+}
+
 func (c *config) fail(option, format string, args ...any) {
 	if c.err == nil {
 		c.err = &OptionError{Option: option, Reason: fmt.Sprintf(format, args...)}
@@ -239,25 +251,13 @@ func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns
 // lock.ErrInvalidTTL that says what to use instead, rather than a 503 on
 // every request later.
 func WithLeaseTTL(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.fail("WithLeaseTTL", "%v is not positive", d)
-			return
-		}
-		c.leaseTTL = d
-	}
+	return positive("WithLeaseTTL", d, func(c *config) *time.Duration { return &c.leaseTTL })
 }
 
 // WithRetention sets how long a completed record is kept and replayed
 // (default [DefaultRetention]). After it a key is free again.
 func WithRetention(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.fail("WithRetention", "%v is not positive", d)
-			return
-		}
-		c.retention = d
-	}
+	return positive("WithRetention", d, func(c *config) *time.Duration { return &c.retention })
 }
 
 // WithRetryAfter sets the delay a duplicate in flight is told to wait
@@ -268,13 +268,7 @@ func WithRetention(d time.Duration) Option {
 // does), capped by [WithMaxRetryAfter]: the Retry-After of a 409 (rounded
 // up to whole seconds) and [InProgressError].RetryAfter.
 func WithRetryAfter(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.fail("WithRetryAfter", "%v is not positive", d)
-			return
-		}
-		c.retryAfter = d
-	}
+	return positive("WithRetryAfter", d, func(c *config) *time.Duration { return &c.retryAfter })
 }
 
 // WithMaxRetryAfter caps the delay a duplicate in flight is told to wait
@@ -283,13 +277,7 @@ func WithRetryAfter(d time.Duration) Option {
 // before its lease would end, so a client is never told to stay away
 // longer than this.
 func WithMaxRetryAfter(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.fail("WithMaxRetryAfter", "%v is not positive", d)
-			return
-		}
-		c.maxRetry = d
-	}
+	return positive("WithMaxRetryAfter", d, func(c *config) *time.Duration { return &c.maxRetry })
 }
 
 // retryAfter is the delay to tell a duplicate whose claim failed with
@@ -402,13 +390,7 @@ func FailOpen() Option { return func(c *config) { c.failOpen = true } }
 // the key and the reply was lost, the key stays in progress until the
 // lease TTL ends.
 func WithStoreTimeout(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.fail("WithStoreTimeout", "%v is not positive", d)
-			return
-		}
-		c.storeTimeout = d
-	}
+	return positive("WithStoreTimeout", d, func(c *config) *time.Duration { return &c.storeTimeout })
 }
 
 // WithLogger sets where the Guard reports what it cannot return to anyone:
