@@ -426,3 +426,42 @@ func TestOnceOnBackends(t *testing.T) {
 		})
 	}
 }
+
+// TestRetryAfterOnBackends is issue 21.7 on every real server: a
+// duplicate in flight is told the holder's remaining lease time (here
+// about 5 s), as the server reports it, not a fixed second; memcached,
+// which cannot tell, keeps the configured delay.
+func TestRetryAfterOnBackends(t *testing.T) {
+	for _, be := range backends() {
+		t.Run(be.name, func(t *testing.T) {
+			store := be.open(t, new(atomic.Int64))
+			g, err := idempotency.New(store, idempotency.WithScope(userScope), idempotency.WithNamespace("retry-after/"+runID()),
+				idempotency.WithLeaseTTL(5*time.Second), idempotency.WithRetention(time.Minute), idempotency.WithLogger(testLogger(t)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := newBlocking()
+			m := g.Middleware(b)
+			done := make(chan struct{})
+			go func() { defer close(done); send(m, req{key: "k"}) }()
+			<-b.started
+			w := send(m, req{key: "k"})
+			close(b.proceed)
+			<-done
+			problem(t, w, http.StatusConflict, idempotency.ProblemInProgress)
+			ra, err := strconv.Atoi(w.Header().Get("Retry-After"))
+			switch {
+			case be.name == "memcached":
+				// memcached cannot read a key's remaining TTL: the
+				// configured delay.
+				if err != nil || ra != 1 {
+					t.Errorf("Retry-After %q, want WithRetryAfter's 1 s", w.Header().Get("Retry-After"))
+				}
+			case err != nil || ra < 2 || ra > 7:
+				// A server counting whole seconds may grant a little more
+				// (etcd: 6 s for 5).
+				t.Errorf("Retry-After %q, want the holder's remaining time, 2 to 7 s for a 5 s lease", w.Header().Get("Retry-After"))
+			}
+		})
+	}
+}
