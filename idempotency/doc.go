@@ -224,6 +224,19 @@
 // the same sentinels. Nothing marks a message seen before it was processed
 // and its result stored, so a crash anywhere leaves it to be retried.
 //
+// A cron job that every instance schedules runs once per period with
+// [Once], keyed by the period's start (lock.Do only keeps runs from
+// overlapping, so each instance would run it once per period):
+//
+//	ran, err := idempotency.Once(ctx, guard, "nightly-report", 24*time.Hour,
+//		func(ctx context.Context, day time.Time) error { return sendReport(ctx, day) })
+//
+// # Shutdown
+//
+// [Guard.Shutdown] stops taking new claims (503 ProblemShuttingDown with
+// Retry-After; Do returns [ErrShutdown]) and waits until every claim in
+// flight was completed or released; call it before closing the backend.
+//
 // # Records
 //
 // Completed keys are kept as a small versioned binary record (magic "IDR",
