@@ -11,7 +11,7 @@
 #                      them on a private set of servers and rewrites
 #                      BENCHMARKS.md, bench/handoff.png, bench/results.txt
 #                      and bench/benchstat.txt (a few minutes)
-#   make torture       the long torture matrix (internal/torture): every
+#   make torture       the long torture matrix (internal/integration/torture): every
 #                      backend on private servers under every fault, at
 #                      least 100,000 contended takes each; rewrites
 #                      RELIABILITY.md (about 45 minutes on 2 cores)
@@ -24,8 +24,16 @@ SERVERS     := scripts/servers.sh
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TESTFLAGS   ?= -race -count=1 -timeout 20m
 # MODULES are the Go modules of this repository that make lint and make test
-# cover: the root module and each backend that is a module of its own.
-MODULES     := . backends/pglock
+# cover: the root module (the contract, memlock, kvlock, conformance,
+# idempotency; no third-party module), each networked backend (a module of
+# its own, so that its client is paid for only by its users), and the
+# test-only integration module (tests and commands that import several
+# backends: the idempotency tests on every backend, the torture harness,
+# the checkout story on every server, and the check of what a redislock-only
+# program lists in go list -m all). bench/ is a module of its own too, built
+# by make bench.
+MODULES     := . backends/redislock backends/etcdlock backends/consullock \
+               backends/memcachedlock backends/pglock internal/integration
 
 .PHONY: test lint servers stop-servers bench torture
 
@@ -70,8 +78,11 @@ bench:
 # torture starts private servers of its own (internal/testenv.Private) and
 # needs only the servers' variables; TORTURE_FLAGS go to the command
 # (for example -takes 20000, or -run 'TestTorture/etcd' for one backend).
+# The command is in the integration module; its paths are relative to the
+# repository's root.
 TORTURE_FLAGS ?=
 
 torture:
 	eval "$$(bash $(SERVERS) env)"; \
-	$(GO) run ./internal/cmd/torture -out RELIABILITY.md $(TORTURE_FLAGS)
+	cd internal/integration; \
+	$(GO) run ./cmd/torture -out RELIABILITY.md $(TORTURE_FLAGS)

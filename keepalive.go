@@ -45,9 +45,12 @@ type Keeper struct {
 //   - the lease implements [LossNotifier] and reports a loss;
 //   - the cap set with [WithMaxHold] is reached (renewal stops there).
 //
-// context.Cause of the Keeper's context says which. Transient refresh errors
-// are retried until the deadline. The caller must call [Keeper.Stop] or
-// [Keeper.Release]; once either returns, no refresh is running or will start.
+// A lease already past its deadline (an Acquire whose reply came late) or
+// already reported lost gives a Keeper whose Context is cancelled before
+// KeepAlive returns. context.Cause of the Keeper's context says which.
+// Transient refresh errors are retried until the deadline. The caller must
+// call [Keeper.Stop] or [Keeper.Release]; once either returns, no refresh is
+// running or will start.
 func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...Option) (*Keeper, error) {
 	if lease == nil {
 		return nil, fmt.Errorf("%w: nil Lease", ErrInvalidArgument)
@@ -84,6 +87,19 @@ func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...Opti
 		cancel = func(cause error) { outer(cause); stop() }
 	}
 	k := &Keeper{lease: lease, ctx: kctx, cancel: cancel, done: make(chan struct{})}
+	// A lease that is already past its deadline (an Acquire whose reply
+	// came late) or already reported lost is lost before KeepAlive returns,
+	// never a moment later: a caller that checks Context().Err() at once
+	// must not see a live context for it.
+	if !time.Now().Before(deadline) {
+		k.cancel(lostError(lease.Key(), "its deadline had passed when KeepAlive was called", nil))
+	} else if ln, ok := lease.(LossNotifier); ok {
+		select {
+		case <-ln.Lost():
+			k.cancel(lostError(lease.Key(), "the backend reported it lost", ErrNotHeld))
+		default:
+		}
+	}
 	go k.run(deadline, ttl, every)
 	return k, nil
 }

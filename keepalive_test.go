@@ -235,3 +235,38 @@ func TestKeepAliveRenewsALateHandedLeaseAtOnce(t *testing.T) {
 		t.Errorf("no renewal within half a TTL of a lease handed over two thirds through its TTL")
 	}
 }
+
+// pastLease is a lease whose deadline had passed before KeepAlive saw it:
+// an Acquire whose reply came back after the TTL.
+type pastLease struct{ lock.Lease }
+
+func (pastLease) Deadline() time.Time { return time.Now().Add(-time.Millisecond) }
+
+func TestKeepAliveLeaseAlreadyLostIsLostOnReturn(t *testing.T) {
+	l := memlock.New()
+	for name, mk := range map[string]func(lock.Lease) lock.Lease{
+		"deadline passed": func(le lock.Lease) lock.Lease { return pastLease{le} },
+		"reported lost": func(le lock.Lease) lock.Lease {
+			lost := make(chan struct{})
+			close(lost)
+			w := &wrapped{inner: l, lost: lost}
+			return &lossLease{wrappedLease{le, w}}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			le, err := l.TryAcquire(t.Context(), name, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			k, err := lock.KeepAlive(t.Context(), mk(le), time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer k.Stop()
+			// Checked at once: no goroutine has had a chance to run.
+			if k.Context().Err() == nil || !k.Lost() {
+				t.Fatalf("KeepAlive of a lease already lost returned a live context (Err %v)", k.Err())
+			}
+		})
+	}
+}

@@ -8,10 +8,10 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
-	"go.uber.org/goleak"
+	"github.com/idemlock/lock/internal/leakcheck"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leakcheck.VerifyTestMain(m) }
 
 func TestValidateKey(t *testing.T) {
 	valid := []string{"a", " ", "a b", "\x00", "日本", strings.Repeat("k", lock.MaxKeyLen)}

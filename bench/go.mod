@@ -42,6 +42,10 @@ require (
 	github.com/hashicorp/go-rootcerts v1.0.2 // indirect
 	github.com/hashicorp/golang-lru v1.0.2 // indirect
 	github.com/hashicorp/serf v0.10.4 // indirect
+	github.com/idemlock/lock/backends/consullock v0.0.0-00010101000000-000000000000
+	github.com/idemlock/lock/backends/etcdlock v0.0.0-00010101000000-000000000000
+	github.com/idemlock/lock/backends/memcachedlock v0.0.0-00010101000000-000000000000
+	github.com/idemlock/lock/backends/redislock v0.0.0-00010101000000-000000000000
 	github.com/mattn/go-colorable v0.1.15 // indirect
 	github.com/mattn/go-isatty v0.0.22 // indirect
 	github.com/mitchellh/go-homedir v1.1.0 // indirect
@@ -62,3 +66,11 @@ require (
 replace github.com/idemlock/lock => ../
 
 replace github.com/idemlock/lock/backends/pglock => ../backends/pglock
+
+replace github.com/idemlock/lock/backends/consullock => ../backends/consullock
+
+replace github.com/idemlock/lock/backends/etcdlock => ../backends/etcdlock
+
+replace github.com/idemlock/lock/backends/memcachedlock => ../backends/memcachedlock
+
+replace github.com/idemlock/lock/backends/redislock => ../backends/redislock

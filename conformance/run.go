@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
-	"go.uber.org/goleak"
+	"github.com/idemlock/lock/internal/leakcheck"
 )
 
 // subtest is one clause of a contract, run with parameters P.
@@ -104,7 +104,7 @@ func Run(t *testing.T, cfg Config) {
 // the run, then the goroutine-leak clause.
 func runSuite[P any](t *testing.T, scope string, clauses []subtest[P], p P) {
 	t.Helper()
-	baseline := goleak.IgnoreCurrent()
+	baseline := leakcheck.Snapshot()
 	sockets := openSockets()
 	prefix := "idemlock-conformance/" + newRunID() + "/" + scope
 	for _, st := range clauses {
@@ -120,7 +120,7 @@ func runSuite[P any](t *testing.T, scope string, clauses []subtest[P], p P) {
 	}
 	t.Run("NoGoroutineLeak", func(t *testing.T) {
 		// Every subtest's Lockers were closed by their Cleanups by now.
-		if err := goleak.Find(baseline); err != nil {
+		if err := leakcheck.Find(baseline); err != nil {
 			t.Errorf("contract clause violated: no goroutine outlives its owner: %v\nlikely cause: Close does not stop the goroutines the Locker started (subscriptions, renewals), or NewLocker does not close the Locker with t.Cleanup", err)
 		}
 	})

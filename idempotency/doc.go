@@ -149,7 +149,11 @@
 //   - Complete fails with an unknown outcome (timeout, dropped
 //     connection): retried within WithStoreTimeout, a Claim recognising
 //     an attempt that was applied; only [ErrRecordTooLarge] stores a
-//     tombstone; a Complete that never succeeds releases the key.
+//     tombstone; a Complete that never succeeds releases the key, so a
+//     retry runs the work again: a store down for longer than
+//     WithStoreTimeout when the work ends can let the effect happen twice
+//     (measured in RELIABILITY.md; the work's own idempotency, such as a
+//     payment provider's key, is the remedy).
 //   - The store refuses the record as too large: a tombstone; duplicates
 //     get 422 ProblemNotReplayable and the work never runs again.
 //   - A response a record cannot replay (streamed, hijacked, trailers, an

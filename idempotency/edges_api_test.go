@@ -19,11 +19,7 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/backends/consullock"
-	"github.com/idemlock/lock/backends/etcdlock"
-	"github.com/idemlock/lock/backends/memcachedlock"
 	"github.com/idemlock/lock/backends/memlock"
-	"github.com/idemlock/lock/backends/redislock"
 	"github.com/idemlock/lock/idempotency"
 )
 
@@ -159,21 +155,6 @@ func TestDoLeaseLostNamesCause(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "refresh") || !strings.Contains(err.Error(), "caller's context") {
 		t.Errorf("error %q does not name the cause (a refresh found the lease gone; the caller had left)", err)
-	}
-}
-
-// Item 6: every backend's "record too large" error wraps the one
-// sentinel, which matches lock.ErrInvalidArgument.
-func TestRecordTooLargeOneSentinel(t *testing.T) {
-	for name, err := range map[string]error{
-		"redislock":     redislock.ErrRecordTooLarge,
-		"etcdlock":      etcdlock.ErrRecordTooLarge,
-		"memcachedlock": memcachedlock.ErrRecordTooLarge,
-		"consullock":    &consullock.RecordTooLargeError{Size: 2, Limit: 1},
-	} {
-		if !errors.Is(err, idempotency.ErrRecordTooLarge) || !errors.Is(err, lock.ErrInvalidArgument) {
-			t.Errorf("%s: %v does not match idempotency.ErrRecordTooLarge and lock.ErrInvalidArgument", name, err)
-		}
 	}
 }
 

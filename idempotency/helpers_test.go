@@ -16,10 +16,10 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
 	"github.com/idemlock/lock/idempotency"
-	"go.uber.org/goleak"
+	"github.com/idemlock/lock/internal/leakcheck"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leakcheck.VerifyTestMain(m) }
 
 // newGuard returns a Guard on a fresh memlock table, scoped by the X-User
 // header so tests can play several callers ("anonymous" without one).

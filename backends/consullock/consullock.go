@@ -55,6 +55,16 @@
 // handed to a take only while it was renewed less than an eighth of the TTL
 // ago (at most 500 ms), so a lease holds at least its TTL minus that.
 //
+// One server fault breaks that bound: a Consul server that stands still
+// (SIGSTOP, a VM frozen) for longer than a session's TTL runs, when it
+// resumes, the session timers that fell due meanwhile at the same time as
+// the renewals and takes it accepted on resume, and Consul does not order
+// them: a session renewed at that moment can still be invalidated just
+// after, so a lease taken or refreshed then is lost well before its TTL
+// (the torture harness measured it, RELIABILITY.md). The lease's loss
+// watcher cancels lock.KeepAlive's context when the key goes; fencing
+// tokens keep increasing, so a fenced resource is safe.
+//
 // # Waiting
 //
 // *Locker implements [lock.Notifier]: [lock.Acquire] waits with Consul

@@ -11,15 +11,14 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/consullock"
 	"github.com/idemlock/lock/conformance"
-	"go.uber.org/goleak"
+	"github.com/idemlock/lock/internal/leakcheck"
 )
 
 // noLeaks checks, after every other clean-up of the test, that the test
 // left no goroutine behind.
 func noLeaks(t *testing.T) {
 	t.Helper()
-	base := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, base) })
+	leakcheck.Check(t)
 }
 
 func take(t *testing.T, l lock.Locker, k string, ttl time.Duration) lock.Lease {

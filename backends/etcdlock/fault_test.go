@@ -10,9 +10,9 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/etcdlock"
 	"github.com/idemlock/lock/backends/memlock"
+	"github.com/idemlock/lock/internal/leakcheck"
 	"github.com/idemlock/lock/internal/testenv"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 )
 
@@ -227,7 +227,7 @@ func TestWaitCancelled(t *testing.T) {
 	}
 	defer le.Release(context.WithoutCancel(ctx))
 	etcdlock.Quiesce(holder)
-	baseline := goleak.IgnoreCurrent()
+	baseline := leakcheck.Snapshot()
 	func() {
 		cli, err := clientv3.New(clientv3.Config{Endpoints: testenv.EtcdEndpoints(t), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 		if err != nil {
@@ -269,7 +269,7 @@ func TestWaitCancelled(t *testing.T) {
 	}()
 	// Everything started since the baseline (the waiter's client, Locker
 	// and watch) has ended.
-	if err := goleak.Find(baseline); err != nil {
+	if err := leakcheck.Find(baseline); err != nil {
 		t.Errorf("goroutines left behind: %v", err)
 	}
 }

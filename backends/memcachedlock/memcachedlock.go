@@ -102,6 +102,15 @@
 // holders in, and moves a key's token counter too (tokens then restart from
 // the clock, as after a loss). Change the list only while no lock is held.
 //
+// Known issue (found by the torture harness, not fixed yet): a TryAcquire
+// whose own add was applied can still return an error matching
+// lock.ErrNotAcquired when its token came after the TTL (a slow network
+// or a paused process), when its item was gone at the check after the
+// incr, or when the add's reply was lost and the lookup that should
+// recognise the item as its own failed. The key then stays held by an
+// item no lease knows of until its TTL ends. Safety is unaffected: the
+// caller does not hold the key and its token is never used.
+//
 // # TTLs
 //
 // memcached counts expiry in whole seconds on a clock that ticks once a

@@ -1,6 +1,6 @@
 module github.com/idemlock/lock/backends/pglock
 
-go 1.26.0
+go 1.25.0
 
 require (
 	github.com/idemlock/lock v0.0.0-00010101000000-000000000000
@@ -12,9 +12,8 @@ require (
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
-	go.uber.org/goleak v1.3.0 // indirect
-	golang.org/x/sync v0.24.0 // indirect
-	golang.org/x/text v0.43.0 // indirect
+	golang.org/x/sync v0.22.0 // indirect
+	golang.org/x/text v0.41.0 // indirect
 )
 
 replace github.com/idemlock/lock => ../..

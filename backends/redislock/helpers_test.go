@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idemlock/lock/internal/leakcheck"
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 )
 
 // nodes returns a plain client for every server of tp: the single node, or
@@ -113,12 +113,7 @@ func waitFor(tb testing.TB, what string, within time.Duration, cond func() bool)
 // noLeak checks, after every other clean-up of t has run, that no
 // goroutine started during t is left.
 func noLeak(t *testing.T) {
-	opts := []goleak.Option{goleak.IgnoreCurrent()}
-	t.Cleanup(func() {
-		if err := goleak.Find(opts...); err != nil {
-			t.Errorf("goroutines left behind: %v", err)
-		}
-	})
+	leakcheck.Check(t)
 }
 
 // quietSentinel is go-redis's logger for this test binary: it drops the

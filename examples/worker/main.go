@@ -6,7 +6,7 @@
 // twice. The side effect (sending a receipt email) still happens exactly
 // once per message.
 //
-//	go run ./examples/worker [-backend URL]
+//	go run ./examples/worker [-backend mem://]
 //
 // The exit status is 1 if any message's side effect did not happen exactly
 // once.
@@ -28,11 +28,9 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/idempotency"
 
-	_ "github.com/idemlock/lock/backends/consullock"
-	_ "github.com/idemlock/lock/backends/etcdlock"
-	_ "github.com/idemlock/lock/backends/memcachedlock"
+	// memlock registers mem:// for lock.Open; a networked backend's URL
+	// needs that backend's module imported the same way.
 	_ "github.com/idemlock/lock/backends/memlock"
-	_ "github.com/idemlock/lock/backends/redislock"
 )
 
 func main() {

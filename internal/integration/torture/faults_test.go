@@ -151,9 +151,15 @@ func process(name string, d time.Duration, start func() *faults.Fault) Fault {
 	}
 }
 
-// serverPause pauses the server (SIGSTOP) for d.
-func serverPause(t *testing.T, tp *faults.Topology, unit string, d time.Duration) Fault {
-	return process(fmt.Sprintf("server paused %v", d), d, func() *faults.Fault { return tp.Pause(t, unit) })
+// serverPause pauses the server (SIGSTOP) for d; pauseLoss, if set,
+// explains the leases the server loses early when it resumes.
+func serverPause(t *testing.T, tp *faults.Topology, unit string, d time.Duration, pauseLoss string) Fault {
+	f := process(fmt.Sprintf("server paused %v", d), d, func() *faults.Fault { return tp.Pause(t, unit) })
+	if pauseLoss != "" {
+		f.Breaks = []string{CheckExclusion, CheckLoss, CheckLinear}
+		f.Caveat = pauseLoss
+	}
+	return f
 }
 
 // serverKill kills the server (kill -9) and starts it again after d, with

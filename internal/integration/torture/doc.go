@@ -23,7 +23,7 @@
 // fencing tokens) and, for the idempotency clients, the effect count. A
 // violation under a fault whose documented caveat covers that check is
 // counted apart ([Violation].Caveat). [Summarize] and [WriteReport] make
-// RELIABILITY.md of it (internal/cmd/torture, `make torture`).
+// RELIABILITY.md of it (internal/integration/cmd/torture, `make torture`).
 //
 // TestTorture is the matrix, every backend on its single server and its
 // cluster topology: short by default (`make test`, each fault once) and

@@ -15,10 +15,10 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/hashicorp/consul/api"
+	"github.com/idemlock/lock/internal/leakcheck"
 	"github.com/idemlock/lock/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 )
 
 // unique returns a key and a value no other run of the smoke tests uses.
@@ -34,7 +34,7 @@ func ctx(t *testing.T) context.Context {
 }
 
 func TestSmokeRedis(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	defer leakcheck.VerifyNone(t)
 	addr := testenv.RedisAddr(t)
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer func() {
@@ -60,7 +60,7 @@ func TestSmokeRedis(t *testing.T) {
 }
 
 func TestSmokeRedisCluster(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	defer leakcheck.VerifyNone(t)
 	addrs := testenv.RedisClusterAddrs(t)
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
 	defer func() {
@@ -135,7 +135,7 @@ func TestSmokeRedisCluster(t *testing.T) {
 }
 
 func TestSmokeEtcd(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	defer leakcheck.VerifyNone(t)
 	endpoints := testenv.EtcdEndpoints(t)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
 	if err != nil {
@@ -164,7 +164,7 @@ func TestSmokeEtcd(t *testing.T) {
 }
 
 func TestSmokeConsul(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	defer leakcheck.VerifyNone(t)
 	cfg := api.DefaultConfig()
 	cfg.Address = testenv.ConsulAddr(t)
 	cfg.Scheme = "http"
@@ -203,7 +203,7 @@ func TestSmokeConsul(t *testing.T) {
 }
 
 func TestSmokeMemcached(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	defer leakcheck.VerifyNone(t)
 	mc := memcache.New(testenv.MemcachedAddr(t))
 	defer func() {
 		if err := mc.Close(); err != nil {

@@ -1,19 +1,16 @@
-// Command checkout tells idemlock's story end to end: a checkout endpoint
-// whose handler charges a card, behind the idempotency middleware, and a
-// client that behaves like real users and networks do — it double-clicks,
-// fires a burst, times out and retries, gives up on a charge that takes
-// longer than the key's lease, retries with a changed cart, and hits a
-// failing payment provider. It prints what happened and checks that every
-// key was charged exactly once.
+// Package story is the story the checkout example tells (see
+// examples/checkout): a checkout endpoint whose handler charges a card,
+// behind the idempotency middleware, and a client that behaves like real
+// users and networks do — it double-clicks, fires a burst, times out and
+// retries, gives up on a charge that takes longer than the key's lease,
+// retries with a changed cart, and hits a failing payment provider. Run
+// prints what happened and checks that every key was charged exactly once.
 //
-//	go run ./examples/checkout                          # embedded mem:// backend
-//	go run ./examples/checkout -backend redis://127.0.0.1:6379/0
-//	go run ./examples/checkout -backend etcd://127.0.0.1:2379
-//	go run ./examples/checkout -backend consul://127.0.0.1:8500
-//	go run ./examples/checkout -backend memcached://127.0.0.1:11211
-//
-// The exit status is 1 if any key was charged other than once.
-package main
+// The story opens its backend with lock.Open, so it runs on every backend
+// its command imports: examples/checkout imports memlock only (the root
+// module needs no server client); internal/integration/cmd/checkout, in the
+// integration module, imports every backend.
+package story
 
 import (
 	"context"
@@ -36,23 +33,24 @@ import (
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/idempotency"
-
-	// Each backend registers its URL scheme for lock.Open.
-	_ "github.com/idemlock/lock/backends/consullock"
-	_ "github.com/idemlock/lock/backends/etcdlock"
-	_ "github.com/idemlock/lock/backends/memcachedlock"
-	_ "github.com/idemlock/lock/backends/memlock"
-	_ "github.com/idemlock/lock/backends/redislock"
 )
 
-func main() {
-	backend := flag.String("backend", "mem://", "lock backend URL: mem://, redis://host:port, etcd://host:port, consul://host:port, memcached://host:port")
+// Main is a command's main: it parses the flags -backend (the URL of the
+// lock backend, mem:// by default) and -v (print every request and
+// response), tells the story and exits with Run's status.
+func Main() {
+	backend := flag.String("backend", "mem://", "lock backend URL: "+strings.Join(lock.Schemes(), "://, ")+"://")
 	verbose := flag.Bool("v", false, "print every request and response")
 	flag.Parse()
-	os.Exit(run(*backend, *verbose, os.Stdout))
+	os.Exit(Run(*backend, *verbose, os.Stdout))
 }
 
-func run(backendURL string, verbose bool, out io.Writer) int {
+// Run tells the story on the backend that backendURL opens (its scheme
+// must be registered: import the backend's package), writing the report,
+// and every request and response if verbose, to out. It returns the exit
+// status: 0 if every key was charged exactly once, 1 if not, 2 if the story
+// could not start.
+func Run(backendURL string, verbose bool, out io.Writer) int {
 	ctx := context.Background()
 	b, err := lock.Open(ctx, backendURL)
 	if err != nil {

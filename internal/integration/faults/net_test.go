@@ -12,22 +12,17 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock/internal/faults"
+	"github.com/idemlock/lock/internal/leakcheck"
 	"github.com/idemlock/lock/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 )
 
 // noLeak checks, after every other clean-up of t, that no goroutine
 // started during t is left: proxies wait for their goroutines on close.
 func noLeak(t *testing.T) {
-	opts := []goleak.Option{goleak.IgnoreCurrent()}
-	t.Cleanup(func() {
-		if err := goleak.Find(opts...); err != nil {
-			t.Errorf("goroutines left behind: %v", err)
-		}
-	})
+	leakcheck.Check(t)
 }
 
 // redisClient returns a client of addr that does not retry and gives up

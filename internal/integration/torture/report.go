@@ -38,15 +38,15 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 	p.line("faults come and go. Every lock operation is recorded with its call and return time on a clock all processes")
 	p.line("share (CLOCK_MONOTONIC), and the history is judged by the checks below. The harness is shown to catch")
 	p.line("deliberately broken lockers (no owner check, token reset at expiry, refresh after expiry, reused tokens) by")
-	p.line("`TestHarnessBites` in internal/torture.")
+	p.line("`TestHarnessBites` in internal/integration/torture.")
 	p.line("")
 
 	backends := backendOrder(cells)
 	groups := groupOrder(cells)
 	p.line("## Summary")
 	p.line("")
-	p.line("Violations that nothing explains (in bold), then those a known issue explains (found by this harness, their")
-	p.line("fixes tracked elsewhere: see each backend's section), and in parentheses those a fault's documented caveat")
+	p.line("Violations that nothing explains (in bold), then those a known issue explains (found by this harness, stated")
+	p.line("in the package docs it names, not fixed yet: see each backend's section), and in parentheses those a fault's documented caveat")
 	p.line("explains (see [Caveats](#caveats)). Fenced safety, token order, linearizability and effect count must be 0")
 	p.line("but for caveats; `make test` runs a short version of this matrix and fails otherwise (known issues too with")
 	p.line("`-torture.strict`).")
@@ -220,7 +220,7 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 			ex = "'" + c.Test + "'"
 		}
 	}
-	p.line("go test ./internal/torture -count=1 -v -timeout 30m -run %s -args -torture.long -torture.takes 20000", ex)
+	p.line("cd internal/integration && go test ./torture -count=1 -v -timeout 30m -run %s -args -torture.long -torture.takes 20000", ex)
 	p.line("```")
 	p.line("")
 	p.line("Without `-torture.long` the cell runs its short version (each fault once), as `make test` does. The subtest")
@@ -432,7 +432,7 @@ func (p *printer) list(title string, lines []string) {
 }
 
 // knownIssues lists the known issues that explain some of a backend's
-// violations: found by this harness, their fixes tracked elsewhere.
+// violations: found by this harness, documented, not fixed yet.
 func knownIssues(p *printer, cells []Cell, backend string) {
 	seen := map[string]bool{}
 	var lines []string
@@ -447,5 +447,5 @@ func knownIssues(p *printer, cells []Cell, backend string) {
 			}
 		}
 	}
-	p.list("Known issues behind the violations above (found by this harness; their fixes are tracked elsewhere):", lines)
+	p.list("Known issues behind the violations above (found by this harness, stated in the package docs they name, not fixed yet):", lines)
 }

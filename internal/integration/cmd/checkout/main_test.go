@@ -5,27 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/idemlock/lock/examples/checkout/story"
 	"github.com/idemlock/lock/internal/testenv"
 )
-
-func TestStory(t *testing.T) {
-	var out bytes.Buffer
-	if code := run("mem://", false, &out); code != 0 {
-		t.Fatalf("exit %d:\n%s", code, &out)
-	}
-	for _, want := range []string{"OK: exactly one charge per key", "409 Conflict", "422 Unprocessable Entity", "502 Bad Gateway", "replayed", "client gave up", "Slower than the lease"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("the report lacks %q:\n%s", want, &out)
-		}
-	}
-}
-
-func TestStoryBadBackend(t *testing.T) {
-	var out bytes.Buffer
-	if code := run("nosuch://x", false, &out); code == 0 {
-		t.Fatalf("an unknown scheme exited 0:\n%s", &out)
-	}
-}
 
 // The same story runs on every real backend, through lock.Open.
 func TestStoryOnBackends(t *testing.T) {
@@ -41,7 +23,7 @@ func TestStoryOnBackends(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
-			if code := run(tc.url(t), false, &out); code != 0 {
+			if code := story.Run(tc.url(t), false, &out); code != 0 {
 				t.Fatalf("exit %d:\n%s", code, &out)
 			}
 		})

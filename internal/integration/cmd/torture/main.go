@@ -1,13 +1,18 @@
 // Command torture runs idemlock's torture matrix and writes RELIABILITY.md.
 //
-// It runs the long version of TestTorture in internal/torture (every backend
+// It runs the long version of TestTorture in internal/integration/torture (every backend
 // on a private server, under every fault, for at least -takes contended
 // takes per backend), collects each cell's summary, and renders the report
 // with a description of the machine:
 //
 //	eval "$(scripts/servers.sh env)"       # the servers' variables (make torture sets them)
-//	go run ./internal/cmd/torture           # about 45 minutes on a 2-core machine
-//	go run ./internal/cmd/torture -from .torture/cells.json   # render again without running (machine.json beside it)
+//	cd internal/integration
+//	go run ./cmd/torture                    # about 45 minutes on a 2-core machine
+//	go run ./cmd/torture -from .torture/cells.json   # render again without running (machine.json beside it)
+//
+// It runs in the repository's root folder wherever it is started (the
+// integration module is a module of its own, so `make torture` starts it
+// there): the paths of its flags are relative to the root.
 //
 // Porcupine's visualisations of failing histories are kept in
 // .torture/vis. The exit status is 1 if the test failed: a fenced-safety,
@@ -28,7 +33,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/idemlock/lock/internal/torture"
+	"github.com/idemlock/lock/internal/integration/torture"
+	"github.com/idemlock/lock/internal/testenv"
 )
 
 func main() {
@@ -45,6 +51,18 @@ func main() {
 func mainErr(out, dir, from string, takes int, run string, timeout time.Duration) int {
 	start := time.Now()
 	status := 0
+	// The root is the folder of scripts/servers.sh; the torture package
+	// is tested from its module's folder.
+	script, err := testenv.Script()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "torture:", err)
+		return 2
+	}
+	root := filepath.Dir(filepath.Dir(script))
+	if err := os.Chdir(root); err != nil {
+		fmt.Fprintln(os.Stderr, "torture:", err)
+		return 2
+	}
 	path := from
 	if path == "" {
 		if err := os.MkdirAll(filepath.Join(dir, "vis"), 0o755); err != nil {
@@ -57,11 +75,12 @@ func mainErr(out, dir, from string, takes int, run string, timeout time.Duration
 			return 2
 		}
 		path = filepath.Join(abs, "cells.json")
-		args := []string{"test", "./internal/torture", "-count=1", "-v", "-timeout", timeout.String(), "-run", run,
+		args := []string{"test", "./torture", "-count=1", "-v", "-timeout", timeout.String(), "-run", run,
 			"-args", "-torture.long", fmt.Sprintf("-torture.takes=%d", takes),
 			"-torture.json=" + path, "-torture.vis=" + filepath.Join(abs, "vis")}
 		fmt.Fprintf(os.Stderr, "torture: go %s\n", strings.Join(args, " "))
 		cmd := exec.Command("go", args...)
+		cmd.Dir = filepath.Join(root, "internal", "integration")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		cmd.Env = append(os.Environ(), "IDEMLOCK_REQUIRE_SERVERS=1")
 		if err := cmd.Run(); err != nil {
