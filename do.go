@@ -11,9 +11,12 @@ import (
 // returns, with a fresh context bounded by [WithReleaseTimeout], even if ctx
 // was cancelled or fn panicked (the panic then continues).
 //
-// fn receives the Keeper's context: it is cancelled the moment the lease is
-// lost, so fn must stop touching the protected resource when it ends. The TTL
-// comes from [WithTTL] (default [DefaultTTL]).
+// fn receives the Keeper's context and the lease. The context is cancelled
+// the moment the lease is lost, so fn must stop touching the protected
+// resource when it ends. The lease is there for its fencing token
+// ([Lease.Token]), which fn passes with every write so that the resource
+// can refuse a holder that lost the lock; fn must not Refresh or Release
+// it, as Do does both. The TTL comes from [WithTTL] (default [DefaultTTL]).
 //
 // The error is fn's, joined with an error matching [ErrLeaseLost] if the
 // lease was lost while fn ran (fn may then not have run alone), or with the
@@ -22,7 +25,7 @@ import (
 // while longer, and the release frees it for the next holder at once (it is
 // owner-checked, so it never frees a newer holder's lock). Only a loss the
 // backend reported (an error matching [ErrNotHeld]) skips the release.
-func Do(ctx context.Context, l Locker, key string, fn func(ctx context.Context) error, opts ...Option) (err error) {
+func Do(ctx context.Context, l Locker, key string, fn func(ctx context.Context, lease Lease) error, opts ...Option) (err error) {
 	if fn == nil {
 		return fmt.Errorf("%w: nil function", ErrInvalidArgument)
 	}
@@ -55,7 +58,7 @@ func Do(ctx context.Context, l Locker, key string, fn func(ctx context.Context) 
 			err = errors.Join(err, rerr)
 		}
 	}()
-	return fn(k.Context())
+	return fn(k.Context(), lease)
 }
 
 // releaseDetached releases lease with a context that keeps ctx's values but

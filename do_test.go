@@ -14,7 +14,7 @@ import (
 func TestDoHoldsTheLockDuringFn(t *testing.T) {
 	l := memlock.New()
 	ran := false
-	err := lock.Do(t.Context(), l, "k", func(ctx context.Context) error {
+	err := lock.Do(t.Context(), l, "k", func(ctx context.Context, lease lock.Lease) error {
 		ran = true
 		if _, err := l.TryAcquire(ctx, "k", time.Second); !errors.Is(err, lock.ErrNotAcquired) {
 			t.Errorf("key not held inside Do: %v", err)
@@ -29,9 +29,39 @@ func TestDoHoldsTheLockDuringFn(t *testing.T) {
 	}
 }
 
+// TestDoPassesTheLease: fn gets the lease Do holds, so the fencing token
+// is at hand, and the lease is released once fn returned.
+func TestDoPassesTheLease(t *testing.T) {
+	l := memlock.New()
+	before, err := l.TryAcquire(t.Context(), "k", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := before.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var got lock.Lease
+	err = lock.Do(t.Context(), l, "k", func(ctx context.Context, lease lock.Lease) error {
+		got = lease
+		if lease == nil {
+			return errors.New("nil lease")
+		}
+		if lease.Key() != "k" || lease.Token() <= before.Token() {
+			t.Errorf("fn got lease %q token %d, want key k and a token above %d", lease.Key(), lease.Token(), before.Token())
+		}
+		return lease.Refresh(ctx, time.Second) // the lease fn got holds the key
+	})
+	if err != nil {
+		t.Fatalf("Do = %v", err)
+	}
+	if err := got.Refresh(t.Context(), time.Second); !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("Refresh of fn's lease after Do = %v, want ErrNotHeld: Do releases it", err)
+	}
+}
+
 func TestDoReturnsFnError(t *testing.T) {
 	boom := testError("boom")
-	err := lock.Do(t.Context(), memlock.New(), "k", func(context.Context) error { return boom })
+	err := lock.Do(t.Context(), memlock.New(), "k", func(context.Context, lock.Lease) error { return boom })
 	if !errors.Is(err, boom) {
 		t.Errorf("Do = %v, want fn's error", err)
 	}
@@ -45,7 +75,7 @@ func TestDoReleasesAfterPanic(t *testing.T) {
 				t.Errorf("recovered %v, want the fn's panic to continue", r)
 			}
 		}()
-		_ = lock.Do(t.Context(), l, "k", func(context.Context) error { panic("kaboom") })
+		_ = lock.Do(t.Context(), l, "k", func(context.Context, lock.Lease) error { panic("kaboom") })
 	}()
 	if l.Len() != 0 {
 		t.Errorf("key still held after fn panicked")
@@ -55,7 +85,7 @@ func TestDoReleasesAfterPanic(t *testing.T) {
 func TestDoReleasesAfterCancellation(t *testing.T) {
 	l := memlock.New()
 	ctx, cancel := context.WithCancel(t.Context())
-	err := lock.Do(ctx, l, "k", func(ctx context.Context) error {
+	err := lock.Do(ctx, l, "k", func(ctx context.Context, lease lock.Lease) error {
 		cancel()
 		<-ctx.Done()
 		return ctx.Err()
@@ -72,7 +102,7 @@ func TestDoReportsLoss(t *testing.T) {
 	w := &wrapped{inner: memlock.New(), refresh: func(context.Context, lock.Lease, time.Duration) error {
 		return lock.ErrNotHeld
 	}}
-	err := lock.Do(t.Context(), w, "k", func(ctx context.Context) error {
+	err := lock.Do(t.Context(), w, "k", func(ctx context.Context, lease lock.Lease) error {
 		<-ctx.Done() // the lease is lost at its first refresh
 		return nil
 	}, lock.WithTTL(30*time.Millisecond))
@@ -90,7 +120,7 @@ func TestDoWaitsForTheKey(t *testing.T) {
 	entered := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- lock.Do(t.Context(), l, "k", func(context.Context) error { close(entered); return nil })
+		done <- lock.Do(t.Context(), l, "k", func(context.Context, lock.Lease) error { close(entered); return nil })
 	}()
 	select {
 	case <-entered:
@@ -110,13 +140,13 @@ func TestDoBadInput(t *testing.T) {
 	if err := lock.Do(t.Context(), l, "k", nil); !errors.Is(err, lock.ErrInvalidArgument) {
 		t.Errorf("nil fn: %v", err)
 	}
-	if err := lock.Do(t.Context(), nil, "k", func(context.Context) error { return nil }); !errors.Is(err, lock.ErrInvalidArgument) {
+	if err := lock.Do(t.Context(), nil, "k", func(context.Context, lock.Lease) error { return nil }); !errors.Is(err, lock.ErrInvalidArgument) {
 		t.Errorf("nil Locker: %v", err)
 	}
-	if err := lock.Do(t.Context(), l, "k", func(context.Context) error { return nil }, lock.WithTTL(0)); !errors.Is(err, lock.ErrInvalidTTL) {
+	if err := lock.Do(t.Context(), l, "k", func(context.Context, lock.Lease) error { return nil }, lock.WithTTL(0)); !errors.Is(err, lock.ErrInvalidTTL) {
 		t.Errorf("zero TTL: %v", err)
 	}
-	if err := lock.Do(t.Context(), l, "k", func(context.Context) error { return nil }, lock.WithReleaseTimeout(0)); !errors.Is(err, lock.ErrInvalidArgument) {
+	if err := lock.Do(t.Context(), l, "k", func(context.Context, lock.Lease) error { return nil }, lock.WithReleaseTimeout(0)); !errors.Is(err, lock.ErrInvalidArgument) {
 		t.Errorf("zero release timeout: %v", err)
 	}
 }
@@ -161,7 +191,7 @@ func (le *lateLease) Release(ctx context.Context) error {
 // local deadline may still be held by the server, so Do must release it.
 func TestDoReleasesAfterLocalDeadline(t *testing.T) {
 	l := &lateExpiry{inner: memlock.New()}
-	err := lock.Do(t.Context(), l, "k", func(ctx context.Context) error {
+	err := lock.Do(t.Context(), l, "k", func(ctx context.Context, lease lock.Lease) error {
 		<-ctx.Done() // lost at the local deadline
 		return nil
 	}, lock.WithTTL(60*time.Millisecond))
@@ -187,7 +217,7 @@ func TestDoSkipsReleaseAfterReportedLoss(t *testing.T) {
 		releases.Add(1)
 		return inner.Release(ctx)
 	}
-	err := lock.Do(t.Context(), w, "k", func(ctx context.Context) error {
+	err := lock.Do(t.Context(), w, "k", func(ctx context.Context, lease lock.Lease) error {
 		<-ctx.Done()
 		return nil
 	}, lock.WithTTL(60*time.Millisecond))

@@ -20,14 +20,16 @@ func ExampleDo() {
 	}
 	defer l.Close()
 
-	err = lock.Do(ctx, l, "invoice:42", func(ctx context.Context) error {
-		// ctx is cancelled if the lease is lost: stop writing then.
-		fmt.Println("sending invoice 42 once")
+	err = lock.Do(ctx, l, "invoice:42", func(ctx context.Context, lease lock.Lease) error {
+		// ctx is cancelled if the lease is lost: stop writing then. The
+		// fencing token goes with every write, so that the resource can
+		// refuse a holder that lost the lock.
+		fmt.Println("sending invoice 42 once with fencing token", lease.Token())
 		return nil
 	}, lock.WithTTL(5*time.Second))
 	fmt.Println("err:", err)
 	// Output:
-	// sending invoice 42 once
+	// sending invoice 42 once with fencing token 1
 	// err: <nil>
 }
 

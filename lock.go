@@ -11,7 +11,8 @@
 //     the holder's remaining time;
 //   - [KeepAlive], which renews a lease in the background and hands out a
 //     context that is cancelled the moment the lease is lost;
-//   - [Do], which acquires, runs a function under keep-alive and releases;
+//   - [Do], which acquires, runs a function under keep-alive (handing it the
+//     lease, for its fencing token) and releases;
 //   - [Open], a URL scheme registry so the backend can be a config value.
 //
 // # Keys

@@ -77,7 +77,9 @@ func Replayed(p *bool) DoOption { return func(d *doConfig) { d.replayed = p } }
 //     returned at once (see [Replayed]); a stored [Permanent] error comes
 //     back as a [*StoredError].
 //   - If another call holds the key, Do returns an [*InProgressError]: nack
-//     the message with a delay of its RetryAfter, do not ack it.
+//     the message with a delay of its RetryAfter (the holder's remaining
+//     lease time when the Store reports it, capped by
+//     [WithMaxRetryAfter]), do not ack it.
 //   - Otherwise fn runs under the lease, renewed in the background by
 //     lock.KeepAlive (started once the work outlasts a third of the lease
 //     TTL, when the first refresh is due). Its context carries the fencing
@@ -99,7 +101,8 @@ func Replayed(p *bool) DoOption { return func(d *doConfig) { d.replayed = p } }
 //
 // Nothing marks the key as done before fn has returned and its result is
 // stored, so a crash at any point leaves the key to be retried, never
-// "seen" without having been processed.
+// "seen" without having been processed. After [Guard.Shutdown], Do
+// returns [ErrShutdown] without claiming the key.
 func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Context) (T, error), opts ...DoOption) (result T, err error) {
 	if g == nil {
 		return result, fmt.Errorf("%w: nil Guard", lock.ErrInvalidArgument)
@@ -127,6 +130,10 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 	}
 	fp := workerFingerprint(dc.payload)
 	skey := storageKey(domainWorkerKey, g.cfg.namespace, "", key)
+	if !g.life.enter() {
+		return result, ErrShutdown
+	}
+	defer g.life.leave()
 
 	sent := time.Now()
 	lease, stored, holder, err := g.claim(ctx, skey, &fp)
@@ -134,9 +141,9 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 	case errors.Is(err, lock.ErrNotAcquired) && reused(holder, &fp):
 		return result, fmt.Errorf("%w: the payload differs from the one in progress", ErrKeyReused)
 	case errors.Is(err, lock.ErrNotAcquired):
-		return result, &InProgressError{RetryAfter: g.cfg.retryAfter}
+		return result, &InProgressError{RetryAfter: g.retryAfter(err)}
 	case err != nil:
-		return result, storeError("claim", err)
+		return result, err // a *StoreError naming the claim
 	case lease == nil:
 		if dc.replayed != nil {
 			*dc.replayed = true
@@ -191,8 +198,6 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 				cause = fmt.Errorf("%w (the caller's context had ended too: %w)", cause, context.Cause(ctx))
 			}
 			cerr = &LeaseLostError{Key: key, Cause: cause}
-		} else {
-			cerr = storeError("complete", cerr)
 		}
 		return result, errors.Join(ferr, cerr)
 	}

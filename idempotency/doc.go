@@ -43,8 +43,10 @@
 //	body over WithMaxRequestBody (1 MiB)             413 ProblemBodyTooLarge
 //	new key                                          the handler runs; its response is sent
 //	                                                 as written and stored or released (below)
-//	same key while the first is in flight            409 ProblemInProgress with Retry-After,
-//	                                                 or with WithWait: waits, then replays
+//	same key while the first is in flight            409 ProblemInProgress with Retry-After
+//	                                                 (the holder's remaining lease time, at
+//	                                                 most WithMaxRetryAfter, 10 s), or with
+//	                                                 WithWait: waits, then replays
 //	same key, different method, route, query         422 ProblemKeyReused (while the first
 //	  or body                                        is in flight too, on a Store that is
 //	                                                 a FingerprintClaimer)
@@ -52,9 +54,11 @@
 //	                                                 headers, with Idempotent-Replayed: true
 //	same key, completed but not replayable           422 ProblemNotReplayable
 //	  (tombstone: see below)
-//	Store unreachable                                503 ProblemStoreUnavailable (fail
-//	                                                 closed), or unguarded with FailOpen
+//	Store unreachable, or no answer to the claim     503 ProblemStoreUnavailable (fail
+//	  within WithStoreTimeout (5 s)                  closed) naming the call, or unguarded
+//	                                                 with FailOpen
 //	request context ended before it was processed   503 ProblemRequestEnded with Retry-After
+//	after Guard.Shutdown                             503 ProblemShuttingDown with Retry-After
 //
 // The key is the header value (name set by WithHeader), as a bare token or
 // a quoted Structured Field String, with RFC 8941 parameters allowed and
@@ -157,8 +161,13 @@
 //     lines): a tombstone, decided when it is stored.
 //   - A stored record that cannot be decoded (corrupt, unknown version, a
 //     status net/http refuses): 500 ProblemRecordUnreadable, never a panic.
-//   - The store is unreachable at the claim: 503 ProblemStoreUnavailable
-//     (or the handler runs unguarded with FailOpen); Do returns ErrStore.
+//   - The store is unreachable at the claim, or does not answer it within
+//     WithStoreTimeout (every store call the Guard makes is bounded by it:
+//     claim, a waiting duplicate's claims and subscription, Complete,
+//     Release): 503 ProblemStoreUnavailable within the store timeout, its
+//     detail and the log naming the call (or the handler runs unguarded
+//     with FailOpen); Do returns a [*StoreError] (matching ErrStore) that
+//     names it.
 //   - WithWait's release events fail (a broken subscription): the wait
 //     polls until it ends, then 409 or the replay.
 //   - WithScope set and it returns "": 403 ProblemScopeMissing, a logged
@@ -218,6 +227,19 @@
 // stored too and returned to duplicates as a [*StoredError] that matches
 // the same sentinels. Nothing marks a message seen before it was processed
 // and its result stored, so a crash anywhere leaves it to be retried.
+//
+// A cron job that every instance schedules runs once per period with
+// [Once], keyed by the period's start (lock.Do only keeps runs from
+// overlapping, so each instance would run it once per period):
+//
+//	ran, err := idempotency.Once(ctx, guard, "nightly-report", 24*time.Hour,
+//		func(ctx context.Context, day time.Time) error { return sendReport(ctx, day) })
+//
+// # Shutdown
+//
+// [Guard.Shutdown] stops taking new claims (503 ProblemShuttingDown with
+// Retry-After; Do returns [ErrShutdown]) and waits until every claim in
+// flight was completed or released; call it before closing the backend.
 //
 // # Records
 //

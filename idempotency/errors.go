@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -167,6 +168,44 @@ func Permanent(err error) error {
 	return &permanentError{err}
 }
 
-func storeError(op string, err error) error {
-	return fmt.Errorf("%w: %s: %w", ErrStore, op, err)
+// StoreError is the error of a call to the Store that failed or did not
+// answer within the Guard's store timeout ([WithStoreTimeout]). It matches
+// [ErrStore] and whatever Err matches (context.DeadlineExceeded for a
+// timeout).
+type StoreError struct {
+	// Call names the Store call: "claim", "wait" (a duplicate waiting for
+	// the first request, see [WithWait]), "complete" or "release".
+	Call string
+	// Timeout is the store timeout when the call did not answer within it,
+	// and zero when the Store answered with an error.
+	Timeout time.Duration
+	// Err is what the Store or the context returned.
+	Err error
+}
+
+func (e *StoreError) Error() string {
+	if e.Timeout > 0 {
+		return fmt.Sprintf("idempotency: store unavailable: %s did not answer within the store timeout of %v: %v", e.Call, e.Timeout, e.Err)
+	}
+	return fmt.Sprintf("idempotency: store unavailable: %s: %v", e.Call, e.Err)
+}
+
+// Unwrap makes errors.Is match ErrStore and what Err matches.
+func (e *StoreError) Unwrap() []error { return []error{ErrStore, e.Err} }
+
+// storeError wraps err from the Store call named call, made with cctx,
+// which a parent context and the store timeout bound: a timeout is told
+// apart from the Store's own failure and from the parent's end.
+func storeError(call string, err error, cctx, parent context.Context, timeout time.Duration) error {
+	se := &StoreError{Call: call, Err: err}
+	if timedOut(cctx, parent) {
+		se.Timeout = timeout
+	}
+	return se
+}
+
+// timedOut reports whether a store call's context ended by the store
+// timeout, not with its parent.
+func timedOut(cctx, parent context.Context) bool {
+	return cctx != nil && errors.Is(cctx.Err(), context.DeadlineExceeded) && parent.Err() == nil
 }

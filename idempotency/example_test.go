@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"time"
 
 	"github.com/idemlock/lock/backends/memlock"
 	"github.com/idemlock/lock/idempotency"
@@ -107,4 +108,29 @@ func ExampleMarkTerminal() {
 	// 402 card declined
 	// 402 card declined
 	// attempts: 1
+}
+
+// Once runs a cron job once per period however many instances schedule it:
+// here three instances share one store, and the nightly report is sent once.
+func ExampleOnce() {
+	store := memlock.New() // in production a networked backend all instances reach
+	sent := 0
+	for instance := range 3 {
+		guard, err := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "jobs" }))
+		if err != nil {
+			panic(err)
+		}
+		ran, err := idempotency.Once(context.Background(), guard, "nightly-report", 24*time.Hour,
+			func(ctx context.Context, day time.Time) error {
+				sent++ // send the report for the day that starts at day
+				return nil
+			})
+		fmt.Printf("instance %d ran: %v, err: %v\n", instance, ran, err)
+	}
+	fmt.Println("reports sent:", sent)
+	// Output:
+	// instance 0 ran: true, err: <nil>
+	// instance 1 ran: false, err: <nil>
+	// instance 2 ran: false, err: <nil>
+	// reports sent: 1
 }

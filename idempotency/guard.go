@@ -26,8 +26,13 @@ const (
 	DefaultLeaseTTL = lock.DefaultTTL
 	// DefaultRetention is how long a completed record is replayed.
 	DefaultRetention = 24 * time.Hour
-	// DefaultRetryAfter is what a duplicate in flight is told to wait.
+	// DefaultRetryAfter is what a duplicate in flight is told to wait when
+	// the Store cannot tell the holder's remaining time, and what a 503 is
+	// told.
 	DefaultRetryAfter = time.Second
+	// DefaultMaxRetryAfter caps the wait a duplicate in flight is told
+	// when it is derived from the holder's remaining time.
+	DefaultMaxRetryAfter = 10 * time.Second
 	// DefaultMaxRequestBody caps the request body the middleware buffers
 	// and hashes; a larger body is refused with 413.
 	DefaultMaxRequestBody = 1 << 20
@@ -35,7 +40,7 @@ const (
 	// larger response is sent to its caller and leaves a tombstone.
 	DefaultMaxResponseBody = 1 << 20
 	// DefaultStoreTimeout bounds each call the Guard makes to the Store
-	// after the work ran (Complete, Release), on a context of its own.
+	// (see [WithStoreTimeout]).
 	DefaultStoreTimeout = 5 * time.Second
 )
 
@@ -47,14 +52,23 @@ var ErrInvalidOption = errors.New("idempotency: invalid option")
 type OptionError struct {
 	Option string // the option's name, for example "WithLeaseTTL"
 	Reason string
+	// Err is the error behind Reason when there is one: a *lock.TTLError
+	// for a TTL the Store's backend cannot honour.
+	Err error
 }
 
 func (e *OptionError) Error() string {
 	return fmt.Sprintf("idempotency: invalid option %s: %s", e.Option, e.Reason)
 }
 
-// Unwrap makes errors.Is(err, ErrInvalidOption) true.
-func (e *OptionError) Unwrap() error { return ErrInvalidOption }
+// Unwrap makes errors.Is(err, ErrInvalidOption) true, and whatever Err
+// matches (lock.ErrInvalidTTL for a TTL the backend cannot honour).
+func (e *OptionError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{ErrInvalidOption}
+	}
+	return []error{ErrInvalidOption, e.Err}
+}
 
 // Outcome is what the middleware does with a finished response.
 type Outcome int
@@ -107,6 +121,7 @@ type config struct {
 	leaseTTL     time.Duration
 	retention    time.Duration
 	retryAfter   time.Duration
+	maxRetry     time.Duration
 	wait         time.Duration
 	maxReqBody   int64
 	maxRespBody  int
@@ -117,6 +132,18 @@ type config struct {
 	logger       *slog.Logger
 	problemType  func(string) string
 	err          error
+}
+
+// positive is an option that sets the duration field returns to d, which
+// must be positive.
+func positive(option string, d time.Duration, field func(*config) *time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail(option, "%v is not positive", d)
+			return
+		}
+		*field(c) = d
+	}
 }
 
 func (c *config) fail(option, format string, args ...any) {
@@ -218,40 +245,50 @@ func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns
 // WithLeaseTTL sets the TTL of the in-progress lease (default
 // [DefaultLeaseTTL]); the lease is renewed every third of it while the work
 // runs. Backends round it to their TTL step; etcd grants at least about 2 s
-// and Consul sessions at least 10 s by default.
+// and Consul sessions at least 10 s by default. [New] and [Guard.With]
+// refuse a TTL the Store's backend reports it cannot honour (see
+// lock.TTLLimiter) with an error matching both [ErrInvalidOption] and
+// lock.ErrInvalidTTL that says what to use instead, rather than a 503 on
+// every request later.
 func WithLeaseTTL(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.fail("WithLeaseTTL", "%v is not positive", d)
-			return
-		}
-		c.leaseTTL = d
-	}
+	return positive("WithLeaseTTL", d, func(c *config) *time.Duration { return &c.leaseTTL })
 }
 
 // WithRetention sets how long a completed record is kept and replayed
 // (default [DefaultRetention]). After it a key is free again.
 func WithRetention(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.fail("WithRetention", "%v is not positive", d)
-			return
-		}
-		c.retention = d
-	}
+	return positive("WithRetention", d, func(c *config) *time.Duration { return &c.retention })
 }
 
-// WithRetryAfter sets the delay a duplicate in flight is told to wait: the
-// Retry-After of a 409 (rounded up to whole seconds) and
-// [InProgressError].RetryAfter (default [DefaultRetryAfter]).
+// WithRetryAfter sets the delay a duplicate in flight is told to wait
+// when the Store cannot tell how long the holder's lease has left, and
+// the Retry-After of a 503 (default [DefaultRetryAfter]). A duplicate in
+// flight is told the holder's remaining lease time when the Store reports
+// it (as a lock.NotAcquiredError's Remaining: every built-in backend
+// does), capped by [WithMaxRetryAfter]: the Retry-After of a 409 (rounded
+// up to whole seconds) and [InProgressError].RetryAfter.
 func WithRetryAfter(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.fail("WithRetryAfter", "%v is not positive", d)
-			return
-		}
-		c.retryAfter = d
+	return positive("WithRetryAfter", d, func(c *config) *time.Duration { return &c.retryAfter })
+}
+
+// WithMaxRetryAfter caps the delay a duplicate in flight is told to wait
+// when it is derived from the holder's remaining lease time (default
+// [DefaultMaxRetryAfter]): a holder that keeps renewing may finish long
+// before its lease would end, so a client is never told to stay away
+// longer than this.
+func WithMaxRetryAfter(d time.Duration) Option {
+	return positive("WithMaxRetryAfter", d, func(c *config) *time.Duration { return &c.maxRetry })
+}
+
+// retryAfter is the delay to tell a duplicate whose claim failed with
+// held: the holder's remaining lease time when the Store reported it,
+// capped, and the configured delay otherwise.
+func (g *Guard) retryAfter(held error) time.Duration {
+	var na *lock.NotAcquiredError
+	if errors.As(held, &na) && na.Remaining > 0 {
+		return min(na.Remaining, g.cfg.maxRetry)
 	}
+	return g.cfg.retryAfter
 }
 
 // WithWait makes a duplicate that arrives while the first request is in
@@ -342,17 +379,18 @@ func WithClassifier(f Classifier) Option {
 // cheaper than an outage.
 func FailOpen() Option { return func(c *config) { c.failOpen = true } }
 
-// WithStoreTimeout bounds the Complete or Release the Guard makes once the
-// work is done, on a context detached from the request (default
-// [DefaultStoreTimeout]).
+// WithStoreTimeout bounds every call the Guard makes to the Store (default
+// [DefaultStoreTimeout]): the claim of a key (each one, when a duplicate
+// waits with [WithWait]), the subscription a waiting duplicate makes, and
+// the Complete or Release once the work is done, which run on a context
+// detached from the request. A claim that does not answer in time fails
+// closed with 503 [ProblemStoreUnavailable] (or runs the handler with
+// [FailOpen]), naming the call in the problem's detail and in the log;
+// [Do] returns a [*StoreError]. Its outcome is unknown: if the server took
+// the key and the reply was lost, the key stays in progress until the
+// lease TTL ends.
 func WithStoreTimeout(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.fail("WithStoreTimeout", "%v is not positive", d)
-			return
-		}
-		c.storeTimeout = d
-	}
+	return positive("WithStoreTimeout", d, func(c *config) *time.Duration { return &c.storeTimeout })
 }
 
 // WithLogger sets where the Guard reports what it cannot return to anyone:
@@ -401,10 +439,14 @@ type Guard struct {
 	// lastScopeWarn is when the latest empty-scope warning was logged
 	// (UnixNano), so that unauthenticated traffic cannot flood the log.
 	lastScopeWarn *atomic.Int64
+	// life counts claims in flight for Shutdown; shared with With's copies.
+	life *lifecycle
 }
 
 // New returns a Guard on store. Bad options are reported as an error
-// matching [ErrInvalidOption], never a panic.
+// matching [ErrInvalidOption], never a panic; so are a lease TTL or a
+// retention the store's backend cannot honour (the error then also
+// matches lock.ErrInvalidTTL and names the fix, see [WithLeaseTTL]).
 func New(store Store, opts ...Option) (*Guard, error) {
 	if store == nil {
 		return nil, &OptionError{Option: "store", Reason: "nil Store"}
@@ -415,13 +457,14 @@ func New(store Store, opts ...Option) (*Guard, error) {
 		leaseTTL:     DefaultLeaseTTL,
 		retention:    DefaultRetention,
 		retryAfter:   DefaultRetryAfter,
+		maxRetry:     DefaultMaxRetryAfter,
 		maxReqBody:   DefaultMaxRequestBody,
 		maxRespBody:  DefaultMaxResponseBody,
 		replayHeader: defaultReplayHeaders(),
 		classify:     DefaultClassifier,
 		storeTimeout: DefaultStoreTimeout,
 	}
-	g := &Guard{store: store, cfg: c, lastScopeWarn: new(atomic.Int64)}
+	g := &Guard{store: store, cfg: c, lastScopeWarn: new(atomic.Int64), life: newLifecycle()}
 	if err := g.apply(opts); err != nil {
 		return nil, err
 	}
@@ -434,7 +477,7 @@ func New(store Store, opts ...Option) (*Guard, error) {
 // With returns a copy of g with more options, sharing its Store: for a
 // route that fails open, waits, or requires a key while others do not.
 func (g *Guard) With(opts ...Option) (*Guard, error) {
-	n := &Guard{store: g.store, cfg: g.cfg, lastScopeWarn: g.lastScopeWarn}
+	n := &Guard{store: g.store, cfg: g.cfg, lastScopeWarn: g.lastScopeWarn, life: g.life}
 	n.cfg.err = nil
 	if err := n.apply(opts); err != nil {
 		return nil, err
@@ -448,7 +491,27 @@ func (g *Guard) apply(opts []Option) error {
 			o(&g.cfg)
 		}
 	}
-	return g.cfg.err
+	if g.cfg.err != nil {
+		return g.cfg.err
+	}
+	return g.checkTTLs()
+}
+
+// checkTTLs refuses, at construction, TTLs the Store's backend cannot
+// honour (see lock.CheckTTL and lock.TTLLimiter), which would otherwise
+// fail every request with 503: the lease TTL within the backend's limits,
+// the retention within its maximum.
+func (g *Guard) checkTTLs() error {
+	if err := lock.CheckTTL(g.store, g.cfg.leaseTTL); err != nil {
+		return &OptionError{Option: "WithLeaseTTL", Reason: err.Error(), Err: err}
+	}
+	if tl, ok := g.store.(lock.TTLLimiter); ok {
+		if max := tl.TTLLimits().Max; max > 0 && g.cfg.retention > max {
+			err := &lock.TTLError{TTL: g.cfg.retention, Reason: fmt.Sprintf("longer than the %v this backend accepts (%T); use at most %v", max, g.store, max)}
+			return &OptionError{Option: "WithRetention", Reason: err.Error(), Err: err}
+		}
+	}
+	return nil
 }
 
 func (g *Guard) logger() *slog.Logger {
@@ -482,8 +545,27 @@ func (g *Guard) release(ctx context.Context, k *keeper) {
 	sctx, cancel := g.storeCtx(ctx)
 	defer cancel()
 	if err := k.Lease().Release(sctx); err != nil && !errors.Is(err, lock.ErrNotHeld) {
-		g.logger().Warn("idempotency: releasing a key failed; it stays in progress until its lease expires", "error", err)
+		g.releaseFailed(storeError("release", err, sctx, context.Background(), g.cfg.storeTimeout))
 	}
+}
+
+// releaseFailed logs a failed Release, naming the call and whether it
+// timed out.
+func (g *Guard) releaseFailed(err error) {
+	g.logger().Warn("idempotency: releasing a key failed; it stays in progress until its lease expires", storeAttrs(err, "release")...)
+}
+
+// storeAttrs are the log attributes of a failed store call: its name, the
+// store timeout when it did not answer within it, and the error.
+func storeAttrs(err error, call string) []any {
+	var se *StoreError
+	if errors.As(err, &se) {
+		call = se.Call
+		if se.Timeout > 0 {
+			return []any{"call", call, "timeout", se.Timeout, "error", err}
+		}
+	}
+	return []any{"call", call, "error", err}
 }
 
 // complete stores rec for k's lease. A Complete that fails for another
@@ -495,12 +577,18 @@ func (g *Guard) release(ctx context.Context, k *keeper) {
 // size ([ErrRecordTooLarge]) stores tomb instead, when given: the work was
 // done, so the key must never be released for it to run again. If the
 // record cannot be stored in time the key is released, so that it does
-// not stay in progress until the lease expires.
-func (g *Guard) complete(ctx context.Context, k *keeper, rec []byte, tomb *record) error {
+// not stay in progress until the lease expires. An error other than
+// ErrNotHeld is a [*StoreError] naming the call "complete".
+func (g *Guard) complete(ctx context.Context, k *keeper, rec []byte, tomb *record) (err error) {
 	k.Stop()
 	sctx, cancel := g.storeCtx(ctx)
 	defer cancel()
-	err := g.completeRetry(sctx, k.Lease(), rec)
+	defer func() {
+		if err != nil && !errors.Is(err, lock.ErrNotHeld) {
+			err = storeError("complete", err, sctx, context.Background(), g.cfg.storeTimeout)
+		}
+	}()
+	err = g.completeRetry(sctx, k.Lease(), rec)
 	if err == nil || errors.Is(err, lock.ErrNotHeld) {
 		return err
 	}

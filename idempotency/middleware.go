@@ -149,6 +149,11 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 	fp := g.httpFingerprint(r, bodyBytes)
 	skey := storageKey(domainHTTPKey, c.namespace, scope, key)
 
+	if !g.life.enter() {
+		g.shuttingDown(w)
+		return
+	}
+	defer g.life.leave()
 	ctx := r.Context()
 	sent := time.Now()
 	lease, stored, holder, err := g.claim(ctx, skey, &fp)
@@ -156,12 +161,14 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 		lease, stored, holder, sent, err = g.waitClaim(ctx, skey, &fp)
 	}
 	switch {
+	case errors.Is(err, lock.ErrNotAcquired) && g.life.shutting():
+		g.shuttingDown(w)
 	case errors.Is(err, lock.ErrNotAcquired) && reused(holder, &fp):
 		c.problem(w, http.StatusUnprocessableEntity, ProblemKeyReused, "Idempotency key reused",
 			"This idempotency key is in use by a request in progress with a different method, path, query or body. Use a new key for a new request.", 0)
 	case errors.Is(err, lock.ErrNotAcquired):
 		c.problem(w, http.StatusConflict, ProblemInProgress, "Request in progress",
-			"A request with this idempotency key is being processed. Retry after the delay in Retry-After to get its response.", c.retryAfter)
+			"A request with this idempotency key is being processed. Retry after the delay in Retry-After to get its response.", g.retryAfter(err))
 	case err != nil:
 		if ctx.Err() != nil {
 			g.ended(w) // nothing was claimed, as far as we know
@@ -172,9 +179,9 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 			next.ServeHTTP(w, handOver(r, orig, bodyBytes))
 			return
 		}
-		g.logger().Error("idempotency: store unavailable", "error", err)
+		g.logger().Error("idempotency: store unavailable", storeAttrs(err, "claim")...)
 		c.problem(w, http.StatusServiceUnavailable, ProblemStoreUnavailable, "Idempotency store unavailable",
-			"The request was not processed because its idempotency key cannot be checked right now. Retry later with the same key.", c.retryAfter)
+			fmt.Sprintf("The request was not processed because its idempotency key cannot be checked right now (%s). Retry later with the same key.", storeDetail(err)), c.retryAfter)
 	case lease == nil:
 		g.replay(w, stored, &fp)
 	case ctx.Err() != nil:
@@ -182,7 +189,7 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 		// deadline): it was never processed, so the key goes back.
 		sctx, cancel := g.storeCtx(ctx)
 		if err := lease.Release(sctx); err != nil && !errors.Is(err, lock.ErrNotHeld) {
-			g.logger().Warn("idempotency: releasing a key failed; it stays in progress until its lease expires", "error", err)
+			g.releaseFailed(storeError("release", err, sctx, context.Background(), c.storeTimeout))
 		}
 		cancel()
 		g.ended(w)
@@ -193,13 +200,33 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 
 // claim claims key, with the request's fingerprint when the Store keeps
 // one with the lease; holder is the in-flight request's fingerprint when
-// the key is held and the Store knows it.
+// the key is held and the Store knows it. The call is bounded by the store
+// timeout; an error other than ErrNotAcquired is a [*StoreError].
 func (g *Guard) claim(ctx context.Context, key string, fp *[fpSize]byte) (lease lock.Lease, record, holder []byte, err error) {
+	cctx, cancel := context.WithTimeout(ctx, g.cfg.storeTimeout)
+	defer cancel()
 	if fc, ok := g.store.(FingerprintClaimer); ok {
-		return fc.ClaimFingerprint(ctx, key, g.cfg.leaseTTL, append([]byte(nil), fp[:]...))
+		lease, record, holder, err = fc.ClaimFingerprint(cctx, key, g.cfg.leaseTTL, append([]byte(nil), fp[:]...))
+	} else {
+		lease, record, err = g.store.Claim(cctx, key, g.cfg.leaseTTL)
 	}
-	lease, record, err = g.store.Claim(ctx, key, g.cfg.leaseTTL)
-	return lease, record, nil, err
+	if err != nil && !errors.Is(err, lock.ErrNotAcquired) {
+		err = storeError("claim", err, cctx, ctx, g.cfg.storeTimeout)
+	}
+	return lease, record, holder, err
+}
+
+// storeDetail says, for a problem's detail, which store call failed and
+// whether it timed out.
+func storeDetail(err error) string {
+	var se *StoreError
+	switch {
+	case !errors.As(err, &se):
+		return "the idempotency store failed"
+	case se.Timeout > 0:
+		return fmt.Sprintf("the idempotency store did not answer the %s within %v", se.Call, se.Timeout)
+	}
+	return fmt.Sprintf("the idempotency store failed the %s", se.Call)
 }
 
 // reused reports whether the holder of a key in flight is known to have
@@ -216,6 +243,12 @@ func reused(holder []byte, fp *[fpSize]byte) bool {
 func (g *Guard) ended(w http.ResponseWriter) {
 	g.cfg.problem(w, http.StatusServiceUnavailable, ProblemRequestEnded, "Request not processed",
 		"The request ended (the client left or a server deadline passed) before it was processed. Retry with the same idempotency key.", g.cfg.retryAfter)
+}
+
+// shuttingDown refuses a request that came after Shutdown.
+func (g *Guard) shuttingDown(w http.ResponseWriter) {
+	g.cfg.problem(w, http.StatusServiceUnavailable, ProblemShuttingDown, "Server shutting down",
+		"The server is shutting down and did not process this request. Retry with the same idempotency key.", g.cfg.retryAfter)
 }
 
 // scopeMissing refuses a request whose configured scope is empty, warning
@@ -410,7 +443,7 @@ func (g *Guard) store1(ctx context.Context, k *keeper, rec *record) {
 	case errors.Is(err, lock.ErrNotHeld):
 		g.logger().Warn("idempotency: the lease was lost before the response could be stored; another request may have run the handler too", "error", errors.Join(k.Lost(), err))
 	default:
-		g.logger().Error("idempotency: storing the response failed; the key was released and a retry will run the handler again", "error", err)
+		g.logger().Error("idempotency: storing the response failed; the key was released and a retry will run the handler again", storeAttrs(err, "complete")...)
 	}
 }
 
@@ -421,6 +454,8 @@ func (g *Guard) store1(ctx context.Context, k *keeper, rec *record) {
 func (g *Guard) waitClaim(ctx context.Context, skey string, fp *[fpSize]byte) (lock.Lease, []byte, []byte, time.Time, error) {
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.wait)
 	defer cancel()
+	// Shutdown ends the wait: the duplicate is told to retry elsewhere.
+	defer context.AfterFunc(g.life.stopping, cancel)()
 	var sub lock.Subscription
 	defer func() {
 		if sub != nil {
@@ -428,9 +463,13 @@ func (g *Guard) waitClaim(ctx context.Context, skey string, fp *[fpSize]byte) (l
 		}
 	}()
 	if n, ok := g.store.(lock.Notifier); ok {
-		if s, err := n.Subscribe(wctx, skey); err == nil && s != nil {
+		// A subscription that cannot be made in time is no worse than
+		// none: the wait polls.
+		sctx, scancel := context.WithTimeout(wctx, g.cfg.storeTimeout)
+		if s, err := n.Subscribe(sctx, skey); err == nil && s != nil {
 			sub = s
 		}
+		scancel()
 	}
 	backoff := 2 * time.Millisecond
 	for {

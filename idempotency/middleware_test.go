@@ -200,8 +200,8 @@ func TestInFlightConflict(t *testing.T) {
 	<-h.started
 	w := send(m, req{key: "k"})
 	problem(t, w, http.StatusConflict, idempotency.ProblemInProgress)
-	if ra := w.Header().Get("Retry-After"); ra != "1" {
-		t.Errorf("Retry-After %q, want 1", ra)
+	if ra := w.Header().Get("Retry-After"); ra != "10" {
+		t.Errorf("Retry-After %q, want 10 (the holder's remaining lease time)", ra)
 	}
 	// A different body in flight is told apart at once: memlock keeps the
 	// fingerprint with the lease (an idempotency.FingerprintClaimer). See
@@ -219,8 +219,13 @@ func TestInFlightConflict(t *testing.T) {
 	}
 }
 
+// WithRetryAfter is the delay when the Store cannot tell the holder's
+// remaining time (see TestRetryAfterFromHoldersRemainingTime).
 func TestRetryAfterOption(t *testing.T) {
-	g, _ := newGuard(t, idempotency.WithRetryAfter(2500*time.Millisecond))
+	g, err := idempotency.New(blindStore{memlock.New()}, idempotency.WithScope(userScope), idempotency.WithRetryAfter(2500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
 	h := newBlocking()
 	m := g.Middleware(h)
 	done := make(chan struct{})

@@ -42,6 +42,10 @@ const (
 	// (the client left, a server deadline passed) before the request was
 	// processed; the key is free and a retry with it runs the request.
 	ProblemRequestEnded = problemBase + "ProblemRequestEnded"
+	// ProblemShuttingDown: 503 with Retry-After, the Guard is shutting
+	// down ([Guard.Shutdown]); nothing was claimed or run, and a retry
+	// (on another instance) runs the request.
+	ProblemShuttingDown = problemBase + "ProblemShuttingDown"
 )
 
 // Problem is an RFC 9457 problem details object, as the middleware writes

@@ -21,9 +21,9 @@ func Example() {
 	defer locker.Close()
 
 	ctx := context.Background()
-	err = lock.Do(ctx, locker, "reports/daily", func(ctx context.Context) error {
-		// ctx is cancelled if the lock is lost; pass the fencing token to
-		// the resource as well.
+	err = lock.Do(ctx, locker, "reports/daily", func(ctx context.Context, lease lock.Lease) error {
+		// ctx is cancelled if the lock is lost; pass lease.Token(), the fencing token,
+		// to the resource as well.
 		return nil
 	}, lock.WithTTL(15*time.Second))
 	if err != nil {

@@ -6,7 +6,7 @@
 //	...
 //	locker := etcdlock.New(cli)
 //	defer locker.Close() // before cli.Close(); the Locker never closes cli
-//	err = lock.Do(ctx, locker, "invoice/42", func(ctx context.Context) error { ... })
+//	err = lock.Do(ctx, locker, "invoice/42", func(ctx context.Context, lease lock.Lease) error { ... })
 //
 // # How a lock works
 //

@@ -45,7 +45,7 @@ func Example_open() {
 		log.Fatal(err)
 	}
 	defer b.Close() // closes the client Open made
-	err = lock.Do(context.Background(), b, "nightly-report", func(ctx context.Context) error {
+	err = lock.Do(context.Background(), b, "nightly-report", func(ctx context.Context, lease lock.Lease) error {
 		return nil // runs on one machine at a time
 	}, lock.WithTTL(30*time.Second))
 	if err != nil {

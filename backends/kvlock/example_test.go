@@ -139,7 +139,7 @@ func Example() {
 	ctx := context.Background()
 
 	// A lock.
-	err := lock.Do(ctx, backend, "invoice/42", func(ctx context.Context) error {
+	err := lock.Do(ctx, backend, "invoice/42", func(ctx context.Context, lease lock.Lease) error {
 		fmt.Println("sending invoice 42")
 		return nil
 	})

@@ -8,7 +8,7 @@
 // conformance package's doc explains why each primitive is needed.
 //
 //	backend := kvlock.New(myKV{client})
-//	err := lock.Do(ctx, backend, "invoice/42", func(ctx context.Context) error { … })
+//	err := lock.Do(ctx, backend, "invoice/42", func(ctx context.Context, lease lock.Lease) error { … })
 //	guard := idempotency.New(backend)
 //
 // # How it uses the store

@@ -35,7 +35,7 @@ func Example() {
 	}
 
 	// lock.Do renews the lease while its function runs and releases it.
-	err = lock.Do(ctx, locker, "report/weekly", func(ctx context.Context) error {
+	err = lock.Do(ctx, locker, "report/weekly", func(ctx context.Context, lease lock.Lease) error {
 		return nil // ctx is cancelled if the lock is lost
 	}, lock.WithTTL(30*time.Second))
 	if err != nil {

@@ -9,7 +9,7 @@
 //	...
 //	locker := pglock.New(pool)
 //	defer locker.Close() // before pool.Close(); the Locker never closes pool
-//	err = lock.Do(ctx, locker, "invoice/42", func(ctx context.Context) error { ... })
+//	err = lock.Do(ctx, locker, "invoice/42", func(ctx context.Context, lease lock.Lease) error { ... })
 //
 // # How a lock works
 //

@@ -65,7 +65,7 @@ func TestOpen(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Open(%s): %v", scheme, err)
 		}
-		err = lock.Do(ctx, b, "open/"+scheme, func(context.Context) error { return nil }, lock.WithTTL(time.Minute))
+		err = lock.Do(ctx, b, "open/"+scheme, func(context.Context, lock.Lease) error { return nil }, lock.WithTTL(time.Minute))
 		if err != nil {
 			t.Errorf("Do on %s: %v", scheme, err)
 		}

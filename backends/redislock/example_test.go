@@ -22,7 +22,7 @@ func Example() {
 	defer locker.Close() // frees the subscription; rdb stays open
 
 	ctx := context.Background()
-	err := lock.Do(ctx, locker, "invoice/42", func(ctx context.Context) error {
+	err := lock.Do(ctx, locker, "invoice/42", func(ctx context.Context, lease lock.Lease) error {
 		// ctx is cancelled the moment the lease is lost.
 		return nil
 	}, lock.WithTTL(15*time.Second))

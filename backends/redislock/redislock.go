@@ -6,7 +6,7 @@
 //	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
 //	locker := redislock.New(rdb)
 //	defer locker.Close() // frees the Locker's subscription; rdb stays open
-//	err := lock.Do(ctx, locker, "invoice/42", func(ctx context.Context) error { … })
+//	err := lock.Do(ctx, locker, "invoice/42", func(ctx context.Context, lease lock.Lease) error { … })
 //
 // # Guarantees
 //

@@ -167,6 +167,7 @@ func run(backendURL string, out io.Writer) int {
 		idempotency.WithNamespace("worker-example/"+run),
 		idempotency.WithRetention(time.Hour),
 		idempotency.WithRetryAfter(100*time.Millisecond),
+		idempotency.WithMaxRetryAfter(100*time.Millisecond), // redeliver soon, whatever the holder's lease has left
 		idempotency.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		fmt.Fprintf(out, "worker: %v\n", err)

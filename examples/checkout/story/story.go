@@ -70,6 +70,9 @@ func Run(backendURL string, verbose bool, out io.Writer) int {
 		// Short, so that a slow charge outlasts it within the story's
 		// seconds; the lease is renewed while the handler runs.
 		idempotency.WithLeaseTTL(leaseTTL),
+		// A duplicate in flight is told the lease's remaining time, up to
+		// a second here, so that the story's retries come quickly.
+		idempotency.WithMaxRetryAfter(time.Second),
 		// The story's own log is the report; keep the Guard quiet.
 		idempotency.WithLogger(slog.New(slog.DiscardHandler)),
 	)

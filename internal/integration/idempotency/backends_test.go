@@ -22,6 +22,7 @@ import (
 	"github.com/idemlock/lock/backends/memcachedlock"
 	"github.com/idemlock/lock/backends/redislock"
 	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/internal/faults"
 	"github.com/idemlock/lock/internal/testenv"
 	"github.com/redis/go-redis/v9"
 )
@@ -99,11 +100,7 @@ func openURL(t *testing.T, url string) idempotency.Store {
 		t.Fatalf("lock.Open(%s): %v", url, err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	s, ok := b.(idempotency.Store)
-	if !ok {
-		t.Fatalf("%T is not an idempotency.Store", b)
-	}
-	return s
+	return b // a lock.Backend is a Store: no assertion
 }
 
 // hostPort drops a scheme from an endpoint such as http://127.0.0.1:2379.
@@ -362,4 +359,109 @@ func BenchmarkMiddlewareRedis(b *testing.B) {
 		}
 		b.ReportMetric(float64(trips.Load()-before)/float64(b.N), "roundtrips/op")
 	})
+}
+
+// TestHungEtcdAnswers503 is issue 21.1 on a real server: an etcd that
+// accepts connections and never answers (a black hole between client and
+// server, on a private server) gets 503 naming the claim within the store
+// timeout, not a wait until the request's own deadline; a worker gets a
+// *StoreError for the claim.
+func TestHungEtcdAnswers503(t *testing.T) {
+	tp := faults.Start(t, testenv.Etcd)
+	n := tp.Net(t)
+	store := openURL(t, "etcd://"+hostPort(n.Addr(hostPort(tp.Addrs()[0]))))
+	logged := new(syncBuffer)
+	const timeout = time.Second
+	g, err := idempotency.New(store, idempotency.WithScope(userScope), idempotency.WithStoreTimeout(timeout),
+		idempotency.WithLogger(slog.New(slog.NewTextHandler(logged, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &counter{}
+	m := g.Middleware(h)
+	if w := send(m, req{key: "before"}); w.Code != http.StatusCreated {
+		t.Fatalf("before the fault: %d %s", w.Code, w.Body)
+	}
+	n.BlackHole(t, faults.Both)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	p := problem(t, send(m, req{key: "during", ctx: ctx}), http.StatusServiceUnavailable, idempotency.ProblemStoreUnavailable)
+	if ctx.Err() != nil {
+		t.Errorf("answered only after the request's own deadline")
+	}
+	if !strings.Contains(p.Detail, "did not answer the claim within "+timeout.String()) {
+		t.Errorf("detail %q does not name the claim and the timeout", p.Detail)
+	}
+	if l := logged.String(); !strings.Contains(l, "call=claim") {
+		t.Errorf("log %q does not name the claim", l)
+	}
+	_, err = idempotency.Do(ctx, g, "job", func(context.Context) (int, error) { return 1, nil })
+	var se *idempotency.StoreError
+	if !errors.As(err, &se) || se.Call != "claim" || se.Timeout != timeout || ctx.Err() != nil {
+		t.Errorf("Do = %v, want a *StoreError for the claim's timeout", err)
+	}
+	if h.runs.Load() != 1 {
+		t.Errorf("the handler ran %d times, want once (before the fault)", h.runs.Load())
+	}
+}
+
+// TestOnceOnBackends is issue 21.5 on every real server: three instances,
+// each with its own client, call Once at the same time (twice), and the
+// job runs once.
+func TestOnceOnBackends(t *testing.T) {
+	for _, be := range backends() {
+		t.Run(be.name, func(t *testing.T) {
+			ns := idempotency.WithNamespace("once/" + runID())
+			var gs []*idempotency.Guard
+			for range 3 {
+				gs = append(gs, instances(t, be.open(t, new(atomic.Int64)), 1, ns)[0])
+			}
+			// An hour: a day's record outlives Consul's 24 h maximum
+			// retention, which Once clamps to only where the backend
+			// reports it (lock.TTLLimiter).
+			if n := onceRace(t, gs, "hourly-report", time.Hour); n != 1 {
+				t.Fatalf("fn ran %d times in one period over 3 instances, want once", n)
+			}
+		})
+	}
+}
+
+// TestRetryAfterOnBackends is issue 21.7 on every real server: a
+// duplicate in flight is told the holder's remaining lease time (here
+// about 5 s), as the server reports it, not a fixed second; memcached,
+// which cannot tell, keeps the configured delay.
+func TestRetryAfterOnBackends(t *testing.T) {
+	for _, be := range backends() {
+		t.Run(be.name, func(t *testing.T) {
+			store := be.open(t, new(atomic.Int64))
+			g, err := idempotency.New(store, idempotency.WithScope(userScope), idempotency.WithNamespace("retry-after/"+runID()),
+				idempotency.WithLeaseTTL(5*time.Second), idempotency.WithRetention(time.Minute), idempotency.WithLogger(testLogger(t)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := newBlocking()
+			m := g.Middleware(b)
+			done := make(chan struct{})
+			go func() { defer close(done); send(m, req{key: "k"}) }()
+			<-b.started
+			w := send(m, req{key: "k"})
+			close(b.proceed)
+			<-done
+			problem(t, w, http.StatusConflict, idempotency.ProblemInProgress)
+			ra, err := strconv.Atoi(w.Header().Get("Retry-After"))
+			switch {
+			case be.name == "memcached":
+				// memcached cannot read a key's remaining TTL: the
+				// configured delay.
+				if err != nil || ra != 1 {
+					t.Errorf("Retry-After %q, want WithRetryAfter's 1 s", w.Header().Get("Retry-After"))
+				}
+			case err != nil || ra < 2 || ra > 7:
+				// A server counting whole seconds may grant a little more
+				// (etcd: 6 s for 5).
+				t.Errorf("Retry-After %q, want the holder's remaining time, 2 to 7 s for a 5 s lease", w.Header().Get("Retry-After"))
+			}
+		})
+	}
 }

@@ -7,14 +7,17 @@ package idempotency_test
 // no client library, and test files cannot be imported across packages.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -261,3 +264,72 @@ type nopWriter struct{ h http.Header }
 func (w *nopWriter) Header() http.Header         { return w.h }
 func (w *nopWriter) WriteHeader(int)             {}
 func (w *nopWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// syncBuffer is a log destination safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// instances returns n Guards on one Store, as n processes would have.
+func instances(t *testing.T, store idempotency.Store, n int, opts ...idempotency.Option) []*idempotency.Guard {
+	t.Helper()
+	gs := make([]*idempotency.Guard, n)
+	for i := range gs {
+		g, err := idempotency.New(store, append([]idempotency.Option{idempotency.WithScope(func(*http.Request) string { return "jobs" }),
+			idempotency.WithLogger(slog.New(slog.DiscardHandler))}, opts...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs[i] = g
+	}
+	return gs
+}
+
+// onceRace has every instance call Once for key at the same time, twice,
+// and returns how many calls ran fn.
+func onceRace(t *testing.T, gs []*idempotency.Guard, key string, period time.Duration) int {
+	t.Helper()
+	var mu sync.Mutex
+	runs := 0
+	for round := range 2 {
+		var wg sync.WaitGroup
+		for _, g := range gs {
+			wg.Go(func() {
+				ran, err := idempotency.Once(t.Context(), g, key, period, func(ctx context.Context, start time.Time) error {
+					mu.Lock()
+					runs++
+					mu.Unlock()
+					if !start.Equal(start.Truncate(period)) || start.After(time.Now()) {
+						t.Errorf("fn got period start %v, not the current period's", start)
+					}
+					if tok, ok := idempotency.TokenFromContext(ctx); !ok || tok == 0 {
+						t.Errorf("no fencing token in fn's context")
+					}
+					return nil
+				})
+				switch {
+				case errors.Is(err, idempotency.ErrInProgress) && round == 0:
+				case err != nil:
+					t.Errorf("Once: %v", err)
+				case ran && round == 1:
+					t.Errorf("ran again in the second round, in the same period")
+				}
+			})
+		}
+		wg.Wait()
+	}
+	return runs
+}

@@ -164,6 +164,7 @@ func startIdem(ctx context.Context, b *Backend, load IdemLoad, clock *Clock, see
 		idempotency.WithLeaseTTL(load.LeaseTTL),
 		idempotency.WithRetention(time.Hour),
 		idempotency.WithRetryAfter(time.Second),
+		idempotency.WithMaxRetryAfter(time.Second),
 		idempotency.WithLogger(slog.New(ir.logs)))
 	if err != nil {
 		_ = closer()
