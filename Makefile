@@ -48,10 +48,15 @@ lint:
 	if [ -n "$$unformatted" ]; then echo "gofmt -l: these files need gofmt:"; echo "$$unformatted"; exit 1; fi
 	for m in $(MODULES); do (cd $$m && $(GO) vet ./... && $(STATICCHECK) ./...); done
 
+# Every module is tested even when one fails; testcheck judges them all, and
+# a go test that failed without saying so in its JSON (a go.mod in need of
+# tidying, say) still fails the run.
 test: servers lint
 	eval "$$(bash $(SERVERS) env)"; \
 	export IDEMLOCK_REQUIRE_SERVERS=1; \
-	for m in $(MODULES); do (cd $$m && $(GO) test $(TESTFLAGS) -json ./...); done | $(GO) run ./internal/cmd/testcheck
+	failed="$(CURDIR)/.servers/test-failed"; rm -f "$$failed"; \
+	for m in $(MODULES); do (cd $$m && $(GO) test $(TESTFLAGS) -json ./...) || echo "$$m" >> "$$failed"; done | $(GO) run ./internal/cmd/testcheck; \
+	if [ -s "$$failed" ]; then echo "go test failed in: $$(tr '\n' ' ' < "$$failed")"; exit 1; fi
 
 # bench runs on servers of its own (ports offset by BENCH_PORT_OFFSET, data
 # in .servers/bench-<offset>), so that the shared test servers' traffic

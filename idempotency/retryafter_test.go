@@ -24,6 +24,12 @@ func (s blindStore) Claim(ctx context.Context, key string, ttl time.Duration) (l
 	return le, rec, err
 }
 
+// ClaimFingerprint goes through Claim: memlock's own would bypass it.
+func (s blindStore) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, _ []byte) (lock.Lease, []byte, []byte, error) {
+	le, rec, err := s.Claim(ctx, key, ttl)
+	return le, rec, nil, err
+}
+
 // Issue 21.7: a duplicate in flight is told the holder's remaining lease
 // time (rounded up to whole seconds), capped by WithMaxRetryAfter; a Store
 // that cannot tell keeps WithRetryAfter's delay.

@@ -45,6 +45,12 @@ func (s *hungStore) Claim(ctx context.Context, key string, ttl time.Duration) (l
 	return le, rec, err
 }
 
+// ClaimFingerprint goes through Claim: memlock's own would bypass it.
+func (s *hungStore) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, _ []byte) (lock.Lease, []byte, []byte, error) {
+	le, rec, err := s.Claim(ctx, key, ttl)
+	return le, rec, nil, err
+}
+
 func (s *hungStore) Complete(ctx context.Context, le lock.Lease, rec []byte, ret time.Duration) error {
 	if s.complete {
 		<-ctx.Done()
