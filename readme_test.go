@@ -37,6 +37,8 @@ var readmeImports = map[string]string{
 	"clientv3":      "go.etcd.io/etcd/client/v3",
 	"api":           "github.com/hashicorp/consul/api",
 	"memcache":      "github.com/bradfitz/gomemcache/memcache",
+	"pglock":        "github.com/idemlock/lock/backends/pglock",
+	"pgxpool":       "github.com/jackc/pgx/v5/pgxpool",
 }
 
 // readmePrelude declares what the README's snippets take from the
