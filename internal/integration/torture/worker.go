@@ -115,6 +115,11 @@ func (w *worker) once(ctx context.Context) {
 		return
 	}
 	kctx := k.Context()
+	// A lease past its deadline when Acquire returned (its reply came after
+	// the TTL) gets a context that KeepAlive cancelled before returning:
+	// the worker never holds it live, although the AfterFunc below notes
+	// the end a moment later.
+	deadOnArrival := kctx.Err() != nil
 	var end struct {
 		at, lost int64
 		cause    string
@@ -175,6 +180,12 @@ func (w *worker) once(ctx context.Context) {
 	t.Release = outcomeOf(Release, err)
 	<-noted
 	t.Done, t.Lost, t.LostCause = end.at, end.lost, end.cause
+	if deadOnArrival {
+		t.Done = t.Taken
+		if t.Lost != 0 {
+			t.Lost = t.Taken
+		}
+	}
 	w.takes = append(w.takes, t)
 }
 
