@@ -126,7 +126,7 @@ func TestReadmeSnippetsCompile(t *testing.T) {
 
 	cmd := exec.Command(goCmd, "build", "./...")
 	cmd.Dir = mod
-	cmd.Env = append(os.Environ(), "GOWORK="+filepath.Join(dir, "go.work"), "GOFLAGS=", "GOPROXY=off")
+	cmd.Env = append(os.Environ(), "GOWORK="+filepath.Join(dir, "go.work"), "GOFLAGS=")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("README snippets do not compile (snippetNN.go is the NNth ```go block of README.md):\n%s", out)
