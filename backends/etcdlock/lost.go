@@ -37,15 +37,18 @@ func (le *lease) Lost() <-chan struct{} {
 	}
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
 	le.unwatch = cancel
-	wch := le.l.watcher.Watch(ctx, le.lk, clientv3.WithRev(int64(le.token)+1), clientv3.WithFilterPut())
-	go le.watchLoss(wch, cancel)
+	go le.watchLoss(ctx, cancel)
 	return le.lost
 }
 
-// watchLoss closes le.lost on the first deletion of the lock key unless the
-// lease ended it itself.
-func (le *lease) watchLoss(wch clientv3.WatchChan, cancel context.CancelFunc) {
+// watchLoss opens the watch and closes le.lost on the first deletion of the
+// lock key unless the lease ended it itself. It opens the watch on its own
+// goroutine because Watch waits until the watch stream is set up, which a
+// partition can delay for as long as it lasts: Lost must return at once,
+// and must not hold le.mu meanwhile (Deadline and Refresh need it).
+func (le *lease) watchLoss(ctx context.Context, cancel context.CancelFunc) {
 	defer cancel()
+	wch := le.l.watcher.Watch(ctx, le.lk, clientv3.WithRev(int64(le.token)+1), clientv3.WithFilterPut())
 	for resp := range wch {
 		if resp.Err() != nil {
 			return
