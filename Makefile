@@ -54,7 +54,7 @@ lint:
 test: servers lint
 	eval "$$(bash $(SERVERS) env)"; \
 	export IDEMLOCK_REQUIRE_SERVERS=1; \
-	failed="$(CURDIR)/.servers/test-failed"; rm -f "$$failed"; \
+	mkdir -p "$(CURDIR)/.servers"; failed="$(CURDIR)/.servers/test-failed"; rm -f "$$failed"; \
 	for m in $(MODULES); do (cd $$m && $(GO) test $(TESTFLAGS) -json ./...) || echo "$$m" >> "$$failed"; done | $(GO) run ./internal/cmd/testcheck; \
 	if [ -s "$$failed" ]; then echo "go test failed in: $$(tr '\n' ' ' < "$$failed")"; exit 1; fi
 

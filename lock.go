@@ -197,7 +197,10 @@ type Deadliner interface {
 // LossNotifier is an optional interface of a Lease whose backend learns on
 // its own that the lease was lost (for example a session invalidated by the
 // server). The channel is closed at that moment; [KeepAlive] then cancels its
-// context at once.
+// context at once. Lost must return at once, without waiting on the server
+// (KeepAlive calls it before it returns, and a partition must not hold it
+// there): a backend that needs a request to watch for the loss starts it
+// on a goroutine of its own.
 type LossNotifier interface {
 	Lost() <-chan struct{}
 }
