@@ -49,7 +49,7 @@ func TestMixedRunFails(t *testing.T) {
 		t.Errorf("output does not name the test cut off by os.Exit:\n%s", out)
 	}
 	for _, pkg := range []string{"tc/a", "tc/b", "tc/c"} {
-		if !strings.Contains(out, "FAIL "+pkg) {
+		if !strings.Contains(out, "FAIL\t"+pkg+"\t") {
 			t.Errorf("output does not report package %s as failed", pkg)
 		}
 	}
