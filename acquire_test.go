@@ -42,7 +42,7 @@ func TestAcquireBadInput(t *testing.T) {
 
 // acquireAfterRelease holds key on l, starts an Acquire, releases, and
 // returns how long after the release the waiter held the key.
-func acquireAfterRelease(t *testing.T, holder, waiter lock.Locker, opts ...lock.Option) time.Duration {
+func acquireAfterRelease(t *testing.T, holder, waiter lock.Locker, opts ...lock.AcquireOption) time.Duration {
 	t.Helper()
 	ctx := t.Context()
 	le, err := holder.TryAcquire(ctx, "k", time.Minute)

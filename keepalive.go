@@ -27,8 +27,12 @@ type Keeper struct {
 	lease  Lease
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	done   chan struct{} // closed when the renewal goroutine has returned
+	done   chan struct{} // closed when renewal has ended, or will never start
 	once   sync.Once
+	// start runs renewal when the first refresh is due, for a lease that
+	// cannot report a loss: until then nothing can happen to it, so most
+	// short holds never start a goroutine. Nil when renewal started at once.
+	start *time.Timer
 
 	mu      sync.Mutex
 	lastErr error // the latest transient refresh error, for the loss cause
@@ -51,7 +55,24 @@ type Keeper struct {
 // Transient refresh errors are retried until the deadline. The caller must
 // call [Keeper.Stop] or [Keeper.Release]; once either returns, no refresh is
 // running or will start.
-func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...Option) (*Keeper, error) {
+//
+// Renewal lasts as long as ctx: to keep a lease for work that must not end
+// with a request (a handler that goes on after its client left), pass a
+// context detached from it, context.WithoutCancel(r.Context()), and end the
+// work's own context with both the request's and the Keeper's. A lease
+// that does not implement [Deadliner] is taken to end ttl after KeepAlive
+// is called, or after the time given with [WithAcquiredAt]. Renewal starts
+// its goroutine when the first refresh is due, or at once for a lease that
+// implements [LossNotifier], whose loss it must watch for meanwhile.
+func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...KeepAliveOption) (*Keeper, error) {
+	o, err := buildOptions(opts, KeepAliveOption.applyKeepAlive)
+	if err != nil {
+		return nil, err
+	}
+	return keepAlive(ctx, lease, ttl, o)
+}
+
+func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, o options) (*Keeper, error) {
 	if lease == nil {
 		return nil, fmt.Errorf("%w: nil Lease", ErrInvalidArgument)
 	}
@@ -59,10 +80,6 @@ func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...Opti
 		return nil, err
 	}
 	if err := ValidateTTL(ttl); err != nil {
-		return nil, err
-	}
-	o, err := buildOptions(opts)
-	if err != nil {
 		return nil, err
 	}
 	every := o.refreshEvery
@@ -75,6 +92,9 @@ func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...Opti
 
 	start := time.Now()
 	deadline := start.Add(ttl)
+	if !o.acquiredAt.IsZero() {
+		deadline = o.acquiredAt.Add(ttl)
+	}
 	if d, ok := lease.(Deadliner); ok {
 		deadline = d.Deadline()
 	}
@@ -100,7 +120,16 @@ func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...Opti
 		default:
 		}
 	}
-	go k.run(deadline, ttl, every)
+	// The first renewal is due an interval after KeepAlive started, or
+	// sooner if the lease is already that far into its TTL (counted back
+	// from its deadline): a lease handed over late is renewed before it runs
+	// out.
+	first := min(every, max(0, time.Until(deadline)-(ttl-every)))
+	if _, ok := lease.(LossNotifier); ok {
+		go k.run(deadline, ttl, every, first)
+	} else {
+		k.start = time.AfterFunc(first, func() { k.run(deadline, ttl, every, 0) })
+	}
 	return k, nil
 }
 
@@ -129,7 +158,12 @@ func (k *Keeper) Lost() bool { return errors.Is(k.Err(), ErrLeaseLost) }
 // Stop ends renewal and waits until the renewal goroutine has returned. It
 // does not release the lease. Safe to call more than once.
 func (k *Keeper) Stop() {
-	k.once.Do(func() { k.cancel(ErrStopped) })
+	k.once.Do(func() {
+		k.cancel(ErrStopped)
+		if k.start != nil && k.start.Stop() {
+			close(k.done) // renewal never started and never will
+		}
+	})
 	<-k.done
 }
 
@@ -139,8 +173,13 @@ func (k *Keeper) Release(ctx context.Context) error {
 	return k.lease.Release(ctx)
 }
 
-func (k *Keeper) run(deadline time.Time, ttl, every time.Duration) {
+// run renews the lease until it is lost or the Keeper's context ends; the
+// first refresh is due after first.
+func (k *Keeper) run(deadline time.Time, ttl, every, first time.Duration) {
 	defer close(k.done)
+	if k.ctx.Err() != nil {
+		return
+	}
 	key := k.lease.Key()
 	// The loss timer cancels the context at the deadline even while a
 	// refresh is in flight.
@@ -155,11 +194,7 @@ func (k *Keeper) run(deadline time.Time, ttl, every time.Duration) {
 	if ln, ok := k.lease.(LossNotifier); ok {
 		lost = ln.Lost()
 	}
-	// The first renewal is due an interval after KeepAlive started, or
-	// sooner if the lease is already that far into its TTL (counted back
-	// from its deadline): a lease handed over late is renewed before it runs
-	// out.
-	next := time.NewTimer(min(every, max(0, time.Until(deadline)-(ttl-every))))
+	next := time.NewTimer(first)
 	defer next.Stop()
 	for {
 		select {

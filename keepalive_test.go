@@ -10,7 +10,7 @@ import (
 	"github.com/idemlock/lock/backends/memlock"
 )
 
-func keepAlive(t *testing.T, l lock.Locker, ttl time.Duration, opts ...lock.Option) *lock.Keeper {
+func keepAlive(t *testing.T, l lock.Locker, ttl time.Duration, opts ...lock.KeepAliveOption) *lock.Keeper {
 	t.Helper()
 	le, err := l.TryAcquire(t.Context(), "k", ttl)
 	if err != nil {
