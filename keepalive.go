@@ -33,9 +33,21 @@ type Keeper struct {
 	// cannot report a loss: until then nothing can happen to it, so most
 	// short holds never start a goroutine. Nil when renewal started at once.
 	start *time.Timer
+	// detached: renewal outlasts ctx, ending only at Stop or a loss (see
+	// [WithDetached]).
+	detached bool
 
 	mu      sync.Mutex
 	lastErr error // the latest transient refresh error, for the loss cause
+	lost    error // why the lease was lost, kept even if ctx had ended
+	stopped bool  // Stop was called
+	// halt wakes renewal when stopped or lost, with WithDetached after the
+	// context ended with its parent (made only then); closed once halted.
+	halt       chan struct{}
+	haltClosed bool
+	// abort cancels the refresh in flight, with WithDetached, whose
+	// context does not end with the Keeper's.
+	abort context.CancelFunc
 }
 
 // KeepAlive renews lease every third of ttl (see [WithRefreshInterval]) until
@@ -56,14 +68,12 @@ type Keeper struct {
 // call [Keeper.Stop] or [Keeper.Release]; once either returns, no refresh is
 // running or will start.
 //
-// Renewal lasts as long as ctx: to keep a lease for work that must not end
-// with a request (a handler that goes on after its client left), pass a
-// context detached from it, context.WithoutCancel(r.Context()), and end the
-// work's own context with both the request's and the Keeper's. A lease
-// that does not implement [Deadliner] is taken to end ttl after KeepAlive
-// is called, or after the time given with [WithAcquiredAt]. Renewal starts
-// its goroutine when the first refresh is due, or at once for a lease that
-// implements [LossNotifier], whose loss it must watch for meanwhile.
+// Renewal lasts as long as ctx, or, with [WithDetached], until Stop or a
+// loss even after ctx ended. A lease that does not implement [Deadliner] is
+// taken to end ttl after KeepAlive is called, or after the time given with
+// [WithAcquiredAt]. Renewal starts its goroutine when the first refresh is
+// due, or at once for a lease that implements [LossNotifier], whose loss it
+// must watch for meanwhile.
 func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...KeepAliveOption) (*Keeper, error) {
 	o, err := buildOptions(opts, KeepAliveOption.applyKeepAlive)
 	if err != nil {
@@ -81,6 +91,9 @@ func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, o options) (
 	}
 	if err := ValidateTTL(ttl); err != nil {
 		return nil, err
+	}
+	if o.detached && o.maxHold > 0 {
+		return nil, fmt.Errorf("%w: WithMaxHold and WithDetached together", ErrInvalidArgument)
 	}
 	every := o.refreshEvery
 	if every == 0 {
@@ -106,17 +119,17 @@ func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, o options) (
 		outer := cancel
 		cancel = func(cause error) { outer(cause); stop() }
 	}
-	k := &Keeper{lease: lease, ctx: kctx, cancel: cancel, done: make(chan struct{})}
+	k := &Keeper{lease: lease, ctx: kctx, cancel: cancel, done: make(chan struct{}), detached: o.detached}
 	// A lease that is already past its deadline (an Acquire whose reply
 	// came late) or already reported lost is lost before KeepAlive returns,
 	// never a moment later: a caller that checks Context().Err() at once
 	// must not see a live context for it.
 	if !time.Now().Before(deadline) {
-		k.cancel(lostError(lease.Key(), "its deadline had passed when KeepAlive was called", nil))
+		k.lose(lostError(lease.Key(), "its deadline had passed when KeepAlive was called", nil))
 	} else if ln, ok := lease.(LossNotifier); ok {
 		select {
 		case <-ln.Lost():
-			k.cancel(lostError(lease.Key(), "the backend reported it lost", ErrNotHeld))
+			k.lose(lostError(lease.Key(), "the backend reported it lost", ErrNotHeld))
 		default:
 		}
 	}
@@ -141,14 +154,69 @@ func (k *Keeper) Context() context.Context { return k.ctx }
 // Lease returns the lease being renewed.
 func (k *Keeper) Lease() Lease { return k.lease }
 
-// Err returns nil while the lease is being kept, and otherwise why it is no
-// longer: an error matching [ErrLeaseLost], [ErrMaxHold], [ErrStopped] or the
-// parent context's error.
+// Err returns nil while the Keeper's context lives, and otherwise why it
+// ended: an error matching [ErrLeaseLost], [ErrMaxHold], [ErrStopped] or the
+// parent context's error. A loss is reported even if it came after the
+// parent context ended (renewal goes on then with [WithDetached]).
 func (k *Keeper) Err() error {
+	k.mu.Lock()
+	lost := k.lost
+	k.mu.Unlock()
+	if lost != nil {
+		return lost
+	}
 	if k.ctx.Err() == nil {
 		return nil
 	}
 	return context.Cause(k.ctx)
+}
+
+// lose records that the lease was lost and cancels the context with cause.
+func (k *Keeper) lose(cause error) {
+	k.mu.Lock()
+	// Once stopped, or (without WithDetached) once the context ended, a
+	// loss is no longer the Keeper's to report.
+	live := !k.stopped && (k.detached || k.ctx.Err() == nil)
+	if k.lost == nil && live {
+		k.lost = cause
+		k.wakeLocked()
+	}
+	k.mu.Unlock()
+	k.cancel(cause)
+}
+
+// halted reports whether renewal must end: the context ended, or with
+// [WithDetached] the Keeper was stopped or the lease lost.
+// wakeLocked closes halt, if made, once renewal must end. k.mu is held.
+func (k *Keeper) wakeLocked() {
+	if k.halt != nil && !k.haltClosed {
+		k.haltClosed = true
+		close(k.halt)
+	}
+}
+
+// haltChan returns the channel that wakes renewal once it must end, made
+// when first asked (with WithDetached, once the context ended with its
+// parent).
+func (k *Keeper) haltChan() <-chan struct{} {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.halt == nil {
+		k.halt = make(chan struct{})
+		if k.stopped || k.lost != nil {
+			k.wakeLocked()
+		}
+	}
+	return k.halt
+}
+
+func (k *Keeper) halted() bool {
+	if !k.detached {
+		return k.ctx.Err() != nil
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.stopped || k.lost != nil
 }
 
 // Lost reports whether the lease was lost while being kept (as opposed to
@@ -159,7 +227,15 @@ func (k *Keeper) Lost() bool { return errors.Is(k.Err(), ErrLeaseLost) }
 // does not release the lease. Safe to call more than once.
 func (k *Keeper) Stop() {
 	k.once.Do(func() {
+		k.mu.Lock()
+		k.stopped = true
+		k.wakeLocked()
+		abort := k.abort
+		k.mu.Unlock()
 		k.cancel(ErrStopped)
+		if abort != nil {
+			abort()
+		}
 		if k.start != nil && k.start.Stop() {
 			close(k.done) // renewal never started and never will
 		}
@@ -177,7 +253,7 @@ func (k *Keeper) Release(ctx context.Context) error {
 // first refresh is due after first.
 func (k *Keeper) run(deadline time.Time, ttl, every, first time.Duration) {
 	defer close(k.done)
-	if k.ctx.Err() != nil {
+	if k.halted() {
 		return
 	}
 	key := k.lease.Key()
@@ -187,7 +263,7 @@ func (k *Keeper) run(deadline time.Time, ttl, every, first time.Duration) {
 		k.mu.Lock()
 		last := k.lastErr
 		k.mu.Unlock()
-		k.cancel(lostError(key, "no successful refresh before its deadline", last))
+		k.lose(lostError(key, "no successful refresh before its deadline", last))
 	})
 	defer loss.Stop()
 	var lost <-chan struct{}
@@ -196,17 +272,29 @@ func (k *Keeper) run(deadline time.Time, ttl, every, first time.Duration) {
 	}
 	next := time.NewTimer(first)
 	defer next.Stop()
+	// Renewal ends with the context, or with WithDetached only when stopped
+	// or lost: an end of the context with its parent is noted and ignored.
+	ended := k.ctx.Done()
 	for {
 		select {
-		case <-k.ctx.Done():
-			return
+		case <-ended:
+			if k.halted() {
+				return
+			}
+			// WithDetached, and the parent ended: renew on until
+			// stopped or lost.
+			ended = k.haltChan()
+			continue
 		case <-lost:
-			k.cancel(lostError(key, "the backend reported it lost", ErrNotHeld))
+			k.lose(lostError(key, "the backend reported it lost", ErrNotHeld))
 			return
 		case <-next.C:
 		}
 		sent := time.Now()
-		rctx, cancel := context.WithDeadline(k.ctx, deadline)
+		rctx, cancel := k.refreshContext(deadline)
+		if rctx == nil {
+			return // stopped
+		}
 		err := k.lease.Refresh(rctx, ttl)
 		cancel()
 		switch {
@@ -221,7 +309,7 @@ func (k *Keeper) run(deadline time.Time, ttl, every, first time.Duration) {
 			loss.Reset(time.Until(deadline))
 			next.Reset(every)
 		case errors.Is(err, ErrNotHeld):
-			k.cancel(lostError(key, "refresh failed", err))
+			k.lose(lostError(key, "refresh failed", err))
 			return
 		default:
 			// Transient: retry sooner, until the loss timer ends it.
@@ -230,6 +318,30 @@ func (k *Keeper) run(deadline time.Time, ttl, every, first time.Duration) {
 			k.mu.Unlock()
 			next.Reset(max(every/4, time.Millisecond))
 		}
+	}
+}
+
+// refreshContext returns the context of one refresh, ending at deadline and
+// when the Keeper stops; nil once it stopped.
+func (k *Keeper) refreshContext(deadline time.Time) (context.Context, context.CancelFunc) {
+	if !k.detached {
+		return context.WithDeadline(k.ctx, deadline)
+	}
+	// The Keeper's context may have ended with its parent: the refresh
+	// keeps its values only, and Stop aborts it.
+	rctx, cancel := context.WithDeadline(context.WithoutCancel(k.ctx), deadline)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.stopped {
+		cancel()
+		return nil, nil
+	}
+	k.abort = cancel
+	return rctx, func() {
+		k.mu.Lock()
+		k.abort = nil
+		k.mu.Unlock()
+		cancel()
 	}
 }
 

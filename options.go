@@ -29,6 +29,7 @@ const (
 //	WithRefreshInterval    -                   yes        yes
 //	WithMaxHold            -                   yes        yes
 //	WithAcquiredAt         -                   yes        -
+//	WithDetached           -                   yes        -
 //	WithTTL                -                   -          yes
 //	WithReleaseTimeout     -                   -          yes
 type (
@@ -82,6 +83,7 @@ type options struct {
 	minBackoff     time.Duration
 	maxBackoff     time.Duration
 	acquiredAt     time.Time // zero: when KeepAlive is called
+	detached       bool
 	err            error
 }
 
@@ -136,6 +138,19 @@ func WithAcquiredAt(t time.Time) KeepAliveOption {
 		}
 		o.acquiredAt = t
 	})
+}
+
+// WithDetached makes [KeepAlive]'s renewal outlast its context: the Keeper's
+// Context still ends with ctx (and with a loss), but renewal goes on until
+// [Keeper.Stop] or [Keeper.Release], or until the lease is lost, which
+// [Keeper.Err] then reports even though ctx had ended. It is for work that a
+// request starts and that must not lose its lease when the request ends (a
+// handler that goes on after its client left): the work learns from its
+// context that the request is gone and decides whether to stop, and no
+// other holder can take the key meanwhile. It cannot be combined with
+// [WithMaxHold].
+func WithDetached() KeepAliveOption {
+	return keepAliveOnly(func(o *options) { o.detached = true })
 }
 
 // WithReleaseTimeout bounds the release [Do] makes when its function returns
