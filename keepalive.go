@@ -30,8 +30,9 @@ type Keeper struct {
 	done   chan struct{} // closed when renewal has ended, or will never start
 	once   sync.Once
 	// start runs renewal when the first refresh is due, for a lease that
-	// cannot report a loss: until then nothing can happen to it, so most
-	// short holds never start a goroutine. Nil when renewal started at once.
+	// cannot report a loss (until then nothing can happen to it) or with
+	// WithDeferredStart: most short holds never start a goroutine. Nil
+	// when renewal started at once.
 	start *time.Timer
 	// detached: renewal outlasts ctx, ending only at Stop or a loss (see
 	// [WithDetached]).
@@ -73,7 +74,7 @@ type Keeper struct {
 // taken to end ttl after KeepAlive is called, or after the time given with
 // [WithAcquiredAt]. Renewal starts its goroutine when the first refresh is
 // due, or at once for a lease that implements [LossNotifier], whose loss it
-// must watch for meanwhile.
+// must watch for meanwhile (unless [WithDeferredStart] says otherwise).
 func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...KeepAliveOption) (*Keeper, error) {
 	o, err := buildOptions(opts, KeepAliveOption.applyKeepAlive)
 	if err != nil {
@@ -138,7 +139,7 @@ func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, o options) (
 	// from its deadline): a lease handed over late is renewed before it runs
 	// out.
 	first := min(every, max(0, time.Until(deadline)-(ttl-every)))
-	if _, ok := lease.(LossNotifier); ok {
+	if _, ok := lease.(LossNotifier); ok && !o.deferred {
 		go k.run(deadline, ttl, every, first)
 	} else {
 		k.start = time.AfterFunc(first, func() { k.run(deadline, ttl, every, 0) })
@@ -227,6 +228,15 @@ func (k *Keeper) Lost() bool { return errors.Is(k.Err(), ErrLeaseLost) }
 // does not release the lease. Safe to call more than once.
 func (k *Keeper) Stop() {
 	k.once.Do(func() {
+		if ln, ok := k.lease.(LossNotifier); ok && k.start != nil {
+			// WithDeferredStart: a loss reported before renewal started
+			// is still the Keeper's to report.
+			select {
+			case <-ln.Lost():
+				k.lose(lostError(k.lease.Key(), "the backend reported it lost", ErrNotHeld))
+			default:
+			}
+		}
 		k.mu.Lock()
 		k.stopped = true
 		k.wakeLocked()

@@ -387,3 +387,28 @@ func TestKeepAliveOptionErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestKeepAliveDeferredStartRecordsALossAtStop(t *testing.T) {
+	w := &wrapped{inner: memlock.New(), lost: make(chan struct{})}
+	le, err := w.TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := lock.KeepAlive(t.Context(), le, time.Minute, lock.WithDeferredStart())
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(w.lost)
+	// Nothing watches the loss before the first refresh (20 s away)...
+	if k.Context().Err() != nil {
+		t.Fatalf("deferred start watched the loss at once: %v", k.Err())
+	}
+	// ...but Stop records it.
+	k.Stop()
+	if err := k.Err(); !k.Lost() || !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("Err after Stop = %v, want the reported loss", err)
+	}
+	if w.refreshes.Load() != 0 {
+		t.Errorf("%d refreshes before the first was due", w.refreshes.Load())
+	}
+}

@@ -30,6 +30,7 @@ const (
 //	WithMaxHold            -                   yes        yes
 //	WithAcquiredAt         -                   yes        -
 //	WithDetached           -                   yes        -
+//	WithDeferredStart      -                   yes        -
 //	WithTTL                -                   -          yes
 //	WithReleaseTimeout     -                   -          yes
 type (
@@ -84,6 +85,7 @@ type options struct {
 	maxBackoff     time.Duration
 	acquiredAt     time.Time // zero: when KeepAlive is called
 	detached       bool
+	deferred       bool
 	err            error
 }
 
@@ -151,6 +153,18 @@ func WithAcquiredAt(t time.Time) KeepAliveOption {
 // [WithMaxHold].
 func WithDetached() KeepAliveOption {
 	return keepAliveOnly(func(o *options) { o.detached = true })
+}
+
+// WithDeferredStart makes [KeepAlive] start nothing but a timer until the
+// first refresh is due, even for a lease that implements [LossNotifier]:
+// a hold shorter than a refresh interval then costs no goroutine. A loss
+// the backend reports before that refresh cancels the Keeper's context
+// only then, or is recorded by [Keeper.Stop] ([Keeper.Err] reports it). It
+// is for short work whose end is checked by the owner anyway (an
+// idempotency Store's Complete refuses a lease that was lost); a lease's
+// local deadline is never at risk, as the first refresh comes before it.
+func WithDeferredStart() KeepAliveOption {
+	return keepAliveOnly(func(o *options) { o.deferred = true })
 }
 
 // WithReleaseTimeout bounds the release [Do] makes when its function returns

@@ -158,10 +158,13 @@ func (r *Runner) claim(ctx context.Context, key string, fp *[fpSize]byte) (lease
 // that disconnects (net/http cancels r.Context()) or a caller that cancels
 // a worker's context never ends it while the handler or function is still
 // running — only Stop (the work returned) or a real loss of the lease
-// does. The error is lock.KeepAlive's, which the lease TTL checked at
+// does. Renewal, and the watch on a Store that reports losses, starts
+// when the first refresh is due (lock.WithDeferredStart): most guarded
+// work ends long before, and Complete, which is owner-checked, finds a loss
+// anyway. The error is lock.KeepAlive's, which the lease TTL checked at
 // construction and a claimed lease never give.
 func (r *Runner) keep(parent context.Context, lease lock.Lease, sent time.Time) (*lock.Keeper, error) {
-	return lock.KeepAlive(parent, lease, r.cfg.leaseTTL, lock.WithAcquiredAt(sent), lock.WithDetached())
+	return lock.KeepAlive(parent, lease, r.cfg.leaseTTL, lock.WithAcquiredAt(sent), lock.WithDetached(), lock.WithDeferredStart())
 }
 
 // lostCause returns why k's lease was lost while the work ran, or nil.

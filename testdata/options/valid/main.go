@@ -16,7 +16,7 @@ func main() {
 	l := memlock.New()
 	le, _ := lock.Acquire(ctx, l, "k", time.Second, lock.WithBackoff(time.Millisecond, time.Second))
 	_, _ = lock.KeepAlive(ctx, le, time.Second, lock.WithRefreshInterval(time.Millisecond), lock.WithMaxHold(time.Minute),
-		lock.WithAcquiredAt(time.Now()), lock.WithDetached())
+		lock.WithAcquiredAt(time.Now()), lock.WithDetached(), lock.WithDeferredStart())
 	_ = lock.Do(ctx, l, "k", func(context.Context, lock.Lease) error { return nil },
 		lock.WithTTL(time.Second), lock.WithReleaseTimeout(time.Second), lock.WithBackoff(time.Millisecond, time.Second),
 		lock.WithRefreshInterval(time.Millisecond), lock.WithMaxHold(time.Minute))
