@@ -24,11 +24,11 @@ var (
 
 // Keeper renews one lease in the background; see [KeepAlive].
 type Keeper struct {
-	lease  Lease
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	done   chan struct{} // closed when renewal has ended, or will never start
-	once   sync.Once
+	lease   Lease
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	running sync.WaitGroup // renewal in progress, or yet to start
+	once    sync.Once
 	// start runs renewal when the first refresh is due, for a lease that
 	// cannot report a loss (until then nothing can happen to it) or with
 	// WithDeferredStart: most short holds never start a goroutine. Nil
@@ -120,7 +120,8 @@ func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, o options) (
 		outer := cancel
 		cancel = func(cause error) { outer(cause); stop() }
 	}
-	k := &Keeper{lease: lease, ctx: kctx, cancel: cancel, done: make(chan struct{}), detached: o.detached}
+	k := &Keeper{lease: lease, ctx: kctx, cancel: cancel, detached: o.detached}
+	k.running.Add(1) // done by run, or by Stop if run never starts
 	// A lease that is already past its deadline (an Acquire whose reply
 	// came late) or already reported lost is lost before KeepAlive returns,
 	// never a moment later: a caller that checks Context().Err() at once
@@ -247,10 +248,10 @@ func (k *Keeper) Stop() {
 			abort()
 		}
 		if k.start != nil && k.start.Stop() {
-			close(k.done) // renewal never started and never will
+			k.running.Done() // renewal never started and never will
 		}
 	})
-	<-k.done
+	k.running.Wait()
 }
 
 // Release stops renewal and then releases the lease with ctx.
@@ -262,7 +263,7 @@ func (k *Keeper) Release(ctx context.Context) error {
 // run renews the lease until it is lost or the Keeper's context ends; the
 // first refresh is due after first.
 func (k *Keeper) run(deadline time.Time, ttl, every, first time.Duration) {
-	defer close(k.done)
+	defer k.running.Done()
 	if k.halted() {
 		return
 	}
