@@ -9,7 +9,8 @@
 //
 //   - [Name], a backend's name, whose methods make every error a backend
 //     returns in one shape: [Name.OpError] ("redislock: take \"k\": …", the
-//     key shortened by [DisplayKey]), [Name.NotHeld], [Name.Closed],
+//     key shortened by [DisplayKey]), [Name.NotHeld], [Name.Found] (for ForceRelease and DeleteRecord),
+//     [Name.Closed],
 //     [Name.RecordTooLarge], [Name.InvalidArgument] and [Name.URLError],
 //     each matching the contract's sentinel error ([lock.ErrNotHeld],
 //     [lock.ErrClosed], [lock.ErrRecordTooLarge], [lock.ErrInvalidArgument],

@@ -32,6 +32,8 @@ func TestErrorsMatchTheirSentinels(t *testing.T) {
 		{"OpError no key", errs.OpError("ping", "", cause), []error{cause}, nil, `testlock: ping: connection reset`},
 		{"NotHeld", errs.NotHeld("release", "k"), []error{lock.ErrNotHeld}, []error{lock.ErrNotAcquired, lock.ErrInvalidArgument}, `testlock: release "k": lock: lease not held`},
 		{"NotHeldWhy", errs.NotHeldWhy("refresh", "k", "it expired"), []error{lock.ErrNotHeld}, nil, `lease not held: it expired`},
+		{"Found error", errs.Found("force release", "k", true, cause), []error{cause}, []error{lock.ErrNotHeld}, `testlock: force release "k": connection reset`},
+		{"Found nothing", errs.Found("delete record", "k", false, nil), []error{lock.ErrNotHeld}, nil, `testlock: delete record "k": lock: lease not held`},
 		{"Closed", errs.Closed("take", "k"), []error{lock.ErrClosed}, []error{lock.ErrNotHeld}, `testlock: take "k": lock: Locker closed`},
 		{"RecordTooLarge", errs.RecordTooLarge("k", 10, 5), []error{lock.ErrRecordTooLarge, lock.ErrInvalidArgument}, []error{lock.ErrNotHeld}, `10 bytes, over the limit of 5`},
 		{"InvalidArgument", errs.InvalidArgument("prefix %q contains %q", "a{", "{"), []error{lock.ErrInvalidArgument}, []error{lock.ErrInvalidURL}, `testlock: prefix "a{" contains "{"`},
@@ -52,6 +54,12 @@ func TestErrorsMatchTheirSentinels(t *testing.T) {
 				t.Errorf("message %q lacks %q", tc.err, tc.substr)
 			}
 		})
+	}
+}
+
+func TestFoundSomething(t *testing.T) {
+	if err := errs.Found("force release", "k", true, nil); err != nil {
+		t.Errorf("Found of a deletion: %v, want nil", err)
 	}
 }
 

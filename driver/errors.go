@@ -71,6 +71,20 @@ func (n Name) NotHeldWhy(op, key, why string) error {
 	return &Error{Backend: n, Op: op, Key: key, Err: lock.ErrNotHeld, Detail: why}
 }
 
+// Found is the error of an operator's request on key (ForceRelease,
+// DeleteRecord; op names it) from its outcome: [Name.OpError] of err when
+// err is not nil, [Name.NotHeld] when the request found nothing to delete,
+// and nil when it deleted something.
+func (n Name) Found(op, key string, found bool, err error) error {
+	switch {
+	case err != nil:
+		return n.OpError(op, key, err)
+	case !found:
+		return n.NotHeld(op, key)
+	}
+	return nil
+}
+
 // Closed is the error of op (on key, which may be empty) on a closed
 // Locker; it matches [lock.ErrClosed].
 func (n Name) Closed(op, key string) error {
