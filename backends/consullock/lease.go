@@ -85,7 +85,7 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	}
 	if sttl == s.ttl {
 		sent := time.Now()
-		ok, err := l.renew(ctx, s.id)
+		ok, err := l.pool.renew(ctx, s.id)
 		if err != nil {
 			return fmt.Errorf("consullock: refresh %q: %w", le.key, err)
 		}
@@ -96,11 +96,7 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 		le.mu.Lock()
 		le.deadline = sent.Add(sttl)
 		le.mu.Unlock()
-		l.mu.Lock()
-		if sent.After(s.renewed) {
-			s.renewed = sent
-		}
-		l.mu.Unlock()
+		l.pool.renewed(s, sent)
 		return nil
 	}
 	return le.move(ctx, s, sttl)
@@ -111,7 +107,7 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 func (le *lease) move(ctx context.Context, old *session, ttl time.Duration) error {
 	l := le.l
 	for attempt := 0; ; attempt++ {
-		ns, renewed, err := l.getSession(ctx, ttl)
+		ns, renewed, err := l.pool.get(ctx, ttl)
 		if err != nil {
 			return err
 		}
@@ -129,31 +125,31 @@ func (le *lease) move(ctx context.Context, old *session, ttl time.Duration) erro
 			// before the next write.
 			le.suspect = true
 			le.mu.Unlock()
-			l.doom(ns.id)
+			l.pool.doom(ns.id)
 			return fmt.Errorf("consullock: refresh %q: %w", le.key, err)
 		case ok:
 			le.sess = ns
 			le.index = resp.Results[len(resp.Results)-1].KV.ModifyIndex
 			le.deadline = renewed.Add(ttl)
 			le.mu.Unlock()
-			l.putBack(old) // it holds nothing now
+			l.pool.putBack(old) // it holds nothing now
 			return nil
 		}
 		le.mu.Unlock()
 		f := failure(resp.Errors)
 		switch {
 		case f.op == 1 && f.invalidSession() && attempt < 2:
-			l.purge(ttl) // the pooled session is gone: forget it, try another
+			l.pool.purge(ttl) // the pooled session is gone: forget it, try another
 			continue
 		case f.denied():
-			l.putBack(ns)
+			l.pool.putBack(ns)
 			return fmt.Errorf("%w: refresh %q: %s", ErrPermissionDenied, le.key, f.what)
 		case f.op == 0:
-			l.putBack(ns)
+			l.pool.putBack(ns)
 			le.lose(old)
 			return le.notHeld("taken or expired")
 		}
-		l.putBack(ns)
+		l.pool.putBack(ns)
 		return fmt.Errorf("consullock: refresh %q: transaction refused: %s", le.key, f.what)
 	}
 }
@@ -232,9 +228,9 @@ func (le *lease) setWriting(on bool) {
 // session for the next take, unless the lease was meanwhile found lost.
 func (le *lease) finish(s *session) {
 	if le.end(released) {
-		le.l.putBack(s)
+		le.l.pool.putBack(s)
 	} else {
-		le.l.doom(s.id)
+		le.l.pool.doom(s.id)
 	}
 }
 
@@ -242,7 +238,7 @@ func (le *lease) finish(s *session) {
 // destroys its session (which may still exist but must not be reused).
 func (le *lease) lose(s *session) {
 	if le.end(lost) {
-		le.l.doom(s.id)
+		le.l.pool.doom(s.id)
 	}
 }
 
@@ -283,7 +279,7 @@ func (le *lease) Lost() <-chan struct{} {
 	case lost:
 		close(le.lostCh)
 	case held:
-		le.w = le.l.watch(le)
+		le.w = le.l.watchers.watch(le)
 	}
 	return le.lostCh
 }

@@ -9,14 +9,6 @@ import (
 	"github.com/idemlock/lock"
 )
 
-// retentionSession is the session that idempotency records of one
-// retention are locked by, so that Consul deletes them when it expires.
-type retentionSession struct {
-	id      string
-	created time.Time // when its create was sent
-	width   time.Duration
-}
-
 // Claim makes one attempt on key for the idempotency helper (it makes
 // *Locker an idempotency.Store): one transaction checks that no record
 // exists under key and takes the lock, so a record stored by Complete is
@@ -78,7 +70,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 	}
 	recPath := l.recordPath(le.key)
 	for attempt := 0; ; attempt++ {
-		rs, err := l.retentionSession(ctx, rttl, width)
+		rs, err := l.retention.session(ctx, rttl, width)
 		if err != nil {
 			return err
 		}
@@ -110,7 +102,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 			le.lose(s)
 			return le.notHeld("expired or taken before completion")
 		case f.op == 3 && f.invalidSession() && attempt < 2:
-			l.forgetRetention(rttl, rs)
+			l.retention.forget(rttl, rs)
 			continue // the retention session expired early or the agent restarted
 		}
 		return fmt.Errorf("consullock: complete %q: transaction refused: %s", le.key, f.what)
@@ -130,58 +122,6 @@ func (l *Locker) retentionTTL(retention time.Duration) (rttl, width time.Duratio
 	rttl = max(roundUp(retention, TTLStep), l.cfg.minTTL)
 	width = min(rttl/8, time.Hour).Truncate(TTLStep)
 	return rttl, width, nil
-}
-
-// retentionSession returns the session records of retention rttl are bound
-// to, creating one when the current one is older than width. Its TTL is
-// rttl + width (at most 24 h), so a record bound to it is kept at least
-// rttl by Consul's session contract. It is never renewed or destroyed.
-func (l *Locker) retentionSession(ctx context.Context, rttl, width time.Duration) (*retentionSession, error) {
-	now := time.Now()
-	l.mu.Lock()
-	rs := l.retained[rttl]
-	l.mu.Unlock()
-	if rs != nil && now.Sub(rs.created) < width {
-		return rs, nil
-	}
-	// Width 0 (short retentions): a session per record, kept by nobody.
-	keep := func(s *session) *retentionSession {
-		rs := &retentionSession{id: s.id, created: s.renewed, width: width}
-		if width == 0 {
-			return rs
-		}
-		l.mu.Lock()
-		if cur := l.retained[rttl]; cur == nil || cur.created.Before(rs.created) {
-			l.retained[rttl] = rs
-		}
-		l.mu.Unlock()
-		return rs
-	}
-	adopt := func(s *session) {
-		// Created for a Complete that gave up: bucket it, or destroy a
-		// session that would hold no record.
-		l.mu.Lock()
-		closed := l.closed
-		l.mu.Unlock()
-		if width == 0 || closed {
-			l.doom(s.id)
-			return
-		}
-		keep(s)
-	}
-	s, err := l.createDetached(ctx, min(rttl+width, MaxTTL), l.cfg.name+" retention", 0, adopt)
-	if err != nil {
-		return nil, err
-	}
-	return keep(s), nil
-}
-
-func (l *Locker) forgetRetention(rttl time.Duration, rs *retentionSession) {
-	l.mu.Lock()
-	if l.retained[rttl] == rs {
-		delete(l.retained, rttl)
-	}
-	l.mu.Unlock()
 }
 
 // readRecord reads the record at path; found is false if there is none.
