@@ -137,7 +137,9 @@
 // last [WithKeepWarm] period (default 10 s); then the idle sessions are
 // destroyed. [Locker.Close] destroys every idle session. A session whose
 // lease was lost, or whose fate is unknown after a failed request, is
-// destroyed and never reused. Sessions are named by [WithSessionName]
+// destroyed and never reused; so is an idle session that went a whole TTL
+// without a renewal (the agent stalled or unreachable): Consul may
+// invalidate it at any moment from then on, even just after renewing it. Sessions are named by [WithSessionName]
 // (default [DefaultSessionName]), which tells them apart in the agent's
 // session list. Sessions are created on a goroutine of the Locker's with a
 // context of their own: a take whose context ends while its session is

@@ -374,12 +374,19 @@ func (p *pool) due(now time.Time) chores {
 	return w
 }
 
-// dueLocked adds to w the idle sessions of c due for renewal. p.mu is held.
+// dueLocked adds to w the idle sessions of c due for renewal, and drops
+// those whose TTL ran out since their last renewal: Consul may invalidate
+// such a session at any moment, even just after renewing it (after a
+// server stall its timers fire together with the renewals it accepted),
+// so a renewal sent then would not make it safe to hand out. p.mu is held.
 func (c *class) dueLocked(now time.Time, w *chores) {
 	kept := c.idle[:0]
 	for _, s := range c.idle {
 		switch due := s.renewed.Add(renewAfter(c.ttl)); {
 		case s.renewing:
+		case now.Sub(s.renewed) >= c.ttl:
+			w.destroy = append(w.destroy, s.id)
+			continue
 		case due.After(now):
 			w.next = min(w.next, due.Sub(now))
 		default:
