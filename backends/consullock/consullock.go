@@ -73,11 +73,16 @@ type config struct {
 	maxRecord int
 }
 
-// WithKeyPrefix sets the KV prefix under which the Locker keeps its keys
+// WithKeyPrefix is [WithPrefix], under its former name.
+//
+// Deprecated: use [WithPrefix], the name every backend uses.
+func WithKeyPrefix(prefix string) Option { return WithPrefix(prefix) }
+
+// WithPrefix sets the KV prefix under which the Locker keeps its keys
 // (default [DefaultPrefix]). It must be empty or end in '/', must not start
 // with '/', and may hold only ASCII letters, digits and "-_./", without
 // empty, "." or ".." segments.
-func WithKeyPrefix(prefix string) Option {
+func WithPrefix(prefix string) Option {
 	return func(c *config) error {
 		if err := validPrefix(prefix); err != nil {
 			return err

@@ -152,10 +152,10 @@ func TestBadConfiguration(t *testing.T) {
 		"min TTL 1.5s":        consullock.New(client, consullock.WithMinTTL(1500*time.Millisecond)),
 		"negative lock-delay": consullock.New(client, consullock.WithLockDelay(-time.Second)),
 		"lock-delay 61s":      consullock.New(client, consullock.WithLockDelay(61*time.Second)),
-		"prefix /abs/":        consullock.New(client, consullock.WithKeyPrefix("/abs/")),
-		"prefix no slash":     consullock.New(client, consullock.WithKeyPrefix("abc")),
-		"prefix ..":           consullock.New(client, consullock.WithKeyPrefix("a/../")),
-		"prefix space":        consullock.New(client, consullock.WithKeyPrefix("a b/")),
+		"prefix /abs/":        consullock.New(client, consullock.WithPrefix("/abs/")),
+		"prefix no slash":     consullock.New(client, consullock.WithPrefix("abc")),
+		"prefix ..":           consullock.New(client, consullock.WithPrefix("a/../")),
+		"prefix space":        consullock.New(client, consullock.WithPrefix("a b/")),
 		"empty session name":  consullock.New(client, consullock.WithSessionName("")),
 		"record size 0":       consullock.New(client, consullock.WithMaxRecordSize(0)),
 		"keep-warm -1s":       consullock.New(client, consullock.WithKeepWarm(-time.Second)),
@@ -185,7 +185,7 @@ func TestKeysOnServer(t *testing.T) {
 	checkNoSessions(t)
 	client, _ := newClient(t)
 	prefix := "idemlock-test-" + runID + "/"
-	l, _ := newLocker(t, consullock.WithKeyPrefix(prefix))
+	l, _ := newLocker(t, consullock.WithPrefix(prefix))
 	k := key(t, "a/b c.d~e\x00é")
 	le := take(t, l, k, 10*time.Second)
 	esc := consullock.EscapeKey(k)

@@ -121,7 +121,7 @@
 //
 // A lock's Consul key is <prefix>lock/<escaped key> and an idempotency
 // record's is <prefix>record/<escaped key> (prefix [DefaultPrefix] unless
-// [WithKeyPrefix]). The escaping keeps ASCII letters, digits, '-' and '_'
+// [WithPrefix]). The escaping keeps ASCII letters, digits, '-' and '_'
 // and writes every other byte as '~' and two upper-case hex digits ("a/b c"
 // becomes "a~2Fb~20c"). It is injective, so two keys never share a lock,
 // and its output has no slashes, dots or control characters, so any valid
