@@ -79,6 +79,7 @@ func TestOpen(t *testing.T) {
 		"consul://127.0.0.1:8500/?bogus=1&token=" + secret,
 		"consul://:" + secret + "@127.0.0.1:8500/?token=" + secret,
 		"consul://" + secret + "@127.0.0.1/",
+		"consul://127.0.0.1:8500/?token=" + secret + "&bad=%zz", // a query that does not parse
 	} {
 		_, err := lock.Open(t.Context(), u)
 		if err == nil {
