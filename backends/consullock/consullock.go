@@ -7,13 +7,15 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/driver"
 )
+
+// errs makes the package's errors.
+const errs = driver.Name("consullock")
 
 // Defaults and limits.
 const (
@@ -43,23 +45,18 @@ var (
 	// ErrPermissionDenied is matched by errors caused by Consul's ACLs
 	// refusing the Locker's token.
 	ErrPermissionDenied = errors.New("consullock: permission denied by Consul ACLs")
-	// ErrClosed is matched by the errors of a Locker used after Close.
-	ErrClosed = errors.New("consullock: Locker is closed")
+	// ErrClosed is [lock.ErrClosed], which the errors of a Locker used
+	// after Close match.
+	//
+	// Deprecated: use [lock.ErrClosed], which every backend's errors match.
+	ErrClosed = lock.ErrClosed
 )
 
-// RecordTooLargeError is returned by Complete for a record larger than the
-// Locker's limit (see [WithMaxRecordSize]). It matches
-// [lock.ErrInvalidArgument].
-type RecordTooLargeError struct {
-	Size, Limit int
+// denied is the error of op on key that Consul's ACLs refused, for the
+// reason what.
+func denied(op, key, what string) error {
+	return &driver.Error{Backend: errs, Op: op, Key: key, Err: ErrPermissionDenied, Detail: what}
 }
-
-func (e *RecordTooLargeError) Error() string {
-	return fmt.Sprintf("consullock: idempotency record of %d bytes is larger than the %d-byte limit", e.Size, e.Limit)
-}
-
-// Unwrap makes errors.Is(err, lock.ErrInvalidArgument) true.
-func (e *RecordTooLargeError) Unwrap() error { return idempotency.ErrRecordTooLarge }
 
 // Option configures a Locker made by [New].
 type Option func(*config) error
@@ -98,7 +95,7 @@ func WithPrefix(prefix string) Option {
 func WithMinTTL(d time.Duration) Option {
 	return func(c *config) error {
 		if d <= 0 || d%TTLStep != 0 || d > MaxTTL {
-			return fmt.Errorf("%w: consullock: minimum TTL %v must be a whole number of seconds between 1s and 24h", lock.ErrInvalidArgument, d)
+			return errs.InvalidArgument("minimum TTL %v must be a whole number of seconds between 1s and 24h", d)
 		}
 		c.minTTL = d
 		return nil
@@ -112,7 +109,7 @@ func WithMinTTL(d time.Duration) Option {
 func WithLockDelay(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 || d > MaxLockDelay {
-			return fmt.Errorf("%w: consullock: lock-delay %v must be between 0 and %v", lock.ErrInvalidArgument, d, MaxLockDelay)
+			return errs.InvalidArgument("lock-delay %v must be between 0 and %v", d, MaxLockDelay)
 		}
 		c.lockDelay = d
 		return nil
@@ -126,7 +123,7 @@ func WithLockDelay(d time.Duration) Option {
 func WithKeepWarm(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 {
-			return fmt.Errorf("%w: consullock: keep-warm period %v is negative", lock.ErrInvalidArgument, d)
+			return errs.InvalidArgument("keep-warm period %v is negative", d)
 		}
 		c.keepWarm = d
 		return nil
@@ -138,7 +135,7 @@ func WithKeepWarm(d time.Duration) Option {
 func WithSessionName(name string) Option {
 	return func(c *config) error {
 		if name == "" || len(name) > 256 {
-			return fmt.Errorf("%w: consullock: session name must be 1 to 256 bytes", lock.ErrInvalidArgument)
+			return errs.InvalidArgument("session name must be 1 to 256 bytes")
 		}
 		c.name = name
 		return nil
@@ -151,7 +148,7 @@ func WithSessionName(name string) Option {
 func WithMaxRecordSize(n int) Option {
 	return func(c *config) error {
 		if n <= 0 {
-			return fmt.Errorf("%w: consullock: max record size %d is not positive", lock.ErrInvalidArgument, n)
+			return errs.InvalidArgument("max record size %d is not positive", n)
 		}
 		c.maxRecord = n
 		return nil
@@ -167,65 +164,49 @@ func WithMaxRecordSize(n int) Option {
 // sessions of idempotency records, and the watchers behind the leases'
 // Lost channels. It wires them together and orders their shutdown.
 type Locker struct {
+	gate   driver.Gate
 	client *api.Client
 	cfg    config
-	err    error  // a bad option or nil client, returned by every call
 	owned  func() // set by the URL opener: frees the client it made
 
-	closed    atomic.Bool
 	pool      *pool
 	retention *retention
 	watchers  *watchers
 }
 
-// New returns a Locker that uses client and never closes it. Invalid
-// options (or a nil client) do not panic: every call of the Locker then
-// returns an error matching [lock.ErrInvalidArgument].
-func New(client *api.Client, opts ...Option) *Locker {
-	l := &Locker{
-		client: client,
-		cfg: config{
-			prefix:    DefaultPrefix,
-			minTTL:    DefaultMinTTL,
-			keepWarm:  DefaultKeepWarm,
-			name:      DefaultSessionName,
-			maxRecord: DefaultMaxRecordSize,
-		},
+// New returns a Locker that uses client and never closes it, or an error
+// matching [lock.ErrInvalidArgument] for a nil client or an invalid option.
+// It makes no request.
+func New(client *api.Client, opts ...Option) (*Locker, error) {
+	cfg := config{
+		prefix:    DefaultPrefix,
+		minTTL:    DefaultMinTTL,
+		keepWarm:  DefaultKeepWarm,
+		name:      DefaultSessionName,
+		maxRecord: DefaultMaxRecordSize,
 	}
 	if client == nil {
-		l.err = fmt.Errorf("%w: consullock: nil *api.Client", lock.ErrInvalidArgument)
+		return nil, errs.InvalidArgument("nil *api.Client")
 	}
-	for _, o := range opts {
-		if o == nil {
-			continue
-		}
-		if err := o(&l.cfg); err != nil && l.err == nil {
-			l.err = err
-		}
+	if err := driver.Apply(&cfg, opts); err != nil {
+		return nil, err
 	}
-	l.pool = newPool(client, l.cfg)
-	l.retention = newRetention(l.pool, l.cfg)
-	l.watchers = newWatchers(client)
-	return l
-}
-
-// usable returns the error every call returns on a misconfigured or closed
-// Locker.
-func (l *Locker) usable() error {
-	if l.err != nil {
-		return l.err
-	}
-	if l.closed.Load() {
-		return ErrClosed
-	}
-	return nil
+	p := newPool(client, cfg)
+	return &Locker{
+		gate:      driver.Gate{Name: errs},
+		client:    client,
+		cfg:       cfg,
+		pool:      p,
+		retention: newRetention(p, cfg),
+		watchers:  newWatchers(client),
+	}, nil
 }
 
 // TryAcquire makes one attempt to take key for ttl (rounded up to whole
 // seconds). A held key gives a [*lock.NotAcquiredError] with the holder's
 // ModifyIndex as Version and its TTL as Remaining.
 func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+	if err := l.gate.Check(ctx, "take", key, ttl); err != nil {
 		return nil, err
 	}
 	le, _, _, err := l.take(ctx, key, ttl, false, nil)
@@ -240,8 +221,9 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 // claim found, or an error and the holder's fingerprint. A non-nil fp is
 // kept in the lock key's value.
 func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim bool, fp []byte) (*lease, []byte, []byte, error) {
-	if err := l.usable(); err != nil {
-		return nil, nil, nil, err
+	op := "take"
+	if claim {
+		op = "claim"
 	}
 	sttl, err := l.sessionTTL(ttl)
 	if err != nil {
@@ -263,23 +245,24 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 		if err != nil {
 			// The take may have happened: the session must never be reused.
 			l.pool.doom(s.id)
-			return nil, nil, nil, fmt.Errorf("consullock: take %q: %w", key, err)
+			return nil, nil, nil, errs.OpError(op, key, err)
 		}
 		if ok {
 			kv := resp.Results[len(resp.Results)-1].KV
-			le := &lease{l: l, key: key, path: path, fp: fp, token: kv.ModifyIndex, index: kv.ModifyIndex, sess: s, deadline: renewed.Add(sttl)}
+			le := &lease{l: l, path: path, fp: fp, index: kv.ModifyIndex, sess: s}
+			le.Init(&l.gate, key, kv.ModifyIndex, renewed, sttl)
 			return le, nil, nil, nil
 		}
 		f := failure(resp.Errors)
 		switch {
 		case f.denied():
 			l.pool.putBack(s)
-			return nil, nil, nil, fmt.Errorf("%w: take %q: %s", ErrPermissionDenied, key, f.what)
+			return nil, nil, nil, denied(op, key, f.what)
 		case claim && f.op == 0 && strings.HasSuffix(f.what, " exists"):
 			l.pool.putBack(s)
 			rec, found, err := l.readRecord(ctx, recPath)
 			if err != nil {
-				return nil, nil, nil, fmt.Errorf("consullock: claim %q: reading its record: %w", key, err)
+				return nil, nil, nil, errs.OpError("claim", key, fmt.Errorf("reading its record: %w", err))
 			}
 			if found {
 				return nil, rec, nil, nil
@@ -287,7 +270,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 			if attempt < 3 {
 				continue // the record expired in between: try again
 			}
-			return nil, nil, nil, fmt.Errorf("consullock: claim %q: its record keeps vanishing", key)
+			return nil, nil, nil, errs.OpError("claim", key, errors.New("its record keeps vanishing"))
 		case f.held():
 			l.pool.putBack(s)
 			holder, err := l.heldError(ctx, key, path, f.delayed())
@@ -302,7 +285,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 		default:
 			l.pool.putBack(s)
 		}
-		return nil, nil, nil, fmt.Errorf("consullock: take %q: transaction refused: %s", key, f.what)
+		return nil, nil, nil, errs.OpError(op, key, f.refused())
 	}
 }
 
@@ -381,6 +364,10 @@ func (f txnFailure) delayed() bool { return strings.Contains(f.what, "due to loc
 func (f txnFailure) invalidSession() bool { return strings.Contains(f.what, "invalid session") }
 
 func (f txnFailure) denied() bool { return isDeniedText(f.what) }
+
+// refused is the error of a transaction refused for a reason that has no
+// meaning of its own.
+func (f txnFailure) refused() error { return fmt.Errorf("transaction refused: %s", f.what) }
 
 func isDeniedText(s string) bool {
 	return strings.Contains(s, "Permission denied") || strings.Contains(s, "ACL not found")
@@ -482,7 +469,7 @@ func validPrefix(p string) error {
 		return nil
 	}
 	bad := func(why string) error {
-		return fmt.Errorf("%w: consullock: key prefix %q %s", lock.ErrInvalidArgument, p, why)
+		return errs.InvalidArgument("key prefix %q %s", p, why)
 	}
 	if !strings.HasSuffix(p, "/") || strings.HasPrefix(p, "/") {
 		return bad("must end in '/' and not start with one")
@@ -506,18 +493,17 @@ func validPrefix(p string) error {
 // expire with their records. A Locker made by lock.Open also closes its
 // client's idle connections. Close may be called more than once.
 func (l *Locker) Close() error {
-	if l.closed.Swap(true) {
-		return nil
-	}
-	// The pool last: the other parts hand it sessions to destroy (a watch
-	// that finds its lease lost, a retention session created for a
-	// Complete that gave up, which retention, closed first, no longer
-	// keeps), and its close waits for the creates still running.
-	l.watchers.close()
-	l.retention.close()
-	err := l.pool.close()
-	if l.owned != nil {
-		l.owned()
-	}
-	return err
+	return l.gate.Close(func() error {
+		// The pool last: the other parts hand it sessions to destroy (a
+		// watch that finds its lease lost, a retention session created for
+		// a Complete that gave up, which retention, closed first, no longer
+		// keeps), and its close waits for the creates still running.
+		l.watchers.close()
+		l.retention.close()
+		err := l.pool.close()
+		if l.owned != nil {
+			l.owned()
+		}
+		return err
+	})
 }

@@ -168,7 +168,8 @@
 // A record is at most [DefaultMaxRecordSize] bytes unless
 // [WithMaxRecordSize] says otherwise: it travels base64-encoded in a
 // transaction that Consul caps at txn_max_req_len (512 KiB by default);
-// larger records get a [*RecordTooLargeError] before any request.
+// larger records get an error matching [lock.ErrRecordTooLarge] before any
+// request.
 //
 // # ACLs
 //
@@ -192,6 +193,8 @@
 // The Locker that Open returns owns its client and closes its idle
 // connections on Close. Open makes no request and keeps no reference to
 // its context: the context does not matter after Open returns.
+// [ParseURL] gives the client configuration and options of a URL, for a
+// program that builds its own client.
 //
 // # Health, limits and administration
 //

@@ -2,7 +2,6 @@ package consullock
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 
 	"github.com/hashicorp/consul/api"
@@ -14,20 +13,15 @@ import (
 // request and starts no goroutine: each Wait is one or a few blocking
 // queries on the caller's goroutine.
 func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
-	if err := lock.CheckContext(ctx); err != nil {
+	if err := l.gate.CheckKey(ctx, "subscribe", key); err != nil {
 		return nil, err
 	}
-	if err := lock.ValidateKey(key); err != nil {
-		return nil, err
-	}
-	if err := l.usable(); err != nil {
-		return nil, err
-	}
-	return &subscription{l: l, path: l.lockPath(key)}, nil
+	return &subscription{l: l, key: key, path: l.lockPath(key)}, nil
 }
 
 type subscription struct {
 	l      *Locker
+	key    string
 	path   string
 	closed atomic.Bool
 }
@@ -45,7 +39,7 @@ func (s *subscription) Wait(ctx context.Context, held *lock.NotAcquiredError) er
 		return err
 	}
 	if s.closed.Load() {
-		return fmt.Errorf("%w: consullock: Wait on a closed subscription", lock.ErrInvalidArgument)
+		return errs.InvalidArgument("Wait on a closed subscription")
 	}
 	var want uint64 // the holding the attempt saw
 	// delayed: the attempt found the key absent but refused by lock-delay
@@ -63,7 +57,7 @@ func (s *subscription) Wait(ctx context.Context, held *lock.NotAcquiredError) er
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("consullock: waiting for a release: %w", apiError(err))
+			return errs.OpError("wait", s.key, apiError(err))
 		}
 		if pair == nil && delayed && meta.LastIndex >= index {
 			index = meta.LastIndex

@@ -150,7 +150,7 @@ func (p *pool) createDetached(ctx context.Context, ttl time.Duration, name strin
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil, ErrClosed
+		return nil, errs.Closed("create session", "")
 	}
 	p.creates.Add(1)
 	p.mu.Unlock()
@@ -205,10 +205,10 @@ func (p *pool) create(ctx context.Context, ttl time.Duration, name string, lockD
 		if errors.As(err, &se) && strings.Contains(se.Body, "Invalid Session TTL") {
 			return nil, &lock.TTLError{TTL: ttl, Reason: "refused by the Consul agent: " + se.Body}
 		}
-		return nil, fmt.Errorf("consullock: creating a session: %w", apiError(err))
+		return nil, errs.OpError("create session", "", apiError(err))
 	}
 	if out.ID == "" {
-		return nil, errors.New("consullock: creating a session: no ID in the answer")
+		return nil, errs.OpError("create session", "", errors.New("no ID in the answer"))
 	}
 	return &session{id: out.ID, ttl: ttl, renewed: sent}, nil
 }
@@ -516,7 +516,7 @@ func (p *pool) close() error {
 	defer cancel()
 	for _, id := range ids {
 		if derr := p.destroy(ctx, id); derr != nil && err == nil {
-			err = fmt.Errorf("consullock: Close: destroying idle session: %w", derr)
+			err = errs.OpError("close", "", fmt.Errorf("destroying an idle session: %w", derr))
 		}
 	}
 	return err

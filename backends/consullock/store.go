@@ -2,11 +2,11 @@ package consullock
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 )
 
 // Claim makes one attempt on key for the idempotency helper (it makes
@@ -17,7 +17,7 @@ import (
 // record is returned as a non-nil empty slice). Otherwise Claim behaves as
 // TryAcquire.
 func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+	if err := l.gate.Check(ctx, "claim", key, ttl); err != nil {
 		return nil, nil, err
 	}
 	le, rec, _, err := l.take(ctx, key, ttl, true, nil)
@@ -36,77 +36,60 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 // writes the record locked by the retention session (see the package doc).
 // If the lease no longer holds, it returns an error matching
 // lock.ErrNotHeld and stores nothing. Retention is rounded up to whole
-// seconds and to the minimum TTL; above 24 h it is a [*lock.TTLError].
+// seconds and to the minimum TTL; above 24 h it is a [*lock.TTLError]. A
+// record over the limit ([WithMaxRecordSize]) is an error matching
+// [lock.ErrRecordTooLarge]. Like Release, it works on a lease held after
+// [Locker.Close].
 func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
 	}
-	le, ok := ls.(*lease)
-	if !ok || le == nil || le.l != l {
-		return fmt.Errorf("%w: consullock: Complete with a lease that this Locker did not hand out (%T)", lock.ErrInvalidArgument, ls)
+	le, err := driver.Own[*lease](&l.gate, "Complete", ls)
+	if err != nil {
+		return err
 	}
 	rttl, width, err := l.retentionTTL(retention)
 	if err != nil {
 		return err
 	}
 	if len(record) > l.cfg.maxRecord {
-		return &RecordTooLargeError{Size: len(record), Limit: l.cfg.maxRecord}
+		return errs.RecordTooLarge(le.Key(), len(record), l.cfg.maxRecord)
 	}
 	if record == nil {
 		record = []byte{}
 	}
-	le.op.Lock()
-	defer le.op.Unlock()
-	le.mu.Lock()
-	state, s, index, suspect := le.state, le.sess, le.index, le.suspect
-	le.mu.Unlock()
-	if state != held {
-		return le.notHeld("complete after release or loss")
-	}
-	if suspect {
-		if err := le.verify(ctx, s, index); err != nil {
-			return err
+	return le.End(ctx, "complete", func() error {
+		if le.State() == driver.Lost {
+			return le.NotHeldWhy("complete", "lost before completion")
 		}
-	}
-	recPath := l.recordPath(le.key)
-	for attempt := 0; ; attempt++ {
-		rs, err := l.retention.session(ctx, rttl, width)
+		s, err := le.holding(ctx, "complete")
 		if err != nil {
 			return err
 		}
-		le.setWriting(true)
-		ok, resp, err := l.txn(ctx, api.TxnOps{
-			{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: le.path, Session: s.id}},
-			{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: le.path, Index: index}},
-			{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: recPath}},
-			{KV: &api.KVTxnOp{Verb: api.KVLock, Key: recPath, Session: rs.id, Value: record}},
-		})
-		if ok && err == nil {
-			le.finish(s)
+		le.mu.Lock()
+		index := le.index
+		le.mu.Unlock()
+		recPath := l.recordPath(le.Key())
+		for attempt := 0; ; attempt++ {
+			rs, err := l.retention.session(ctx, rttl, width)
+			if err != nil {
+				return err
+			}
+			ok, resp, err := le.write(ctx, api.TxnOps{
+				{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: le.path, Session: s.id}},
+				{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: le.path, Index: index}},
+				{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: recPath}},
+				{KV: &api.KVTxnOp{Verb: api.KVLock, Key: recPath, Session: rs.id, Value: record}},
+			})
+			if err == nil && !ok {
+				if f := failure(resp.Errors); f.op == 3 && f.invalidSession() && attempt < 2 {
+					l.retention.forget(rttl, rs)
+					continue // the retention session expired early or the agent restarted
+				}
+			}
+			return le.ended(ok, resp, err, "complete", s)
 		}
-		le.setWriting(false)
-		if err != nil {
-			le.mu.Lock()
-			le.suspect = true
-			le.mu.Unlock()
-			return fmt.Errorf("consullock: complete %q: %w", le.key, err)
-		}
-		if ok {
-			return nil
-		}
-		f := failure(resp.Errors)
-		switch {
-		case f.denied():
-			return fmt.Errorf("%w: complete %q: %s", ErrPermissionDenied, le.key, f.what)
-		case f.op == 0 || f.op == 1:
-			le.lose(s)
-			return le.notHeld("expired or taken before completion")
-		case f.op == 3 && f.invalidSession() && attempt < 2:
-			l.retention.forget(rttl, rs)
-			continue // the retention session expired early or the agent restarted
-		}
-		return fmt.Errorf("consullock: complete %q: transaction refused: %s", le.key, f.what)
-	}
+	})
 }
 
 // retentionTTL returns the retention rounded up to whole seconds and to

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/idemlock/lock/driver"
 )
 
 // watchers owns the goroutines behind the leases' Lost channels: its
@@ -121,10 +122,13 @@ func (w *watcher) run(ctx context.Context, kv *api.KV, le *lease, index uint64) 
 		}
 		retry = 10 * time.Millisecond
 		le.mu.Lock()
-		state, sess, writing := le.state, le.sess, le.writing
+		sess, writing := le.sess, le.writing
 		le.mu.Unlock()
-		if state != held {
+		switch le.State() {
+		case driver.Released, driver.Lost:
 			return
+		case driver.Releasing:
+			writing = true // a Release or Complete is in flight
 		}
 		if pair == nil || pair.Session != sess.id {
 			if writing {
