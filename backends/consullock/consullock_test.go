@@ -527,3 +527,26 @@ func TestCancelledCreate(t *testing.T) {
 	}
 	t.Logf("%d of 10 takes gave up during their session's create", abandoned)
 }
+
+// TestLostAfterFailedRelease: a lease whose Release found it lost reports
+// the loss on its Lost channel, also when Lost is first called after that
+// Release.
+func TestLostAfterFailedRelease(t *testing.T) {
+	checkNoSessions(t)
+	noLeaks(t)
+	client, _ := newClient(t)
+	l, _ := newLocker(t)
+	k := key(t, "k")
+	le := take(t, l, k, 10*time.Second)
+	if _, err := client.Session().Destroy(holder(t, client, k), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := le.Release(t.Context()); !errors.Is(err, lock.ErrNotHeld) {
+		t.Fatalf("Release of a lease whose session was destroyed: %v, want ErrNotHeld", err)
+	}
+	select {
+	case <-le.(lock.LossNotifier).Lost():
+	default:
+		t.Errorf("Lost not closed for a lease whose Release reported ErrNotHeld")
+	}
+}

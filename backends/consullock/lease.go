@@ -12,7 +12,9 @@ import (
 
 // lease is one holding: a key locked by a session of its own. Key, token,
 // state, deadline and the serialisation of Refresh, Release and Complete
-// come from driver.Lease; the lease becomes Lost only in lose, under mu.
+// come from driver.Lease; the lease becomes Lost only in lose, under mu,
+// which also records it in lost (a Release or Complete that then reports
+// ErrNotHeld moves the state on to Released).
 type lease struct {
 	driver.Lease
 	l    *Locker
@@ -24,6 +26,7 @@ type lease struct {
 	index   uint64 // the key's ModifyIndex of this holding
 	suspect bool   // a write failed in transit: the holding must be verified
 	writing bool   // a write of this lease's own (move, release, complete) is in flight
+	lost    bool   // found lost: Lost's channel is closed
 	lostCh  chan struct{}
 	w       *watcher
 }
@@ -212,6 +215,7 @@ func (le *lease) lose(s *session) {
 		le.mu.Unlock()
 		return
 	}
+	le.lost = true
 	if le.lostCh != nil {
 		close(le.lostCh)
 	}
@@ -243,10 +247,10 @@ func (le *lease) Lost() <-chan struct{} {
 		return le.lostCh
 	}
 	le.lostCh = make(chan struct{})
-	switch le.State() {
-	case driver.Lost:
+	switch st := le.State(); {
+	case le.lost:
 		close(le.lostCh)
-	case driver.Held, driver.Releasing:
+	case st == driver.Held || st == driver.Releasing:
 		le.w = le.l.watchers.watch(le)
 	}
 	return le.lostCh
