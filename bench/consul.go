@@ -32,7 +32,10 @@ func consulBackend() Backend {
 				Name: "idemlock",
 				Desc: "idemlock consullock: a take is one txn with a pooled session, a release one txn; waiters use blocking queries",
 				Setup: consulSetup(func(c *api.Client) (Client, func()) {
-					l := consullock.New(c)
+					l, err := consullock.New(c)
+					if err != nil {
+						panic(err) // a non-nil client and no options: cannot happen
+					}
 					return idemClient{l}, func() { _ = l.Close() }
 				}),
 			},

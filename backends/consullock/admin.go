@@ -1,40 +1,37 @@
 package consullock
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 	"github.com/idemlock/lock/idempotency"
-	"github.com/idemlock/lock/internal/optional"
 )
 
 var (
-	_ lock.Pinger                    = (*Locker)(nil)
-	_ lock.TTLLimiter                = (*Locker)(nil)
-	_ lock.Admin                     = (*Locker)(nil)
+	_ driver.FullBackend             = (*Locker)(nil)
 	_ idempotency.FingerprintClaimer = (*Locker)(nil)
 	_ lock.LossNotifier              = (*lease)(nil)
 )
 
 // Ping asks the agent for the cluster's leader (GET /v1/status/leader) with
 // ctx, and returns nil if it answered with one: an agent that cannot reach
-// a leader fails too. After [Locker.Close] it returns [ErrClosed].
+// a leader fails too. After [Locker.Close] it returns an error matching [lock.ErrClosed].
 func (l *Locker) Ping(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckContext(ctx, "ping"); err != nil {
 		return err
 	}
 	leader, err := l.client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return fmt.Errorf("consullock: ping: %w", apiError(err))
+		return errs.OpError("ping", "", apiError(err))
 	}
 	if leader == "" {
-		return fmt.Errorf("consullock: ping: the agent knows no leader")
+		return errs.OpError("ping", "", errors.New("the agent knows no leader"))
 	}
 	return nil
 }
@@ -52,10 +49,10 @@ func (l *Locker) TTLLimits() lock.TTLLimits {
 // as holder (read by the request that reads the holder's index). It makes
 // *Locker an idempotency.FingerprintClaimer.
 func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (lock.Lease, []byte, []byte, error) {
-	if err := optional.CheckClaim("consullock", ctx, key, ttl, fp); err != nil {
+	if err := l.gate.CheckClaim(ctx, key, ttl, fp); err != nil {
 		return nil, nil, nil, err
 	}
-	le, rec, holder, err := l.take(ctx, key, ttl, true, optional.Clone(fp))
+	le, rec, holder, err := l.take(ctx, key, ttl, true, bytes.Clone(fp))
 	if err != nil || le == nil {
 		return nil, rec, holder, err
 	}
@@ -67,10 +64,7 @@ func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Dura
 // the leases escape it. Consul does not tell a session's remaining TTL, so
 // Remaining and RecordRemaining are zero.
 func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) {
-	if err := optional.CheckKey(ctx, key); err != nil {
-		return lock.KeyInfo{}, err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckKey(ctx, "inspect", key); err != nil {
 		return lock.KeyInfo{}, err
 	}
 	path, recPath := l.lockPath(key), l.recordPath(key)
@@ -78,7 +72,7 @@ func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) 
 	for _, p := range []string{path, recPath} {
 		pair, _, err := l.client.KV().Get(p, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
-			return info, fmt.Errorf("consullock: inspect %q: %w", key, apiError(err))
+			return info, errs.OpError("inspect", key, apiError(err))
 		}
 		switch {
 		case pair == nil:
@@ -100,38 +94,35 @@ func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) 
 // indexes, and so tokens, keep increasing. It returns an error matching
 // lock.ErrNotHeld if no lease held key.
 func (l *Locker) ForceRelease(ctx context.Context, key string) error {
-	if err := optional.CheckKey(ctx, key); err != nil {
-		return err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckKey(ctx, "force release", key); err != nil {
 		return err
 	}
 	path := l.lockPath(key)
 	for {
 		pair, _, err := l.client.KV().Get(path, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 		if err != nil {
-			return fmt.Errorf("consullock: force release %q: %w", key, apiError(err))
+			return errs.OpError("force release", key, apiError(err))
 		}
 		if pair == nil || pair.Session == "" {
-			return fmt.Errorf("consullock: force release %q: %w", key, lock.ErrNotHeld)
+			return errs.NotHeld("force release", key)
 		}
 		ok, resp, err := l.txn(ctx, api.TxnOps{
 			{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: path, Session: pair.Session}},
 			{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: path, Index: pair.ModifyIndex}},
 		})
 		if err != nil {
-			return fmt.Errorf("consullock: force release %q: %w", key, err)
+			return errs.OpError("force release", key, err)
 		}
 		if !ok {
 			if f := failure(resp.Errors); f.denied() {
-				return fmt.Errorf("%w: force release %q: %s", ErrPermissionDenied, key, f.what)
+				return denied("force release", key, f.what)
 			}
 			continue // released or taken again in between: look again
 		}
 		// The holder's Release now fails and destroys the session rather
 		// than pooling it, so this destroys no other holding's session.
 		if _, err := l.client.Session().Destroy(pair.Session, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
-			return fmt.Errorf("consullock: force release %q (the key was deleted; destroying its session failed): %w", key, apiError(err))
+			return errs.OpError("force release", key, fmt.Errorf("the key was deleted; destroying its session failed: %w", apiError(err)))
 		}
 		return nil
 	}
@@ -141,26 +132,17 @@ func (l *Locker) ForceRelease(ctx context.Context, key string) error {
 // Claim takes the key. It returns an error matching lock.ErrNotHeld if no
 // record was stored.
 func (l *Locker) DeleteRecord(ctx context.Context, key string) error {
-	if err := optional.CheckKey(ctx, key); err != nil {
-		return err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckKey(ctx, "delete record", key); err != nil {
 		return err
 	}
 	recPath := l.recordPath(key)
 	pair, _, err := l.client.KV().Get(recPath, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("consullock: delete record %q: %w", key, apiError(err))
-	}
-	if pair == nil {
-		return fmt.Errorf("consullock: delete record %q: %w", key, lock.ErrNotHeld)
+	if err != nil || pair == nil {
+		return errs.Found("delete record", key, pair != nil, apiError(err))
 	}
 	ok, _, err := l.txn(ctx, api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: recPath, Index: pair.ModifyIndex}}})
-	if err != nil {
-		return fmt.Errorf("consullock: delete record %q: %w", key, err)
+	if !ok && err == nil {
+		return errs.NotHeldWhy("delete record", key, "changed or expired meanwhile")
 	}
-	if !ok {
-		return fmt.Errorf("consullock: delete record %q: changed or expired meanwhile: %w", key, lock.ErrNotHeld)
-	}
-	return nil
+	return errs.Found("delete record", key, true, err)
 }

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/backends/consullock"
 	"github.com/idemlock/lock/conformance"
 	"github.com/idemlock/lock/internal/testenv"
 )
@@ -15,7 +14,7 @@ import (
 // and Ping must fail for an agent that is not there.
 func TestPingUnreachable(t *testing.T) {
 	live, _ := newLocker(t)
-	testenv.CheckPing(t, "consul://127.0.0.1:1", live, consullock.ErrClosed)
+	testenv.CheckPing(t, "consul://127.0.0.1:1", live, lock.ErrClosed)
 }
 
 // Issue 21.6: the min_ttl URL option is what TTLLimits reports.

@@ -30,7 +30,10 @@ func TestClusterTopology(t *testing.T) {
 		if err != nil {
 			tb.Fatalf("consul client: %v", err)
 		}
-		l := consullock.New(client, consullock.WithMinTTL(time.Second))
+		l, err := consullock.New(client, consullock.WithMinTTL(time.Second))
+		if err != nil {
+			tb.Fatal(err)
+		}
 		tb.Cleanup(func() {
 			if err := l.Close(); err != nil {
 				tb.Errorf("Close: %v", err)

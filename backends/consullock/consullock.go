@@ -1,209 +1,3 @@
-// Package consullock is idemlock's Consul backend: locks held by Consul
-// sessions on KV keys, on the github.com/hashicorp/consul/api client.
-//
-// # How a lock works
-//
-// A lease is a KV key acquired (Consul's "lock" operation) by a session of
-// its own: TTL = the lease's TTL, behavior "delete" (when the session ends,
-// the server deletes the key), no health checks (only the TTL decides), and
-// lock-delay 0 unless [WithLockDelay] asks for one.
-//
-//   - Take: one request, a transaction (PUT /v1/txn) whose "lock" operation
-//     answers with the key's ModifyIndex. Sessions come ready-made from a
-//     per-TTL pool that a background goroutine keeps fresh, so creating a
-//     session is off the critical path once a Locker is warm.
-//   - Release: one request, a transaction that checks that the lease's
-//     session still holds the key and deletes it only at the lease's own
-//     ModifyIndex (check-session + delete-cas). The session goes back to the
-//     pool for the next take. An uncontended take + release is 2 round trips
-//     (Consul's own api.Lock recipe makes 5 on its path, about 7 in all).
-//   - Refresh to the same TTL renews the session (one request; a session the
-//     server no longer knows means [lock.ErrNotHeld]). A session's TTL cannot
-//     change, so Refresh to another TTL moves the lock to a session with that
-//     TTL in one owner-checked transaction (unlock by the old session + lock
-//     by the new one).
-//   - A stale lease never frees or extends a newer holder: every write is
-//     checked by the server against the lease's own session and index.
-//
-// # Fencing tokens
-//
-// [lock.Lease.Token] is the key's ModifyIndex after the take: the index of
-// the Raft log entry that took it. Raft indexes grow across all keys and
-// never repeat, so tokens strictly increase across holders, also after a key
-// was released or deleted by an expiring session. Caveat: a Consul dev agent
-// (-dev) keeps no state and starts its indexes again after a restart; a
-// real server keeps them in its Raft log and snapshots.
-//
-// # TTLs
-//
-// Session TTLs are counted by the Consul leader. TTLs are rounded up to
-// whole seconds (the TTL step). The shortest is the agent's
-// session_ttl_min, 10 s unless the agent lowers it; tell the Locker with
-// [WithMinTTL] (default [DefaultMinTTL]). The longest is 24 h ([MaxTTL]).
-// A TTL outside those bounds is a [*lock.TTLError] (errors.Is
-// [lock.ErrInvalidTTL]), never silently changed; if the agent's real
-// minimum is higher than the Locker was told, the server's refusal becomes
-// the same error.
-//
-// Consul guarantees that a session lives at least its TTL after its last
-// renewal and invalidates it lazily: the leader arms its timer with twice
-// the TTL, so a lease that is not refreshed is freed between 1× and about
-// 2× its TTL after its take or refresh (later still across a leader
-// change). [lock.Deadliner.Deadline] reports the guaranteed lower bound:
-// the time the session was created or last renewed, by the local monotonic
-// clock before the request was sent, plus the TTL. A pooled session is
-// handed to a take only while it was renewed less than an eighth of the TTL
-// ago (at most 500 ms), so a lease holds at least its TTL minus that.
-//
-// One server fault breaks that bound: a Consul server that stands still
-// (SIGSTOP, a VM frozen) for longer than a session's TTL runs, when it
-// resumes, the session timers that fell due meanwhile at the same time as
-// the renewals and takes it accepted on resume, and Consul does not order
-// them: a session renewed at that moment can still be invalidated just
-// after, so a lease taken or refreshed then is lost well before its TTL
-// (the torture harness measured it, RELIABILITY.md). The lease's loss
-// watcher cancels lock.KeepAlive's context when the key goes; fencing
-// tokens keep increasing, so a fenced resource is safe.
-//
-// # Waiting
-//
-// *Locker implements [lock.Notifier]: [lock.Acquire] waits with Consul
-// blocking queries (GET /v1/kv/<key>?index=N) on the lock's key, from the
-// ModifyIndex that the failed attempt saw ([lock.NotAcquiredError.Version]),
-// so a release (or a session expiry, which deletes the key) after the
-// attempt is never missed, and a waiter wakes within one blocking-query
-// return of it. Cancelling the context aborts the HTTP request at once.
-// A refused take makes one read besides the transaction, to learn that
-// index and the holder's TTL ([lock.NotAcquiredError.Remaining]). With
-// lock-delay, a key can be free and still refused; the end of a
-// lock-delay sends no event, so Acquire then retries at its polling cap
-// (250 ms by default) until it ends.
-//
-// Leases implement [lock.LossNotifier]: the first call to Lost starts one
-// blocking query on the key, which closes the channel when the key is
-// deleted or held by another session; it is stopped by Release and by
-// [Locker.Close].
-//
-// # Consistency
-//
-// Writes (take, release, refresh moves, Claim, Complete) are transactions
-// that go through Raft. The lost-lease watch, whose verdict destroys a
-// session, reads in consistent mode, and its blocking queries never wait
-// from an index below the lease's own latest write, so it never acts on a
-// view older than that write (a leader just elected may serve one in the
-// default mode). Other reads (the holder's index after a refused take,
-// waiting, reading a record) use Consul's default consistency mode: served
-// by the leader, which can be stale only briefly around a leader change; a
-// stale read there can cause a spurious wake-up or another attempt, never a
-// wrong lock.
-//
-// # Unknown outcomes and concurrent calls
-//
-// Refresh, Release and Complete on one lease are serialised. After a write
-// whose reply was lost (or whose context ended in flight) the lease is
-// suspect: the next Refresh first checks, in one transaction, that its
-// session still holds the key at its index, and reports lock.ErrNotHeld
-// otherwise. A Release retried after one whose reply was lost returns
-// lock.ErrNotHeld if the first one did delete the key: Consul keeps no trace
-// of it; the retry never touches a newer holder's key.
-//
-// # Lock-delay
-//
-// Consul's lock-delay blocks the keys of an invalidated session from being
-// locked again for a while (15 s by default in Consul). It is a safety net
-// for holders that do not check fencing tokens: a holder that lost its
-// session gets time to notice and stop before another takes over. It also
-// delays every takeover after an expiry by that long. idemlock uses fencing
-// tokens and lost-lease cancellation instead, so the default here is 0;
-// [WithLockDelay] sets it (up to 60 s).
-//
-// # Keys
-//
-// A lock's Consul key is <prefix>lock/<escaped key> and an idempotency
-// record's is <prefix>record/<escaped key> (prefix [DefaultPrefix] unless
-// [WithKeyPrefix]). The escaping keeps ASCII letters, digits, '-' and '_'
-// and writes every other byte as '~' and two upper-case hex digits ("a/b c"
-// becomes "a~2Fb~20c"). It is injective, so two keys never share a lock,
-// and its output has no slashes, dots or control characters, so any valid
-// key (NUL, "..", spaces, 1 KiB of UTF-8) survives the URL paths that
-// Consul's KV endpoint and blocking queries use. An escaped key is at most
-// 3 × [lock.MaxKeyLen] bytes.
-//
-// # Sessions
-//
-// Each lease holds one session; a released lease's session is kept for the
-// next take of the same TTL (up to 8 idle per TTL) and renewed in the
-// background while it waits, for as long as that TTL was used within the
-// last [WithKeepWarm] period (default 10 s); then the idle sessions are
-// destroyed. [Locker.Close] destroys every idle session. A session whose
-// lease was lost, or whose fate is unknown after a failed request, is
-// destroyed and never reused. Sessions are named by [WithSessionName]
-// (default [DefaultSessionName]), which tells them apart in the agent's
-// session list. Sessions are created on a goroutine of the Locker's with a
-// context of their own: a take whose context ends while its session is
-// being created returns at once, and the session joins the pool when it
-// arrives (Close waits for it), so no session is left that the Locker does
-// not know.
-//
-// # Idempotency records
-//
-// *Locker is an idempotency.Store. Claim is one transaction: check that no
-// record exists + lock the key (a second request reads the record when
-// there is one). Complete is one transaction: check that the lease's
-// session holds the key at its index, delete the lock, write the record.
-// Consul KV has no TTL, so a record is locked by a "retention session"
-// (behavior delete, no checks, never renewed): when that session expires,
-// the server deletes the record. Records of one retention share a session
-// for a bucket of an eighth of the retention in whole seconds, at most 1 h
-// (under 8 s a record gets a session of its own), whose TTL is the
-// retention plus that width, capped at Consul's 24 h. By Consul's session
-// contract a record is therefore kept at least its retention (rounded up
-// to whole seconds and to the minimum TTL), or 23 h for retentions above
-// 23 h; since Consul invalidates sessions at about twice their TTL, records
-// typically stay about twice as long. A retention above 24 h is a
-// [*lock.TTLError]. Retention sessions outlive the Locker on purpose
-// (destroying one would delete its records) and expire on their own.
-// A record is at most [DefaultMaxRecordSize] bytes unless
-// [WithMaxRecordSize] says otherwise: it travels base64-encoded in a
-// transaction that Consul caps at txn_max_req_len (512 KiB by default);
-// larger records get a [*RecordTooLargeError] before any request.
-//
-// # ACLs
-//
-// The Locker uses the client's token. It needs key write on the prefix
-// (key_prefix "idemlock/" { policy = "write" }) and session write on the
-// agent's node (session_prefix "" { policy = "write" }); a refusal, or an
-// unknown token, is an error matching [ErrPermissionDenied]. An agent
-// without ACLs ignores tokens.
-//
-// # URL
-//
-// lock.Open accepts consul://[:TOKEN@]HOST:PORT/?option=value&…. With no
-// host, the api package's defaults and environment apply (CONSUL_HTTP_ADDR,
-// CONSUL_HTTP_TOKEN, CONSUL_HTTP_SSL, CONSUL_CACERT, …). The ACL token may
-// be given in the password position of the user info (consul://:TOKEN@host
-// — url.Redacted hides it), as a token=… or token_file=… option, or through
-// CONSUL_HTTP_TOKEN; the opener overwrites a token in the URL with
-// "redacted" before returning so that no error message can show it.
-// Options: dc (datacenter), tls=true (https), prefix, min_ttl, lock_delay,
-// keep_warm (durations such as 1s), session_name, max_record_size (bytes).
-// The Locker that Open returns owns its client and closes its idle
-// connections on Close. Open makes no request and keeps no reference to
-// its context: the context does not matter after Open returns.
-//
-// # Health, limits and administration
-//
-// *Locker implements the contract's optional interfaces: [Locker.Ping] (GET
-// /v1/status/leader, for readiness probes: Open succeeds for an agent that
-// is down), [Locker.TTLLimits] (whole seconds, from the minimum the Locker
-// was told with [WithMinTTL] or min_ttl to 24 h), lock.Admin
-// ([Locker.Inspect], [Locker.ForceRelease], [Locker.DeleteRecord], taking
-// the caller's key and escaping it as the leases do) and
-// idempotency.FingerprintClaimer ([Locker.ClaimFingerprint]: the
-// fingerprint is kept in the lock key's value). A lease's Lost channel
-// closes within one blocking-query return of its key's deletion (by hand,
-// by ForceRelease or by session expiry), so lock.KeepAlive learns of it
-// then, not at its next refresh.
 package consullock
 
 import (
@@ -213,13 +7,15 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/driver"
 )
+
+// errs makes the package's errors.
+const errs = driver.Name("consullock")
 
 // Defaults and limits.
 const (
@@ -249,23 +45,18 @@ var (
 	// ErrPermissionDenied is matched by errors caused by Consul's ACLs
 	// refusing the Locker's token.
 	ErrPermissionDenied = errors.New("consullock: permission denied by Consul ACLs")
-	// ErrClosed is matched by the errors of a Locker used after Close.
-	ErrClosed = errors.New("consullock: Locker is closed")
+	// ErrClosed is [lock.ErrClosed], which the errors of a Locker used
+	// after Close match.
+	//
+	// Deprecated: use [lock.ErrClosed], which every backend's errors match.
+	ErrClosed = lock.ErrClosed
 )
 
-// RecordTooLargeError is returned by Complete for a record larger than the
-// Locker's limit (see [WithMaxRecordSize]). It matches
-// [lock.ErrInvalidArgument].
-type RecordTooLargeError struct {
-	Size, Limit int
+// denied is the error of op on key that Consul's ACLs refused, for the
+// reason what.
+func denied(op, key, what string) error {
+	return &driver.Error{Backend: errs, Op: op, Key: key, Err: ErrPermissionDenied, Detail: what}
 }
-
-func (e *RecordTooLargeError) Error() string {
-	return fmt.Sprintf("consullock: idempotency record of %d bytes is larger than the %d-byte limit", e.Size, e.Limit)
-}
-
-// Unwrap makes errors.Is(err, lock.ErrInvalidArgument) true.
-func (e *RecordTooLargeError) Unwrap() error { return idempotency.ErrRecordTooLarge }
 
 // Option configures a Locker made by [New].
 type Option func(*config) error
@@ -279,11 +70,16 @@ type config struct {
 	maxRecord int
 }
 
-// WithKeyPrefix sets the KV prefix under which the Locker keeps its keys
+// WithKeyPrefix is [WithPrefix], under its former name.
+//
+// Deprecated: use [WithPrefix], the name every backend uses.
+func WithKeyPrefix(prefix string) Option { return WithPrefix(prefix) }
+
+// WithPrefix sets the KV prefix under which the Locker keeps its keys
 // (default [DefaultPrefix]). It must be empty or end in '/', must not start
 // with '/', and may hold only ASCII letters, digits and "-_./", without
 // empty, "." or ".." segments.
-func WithKeyPrefix(prefix string) Option {
+func WithPrefix(prefix string) Option {
 	return func(c *config) error {
 		if err := validPrefix(prefix); err != nil {
 			return err
@@ -299,7 +95,7 @@ func WithKeyPrefix(prefix string) Option {
 func WithMinTTL(d time.Duration) Option {
 	return func(c *config) error {
 		if d <= 0 || d%TTLStep != 0 || d > MaxTTL {
-			return fmt.Errorf("%w: consullock: minimum TTL %v must be a whole number of seconds between 1s and 24h", lock.ErrInvalidArgument, d)
+			return errs.InvalidArgument("minimum TTL %v must be a whole number of seconds between 1s and 24h", d)
 		}
 		c.minTTL = d
 		return nil
@@ -313,7 +109,7 @@ func WithMinTTL(d time.Duration) Option {
 func WithLockDelay(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 || d > MaxLockDelay {
-			return fmt.Errorf("%w: consullock: lock-delay %v must be between 0 and %v", lock.ErrInvalidArgument, d, MaxLockDelay)
+			return errs.InvalidArgument("lock-delay %v must be between 0 and %v", d, MaxLockDelay)
 		}
 		c.lockDelay = d
 		return nil
@@ -327,7 +123,7 @@ func WithLockDelay(d time.Duration) Option {
 func WithKeepWarm(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 {
-			return fmt.Errorf("%w: consullock: keep-warm period %v is negative", lock.ErrInvalidArgument, d)
+			return errs.InvalidArgument("keep-warm period %v is negative", d)
 		}
 		c.keepWarm = d
 		return nil
@@ -339,7 +135,7 @@ func WithKeepWarm(d time.Duration) Option {
 func WithSessionName(name string) Option {
 	return func(c *config) error {
 		if name == "" || len(name) > 256 {
-			return fmt.Errorf("%w: consullock: session name must be 1 to 256 bytes", lock.ErrInvalidArgument)
+			return errs.InvalidArgument("session name must be 1 to 256 bytes")
 		}
 		c.name = name
 		return nil
@@ -352,7 +148,7 @@ func WithSessionName(name string) Option {
 func WithMaxRecordSize(n int) Option {
 	return func(c *config) error {
 		if n <= 0 {
-			return fmt.Errorf("%w: consullock: max record size %d is not positive", lock.ErrInvalidArgument, n)
+			return errs.InvalidArgument("max record size %d is not positive", n)
 		}
 		c.maxRecord = n
 		return nil
@@ -362,77 +158,55 @@ func WithMaxRecordSize(n int) Option {
 // Locker takes leases on Consul. It is safe for concurrent use. It
 // implements [lock.Locker], [lock.Backend], [lock.Notifier] and the
 // idempotency Store (Claim and Complete).
+//
+// It is a coordinator of parts that each own their state and its lock: the
+// session pool (lock sessions, the keeper goroutine), the retention
+// sessions of idempotency records, and the watchers behind the leases'
+// Lost channels. It wires them together and orders their shutdown.
 type Locker struct {
+	gate   driver.Gate
 	client *api.Client
 	cfg    config
-	err    error  // a bad option or nil client, returned by every call
 	owned  func() // set by the URL opener: frees the client it made
 
-	mu       sync.Mutex
-	closed   bool
-	classes  map[time.Duration]*class // idle sessions per TTL
-	doomed   []string                 // sessions to destroy
-	retained map[time.Duration]*retentionSession
-	watchers map[*watcher]struct{}
-	creates  sync.WaitGroup // session creates running detached
-	keeping  bool           // the keeper goroutine runs
-	poke     chan struct{}  // wakes the keeper
-	wakeAt   time.Time      // when the keeper wakes unless poked
-	stop     context.CancelFunc
-	stopped  chan struct{} // closed when the keeper returned
+	pool      *pool
+	retention *retention
+	watchers  *watchers
 }
 
-// New returns a Locker that uses client and never closes it. Invalid
-// options (or a nil client) do not panic: every call of the Locker then
-// returns an error matching [lock.ErrInvalidArgument].
-func New(client *api.Client, opts ...Option) *Locker {
-	l := &Locker{
-		client: client,
-		cfg: config{
-			prefix:    DefaultPrefix,
-			minTTL:    DefaultMinTTL,
-			keepWarm:  DefaultKeepWarm,
-			name:      DefaultSessionName,
-			maxRecord: DefaultMaxRecordSize,
-		},
-		classes:  make(map[time.Duration]*class),
-		retained: make(map[time.Duration]*retentionSession),
-		watchers: make(map[*watcher]struct{}),
-		poke:     make(chan struct{}, 1),
+// New returns a Locker that uses client and never closes it, or an error
+// matching [lock.ErrInvalidArgument] for a nil client or an invalid option.
+// It makes no request.
+func New(client *api.Client, opts ...Option) (*Locker, error) {
+	cfg := config{
+		prefix:    DefaultPrefix,
+		minTTL:    DefaultMinTTL,
+		keepWarm:  DefaultKeepWarm,
+		name:      DefaultSessionName,
+		maxRecord: DefaultMaxRecordSize,
 	}
 	if client == nil {
-		l.err = fmt.Errorf("%w: consullock: nil *api.Client", lock.ErrInvalidArgument)
+		return nil, errs.InvalidArgument("nil *api.Client")
 	}
-	for _, o := range opts {
-		if o == nil {
-			continue
-		}
-		if err := o(&l.cfg); err != nil && l.err == nil {
-			l.err = err
-		}
+	if err := driver.Apply(&cfg, opts); err != nil {
+		return nil, err
 	}
-	return l
-}
-
-// usable returns the error every call returns on a misconfigured or closed
-// Locker.
-func (l *Locker) usable() error {
-	if l.err != nil {
-		return l.err
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return ErrClosed
-	}
-	return nil
+	p := newPool(client, cfg)
+	return &Locker{
+		gate:      driver.Gate{Name: errs},
+		client:    client,
+		cfg:       cfg,
+		pool:      p,
+		retention: newRetention(p, cfg),
+		watchers:  newWatchers(client),
+	}, nil
 }
 
 // TryAcquire makes one attempt to take key for ttl (rounded up to whole
 // seconds). A held key gives a [*lock.NotAcquiredError] with the holder's
 // ModifyIndex as Version and its TTL as Remaining.
 func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+	if err := l.gate.Check(ctx, "take", key, ttl); err != nil {
 		return nil, err
 	}
 	le, _, _, err := l.take(ctx, key, ttl, false, nil)
@@ -447,8 +221,9 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 // claim found, or an error and the holder's fingerprint. A non-nil fp is
 // kept in the lock key's value.
 func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim bool, fp []byte) (*lease, []byte, []byte, error) {
-	if err := l.usable(); err != nil {
-		return nil, nil, nil, err
+	op := "take"
+	if claim {
+		op = "claim"
 	}
 	sttl, err := l.sessionTTL(ttl)
 	if err != nil {
@@ -457,7 +232,7 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 	path := l.lockPath(key)
 	recPath := l.recordPath(key)
 	for attempt := 0; ; attempt++ {
-		s, renewed, err := l.getSession(ctx, sttl)
+		s, renewed, err := l.pool.get(ctx, sttl)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -469,24 +244,25 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 		ok, resp, err := l.txn(ctx, ops)
 		if err != nil {
 			// The take may have happened: the session must never be reused.
-			l.doom(s.id)
-			return nil, nil, nil, fmt.Errorf("consullock: take %q: %w", key, err)
+			l.pool.doom(s.id)
+			return nil, nil, nil, errs.OpError(op, key, err)
 		}
 		if ok {
 			kv := resp.Results[len(resp.Results)-1].KV
-			le := &lease{l: l, key: key, path: path, fp: fp, token: kv.ModifyIndex, index: kv.ModifyIndex, sess: s, deadline: renewed.Add(sttl)}
+			le := &lease{l: l, path: path, fp: fp, index: kv.ModifyIndex, sess: s}
+			le.Init(&l.gate, key, kv.ModifyIndex, renewed, sttl)
 			return le, nil, nil, nil
 		}
 		f := failure(resp.Errors)
 		switch {
 		case f.denied():
-			l.putBack(s)
-			return nil, nil, nil, fmt.Errorf("%w: take %q: %s", ErrPermissionDenied, key, f.what)
+			l.pool.putBack(s)
+			return nil, nil, nil, denied(op, key, f.what)
 		case claim && f.op == 0 && strings.HasSuffix(f.what, " exists"):
-			l.putBack(s)
+			l.pool.putBack(s)
 			rec, found, err := l.readRecord(ctx, recPath)
 			if err != nil {
-				return nil, nil, nil, fmt.Errorf("consullock: claim %q: reading its record: %w", key, err)
+				return nil, nil, nil, errs.OpError("claim", key, fmt.Errorf("reading its record: %w", err))
 			}
 			if found {
 				return nil, rec, nil, nil
@@ -494,22 +270,22 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, claim 
 			if attempt < 3 {
 				continue // the record expired in between: try again
 			}
-			return nil, nil, nil, fmt.Errorf("consullock: claim %q: its record keeps vanishing", key)
+			return nil, nil, nil, errs.OpError("claim", key, errors.New("its record keeps vanishing"))
 		case f.held():
-			l.putBack(s)
+			l.pool.putBack(s)
 			holder, err := l.heldError(ctx, key, path, f.delayed())
 			return nil, nil, holder, err
 		case f.invalidSession():
 			// The pooled session is gone (expired, agent restarted): so are
 			// its peers, likely. Forget them and try with a new one.
-			l.purge(sttl)
+			l.pool.purge(sttl)
 			if attempt < 2 {
 				continue
 			}
 		default:
-			l.putBack(s)
+			l.pool.putBack(s)
 		}
-		return nil, nil, nil, fmt.Errorf("consullock: take %q: transaction refused: %s", key, f.what)
+		return nil, nil, nil, errs.OpError(op, key, f.refused())
 	}
 }
 
@@ -588,6 +364,10 @@ func (f txnFailure) delayed() bool { return strings.Contains(f.what, "due to loc
 func (f txnFailure) invalidSession() bool { return strings.Contains(f.what, "invalid session") }
 
 func (f txnFailure) denied() bool { return isDeniedText(f.what) }
+
+// refused is the error of a transaction refused for a reason that has no
+// meaning of its own.
+func (f txnFailure) refused() error { return fmt.Errorf("transaction refused: %s", f.what) }
 
 func isDeniedText(s string) bool {
 	return strings.Contains(s, "Permission denied") || strings.Contains(s, "ACL not found")
@@ -689,7 +469,7 @@ func validPrefix(p string) error {
 		return nil
 	}
 	bad := func(why string) error {
-		return fmt.Errorf("%w: consullock: key prefix %q %s", lock.ErrInvalidArgument, p, why)
+		return errs.InvalidArgument("key prefix %q %s", p, why)
 	}
 	if !strings.HasSuffix(p, "/") || strings.HasPrefix(p, "/") {
 		return bad("must end in '/' and not start with one")
@@ -713,48 +493,17 @@ func validPrefix(p string) error {
 // expire with their records. A Locker made by lock.Open also closes its
 // client's idle connections. Close may be called more than once.
 func (l *Locker) Close() error {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return nil
-	}
-	l.closed = true
-	stop, stopped := l.stop, l.stopped
-	ws := make([]*watcher, 0, len(l.watchers))
-	for w := range l.watchers {
-		ws = append(ws, w)
-	}
-	l.mu.Unlock()
-	if stop != nil {
-		stop()
-		<-stopped
-	}
-	for _, w := range ws {
-		w.halt()
-	}
-	l.creates.Wait() // their sessions are destroyed now that l is closed
-	l.mu.Lock()
-	ids := l.doomed
-	l.doomed = nil
-	for _, c := range l.classes {
-		for _, s := range c.idle {
-			ids = append(ids, s.id)
+	return l.gate.Close(func() error {
+		// The pool last: the other parts hand it sessions to destroy (a
+		// watch that finds its lease lost, a retention session created for
+		// a Complete that gave up, which retention, closed first, no longer
+		// keeps), and its close waits for the creates still running.
+		l.watchers.close()
+		l.retention.close()
+		err := l.pool.close()
+		if l.owned != nil {
+			l.owned()
 		}
-	}
-	l.classes = make(map[time.Duration]*class)
-	l.mu.Unlock()
-	var err error
-	if l.err == nil && len(ids) > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		for _, id := range ids {
-			if derr := l.destroy(ctx, id); derr != nil && err == nil {
-				err = fmt.Errorf("consullock: Close: destroying idle session: %w", derr)
-			}
-		}
-		cancel()
-	}
-	if l.owned != nil {
-		l.owned()
-	}
-	return err
+		return err
+	})
 }

@@ -99,7 +99,10 @@ func TestTTLBounds(t *testing.T) {
 
 	// A Locker told nothing about the agent assumes Consul's default 10s
 	// minimum and refuses shorter TTLs before any request.
-	def := consullock.New(client, consullock.WithSessionName(sessionName(t)))
+	def, err := consullock.New(client, consullock.WithSessionName(sessionName(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = def.Close() })
 	before := c.snapshot()
 	for _, ttl := range []time.Duration{time.Second, 9 * time.Second, 25 * time.Hour} {
@@ -147,35 +150,34 @@ func TestTTLBounds(t *testing.T) {
 func TestBadConfiguration(t *testing.T) {
 	noLeaks(t)
 	client, c := newClient(t)
-	for name, l := range map[string]*consullock.Locker{
-		"nil client":          consullock.New(nil),
-		"min TTL 1.5s":        consullock.New(client, consullock.WithMinTTL(1500*time.Millisecond)),
-		"negative lock-delay": consullock.New(client, consullock.WithLockDelay(-time.Second)),
-		"lock-delay 61s":      consullock.New(client, consullock.WithLockDelay(61*time.Second)),
-		"prefix /abs/":        consullock.New(client, consullock.WithKeyPrefix("/abs/")),
-		"prefix no slash":     consullock.New(client, consullock.WithKeyPrefix("abc")),
-		"prefix ..":           consullock.New(client, consullock.WithKeyPrefix("a/../")),
-		"prefix space":        consullock.New(client, consullock.WithKeyPrefix("a b/")),
-		"empty session name":  consullock.New(client, consullock.WithSessionName("")),
-		"record size 0":       consullock.New(client, consullock.WithMaxRecordSize(0)),
-		"keep-warm -1s":       consullock.New(client, consullock.WithKeepWarm(-time.Second)),
+	before := c.snapshot()
+	for name, tc := range map[string]struct {
+		client *api.Client
+		opt    consullock.Option
+	}{
+		"nil client":          {nil, nil},
+		"min TTL 1.5s":        {client, consullock.WithMinTTL(1500 * time.Millisecond)},
+		"negative lock-delay": {client, consullock.WithLockDelay(-time.Second)},
+		"lock-delay 61s":      {client, consullock.WithLockDelay(61 * time.Second)},
+		"prefix /abs/":        {client, consullock.WithPrefix("/abs/")},
+		"prefix no slash":     {client, consullock.WithPrefix("abc")},
+		"prefix ..":           {client, consullock.WithPrefix("a/../")},
+		"prefix space":        {client, consullock.WithPrefix("a b/")},
+		"empty session name":  {client, consullock.WithSessionName("")},
+		"record size 0":       {client, consullock.WithMaxRecordSize(0)},
+		"keep-warm -1s":       {client, consullock.WithKeepWarm(-time.Second)},
 	} {
-		before := c.snapshot()
-		if le, err := l.TryAcquire(t.Context(), key(t, "k"), 10*time.Second); le != nil || !errors.Is(err, lock.ErrInvalidArgument) {
-			t.Errorf("%s: TryAcquire got (%v, %v), want an error matching ErrInvalidArgument", name, le, err)
+		if l, err := consullock.New(tc.client, tc.opt); l != nil || !errors.Is(err, lock.ErrInvalidArgument) {
+			t.Errorf("%s: New got (%v, %v), want an error matching ErrInvalidArgument", name, l, err)
 		}
-		if _, _, err := l.Claim(t.Context(), key(t, "k"), 10*time.Second); !errors.Is(err, lock.ErrInvalidArgument) {
-			t.Errorf("%s: Claim got %v, want ErrInvalidArgument", name, err)
-		}
-		if _, err := l.Subscribe(t.Context(), key(t, "k")); !errors.Is(err, lock.ErrInvalidArgument) {
-			t.Errorf("%s: Subscribe got %v, want ErrInvalidArgument", name, err)
-		}
-		if err := l.Close(); err != nil {
-			t.Errorf("%s: Close: %v", name, err)
-		}
-		if d := diff(before, c.snapshot()); len(d) != 0 {
-			t.Errorf("%s: made requests %v", name, d)
-		}
+	}
+	// Every bad option is reported, not only the first.
+	_, err := consullock.New(client, consullock.WithMinTTL(0), consullock.WithKeepWarm(-1))
+	if err == nil || !strings.Contains(err.Error(), "minimum TTL") || !strings.Contains(err.Error(), "keep-warm") {
+		t.Errorf("New with two bad options: %v, want both named", err)
+	}
+	if d := diff(before, c.snapshot()); len(d) != 0 {
+		t.Errorf("New with bad options made requests %v", d)
 	}
 }
 
@@ -185,7 +187,7 @@ func TestKeysOnServer(t *testing.T) {
 	checkNoSessions(t)
 	client, _ := newClient(t)
 	prefix := "idemlock-test-" + runID + "/"
-	l, _ := newLocker(t, consullock.WithKeyPrefix(prefix))
+	l, _ := newLocker(t, consullock.WithPrefix(prefix))
 	k := key(t, "a/b c.d~e\x00é")
 	le := take(t, l, k, 10*time.Second)
 	esc := consullock.EscapeKey(k)
@@ -454,7 +456,7 @@ func TestClose(t *testing.T) {
 	if s := sessions(t, client, name); len(s) != 1 || s[0].ID != holder(t, client, leases[2].Key()) {
 		t.Errorf("after Close with one lease held, the agent has sessions %v, want only the holder's", s)
 	}
-	if _, err := l.TryAcquire(t.Context(), key(t, "z"), 10*time.Second); !errors.Is(err, consullock.ErrClosed) {
+	if _, err := l.TryAcquire(t.Context(), key(t, "z"), 10*time.Second); !errors.Is(err, lock.ErrClosed) {
 		t.Errorf("TryAcquire after Close: %v, want ErrClosed", err)
 	}
 	release(t, leases[2]) // still works, and destroys the session
@@ -524,4 +526,27 @@ func TestCancelledCreate(t *testing.T) {
 		}
 	}
 	t.Logf("%d of 10 takes gave up during their session's create", abandoned)
+}
+
+// TestLostAfterFailedRelease: a lease whose Release found it lost reports
+// the loss on its Lost channel, also when Lost is first called after that
+// Release.
+func TestLostAfterFailedRelease(t *testing.T) {
+	checkNoSessions(t)
+	noLeaks(t)
+	client, _ := newClient(t)
+	l, _ := newLocker(t)
+	k := key(t, "k")
+	le := take(t, l, k, 10*time.Second)
+	if _, err := client.Session().Destroy(holder(t, client, k), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := le.Release(t.Context()); !errors.Is(err, lock.ErrNotHeld) {
+		t.Fatalf("Release of a lease whose session was destroyed: %v, want ErrNotHeld", err)
+	}
+	select {
+	case <-le.(lock.LossNotifier).Lost():
+	default:
+		t.Errorf("Lost not closed for a lease whose Release reported ErrNotHeld")
+	}
 }

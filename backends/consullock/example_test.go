@@ -17,7 +17,10 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	locker := consullock.New(client) // sessions of at least 10s, Consul's default minimum
+	locker, err := consullock.New(client) // sessions of at least 10s, Consul's default minimum
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer locker.Close()
 
 	ctx := context.Background()

@@ -135,7 +135,10 @@ func newLockerWith(tb testing.TB, addr string, wrap func(http.RoundTripper) http
 	tb.Helper()
 	client, c := newClientWith(tb, addr, wrap)
 	all := append([]consullock.Option{consullock.WithMinTTL(time.Second), consullock.WithSessionName(sessionName(tb))}, opts...)
-	l := consullock.New(client, all...)
+	l, err := consullock.New(client, all...)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	tb.Cleanup(func() {
 		if err := l.Close(); err != nil {
 			tb.Errorf("Close: %v", err)

@@ -2,60 +2,33 @@ package consullock
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 )
 
-type leaseState int
-
-const (
-	held     leaseState = iota
-	released            // by Release or Complete
-	lost                // the server said it no longer holds
-)
-
-// lease is one holding: a key locked by a session of its own.
+// lease is one holding: a key locked by a session of its own. Key, token,
+// state, deadline and the serialisation of Refresh, Release and Complete
+// come from driver.Lease; the lease becomes Lost only in lose, under mu,
+// which also records it in lost (a Release or Complete that then reports
+// ErrNotHeld moves the state on to Released).
 type lease struct {
-	l     *Locker
-	key   string // as the user passed it
-	path  string // the Consul key
-	fp    []byte // the fingerprint kept in the key's value (ClaimFingerprint)
-	token uint64
+	driver.Lease
+	l    *Locker
+	path string // the Consul key
+	fp   []byte // the fingerprint kept in the key's value (ClaimFingerprint)
 
-	op sync.Mutex // serializes Refresh, Release and Complete
-
-	mu       sync.Mutex // guards the fields below
-	sess     *session
-	index    uint64 // the key's ModifyIndex of this holding
-	deadline time.Time
-	state    leaseState
-	suspect  bool // a write failed in transit: the holding must be verified
-	writing  bool // a write of this lease's own (move, release, complete) is in flight
-	lostCh   chan struct{}
-	w        *watcher
-}
-
-// Key returns the key as it was passed to TryAcquire.
-func (le *lease) Key() string { return le.key }
-
-// Token returns the key's Consul ModifyIndex at the take: a Raft index.
-func (le *lease) Token() uint64 { return le.token }
-
-// Deadline returns until when the lease is held at the least, by the local
-// monotonic clock: when its session was created or last renewed (before the
-// request was sent) plus the session's TTL.
-func (le *lease) Deadline() time.Time {
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	return le.deadline
-}
-
-func (le *lease) notHeld(why string) error {
-	return fmt.Errorf("consullock: key %q: %s: %w", le.key, why, lock.ErrNotHeld)
+	mu      sync.Mutex // guards the fields below, and the move to Lost
+	sess    *session
+	index   uint64 // the key's ModifyIndex of this holding
+	suspect bool   // a write failed in transit: the holding must be verified
+	writing bool   // a write of this lease's own (move, release, complete) is in flight
+	lost    bool   // found lost: Lost's channel is closed
+	lostCh  chan struct{}
+	w       *watcher
 }
 
 // Refresh extends the lease to ttl from now (rounded up to whole seconds).
@@ -65,45 +38,63 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if err := lock.CheckRefresh(ctx, ttl); err != nil {
 		return err
 	}
-	l := le.l
-	sttl, err := l.sessionTTL(ttl)
+	sttl, err := le.l.sessionTTL(ttl)
 	if err != nil {
 		return err
 	}
-	le.op.Lock()
-	defer le.op.Unlock()
-	le.mu.Lock()
-	state, s, index, suspect := le.state, le.sess, le.index, le.suspect
-	le.mu.Unlock()
-	if state != held {
-		return le.notHeld("refresh after release or loss")
-	}
-	if suspect {
-		if err := le.verify(ctx, s, index); err != nil {
+	return le.Serial(ctx, func() error {
+		if err := le.Check("refresh"); err != nil {
 			return err
 		}
-	}
-	if sttl == s.ttl {
-		sent := time.Now()
-		ok, err := l.renew(ctx, s.id)
+		s, err := le.holding(ctx, "refresh")
 		if err != nil {
-			return fmt.Errorf("consullock: refresh %q: %w", le.key, err)
+			return err
+		}
+		if sttl != s.ttl {
+			return le.move(ctx, s, sttl)
+		}
+		sent := time.Now()
+		ok, err := le.l.pool.renew(ctx, s.id)
+		if err != nil {
+			return le.OpError("refresh", err)
 		}
 		if !ok {
 			le.lose(s)
-			return le.notHeld("its session expired")
+			return le.NotHeldWhy("refresh", "its session expired")
 		}
-		le.mu.Lock()
-		le.deadline = sent.Add(sttl)
-		le.mu.Unlock()
-		l.mu.Lock()
-		if sent.After(s.renewed) {
-			s.renewed = sent
-		}
-		l.mu.Unlock()
+		le.Extend(sent, sttl)
+		le.l.pool.renewed(s, sent)
 		return nil
+	})
+}
+
+// holding returns the lease's session, after checking that it still holds
+// the key when a write's outcome was unknown.
+func (le *lease) holding(ctx context.Context, op string) (*session, error) {
+	le.mu.Lock()
+	s, index, suspect := le.sess, le.index, le.suspect
+	le.mu.Unlock()
+	if !suspect {
+		return s, nil
 	}
-	return le.move(ctx, s, sttl)
+	ok, resp, err := le.l.txn(ctx, api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: le.path, Session: s.id}},
+		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: le.path, Index: index}},
+	})
+	if err != nil {
+		return nil, le.OpError(op, err)
+	}
+	if !ok {
+		if f := failure(resp.Errors); f.denied() {
+			return nil, denied(op, le.Key(), f.what)
+		}
+		le.lose(s)
+		return nil, le.NotHeldWhy(op, "no longer held after an interrupted request")
+	}
+	le.mu.Lock()
+	le.suspect = false
+	le.mu.Unlock()
+	return s, nil
 }
 
 // move hands the lock from session old to a session with ttl: unlock by the
@@ -111,74 +102,64 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 func (le *lease) move(ctx context.Context, old *session, ttl time.Duration) error {
 	l := le.l
 	for attempt := 0; ; attempt++ {
-		ns, renewed, err := l.getSession(ctx, ttl)
+		ns, renewed, err := l.pool.get(ctx, ttl)
 		if err != nil {
 			return err
 		}
-		le.setWriting(true)
-		ok, resp, err := l.txn(ctx, api.TxnOps{
+		sent := time.Now()
+		ok, resp, err := le.write(ctx, api.TxnOps{
 			{KV: &api.KVTxnOp{Verb: api.KVUnlock, Key: le.path, Session: old.id}},
 			{KV: &api.KVTxnOp{Verb: api.KVLock, Key: le.path, Session: ns.id, Value: lockValue(ttl, le.fp)}},
 		})
-		le.mu.Lock()
-		le.writing = false
 		switch {
 		case err != nil:
 			// The move may have happened: the new session is destroyed
 			// (freeing the key if it got it) and the holding is verified
 			// before the next write.
-			le.suspect = true
-			le.mu.Unlock()
-			l.doom(ns.id)
-			return fmt.Errorf("consullock: refresh %q: %w", le.key, err)
+			l.pool.doom(ns.id)
+			return le.OpError("refresh", err)
 		case ok:
+			le.mu.Lock()
 			le.sess = ns
 			le.index = resp.Results[len(resp.Results)-1].KV.ModifyIndex
-			le.deadline = renewed.Add(ttl)
 			le.mu.Unlock()
-			l.putBack(old) // it holds nothing now
+			// The new session lives at least ttl from its last renewal,
+			// whatever the old one's deadline was.
+			le.Extend(sent, renewed.Add(ttl).Sub(sent))
+			l.pool.putBack(old) // it holds nothing now
 			return nil
 		}
-		le.mu.Unlock()
 		f := failure(resp.Errors)
 		switch {
 		case f.op == 1 && f.invalidSession() && attempt < 2:
-			l.purge(ttl) // the pooled session is gone: forget it, try another
+			l.pool.purge(ttl) // the pooled session is gone: forget it, try another
 			continue
 		case f.denied():
-			l.putBack(ns)
-			return fmt.Errorf("%w: refresh %q: %s", ErrPermissionDenied, le.key, f.what)
+			l.pool.putBack(ns)
+			return denied("refresh", le.Key(), f.what)
 		case f.op == 0:
-			l.putBack(ns)
+			l.pool.putBack(ns)
 			le.lose(old)
-			return le.notHeld("taken or expired")
+			return le.NotHeldWhy("refresh", "taken or expired")
 		}
-		l.putBack(ns)
-		return fmt.Errorf("consullock: refresh %q: transaction refused: %s", le.key, f.what)
+		l.pool.putBack(ns)
+		return le.OpError("refresh", f.refused())
 	}
 }
 
-// verify checks, after a write whose outcome is unknown, that session s
-// still holds the key at index.
-func (le *lease) verify(ctx context.Context, s *session, index uint64) error {
-	ok, resp, err := le.l.txn(ctx, api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: le.path, Session: s.id}},
-		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: le.path, Index: index}},
-	})
-	if err != nil {
-		return fmt.Errorf("consullock: verifying the holding of %q: %w", le.key, err)
-	}
-	if !ok {
-		if f := failure(resp.Errors); f.denied() {
-			return fmt.Errorf("%w: %s", ErrPermissionDenied, f.what)
-		}
-		le.lose(s)
-		return le.notHeld("no longer held after an interrupted request")
-	}
+// write runs ops, a write of the lease's own, marked in flight so that its
+// watch does not take the key's change for a loss. An error means the
+// outcome is unknown: the holding is verified before the next write.
+func (le *lease) write(ctx context.Context, ops api.TxnOps) (bool, *api.TxnResponse, error) {
 	le.mu.Lock()
-	le.suspect = false
+	le.writing = true
 	le.mu.Unlock()
-	return nil
+	ok, resp, err := le.l.txn(ctx, ops)
+	le.mu.Lock()
+	le.writing = false
+	le.suspect = le.suspect || err != nil
+	le.mu.Unlock()
+	return ok, resp, err
 }
 
 // Release deletes the key if this lease's session still holds it at this
@@ -187,84 +168,71 @@ func (le *lease) Release(ctx context.Context) error {
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
 	}
-	le.op.Lock()
-	defer le.op.Unlock()
-	le.mu.Lock()
-	state, s, index := le.state, le.sess, le.index
-	le.mu.Unlock()
-	if state != held {
-		return le.notHeld("release after release or loss")
-	}
-	l := le.l
-	le.setWriting(true)
-	defer le.setWriting(false)
-	ok, resp, err := l.txn(ctx, api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: le.path, Session: s.id}},
-		{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: le.path, Index: index}},
-	})
-	if err != nil {
-		le.mu.Lock()
-		le.suspect = true
-		le.mu.Unlock()
-		return fmt.Errorf("consullock: release %q: %w", le.key, err)
-	}
-	if !ok {
-		f := failure(resp.Errors)
-		if f.denied() {
-			return fmt.Errorf("%w: release %q: %s", ErrPermissionDenied, le.key, f.what)
+	return le.End(ctx, "release", func() error {
+		if le.State() == driver.Lost {
+			return le.NotHeldWhy("release", "lost before release")
 		}
-		le.lose(s)
-		return le.notHeld("expired or taken before release")
-	}
-	le.finish(s)
-	return nil
+		le.mu.Lock()
+		s, index := le.sess, le.index
+		le.mu.Unlock()
+		ok, resp, err := le.write(ctx, api.TxnOps{
+			{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: le.path, Session: s.id}},
+			{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: le.path, Index: index}},
+		})
+		return le.ended(ok, resp, err, "release", s)
+	})
 }
 
-// setWriting marks a write of the lease's own in flight, so that its watch
-// does not take the key's change for a loss.
-func (le *lease) setWriting(on bool) {
-	le.mu.Lock()
-	le.writing = on
-	le.mu.Unlock()
-}
-
-// finish ends a lease whose key its own write deleted and keeps its
-// session for the next take, unless the lease was meanwhile found lost.
-func (le *lease) finish(s *session) {
-	if le.end(released) {
-		le.l.putBack(s)
-	} else {
-		le.l.doom(s.id)
+// ended settles an ending write (Release, Complete) of session s that
+// checked the holding in its first two operations: done, the session goes
+// back to the pool; refused by them, the lease is lost; failed in transit,
+// its outcome is unknown and the lease stays as it was.
+func (le *lease) ended(ok bool, resp *api.TxnResponse, err error, op string, s *session) error {
+	switch {
+	case err != nil:
+		return le.OpError(op, err)
+	case ok:
+		le.stopWatch()
+		le.l.pool.putBack(s)
+		return nil
 	}
+	f := failure(resp.Errors)
+	if f.denied() {
+		return denied(op, le.Key(), f.what)
+	}
+	if f.op > 1 {
+		return le.OpError(op, f.refused())
+	}
+	le.lose(s)
+	return le.NotHeldWhy(op, "expired or taken before")
 }
 
 // lose marks the lease lost, closes its Lost channel, stops its watch and
 // destroys its session (which may still exist but must not be reused).
 func (le *lease) lose(s *session) {
-	if le.end(lost) {
-		le.l.doom(s.id)
-	}
-}
-
-// end moves a held lease to state st and stops its watch; it reports
-// whether the lease was held.
-func (le *lease) end(st leaseState) bool {
 	le.mu.Lock()
-	if le.state != held {
+	if !le.Lose() {
 		le.mu.Unlock()
-		return false
+		return
 	}
-	le.state = st
-	if st == lost && le.lostCh != nil {
+	le.lost = true
+	if le.lostCh != nil {
 		close(le.lostCh)
 	}
+	le.mu.Unlock()
+	le.stopWatch()
+	le.l.pool.doom(s.id)
+}
+
+// stopWatch stops the lease's watch, if it runs, and waits for it.
+func (le *lease) stopWatch() {
+	le.mu.Lock()
 	w := le.w
 	le.w = nil
 	le.mu.Unlock()
 	if w != nil {
 		w.halt()
 	}
-	return true
 }
 
 // Lost returns a channel that is closed when the lease is found lost: its
@@ -279,11 +247,11 @@ func (le *lease) Lost() <-chan struct{} {
 		return le.lostCh
 	}
 	le.lostCh = make(chan struct{})
-	switch le.state {
-	case lost:
+	switch st := le.State(); {
+	case le.lost:
 		close(le.lostCh)
-	case held:
-		le.w = le.l.watch(le)
+	case st == driver.Held || st == driver.Releasing:
+		le.w = le.l.watchers.watch(le)
 	}
 	return le.lostCh
 }

@@ -2,9 +2,7 @@ package consullock
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock"
@@ -15,20 +13,15 @@ import (
 // request and starts no goroutine: each Wait is one or a few blocking
 // queries on the caller's goroutine.
 func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
-	if err := lock.CheckContext(ctx); err != nil {
+	if err := l.gate.CheckKey(ctx, "subscribe", key); err != nil {
 		return nil, err
 	}
-	if err := lock.ValidateKey(key); err != nil {
-		return nil, err
-	}
-	if err := l.usable(); err != nil {
-		return nil, err
-	}
-	return &subscription{l: l, path: l.lockPath(key)}, nil
+	return &subscription{l: l, key: key, path: l.lockPath(key)}, nil
 }
 
 type subscription struct {
 	l      *Locker
+	key    string
 	path   string
 	closed atomic.Bool
 }
@@ -46,7 +39,7 @@ func (s *subscription) Wait(ctx context.Context, held *lock.NotAcquiredError) er
 		return err
 	}
 	if s.closed.Load() {
-		return fmt.Errorf("%w: consullock: Wait on a closed subscription", lock.ErrInvalidArgument)
+		return errs.InvalidArgument("Wait on a closed subscription")
 	}
 	var want uint64 // the holding the attempt saw
 	// delayed: the attempt found the key absent but refused by lock-delay
@@ -64,7 +57,7 @@ func (s *subscription) Wait(ctx context.Context, held *lock.NotAcquiredError) er
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("consullock: waiting for a release: %w", apiError(err))
+			return errs.OpError("wait", s.key, apiError(err))
 		}
 		if pair == nil && delayed && meta.LastIndex >= index {
 			index = meta.LastIndex
@@ -85,120 +78,4 @@ func (s *subscription) Wait(ctx context.Context, held *lock.NotAcquiredError) er
 func (s *subscription) Close() error {
 	s.closed.Store(true)
 	return nil
-}
-
-// watcher is the blocking query behind a lease's Lost channel.
-type watcher struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-// halt stops the watch and waits until its goroutine returned.
-func (w *watcher) halt() {
-	w.cancel()
-	<-w.done
-}
-
-// watch starts watching le's key. le.mu is held.
-func (l *Locker) watch(le *lease) *watcher {
-	ctx, cancel := context.WithCancel(context.Background())
-	w := &watcher{cancel: cancel, done: make(chan struct{})}
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		cancel()
-		close(w.done)
-		return w
-	}
-	l.watchers[w] = struct{}{}
-	l.mu.Unlock()
-	go func() {
-		defer func() {
-			l.mu.Lock()
-			delete(l.watchers, w)
-			l.mu.Unlock()
-			close(w.done)
-		}()
-		le.mu.Lock()
-		index := le.index
-		le.mu.Unlock()
-		w.run(ctx, le, index)
-	}()
-	return w
-}
-
-// run follows le's key with blocking queries until it sees the key deleted
-// or locked by a session that is not le's, then marks le lost.
-//
-// Every read is consistent (the leader confirms its leadership and has
-// applied every committed write before it answers), and a blocking query
-// never waits from an index below the lease's own latest write: a lagging
-// server, such as a leader just elected, could otherwise answer with the
-// key as it was before that write (absent, or held by the session a move
-// left), and the watch would destroy a session that holds the key.
-func (w *watcher) run(ctx context.Context, le *lease, index uint64) {
-	kv := le.l.client.KV()
-	retry := 10 * time.Millisecond
-	pause := func(d time.Duration) bool {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return true
-		}
-	}
-	for {
-		if index != 0 {
-			le.mu.Lock()
-			index = max(index, le.index)
-			le.mu.Unlock()
-		}
-		pair, meta, err := kv.Get(le.path, (&api.QueryOptions{WaitIndex: index, RequireConsistent: true}).WithContext(ctx))
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			// The agent may be restarting: look at its current state once
-			// it answers (a consistent read, so index 0 is safe).
-			// KeepAlive's own deadline covers the gap.
-			index = 0
-			if !pause(retry) {
-				return
-			}
-			retry = min(2*retry, time.Second)
-			continue
-		}
-		retry = 10 * time.Millisecond
-		le.mu.Lock()
-		state, sess, writing := le.state, le.sess, le.writing
-		le.mu.Unlock()
-		if state != held {
-			return
-		}
-		if pair == nil || pair.Session != sess.id {
-			if writing {
-				// The lease's own write (a move to another session, a
-				// release) changed the key: look again once it is done.
-				index = 0
-				if !pause(5 * time.Millisecond) {
-					return
-				}
-				continue
-			}
-			le.mu.Lock()
-			if le.w == w {
-				le.w = nil // lose must not wait for this goroutine
-			}
-			le.mu.Unlock()
-			le.lose(sess)
-			return
-		}
-		if meta.LastIndex < index {
-			index = 0 // the agent's indexes went back (a restart): look again
-			continue
-		}
-		index = meta.LastIndex
-	}
 }

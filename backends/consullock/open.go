@@ -2,115 +2,42 @@ package consullock
 
 import (
 	"context"
-	"fmt"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 )
 
+// Schemes are the URL schemes this package registers with [lock.Open].
+var Schemes = []string{"consul"}
+
 func init() {
-	lock.Register("consul", open)
+	for _, s := range Schemes {
+		lock.Register(s, open)
+	}
 }
-
-// urlError is a rejected consul:// URL. It never carries the token.
-type urlError struct{ why string }
-
-func (e *urlError) Error() string { return "consullock: " + e.why }
-func (e *urlError) Unwrap() error { return lock.ErrInvalidURL }
-
-func badURL(format string, args ...any) error { return &urlError{fmt.Sprintf(format, args...)} }
 
 // open makes a Locker, with a client of its own, from a consul:// URL (see
 // the package doc).
 func open(_ context.Context, u *url.URL) (lock.Backend, error) {
-	// Take the token out of the URL first, so that no error message,
-	// here or in lock.Open, can show it.
-	token, err := takeToken(u)
+	cfg, opts, err := ParseURL(u)
+	// Overwrite the token in u, so that no error message of lock.Open can
+	// show it.
+	redactToken(u)
 	if err != nil {
 		return nil, err
 	}
-	if u.Opaque != "" || (u.Path != "" && u.Path != "/") || u.Fragment != "" {
-		return nil, badURL("a consul URL has the form consul://[:TOKEN@]HOST:PORT/?options, with no path or fragment")
-	}
-	cfg := api.DefaultConfig()
-	if u.Host != "" {
-		if u.Port() == "" {
-			return nil, badURL("host %q has no port (Consul's HTTP API listens on 8500 by default)", u.Host)
-		}
-		cfg.Address = u.Host
-		cfg.Scheme = "http"
-	}
-	if token != "" {
-		cfg.Token, cfg.TokenFile = token, ""
-	}
-	var opts []Option
-	q, err := url.ParseQuery(u.RawQuery)
-	if err != nil {
-		return nil, badURL("bad query: %v", err)
-	}
-	for name, vals := range q {
-		if len(vals) != 1 {
-			return nil, badURL("option %s given %d times", name, len(vals))
-		}
-		v := vals[0]
-		switch name {
-		case "token":
-			// taken by takeToken
-		case "token_file":
-			if token != "" {
-				return nil, badURL("token_file and a token in the URL both given")
-			}
-			b, err := os.ReadFile(v)
-			if err != nil {
-				return nil, badURL("token_file: %v", err)
-			}
-			cfg.Token, cfg.TokenFile = strings.TrimSpace(string(b)), ""
-		case "dc":
-			cfg.Datacenter = v
-		case "tls":
-			on, err := strconv.ParseBool(v)
-			if err != nil {
-				return nil, badURL("tls=%q is not a boolean", v)
-			}
-			if on {
-				cfg.Scheme = "https"
-			} else {
-				cfg.Scheme = "http"
-			}
-		case "prefix":
-			opts = append(opts, WithKeyPrefix(v))
-		case "session_name":
-			opts = append(opts, WithSessionName(v))
-		case "min_ttl", "lock_delay", "keep_warm":
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				return nil, badURL("%s=%q is not a duration (such as 10s)", name, v)
-			}
-			opts = append(opts, map[string]func(time.Duration) Option{
-				"min_ttl": WithMinTTL, "lock_delay": WithLockDelay, "keep_warm": WithKeepWarm,
-			}[name](d))
-		case "max_record_size":
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return nil, badURL("max_record_size=%q is not a number of bytes", v)
-			}
-			opts = append(opts, WithMaxRecordSize(n))
-		default:
-			return nil, badURL("unknown option %q (known: dc, tls, token, token_file, prefix, session_name, min_ttl, lock_delay, keep_warm, max_record_size)", name)
-		}
-	}
 	client, err := api.NewClient(cfg)
 	if err != nil {
-		return nil, badURL("%v", err)
+		return nil, errs.URLError("%v", err)
 	}
-	l := New(client, opts...)
-	if l.err != nil {
-		return nil, &urlError{l.err.Error()}
+	l, err := New(client, opts...)
+	if err != nil {
+		return nil, errs.URLError("%w", err)
 	}
 	if tr := cfg.Transport; tr != nil {
 		l.owned = tr.CloseIdleConnections
@@ -118,9 +45,113 @@ func open(_ context.Context, u *url.URL) (lock.Backend, error) {
 	return l, nil
 }
 
-// takeToken returns the ACL token in u (user info or the token option) and
-// overwrites it in u with "redacted".
-func takeToken(u *url.URL) (string, error) {
+// ParseURL turns a consul:// URL (see the package doc) into a client
+// configuration and Locker options, without connecting. It leaves u as it
+// is. Errors match [lock.ErrInvalidURL] and never contain the ACL token.
+func ParseURL(u *url.URL) (*api.Config, []Option, error) {
+	if !strings.EqualFold(u.Scheme, "consul") {
+		return nil, nil, errs.URLError("scheme %q is not consul", u.Scheme)
+	}
+	q, err := errs.Query(u)
+	if err != nil {
+		return nil, nil, err
+	}
+	token, err := urlToken(u, q)
+	if err != nil {
+		return nil, nil, err
+	}
+	if u.Opaque != "" || (u.Path != "" && u.Path != "/") || u.Fragment != "" {
+		return nil, nil, errs.URLError("a consul URL has the form consul://[:TOKEN@]HOST:PORT/?options, with no path or fragment")
+	}
+	cfg := api.DefaultConfig()
+	if u.Host != "" {
+		if u.Port() == "" {
+			return nil, nil, errs.URLError("host %q has no port (Consul's HTTP API listens on 8500 by default)", u.Host)
+		}
+		cfg.Address = u.Host
+		cfg.Scheme = "http"
+	}
+	if token != "" {
+		cfg.Token, cfg.TokenFile = token, ""
+	}
+	if err := clientOptions(cfg, q, token != ""); err != nil {
+		return nil, nil, err
+	}
+	opts, err := lockerOptions(q)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, opts, q.Done()
+}
+
+// clientOptions applies the URL options that configure the client.
+func clientOptions(cfg *api.Config, q *driver.Query, hasToken bool) error {
+	dc, err := q.String("dc", cfg.Datacenter)
+	if err != nil {
+		return err
+	}
+	cfg.Datacenter = dc
+	tls, err := q.Bool("tls", false)
+	if err != nil {
+		return err
+	}
+	if q.Has("tls") {
+		cfg.Scheme = map[bool]string{true: "https", false: "http"}[tls]
+	}
+	file, err := q.String("token_file", "")
+	if err != nil || !q.Has("token_file") {
+		return err
+	}
+	if hasToken {
+		return errs.URLError("token_file and a token in the URL both given")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return errs.URLError("token_file: %v", err)
+	}
+	cfg.Token, cfg.TokenFile = strings.TrimSpace(string(b)), ""
+	return nil
+}
+
+// lockerOptions returns the Locker options the URL gives.
+func lockerOptions(q *driver.Query) ([]Option, error) {
+	var opts []Option
+	for name, with := range map[string]func(string) Option{"prefix": WithPrefix, "session_name": WithSessionName} {
+		v, err := q.String(name, "")
+		if err != nil {
+			return nil, err
+		}
+		if q.Has(name) {
+			opts = append(opts, with(v))
+		}
+	}
+	for name, with := range map[string]func(time.Duration) Option{"min_ttl": WithMinTTL, "lock_delay": WithLockDelay, "keep_warm": WithKeepWarm} {
+		v, err := q.String(name, "")
+		switch {
+		case err != nil:
+			return nil, err
+		case !q.Has(name):
+			continue
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return nil, errs.URLError("%s=%q is not a duration (such as 10s)", name, v)
+		}
+		opts = append(opts, with(d))
+	}
+	n, err := q.Int("max_record_size", 0)
+	if err != nil {
+		return nil, err
+	}
+	if n > 0 {
+		opts = append(opts, WithMaxRecordSize(n))
+	}
+	return opts, nil
+}
+
+// urlToken returns the ACL token in u: in the user info or the token
+// option of its query q.
+func urlToken(u *url.URL, q *driver.Query) (string, error) {
 	var token string
 	if u.User != nil {
 		if p, ok := u.User.Password(); ok {
@@ -128,19 +159,31 @@ func takeToken(u *url.URL) (string, error) {
 		} else {
 			token = u.User.Username()
 		}
+	}
+	if q.Has("token") && token != "" {
+		return "", errs.URLError("the token is given more than once")
+	}
+	t, err := q.String("token", token)
+	if err != nil {
+		return "", errs.URLError("the token is given more than once")
+	}
+	return t, nil
+}
+
+// redactToken overwrites the ACL token in u (user info or the token
+// option) with "redacted".
+func redactToken(u *url.URL) {
+	if u.User != nil {
 		u.User = url.UserPassword("", "redacted")
 	}
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
-		return "", badURL("bad query: %v", err)
+		// Unparsable: no token can be read from it, but it may hold one.
+		u.RawQuery = "redacted"
+		return
 	}
-	if vals, ok := q["token"]; ok {
+	if _, ok := q["token"]; ok {
 		q.Set("token", "redacted")
 		u.RawQuery = q.Encode()
-		if token != "" || len(vals) != 1 {
-			return "", badURL("the token is given more than once")
-		}
-		token = vals[0]
 	}
-	return token, nil
 }

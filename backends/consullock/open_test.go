@@ -5,11 +5,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/backends/consullock"
 	"github.com/idemlock/lock/internal/testenv"
 )
 
@@ -77,6 +79,7 @@ func TestOpen(t *testing.T) {
 		"consul://127.0.0.1:8500/?bogus=1&token=" + secret,
 		"consul://:" + secret + "@127.0.0.1:8500/?token=" + secret,
 		"consul://" + secret + "@127.0.0.1/",
+		"consul://127.0.0.1:8500/?token=" + secret + "&bad=%zz", // a query that does not parse
 	} {
 		_, err := lock.Open(t.Context(), u)
 		if err == nil {
@@ -84,5 +87,37 @@ func TestOpen(t *testing.T) {
 		} else if strings.Contains(err.Error(), secret) {
 			t.Errorf("Open error shows the token: %v", err)
 		}
+	}
+}
+
+// ParseURL gives the client configuration and options lock.Open uses,
+// without connecting, and leaves the caller's URL (and its token) alone.
+func TestParseURL(t *testing.T) {
+	raw := "consul://:s3cr3t@127.0.0.1:1/?dc=dc9&tls=true&min_ttl=2s&prefix=app/"
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, opts, err := consullock.ParseURL(u)
+	if err != nil {
+		t.Fatalf("ParseURL(%q): %v", raw, err)
+	}
+	if cfg.Address != "127.0.0.1:1" || cfg.Scheme != "https" || cfg.Datacenter != "dc9" || cfg.Token != "s3cr3t" {
+		t.Errorf("ParseURL(%q) = address %q, scheme %q, dc %q, token %q", raw, cfg.Address, cfg.Scheme, cfg.Datacenter, cfg.Token)
+	}
+	if len(opts) != 2 {
+		t.Errorf("ParseURL(%q) gave %d options, want 2 (min_ttl, prefix)", raw, len(opts))
+	}
+	if u.String() != raw {
+		t.Errorf("ParseURL changed its URL to %q", u)
+	}
+	for _, bad := range []string{"redis://127.0.0.1:1/", "consul://s3cr3t@127.0.0.1:1/?token=s3cr3t"} {
+		u, _ := url.Parse(bad)
+		if _, _, err := consullock.ParseURL(u); !errors.Is(err, lock.ErrInvalidURL) || strings.Contains(err.Error(), "s3cr3t") {
+			t.Errorf("ParseURL(%q): %v, want ErrInvalidURL without the token", bad, err)
+		}
+	}
+	if !slices.Contains(consullock.Schemes, "consul") {
+		t.Errorf("Schemes = %q, want consul among them", consullock.Schemes)
 	}
 }

@@ -12,8 +12,8 @@ import (
 	"github.com/idemlock/lock"
 )
 
-// session is one Consul session. Its fields are guarded by Locker.mu while
-// it is idle in a pool; a lease owns it while it holds it.
+// session is one Consul session. Its fields are guarded by pool.mu while
+// it is idle in the pool; a lease owns it while it holds it.
 type session struct {
 	id       string
 	ttl      time.Duration
@@ -46,53 +46,98 @@ func maxAge(ttl time.Duration) time.Duration {
 // renewAfter is when the keeper renews an idle session.
 func renewAfter(ttl time.Duration) time.Duration { return maxAge(ttl) / 2 }
 
-// getSession returns a fresh idle session of ttl, or creates one, and when
-// it was last renewed (the base of a lease's deadline).
-func (l *Locker) getSession(ctx context.Context, ttl time.Duration) (*session, time.Time, error) {
-	now := time.Now()
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return nil, time.Time{}, ErrClosed
+// pool owns the Locker's sessions: the idle ones kept per TTL for the next
+// take, the sessions to destroy, the creates running detached and the
+// keeper goroutine that renews, creates and destroys in the background.
+// Its mutex guards its own fields and those of its idle sessions; it
+// calls no other part of the Locker.
+type pool struct {
+	client    *api.Client
+	name      string        // of lock sessions
+	lockDelay time.Duration // of lock sessions
+	keepWarm  time.Duration
+
+	mu      sync.Mutex
+	closed  bool
+	classes map[time.Duration]*class // idle sessions per TTL
+	doomed  []string                 // sessions to destroy
+	creates sync.WaitGroup           // session creates running detached
+	keeping bool                     // the keeper goroutine runs
+	poke    chan struct{}            // wakes the keeper
+	wakeAt  time.Time                // when the keeper wakes unless poked
+	stop    context.CancelFunc
+	stopped chan struct{} // closed when the keeper returned
+}
+
+func newPool(client *api.Client, cfg config) *pool {
+	return &pool{
+		client:    client,
+		name:      cfg.name,
+		lockDelay: cfg.lockDelay,
+		keepWarm:  cfg.keepWarm,
+		classes:   make(map[time.Duration]*class),
+		poke:      make(chan struct{}, 1),
 	}
-	if l.cfg.keepWarm > 0 {
-		c := l.classes[ttl]
-		if c == nil {
-			c = &class{ttl: ttl}
-			l.classes[ttl] = c
-		}
-		c.lastUse = now
-		for i := len(c.idle) - 1; i >= 0; i-- {
-			s := c.idle[i]
-			// A session the keeper is renewing right now may be taken: the
-			// renewal can only make it live longer than its deadline says.
-			if now.Sub(s.renewed) > maxAge(ttl) {
-				continue
-			}
-			c.idle = append(c.idle[:i], c.idle[i+1:]...)
-			if len(c.idle)+c.creating < spares {
-				l.wakeLocked()
-			}
-			renewed := s.renewed
-			l.mu.Unlock()
-			return s, renewed, nil
-		}
-		l.wakeLocked() // nothing fresh: let the keeper renew or replace
+}
+
+// get returns a fresh idle session of ttl, or creates one, and when it was
+// last renewed (the base of a lease's deadline).
+func (p *pool) get(ctx context.Context, ttl time.Duration) (*session, time.Time, error) {
+	if s, renewed := p.takeIdle(ttl); s != nil {
+		return s, renewed, nil
 	}
-	l.mu.Unlock()
-	s, err := l.createDetached(ctx, ttl, l.cfg.name, l.cfg.lockDelay, l.putBack)
+	s, err := p.createDetached(ctx, ttl, p.name, p.lockDelay, p.putBack)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
 	return s, s.renewed, nil
 }
 
-// createDetached creates a session on a goroutine of the Locker's, with a
+// takeIdle takes a fresh idle session of ttl out of the pool, with when it
+// was last renewed, or returns nil and wakes the keeper to renew or replace
+// the stale ones.
+func (p *pool) takeIdle(ttl time.Duration) (*session, time.Time) {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.keepWarm == 0 {
+		return nil, time.Time{} // a closed pool's createDetached says so
+	}
+	c := p.classLocked(ttl)
+	c.lastUse = now
+	for i := len(c.idle) - 1; i >= 0; i-- {
+		s := c.idle[i]
+		// A session the keeper is renewing right now may be taken: the
+		// renewal can only make it live longer than its deadline says.
+		if now.Sub(s.renewed) > maxAge(ttl) {
+			continue
+		}
+		c.idle = append(c.idle[:i], c.idle[i+1:]...)
+		if len(c.idle)+c.creating < spares {
+			p.wakeLocked()
+		}
+		return s, s.renewed
+	}
+	p.wakeLocked() // nothing fresh: let the keeper renew or replace
+	return nil, time.Time{}
+}
+
+// classLocked returns the class of ttl, made if need be. p.mu is held.
+func (p *pool) classLocked(ttl time.Duration) *class {
+	c := p.classes[ttl]
+	if c == nil {
+		c = &class{ttl: ttl}
+		p.classes[ttl] = c
+	}
+	return c
+}
+
+// createDetached creates a session on a goroutine of the pool's, with a
 // context of its own, and returns when it is created or ctx ends. A
 // create that ctx abandoned still finishes, and the session goes to
 // adopt, so that cancelling a caller never leaves a session nobody knows.
-// Close waits for such goroutines.
-func (l *Locker) createDetached(ctx context.Context, ttl time.Duration, name string, lockDelay time.Duration, adopt func(*session)) (*session, error) {
+// close waits for such goroutines.
+func (p *pool) createDetached(ctx context.Context, ttl time.Duration, name string, lockDelay time.Duration, adopt func(*session)) (*session, error) {
 	type result struct {
 		s   *session
 		err error
@@ -102,17 +147,17 @@ func (l *Locker) createDetached(ctx context.Context, ttl time.Duration, name str
 		abandoned bool
 		done      = make(chan result, 1)
 	)
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return nil, ErrClosed
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, errs.Closed("create session", "")
 	}
-	l.creates.Add(1)
-	l.mu.Unlock()
+	p.creates.Add(1)
+	p.mu.Unlock()
 	go func() {
-		defer l.creates.Done()
+		defer p.creates.Done()
 		cctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-		s, err := l.createSession(cctx, ttl, name, lockDelay)
+		s, err := p.create(cctx, ttl, name, lockDelay)
 		cancel()
 		mu.Lock()
 		if abandoned {
@@ -141,9 +186,9 @@ func (l *Locker) createDetached(ctx context.Context, ttl time.Duration, name str
 	}
 }
 
-// createSession creates a session with Consul's API: behavior delete, no
-// health checks, the given TTL and lock-delay.
-func (l *Locker) createSession(ctx context.Context, ttl time.Duration, name string, lockDelay time.Duration) (*session, error) {
+// create creates a session with Consul's API: behavior delete, no health
+// checks, the given TTL and lock-delay.
+func (p *pool) create(ctx context.Context, ttl time.Duration, name string, lockDelay time.Duration) (*session, error) {
 	// The api package's Session().Create leaves a zero lock-delay out of
 	// the request, and Consul then uses 15 s; the raw write sends it.
 	body := map[string]any{
@@ -155,171 +200,229 @@ func (l *Locker) createSession(ctx context.Context, ttl time.Duration, name stri
 	}
 	var out struct{ ID string }
 	sent := time.Now()
-	if _, err := l.client.Raw().Write("/v1/session/create", body, &out, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+	if _, err := p.client.Raw().Write("/v1/session/create", body, &out, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		var se api.StatusError
 		if errors.As(err, &se) && strings.Contains(se.Body, "Invalid Session TTL") {
 			return nil, &lock.TTLError{TTL: ttl, Reason: "refused by the Consul agent: " + se.Body}
 		}
-		return nil, fmt.Errorf("consullock: creating a session: %w", apiError(err))
+		return nil, errs.OpError("create session", "", apiError(err))
 	}
 	if out.ID == "" {
-		return nil, errors.New("consullock: creating a session: no ID in the answer")
+		return nil, errs.OpError("create session", "", errors.New("no ID in the answer"))
 	}
 	return &session{id: out.ID, ttl: ttl, renewed: sent}, nil
 }
 
 // renew renews session id. ok is false when Consul no longer knows it.
-func (l *Locker) renew(ctx context.Context, id string) (ok bool, err error) {
-	entry, _, err := l.client.Session().Renew(id, (&api.WriteOptions{}).WithContext(ctx))
+func (p *pool) renew(ctx context.Context, id string) (ok bool, err error) {
+	entry, _, err := p.client.Session().Renew(id, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		return false, apiError(err)
 	}
 	return entry != nil, nil
 }
 
-func (l *Locker) destroy(ctx context.Context, id string) error {
-	_, err := l.client.Session().Destroy(id, (&api.WriteOptions{}).WithContext(ctx))
+// renewed records that a renewal of s, which a lease holds, was sent at
+// sent and succeeded.
+func (p *pool) renewed(s *session, sent time.Time) {
+	p.mu.Lock()
+	if sent.After(s.renewed) {
+		s.renewed = sent
+	}
+	p.mu.Unlock()
+}
+
+func (p *pool) destroy(ctx context.Context, id string) error {
+	_, err := p.client.Session().Destroy(id, (&api.WriteOptions{}).WithContext(ctx))
 	return apiError(err)
 }
 
 // putBack returns a session that holds no key to its pool, or destroys it.
-func (l *Locker) putBack(s *session) {
-	l.mu.Lock()
-	if !l.closed && l.cfg.keepWarm > 0 {
-		c := l.classes[s.ttl]
-		if c == nil {
-			c = &class{ttl: s.ttl}
-			l.classes[s.ttl] = c
-		}
+func (p *pool) putBack(s *session) {
+	p.mu.Lock()
+	if !p.closed && p.keepWarm > 0 {
+		c := p.classLocked(s.ttl)
 		c.lastUse = time.Now()
 		if len(c.idle) < maxIdle {
 			c.idle = append(c.idle, s)
-			if !l.keeping || s.renewed.Add(renewAfter(s.ttl)).Before(l.wakeAt) {
-				l.wakeLocked() // the keeper would renew it too late
+			if !p.keeping || s.renewed.Add(renewAfter(s.ttl)).Before(p.wakeAt) {
+				p.wakeLocked() // the keeper would renew it too late
 			}
-			l.mu.Unlock()
+			p.mu.Unlock()
 			return
 		}
 	}
-	l.mu.Unlock()
-	l.doom(s.id)
+	p.mu.Unlock()
+	p.doom(s.id)
 }
 
-// doom destroys session id in the background (at once if the Locker is
+// doom destroys session id in the background (at once if the pool is
 // closed): it may hold a key and must never be reused.
-func (l *Locker) doom(id string) {
-	l.mu.Lock()
-	if !l.closed {
-		l.doomed = append(l.doomed, id)
-		l.startKeeperLocked()
-		l.wakeLocked()
-		l.mu.Unlock()
+func (p *pool) doom(id string) {
+	p.mu.Lock()
+	if !p.closed {
+		p.doomed = append(p.doomed, id)
+		p.wakeLocked()
+		p.mu.Unlock()
 		return
 	}
-	l.mu.Unlock()
+	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	_ = l.destroy(ctx, id) // best effort: an undestroyed session expires
+	_ = p.destroy(ctx, id) // best effort: an undestroyed session expires
 }
 
-// wakeLocked wakes the keeper. l.mu is held.
-func (l *Locker) wakeLocked() {
-	l.startKeeperLocked()
+// purge forgets the idle sessions of ttl after one of them turned out to be
+// gone; those that still exist are destroyed in the background.
+func (p *pool) purge(ttl time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := p.classes[ttl]
+	if c == nil || p.closed {
+		return
+	}
+	for _, s := range c.idle {
+		p.doomed = append(p.doomed, s.id)
+	}
+	c.idle = nil
+	p.wakeLocked()
+}
+
+// wakeLocked wakes the keeper, starting it the first time. p.mu is held.
+func (p *pool) wakeLocked() {
+	if p.closed {
+		return
+	}
+	if !p.keeping {
+		ctx, cancel := context.WithCancel(context.Background())
+		p.keeping, p.stop, p.stopped = true, cancel, make(chan struct{})
+		go p.keep(ctx)
+	}
 	select {
-	case l.poke <- struct{}{}:
+	case p.poke <- struct{}{}:
 	default:
 	}
 }
 
-// startKeeperLocked starts the keeper goroutine once. l.mu is held.
-func (l *Locker) startKeeperLocked() {
-	if l.keeping || l.closed {
-		return
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	l.keeping, l.stop, l.stopped = true, cancel, make(chan struct{})
-	go l.keep(ctx)
-}
-
 // keep is the keeper: it renews idle sessions before they get stale,
 // creates a spare session per TTL in use, destroys doomed sessions and the
-// idle sessions of TTLs no longer in use. It returns when ctx ends (Close).
-func (l *Locker) keep(ctx context.Context) {
-	defer close(l.stopped)
+// idle sessions of TTLs no longer in use. It returns when ctx ends (close).
+func (p *pool) keep(ctx context.Context) {
+	defer close(p.stopped)
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
-		next := l.maintain(ctx)
-		l.mu.Lock()
-		l.wakeAt = time.Now().Add(next)
-		l.mu.Unlock()
+		next := p.maintain(ctx)
+		p.mu.Lock()
+		p.wakeAt = time.Now().Add(next)
+		p.mu.Unlock()
 		t.Reset(next)
 		select {
 		case <-ctx.Done():
 			return
-		case <-l.poke:
+		case <-p.poke:
 		case <-t.C:
 		}
 	}
 }
 
+// chores is the keeper's due work, collected under p.mu.
+type chores struct {
+	destroy []string
+	renew   []*session
+	create  []*class
+	next    time.Duration // until more work falls due
+}
+
 // maintain does the keeper's due work and returns how long it may sleep.
-func (l *Locker) maintain(ctx context.Context) time.Duration {
-	now := time.Now()
-	next := time.Hour
-	var (
-		renew   []*session
-		destroy []string
-		create  []*class
-	)
-	l.mu.Lock()
-	destroy, l.doomed = l.doomed, nil
-	for ttl, c := range l.classes {
-		if now.Sub(c.lastUse) >= l.cfg.keepWarm {
+func (p *pool) maintain(ctx context.Context) time.Duration {
+	w := p.due(time.Now())
+	p.destroyAll(ctx, w.destroy)
+	renewFailed := p.renewAll(ctx, w.renew)
+	createFailed := p.createSpares(ctx, w.create)
+	switch {
+	case renewFailed || createFailed:
+		return time.Second // the agent is failing: retry later, not in a loop
+	case len(w.renew) > 0 || len(w.destroy) > 0 || len(w.create) > 0:
+		return time.Millisecond // look again with the new state
+	}
+	return max(w.next, time.Millisecond)
+}
+
+// due collects the work that fell due by now: doomed sessions, the idle
+// sessions of TTLs no longer in use, renewals and spares to create.
+func (p *pool) due(now time.Time) chores {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	w := chores{destroy: p.doomed, next: time.Hour}
+	p.doomed = nil
+	for ttl, c := range p.classes {
+		if now.Sub(c.lastUse) >= p.keepWarm {
 			for _, s := range c.idle {
-				destroy = append(destroy, s.id)
+				w.destroy = append(w.destroy, s.id)
 			}
-			delete(l.classes, ttl)
+			delete(p.classes, ttl)
 			continue
 		}
-		next = min(next, c.lastUse.Add(l.cfg.keepWarm).Sub(now))
-		for _, s := range c.idle {
-			if s.renewing {
-				continue
-			}
-			due := s.renewed.Add(renewAfter(ttl))
-			if due.After(now) {
-				next = min(next, due.Sub(now))
-				continue
-			}
-			s.renewing = true
-			renew = append(renew, s)
-		}
+		w.next = min(w.next, c.lastUse.Add(p.keepWarm).Sub(now))
+		c.dueLocked(now, &w)
 		if len(c.idle)+c.creating < spares {
 			c.creating++
-			create = append(create, c)
+			w.create = append(w.create, c)
 		}
 	}
-	l.mu.Unlock()
+	return w
+}
 
-	for _, id := range destroy {
+// dueLocked adds to w the idle sessions of c due for renewal, and drops
+// those whose TTL ran out since their last renewal: Consul may invalidate
+// such a session at any moment, even just after renewing it (after a
+// server stall its timers fire together with the renewals it accepted),
+// so a renewal sent then would not make it safe to hand out. p.mu is held.
+func (c *class) dueLocked(now time.Time, w *chores) {
+	kept := c.idle[:0]
+	for _, s := range c.idle {
+		switch due := s.renewed.Add(renewAfter(c.ttl)); {
+		case s.renewing:
+		case now.Sub(s.renewed) >= c.ttl:
+			w.destroy = append(w.destroy, s.id)
+			continue
+		case due.After(now):
+			w.next = min(w.next, due.Sub(now))
+		default:
+			s.renewing = true
+			w.renew = append(w.renew, s)
+		}
+		kept = append(kept, s)
+	}
+	clear(c.idle[len(kept):])
+	c.idle = kept
+}
+
+// destroyAll destroys sessions ids; those it cannot reach before ctx ends
+// (close) are left to close.
+func (p *pool) destroyAll(ctx context.Context, ids []string) {
+	for _, id := range ids {
 		if ctx.Err() != nil {
-			l.mu.Lock()
-			l.doomed = append(l.doomed, id) // Close destroys it
-			l.mu.Unlock()
+			p.mu.Lock()
+			p.doomed = append(p.doomed, id) // close destroys it
+			p.mu.Unlock()
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, opTimeout)
-		_ = l.destroy(rctx, id) // best effort: an undestroyed session expires
+		_ = p.destroy(rctx, id) // best effort: an undestroyed session expires
 		cancel()
 	}
-	failed := false
-	for _, s := range renew {
+}
+
+// renewAll renews idle sessions and reports whether a renewal failed.
+func (p *pool) renewAll(ctx context.Context, ss []*session) (failed bool) {
+	for _, s := range ss {
 		sent := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, opTimeout)
-		ok, err := l.renew(rctx, s.id) // cancelling a renew loses nothing
+		ok, err := p.renew(rctx, s.id) // cancelling a renew loses nothing
 		cancel()
-		l.mu.Lock()
+		p.mu.Lock()
 		s.renewing = false
 		switch {
 		case err != nil:
@@ -329,62 +432,44 @@ func (l *Locker) maintain(ctx context.Context) time.Duration {
 				s.renewed = sent
 			}
 		default:
-			l.removeIdleLocked(s) // gone: forget it
+			p.removeIdleLocked(s) // gone: forget it
 		}
-		l.mu.Unlock()
+		p.mu.Unlock()
 	}
-	for _, c := range create {
+	return failed
+}
+
+// createSpares creates a spare session for each class and reports whether
+// a create failed.
+func (p *pool) createSpares(ctx context.Context, cs []*class) (failed bool) {
+	for _, c := range cs {
 		var s *session
 		var err error
 		if ctx.Err() == nil {
-			// Not cancelled by Close: a create cut short could leave a
-			// session whose ID nobody knows. Close waits for it instead.
+			// Not cancelled by close: a create cut short could leave a
+			// session whose ID nobody knows. close waits for it instead.
 			rctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-			s, err = l.createSession(rctx, c.ttl, l.cfg.name, l.cfg.lockDelay)
+			s, err = p.create(rctx, c.ttl, p.name, p.lockDelay)
 			cancel()
 		}
-		l.mu.Lock()
+		p.mu.Lock()
 		c.creating--
 		if s != nil {
-			if l.closed || l.classes[c.ttl] != c || len(c.idle) >= maxIdle {
-				l.doomed = append(l.doomed, s.id)
+			if p.closed || p.classes[c.ttl] != c || len(c.idle) >= maxIdle {
+				p.doomed = append(p.doomed, s.id)
 			} else {
 				c.idle = append(c.idle, s)
 			}
 		}
-		l.mu.Unlock()
-		if err != nil {
-			failed = true
-		}
+		p.mu.Unlock()
+		failed = failed || err != nil
 	}
-	switch {
-	case failed:
-		return time.Second // the agent is failing: retry later, not in a loop
-	case len(renew) > 0 || len(destroy) > 0 || len(create) > 0:
-		return time.Millisecond // look again with the new state
-	}
-	return max(next, time.Millisecond)
+	return failed
 }
 
-// purge forgets the idle sessions of ttl after one of them turned out to be
-// gone; those that still exist are destroyed in the background.
-func (l *Locker) purge(ttl time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	c := l.classes[ttl]
-	if c == nil || l.closed {
-		return
-	}
-	for _, s := range c.idle {
-		l.doomed = append(l.doomed, s.id)
-	}
-	c.idle = nil
-	l.wakeLocked()
-}
-
-// removeIdleLocked takes s out of its pool if it is there. l.mu is held.
-func (l *Locker) removeIdleLocked(s *session) {
-	c := l.classes[s.ttl]
+// removeIdleLocked takes s out of its pool if it is there. p.mu is held.
+func (p *pool) removeIdleLocked(s *session) {
+	c := p.classes[s.ttl]
 	if c == nil {
 		return
 	}
@@ -394,4 +479,45 @@ func (l *Locker) removeIdleLocked(s *session) {
 			return
 		}
 	}
+}
+
+// close stops the keeper, waits for the creates running detached and
+// destroys every idle and doomed session. From then on a returned session
+// is destroyed at once and no session is handed out.
+func (p *pool) close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	stop, stopped := p.stop, p.stopped
+	p.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-stopped
+	}
+	p.creates.Wait() // their sessions are destroyed now that p is closed
+	p.mu.Lock()
+	ids := p.doomed
+	p.doomed = nil
+	for _, c := range p.classes {
+		for _, s := range c.idle {
+			ids = append(ids, s.id)
+		}
+	}
+	p.classes = make(map[time.Duration]*class)
+	p.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	var err error
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, id := range ids {
+		if derr := p.destroy(ctx, id); derr != nil && err == nil {
+			err = errs.OpError("close", "", fmt.Errorf("destroying an idle session: %w", derr))
+		}
+	}
+	return err
 }

@@ -2,20 +2,12 @@ package consullock
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 )
-
-// retentionSession is the session that idempotency records of one
-// retention are locked by, so that Consul deletes them when it expires.
-type retentionSession struct {
-	id      string
-	created time.Time // when its create was sent
-	width   time.Duration
-}
 
 // Claim makes one attempt on key for the idempotency helper (it makes
 // *Locker an idempotency.Store): one transaction checks that no record
@@ -25,7 +17,7 @@ type retentionSession struct {
 // record is returned as a non-nil empty slice). Otherwise Claim behaves as
 // TryAcquire.
 func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+	if err := l.gate.Check(ctx, "claim", key, ttl); err != nil {
 		return nil, nil, err
 	}
 	le, rec, _, err := l.take(ctx, key, ttl, true, nil)
@@ -44,77 +36,60 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 // writes the record locked by the retention session (see the package doc).
 // If the lease no longer holds, it returns an error matching
 // lock.ErrNotHeld and stores nothing. Retention is rounded up to whole
-// seconds and to the minimum TTL; above 24 h it is a [*lock.TTLError].
+// seconds and to the minimum TTL; above 24 h it is a [*lock.TTLError]. A
+// record over the limit ([WithMaxRecordSize]) is an error matching
+// [lock.ErrRecordTooLarge]. Like Release, it works on a lease held after
+// [Locker.Close].
 func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
 	}
-	le, ok := ls.(*lease)
-	if !ok || le == nil || le.l != l {
-		return fmt.Errorf("%w: consullock: Complete with a lease that this Locker did not hand out (%T)", lock.ErrInvalidArgument, ls)
+	le, err := driver.Own[*lease](&l.gate, "Complete", ls)
+	if err != nil {
+		return err
 	}
 	rttl, width, err := l.retentionTTL(retention)
 	if err != nil {
 		return err
 	}
 	if len(record) > l.cfg.maxRecord {
-		return &RecordTooLargeError{Size: len(record), Limit: l.cfg.maxRecord}
+		return errs.RecordTooLarge(le.Key(), len(record), l.cfg.maxRecord)
 	}
 	if record == nil {
 		record = []byte{}
 	}
-	le.op.Lock()
-	defer le.op.Unlock()
-	le.mu.Lock()
-	state, s, index, suspect := le.state, le.sess, le.index, le.suspect
-	le.mu.Unlock()
-	if state != held {
-		return le.notHeld("complete after release or loss")
-	}
-	if suspect {
-		if err := le.verify(ctx, s, index); err != nil {
-			return err
+	return le.End(ctx, "complete", func() error {
+		if le.State() == driver.Lost {
+			return le.NotHeldWhy("complete", "lost before completion")
 		}
-	}
-	recPath := l.recordPath(le.key)
-	for attempt := 0; ; attempt++ {
-		rs, err := l.retentionSession(ctx, rttl, width)
+		s, err := le.holding(ctx, "complete")
 		if err != nil {
 			return err
 		}
-		le.setWriting(true)
-		ok, resp, err := l.txn(ctx, api.TxnOps{
-			{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: le.path, Session: s.id}},
-			{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: le.path, Index: index}},
-			{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: recPath}},
-			{KV: &api.KVTxnOp{Verb: api.KVLock, Key: recPath, Session: rs.id, Value: record}},
-		})
-		if ok && err == nil {
-			le.finish(s)
+		le.mu.Lock()
+		index := le.index
+		le.mu.Unlock()
+		recPath := l.recordPath(le.Key())
+		for attempt := 0; ; attempt++ {
+			rs, err := l.retention.session(ctx, rttl, width)
+			if err != nil {
+				return err
+			}
+			ok, resp, err := le.write(ctx, api.TxnOps{
+				{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: le.path, Session: s.id}},
+				{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: le.path, Index: index}},
+				{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: recPath}},
+				{KV: &api.KVTxnOp{Verb: api.KVLock, Key: recPath, Session: rs.id, Value: record}},
+			})
+			if err == nil && !ok {
+				if f := failure(resp.Errors); f.op == 3 && f.invalidSession() && attempt < 2 {
+					l.retention.forget(rttl, rs)
+					continue // the retention session expired early or the agent restarted
+				}
+			}
+			return le.ended(ok, resp, err, "complete", s)
 		}
-		le.setWriting(false)
-		if err != nil {
-			le.mu.Lock()
-			le.suspect = true
-			le.mu.Unlock()
-			return fmt.Errorf("consullock: complete %q: %w", le.key, err)
-		}
-		if ok {
-			return nil
-		}
-		f := failure(resp.Errors)
-		switch {
-		case f.denied():
-			return fmt.Errorf("%w: complete %q: %s", ErrPermissionDenied, le.key, f.what)
-		case f.op == 0 || f.op == 1:
-			le.lose(s)
-			return le.notHeld("expired or taken before completion")
-		case f.op == 3 && f.invalidSession() && attempt < 2:
-			l.forgetRetention(rttl, rs)
-			continue // the retention session expired early or the agent restarted
-		}
-		return fmt.Errorf("consullock: complete %q: transaction refused: %s", le.key, f.what)
-	}
+	})
 }
 
 // retentionTTL returns the retention rounded up to whole seconds and to
@@ -130,58 +105,6 @@ func (l *Locker) retentionTTL(retention time.Duration) (rttl, width time.Duratio
 	rttl = max(roundUp(retention, TTLStep), l.cfg.minTTL)
 	width = min(rttl/8, time.Hour).Truncate(TTLStep)
 	return rttl, width, nil
-}
-
-// retentionSession returns the session records of retention rttl are bound
-// to, creating one when the current one is older than width. Its TTL is
-// rttl + width (at most 24 h), so a record bound to it is kept at least
-// rttl by Consul's session contract. It is never renewed or destroyed.
-func (l *Locker) retentionSession(ctx context.Context, rttl, width time.Duration) (*retentionSession, error) {
-	now := time.Now()
-	l.mu.Lock()
-	rs := l.retained[rttl]
-	l.mu.Unlock()
-	if rs != nil && now.Sub(rs.created) < width {
-		return rs, nil
-	}
-	// Width 0 (short retentions): a session per record, kept by nobody.
-	keep := func(s *session) *retentionSession {
-		rs := &retentionSession{id: s.id, created: s.renewed, width: width}
-		if width == 0 {
-			return rs
-		}
-		l.mu.Lock()
-		if cur := l.retained[rttl]; cur == nil || cur.created.Before(rs.created) {
-			l.retained[rttl] = rs
-		}
-		l.mu.Unlock()
-		return rs
-	}
-	adopt := func(s *session) {
-		// Created for a Complete that gave up: bucket it, or destroy a
-		// session that would hold no record.
-		l.mu.Lock()
-		closed := l.closed
-		l.mu.Unlock()
-		if width == 0 || closed {
-			l.doom(s.id)
-			return
-		}
-		keep(s)
-	}
-	s, err := l.createDetached(ctx, min(rttl+width, MaxTTL), l.cfg.name+" retention", 0, adopt)
-	if err != nil {
-		return nil, err
-	}
-	return keep(s), nil
-}
-
-func (l *Locker) forgetRetention(rttl time.Duration, rs *retentionSession) {
-	l.mu.Lock()
-	if l.retained[rttl] == rs {
-		delete(l.retained, rttl)
-	}
-	l.mu.Unlock()
 }
 
 // readRecord reads the record at path; found is false if there is none.

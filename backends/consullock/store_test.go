@@ -128,9 +128,8 @@ func TestCompleteBadInput(t *testing.T) {
 
 	big := make([]byte, consullock.DefaultMaxRecordSize+1)
 	err := l.Complete(t.Context(), le, big, time.Minute)
-	var tooBig *consullock.RecordTooLargeError
-	if !errors.As(err, &tooBig) || !errors.Is(err, lock.ErrInvalidArgument) || tooBig.Limit != consullock.DefaultMaxRecordSize {
-		t.Errorf("Complete with a record over the limit: %v, want a RecordTooLargeError", err)
+	if !errors.Is(err, lock.ErrRecordTooLarge) || !errors.Is(err, lock.ErrInvalidArgument) {
+		t.Errorf("Complete with a record over the limit: %v, want an error matching lock.ErrRecordTooLarge", err)
 	}
 	if err := l.Complete(t.Context(), le, nil, 25*time.Hour); !errors.Is(err, lock.ErrInvalidTTL) {
 		t.Errorf("Complete with 25h retention: %v, want ErrInvalidTTL", err)

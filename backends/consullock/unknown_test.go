@@ -58,7 +58,7 @@ func (r *recorded) response(req *http.Request) *http.Response {
 // background reports whether the calling goroutine is the Locker's own
 // background work.
 func background() bool {
-	return testenv.OnStack("consullock.(*Locker).keep", "consullock.(*Locker).createDetached",
+	return testenv.OnStack("consullock.(*pool).keep", "consullock.(*pool).createDetached",
 		"consullock.(*watcher).run", "consullock.(*Locker).Close")
 }
 

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/backends/consullock"
 	"github.com/idemlock/lock/backends/etcdlock"
 	"github.com/idemlock/lock/backends/memcachedlock"
 	"github.com/idemlock/lock/backends/redislock"
@@ -19,7 +18,6 @@ func TestRecordTooLargeOneSentinel(t *testing.T) {
 		"redislock":     redislock.ErrRecordTooLarge,
 		"etcdlock":      etcdlock.ErrRecordTooLarge,
 		"memcachedlock": memcachedlock.ErrRecordTooLarge,
-		"consullock":    &consullock.RecordTooLargeError{Size: 2, Limit: 1},
 	} {
 		if !errors.Is(err, idempotency.ErrRecordTooLarge) || !errors.Is(err, lock.ErrInvalidArgument) {
 			t.Errorf("%s: %v does not match idempotency.ErrRecordTooLarge and lock.ErrInvalidArgument", name, err)
