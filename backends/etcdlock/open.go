@@ -18,8 +18,14 @@ import (
 // DefaultDialTimeout is the dial timeout of a client made by lock.Open.
 const DefaultDialTimeout = 5 * time.Second
 
+// Schemes are the URL schemes this package registers with [lock.Open]; see
+// the package documentation for their form.
+var Schemes = []string{"etcd"}
+
 func init() {
-	lock.Register("etcd", open)
+	for _, s := range Schemes {
+		lock.Register(s, open)
+	}
 }
 
 // urlError is an error about an etcd:// URL; it matches lock.ErrInvalidURL.

@@ -13,7 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Schemes are the URL schemes this package registers with [lock.Open].
+// Schemes are the URL schemes this package registers with [lock.Open]; see
+// the package documentation for their form.
 var Schemes = []string{"postgres", "postgresql"}
 
 func init() {
