@@ -4,7 +4,8 @@
 //
 //	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:2379"}})
 //	...
-//	locker := etcdlock.New(cli)
+//	locker, err := etcdlock.New(cli)
+//	...
 //	defer locker.Close() // before cli.Close(); the Locker never closes cli
 //	err = lock.Do(ctx, locker, "invoice/42", func(ctx context.Context, lease lock.Lease) error { ... })
 //

@@ -172,10 +172,10 @@ type Locker struct {
 // to. The Locker never closes client; close the Locker (which frees its
 // pooled leases and its watch stream) before the client.
 //
-// Invalid arguments (a nil client, an out-of-range option) do not panic: the
-// Locker then returns an error matching lock.ErrInvalidArgument from every
-// method.
-func New(client *clientv3.Client, opts ...Option) *Locker {
+// Invalid arguments (a nil client, an out-of-range option) are reported
+// here, once, by an error matching lock.ErrInvalidArgument, never by a
+// panic.
+func New(client *clientv3.Client, opts ...Option) (*Locker, error) {
 	cfg := config{
 		prefix:    DefaultPrefix,
 		poolSize:  DefaultLeasePool,
@@ -191,16 +191,16 @@ func New(client *clientv3.Client, opts ...Option) *Locker {
 	if client == nil {
 		cfg.fail(fmt.Errorf("%w: etcdlock: nil client", lock.ErrInvalidArgument))
 	}
-	l := &Locker{client: client, cfg: cfg}
 	if cfg.err != nil {
-		return l
+		return nil, cfg.err
 	}
+	l := &Locker{client: client, cfg: cfg}
 	l.kv = client.KV
 	l.leases = client.Lease
 	l.watcher = clientv3.NewWatcher(client)
 	l.pool = newPool(l.leases, cfg.poolSize, cfg.timeout)
 	l.ret.cur = make(map[int64]grant)
-	return l
+	return l, nil
 }
 
 // Close frees what the Locker owns: it stops its background work, revokes
@@ -212,13 +212,8 @@ func New(client *clientv3.Client, opts ...Option) *Locker {
 func (l *Locker) Close() error {
 	l.closeOnce.Do(func() {
 		l.closed.Store(true)
-		var errs []error
-		if l.pool != nil {
-			l.pool.close()
-		}
-		if l.watcher != nil {
-			errs = append(errs, l.watcher.Close())
-		}
+		l.pool.close()
+		errs := []error{l.watcher.Close()}
 		if l.cfg.clientCloseFn != nil {
 			errs = append(errs, l.cfg.clientCloseFn())
 		}
@@ -229,9 +224,6 @@ func (l *Locker) Close() error {
 
 // usable reports the error that keeps the Locker from starting new work.
 func (l *Locker) usable() error {
-	if l.cfg.err != nil {
-		return l.cfg.err
-	}
 	if l.closed.Load() {
 		return ErrClosed
 	}

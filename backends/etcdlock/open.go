@@ -151,10 +151,10 @@ func open(ctx context.Context, u *url.URL) (lock.Backend, error) {
 		return nil, fmt.Errorf("etcdlock: connecting to %s: %w", u.Redacted(), err)
 	}
 	opts = append(opts, func(c *config) { c.clientCloseFn = client.Close })
-	l := New(client, opts...)
-	if l.cfg.err != nil {
+	l, err := New(client, opts...)
+	if err != nil {
 		_ = client.Close()
-		return nil, errors.Join(&urlError{"bad option in " + u.Redacted()}, l.cfg.err)
+		return nil, errors.Join(&urlError{"bad option in " + u.Redacted()}, err)
 	}
 	return l, nil
 }

@@ -25,7 +25,10 @@ func TestCompleteRetriedAfterLostAnswer(t *testing.T) {
 	t.Cleanup(func() { _ = cli.Close() })
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	l := New(cli, WithPrefix("idemlock-test/"+hex.EncodeToString(b[:])+"/"))
+	l, err := New(cli, WithPrefix("idemlock-test/"+hex.EncodeToString(b[:])+"/"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := t.Context()
 

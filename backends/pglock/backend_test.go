@@ -384,38 +384,25 @@ func TestMigrate(t *testing.T) {
 	}
 }
 
-// TestInvalidConfig checks that a bad option or a nil pool gives every
-// method an error matching lock.ErrInvalidArgument, never a panic.
+// TestInvalidConfig checks that a bad option or a nil pool is reported by
+// New, once, with an error matching lock.ErrInvalidArgument, never a panic.
 func TestInvalidConfig(t *testing.T) {
-	ctx := t.Context()
 	pool := newPool(t, "postgres://127.0.0.1:1/x?sslmode=disable", nil) // never connects
-	for name, l := range map[string]*pglock.Locker{
-		"nil pool":      pglock.New(nil),
-		"table":         pglock.New(pool, pglock.WithTable("bad name")),
-		"long table":    pglock.New(pool, pglock.WithTable(strings.Repeat("t", 51))),
-		"schema":        pglock.New(pool, pglock.WithSchema("a.b")),
-		"cleanup":       pglock.New(pool, pglock.WithCleanupInterval(-time.Second)),
-		"record size":   pglock.New(pool, pglock.WithMaxRecordSize(0)),
-		"record size 2": pglock.New(pool, pglock.WithMaxRecordSize(1<<30)),
+	for name, opts := range map[string][]pglock.Option{
+		"table":           {pglock.WithTable("bad name")},
+		"long table":      {pglock.WithTable(strings.Repeat("t", 51))},
+		"schema":          {pglock.WithSchema("a.b")},
+		"cleanup":         {pglock.WithCleanupInterval(-time.Second)},
+		"record size":     {pglock.WithMaxRecordSize(0)},
+		"record size 2":   {pglock.WithMaxRecordSize(1 << 30)},
+		"two bad options": {pglock.WithSchema("a.b"), pglock.WithMaxRecordSize(0)},
 	} {
-		t.Run(name, func(t *testing.T) {
-			defer l.Close()
-			if _, err := l.TryAcquire(ctx, "k", time.Second); !errors.Is(err, lock.ErrInvalidArgument) {
-				t.Errorf("TryAcquire: %v", err)
-			}
-			if _, _, err := l.Claim(ctx, "k", time.Second); !errors.Is(err, lock.ErrInvalidArgument) {
-				t.Errorf("Claim: %v", err)
-			}
-			if _, err := l.Subscribe(ctx, "k"); !errors.Is(err, lock.ErrInvalidArgument) {
-				t.Errorf("Subscribe: %v", err)
-			}
-			if err := l.Migrate(ctx); !errors.Is(err, lock.ErrInvalidArgument) {
-				t.Errorf("Migrate: %v", err)
-			}
-			if _, err := l.Cleanup(ctx); !errors.Is(err, lock.ErrInvalidArgument) {
-				t.Errorf("Cleanup: %v", err)
-			}
-		})
+		if l, err := pglock.New(pool, opts...); !errors.Is(err, lock.ErrInvalidArgument) || l != nil {
+			t.Errorf("New with a bad option (%s): %v, %v; want nil, ErrInvalidArgument", name, l, err)
+		}
+	}
+	if l, err := pglock.New(nil); !errors.Is(err, lock.ErrInvalidArgument) || l != nil {
+		t.Errorf("New(nil): %v, %v; want nil, ErrInvalidArgument", l, err)
 	}
 }
 

@@ -113,10 +113,10 @@ func open(ctx context.Context, u *url.URL) (lock.Backend, error) {
 		return nil, fmt.Errorf("pglock: connecting to %s: %w", u.Redacted(), err)
 	}
 	opts = append(opts, func(c *config) { c.ownPool = true })
-	l := New(pool, opts...)
-	if l.cfg.err != nil {
-		_ = l.Close()
-		return nil, errors.Join(&urlError{"bad option in " + u.Redacted()}, l.cfg.err)
+	l, err := New(pool, opts...)
+	if err != nil {
+		pool.Close()
+		return nil, errors.Join(&urlError{"bad option in " + u.Redacted()}, err)
 	}
 	return l, nil
 }

@@ -139,9 +139,9 @@ type Locker struct {
 // [Locker.Migrate]). The Locker never closes pool; Close the Locker (which
 // stops its listening connection and its cleaner) before the pool.
 //
-// Invalid arguments (a nil pool, a bad option) do not panic: the Locker
-// then returns an error matching lock.ErrInvalidArgument from every method.
-func New(pool *pgxpool.Pool, opts ...Option) *Locker {
+// Invalid arguments (a nil pool, a bad option) are reported here, once, by
+// an error matching lock.ErrInvalidArgument, never by a panic.
+func New(pool *pgxpool.Pool, opts ...Option) (*Locker, error) {
 	cfg := config{table: DefaultTable, cleanup: DefaultCleanupInterval, maxRecord: DefaultMaxRecordSize}
 	for _, o := range opts {
 		if o != nil {
@@ -151,12 +151,12 @@ func New(pool *pgxpool.Pool, opts ...Option) *Locker {
 	if pool == nil {
 		cfg.fail(fmt.Errorf("%w: pglock: nil pool", lock.ErrInvalidArgument))
 	}
+	if cfg.err != nil {
+		return nil, cfg.err
+	}
 	l := &Locker{pool: pool, cfg: cfg}
 	l.bg, l.stop = context.WithCancel(context.Background())
 	l.notify.l = l
-	if cfg.err != nil {
-		return l
-	}
 	qualified := cfg.table
 	if cfg.schema != "" {
 		qualified = cfg.schema + "." + cfg.table
@@ -171,7 +171,7 @@ func New(pool *pgxpool.Pool, opts ...Option) *Locker {
 		l.wg.Add(1)
 		go l.cleanLoop()
 	}
-	return l
+	return l, nil
 }
 
 // Close stops the Locker's background work (its listening connection and
@@ -185,7 +185,7 @@ func (l *Locker) Close() error {
 		l.stop()
 		l.notify.close()
 		l.wg.Wait()
-		if l.cfg.ownPool && l.pool != nil {
+		if l.cfg.ownPool {
 			l.pool.Close()
 		}
 	})
@@ -194,9 +194,6 @@ func (l *Locker) Close() error {
 
 // usable reports the error that keeps the Locker from starting new work.
 func (l *Locker) usable() error {
-	if l.cfg.err != nil {
-		return l.cfg.err
-	}
 	if l.closed.Load() {
 		return ErrClosed
 	}

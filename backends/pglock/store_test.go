@@ -211,9 +211,9 @@ func TestCompleteTxBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	otherTable := pglock.New(f.pool, pglock.WithTable("t_other"), pglock.WithCleanupInterval(0))
+	otherTable := mustNew(t, f.pool, pglock.WithTable("t_other"), pglock.WithCleanupInterval(0))
 	defer otherTable.Close()
-	small := pglock.New(f.pool, pglock.WithMaxRecordSize(4), pglock.WithTable(tableOf(t, f)), pglock.WithCleanupInterval(0))
+	small := mustNew(t, f.pool, pglock.WithMaxRecordSize(4), pglock.WithTable(tableOf(t, f)), pglock.WithCleanupInterval(0))
 	defer small.Close()
 	var nilCtx context.Context // the bad input
 	for name, err := range map[string]error{
