@@ -110,6 +110,10 @@ var (
 	// ErrInvalidArgument is matched by errors about other bad arguments: a
 	// nil Locker, Lease, context or function, or an out-of-range option.
 	ErrInvalidArgument = errors.New("lock: invalid argument")
+	// ErrClosed is matched by the error of a call on a Locker (or on one of
+	// its leases) after the Locker was closed, when the backend refuses such
+	// calls.
+	ErrClosed = errors.New("lock: Locker closed")
 )
 
 // KeyError describes a key that was rejected.
