@@ -115,7 +115,7 @@
 // server-side between its retention and its retention plus the bucket.
 // Records are limited to [DefaultMaxRecordSize] (1 MiB, under etcd's default
 // 1.5 MiB request limit; see [WithMaxRecordSize]); larger ones get
-// [ErrRecordTooLarge].
+// [lock.ErrRecordTooLarge].
 //
 // # Health, limits, administration and loss detection
 //

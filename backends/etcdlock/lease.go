@@ -7,46 +7,55 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// lease is one holding of a lock: the lock key, created at revision token,
-// bound to the etcd lease g.
-type lease struct {
-	l     *Locker
-	key   string // the caller's key
-	lk    string // the etcd lock key
-	token uint64 // the lock key's CreateRevision
-	fp    []byte // the fingerprint kept in the lock key's value (ClaimFingerprint)
+var _ lock.LossNotifier = (*lease)(nil)
 
-	// mu serialises Refresh, Release and Complete on this lease, so that
-	// a lease returned to the pool is never renewed on this holding's
-	// behalf while it serves another.
+// lease is one holding of a lock: the lock key, created at revision token,
+// bound to the etcd lease g. Key, Token, the state and the serialisation of
+// Refresh, Release and Complete (so that a lease returned to the pool is
+// never renewed on this holding's behalf while it serves another) come from
+// driver.Lease.
+type lease struct {
+	driver.Lease
+	l  *Locker
+	lk string // the etcd lock key
+	fp []byte // the fingerprint kept in the lock key's value (ClaimFingerprint)
+
+	// doubt is set when a Release or Complete failed with an unknown
+	// outcome: the key may be gone while g lives on, so renewing g
+	// proves nothing, and the next Refresh must check the key itself.
+	// Used in the lease's turn (driver.Lease.Serial) only.
+	doubt bool
+
+	// mu guards what Deadline and the loss watch read. g and strays
+	// change in the lease's turn only, under mu; mu is never held across
+	// a request.
 	mu sync.Mutex
 	g  grant // the etcd lease bound to lk
 	// strays are leases that an interrupted Refresh may have bound lk to.
 	strays []grant
-	// doubt is set when a Release or Complete failed with an unknown
-	// outcome: the key may be gone while le.g lives on, so renewing le.g
-	// proves nothing, and the next Refresh must check the key itself.
-	doubt bool
-	done  bool // released, completed or known lost
-	// The loss watch (Lost, below): lost is made by Lost; ended is set when
-	// the lease's own Release or Complete deleted the key; unwatch stops
-	// the watch.
+	// The loss watch: lost is made by Lost; ended is set when the lease's
+	// own Release or Complete deleted the key; unwatch stops the watch.
 	lost    chan struct{}
 	ended   bool
 	unwatch context.CancelFunc
 }
 
-func (le *lease) Key() string   { return le.key }
-func (le *lease) Token() uint64 { return le.token }
+func newLease(l *Locker, key, lk string, token uint64, g grant, fp []byte) *lease {
+	le := &lease{l: l, lk: lk, g: g, fp: fp}
+	le.Init(&l.gate, key, token, g.base, time.Duration(g.ttl)*time.Second)
+	return le
+}
 
 // Deadline returns the time until which the lock is held at least, by the
 // local monotonic clock: when the grant or latest renewal of its etcd lease
-// was sent, plus the TTL etcd granted.
+// was sent, plus the TTL etcd granted (pooled leases are granted before the
+// take, so this is not the take's send time plus its TTL).
 func (le *lease) Deadline() time.Time {
 	le.mu.Lock()
 	defer le.mu.Unlock()
@@ -76,42 +85,44 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if err := lock.CheckRefresh(ctx, ttl); err != nil {
 		return err
 	}
-	l := le.l
-	req, err := l.leaseSeconds(ttl)
+	req, err := le.l.leaseSeconds(ttl)
 	if err != nil {
 		return err
 	}
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	if le.done {
-		return l.notHeld("refresh", le.key, nil)
-	}
-	if req == le.g.req && len(le.strays) == 0 && !le.doubt {
+	return le.Serial(ctx, func() error {
+		if err := le.Check("refresh"); err != nil {
+			return err
+		}
+		if req != le.g.req || len(le.strays) > 0 || le.doubt {
+			return le.move(ctx, ttl, req)
+		}
 		sent := time.Now()
-		resp, err := l.leases.KeepAliveOnce(ctx, le.g.id)
+		resp, err := le.l.leases.KeepAliveOnce(ctx, le.g.id)
 		switch {
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			le.done = true
-			return l.notHeld("refresh", le.key, err)
+			le.Lose()
+			return le.NotHeldWhy("refresh", "its etcd lease expired or was revoked")
 		case err != nil:
-			return l.opError("refresh", le.key, ctx, err)
+			return errs.OpErrorCtx(ctx, "refresh", le.Key(), err)
 		}
+		le.mu.Lock()
 		le.g.base, le.g.ttl = sent, resp.TTL
+		le.mu.Unlock()
 		return nil
-	}
-	return le.move(ctx, ttl, req)
+	})
 }
 
-// move binds the lock key to a lease of req seconds. le.mu is held.
+// move binds the lock key to a lease of req seconds. It runs in the lease's
+// turn.
 func (le *lease) move(ctx context.Context, ttl time.Duration, req int64) error {
 	l := le.l
 	for attempt := 0; ; attempt++ {
 		g, err := l.pool.get(ctx, ttl, req)
 		if err != nil {
-			return l.opError("refresh", le.key, ctx, err)
+			return errs.OpErrorCtx(ctx, "refresh", le.Key(), err)
 		}
 		resp, err := l.kv.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(le.lk), "=", int64(le.token))).
+			If(clientv3.Compare(clientv3.CreateRevision(le.lk), "=", int64(le.Token()))).
 			Then(clientv3.OpPut(le.lk, lockValue(g.ttl, le.fp), clientv3.WithLease(g.id))).
 			Commit()
 		switch {
@@ -120,29 +131,26 @@ func (le *lease) move(ctx context.Context, ttl time.Duration, req int64) error {
 		case err != nil:
 			// The key may now be bound to g: keep it with the holding
 			// until a later outcome is certain.
+			le.mu.Lock()
 			le.strays = append(le.strays, g)
-			return l.opError("refresh", le.key, ctx, err)
+			le.mu.Unlock()
+			return errs.OpErrorCtx(ctx, "refresh", le.Key(), err)
 		case !resp.Succeeded:
 			l.pool.put(g)
-			le.done = true
-			return l.notHeld("refresh", le.key, nil)
+			le.Lose()
+			return le.NotHeld("refresh")
 		}
 		// The key left the old lease (and any strays): they serve again.
-		l.pool.put(le.g)
-		le.releaseStrays()
-		le.g = g
+		le.mu.Lock()
+		free := append(le.strays, le.g)
+		le.g, le.strays = g, nil
+		le.mu.Unlock()
+		for _, f := range free {
+			l.pool.put(f)
+		}
 		le.doubt = false
 		return nil
 	}
-}
-
-// releaseStrays returns the strays to the pool once the lock key is known to
-// be bound to none of them. le.mu is held.
-func (le *lease) releaseStrays() {
-	for _, s := range le.strays {
-		le.l.pool.put(s)
-	}
-	le.strays = nil
 }
 
 // Release deletes the lock key in one transaction guarded by its creation
@@ -153,31 +161,39 @@ func (le *lease) Release(ctx context.Context) error {
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
 	}
-	l := le.l
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	if le.done {
-		return l.notHeld("release", le.key, nil)
-	}
-	resp, err := l.kv.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(le.lk), "=", int64(le.token))).
-		Then(clientv3.OpDelete(le.lk)).
-		Commit()
-	if err != nil {
-		le.doubt = true // the key may be gone: the next Refresh checks it
-		return l.opError("release", le.key, ctx, err)
-	}
-	le.done = true
-	if !resp.Succeeded {
-		return l.notHeld("release", le.key, nil)
-	}
-	le.stopLossWatch()
-	l.pool.put(le.g)
-	le.releaseStrays()
-	return nil
+	return le.End(ctx, "release", func() error {
+		resp, err := le.l.kv.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(le.lk), "=", int64(le.Token()))).
+			Then(clientv3.OpDelete(le.lk)).
+			Commit()
+		switch {
+		case err != nil:
+			le.doubt = true // the key may be gone: the next Refresh checks it
+			return errs.OpErrorCtx(ctx, "release", le.Key(), err)
+		case !resp.Succeeded:
+			return le.NotHeld("release")
+		}
+		le.finish()
+		return nil
+	})
 }
 
-var _ lock.LossNotifier = (*lease)(nil)
+// finish records that the lease's own Release or Complete deleted its key:
+// the loss watch stops, and the etcd lease and any strays go back to the
+// pool. It runs in the lease's turn.
+func (le *lease) finish() {
+	le.mu.Lock()
+	le.ended = true
+	if le.unwatch != nil {
+		le.unwatch()
+	}
+	free := append(le.strays, le.g)
+	le.strays = nil
+	le.mu.Unlock()
+	for _, f := range free {
+		le.l.pool.put(f)
+	}
+}
 
 // Lost returns a channel that is closed when the lease's lock key is
 // deleted other than by the lease's own Release or Complete: deleted by
@@ -195,13 +211,13 @@ func (le *lease) Lost() <-chan struct{} {
 		return le.lost
 	}
 	le.lost = make(chan struct{})
-	if le.done {
+	if s := le.State(); s == driver.Released || s == driver.Lost {
 		if !le.ended {
 			close(le.lost)
 		}
 		return le.lost
 	}
-	if le.l.usable() != nil {
+	if le.l.gate.IsClosed() {
 		return le.lost
 	}
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
@@ -217,7 +233,7 @@ func (le *lease) Lost() <-chan struct{} {
 // and must not hold le.mu meanwhile (Deadline and Refresh need it).
 func (le *lease) watchLoss(ctx context.Context, cancel context.CancelFunc) {
 	defer cancel()
-	wch := le.l.watcher.Watch(ctx, le.lk, clientv3.WithRev(int64(le.token)+1), clientv3.WithFilterPut())
+	wch := le.l.watcher.Watch(ctx, le.lk, clientv3.WithRev(int64(le.Token())+1), clientv3.WithFilterPut())
 	for resp := range wch {
 		if resp.Err() != nil {
 			return
@@ -226,24 +242,19 @@ func (le *lease) watchLoss(ctx context.Context, cancel context.CancelFunc) {
 			if ev.Type != mvccpb.DELETE {
 				continue
 			}
-			// A Release or Complete holds le.mu until it has set ended,
-			// so its own deletion is never taken for a loss.
-			le.mu.Lock()
-			if !le.ended {
-				le.done = true
-				close(le.lost)
-			}
-			le.mu.Unlock()
+			// A Release or Complete sets ended in its turn, before the
+			// turn passes on, so its own deletion is never taken for a
+			// loss; if it ends the watch meanwhile, Serial returns.
+			_ = le.Serial(ctx, func() error {
+				le.mu.Lock()
+				defer le.mu.Unlock()
+				if !le.ended {
+					le.Lose()
+					close(le.lost)
+				}
+				return nil
+			})
 			return
 		}
-	}
-}
-
-// stopLossWatch ends the watch of Lost after the lease ended the holding
-// itself. le.mu is held.
-func (le *lease) stopLossWatch() {
-	le.ended = true
-	if le.unwatch != nil {
-		le.unwatch()
 	}
 }
