@@ -4,52 +4,32 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // lease is one holding of a lock: the row of key while its token is ours.
+// Key, Token, Deadline, the state and the serialisation of Refresh,
+// Release and Complete come from driver.Lease (its turn is a channel, so
+// that waiting for it honours the caller's context).
 type lease struct {
-	l     *Locker
-	key   string
-	bkey  []byte
-	hash  uint64
-	token int64
-
-	// sem serialises Refresh, Release and Complete on this lease (a
-	// channel, so that waiting for it honours the caller's context).
-	sem  chan struct{}
-	done bool // released, completed or known lost; guarded by sem
-
-	mu       sync.Mutex
-	deadline time.Time
+	driver.Lease
+	l    *Locker
+	bkey []byte
+	hash uint64
 }
 
-func (le *lease) Key() string   { return le.key }
-func (le *lease) Token() uint64 { return uint64(le.token) }
-
-// Deadline returns the local time the latest successful take or refresh was
-// sent plus its TTL: the server's expiry is no earlier.
-func (le *lease) Deadline() time.Time {
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	return le.deadline
+func newLease(l *Locker, key string, token int64, sent time.Time, ttl time.Duration) *lease {
+	le := &lease{l: l, bkey: []byte(key), hash: hash64(key)}
+	le.Init(&l.gate, key, uint64(token), sent, ttl)
+	return le
 }
 
-// acquire takes the lease's semaphore, or returns ctx's error.
-func (le *lease) acquire(ctx context.Context) error {
-	select {
-	case le.sem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (le *lease) unlock() { <-le.sem }
+// token is the lease's token as the table stores it.
+func (le *lease) token() int64 { return int64(le.Token()) }
 
 // Refresh extends the lease to ttl from now, counted by the server, in one
 // statement guarded by the lease's token; a lease that expired or was taken
@@ -58,30 +38,26 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if err := lock.CheckRefresh(ctx, ttl); err != nil {
 		return err
 	}
-	if err := le.acquire(ctx); err != nil {
-		return err
-	}
-	defer le.unlock()
-	if le.done {
-		return notHeld("refresh", le.key, "")
-	}
-	sent := time.Now()
-	var tag pgconn.CommandTag
-	err := le.l.run(ctx, func() (err error) {
-		tag, err = le.l.pool.Exec(ctx, le.l.sql.refresh, le.bkey, le.token, micros(ttl))
-		return err
+	return le.Serial(ctx, func() error {
+		if err := le.Check("refresh"); err != nil {
+			return err
+		}
+		sent := time.Now()
+		var tag pgconn.CommandTag
+		err := le.l.run(ctx, func() (err error) {
+			tag, err = le.l.pool.Exec(ctx, le.l.sql.refresh, le.bkey, le.token(), micros(ttl))
+			return err
+		})
+		if err != nil {
+			return errs.OpErrorCtx(ctx, "refresh", le.Key(), err)
+		}
+		if tag.RowsAffected() != 1 {
+			le.Lose()
+			return le.NotHeldWhy("refresh", "expired or taken over")
+		}
+		le.Extend(sent, ttl)
+		return nil
 	})
-	if err != nil {
-		return le.l.opError("refresh", le.key, ctx, err)
-	}
-	if tag.RowsAffected() != 1 {
-		le.done = true
-		return notHeld("refresh", le.key, "expired or taken over")
-	}
-	le.mu.Lock()
-	le.deadline = sent.Add(ttl)
-	le.mu.Unlock()
-	return nil
 }
 
 // Release deletes the lease's row in one statement guarded by its token, so
@@ -93,30 +69,22 @@ func (le *lease) Release(ctx context.Context) error {
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
 	}
-	if err := le.acquire(ctx); err != nil {
-		return err
-	}
-	defer le.unlock()
-	if le.done {
-		return notHeld("release", le.key, "")
-	}
-	var live bool
-	var notified int64
-	err := le.l.run(ctx, func() error {
-		return le.l.pool.QueryRow(ctx, le.l.sql.release, le.bkey, le.token, le.l.channel, le.payload()).Scan(&live, &notified)
+	return le.End(ctx, "release", func() error {
+		var live bool
+		var notified int64
+		err := le.l.run(ctx, func() error {
+			return le.l.pool.QueryRow(ctx, le.l.sql.release, le.bkey, le.token(), le.l.channel, le.payload()).Scan(&live, &notified)
+		})
+		switch {
+		case errors.Is(err, errNoRows):
+			return le.NotHeldWhy("release", "expired and taken over, or already released")
+		case err != nil:
+			return errs.OpErrorCtx(ctx, "release", le.Key(), err) // unknown outcome: a retry tells
+		case !live:
+			return le.NotHeldWhy("release", "expired")
+		}
+		return nil
 	})
-	switch {
-	case errors.Is(err, errNoRows):
-		le.done = true
-		return notHeld("release", le.key, "expired and taken over, or already released")
-	case err != nil:
-		return le.l.opError("release", le.key, ctx, err) // unknown outcome: a retry tells
-	}
-	le.done = true
-	if !live {
-		return notHeld("release", le.key, "expired")
-	}
-	return nil
 }
 
 // payload is the NOTIFY payload of the lease's key.
