@@ -30,7 +30,13 @@ func redisBackend() Backend {
 			{
 				Name:  "idemlock",
 				Desc:  "idemlock redislock: one Lua script per take and per release; waiters woken by pub/sub",
-				Setup: redisSetup(func(rdb *redis.Client) Client { return idemClient{redislock.New(rdb)} }),
+				Setup: redisSetup(func(rdb *redis.Client) Client {
+					l, err := redislock.New(rdb)
+					if err != nil {
+						panic(err) // a non-nil client and no options: never
+					}
+					return idemClient{l}
+				}),
 			},
 			{
 				Name:       "bsm-redislock",

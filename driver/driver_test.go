@@ -140,6 +140,21 @@ func TestGateChecks(t *testing.T) {
 	}
 }
 
+func TestGateServeAfterClose(t *testing.T) {
+	ctx := t.Context()
+	g := &driver.Gate{Name: errs, ServeAfterClose: true}
+	_ = g.Close(nil)
+	if !g.IsClosed() {
+		t.Fatal("IsClosed after Close is false")
+	}
+	if err := g.Check(ctx, "take", "k", time.Second); err != nil {
+		t.Errorf("Check after Close with ServeAfterClose: %v, want nil", err)
+	}
+	if err := g.CheckClaim(ctx, "k", time.Second, make([]byte, driver.MaxFingerprint+1)); !errors.Is(err, lock.ErrInvalidArgument) {
+		t.Errorf("CheckClaim of a long fingerprint with ServeAfterClose: %v, want ErrInvalidArgument", err)
+	}
+}
+
 func TestGateCloseRunsOnce(t *testing.T) {
 	g := &driver.Gate{Name: errs}
 	boom := errors.New("boom")

@@ -29,6 +29,12 @@ const MaxFingerprint = 64
 type Gate struct {
 	// Name is the backend's name, shown by every error the Gate makes.
 	Name Name
+	// ServeAfterClose makes the Check methods skip the closed check: for
+	// a backend whose Close frees only optional parts (memlock's Ping
+	// state, redislock's subscriptions), so that takes and leases keep
+	// working after Close on a client that stays open. Such a backend
+	// checks [Gate.IsClosed] itself where Close does matter.
+	ServeAfterClose bool
 
 	closed   atomic.Bool
 	once     sync.Once
@@ -53,9 +59,10 @@ func (g *Gate) Close(fn func() error) error {
 func (g *Gate) IsClosed() bool { return g.closed.Load() }
 
 // CheckClosed returns an error matching [lock.ErrClosed] (naming op and
-// key, which may be empty) once Close was called, and nil before.
+// key, which may be empty) once Close was called, and nil before (and
+// always nil with ServeAfterClose).
 func (g *Gate) CheckClosed(op, key string) error {
-	if g.closed.Load() {
+	if !g.ServeAfterClose && g.closed.Load() {
 		return g.Name.Closed(op, key)
 	}
 	return nil

@@ -8,29 +8,20 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/idempotency"
-	"github.com/idemlock/lock/internal/optional"
+	"github.com/idemlock/lock/driver"
 )
 
-var (
-	_ lock.Pinger                    = (*Locker)(nil)
-	_ lock.TTLLimiter                = (*Locker)(nil)
-	_ lock.Admin                     = (*Locker)(nil)
-	_ idempotency.FingerprintClaimer = (*Locker)(nil)
-)
+var _ driver.FullBackend = (*Locker)(nil)
 
 // Ping sends one PING with ctx (in Cluster, to one node go-redis picks) and
 // returns nil if the server answered. After [Locker.Close] of a Locker
 // made by lock.Open, whose client Close closed, it fails.
 func (l *Locker) Ping(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
+	if err := l.gate.CheckContext(ctx, "ping"); err != nil {
 		return err
 	}
-	if l.err != nil {
-		return l.err
-	}
 	if err := l.client.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redislock: ping: %w", err)
+		return errs.OpError("ping", "", err)
 	}
 	return nil
 }
@@ -62,11 +53,8 @@ func fingerprintOf(nonce string) []byte {
 // refused because another claim holds the key gets that claim's fp as
 // holder. It makes *Locker an idempotency.FingerprintClaimer.
 func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (lock.Lease, []byte, []byte, error) {
-	if err := optional.CheckClaim("redislock", ctx, key, ttl, fp); err != nil {
+	if err := l.gate.CheckClaim(ctx, key, ttl, fp); err != nil {
 		return nil, nil, nil, err
-	}
-	if l.err != nil {
-		return nil, nil, nil, l.err
 	}
 	le, rec, holder, err := l.take(ctx, claimScript, key, ttl, true, fp)
 	switch {
@@ -114,20 +102,17 @@ var (
 // *Locker a lock.Admin: key is the caller's key, escaped or hashed here as
 // the leases do.
 func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) {
-	if err := optional.CheckKey(ctx, key); err != nil {
+	if err := l.gate.CheckKey(ctx, "inspect", key); err != nil {
 		return lock.KeyInfo{}, err
-	}
-	if l.err != nil {
-		return lock.KeyInfo{}, l.err
 	}
 	k := l.keysFor(key)
 	v, err := inspectScript.Run(ctx, l.client, []string{k.lock, k.record()}).Slice()
 	if err != nil {
-		return lock.KeyInfo{}, opError("inspect", key, err)
+		return lock.KeyInfo{}, errs.OpError("inspect", key, err)
 	}
 	info := lock.KeyInfo{Key: key}
 	if len(v) != 4 {
-		return info, opError("inspect", key, fmt.Errorf("unexpected script reply %v", v))
+		return info, errs.OpError("inspect", key, fmt.Errorf("unexpected script reply %v", v))
 	}
 	if val, _ := v[0].(string); val != "" {
 		info.Held = true
@@ -154,42 +139,24 @@ func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) 
 // (within a third of the TTL by default). It returns an error matching
 // lock.ErrNotHeld if no lease held key.
 func (l *Locker) ForceRelease(ctx context.Context, key string) error {
-	if err := optional.CheckKey(ctx, key); err != nil {
+	if err := l.gate.CheckKey(ctx, "force release", key); err != nil {
 		return err
-	}
-	if l.err != nil {
-		return l.err
 	}
 	s := forceReleaseScript
 	if l.cluster != nil {
 		s = forceReleaseScriptSharded
 	}
 	n, err := s.Run(ctx, l.client, []string{l.keysFor(key).lock}).Int64()
-	if err != nil {
-		return opError("force release", key, err)
-	}
-	if n != 1 {
-		return notHeld("force release", key)
-	}
-	return nil
+	return errs.Found("force release", key, n == 1, err)
 }
 
 // DeleteRecord deletes the idempotency record of key (one DEL), so that the
 // next Claim takes the key. It returns an error matching lock.ErrNotHeld if
 // no record was stored.
 func (l *Locker) DeleteRecord(ctx context.Context, key string) error {
-	if err := optional.CheckKey(ctx, key); err != nil {
+	if err := l.gate.CheckKey(ctx, "delete record", key); err != nil {
 		return err
 	}
-	if l.err != nil {
-		return l.err
-	}
 	n, err := l.client.Del(ctx, l.keysFor(key).record()).Result()
-	if err != nil {
-		return opError("delete record", key, err)
-	}
-	if n == 0 {
-		return notHeld("delete record", key)
-	}
-	return nil
+	return errs.Found("delete record", key, n > 0, err)
 }

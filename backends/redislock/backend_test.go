@@ -31,35 +31,29 @@ func TestInvalidConfiguration(t *testing.T) {
 	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
 	defer c.Close()
 	for _, tc := range []struct {
-		name string
-		l    *redislock.Locker
+		name   string
+		client redis.UniversalClient
+		opts   []redislock.Option
 	}{
-		{"nil client", redislock.New(nil)},
-		{"nil *redis.Client", redislock.New((*redis.Client)(nil))},
-		{"nil *redis.ClusterClient", redislock.New((*redis.ClusterClient)(nil))},
-		{"Ring", redislock.New(ring)},
-		{"prefix with {", redislock.New(c, redislock.WithPrefix("a{"))},
-		{"prefix with }", redislock.New(c, redislock.WithPrefix("}b"))},
-		{"zero record size", redislock.New(c, redislock.WithMaxRecordSize(0))},
+		{"nil client", nil, nil},
+		{"nil *redis.Client", (*redis.Client)(nil), nil},
+		{"nil *redis.ClusterClient", (*redis.ClusterClient)(nil), nil},
+		{"Ring", ring, nil},
+		{"prefix with {", c, []redislock.Option{redislock.WithPrefix("a{")}},
+		{"prefix with }", c, []redislock.Option{redislock.WithPrefix("}b")}},
+		{"zero record size", c, []redislock.Option{redislock.WithMaxRecordSize(0)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx := t.Context()
-			le, err := tc.l.TryAcquire(ctx, "k", time.Second)
-			if !errors.Is(err, lock.ErrInvalidArgument) || le != nil {
-				t.Errorf("TryAcquire: got (%v, %v), want an error matching ErrInvalidArgument", le, err)
-			}
-			le, rec, err := tc.l.Claim(ctx, "k", time.Second)
-			if !errors.Is(err, lock.ErrInvalidArgument) || le != nil || rec != nil {
-				t.Errorf("Claim: got (%v, %v, %v), want an error matching ErrInvalidArgument", le, rec, err)
-			}
-			sub, err := tc.l.Subscribe(ctx, "k")
-			if !errors.Is(err, lock.ErrInvalidArgument) || sub != nil {
-				t.Errorf("Subscribe: got (%v, %v), want an error matching ErrInvalidArgument", sub, err)
-			}
-			if err := tc.l.Close(); err != nil {
-				t.Errorf("Close: %v", err)
+			l, err := redislock.New(tc.client, tc.opts...)
+			if !errors.Is(err, lock.ErrInvalidArgument) || l != nil {
+				t.Errorf("New: got (%v, %v), want an error matching ErrInvalidArgument", l, err)
 			}
 		})
+	}
+	// Every bad option is reported at once.
+	_, err := redislock.New(c, redislock.WithPrefix("a{"), redislock.WithMaxRecordSize(-1))
+	if err == nil || !strings.Contains(err.Error(), "a{") || !strings.Contains(err.Error(), "-1") {
+		t.Errorf("New with two bad options: %v, want both named", err)
 	}
 }
 

@@ -37,7 +37,10 @@ func TestClusterTopologies(t *testing.T) {
 				}
 				c := redis.NewUniversalClient(opts)
 				tb.Cleanup(func() { _ = c.Close() })
-				l := redislock.New(c)
+				l, err := redislock.New(c)
+				if err != nil {
+					tb.Fatal(err)
+				}
 				tb.Cleanup(func() {
 					if err := l.Close(); err != nil {
 						tb.Errorf("closing the Locker: %v", err)

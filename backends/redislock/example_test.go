@@ -18,11 +18,14 @@ import (
 func Example() {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
 	defer rdb.Close()
-	locker := redislock.New(rdb, redislock.WithPrefix("billing:lock:"))
+	locker, err := redislock.New(rdb, redislock.WithPrefix("billing:lock:"))
+	if err != nil {
+		log.Fatal(err) // a nil client or a bad option
+	}
 	defer locker.Close() // frees the subscription; rdb stays open
 
 	ctx := context.Background()
-	err := lock.Do(ctx, locker, "invoice/42", func(ctx context.Context, lease lock.Lease) error {
+	err = lock.Do(ctx, locker, "invoice/42", func(ctx context.Context, lease lock.Lease) error {
 		// ctx is cancelled the moment the lease is lost.
 		return nil
 	}, lock.WithTTL(15*time.Second))
@@ -36,7 +39,10 @@ func Example() {
 func ExampleNew_cluster() {
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"10.0.0.1:6379", "10.0.0.2:6379"}})
 	defer rdb.Close()
-	locker := redislock.New(rdb)
+	locker, err := redislock.New(rdb)
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer locker.Close()
 
 	ctx := context.Background()

@@ -82,18 +82,12 @@ type subscription struct {
 // goes unreported. The subscription's Wait ignores its held argument (Redis
 // pub/sub has no versions); callers bound it by held.Remaining themselves.
 func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
-	if err := lock.CheckContext(ctx); err != nil {
+	if err := l.gate.CheckKey(ctx, "subscribe", key); err != nil {
 		return nil, err
-	}
-	if err := lock.ValidateKey(key); err != nil {
-		return nil, err
-	}
-	if l.err != nil {
-		return nil, l.err
 	}
 	s := &subscription{n: &l.notify, key: key, channel: l.keysFor(key).lock, wake: make(chan struct{}, 1)}
 	if err := s.subscribe(ctx); err != nil {
-		return nil, opError("subscribe", key, err)
+		return nil, errs.OpError("subscribe", key, err)
 	}
 	return s, nil
 }
@@ -111,7 +105,7 @@ func (s *subscription) Wait(ctx context.Context, _ *lock.NotAcquiredError) error
 	closed, detached := s.closed, s.sc == nil
 	s.n.mu.Unlock()
 	if closed {
-		return fmt.Errorf("%w: redislock: Wait on a closed subscription", lock.ErrInvalidArgument)
+		return errs.InvalidArgument("Wait on a closed subscription")
 	}
 	if !detached {
 		select {
@@ -131,7 +125,7 @@ func (s *subscription) Wait(ctx context.Context, _ *lock.NotAcquiredError) error
 		default:
 		}
 		if err := s.subscribe(ctx); err != nil {
-			return opError("re-subscribe", s.key, err)
+			return errs.OpError("re-subscribe", s.key, err)
 		}
 	}
 	return nil
@@ -243,7 +237,7 @@ func (n *notifier) conn(ctx context.Context, channel string) (*subConn, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
-		return nil, ErrClosed
+		return nil, lock.ErrClosed
 	}
 	if sc := n.conns[addr]; sc != nil {
 		return sc, nil

@@ -4,9 +4,10 @@
 // redis.NewFailoverClient, or redis.NewUniversalClient with a MasterName).
 //
 //	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-//	locker := redislock.New(rdb)
+//	locker, err := redislock.New(rdb)
+//	if err != nil { … } // a nil or unsupported client, or a bad option
 //	defer locker.Close() // frees the Locker's subscription; rdb stays open
-//	err := lock.Do(ctx, locker, "invoice/42", func(ctx context.Context, lease lock.Lease) error { … })
+//	err = lock.Do(ctx, locker, "invoice/42", func(ctx context.Context, lease lock.Lease) error { … })
 //
 // # Guarantees
 //
@@ -156,14 +157,15 @@ import (
 	"math"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/driver"
 	"github.com/redis/go-redis/v9"
 )
+
+// errs makes the package's errors.
+const errs = driver.Name("redislock")
 
 // DefaultPrefix is the key prefix used unless [WithPrefix] sets another.
 const DefaultPrefix = "idemlock:"
@@ -173,106 +175,111 @@ const DefaultPrefix = "idemlock:"
 // proto-max-bulk-len, 512 MiB.
 const DefaultMaxRecordSize = 512 << 20
 
-// ErrRecordTooLarge is matched by the error of [Locker.Complete] for a
-// record over the size limit; it also matches [lock.ErrInvalidArgument].
-var ErrRecordTooLarge = fmt.Errorf("redislock: %w", idempotency.ErrRecordTooLarge)
-
-// ErrClosed is returned by [Locker.Subscribe] after [Locker.Close].
-var ErrClosed = errors.New("redislock: Locker closed")
+var (
+	// ErrRecordTooLarge is matched by the error of [Locker.Complete] for a
+	// record over the size limit.
+	//
+	// Deprecated: it is [lock.ErrRecordTooLarge], which every backend's
+	// error matches; use that.
+	ErrRecordTooLarge = lock.ErrRecordTooLarge
+	// ErrClosed is matched by the error of [Locker.Subscribe] after
+	// [Locker.Close].
+	//
+	// Deprecated: it is [lock.ErrClosed]; use that.
+	ErrClosed = lock.ErrClosed
+)
 
 // Locker takes leases on Redis. It is safe for concurrent use. Make one
 // with [New] (or [lock.Open]) and Close it when done.
 type Locker struct {
+	gate      driver.Gate
 	client    redis.UniversalClient
 	cluster   *redis.ClusterClient // non-nil in Cluster mode
 	release   *script              // the release script: PUBLISH, or SPUBLISH in Cluster mode
 	complete  *script              // the complete script, likewise
 	prefix    string
 	maxRecord int
-	err       error     // a configuration error every call returns
 	owned     io.Closer // the client, when the Locker owns it (lock.Open)
-	closeOnce sync.Once
-	closeErr  error
 	notify    notifier
 }
 
-// Option configures a [Locker].
-type Option func(*Locker)
+// Option configures a [Locker]; [New] reports a bad one.
+type Option func(*Locker) error
 
 // WithPrefix sets the prefix of every Redis key and channel the Locker uses
 // (default [DefaultPrefix]), so that applications sharing a server can keep
 // their locks apart. Lockers that share a prefix share locks. The prefix
 // must not contain '{' or '}', which would change the Cluster hash tag;
-// otherwise every call of the Locker returns an error matching
-// [lock.ErrInvalidArgument]. An empty prefix is allowed.
+// otherwise [New] returns an error matching [lock.ErrInvalidArgument]. An
+// empty prefix is allowed.
 func WithPrefix(prefix string) Option {
-	return func(l *Locker) { l.prefix = prefix }
+	return func(l *Locker) error {
+		if strings.ContainsAny(prefix, "{}") {
+			return errs.InvalidArgument("key prefix %q contains '{' or '}'", prefix)
+		}
+		l.prefix = prefix
+		return nil
+	}
 }
 
 // WithMaxRecordSize sets the largest record [Locker.Complete] accepts, in
 // bytes (default [DefaultMaxRecordSize]); larger records get an error
-// matching [ErrRecordTooLarge]. Lower it to protect the server's memory;
-// raising it past the server's proto-max-bulk-len makes the server refuse
-// the command instead. A non-positive size makes every call of the Locker
-// return an error matching [lock.ErrInvalidArgument].
+// matching [lock.ErrRecordTooLarge]. Lower it to protect the server's
+// memory; raising it past the server's proto-max-bulk-len makes the server
+// refuse the command instead. For a non-positive size [New] returns an
+// error matching [lock.ErrInvalidArgument].
 func WithMaxRecordSize(n int) Option {
-	return func(l *Locker) { l.maxRecord = n }
+	return func(l *Locker) error {
+		if n <= 0 {
+			return errs.InvalidArgument("max record size %d is not positive", n)
+		}
+		l.maxRecord = n
+		return nil
+	}
 }
 
 // New returns a Locker on client, which may be a *redis.Client (single node
 // or Sentinel failover client) or a *redis.ClusterClient. The Locker never
-// closes client. A nil or unsupported client, or a bad option, is reported
-// by every call of the Locker as an error matching [lock.ErrInvalidArgument].
-func New(client redis.UniversalClient, opts ...Option) *Locker {
-	l := &Locker{client: client, release: releaseScript, complete: completeScript, prefix: DefaultPrefix, maxRecord: DefaultMaxRecordSize}
-	for _, o := range opts {
-		if o != nil {
-			o(l)
-		}
-	}
+// closes client. A nil or unsupported client, or a bad option, is an error
+// matching [lock.ErrInvalidArgument].
+func New(client redis.UniversalClient, opts ...Option) (*Locker, error) {
+	l := &Locker{gate: driver.Gate{Name: errs, ServeAfterClose: true}, client: client, release: releaseScript, complete: completeScript, prefix: DefaultPrefix, maxRecord: DefaultMaxRecordSize}
 	switch c := client.(type) {
 	case nil:
-		l.fail("nil client")
+		return nil, errs.InvalidArgument("nil client")
 	case *redis.Client:
 		if c == nil {
-			l.fail("nil *redis.Client")
+			return nil, errs.InvalidArgument("nil *redis.Client")
 		}
 	case *redis.ClusterClient:
 		if c == nil {
-			l.fail("nil *redis.ClusterClient")
+			return nil, errs.InvalidArgument("nil *redis.ClusterClient")
 		}
 		l.cluster, l.release, l.complete = c, releaseScriptSharded, completeScriptSharded
 	case *redis.Ring:
-		l.fail("*redis.Ring is not supported (use a ClusterClient to shard locks)")
+		return nil, errs.InvalidArgument("*redis.Ring is not supported (use a ClusterClient to shard locks)")
 	}
-	if strings.ContainsAny(l.prefix, "{}") {
-		l.fail(fmt.Sprintf("key prefix %q contains '{' or '}'", l.prefix))
-	}
-	if l.maxRecord <= 0 {
-		l.fail(fmt.Sprintf("max record size %d is not positive", l.maxRecord))
+	if err := driver.Apply(l, opts); err != nil {
+		return nil, err
 	}
 	l.notify.l = l
-	return l
-}
-
-func (l *Locker) fail(why string) {
-	if l.err == nil {
-		l.err = fmt.Errorf("%w: redislock: %s", lock.ErrInvalidArgument, why)
-	}
+	return l, nil
 }
 
 // Close stops the Locker's subscription connections and their goroutines,
 // waking any waiter, and closes the client if the Locker owns it (one made
-// by [lock.Open]); a client passed to [New] stays open. Leases keep working
-// with a client that stays open. Close is safe to call more than once.
+// by [lock.Open]); a client passed to [New] stays open. Leases and takes
+// keep working with a client that stays open ([lock.Acquire] goes on by
+// polling); Subscribe returns an error matching [lock.ErrClosed]. Close is
+// safe to call more than once.
 func (l *Locker) Close() error {
-	l.closeOnce.Do(func() {
+	return l.gate.Close(func() error {
 		l.notify.close()
 		if l.owned != nil {
-			l.closeErr = l.owned.Close()
+			return l.owned.Close()
 		}
+		return nil
 	})
-	return l.closeErr
 }
 
 // keysFor returns the Redis names of key.
@@ -282,18 +289,15 @@ func (l *Locker) keysFor(key string) keys { return keysFor(l.prefix, key) }
 // key is held it returns a *lock.NotAcquiredError carrying the holder's
 // remaining TTL and fencing token (as Version).
 func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+	if err := l.gate.Check(ctx, "take", key, ttl); err != nil {
 		return nil, err
-	}
-	if l.err != nil {
-		return nil, l.err
 	}
 	le, _, _, err := l.take(ctx, takeScript, key, ttl, false, nil)
 	if err != nil {
 		return nil, err
 	}
 	if le == nil { // a record: the take script never answers that
-		return nil, opError("take", key, errors.New("unexpected record in the reply"))
+		return nil, errs.OpError("take", key, errors.New("unexpected record in the reply"))
 	}
 	return le, nil
 }
@@ -308,7 +312,7 @@ func (l *Locker) take(ctx context.Context, s *script, key string, ttl time.Durat
 	if fp != nil {
 		nonce += fingerprintSep + base64.RawURLEncoding.EncodeToString(fp)
 	}
-	le := &lease{l: l, key: key, lock: lockKey}
+	le := &lease{l: l, lock: lockKey}
 	// The command's arguments live in the lease, which saves an allocation;
 	// only this call uses them.
 	args := append(le.args[:2], 2, lockKey, counter)
@@ -321,18 +325,17 @@ func (l *Locker) take(ctx context.Context, s *script, key string, ttl time.Durat
 	sent := time.Now()
 	cmd := s.run(ctx, l.client, args)
 	if err := cmd.Err(); err != nil {
-		return nil, nil, nil, opError("take", key, err)
+		return nil, nil, nil, errs.OpError("take", key, err)
 	}
 	switch v := cmd.Val().(type) {
 	case string: // taken (now, or by an earlier run of this very call): the lock's value
 		tok, rest, _ := strings.Cut(v, ":")
 		t, err := parseToken(tok)
 		if err != nil || rest != nonce {
-			return nil, nil, nil, opError("take", key, fmt.Errorf("unexpected value %q from the server", v))
+			return nil, nil, nil, errs.OpError("take", key, fmt.Errorf("unexpected value %q from the server", v))
 		}
-		le.token = t
+		le.Init(&l.gate, key, t, sent, msDuration(ms))
 		le.value, le.valueArg = v, cmd.Val() // already an interface value: no conversion
-		le.deadline = sent.Add(msDuration(ms))
 		return le, nil, nil, nil
 	case []any:
 		switch {
@@ -348,12 +351,12 @@ func (l *Locker) take(ctx context.Context, s *script, key string, ttl time.Durat
 		case len(v) == 1 && claim: // {record}
 			rec, ok := v[0].(string)
 			if !ok {
-				return nil, nil, nil, opError("claim", key, fmt.Errorf("unexpected record %T", v[0]))
+				return nil, nil, nil, errs.OpError("claim", key, fmt.Errorf("unexpected record %T", v[0]))
 			}
 			return nil, []byte(rec), nil, nil
 		}
 	}
-	return nil, nil, nil, opError("take", key, fmt.Errorf("unexpected script reply %v", cmd.Val()))
+	return nil, nil, nil, errs.OpError("take", key, fmt.Errorf("unexpected script reply %v", cmd.Val()))
 }
 
 func parseToken(s string) (uint64, error) {
@@ -380,127 +383,4 @@ func msDuration(ms int64) time.Duration {
 		return math.MaxInt64
 	}
 	return time.Duration(ms) * time.Millisecond
-}
-
-// opError wraps an error of the server or the client with the operation
-// and key.
-func opError(op, key string, err error) error {
-	return fmt.Errorf("redislock: %s %q: %w", op, displayKey(key), err)
-}
-
-// notHeld is the error of a lease that no longer holds its lock.
-func notHeld(op, key string) error { return opError(op, key, lock.ErrNotHeld) }
-
-func displayKey(key string) string {
-	const max = 64
-	if len(key) <= max {
-		return key
-	}
-	return key[:max] + "…"
-}
-
-// lease states.
-const (
-	held  int32 = iota // held as far as this process knows
-	lost               // a refresh found the lock no longer this lease's
-	ended              // released or completed, or a release or completion found it lost
-)
-
-// lease is one holding of one Redis lock.
-type lease struct {
-	l        *Locker
-	key      string
-	lock     string // the lock's Redis key, also its channel
-	lockArg  any    // lock as a command argument, converted once
-	token    uint64
-	value    string // the lock's value while this lease holds it
-	valueArg any    // value as a command argument, converted once
-	state    atomic.Int32
-
-	// op serialises Release and Complete, so that a second one waits for
-	// the first one's outcome instead of guessing it.
-	op sync.Mutex
-
-	mu       sync.Mutex
-	deadline time.Time
-
-	args [8]any // the take's command arguments
-}
-
-// Key returns the key as it was passed to TryAcquire.
-func (le *lease) Key() string { return le.key }
-
-// Token returns the lease's fencing token.
-func (le *lease) Token() uint64 { return le.token }
-
-// Deadline returns the local time the latest successful take or refresh
-// was sent plus its TTL: the lease is held at least until then.
-func (le *lease) Deadline() time.Time {
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	return le.deadline
-}
-
-// Refresh extends the lease to ttl from now if it still holds its lock,
-// in one round trip; otherwise it returns an error matching lock.ErrNotHeld.
-func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	if err := lock.CheckRefresh(ctx, ttl); err != nil {
-		return err
-	}
-	if le.state.Load() != held {
-		return notHeld("refresh", le.key)
-	}
-	ms := millis(ttl)
-	sent := time.Now()
-	n, err := refreshScript.run(ctx, le.l.client, []any{nil, nil, 1, le.lockArg, le.valueArg, ms}).Int64()
-	if err != nil {
-		return opError("refresh", le.key, err)
-	}
-	if n != 1 {
-		le.state.CompareAndSwap(held, lost)
-		return notHeld("refresh", le.key)
-	}
-	le.mu.Lock()
-	le.deadline = sent.Add(msDuration(ms))
-	le.mu.Unlock()
-	return nil
-}
-
-// Release gives the lock up if this lease still holds it, in one round trip,
-// and wakes the key's waiters; otherwise it returns an error matching
-// lock.ErrNotHeld and leaves the key alone.
-func (le *lease) Release(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	return le.end(ctx, "release", le.l.release, []any{nil, nil, 2, le.lockArg, le.marker(), le.valueArg})
-}
-
-// marker returns the name of the key that a release or completion of this
-// lease leaves behind (see the scripts): the lock's name, ":e:" and the
-// lease's nonce.
-func (le *lease) marker() string {
-	_, nonce, _ := strings.Cut(le.value, ":")
-	return le.lock + ":e:" + nonce
-}
-
-// end runs the release or complete script until it succeeds once or
-// reports the lease not held. A run whose outcome is unknown (an error)
-// leaves the lease as it was: the next run finds its marker if it went
-// through.
-func (le *lease) end(ctx context.Context, op string, s *script, args []any) error {
-	le.op.Lock()
-	defer le.op.Unlock()
-	if le.state.Load() == ended {
-		return notHeld(op, le.key)
-	}
-	n, err := s.run(ctx, le.l.client, args).Int64()
-	if err != nil {
-		return opError(op, le.key, err) // unknown outcome: a retry will tell
-	}
-	le.state.Store(ended)
-	if n != 1 {
-		return notHeld(op, le.key)
-	}
-	return nil
 }

@@ -63,7 +63,10 @@ func (tp topology) client(tb testing.TB, name string) redis.UniversalClient {
 // locker returns a Locker on c, closed when tb ends (before c).
 func locker(tb testing.TB, c redis.UniversalClient, opts ...redislock.Option) *redislock.Locker {
 	tb.Helper()
-	l := redislock.New(c, opts...)
+	l, err := redislock.New(c, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	tb.Cleanup(func() {
 		if err := l.Close(); err != nil {
 			tb.Errorf("closing the Locker: %v", err)

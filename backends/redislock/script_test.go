@@ -120,7 +120,10 @@ func TestTokens(t *testing.T) {
 	defer c.Close()
 	ctx := t.Context()
 	prefix := randomPrefix()
-	l := New(c, WithPrefix(prefix))
+	l, err := New(c, WithPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer l.Close()
 	k := keysFor(prefix, "k")
 	defer c.Del(context.WithoutCancel(ctx), k.lock, k.counter)

@@ -2,10 +2,10 @@ package redislock
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 )
 
 // Claim makes one attempt on key for the idempotency helper (it makes
@@ -14,11 +14,8 @@ import (
 // otherwise it takes key for ttl exactly as [Locker.TryAcquire] does. The
 // record lookup and the take are one atomic step on the server.
 func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+	if err := l.gate.Check(ctx, "claim", key, ttl); err != nil {
 		return nil, nil, err
-	}
-	if l.err != nil {
-		return nil, nil, l.err
 	}
 	le, rec, _, err := l.take(ctx, claimScript, key, ttl, true, nil)
 	if err != nil {
@@ -36,23 +33,17 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 // matching lock.ErrNotHeld and stores nothing. Waiters of the key are woken
 // as by a release, so that they find the record at once. lease must come
 // from this Locker. Records longer than the Locker's limit (see
-// [WithMaxRecordSize]) get an error matching [ErrRecordTooLarge].
+// [WithMaxRecordSize]) get an error matching [lock.ErrRecordTooLarge].
 func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
-	if err := lock.CheckContext(ctx); err != nil {
+	if err := l.gate.CheckComplete(ctx, retention); err != nil {
 		return err
 	}
-	if l.err != nil {
-		return l.err
-	}
-	if retention <= 0 {
-		return &lock.TTLError{TTL: retention, Reason: "retention must be positive"}
-	}
-	le, ok := ls.(*lease)
-	if !ok || le == nil || le.l != l {
-		return fmt.Errorf("%w: redislock: Complete with a lease this Locker did not hand out (%T)", lock.ErrInvalidArgument, ls)
+	le, err := driver.Own[*lease](&l.gate, "Complete", ls)
+	if err != nil {
+		return err
 	}
 	if len(record) > l.maxRecord {
-		return fmt.Errorf("%w: %d bytes, over the limit of %d", ErrRecordTooLarge, len(record), l.maxRecord)
+		return errs.RecordTooLarge(le.Key(), len(record), l.maxRecord)
 	}
 	if record == nil {
 		record = []byte{}

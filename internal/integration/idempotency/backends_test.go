@@ -54,13 +54,19 @@ func backends() []backend {
 		{"redis", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
 			c := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
 			c.AddHook(countHook{trips})
-			l := redislock.New(c)
+			l, err := redislock.New(c)
+			if err != nil {
+				t.Fatal(err)
+			}
 			t.Cleanup(func() { _ = l.Close(); _ = c.Close() })
 			return l
 		}},
 		{"redis-cluster", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
 			c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: testenv.RedisClusterAddrs(t)})
-			l := redislock.New(c)
+			l, err := redislock.New(c)
+			if err != nil {
+				t.Fatal(err)
+			}
 			t.Cleanup(func() { _ = l.Close(); _ = c.Close() })
 			return l
 		}},
@@ -328,7 +334,10 @@ func BenchmarkMiddlewareRedis(b *testing.B) {
 	var trips atomic.Int64
 	c := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(b)})
 	c.AddHook(countHook{&trips})
-	l := redislock.New(c)
+	l, err := redislock.New(c)
+	if err != nil {
+		b.Fatal(err)
+	}
 	b.Cleanup(func() { _ = l.Close(); _ = c.Close() })
 	g, err := idempotency.New(l, idempotency.WithNamespace("bench/"+runID()),
 		idempotency.WithScope(func(*http.Request) string { return "all" }),
