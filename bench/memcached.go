@@ -30,7 +30,13 @@ func memcachedBackend() Backend {
 				Name: "idemlock",
 				Desc: "idemlock memcachedlock: add + incr (fencing token) to take, gets + cas to release; " +
 					"waiters poll with jittered backoff (2 ms to 250 ms)",
-				Setup: memcachedSetup(func(mc *memcache.Client) Client { return idemClient{memcachedlock.New(mc)} }),
+				Setup: memcachedSetup(func(mc *memcache.Client) Client {
+					l, err := memcachedlock.New(mc)
+					if err != nil {
+						panic(err) // a non-nil client and no options: never
+					}
+					return idemClient{l}
+				}),
 			},
 			{
 				Name:       "gomemcache-add",

@@ -74,7 +74,9 @@ type Lease struct {
 // Init sets the lease's Locker (by its Gate), key, fencing token and
 // deadline: sent, the local time the take was sent (time.Now() taken just
 // before the request, so that it carries the monotonic clock), plus ttl,
-// the TTL the server granted. The state is Held.
+// the TTL the server granted. The state is Held. A backend that needs the
+// lease before it knows the token (to give a half-made take back) may call
+// Init again, with the token, until the lease is handed out.
 func (b *Lease) Init(g *Gate, key string, token uint64, sent time.Time, ttl time.Duration) {
 	b.gate, b.key, b.token = g, key, token
 	b.sent, b.deadline = sent, sent.Add(ttl)

@@ -8,16 +8,10 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/idempotency"
-	"github.com/idemlock/lock/internal/optional"
+	"github.com/idemlock/lock/driver"
 )
 
-var (
-	_ lock.Pinger                    = (*Locker)(nil)
-	_ lock.TTLLimiter                = (*Locker)(nil)
-	_ lock.Admin                     = (*Locker)(nil)
-	_ idempotency.FingerprintClaimer = (*Locker)(nil)
-)
+var _ driver.FullBackend = (*Locker)(nil)
 
 // Reader is an optional capability of a KV: reading a key. With it the
 // Locker's lock.Admin methods work; without it they return an error
@@ -47,7 +41,7 @@ func fingerprintOf(v []byte) []byte {
 // Ping calls the KV's Ping if it implements lock.Pinger, and otherwise
 // returns an error matching errors.ErrUnsupported.
 func (l *Locker) Ping(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
+	if err := l.gate.CheckContext(ctx, "ping"); err != nil {
 		return err
 	}
 	p, ok := l.kv.(lock.Pinger)
@@ -55,7 +49,7 @@ func (l *Locker) Ping(ctx context.Context) error {
 		return fmt.Errorf("kvlock: the KV %T cannot be pinged: %w", l.kv, errors.ErrUnsupported)
 	}
 	if err := p.Ping(ctx); err != nil {
-		return fmt.Errorf("kvlock: ping: %w", err)
+		return opError("ping", "", err)
 	}
 	return nil
 }
@@ -74,7 +68,7 @@ func (l *Locker) TTLLimits() lock.TTLLimits {
 // another claim holds the key gets that claim's fp as holder, from the
 // value Create returned. It makes *Locker an idempotency.FingerprintClaimer.
 func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (lock.Lease, []byte, []byte, error) {
-	if err := optional.CheckClaim("kvlock", ctx, key, ttl, fp); err != nil {
+	if err := l.gate.CheckClaim(ctx, key, ttl, fp); err != nil {
 		return nil, nil, nil, err
 	}
 	le, rec, holder, err := l.take(ctx, key, ttl, fp)
@@ -86,12 +80,12 @@ func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Dura
 
 // read reads the lock key of key, or says that the KV cannot.
 func (l *Locker) read(ctx context.Context, op, key string) (value []byte, remaining time.Duration, found bool, err error) {
-	if err := optional.CheckKey(ctx, key); err != nil {
+	if err := l.gate.CheckKey(ctx, op, key); err != nil {
 		return nil, 0, false, err
 	}
 	r, ok := l.kv.(Reader)
 	if !ok {
-		return nil, 0, false, fmt.Errorf("kvlock: %s: the KV %T is not a kvlock.Reader: %w", op, l.kv, errors.ErrUnsupported)
+		return nil, 0, false, errs.OpError(op, key, fmt.Errorf("the KV %T is not a kvlock.Reader: %w", l.kv, errors.ErrUnsupported))
 	}
 	value, remaining, found, err = r.Get(ctx, l.lockKey(key))
 	if err != nil {
@@ -140,7 +134,7 @@ func (l *Locker) drop(ctx context.Context, op, key string, tag byte) error {
 		case err != nil:
 			return err
 		case !found || len(v) == 0 || v[0] != tag:
-			return fmt.Errorf("kvlock: %s %q: %w", op, key, lock.ErrNotHeld)
+			return errs.NotHeld(op, key)
 		}
 		deleted, err := l.kv.CompareAndDelete(ctx, l.lockKey(key), v)
 		if err != nil {
@@ -151,5 +145,5 @@ func (l *Locker) drop(ctx context.Context, op, key string, tag byte) error {
 		}
 		// Changed since the read: look again.
 	}
-	return fmt.Errorf("kvlock: %s %q: the key keeps changing", op, key)
+	return errs.OpError(op, key, errors.New("the key keeps changing"))
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log"
 	"slices"
 	"sync"
 	"time"
@@ -134,12 +135,15 @@ func (m *memKV) Watch(ctx context.Context, key string, changed func()) (func(), 
 }
 
 func Example() {
-	backend := kvlock.New(newMemKV())
+	backend, err := kvlock.New(newMemKV())
+	if err != nil {
+		log.Fatal(err) // a nil KV or a bad option
+	}
 	defer backend.Close()
 	ctx := context.Background()
 
 	// A lock.
-	err := lock.Do(ctx, backend, "invoice/42", func(ctx context.Context, lease lock.Lease) error {
+	err = lock.Do(ctx, backend, "invoice/42", func(ctx context.Context, lease lock.Lease) error {
 		fmt.Println("sending invoice 42")
 		return nil
 	})

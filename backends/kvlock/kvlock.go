@@ -75,11 +75,11 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 	"github.com/idemlock/lock/idempotency"
 )
 
@@ -120,18 +120,22 @@ type Watcher interface {
 	Watch(ctx context.Context, key string, changed func()) (stop func(), err error)
 }
 
-// Option configures a Locker.
-type Option func(*Locker)
+// errs makes the package's errors.
+const errs = driver.Name("kvlock")
+
+// Option configures a Locker; [New] reports a bad one.
+type Option func(*Locker) error
 
 // WithPrefix sets the prefix of every key the Locker stores (default
 // "idemlock:").
 func WithPrefix(prefix string) Option {
-	return func(l *Locker) { l.prefix = prefix }
+	return func(l *Locker) error { l.prefix = prefix; return nil }
 }
 
 // Locker is a lock.Locker and idempotency.Store on a KV. Safe for
 // concurrent use.
 type Locker struct {
+	gate   driver.Gate // for its checks: Close frees nothing that calls need
 	kv     KV
 	prefix string
 	undos  sync.WaitGroup // background undos of takes with unknown outcome
@@ -149,18 +153,20 @@ type Backend interface {
 
 // New returns a Backend on kv: a *Locker, or when kv implements [Watcher]
 // a type that embeds *Locker and also implements lock.Notifier
-// (lock.Acquire finds that out by a type assertion).
-func New(kv KV, opts ...Option) Backend {
-	l := &Locker{kv: kv, prefix: "idemlock:"}
-	for _, o := range opts {
-		if o != nil {
-			o(l)
-		}
+// (lock.Acquire finds that out by a type assertion). A nil kv or a bad
+// option is an error matching lock.ErrInvalidArgument.
+func New(kv KV, opts ...Option) (Backend, error) {
+	if kv == nil {
+		return nil, errs.InvalidArgument("nil KV")
+	}
+	l := &Locker{gate: driver.Gate{Name: errs, ServeAfterClose: true}, kv: kv, prefix: "idemlock:"}
+	if err := driver.Apply(l, opts); err != nil {
+		return nil, err
 	}
 	if w, ok := kv.(Watcher); ok {
-		return &notifying{Locker: l, w: w}
+		return &notifying{Locker: l, w: w}, nil
 	}
-	return l
+	return l, nil
 }
 
 // Close waits for takes with an unknown outcome to be undone. It does not
@@ -181,7 +187,7 @@ func (l *Locker) counter() string           { return l.prefix + "token" }
 // TryAcquire takes key for ttl if no lease holds it. A key that holds an
 // idempotency record (see Complete) counts as held.
 func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+	if err := l.gate.Check(ctx, "take", key, ttl); err != nil {
 		return nil, err
 	}
 	le, rec, _, err := l.take(ctx, key, ttl, nil)
@@ -192,19 +198,6 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 		return nil, &lock.NotAcquiredError{Key: key}
 	}
 	return le, nil
-}
-
-// Claim makes one attempt on key for the idempotency helper: the record if
-// one is stored, else a lease as TryAcquire takes it.
-func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
-		return nil, nil, err
-	}
-	le, rec, _, err := l.take(ctx, key, ttl, nil)
-	if err != nil || rec != nil {
-		return nil, rec, err
-	}
-	return le, nil, nil
 }
 
 // take creates the lock key, draws a token while holding it, and checks
@@ -246,7 +239,9 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []b
 	if !held {
 		return nil, nil, nil, &lock.NotAcquiredError{Key: key}
 	}
-	return &lease{l: l, key: key, lockKey: lk, value: value, token: token, deadline: sent.Add(ttl)}, nil, nil, nil
+	le := &lease{l: l, lockKey: lk, value: value}
+	le.Init(&l.gate, key, token, sent, ttl)
+	return le, nil, nil, nil
 }
 
 // undo deletes the lock key if it still holds value: a take whose outcome
@@ -278,147 +273,11 @@ func IsUndo(ctx context.Context) bool {
 	return v
 }
 
-// Complete stores record under the key of the lease for retention and ends
-// the lease, in one CompareAndSwap, provided the lease still holds its key;
-// otherwise it returns lock.ErrNotHeld and stores nothing.
-func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	if retention <= 0 {
-		return &lock.TTLError{TTL: retention, Reason: "retention must be positive"}
-	}
-	le, ok := ls.(*lease)
-	if !ok || le == nil || le.l != l {
-		return fmt.Errorf("%w: Complete with a lease that this kvlock.Locker did not hand out (%T)", lock.ErrInvalidArgument, ls)
-	}
-	value := make([]byte, 1+len(record))
-	value[0] = recordTag
-	copy(value[1:], record)
-	swapped, err := l.kv.CompareAndSwap(ctx, le.lockKey, le.value, value, retention)
-	if err != nil {
-		return opError("complete", le.key, err)
-	}
-	if !swapped {
-		return lock.ErrNotHeld
-	}
-	return nil
-}
-
-// lease is one holding: the lock key holds value while it lasts.
-type lease struct {
-	l        *Locker
-	key      string
-	lockKey  string
-	value    []byte
-	token    uint64
-	mu       sync.Mutex
-	deadline time.Time
-}
-
-func (le *lease) Key() string   { return le.key }
-func (le *lease) Token() uint64 { return le.token }
-
-// Deadline returns the time the take or the latest successful refresh was
-// sent, plus its TTL: the server's expiry is no earlier.
-func (le *lease) Deadline() time.Time {
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	return le.deadline
-}
-
-func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	if err := lock.CheckRefresh(ctx, ttl); err != nil {
-		return err
-	}
-	sent := time.Now()
-	ok, err := le.l.kv.CompareAndExpire(ctx, le.lockKey, le.value, ttl)
-	if err != nil {
-		return opError("refresh", le.key, err)
-	}
-	if !ok {
-		return lock.ErrNotHeld
-	}
-	le.mu.Lock()
-	le.deadline = sent.Add(ttl)
-	le.mu.Unlock()
-	return nil
-}
-
-func (le *lease) Release(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	ok, err := le.l.kv.CompareAndDelete(ctx, le.lockKey, le.value)
-	if err != nil {
-		return opError("release", le.key, err)
-	}
-	if !ok {
-		return lock.ErrNotHeld
-	}
-	return nil
-}
-
 // opError wraps an error of the store. It never matches lock.ErrNotHeld or
 // lock.ErrNotAcquired: only the store's answers say those.
 func opError(op, key string, err error) error {
 	if errors.Is(err, lock.ErrNotHeld) || errors.Is(err, lock.ErrNotAcquired) {
 		err = errors.New(err.Error())
 	}
-	return fmt.Errorf("kvlock: %s %q: %w", op, key, err)
-}
-
-// notifying is a Locker on a KV that implements Watcher.
-type notifying struct {
-	*Locker
-	w Watcher
-}
-
-// Subscribe watches key's lock key; every change wakes the subscription.
-func (n *notifying) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
-	if err := lock.CheckContext(ctx); err != nil {
-		return nil, err
-	}
-	if err := lock.ValidateKey(key); err != nil {
-		return nil, err
-	}
-	s := &subscription{ch: make(chan struct{}, 1)}
-	stop, err := n.w.Watch(ctx, n.lockKey(key), s.notify)
-	if err != nil {
-		return nil, opError("subscribe", key, err)
-	}
-	s.stop = stop
-	return s, nil
-}
-
-// subscription keeps at most one pending change: a change before Wait is
-// kept, not missed.
-type subscription struct {
-	ch   chan struct{}
-	once sync.Once
-	stop func()
-}
-
-func (s *subscription) notify() {
-	select {
-	case s.ch <- struct{}{}:
-	default:
-	}
-}
-
-func (s *subscription) Wait(ctx context.Context, _ *lock.NotAcquiredError) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	select {
-	case <-s.ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (s *subscription) Close() error {
-	s.once.Do(s.stop)
-	return nil
+	return errs.OpError(op, key, err)
 }

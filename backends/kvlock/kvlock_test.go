@@ -97,7 +97,10 @@ func newBackend(t *testing.T, srv *memKV, watch bool) (kvlock.Backend, *client) 
 	if !watch {
 		kv = polling{c}
 	}
-	b := kvlock.New(kv)
+	b, err := kvlock.New(kv)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		if err := b.Close(); err != nil {
 			t.Errorf("Close: %v", err)
@@ -164,7 +167,7 @@ func TestTokenDrawnWhileHolding(t *testing.T) {
 	ctx := t.Context()
 	other, _ := newBackend(t, srv, true)
 	var theirs lock.Lease
-	b := kvlock.New(lossy{newClient(t, srv), func() {
+	b, err := kvlock.New(lossy{newClient(t, srv), func() {
 		srv.mu.Lock()
 		for k := range srv.entries {
 			delete(srv.entries, k) // the take's key expires…
@@ -175,6 +178,9 @@ func TestTokenDrawnWhileHolding(t *testing.T) {
 			t.Errorf("TryAcquire of the free key: %v", err)
 		}
 	}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	le, err := b.TryAcquire(ctx, "k", time.Minute)
 	if !errors.Is(err, lock.ErrNotAcquired) {
 		t.Fatalf("a take that lost its key before drawing its token: got (%v, %v), want ErrNotAcquired", le, err)
@@ -210,7 +216,10 @@ func TestCancelledTakeUndoneByClose(t *testing.T) {
 	srv := newMemKV()
 	c := newClient(t, srv)
 	c.appliedStall = true
-	b := kvlock.New(c)
+	b, err := kvlock.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(t.Context())
 	c.StallNextRequest()
 	time.AfterFunc(10*time.Millisecond, cancel) // the cancellation under test
@@ -266,4 +275,11 @@ func TestLossDetection(t *testing.T) {
 	ttl := lock.DefaultTTL
 	b, _ := newBackend(t, newMemKV(), true)
 	testenv.LossDetection(t, b, "k", ttl, ttl/3+conformance.SchedulingSlack)
+}
+
+// New reports a nil KV at construction.
+func TestNewNilKV(t *testing.T) {
+	if b, err := kvlock.New(nil); !errors.Is(err, lock.ErrInvalidArgument) || b != nil {
+		t.Errorf("New(nil) = (%v, %v), want an error matching lock.ErrInvalidArgument", b, err)
+	}
 }

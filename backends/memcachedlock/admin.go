@@ -1,34 +1,29 @@
 package memcachedlock
 
 import (
+	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/idempotency"
-	"github.com/idemlock/lock/internal/optional"
+	"github.com/idemlock/lock/driver"
 )
 
-var (
-	_ lock.Pinger                    = (*Locker)(nil)
-	_ lock.TTLLimiter                = (*Locker)(nil)
-	_ lock.Admin                     = (*Locker)(nil)
-	_ idempotency.FingerprintClaimer = (*Locker)(nil)
-)
+var _ driver.FullBackend = (*Locker)(nil)
 
 // Ping asks every server of the client for its version (gomemcache's
 // Ping) and returns nil if all answered; like every call it returns as
-// soon as ctx ends. After [Locker.Close] it returns [ErrClosed].
+// soon as ctx ends. After [Locker.Close] it returns an error matching
+// [lock.ErrClosed].
 func (l *Locker) Ping(ctx context.Context) error {
-	if err := l.usable(ctx); err != nil {
+	if err := l.gate.CheckContext(ctx, "ping"); err != nil {
 		return err
 	}
 	_, err := run(ctx, l, func() (struct{}, error) { return struct{}{}, l.client.Ping() }, nil)
 	if err != nil {
-		return fmt.Errorf("memcachedlock: ping: %w", err)
+		return errs.OpError("ping", "", err)
 	}
 	return nil
 }
@@ -45,14 +40,14 @@ func (l *Locker) TTLLimits() lock.TTLLimits {
 // holder (read by the `get` that looks for a record). It makes *Locker an
 // idempotency.FingerprintClaimer.
 func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (lock.Lease, []byte, []byte, error) {
-	if err := optional.CheckClaim("memcachedlock", ctx, key, ttl, fp); err != nil {
+	if err := l.gate.CheckClaim(ctx, key, ttl, fp); err != nil {
 		return nil, nil, nil, err
 	}
 	type claimed struct {
 		le             *lease
 		record, holder []byte
 	}
-	fp = optional.Clone(fp)
+	fp = bytes.Clone(fp)
 	c, err := run(ctx, l, func() (claimed, error) {
 		le, record, holder, err := l.claim(ctx, key, ttl, fp)
 		return claimed{le, record, holder}, err
@@ -75,10 +70,7 @@ func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Dura
 // tells neither an item's remaining TTL nor, in the item, the holder's
 // token, so Token, Remaining and RecordRemaining are zero.
 func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) {
-	if err := optional.CheckKey(ctx, key); err != nil {
-		return lock.KeyInfo{}, err
-	}
-	if err := l.usable(ctx); err != nil {
+	if err := l.gate.CheckKey(ctx, "inspect", key); err != nil {
 		return lock.KeyInfo{}, err
 	}
 	return run(ctx, l, func() (lock.KeyInfo, error) {
@@ -88,7 +80,7 @@ func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) 
 		case errors.Is(err, memcache.ErrCacheMiss):
 			return info, nil
 		case err != nil:
-			return info, l.opError("inspect: gets", key, err)
+			return info, errs.OpError("inspect: gets", key, err)
 		case len(it.Value) > 0 && it.Value[0] == kindLock:
 			info.Held = true
 		case len(it.Value) > 0 && it.Value[0] == kindRecord:
@@ -117,10 +109,7 @@ func (l *Locker) DeleteRecord(ctx context.Context, key string) error {
 
 // drop deletes the item of key if it is of kind, compared by its CAS id.
 func (l *Locker) drop(ctx context.Context, op, key string, kind byte) error {
-	if err := optional.CheckKey(ctx, key); err != nil {
-		return err
-	}
-	if err := l.usable(ctx); err != nil {
+	if err := l.gate.CheckKey(ctx, op, key); err != nil {
 		return err
 	}
 	item := l.lockKey(key)
@@ -129,11 +118,11 @@ func (l *Locker) drop(ctx context.Context, op, key string, kind byte) error {
 			it, err := l.get(item)
 			switch {
 			case errors.Is(err, memcache.ErrCacheMiss):
-				return struct{}{}, fmt.Errorf("memcachedlock: %s %q: %w", op, displayKey(key), lock.ErrNotHeld)
+				return struct{}{}, errs.NotHeld(op, key)
 			case err != nil:
-				return struct{}{}, l.opError(op+": gets", key, err)
+				return struct{}{}, errs.OpError(op+": gets", key, err)
 			case len(it.Value) == 0 || it.Value[0] != kind:
-				return struct{}{}, fmt.Errorf("memcachedlock: %s %q: %w", op, displayKey(key), lock.ErrNotHeld)
+				return struct{}{}, errs.NotHeld(op, key)
 			case it.CasID == 0:
 				return struct{}{}, ErrNoCAS
 			}
@@ -148,10 +137,10 @@ func (l *Locker) drop(ctx context.Context, op, key string, kind byte) error {
 			case errors.Is(err, memcache.ErrCASConflict), errors.Is(err, memcache.ErrNotStored), errors.Is(err, memcache.ErrCacheMiss):
 				continue // changed since the gets: look again
 			default:
-				return struct{}{}, l.opError(op+": cas", key, err)
+				return struct{}{}, errs.OpError(op+": cas", key, err)
 			}
 		}
-		return struct{}{}, fmt.Errorf("memcachedlock: %s %q: the item keeps changing", op, displayKey(key))
+		return struct{}{}, errs.OpError(op, key, errors.New("the item keeps changing"))
 	}, nil)
 	return err
 }

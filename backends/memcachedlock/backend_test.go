@@ -281,7 +281,10 @@ func TestTokensSurviveCounterLoss(t *testing.T) {
 
 func TestRoundTrips(t *testing.T) {
 	var n atomic.Int64
-	l := memcachedlock.New(newClient(t, &n))
+	l, err := memcachedlock.New(newClient(t, &n))
+	if err != nil {
+		t.Fatal(err)
+	}
 	key := testKey(t, "k")
 	count := func(what string, want int64, f func()) {
 		t.Helper()
@@ -385,7 +388,10 @@ type fakeLease struct{ lock.Lease }
 
 func TestClosed(t *testing.T) {
 	c := newClient(t, new(atomic.Int64))
-	l := memcachedlock.New(c)
+	l, err := memcachedlock.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
 	key := testKey(t, "k")
 	le := take(t, l, key, time.Minute)
 	if err := l.Close(); err != nil {
@@ -404,12 +410,11 @@ func TestClosed(t *testing.T) {
 	if err := c.Set(&memcache.Item{Key: "memcachedlock-test-" + runID + "-closed", Value: []byte("x"), Expiration: 5}); err != nil {
 		t.Errorf("the client passed to New was closed by the Locker: %v", err)
 	}
-	if err := memcachedlock.New(newClient(t, new(atomic.Int64))).Close(); err != nil {
-		t.Fatal(err)
+	if l2, err := memcachedlock.New(newClient(t, new(atomic.Int64))); err != nil || l2.Close() != nil {
+		t.Fatalf("New and Close of an unused Locker: %v", err)
 	}
-	nilClient := memcachedlock.New(nil)
-	if _, err := nilClient.TryAcquire(t.Context(), key, time.Minute); !errors.Is(err, lock.ErrInvalidArgument) {
-		t.Errorf("TryAcquire on New(nil): got %v, want ErrInvalidArgument", err)
+	if l, err := memcachedlock.New(nil); !errors.Is(err, lock.ErrInvalidArgument) || l != nil {
+		t.Errorf("New(nil): got (%v, %v), want ErrInvalidArgument", l, err)
 	}
 }
 
@@ -418,7 +423,10 @@ func TestClosed(t *testing.T) {
 func TestConnectionRefused(t *testing.T) {
 	_ = testenv.MemcachedAddr(t)
 	c := memcache.New(closedAddr(t))
-	l := memcachedlock.New(c)
+	l, err := memcachedlock.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer l.Close()
 	key := testKey(t, "k")
 	le, err := l.TryAcquire(t.Context(), key, time.Minute)

@@ -64,7 +64,10 @@ func slowReplies(tb testing.TB, cmd string) (l *memcachedlock.Locker, sent <-cha
 	c := newClientWith(tb, testenv.MemcachedAddr(tb), func(conn net.Conn) net.Conn {
 		return &gatedConn{Conn: conn, cmd: cmd, sent: s, reply: reply}
 	})
-	l = memcachedlock.New(c)
+	l, err := memcachedlock.New(c)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	tb.Cleanup(func() { _ = l.Close() })
 	tb.Cleanup(answer) // runs first: the Locker's Close waits for the reply
 	return l, s, answer

@@ -26,7 +26,10 @@ func TestClusterTopology(t *testing.T) {
 		c.Timeout = 5 * time.Second // a loaded machine running -race
 		c.MaxIdleConns = 16
 		tb.Cleanup(func() { _ = c.Close() })
-		l := memcachedlock.New(c)
+		l, err := memcachedlock.New(c)
+		if err != nil {
+			tb.Fatal(err)
+		}
 		tb.Cleanup(func() { _ = l.Close() })
 		return l
 	}

@@ -18,7 +18,10 @@ func Example() {
 	ctx := context.Background()
 	mc := memcache.New("127.0.0.1:11211")
 	defer mc.Close()
-	locker := memcachedlock.New(mc)
+	locker, err := memcachedlock.New(mc)
+	if err != nil {
+		log.Fatal(err) // a nil client or a bad option
+	}
 	defer locker.Close()
 
 	// Acquire waits for the key (polling: memcached cannot notify).

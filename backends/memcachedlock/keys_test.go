@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/idemlock/lock"
 )
 
@@ -40,7 +41,7 @@ func TestLockKeyLegalAndInjective(t *testing.T) {
 		keys = append(keys, "byte"+string([]byte{byte(b)}))
 	}
 	for _, prefix := range []string{DefaultPrefix, "", strings.Repeat("p", maxPrefixLen)} {
-		l := New(nil, WithPrefix(prefix))
+		l := &Locker{prefix: prefix}
 		seen := map[string]string{}
 		for _, k := range keys {
 			name := l.lockKey(k)
@@ -62,7 +63,7 @@ func TestLockKeyLegalAndInjective(t *testing.T) {
 }
 
 func TestLockKeyForms(t *testing.T) {
-	l := New(nil) // default prefix "idemlock:" + "l:" + marker = 12 bytes
+	l := &Locker{prefix: DefaultPrefix} // default prefix "idemlock:" + "l:" + marker = 12 bytes
 	fits := strings.Repeat("k", maxKeyLen-12)
 	if got := l.lockKey(fits); got != "idemlock:l:r"+fits {
 		t.Errorf("a plain key that just fits: got %q, want it verbatim after idemlock:l:r", got)
@@ -91,7 +92,7 @@ func TestStripePinned(t *testing.T) {
 			t.Errorf("stripe(%.20q) = %d, but FNV-1a (hash/fnv) modulo %d is %d", key, got, counterStripes, want)
 		}
 	}
-	if got := New(nil).counterKey("a"); got != "idemlock:t:12" {
+	if got := (&Locker{prefix: DefaultPrefix}).counterKey("a"); got != "idemlock:t:12" {
 		t.Errorf("counterKey(\"a\") = %q, want idemlock:t:12", got)
 	}
 }
@@ -126,18 +127,22 @@ func TestExpiry(t *testing.T) {
 }
 
 func TestOptionErrors(t *testing.T) {
-	for name, l := range map[string]*Locker{
-		"nil client":          New(nil),
-		"prefix with a space": New(nil, WithPrefix("a b")),
-		"prefix too long":     New(nil, WithPrefix(strings.Repeat("p", maxPrefixLen+1))),
-		"non-ASCII prefix":    New(nil, WithPrefix("é")),
-		"tiny max item size":  New(nil, WithMaxItemSize(100)),
+	c := memcache.New("127.0.0.1:1") // never dialled
+	for name, tc := range map[string]struct {
+		client *memcache.Client
+		opts   []Option
+	}{
+		"nil client":          {nil, nil},
+		"prefix with a space": {c, []Option{WithPrefix("a b")}},
+		"prefix too long":     {c, []Option{WithPrefix(strings.Repeat("p", maxPrefixLen+1))}},
+		"non-ASCII prefix":    {c, []Option{WithPrefix("é")}},
+		"tiny max item size":  {c, []Option{WithMaxItemSize(100)}},
 	} {
-		if !errors.Is(l.err, lock.ErrInvalidArgument) {
-			t.Errorf("%s: got %v, want an error matching lock.ErrInvalidArgument", name, l.err)
+		if l, err := New(tc.client, tc.opts...); !errors.Is(err, lock.ErrInvalidArgument) || l != nil {
+			t.Errorf("%s: got (%v, %v), want an error matching lock.ErrInvalidArgument", name, l, err)
 		}
 	}
-	if l := New(nil, nil, WithPrefix("")); !errors.Is(l.err, lock.ErrInvalidArgument) || l.prefix != "" {
-		t.Errorf("a nil Option must be ignored and the empty prefix accepted; got err %v, prefix %q", l.err, l.prefix)
+	if l, err := New(c, nil, WithPrefix("")); err != nil || l.prefix != "" {
+		t.Errorf("a nil Option must be ignored and the empty prefix accepted; got err %v", err)
 	}
 }

@@ -2,7 +2,8 @@
 // github.com/bradfitz/gomemcache client:
 //
 //	mc := memcache.New("127.0.0.1:11211")
-//	locker := memcachedlock.New(mc)
+//	locker, err := memcachedlock.New(mc)
+//	if err != nil { … } // a nil client or a bad option
 //	lease, err := lock.Acquire(ctx, locker, "invoice/42", 10*time.Second)
 //
 // # How it works
@@ -184,14 +185,16 @@ import (
 	"io"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/driver"
 )
+
+// errs makes the package's errors.
+const errs = driver.Name("memcachedlock")
 
 const (
 	// DefaultPrefix starts the name of every item a Locker stores.
@@ -220,10 +223,15 @@ var (
 	// ErrRecordTooLarge is matched by the error of Complete when the record
 	// does not fit in one memcached item (see [WithMaxItemSize]). Nothing is
 	// stored and the lease still holds its key.
-	ErrRecordTooLarge = fmt.Errorf("memcachedlock: %w (a memcached item)", idempotency.ErrRecordTooLarge)
+	//
+	// Deprecated: it is [lock.ErrRecordTooLarge], which every backend's
+	// error matches; use that.
+	ErrRecordTooLarge = lock.ErrRecordTooLarge
 	// ErrClosed is matched by the error of every call on a Locker, or on a
 	// lease of a Locker, after Close.
-	ErrClosed = errors.New("memcachedlock: Locker is closed")
+	//
+	// Deprecated: it is [lock.ErrClosed]; use that.
+	ErrClosed = lock.ErrClosed
 	// ErrNoCAS is matched by the error of a refresh, release or Complete
 	// when memcached returned no CAS id: the server runs with -C (CAS
 	// disabled), which owner-checked release needs.
@@ -233,72 +241,72 @@ var (
 // Locker takes leases on memcached items. It is safe for concurrent use.
 // Make one with [New] or lock.Open("memcached://...").
 type Locker struct {
+	gate        driver.Gate
 	client      *memcache.Client
 	prefix      string
 	maxItemSize int
-	owned       bool  // Close closes client (a Locker made by the URL opener)
-	err         error // a bad option or client, returned by every call
-	closed      atomic.Bool
+	owned       bool // Close closes client (a Locker made by the URL opener)
 
 	mu    sync.Mutex     // orders calls.Add after a check of closed, before Close's Wait
 	calls sync.WaitGroup // calls running on goroutines of the Locker's (see run)
 }
 
-// Option configures a Locker.
-type Option func(*Locker)
+// Option configures a Locker; [New] reports a bad one.
+type Option func(*Locker) error
 
 // WithPrefix sets the text that starts every item name (default
 // [DefaultPrefix]). Lockers that should exclude each other must use the same
-// prefix. It must be printable ASCII without spaces, at most 200 bytes; an
-// invalid prefix makes every call fail with an error matching
+// prefix. It must be printable ASCII without spaces, at most 200 bytes;
+// for an invalid prefix [New] returns an error matching
 // lock.ErrInvalidArgument.
 func WithPrefix(prefix string) Option {
-	return func(l *Locker) {
-		if len(prefix) > maxPrefixLen || !plainASCII(prefix) {
-			l.fail(fmt.Errorf("%w: memcachedlock: prefix %q must be at most %d bytes of printable ASCII without spaces", lock.ErrInvalidArgument, prefix, maxPrefixLen))
-			return
+	return func(l *Locker) error {
+		if err := checkPrefix(prefix); err != nil {
+			return errs.InvalidArgument("%w", err)
 		}
 		l.prefix = prefix
+		return nil
 	}
+}
+
+// checkPrefix says what is wrong with prefix, if anything.
+func checkPrefix(prefix string) error {
+	if len(prefix) > maxPrefixLen || !plainASCII(prefix) {
+		return fmt.Errorf("prefix %q must be at most %d bytes of printable ASCII without spaces", prefix, maxPrefixLen)
+	}
+	return nil
 }
 
 // WithMaxItemSize tells the Locker memcached's item size limit (its -I
 // option; default [DefaultMaxItemSize]), which bounds the records Complete
 // stores. It must be at least 2 KiB.
 func WithMaxItemSize(n int) Option {
-	return func(l *Locker) {
+	return func(l *Locker) error {
 		if n < 2048 {
-			l.fail(fmt.Errorf("%w: memcachedlock: max item size %d is below 2 KiB", lock.ErrInvalidArgument, n))
-			return
+			return errs.InvalidArgument("max item size %d is below 2 KiB", n)
 		}
 		l.maxItemSize = n
+		return nil
 	}
 }
 
 // New returns a Locker that stores its locks through client. The Locker never
 // closes client. All Lockers that should exclude each other must reach the
-// same servers in the same order, with the same prefix.
-func New(client *memcache.Client, opts ...Option) *Locker {
-	l := &Locker{client: client, prefix: DefaultPrefix, maxItemSize: DefaultMaxItemSize}
+// same servers in the same order, with the same prefix. A nil client or a
+// bad option is an error matching lock.ErrInvalidArgument.
+func New(client *memcache.Client, opts ...Option) (*Locker, error) {
 	if client == nil {
-		l.fail(fmt.Errorf("%w: memcachedlock: nil *memcache.Client", lock.ErrInvalidArgument))
+		return nil, errs.InvalidArgument("nil *memcache.Client")
 	}
-	for _, o := range opts {
-		if o != nil {
-			o(l)
-		}
+	l := &Locker{gate: driver.Gate{Name: errs}, client: client, prefix: DefaultPrefix, maxItemSize: DefaultMaxItemSize}
+	if err := driver.Apply(l, opts); err != nil {
+		return nil, err
 	}
-	return l
-}
-
-func (l *Locker) fail(err error) {
-	if l.err == nil {
-		l.err = err
-	}
+	return l, nil
 }
 
 // Close marks the Locker closed: later calls on it and its leases fail with
-// [ErrClosed]. It waits for the calls already started, those whose context
+// [lock.ErrClosed]. It waits for the calls already started, those whose context
 // ended included, which run to their end (each of their requests is bounded
 // by the client's Timeout): so a take its caller abandoned still gives its
 // key back. A Locker made by lock.Open then closes the
@@ -306,14 +314,18 @@ func (l *Locker) fail(err error) {
 // locks are not released: they expire at their TTL. Close is safe to call
 // more than once.
 func (l *Locker) Close() error {
-	l.mu.Lock()
-	already := l.closed.Swap(true)
-	l.mu.Unlock()
-	l.calls.Wait()
-	if already || !l.owned || l.client == nil {
-		return nil
-	}
-	return l.client.Close()
+	return l.gate.Close(func() error {
+		// A barrier: every run that found the Locker open has added its
+		// call by the time this lock is taken, and no later run adds one.
+		l.mu.Lock()
+		//lint:ignore SA2001 the empty critical section is the barrier
+		l.mu.Unlock()
+		l.calls.Wait()
+		if !l.owned {
+			return nil
+		}
+		return l.client.Close()
+	})
 }
 
 // run calls op on a goroutine of the Locker's and returns its result, or
@@ -329,9 +341,9 @@ func run[T any](ctx context.Context, l *Locker, op func() (T, error), undo func(
 		return op()
 	}
 	l.mu.Lock()
-	if l.closed.Load() {
+	if l.gate.IsClosed() {
 		l.mu.Unlock()
-		return zero, ErrClosed
+		return zero, errs.Closed("call", "")
 	}
 	l.calls.Add(1)
 	l.mu.Unlock()
@@ -361,20 +373,6 @@ func run[T any](ctx context.Context, l *Locker, op func() (T, error), undo func(
 	}
 }
 
-// usable reports why the Locker cannot make requests, if it cannot.
-func (l *Locker) usable(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	if l.err != nil {
-		return l.err
-	}
-	if l.closed.Load() {
-		return ErrClosed
-	}
-	return nil
-}
-
 // TryAcquire makes one attempt to take key for ttl: an `add` of the lock item
 // and, when it succeeds, an `incr` of the key's token counter. A held key
 // gives a *lock.NotAcquiredError.
@@ -392,17 +390,15 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 
 // take takes key for ttl; a non-nil fp is kept in the lock item's value.
 func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []byte) (*lease, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
-		return nil, err
-	}
-	if err := l.usable(ctx); err != nil {
+	if err := l.gate.Check(ctx, "take", key, ttl); err != nil {
 		return nil, err
 	}
 	exp, granted, err := expiry(ttl)
 	if err != nil {
 		return nil, err
 	}
-	le := &lease{l: l, key: key, item: l.lockKey(key), value: newLockValue(fp), turn: make(chan struct{}, 1)}
+	le := &lease{l: l, item: l.lockKey(key), value: newLockValue(fp)}
+	le.Init(&l.gate, key, 0, time.Time{}, 0) // for giveBack; again below with the token
 	sent := time.Now()
 	err = l.add(&memcache.Item{Key: le.item, Value: le.value, Expiration: exp})
 	switch {
@@ -413,12 +409,12 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []b
 		// back if it is ours (owner-checked), so the key is not left
 		// locked by nobody until its TTL.
 		le.giveBack(ctx)
-		return nil, l.opError("add", key, err)
+		return nil, errs.OpError("add", key, err)
 	}
 	// The lock is ours: the token is taken now, while it holds, so that it
 	// orders after every earlier holder's. The take completes even if ctx
 	// ends meanwhile; it is more requests.
-	le.token, err = l.nextToken(key)
+	token, err := l.nextToken(key)
 	if err != nil {
 		le.giveBack(ctx)
 		return nil, err
@@ -434,21 +430,13 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []b
 		return nil, &lock.NotAcquiredError{Key: key}
 	case err != nil:
 		le.giveBack(ctx)
-		return nil, l.opError("take: gets", key, err)
+		return nil, errs.OpError("take: gets", key, err)
 	case !time.Now().Before(sent.Add(granted)):
 		le.giveBack(ctx)
-		return nil, fmt.Errorf("%w: memcachedlock: key %q: the lease ran out (TTL %v) before its token was issued", lock.ErrNotAcquired, displayKey(key), ttl)
+		return nil, fmt.Errorf("%w: memcachedlock: key %q: the lease ran out (TTL %v) before its token was issued", lock.ErrNotAcquired, driver.DisplayKey(key), ttl)
 	}
-	le.deadline = sent.Add(granted)
+	le.Init(&l.gate, key, token, sent, granted)
 	return le, nil
-}
-
-// giveBack releases a lease that a failed take may hold, owner-checked and
-// with a context of its own; if that fails too, the item expires.
-func (le *lease) giveBack(ctx context.Context) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*le.l.timeout())
-	_ = le.serial(rctx, func() error { return le.drop(rctx) })
-	cancel()
 }
 
 // nextToken returns the next fencing token for key from its counter stripe,
@@ -467,7 +455,7 @@ func (l *Locker) nextToken(key string) (uint64, error) {
 		case err == nil:
 			return 0, fmt.Errorf("memcachedlock: token counter %q wrapped around to 0", ckey)
 		case !errors.Is(err, memcache.ErrCacheMiss):
-			return 0, l.opError("incr", key, err)
+			return 0, errs.OpError("incr", key, err)
 		}
 		seed := uint64(time.Now().UnixNano())
 		err = l.retry(func() error {
@@ -477,7 +465,7 @@ func (l *Locker) nextToken(key string) (uint64, error) {
 		case err == nil:
 			return seed, nil
 		case !errors.Is(err, memcache.ErrNotStored):
-			return 0, l.opError("seed counter for", key, err)
+			return 0, errs.OpError("seed counter for", key, err)
 		}
 		// Another Locker seeded it first: increment that.
 	}
@@ -543,11 +531,6 @@ func (l *Locker) timeout() time.Duration {
 	return memcache.DefaultTimeout
 }
 
-// opError wraps a client error; it keeps the cause for errors.Is/As.
-func (l *Locker) opError(op, key string, err error) error {
-	return fmt.Errorf("memcachedlock: %s %q: %w", op, displayKey(key), err)
-}
-
 // expiry converts a TTL to the memcached expiry to send (whole seconds, one
 // more than the TTL rounded up) and the time the lease is granted at least.
 func expiry(ttl time.Duration) (int32, time.Duration, error) {
@@ -600,189 +583,3 @@ func fingerprintOf(v []byte) []byte {
 	}
 	return append([]byte{}, v[ownerLen+1:]...)
 }
-
-// lease is one holding of one key.
-type lease struct {
-	l     *Locker
-	key   string // as the caller passed it
-	item  string // the lock item's memcached key
-	value []byte // the lock item's value while this lease holds it
-	token uint64
-
-	// turn serialises Refresh, Release and Complete (see serial): each is
-	// a gets and a cas, and two at once would read the same CAS id, so
-	// that one of them found the other's write and took it for another
-	// owner's.
-	turn chan struct{}
-
-	mu       sync.Mutex
-	deadline time.Time
-	gone     bool // released, completed or found not held: never held again
-}
-
-func (le *lease) Key() string   { return le.key }
-func (le *lease) Token() uint64 { return le.token }
-
-// Deadline returns until when the lease holds at least, by the local
-// monotonic clock: when its take or latest refresh was sent plus the TTL
-// rounded up to whole seconds.
-func (le *lease) Deadline() time.Time {
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	return le.deadline
-}
-
-// Refresh extends the lease to ttl from now with an owner-checked gets + cas.
-func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	if err := le.l.usable(ctx); err != nil {
-		return err
-	}
-	exp, granted, err := expiry(ttl)
-	if err != nil {
-		return err
-	}
-	return le.call(ctx, func() error {
-		var sent time.Time
-		err := le.swap(ctx, "refresh", func(it *memcache.Item) {
-			it.Expiration = exp
-			sent = time.Now()
-		})
-		if err != nil {
-			return err
-		}
-		le.mu.Lock()
-		le.deadline = sent.Add(granted)
-		le.mu.Unlock()
-		return nil
-	})
-}
-
-// call runs op in the lease's turn (see serial) on a goroutine of the
-// Locker's, returning when ctx ends (see run).
-func (le *lease) call(ctx context.Context, op func() error) error {
-	_, err := run(ctx, le.l, func() (struct{}, error) { return struct{}{}, le.serial(ctx, op) }, nil)
-	return err
-}
-
-// serial runs op once no other call on the lease runs (an abandoned one
-// included), or returns ctx's error if ctx ends first.
-func (le *lease) serial(ctx context.Context, op func() error) error {
-	select {
-	case le.turn <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-le.turn }()
-	return op()
-}
-
-// Release deletes the lock item if this lease still holds it: a gets, then
-// a cas with an expiry in the past, so a newer holder's item is never
-// touched.
-func (le *lease) Release(ctx context.Context) error {
-	if err := le.l.usable(ctx); err != nil {
-		return err
-	}
-	return le.call(ctx, func() error { return le.drop(ctx) })
-}
-
-// drop deletes the lock item if this lease still holds it. It runs in the
-// lease's turn.
-func (le *lease) drop(ctx context.Context) error {
-	err := le.swap(ctx, "release", func(it *memcache.Item) {
-		it.Expiration = -1 // stored as expired at once: compare-and-delete
-	})
-	if err == nil {
-		le.markGone()
-	}
-	return err
-}
-
-// swap reads the lock item, checks that it still carries this lease's owner
-// id, lets change edit it and writes it back with cas. It returns an error
-// matching lock.ErrNotHeld when the lease does not hold its key. It runs in
-// the lease's turn.
-//
-// Every step asks the server, so after a call whose outcome was unknown
-// (its cas sent, the reply lost) the next one finds out what happened: the
-// item is gone (a release went through), or carries another owner id, or
-// is still this lease's.
-func (le *lease) swap(ctx context.Context, op string, change func(*memcache.Item)) error {
-	l := le.l
-	if le.isGone() {
-		return le.notHeld(op, "it was released or lost earlier")
-	}
-	for attempt := 0; ; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		it, err := l.get(le.item)
-		switch {
-		case errors.Is(err, memcache.ErrCacheMiss):
-			le.markGone()
-			return le.notHeld(op, "its lock expired, was released or was evicted")
-		case err != nil:
-			return l.opError(op+": gets", le.key, err)
-		case !bytes.Equal(it.Value, le.value):
-			le.markGone()
-			return le.notHeld(op, "another lease holds the key")
-		case it.CasID == 0:
-			return ErrNoCAS
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		change(it)
-		err = l.client.CompareAndSwap(it)
-		switch {
-		case errors.Is(err, memcache.ErrCASConflict):
-			// Changed since the gets: by another owner after expiry, or,
-			// since only this lease writes an item that carries its owner
-			// id, by an earlier write of this lease's that reached the
-			// server late. The next gets tells which.
-			if attempt < 2 {
-				continue
-			}
-			return l.opError(op+": cas", le.key, err)
-		case errors.Is(err, memcache.ErrNotStored), errors.Is(err, memcache.ErrCacheMiss):
-			// Gone since the gets: by expiry, and perhaps another take.
-			le.markGone()
-			return le.notHeld(op, "its lock changed hands during the "+op)
-		case err != nil:
-			return l.opError(op+": cas", le.key, err)
-		}
-		return nil
-	}
-}
-
-func (le *lease) notHeld(op, why string) error {
-	return fmt.Errorf("memcachedlock: %s %q (token %d): %w: %s", op, displayKey(le.key), le.token, lock.ErrNotHeld, why)
-}
-
-func (le *lease) markGone() {
-	le.mu.Lock()
-	le.gone = true
-	le.mu.Unlock()
-}
-
-func (le *lease) isGone() bool {
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	return le.gone
-}
-
-// displayKey shortens a key for error messages.
-func displayKey(key string) string {
-	const max = 64
-	if len(key) <= max {
-		return key
-	}
-	return key[:max] + "…"
-}
-
-// Interface checks.
-var (
-	_ lock.Backend   = (*Locker)(nil)
-	_ lock.Lease     = (*lease)(nil)
-	_ lock.Deadliner = (*lease)(nil)
-)

@@ -73,7 +73,10 @@ func newClientWith(tb testing.TB, addr string, wrap func(net.Conn) net.Conn) *me
 // closed at the end of tb.
 func newLocker(tb testing.TB, opts ...memcachedlock.Option) *memcachedlock.Locker {
 	tb.Helper()
-	l := memcachedlock.New(newClient(tb, &requests), opts...)
+	l, err := memcachedlock.New(newClient(tb, &requests), opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	tb.Cleanup(func() { _ = l.Close() })
 	return l
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 )
 
 // Claim makes one attempt on key for the idempotency helper. The key's lock
@@ -60,7 +61,7 @@ func (l *Locker) claim(ctx context.Context, key string, ttl time.Duration, fp []
 		case errors.Is(gerr, memcache.ErrCacheMiss):
 			continue // released (or expired) since the add: try again
 		case gerr != nil:
-			return nil, nil, nil, l.opError("claim: get", key, gerr)
+			return nil, nil, nil, errs.OpError("claim: get", key, gerr)
 		case len(it.Value) > 0 && it.Value[0] == kindRecord:
 			return nil, append([]byte{}, it.Value[1:]...), nil, nil
 		}
@@ -77,36 +78,35 @@ func (l *Locker) claim(ctx context.Context, key string, ttl time.Duration, fp []
 // lease holding. held must come from Claim or TryAcquire on a Locker of
 // this package.
 func (l *Locker) Complete(ctx context.Context, held lock.Lease, record []byte, retention time.Duration) error {
-	if err := l.usable(ctx); err != nil {
+	if err := l.gate.CheckContext(ctx, "complete"); err != nil {
 		return err
 	}
-	le, ok := held.(*lease)
-	if !ok || le == nil {
-		return fmt.Errorf("%w: memcachedlock: Complete needs a lease from a memcachedlock Locker, got %T", lock.ErrInvalidArgument, held)
+	le, err := driver.Own[*lease](&l.gate, "Complete", held)
+	if err != nil {
+		return err
 	}
 	exp, _, err := expiry(retention)
 	if err != nil {
 		return err
 	}
-	if max := l.maxItemSize - itemOverhead - 1; len(record) > max {
-		return fmt.Errorf("%w: %d bytes, at most %d fit in a %d-byte item", ErrRecordTooLarge, len(record), max, l.maxItemSize)
+	max := l.maxItemSize - itemOverhead - 1
+	if len(record) > max {
+		return errs.RecordTooLarge(le.Key(), len(record), max)
 	}
 	value := make([]byte, 1+len(record))
 	value[0] = kindRecord
 	copy(value[1:], record)
 	return le.call(ctx, func() error {
-		err := le.swap(ctx, "complete", func(it *memcache.Item) {
-			it.Value = value
-			it.Expiration = exp
-		})
-		if err != nil {
+		return le.End(ctx, "complete", func() error {
+			err := le.swap(ctx, "complete", func(it *memcache.Item) {
+				it.Value = value
+				it.Expiration = exp
+			})
 			if isTooLarge(err) {
-				return fmt.Errorf("%w: the server refused %d bytes: %w", ErrRecordTooLarge, len(record), err)
+				return fmt.Errorf("%w: the server refused it: %w", errs.RecordTooLarge(le.Key(), len(record), max), err)
 			}
 			return err
-		}
-		le.markGone()
-		return nil
+		})
 	})
 }
 

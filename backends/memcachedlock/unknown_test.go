@@ -112,7 +112,10 @@ func faultyClient(tb testing.TB, faults *testenv.FaultSwitch, before func(cmd st
 func newFaultyLocker(t *testing.T, opts ...memcachedlock.Option) (*memcachedlock.Locker, *testenv.FaultSwitch) {
 	t.Helper()
 	faults := testenv.NewFaultSwitch(t)
-	l := memcachedlock.New(faultyClient(t, faults, nil), opts...)
+	l, err := memcachedlock.New(faultyClient(t, faults, nil), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = l.Close() })
 	return l, faults
 }
@@ -158,7 +161,10 @@ func TestTakeRefusedWhenItemVanishesBeforeIncr(t *testing.T) {
 			}
 		})
 	}
-	a := memcachedlock.New(faultyClient(t, nil, evictAndTake), memcachedlock.WithPrefix(prefix))
+	a, err := memcachedlock.New(faultyClient(t, nil, evictAndTake), memcachedlock.WithPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
 	le, err := a.TryAcquire(ctx, key, time.Minute)
 	if held == nil {
 		t.Fatal("the fault did not run: no incr was sent")

@@ -1,23 +1,23 @@
 package memlock
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"time"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/internal/optional"
+	"github.com/idemlock/lock/driver"
 )
 
 var (
-	_ lock.Pinger       = (*Locker)(nil)
-	_ lock.TTLLimiter   = (*Locker)(nil)
-	_ lock.Admin        = (*Locker)(nil)
-	_ lock.LossNotifier = (*lease)(nil)
+	_ driver.FullBackend = (*Locker)(nil)
+	_ lock.LossNotifier  = (*lease)(nil)
 )
 
 // ErrClosed is returned by [Locker.Ping] after [Locker.Close].
-var ErrClosed = errors.New("memlock: Locker is closed")
+//
+// Deprecated: it is [lock.ErrClosed]; use that.
+var ErrClosed = lock.ErrClosed
 
 // Ping reports whether l is usable: nil until [Locker.Close], then
 // [ErrClosed]. It makes *Locker a lock.Pinger, as every backend is.
@@ -25,8 +25,8 @@ func (l *Locker) Ping(ctx context.Context) error {
 	if err := lock.CheckContext(ctx); err != nil {
 		return err
 	}
-	if l.closed.Load() {
-		return ErrClosed
+	if l.gate.IsClosed() {
+		return errs.Closed("ping", "")
 	}
 	return nil
 }
@@ -40,7 +40,7 @@ func (l *Locker) TTLLimits() lock.TTLLimits { return lock.TTLLimits{} }
 // because another claim holds the key returns that claim's fp as holder.
 // It makes *Locker an idempotency.FingerprintClaimer.
 func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (lock.Lease, []byte, []byte, error) {
-	if err := optional.CheckClaim("memlock", ctx, key, ttl, fp); err != nil {
+	if err := l.gate.CheckClaim(ctx, key, ttl, fp); err != nil {
 		return nil, nil, nil, err
 	}
 	l.mu.Lock()
@@ -51,20 +51,20 @@ func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Dura
 		return nil, append([]byte(nil), rec.record...), nil, nil
 	}
 	if cur := l.held[key]; cur != nil {
-		return nil, nil, optional.Clone(cur.fp), &lock.NotAcquiredError{Key: key, Remaining: cur.deadline - now}
+		return nil, nil, bytes.Clone(cur.fp), &lock.NotAcquiredError{Key: key, Remaining: cur.deadline - now}
 	}
 	le, err := l.take(key, ttl, now)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	le.fp = optional.Clone(fp)
+	le.fp = bytes.Clone(fp)
 	return le, nil, nil, nil
 }
 
 // Inspect reports the holding and the record of key. It makes *Locker a
 // lock.Admin.
 func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) {
-	if err := optional.CheckKey(ctx, key); err != nil {
+	if err := l.gate.CheckKey(ctx, "inspect", key); err != nil {
 		return lock.KeyInfo{}, err
 	}
 	l.mu.Lock()
@@ -85,7 +85,7 @@ func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) 
 // next call reports lock.ErrNotHeld, and a waiter is woken as by a
 // release. It returns lock.ErrNotHeld if nothing held key.
 func (l *Locker) ForceRelease(ctx context.Context, key string) error {
-	if err := optional.CheckKey(ctx, key); err != nil {
+	if err := l.gate.CheckKey(ctx, "force release", key); err != nil {
 		return err
 	}
 	l.mu.Lock()
@@ -105,7 +105,7 @@ func (l *Locker) ForceRelease(ctx context.Context, key string) error {
 // DeleteRecord deletes the idempotency record of key, so that the next
 // Claim takes the key. It returns lock.ErrNotHeld if no record was kept.
 func (l *Locker) DeleteRecord(ctx context.Context, key string) error {
-	if err := optional.CheckKey(ctx, key); err != nil {
+	if err := l.gate.CheckKey(ctx, "delete record", key); err != nil {
 		return err
 	}
 	l.mu.Lock()

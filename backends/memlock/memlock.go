@@ -28,27 +28,31 @@ import (
 	"math"
 	"net/url"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 )
 
+// errs makes the package's errors.
+const errs = driver.Name("memlock")
+
+// Schemes are the URL schemes this package registers with [lock.Open]:
+// "mem://" takes no host, path or options.
+var Schemes = []string{"mem"}
+
 func init() {
-	lock.Register("mem", func(_ context.Context, u *url.URL) (lock.Backend, error) {
-		if u.Host != "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-			return nil, &urlError{u.Redacted()}
-		}
-		return New(), nil
-	})
+	for _, s := range Schemes {
+		lock.Register(s, open)
+	}
 }
 
-type urlError struct{ url string }
-
-func (e *urlError) Error() string {
-	return "memlock: the mem URL takes no host, path or options: " + e.url
+func open(_ context.Context, u *url.URL) (lock.Backend, error) {
+	if u.Host != "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		return nil, errs.URLError("the mem URL takes no host, path or options: %s", u.Redacted())
+	}
+	return New(), nil
 }
-func (e *urlError) Unwrap() error { return lock.ErrInvalidURL }
 
 // Locker is an in-process lock table. The zero value is not usable; call
 // [New]. A Locker is safe for concurrent use.
@@ -62,11 +66,12 @@ type Locker struct {
 	clock   func() time.Duration  // monotonic time since base
 	records map[string]*lease     // completed idempotency records (store.go)
 	rheap   deadlineHeap          // every entry in records, by retention end
-	closed  atomic.Bool           // set by Close; only Ping reads it
+	gate    driver.Gate           // closed by Close; only Ping checks it
 }
 
 // Option configures a Locker. There are none yet; the parameter keeps New's
-// shape the same as the networked backends'.
+// shape like the networked backends'. Since no option can be invalid, New
+// returns no error.
 type Option func(*Locker)
 
 // New returns a ready, empty Locker.
@@ -76,6 +81,7 @@ func New(opts ...Option) *Locker {
 	// time.Time arithmetic costs as much again.
 	base := time.Now()
 	l := &Locker{
+		gate:    driver.Gate{Name: errs, ServeAfterClose: true},
 		held:    make(map[string]*lease),
 		waiters: make(map[string][]*waitSub),
 		base:    base,
@@ -90,14 +96,14 @@ func New(opts ...Option) *Locker {
 	return l
 }
 
-// Close only makes [Locker.Ping] report [ErrClosed]: a memory Locker holds
-// no outside resources, and its locks keep working. It exists so that
-// *Locker is a lock.Backend.
-func (l *Locker) Close() error { l.closed.Store(true); return nil }
+// Close only makes [Locker.Ping] report an error matching [lock.ErrClosed]:
+// a memory Locker holds no outside resources, and its locks keep working.
+// It exists so that *Locker is a lock.Backend.
+func (l *Locker) Close() error { return l.gate.Close(nil) }
 
 // TryAcquire takes key for ttl if no live lease holds it.
 func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+	if err := l.gate.Check(ctx, "take", key, ttl); err != nil {
 		return nil, err
 	}
 	l.mu.Lock()

@@ -2,7 +2,6 @@ package memlock
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/idemlock/lock"
@@ -18,7 +17,7 @@ import (
 // reclaimed from a deadline heap as later calls pass by, like expired leases:
 // memory stays proportional to the keys held plus the records retained.
 func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+	if err := l.gate.Check(ctx, "claim", key, ttl); err != nil {
 		return nil, nil, err
 	}
 	l.mu.Lock()
@@ -41,15 +40,12 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 // of the key (see [Locker.Subscribe]) are woken, as by a release, so that
 // waiting duplicates find the record at once.
 func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
-	if err := lock.CheckContext(ctx); err != nil {
+	if err := l.gate.CheckComplete(ctx, retention); err != nil {
 		return err
 	}
-	if retention <= 0 {
-		return &lock.TTLError{TTL: retention, Reason: "retention must be positive"}
-	}
-	le, ok := ls.(*lease)
+	le, ok := ls.(*lease) // memlock's lease is its table's entry: no driver.Lease
 	if !ok || le == nil || le.l != l {
-		return fmt.Errorf("%w: Complete with a lease that this memlock.Locker did not hand out (%T)", lock.ErrInvalidArgument, ls)
+		return errs.InvalidArgument("Complete with a lease this Locker did not hand out (%T)", ls)
 	}
 	rec := &lease{l: l, key: le.key, record: append([]byte(nil), record...), index: -1}
 	l.mu.Lock()

@@ -79,7 +79,10 @@ func backends() []backend {
 		}},
 		{"memcached", func(t *testing.T, trips *atomic.Int64) idempotency.Store {
 			c := memcache.New(testenv.MemcachedAddr(t))
-			l := memcachedlock.New(c)
+			l, err := memcachedlock.New(c)
+			if err != nil {
+				t.Fatal(err)
+			}
 			t.Cleanup(func() { _ = l.Close(); _ = c.Close() })
 			return l
 		}},

@@ -23,7 +23,10 @@ import (
 func TestServerRestartMidHold(t *testing.T) {
 	server := testenv.Private(t, testenv.Memcached)
 	newLocker := func() *memcachedlock.Locker {
-		l := memcachedlock.New(newClientAt(t, server.Addr(), new(atomic.Int64)))
+		l, err := memcachedlock.New(newClientAt(t, server.Addr(), new(atomic.Int64)))
+		if err != nil {
+			t.Fatal(err)
+		}
 		t.Cleanup(func() { _ = l.Close() })
 		return l
 	}
