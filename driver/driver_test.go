@@ -522,3 +522,56 @@ func TestHosts(t *testing.T) {
 		}
 	}
 }
+
+func TestLeaseOf(t *testing.T) {
+	if ls := driver.LeaseOf[*testLease](nil); ls != nil {
+		t.Errorf("LeaseOf(nil) = %#v, want a nil interface", ls)
+	}
+	le := newLease(&driver.Gate{Name: errs})
+	if ls := driver.LeaseOf(le); ls != le {
+		t.Errorf("LeaseOf(le) = %v, want le", ls)
+	}
+}
+
+func TestWakeup(t *testing.T) {
+	w := driver.NewWakeup()
+	if w.Take() {
+		t.Fatal("a new Wakeup has one pending")
+	}
+	w.Notify()
+	w.Notify() // two before one Wait: one wake-up
+	if err := w.Wait(t.Context()); err != nil {
+		t.Fatalf("Wait with a pending wake-up: %v", err)
+	}
+	if w.Take() {
+		t.Error("two Notifies before one Wait left a second wake-up pending")
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	w.Notify()
+	if err := w.Wait(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Wait with an ended context: %v, want context.Canceled", err)
+	}
+	w.Notify()
+	if !w.Take() || w.Take() {
+		t.Error("Take did not remove exactly the one pending wake-up")
+	}
+	go w.Notify()
+	if err := w.Wait(t.Context()); err != nil {
+		t.Errorf("Wait woken by a later Notify: %v", err)
+	}
+}
+
+func TestCompleting(t *testing.T) {
+	g := &driver.Gate{Name: errs}
+	le := newLease(g)
+	if got, err := driver.Completing[*testLease](t.Context(), g, le, time.Minute); err != nil || got != le {
+		t.Errorf("Completing of the Locker's lease = %v, %v", got, err)
+	}
+	if _, err := driver.Completing[*testLease](t.Context(), g, le, 0); !errors.Is(err, lock.ErrInvalidTTL) {
+		t.Errorf("Completing with a zero retention: %v, want ErrInvalidTTL", err)
+	}
+	if _, err := driver.Completing[*testLease](t.Context(), g, newLease(&driver.Gate{Name: errs}), time.Minute); !errors.Is(err, lock.ErrInvalidArgument) {
+		t.Errorf("Completing of another Locker's lease: %v, want ErrInvalidArgument", err)
+	}
+}

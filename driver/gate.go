@@ -163,3 +163,29 @@ type FullBackend interface {
 	// lease, and reports the holder's fp when another claim holds key.
 	ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (le lock.Lease, record, holder []byte, err error)
 }
+
+// LeaseOf returns le as a lock.Lease, or a nil interface (never an
+// interface holding a nil pointer) when le is nil, so that Claim can
+// return a take's outcome as it is:
+//
+//	le, record, _, err := l.take(ctx, key, ttl)
+//	return driver.LeaseOf(le), record, err
+func LeaseOf[T Leaser](le T) lock.Lease {
+	var zero T
+	if any(le) == any(zero) {
+		return nil
+	}
+	return le
+}
+
+// Completing starts Complete: [Gate.CheckComplete], then [Own] of the
+// lease it was given, so that Complete begins with one call:
+//
+//	le, err := driver.Completing[*lease](ctx, &l.gate, ls, retention)
+func Completing[T Leaser](ctx context.Context, g *Gate, ls lock.Lease, retention time.Duration) (T, error) {
+	if err := g.CheckComplete(ctx, retention); err != nil {
+		var zero T
+		return zero, err
+	}
+	return Own[T](g, "Complete", ls)
+}

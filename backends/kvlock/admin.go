@@ -72,10 +72,7 @@ func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Dura
 		return nil, nil, nil, err
 	}
 	le, rec, holder, err := l.take(ctx, key, ttl, fp)
-	if err != nil || rec != nil {
-		return nil, rec, holder, err
-	}
-	return le, nil, nil, nil
+	return driver.LeaseOf(le), rec, holder, err
 }
 
 // read reads the lock key of key, or says that the KV cannot.

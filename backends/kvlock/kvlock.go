@@ -187,10 +187,7 @@ func (l *Locker) counter() string           { return l.prefix + "token" }
 // TryAcquire takes key for ttl if no lease holds it. A key that holds an
 // idempotency record (see Complete) counts as held.
 func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
-	if err := l.gate.Check(ctx, "take", key, ttl); err != nil {
-		return nil, err
-	}
-	le, rec, _, err := l.take(ctx, key, ttl, nil)
+	le, rec, _, err := l.checkedTake(ctx, "take", key, ttl)
 	if err != nil {
 		return nil, err
 	}
@@ -198,6 +195,14 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 		return nil, &lock.NotAcquiredError{Key: key}
 	}
 	return le, nil
+}
+
+// checkedTake is take without a fingerprint, after the Gate's checks.
+func (l *Locker) checkedTake(ctx context.Context, op, key string, ttl time.Duration) (*lease, []byte, []byte, error) {
+	if err := l.gate.Check(ctx, op, key, ttl); err != nil {
+		return nil, nil, nil, err
+	}
+	return l.take(ctx, key, ttl, nil)
 }
 
 // take creates the lock key, draws a token while holding it, and checks

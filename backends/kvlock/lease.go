@@ -14,9 +14,9 @@ import (
 // serialisation of Release and Complete come from driver.Lease.
 type lease struct {
 	driver.Lease
-	l       *Locker
-	lockKey string
-	value   []byte
+	lockKey string  // the KV key
+	value   []byte  // what it holds while this lease holds it
+	l       *Locker // the Locker that took it
 }
 
 func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 )
 
 // notifying is a Locker on a KV that implements Watcher.
@@ -18,8 +19,8 @@ func (n *notifying) Subscribe(ctx context.Context, key string) (lock.Subscriptio
 	if err := n.gate.CheckKey(ctx, "subscribe", key); err != nil {
 		return nil, err
 	}
-	s := &subscription{ch: make(chan struct{}, 1)}
-	stop, err := n.w.Watch(ctx, n.lockKey(key), s.notify)
+	s := &subscription{wake: driver.NewWakeup()}
+	stop, err := n.w.Watch(ctx, n.lockKey(key), s.wake.Notify)
 	if err != nil {
 		return nil, opError("subscribe", key, err)
 	}
@@ -27,31 +28,16 @@ func (n *notifying) Subscribe(ctx context.Context, key string) (lock.Subscriptio
 	return s, nil
 }
 
-// subscription keeps at most one pending change: a change before Wait is
-// kept, not missed.
+// subscription keeps at most one pending change (driver.Wakeup): a
+// change before Wait is kept, not missed.
 type subscription struct {
-	ch   chan struct{}
+	wake driver.Wakeup
 	once sync.Once
 	stop func()
 }
 
-func (s *subscription) notify() {
-	select {
-	case s.ch <- struct{}{}:
-	default:
-	}
-}
-
 func (s *subscription) Wait(ctx context.Context, _ *lock.NotAcquiredError) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	select {
-	case <-s.ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return s.wake.Wait(ctx)
 }
 
 func (s *subscription) Close() error {

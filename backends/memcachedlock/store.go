@@ -78,10 +78,7 @@ func (l *Locker) claim(ctx context.Context, key string, ttl time.Duration, fp []
 // lease holding. held must come from Claim or TryAcquire on a Locker of
 // this package.
 func (l *Locker) Complete(ctx context.Context, held lock.Lease, record []byte, retention time.Duration) error {
-	if err := l.gate.CheckContext(ctx, "complete"); err != nil {
-		return err
-	}
-	le, err := driver.Own[*lease](&l.gate, "Complete", held)
+	le, err := driver.Completing[*lease](ctx, &l.gate, held, retention)
 	if err != nil {
 		return err
 	}

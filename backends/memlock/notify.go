@@ -5,14 +5,16 @@ import (
 	"slices"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 )
 
-// waitSub is one subscription to releases of one key: a one-slot channel, so
-// a release that happens before Wait is called is kept, not missed.
+// waitSub is one subscription to releases of one key: a one-slot
+// driver.Wakeup, so a release that happens before Wait is called is kept,
+// not missed.
 type waitSub struct {
 	l      *Locker
 	key    string
-	ch     chan struct{}
+	wake   driver.Wakeup
 	closed bool // guarded by l.mu
 }
 
@@ -22,13 +24,10 @@ type waitSub struct {
 // of taking the key) wakes the next, so a release is never stranded.
 // Completing an idempotency record wakes every subscriber.
 func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
-	if err := lock.CheckContext(ctx); err != nil {
+	if err := l.gate.CheckKey(ctx, "subscribe", key); err != nil {
 		return nil, err
 	}
-	if err := lock.ValidateKey(key); err != nil {
-		return nil, err
-	}
-	s := &waitSub{l: l, key: key, ch: make(chan struct{}, 1)}
+	s := &waitSub{l: l, key: key, wake: driver.NewWakeup()}
 	l.mu.Lock()
 	l.waiters[key] = append(l.waiters[key], s)
 	l.mu.Unlock()
@@ -39,30 +38,14 @@ func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, 
 // l.mu is held.
 func (l *Locker) wakeFirst(key string) {
 	if subs := l.waiters[key]; len(subs) > 0 {
-		subs[0].notify()
-	}
-}
-
-// notify records a release without blocking. l.mu is held.
-func (s *waitSub) notify() {
-	select {
-	case s.ch <- struct{}{}:
-	default:
+		subs[0].wake.Notify()
 	}
 }
 
 // Wait returns when key was released since Subscribe or the previous Wait,
 // or when ctx ends.
 func (s *waitSub) Wait(ctx context.Context, _ *lock.NotAcquiredError) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	select {
-	case <-s.ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return s.wake.Wait(ctx)
 }
 
 // Close unregisters the subscription.
@@ -80,19 +63,16 @@ func (s *waitSub) Close() error {
 		return nil
 	}
 	l.waiters[s.key] = subs
-	select {
-	case <-s.ch:
+	if s.wake.Take() {
 		// A release was handed to this subscriber, which leaves without
 		// having waited for it: pass it on, or the next waiter would sleep
 		// until the holder's TTL although the key is free.
 		l.wakeFirst(s.key)
-	default:
+	} else if cur := l.held[s.key]; cur == nil || l.clock() >= cur.deadline {
 		// The wake-up may have been taken by Wait and then not acted on
 		// (the waiter's context ended before it tried the key): if the key
 		// is free, the next waiter must hear of it.
-		if cur := l.held[s.key]; cur == nil || l.clock() >= cur.deadline {
-			l.wakeFirst(s.key)
-		}
+		l.wakeFirst(s.key)
 	}
 	return nil
 }

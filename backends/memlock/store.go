@@ -66,7 +66,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 	l.records[le.key] = rec
 	l.rheap.push(rec)
 	for _, w := range l.waiters[le.key] {
-		w.notify() // every duplicate can replay the record now
+		w.wake.Notify() // every duplicate can replay the record now
 	}
 	return nil
 }

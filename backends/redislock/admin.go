@@ -57,13 +57,7 @@ func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Dura
 		return nil, nil, nil, err
 	}
 	le, rec, holder, err := l.take(ctx, claimScript, key, ttl, true, fp)
-	switch {
-	case err != nil:
-		return nil, nil, holder, err
-	case le == nil:
-		return nil, rec, nil, nil
-	}
-	return le, nil, nil, nil
+	return driver.LeaseOf(le), rec, holder, err
 }
 
 // inspectScript reads a lock and its record in one step.

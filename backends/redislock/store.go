@@ -18,13 +18,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 		return nil, nil, err
 	}
 	le, rec, _, err := l.take(ctx, claimScript, key, ttl, true, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	if le == nil {
-		return nil, rec, nil
-	}
-	return le, nil, nil
+	return driver.LeaseOf(le), rec, err
 }
 
 // Complete stores record under the key of lease for retention (PX, counted
@@ -35,10 +29,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 // from this Locker. Records longer than the Locker's limit (see
 // [WithMaxRecordSize]) get an error matching [lock.ErrRecordTooLarge].
 func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
-	if err := l.gate.CheckComplete(ctx, retention); err != nil {
-		return err
-	}
-	le, err := driver.Own[*lease](&l.gate, "Complete", ls)
+	le, err := driver.Completing[*lease](ctx, &l.gate, ls, retention)
 	if err != nil {
 		return err
 	}
