@@ -79,10 +79,7 @@ func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Dura
 		return nil, nil, nil, err
 	}
 	le, rec, holder, err := l.take(ctx, key, ttl, true, bytes.Clone(fp))
-	if err != nil || le == nil {
-		return nil, rec, holder, err
-	}
-	return le, nil, nil, nil
+	return driver.LeaseOf(le), rec, holder, err
 }
 
 // Inspect reads the lock key and the record key of key in one transaction,

@@ -253,10 +253,7 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 		return nil, err
 	}
 	le, _, _, err := l.take(ctx, key, ttl, false, nil)
-	if err != nil {
-		return nil, err
-	}
-	return le, nil
+	return driver.LeaseOf(le), err
 }
 
 // take is TryAcquire and, when claim is set, Claim: one transaction that

@@ -23,10 +23,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 		return nil, nil, err
 	}
 	le, rec, _, err := l.take(ctx, key, ttl, true, nil)
-	if err != nil || le == nil {
-		return nil, rec, err
-	}
-	return le, nil, nil
+	return driver.LeaseOf(le), rec, err
 }
 
 // Complete stores record under the lease's key and ends the lease, in one
@@ -43,10 +40,7 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 // if the first attempt stored the record. lease must come from this Locker
 // (otherwise the error matches lock.ErrInvalidArgument).
 func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
-	if err := l.gate.CheckComplete(ctx, retention); err != nil {
-		return err
-	}
-	le, err := driver.Own[*lease](&l.gate, "Complete", ls)
+	le, err := driver.Completing[*lease](ctx, &l.gate, ls, retention)
 	if err != nil {
 		return err
 	}

@@ -38,16 +38,8 @@ func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Dura
 	if err := l.gate.CheckClaim(ctx, key, ttl, fp); err != nil {
 		return nil, nil, nil, err
 	}
-	le, rec, err := l.take(ctx, key, ttl, fp)
-	switch {
-	case err != nil && rec != nil:
-		return nil, nil, rec.holder, err
-	case err != nil:
-		return nil, nil, nil, err
-	case le == nil:
-		return nil, rec.record, nil, nil
-	}
-	return le, nil, nil, nil
+	le, t, err := l.take(ctx, key, ttl, fp)
+	return driver.LeaseOf(le), t.record, t.holder, err
 }
 
 // Inspect reads the row of key in one statement. It makes *Locker a

@@ -53,7 +53,7 @@ type subscription struct {
 	n       *notifier
 	key     string
 	payload string
-	wake    chan struct{} // one slot: a wake-up is kept until Wait takes it
+	wake    driver.Wakeup // a wake-up is kept until Wait takes it
 	closed  bool          // guarded by n.mu
 }
 
@@ -70,7 +70,7 @@ func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, 
 		return nil, err
 	}
 	n := &l.notify
-	s := &subscription{n: n, key: key, payload: payload(hash64(key)), wake: make(chan struct{}, 1)}
+	s := &subscription{n: n, key: key, payload: payload(hash64(key)), wake: driver.NewWakeup()}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -162,19 +162,12 @@ func (n *notifier) failed(_ context.Context, err error) {
 func (n *notifier) wakeAll() {
 	for _, set := range n.subs {
 		for s := range set {
-			s.signal()
+			s.wake.Notify()
 		}
 	}
 	if n.changed != nil {
 		close(n.changed)
 		n.changed = make(chan struct{})
-	}
-}
-
-func (s *subscription) signal() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
 	}
 }
 
@@ -223,7 +216,7 @@ func (h handler) HandleNotification(_ context.Context, nt *pgconn.Notification, 
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for s := range n.subs[nt.Payload] {
-		s.signal()
+		s.wake.Notify()
 	}
 	return nil
 }
@@ -245,10 +238,8 @@ func (s *subscription) Wait(ctx context.Context, _ *lock.NotAcquiredError) error
 	if err != nil {
 		return err
 	}
-	select {
-	case <-s.wake:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := s.wake.Wait(ctx); err != nil {
+		return err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

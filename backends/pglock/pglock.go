@@ -265,14 +265,11 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) 
 	if err := l.gate.Check(ctx, "take", key, ttl); err != nil {
 		return nil, err
 	}
-	le, rec, err := l.take(ctx, key, ttl, nil)
-	if err != nil {
-		return nil, err
+	le, t, err := l.take(ctx, key, ttl, nil)
+	if err == nil && le == nil { // a completed idempotency record holds the key
+		err = &lock.NotAcquiredError{Key: key, Remaining: t.remaining}
 	}
-	if le == nil { // a completed idempotency record holds the key
-		return nil, &lock.NotAcquiredError{Key: key, Remaining: rec.remaining}
-	}
-	return le, nil
+	return driver.LeaseOf(le), err
 }
 
 // taken is what a take found when it did not take the key: a completed
@@ -286,7 +283,7 @@ type taken struct {
 // take runs the take statement: one round trip that takes key (storing fp
 // with the lease), or marks its live holder as waited for (and returns its
 // fingerprint), or finds its completed record.
-func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []byte) (*lease, *taken, error) {
+func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []byte) (*lease, taken, error) {
 	var (
 		token     int64
 		waiters   bool
@@ -299,15 +296,15 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []b
 		return l.pool.QueryRow(ctx, l.sql.take, l.class, int32(hash64(key)), []byte(key), micros(ttl), fp).Scan(&token, &waiters, &record, &remaining, &holder)
 	})
 	if err != nil {
-		return nil, nil, errs.OpErrorCtx(ctx, "take", key, err)
+		return nil, taken{}, errs.OpErrorCtx(ctx, "take", key, err)
 	}
 	switch {
 	case record != nil:
-		return nil, &taken{record: record, remaining: microDuration(remaining)}, nil
+		return nil, taken{record: record, remaining: microDuration(remaining)}, nil
 	case waiters:
-		return nil, &taken{holder: holder}, &lock.NotAcquiredError{Key: key, Remaining: microDuration(remaining), Version: uint64(token)}
+		return nil, taken{holder: holder}, &lock.NotAcquiredError{Key: key, Remaining: microDuration(remaining), Version: uint64(token)}
 	}
-	return newLease(l, key, token, sent, ttl), nil, nil
+	return newLease(l, key, token, sent, ttl), taken{}, nil
 }
 
 // micros converts a positive duration to whole microseconds, rounding up:

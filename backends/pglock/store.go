@@ -24,14 +24,8 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 	if err := l.gate.Check(ctx, "claim", key, ttl); err != nil {
 		return nil, nil, err
 	}
-	le, rec, err := l.take(ctx, key, ttl, nil)
-	switch {
-	case err != nil:
-		return nil, nil, err
-	case le == nil:
-		return nil, rec.record, nil
-	}
-	return le, nil, nil
+	le, t, err := l.take(ctx, key, ttl, nil)
+	return driver.LeaseOf(le), t.record, err
 }
 
 // Complete stores record under the lease's key, kept for retention (counted
@@ -77,10 +71,7 @@ func (l *Locker) CompleteTx(ctx context.Context, tx pgx.Tx, ls lock.Lease, recor
 
 // complete is Complete, or with a transaction CompleteTx.
 func (l *Locker) complete(ctx context.Context, tx pgx.Tx, ls lock.Lease, record []byte, retention time.Duration) error {
-	if err := l.gate.CheckComplete(ctx, retention); err != nil {
-		return err
-	}
-	le, err := driver.Own[*lease](&l.gate, "Complete", ls)
+	le, err := driver.Completing[*lease](ctx, &l.gate, ls, retention)
 	if err != nil {
 		return err
 	}
