@@ -199,6 +199,11 @@
 //     claim gets the holder's fingerprint (nil for a plain Claim), a
 //     completed key its record, a 65-byte fingerprint lock.ErrInvalidArgument;
 //     in rounds of 8 concurrent claims every loser sees the winner's.
+//   - LossNotification (optional: lock.LossNotifier on the leases): Lost
+//     returns within SchedulingSlack, also while a request to the server
+//     is stalled (with StoreConfig.NewFaultyStore); its channel is open
+//     after a successful Refresh; when the Store is a lock.Admin, it is
+//     closed within ExpirySlack + SchedulingSlack of a ForceRelease.
 //   - NoGoroutineLeak, NoConnectionLeak: as in Run.
 //
 // # Writing a backend: the storage primitives

@@ -82,6 +82,8 @@ var storeSuite = []subtest[storeParams]{
 		"DeleteRecord deletes a holding too, or the token counter with the record"},
 	{"ClaimFingerprint", "optional idempotency.FingerprintClaimer: the holder's fingerprint is stored with the lease in one step and returned to refused claims", testClaimFingerprint,
 		"the fingerprint is written after the lease in a second request, so a Claim in between sees no fingerprint; or it is not cleared with the lease"},
+	{"LossNotification", "optional lock.LossNotifier: Lost returns at once even while the server hangs, its channel stays open while the lease holds and closes soon after the key is forced out", testLossNotification,
+		"the loss is found only by the next Refresh (the backend does not watch the key or session), or the watch is started inside Lost"},
 }
 
 // storeParams are the derived timings of one RunStore.

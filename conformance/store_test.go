@@ -46,6 +46,29 @@ type fakeLease struct {
 	// The client's view (refresh-after-lost-complete): ended once a
 	// Complete, Release or Refresh reported so.
 	ended atomic.Bool
+	// lost is closed when the server takes the key from the lease
+	// (ForceRelease); guarded by the server's mu.
+	lost     chan struct{}
+	lostDone bool
+}
+
+// Lost makes fakeLease a lock.LossNotifier.
+func (le *fakeLease) Lost() <-chan struct{} {
+	if le.c.s.bug == "lost waits on the server" {
+		// Opens its watch inline: a hung server holds the caller.
+		_ = le.c.request(context.Background(), false, func(time.Time) error { return nil })
+	}
+	return le.lost
+}
+
+// forcedOut tells the lease's watcher that the server took its key. s.mu
+// is held.
+func (le *fakeLease) forcedOut() {
+	if le.c.s.bug == "lost never closes" || le.lostDone {
+		return
+	}
+	le.lostDone = true
+	close(le.lost)
 }
 
 func newFakeStore(bug string) *fakeStore {
@@ -130,7 +153,7 @@ func (c *fakeClient) claim(ctx context.Context, key string, ttl time.Duration, f
 			return &lock.NotAcquiredError{Key: key}
 		}
 		s.next++
-		le = &fakeLease{c: c, key: key, token: s.next, ttl: ttl, deadline: now.Add(ttl)}
+		le = &fakeLease{c: c, key: key, token: s.next, ttl: ttl, deadline: now.Add(ttl), lost: make(chan struct{})}
 		if s.bug != "fingerprint stored after claim" {
 			le.fp = bytes.Clone(fp)
 		}
@@ -282,6 +305,7 @@ func (c *fakeClient) ForceRelease(ctx context.Context, key string) error {
 			return lock.ErrNotHeld
 		}
 		delete(c.s.held, k)
+		le.forcedOut()
 		if c.s.bug == "force-release resets tokens" {
 			c.s.next = 0 // the counter lived in the deleted entry
 		}
@@ -348,6 +372,10 @@ var storeBugs = map[string]string{
 	// holding's session (etcd's lease, Consul's session), which lives on.
 	"force-release keeps the session": "AdminForceRelease",
 	"ping ignores context":            "Ping",
+	// lock.LossNotifier: a watch opened inside Lost, and one that never
+	// fires.
+	"lost waits on the server": "LossNotification",
+	"lost never closes":        "LossNotification",
 }
 
 // A suite that never fails proves nothing: each broken store must fail the
