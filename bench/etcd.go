@@ -27,8 +27,11 @@ func etcdBackend() Backend {
 			{
 				Name: "idemlock",
 				Desc: "idemlock etcdlock: a take is one Txn with a pooled lease, a release one Txn; waiters watch the key",
-				Setup: etcdSetup(func(cli *clientv3.Client) (Client, func()) {
-					l := etcdlock.New(cli)
+				Setup: etcdSetup(func(tb testing.TB, cli *clientv3.Client) (Client, func()) {
+					l, err := etcdlock.New(cli)
+					if err != nil {
+						tb.Fatalf("etcdlock: %v", err)
+					}
 					return idemClient{l}, func() { _ = l.Close() }
 				}),
 			},
@@ -37,7 +40,7 @@ func etcdBackend() Backend {
 				Label: "concurrency.Mutex (session reused)",
 				Desc: "etcd client v3.7.3 concurrency.Mutex, each session reused for lock after lock " +
 					"(one session per concurrent holder, kept alive by the client)",
-				Setup: etcdSetup(func(cli *clientv3.Client) (Client, func()) {
+				Setup: etcdSetup(func(_ testing.TB, cli *clientv3.Client) (Client, func()) {
 					c := &etcdMutexClient{cli: cli, reuse: true}
 					return c, c.close
 				}),
@@ -46,7 +49,7 @@ func etcdBackend() Backend {
 				Name:  "etcd-mutex-session-per-lock",
 				Label: "concurrency.Mutex (session per lock)",
 				Desc:  "concurrency.Mutex with a new session (lease grant + keep-alive) per lock, closed (revoked) after unlock",
-				Setup: etcdSetup(func(cli *clientv3.Client) (Client, func()) {
+				Setup: etcdSetup(func(_ testing.TB, cli *clientv3.Client) (Client, func()) {
 					c := &etcdMutexClient{cli: cli}
 					return c, c.close
 				}),
@@ -59,14 +62,14 @@ func etcdBackend() Backend {
 
 // etcdSetup returns a Setup whose clients each have an etcd client of
 // their own.
-func etcdSetup(wrap func(*clientv3.Client) (Client, func())) func(testing.TB, Env) func() Client {
+func etcdSetup(wrap func(testing.TB, *clientv3.Client) (Client, func())) func(testing.TB, Env) func() Client {
 	return func(tb testing.TB, env Env) func() Client {
 		return func() Client {
 			cli, err := clientv3.New(clientv3.Config{Endpoints: env.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 			if err != nil {
 				tb.Fatalf("etcd client: %v", err)
 			}
-			c, closeFn := wrap(cli)
+			c, closeFn := wrap(tb, cli)
 			tb.Cleanup(func() {
 				closeFn()
 				_ = cli.Close()

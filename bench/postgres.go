@@ -30,7 +30,10 @@ func postgresBackend() Backend {
 				Desc: "idemlock pglock: one statement to take (row upsert, token from a sequence under a per-key " +
 					"transaction advisory lock), one to release; waiters woken by LISTEN/NOTIFY",
 				Setup: postgresSetup(func(tb testing.TB, pool *pgxpool.Pool) Client {
-					l := pglock.New(pool, pglock.WithTable("idemlock_bench"))
+					l, err := pglock.New(pool, pglock.WithTable("idemlock_bench"))
+					if err != nil {
+						tb.Fatalf("pglock: %v", err)
+					}
 					tb.Cleanup(func() { _ = l.Close() })
 					return idemClient{l}
 				}),

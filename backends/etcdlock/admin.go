@@ -4,23 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/idempotency"
-	"github.com/idemlock/lock/internal/optional"
+	"github.com/idemlock/lock/driver"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-var (
-	_ lock.Pinger                    = (*Locker)(nil)
-	_ lock.TTLLimiter                = (*Locker)(nil)
-	_ lock.Admin                     = (*Locker)(nil)
-	_ idempotency.FingerprintClaimer = (*Locker)(nil)
-)
+var _ driver.FullBackend = (*Locker)(nil)
 
 // serverMinLeaseTTL is the shortest lease etcd grants with its default
 // election timeout (1 s): about 1.5 election timeouts, rounded up to whole
@@ -48,21 +41,19 @@ func parseLockValue(v []byte) (int64, []byte) {
 	if !ok {
 		return s, nil
 	}
-	return s, optional.Clone(fp)
+	return s, bytes.Clone(fp)
 }
 
 // Ping makes one linearizable read (a count of one key, through the
 // leader's read index, so it needs a quorum) with ctx, and returns nil if
-// it was answered. After [Locker.Close] it returns [ErrClosed].
+// it was answered. After [Locker.Close] it returns an error matching
+// [lock.ErrClosed].
 func (l *Locker) Ping(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckContext(ctx, "ping"); err != nil {
 		return err
 	}
 	if _, err := l.kv.Get(ctx, l.cfg.prefix, clientv3.WithCountOnly()); err != nil {
-		return l.opError("ping", l.cfg.prefix, ctx, err)
+		return errs.OpErrorCtx(ctx, "ping", l.cfg.prefix, err)
 	}
 	return nil
 }
@@ -84,48 +75,39 @@ func (l *Locker) TTLLimits() lock.TTLLimits {
 // claim refused because another claim holds the key gets that claim's fp
 // as holder. It makes *Locker an idempotency.FingerprintClaimer.
 func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (lock.Lease, []byte, []byte, error) {
-	if err := optional.CheckClaim("etcdlock", ctx, key, ttl, fp); err != nil {
+	if err := l.gate.CheckClaim(ctx, key, ttl, fp); err != nil {
 		return nil, nil, nil, err
 	}
-	if err := l.usable(); err != nil {
-		return nil, nil, nil, err
-	}
-	le, rec, holder, err := l.take(ctx, key, ttl, true, optional.Clone(fp))
-	if err != nil || le == nil {
-		return nil, rec, holder, err
-	}
-	return le, nil, nil, nil
+	le, rec, holder, err := l.take(ctx, key, ttl, true, bytes.Clone(fp))
+	return driver.LeaseOf(le), rec, holder, err
 }
 
 // Inspect reads the lock key and the record key of key in one transaction,
 // and the remaining TTLs of their etcd leases. It makes *Locker a
 // lock.Admin: key is the caller's key.
 func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) {
-	if err := optional.CheckKey(ctx, key); err != nil {
-		return lock.KeyInfo{}, err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckKey(ctx, "inspect", key); err != nil {
 		return lock.KeyInfo{}, err
 	}
 	resp, err := l.kv.Txn(ctx).Then(clientv3.OpGet(l.lockKey(key)), clientv3.OpGet(l.recordKey(key))).Commit()
 	if err != nil {
-		return lock.KeyInfo{}, l.opError("inspect", key, ctx, err)
+		return lock.KeyInfo{}, errs.OpErrorCtx(ctx, "inspect", key, err)
 	}
 	info := lock.KeyInfo{Key: key}
 	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
 		info.Held, info.Token = true, uint64(kvs[0].CreateRevision)
 		if info.Remaining, err = l.leaseRemaining(ctx, kvs[0].Lease); err != nil {
-			return info, l.opError("inspect", key, ctx, err)
+			return info, errs.OpErrorCtx(ctx, "inspect", key, err)
 		}
 	}
 	if kvs := resp.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
 		_, rec, err := decodeRecord(kvs[0].Value)
 		if err != nil {
-			return info, fmt.Errorf("etcdlock: inspect %q: %w", displayKey(key), err)
+			return info, errs.OpError("inspect", key, err)
 		}
 		info.Record, info.RecordSize = true, len(rec)
 		if info.RecordRemaining, err = l.leaseRemaining(ctx, kvs[0].Lease); err != nil {
-			return info, l.opError("inspect", key, ctx, err)
+			return info, errs.OpErrorCtx(ctx, "inspect", key, err)
 		}
 	}
 	return info, nil
@@ -154,20 +136,17 @@ func (l *Locker) leaseRemaining(ctx context.Context, id int64) (time.Duration, e
 // error after the deletion says the revocation failed (the holder then
 // learns of the loss only when its lease expires or it moves the key).
 func (l *Locker) ForceRelease(ctx context.Context, key string) error {
-	if err := optional.CheckKey(ctx, key); err != nil {
-		return err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckKey(ctx, "force release", key); err != nil {
 		return err
 	}
 	lk := l.lockKey(key)
 	for {
 		got, err := l.kv.Get(ctx, lk)
 		if err != nil {
-			return l.opError("force release", key, ctx, err)
+			return errs.OpErrorCtx(ctx, "force release", key, err)
 		}
 		if len(got.Kvs) == 0 {
-			return l.notHeld("force release", key, nil)
+			return errs.NotHeld("force release", key)
 		}
 		kv := got.Kvs[0]
 		resp, err := l.kv.Txn(ctx).
@@ -175,7 +154,7 @@ func (l *Locker) ForceRelease(ctx context.Context, key string) error {
 			Then(clientv3.OpDelete(lk)).
 			Commit()
 		if err != nil {
-			return l.opError("force release", key, ctx, err)
+			return errs.OpErrorCtx(ctx, "force release", key, err)
 		}
 		if !resp.Succeeded {
 			continue // released or taken again in between: look again
@@ -187,7 +166,7 @@ func (l *Locker) ForceRelease(ctx context.Context, key string) error {
 		// holder returns it to the pool only after a successful release
 		// or completion, which the deletion made impossible.
 		if _, err := l.leases.Revoke(ctx, clientv3.LeaseID(kv.Lease)); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-			return l.opError("force release (the key was deleted; revoking its lease failed)", key, ctx, err)
+			return errs.OpErrorCtx(ctx, "force release (the key was deleted; revoking its lease failed)", key, err)
 		}
 		return nil
 	}
@@ -197,18 +176,12 @@ func (l *Locker) ForceRelease(ctx context.Context, key string) error {
 // the next Claim takes the key. It returns an error matching
 // lock.ErrNotHeld if no record was stored.
 func (l *Locker) DeleteRecord(ctx context.Context, key string) error {
-	if err := optional.CheckKey(ctx, key); err != nil {
-		return err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckKey(ctx, "delete record", key); err != nil {
 		return err
 	}
 	resp, err := l.kv.Delete(ctx, l.recordKey(key))
 	if err != nil {
-		return l.opError("delete record", key, ctx, err)
+		return errs.OpErrorCtx(ctx, "delete record", key, err)
 	}
-	if resp.Deleted == 0 {
-		return l.notHeld("delete record", key, nil)
-	}
-	return nil
+	return errs.Found("delete record", key, resp.Deleted > 0, nil)
 }

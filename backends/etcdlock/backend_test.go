@@ -126,7 +126,7 @@ func TestPeerMutexRoundTrips(t *testing.T) {
 func TestLockKeyLayout(t *testing.T) {
 	cli := newClient(t, nil)
 	prefix := testPrefix(t)
-	l := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	l := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := t.Context()
 	for _, key := range []string{"a\x00b", "a/b/../c", "日本語 ", "%2F"} {
@@ -195,7 +195,7 @@ func TestNotAcquiredError(t *testing.T) {
 func TestDeadline(t *testing.T) {
 	cli := newClient(t, nil)
 	prefix := testPrefix(t)
-	l := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	l := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := t.Context()
 	for _, ttl := range []time.Duration{100 * time.Millisecond, 2500 * time.Millisecond, 4 * time.Second} {
@@ -233,7 +233,7 @@ func TestDeadline(t *testing.T) {
 func TestRefreshNewTTL(t *testing.T) {
 	cli := newClient(t, nil)
 	prefix := testPrefix(t)
-	l := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	l := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := t.Context()
 	le, err := l.TryAcquire(ctx, "k", 3*time.Second)
@@ -297,7 +297,7 @@ func TestRefreshNewTTL(t *testing.T) {
 func TestLeaseRevokedBehindOurBack(t *testing.T) {
 	cli := newClient(t, nil)
 	prefix := testPrefix(t)
-	l := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	l := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := t.Context()
 	le, err := l.TryAcquire(ctx, "k", 3*time.Second)
@@ -391,7 +391,7 @@ func TestExpiryWakesWaiter(t *testing.T) {
 	cli := newClient(t, nil)
 	prefix := testPrefix(t)
 	var wc counter
-	holder := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	holder := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = holder.Close() })
 	waiter := newLocker(t, &wc, etcdlock.WithPrefix(prefix))
 	ctx := t.Context()

@@ -28,7 +28,7 @@ func TestClusterTopology(t *testing.T) {
 			tb.Fatalf("clientv3.New: %v", err)
 		}
 		tb.Cleanup(func() { _ = cli.Close() })
-		l := etcdlock.New(cli)
+		l := mustNew(tb, cli)
 		tb.Cleanup(func() {
 			if err := l.Close(); err != nil {
 				tb.Errorf("Locker.Close: %v", err)

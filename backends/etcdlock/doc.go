@@ -4,7 +4,8 @@
 //
 //	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:2379"}})
 //	...
-//	locker := etcdlock.New(cli)
+//	locker, err := etcdlock.New(cli)
+//	...
 //	defer locker.Close() // before cli.Close(); the Locker never closes cli
 //	err = lock.Do(ctx, locker, "invoice/42", func(ctx context.Context, lease lock.Lease) error { ... })
 //
@@ -114,7 +115,7 @@
 // server-side between its retention and its retention plus the bucket.
 // Records are limited to [DefaultMaxRecordSize] (1 MiB, under etcd's default
 // 1.5 MiB request limit; see [WithMaxRecordSize]); larger ones get
-// [ErrRecordTooLarge].
+// [lock.ErrRecordTooLarge].
 //
 // # Health, limits, administration and loss detection
 //

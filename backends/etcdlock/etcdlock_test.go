@@ -106,11 +106,21 @@ func newClient(tb testing.TB, c *counter) *clientv3.Client {
 	return cli
 }
 
+// mustNew is etcdlock.New for options that are valid.
+func mustNew(tb testing.TB, cli *clientv3.Client, opts ...etcdlock.Option) *etcdlock.Locker {
+	tb.Helper()
+	l, err := etcdlock.New(cli, opts...)
+	if err != nil {
+		tb.Fatalf("etcdlock.New: %v", err)
+	}
+	return l
+}
+
 // newLocker returns a Locker on its own client, both closed when tb ends
 // (the Locker first).
 func newLocker(tb testing.TB, c *counter, opts ...etcdlock.Option) *etcdlock.Locker {
 	tb.Helper()
-	l := etcdlock.New(newClient(tb, c), opts...)
+	l := mustNew(tb, newClient(tb, c), opts...)
 	tb.Cleanup(func() {
 		if err := l.Close(); err != nil {
 			tb.Errorf("Locker.Close: %v", err)

@@ -20,7 +20,10 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer cli.Close()
-	locker := etcdlock.New(cli, etcdlock.WithPrefix("billing/"))
+	locker, err := etcdlock.New(cli, etcdlock.WithPrefix("billing/"))
+	if err != nil {
+		log.Fatal(err) // an invalid option
+	}
 	defer locker.Close() // before cli.Close: frees pooled leases and watches
 
 	ctx := context.Background()

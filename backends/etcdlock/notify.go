@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -18,13 +19,7 @@ import (
 // A lock key is deleted by its holder's release and by etcd itself when the
 // holder's lease expires, so expiry wakes waiters too.
 func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
-	if err := lock.CheckContext(ctx); err != nil {
-		return nil, err
-	}
-	if err := lock.ValidateKey(key); err != nil {
-		return nil, err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckKey(ctx, "subscribe", key); err != nil {
 		return nil, err
 	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.WithoutCancel(ctx)))
@@ -60,7 +55,7 @@ func (s *subscription) Wait(ctx context.Context, held *lock.NotAcquiredError) er
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return ErrClosed
+		return &driver.Error{Backend: errs, Op: "wait", Err: lock.ErrClosed, Detail: "the subscription is closed"}
 	}
 	var v int64
 	if held != nil {

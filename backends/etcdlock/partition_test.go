@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/backends/etcdlock"
 	"github.com/idemlock/lock/internal/faults"
 	"github.com/idemlock/lock/internal/testenv"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -26,7 +25,7 @@ func TestKeepAliveUnderPartitionLosesAtDeadline(t *testing.T) {
 		t.Fatalf("clientv3.New: %v", err)
 	}
 	t.Cleanup(func() { _ = cli.Close() })
-	l := etcdlock.New(cli)
+	l := mustNew(t, cli)
 	t.Cleanup(func() { _ = l.Close() })
 
 	const ttl = 2 * time.Second

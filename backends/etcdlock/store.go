@@ -4,11 +4,11 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -19,17 +19,11 @@ import (
 // reads both. A stored record is returned with a nil Lease; a holder gives a
 // *lock.NotAcquiredError as TryAcquire does.
 func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
-		return nil, nil, err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.Check(ctx, "claim", key, ttl); err != nil {
 		return nil, nil, err
 	}
 	le, rec, _, err := l.take(ctx, key, ttl, true, nil)
-	if err != nil || le == nil {
-		return nil, rec, err
-	}
-	return le, nil, nil
+	return driver.LeaseOf(le), rec, err
 }
 
 // Complete stores record under the lease's key and ends the lease, in one
@@ -41,75 +35,55 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 // retention and retention plus the bucket from now.
 //
 // Records larger than the Locker's limit (see [WithMaxRecordSize]) are
-// refused with [ErrRecordTooLarge] and the lease is left as it was. A
+// refused with [lock.ErrRecordTooLarge] and the lease is left as it was. A
 // Complete retried after an error whose outcome was unknown reports success
-// if the first attempt stored the record.
+// if the first attempt stored the record. lease must come from this Locker
+// (otherwise the error matches lock.ErrInvalidArgument).
 func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	le, ok := ls.(*lease)
-	if !ok || le == nil {
-		return fmt.Errorf("%w: etcdlock: Complete of a lease (%T) that no etcdlock Locker returned", lock.ErrInvalidArgument, ls)
-	}
-	if le.l.cfg.prefix != l.cfg.prefix {
-		return fmt.Errorf("%w: etcdlock: Complete of a lease from a Locker with another prefix", lock.ErrInvalidArgument)
-	}
-	if err := lock.ValidateTTL(retention); err != nil {
+	le, err := driver.Completing[*lease](ctx, &l.gate, ls, retention)
+	if err != nil {
 		return err
 	}
 	if retention > maxLeaseTTL-24*time.Hour {
 		return &lock.TTLError{TTL: retention, Reason: "retention longer than etcd's maximum lease TTL"}
 	}
 	if len(record) > l.cfg.maxRecord {
-		return fmt.Errorf("%w: %d bytes, over the %d-byte limit", ErrRecordTooLarge, len(record), l.cfg.maxRecord)
+		return errs.RecordTooLarge(le.Key(), len(record), l.cfg.maxRecord)
 	}
-	if err := l.usable(); err != nil {
-		return err
-	}
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	if le.done {
-		return l.notHeld("complete", le.key, nil)
-	}
-	rk := l.recordKey(le.key)
-	value := encodeRecord(le.token, record)
-	for attempt := 0; ; attempt++ {
-		rg, err := l.ret.get(ctx, l.leases, retention, l.bucket(retention))
-		if err != nil {
-			return l.opError("complete", le.key, ctx, err)
-		}
-		resp, err := l.kv.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(le.lk), "=", int64(le.token))).
-			Then(clientv3.OpDelete(le.lk), clientv3.OpPut(rk, string(value), clientv3.WithLease(rg.id))).
-			Else(clientv3.OpGet(rk)).
-			Commit()
-		switch {
-		case err != nil && errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0:
-			l.ret.drop(rg) // refused whole; grant a fresh retention lease
-			continue
-		case err != nil:
-			le.doubt = true // the key may be gone: the next Refresh checks it
-			return l.opError("complete", le.key, ctx, err)
-		case !resp.Succeeded:
-			le.done = true
-			if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-				if tok, _, err := decodeRecord(kvs[0].Value); err == nil && tok == le.token {
-					// An earlier attempt whose answer was lost stored it.
-					le.stopLossWatch()
-					le.l.pool.put(le.g)
-					le.releaseStrays()
-					return nil
-				}
+	rk := l.recordKey(le.Key())
+	value := encodeRecord(le.Token(), record)
+	return le.End(ctx, "complete", func() error {
+		for attempt := 0; ; attempt++ {
+			rg, err := l.ret.get(ctx, l.leases, retention, l.bucket(retention))
+			if err != nil {
+				return errs.OpErrorCtx(ctx, "complete", le.Key(), err)
 			}
-			return l.notHeld("complete", le.key, nil)
+			resp, err := l.kv.Txn(ctx).
+				If(clientv3.Compare(clientv3.CreateRevision(le.lk), "=", int64(le.Token()))).
+				Then(clientv3.OpDelete(le.lk), clientv3.OpPut(rk, string(value), clientv3.WithLease(rg.id))).
+				Else(clientv3.OpGet(rk)).
+				Commit()
+			switch {
+			case err != nil && errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0:
+				l.ret.drop(rg) // refused whole; grant a fresh retention lease
+				continue
+			case err != nil:
+				le.doubt = true // the key may be gone: the next Refresh checks it
+				return errs.OpErrorCtx(ctx, "complete", le.Key(), err)
+			case !resp.Succeeded:
+				if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+					if tok, _, err := decodeRecord(kvs[0].Value); err == nil && tok == le.Token() {
+						// An earlier attempt whose answer was lost stored it.
+						le.finish()
+						return nil
+					}
+				}
+				return le.NotHeld("complete")
+			}
+			le.finish()
+			return nil
 		}
-		le.done = true
-		le.stopLossWatch()
-		le.l.pool.put(le.g)
-		le.releaseStrays()
-		return nil
-	}
+	})
 }
 
 // bucket returns how long a retention lease for retention accepts records.
@@ -133,7 +107,7 @@ func encodeRecord(token uint64, record []byte) []byte {
 
 // errMalformedRecord is returned by Claim for a record key whose value this
 // package did not write.
-var errMalformedRecord = errors.New("etcdlock: malformed record (written by something other than etcdlock?)")
+var errMalformedRecord = errors.New("malformed record (written by something other than etcdlock?)")
 
 func decodeRecord(v []byte) (token uint64, record []byte, err error) {
 	if len(v) < 9 || v[0] != recordFormat {

@@ -25,7 +25,10 @@ func TestCompleteRetriedAfterLostAnswer(t *testing.T) {
 	t.Cleanup(func() { _ = cli.Close() })
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	l := New(cli, WithPrefix("idemlock-test/"+hex.EncodeToString(b[:])+"/"))
+	l, err := New(cli, WithPrefix("idemlock-test/"+hex.EncodeToString(b[:])+"/"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := t.Context()
 
@@ -38,11 +41,11 @@ func TestCompleteRetriedAfterLostAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	// As if the answer had been lost: the lease still thinks it holds.
-	retry := &lease{l: l, key: le.key, lk: le.lk, token: le.token, g: le.g}
+	retry := newLease(l, le.Key(), le.lk, le.Token(), le.g, nil)
 	if err := l.Complete(ctx, retry, []byte("r"), time.Minute); err != nil {
 		t.Errorf("retried Complete of a stored record: %v, want success", err)
 	}
-	stranger := &lease{l: l, key: le.key, lk: le.lk, token: le.token - 1, g: le.g}
+	stranger := newLease(l, le.Key(), le.lk, le.Token()-1, le.g, nil)
 	if err := l.Complete(ctx, stranger, []byte("x"), time.Minute); !errors.Is(err, lock.ErrNotHeld) {
 		t.Errorf("Complete by another holding: %v, want ErrNotHeld", err)
 	}

@@ -35,7 +35,7 @@ func TestRetentionLeasesShared(t *testing.T) {
 	var c counter
 	cli := newClient(t, &c)
 	prefix := testPrefix(t)
-	s := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	s := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = s.Close() })
 	ctx := t.Context()
 	complete := func(key string, retention time.Duration) {
@@ -182,7 +182,7 @@ func TestClaimDuringComplete(t *testing.T) {
 func TestMalformedRecord(t *testing.T) {
 	cli := newClient(t, nil)
 	prefix := testPrefix(t)
-	s := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	s := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = s.Close() })
 	ctx := t.Context()
 	if _, err := cli.Put(ctx, prefix+"r/k", "not a record"); err != nil {

@@ -132,7 +132,7 @@ func newFaultyLocker(t *testing.T, opts ...etcdlock.Option) (*etcdlock.Locker, *
 		t.Fatalf("clientv3.New: %v", err)
 	}
 	t.Cleanup(func() { _ = cli.Close() })
-	l := etcdlock.New(cli, opts...)
+	l := mustNew(t, cli, opts...)
 	t.Cleanup(func() {
 		if err := l.Close(); err != nil {
 			t.Errorf("Locker.Close: %v", err)

@@ -6,30 +6,21 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/idempotency"
-	"github.com/idemlock/lock/internal/optional"
+	"github.com/idemlock/lock/driver"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-var (
-	_ lock.Pinger                    = (*Locker)(nil)
-	_ lock.TTLLimiter                = (*Locker)(nil)
-	_ lock.Admin                     = (*Locker)(nil)
-	_ idempotency.FingerprintClaimer = (*Locker)(nil)
-)
+var _ driver.FullBackend = (*Locker)(nil)
 
 // Ping takes a connection from the pool and pings the server with it
 // (pgxpool's Ping), honouring ctx, and returns nil if it answered. After
-// [Locker.Close] it returns [ErrClosed].
+// [Locker.Close] it returns an error matching [lock.ErrClosed].
 func (l *Locker) Ping(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckContext(ctx, "ping"); err != nil {
 		return err
 	}
 	if err := l.pool.Ping(ctx); err != nil {
-		return l.opError("ping", "", ctx, err)
+		return errs.OpErrorCtx(ctx, "ping", "", err)
 	}
 	return nil
 }
@@ -44,31 +35,17 @@ func (l *Locker) TTLLimits() lock.TTLLimits { return lock.TTLLimits{Step: time.M
 // holder from the same statement. It makes *Locker an
 // idempotency.FingerprintClaimer.
 func (l *Locker) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (lock.Lease, []byte, []byte, error) {
-	if err := optional.CheckClaim("pglock", ctx, key, ttl, fp); err != nil {
+	if err := l.gate.CheckClaim(ctx, key, ttl, fp); err != nil {
 		return nil, nil, nil, err
 	}
-	if err := l.usable(); err != nil {
-		return nil, nil, nil, err
-	}
-	le, rec, err := l.take(ctx, key, ttl, fp)
-	switch {
-	case err != nil && rec != nil:
-		return nil, nil, rec.holder, err
-	case err != nil:
-		return nil, nil, nil, err
-	case le == nil:
-		return nil, rec.record, nil, nil
-	}
-	return le, nil, nil, nil
+	le, t, err := l.take(ctx, key, ttl, fp)
+	return driver.LeaseOf(le), t.record, t.holder, err
 }
 
 // Inspect reads the row of key in one statement. It makes *Locker a
 // lock.Admin: key is the caller's key.
 func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) {
-	if err := optional.CheckKey(ctx, key); err != nil {
-		return lock.KeyInfo{}, err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckKey(ctx, "inspect", key); err != nil {
 		return lock.KeyInfo{}, err
 	}
 	info := lock.KeyInfo{Key: key}
@@ -84,7 +61,7 @@ func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) 
 	case errors.Is(err, errNoRows):
 		return info, nil
 	case err != nil:
-		return info, l.opError("inspect", key, ctx, err)
+		return info, errs.OpErrorCtx(ctx, "inspect", key, err)
 	case record:
 		info.Record, info.RecordSize, info.RecordRemaining = true, int(size), microDuration(remains)
 	default:
@@ -99,10 +76,7 @@ func (l *Locker) Inspect(ctx context.Context, key string) (lock.KeyInfo, error) 
 // lock.ErrNotHeld, and tokens come on from the sequence. It returns an
 // error matching lock.ErrNotHeld if no live lease held key.
 func (l *Locker) ForceRelease(ctx context.Context, key string) error {
-	if err := optional.CheckKey(ctx, key); err != nil {
-		return err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckKey(ctx, "force release", key); err != nil {
 		return err
 	}
 	var notified int64
@@ -111,9 +85,9 @@ func (l *Locker) ForceRelease(ctx context.Context, key string) error {
 	})
 	switch {
 	case errors.Is(err, errNoRows):
-		return notHeld("force release", key, "no lease holds it")
+		return errs.NotHeldWhy("force release", key, "no lease holds it")
 	case err != nil:
-		return l.opError("force release", key, ctx, err)
+		return errs.OpErrorCtx(ctx, "force release", key, err)
 	}
 	return nil
 }
@@ -122,10 +96,7 @@ func (l *Locker) ForceRelease(ctx context.Context, key string) error {
 // that the next Claim takes the key. It returns an error matching
 // lock.ErrNotHeld if no record was stored.
 func (l *Locker) DeleteRecord(ctx context.Context, key string) error {
-	if err := optional.CheckKey(ctx, key); err != nil {
-		return err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckKey(ctx, "delete record", key); err != nil {
 		return err
 	}
 	var tag pgconn.CommandTag
@@ -134,10 +105,7 @@ func (l *Locker) DeleteRecord(ctx context.Context, key string) error {
 		return err
 	})
 	if err != nil {
-		return l.opError("delete record", key, ctx, err)
+		return errs.OpErrorCtx(ctx, "delete record", key, err)
 	}
-	if tag.RowsAffected() == 0 {
-		return notHeld("delete record", key, "no record is stored")
-	}
-	return nil
+	return errs.Found("delete record", key, tag.RowsAffected() > 0, nil)
 }

@@ -61,7 +61,10 @@ func runChild(rawURL, crashAt string) {
 	if err != nil {
 		panic(err)
 	}
-	locker := pglock.New(pool, pglock.WithCleanupInterval(0))
+	locker, err := pglock.New(pool, pglock.WithCleanupInterval(0))
+	if err != nil {
+		panic(err)
+	}
 	var h http.Handler = &orders{pool: pool, locker: locker, ttl: time.Second}
 	if crashAt == "respond" {
 		// Stop after the commit, before the response leaves.
@@ -180,7 +183,7 @@ func TestCrashBetweenWriteAndResponse(t *testing.T) {
 	q.Set("search_path", schema) // the children's orders and lease tables
 	u.RawQuery = q.Encode()
 	rawURL := u.String()
-	migrator := pglock.New(newPool(t, rawURL, nil), pglock.WithCleanupInterval(0))
+	migrator := mustNew(t, newPool(t, rawURL, nil), pglock.WithCleanupInterval(0))
 	defer migrator.Close()
 	if err := migrator.Migrate(ctx); err != nil { // the children never run DDL
 		t.Fatal(err)

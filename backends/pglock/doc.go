@@ -7,7 +7,8 @@
 //
 //	pool, err := pgxpool.New(ctx, "postgres://app@127.0.0.1:5432/app")
 //	...
-//	locker := pglock.New(pool)
+//	locker, err := pglock.New(pool)
+//	...
 //	defer locker.Close() // before pool.Close(); the Locker never closes pool
 //	err = lock.Do(ctx, locker, "invoice/42", func(ctx context.Context, lease lock.Lease) error { ... })
 //

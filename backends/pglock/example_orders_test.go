@@ -89,7 +89,10 @@ func ExampleLocker_CompleteTx() {
 		log.Fatal(err)
 	}
 	defer pool.Close()
-	locker := pglock.New(pool)
+	locker, err := pglock.New(pool)
+	if err != nil {
+		log.Fatal(err) // an invalid option
+	}
 	defer locker.Close()
 
 	http.Handle("POST /orders", &orders{pool: pool, locker: locker, ttl: 30 * time.Second})

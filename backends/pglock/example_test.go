@@ -21,8 +21,11 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer pool.Close()
-	locker := pglock.New(pool) // table idemlock_leases, created on first use
-	defer locker.Close()       // before pool.Close: stops its LISTEN connection and cleaner
+	locker, err := pglock.New(pool) // table idemlock_leases, created on first use
+	if err != nil {
+		log.Fatal(err) // an invalid option
+	}
+	defer locker.Close() // before pool.Close: stops its LISTEN connection and cleaner
 
 	lease, err := lock.Acquire(ctx, locker, "invoice/42", 10*time.Second)
 	if err != nil {

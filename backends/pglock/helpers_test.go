@@ -57,6 +57,16 @@ func newPool(t testing.TB, rawURL string, w *wire) *pgxpool.Pool {
 	return pool
 }
 
+// mustNew is pglock.New for options that are valid.
+func mustNew(t testing.TB, pool *pgxpool.Pool, opts ...pglock.Option) *pglock.Locker {
+	t.Helper()
+	l, err := pglock.New(pool, opts...)
+	if err != nil {
+		t.Fatalf("pglock.New: %v", err)
+	}
+	return l
+}
+
 // newLocker returns a Locker with a pool of its own on the shared server,
 // as another process would have; both are closed when the test ends.
 func newLocker(t testing.TB, opts ...pglock.Option) *pglock.Locker {
@@ -78,7 +88,7 @@ func newLockerOn(t testing.TB, rawURL string, opts ...pglock.Option) (*pglock.Lo
 	if err := pool.Ping(t.Context()); err != nil {
 		t.Fatalf("connecting to the test server: %v", err)
 	}
-	l := pglock.New(pool, opts...)
+	l := mustNew(t, pool, opts...)
 	t.Cleanup(func() { _ = l.Close() }) // runs before pool.Close
 	return l, w
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgxlisten"
@@ -32,7 +33,7 @@ const subscribeWait = 5 * time.Second
 
 // errListenerDown is returned by Wait while the listening connection is
 // down; lock.Acquire then polls.
-var errListenerDown = errors.New("pglock: listening connection lost")
+var errListenerDown = errors.New("listening connection lost")
 
 type notifier struct {
 	l *Locker
@@ -52,7 +53,7 @@ type subscription struct {
 	n       *notifier
 	key     string
 	payload string
-	wake    chan struct{} // one slot: a wake-up is kept until Wait takes it
+	wake    driver.Wakeup // a wake-up is kept until Wait takes it
 	closed  bool          // guarded by n.mu
 }
 
@@ -65,39 +66,33 @@ type subscription struct {
 // no notification: callers bound their waits by the remaining TTL that the
 // failed take reported.
 func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, error) {
-	if err := lock.CheckContext(ctx); err != nil {
-		return nil, err
-	}
-	if err := lock.ValidateKey(key); err != nil {
-		return nil, err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckKey(ctx, "subscribe", key); err != nil {
 		return nil, err
 	}
 	n := &l.notify
-	s := &subscription{n: n, key: key, payload: payload(hash64(key)), wake: make(chan struct{}, 1)}
+	s := &subscription{n: n, key: key, payload: payload(hash64(key)), wake: driver.NewWakeup()}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
-		return nil, ErrClosed
+		return nil, errs.Closed("subscribe", key)
 	}
 	n.start()
 	if n.subs[s.payload] == nil {
 		n.subs[s.payload] = map[*subscription]struct{}{}
 	}
 	n.subs[s.payload][s] = struct{}{}
-	errs := n.errs
+	failures := n.errs
 	timeout := time.NewTimer(subscribeWait)
 	defer timeout.Stop()
 	for !n.up {
-		if n.errs != errs || n.closed {
-			err := n.lastErr
+		if n.errs != failures || n.closed {
+			err := errs.OpError("subscribe", key, n.lastErr)
 			if n.closed {
-				err = ErrClosed
+				err = errs.Closed("subscribe", key)
 			}
 			n.remove(s)
 			n.mu.Unlock()
-			return nil, fmt.Errorf("pglock: subscribe %q: %w", displayKey(key), err)
+			return nil, err
 		}
 		changed := n.changed
 		n.mu.Unlock()
@@ -112,7 +107,7 @@ func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, 
 			n.mu.Lock()
 			n.remove(s)
 			n.mu.Unlock()
-			return nil, fmt.Errorf("pglock: subscribe %q: %w (not listening after %v)", displayKey(key), errListenerDown, subscribeWait)
+			return nil, &driver.Error{Backend: errs, Op: "subscribe", Key: key, Err: errListenerDown, Detail: fmt.Sprintf("not listening after %v", subscribeWait)}
 		}
 		n.mu.Lock()
 	}
@@ -167,19 +162,12 @@ func (n *notifier) failed(_ context.Context, err error) {
 func (n *notifier) wakeAll() {
 	for _, set := range n.subs {
 		for s := range set {
-			s.signal()
+			s.wake.Notify()
 		}
 	}
 	if n.changed != nil {
 		close(n.changed)
 		n.changed = make(chan struct{})
-	}
-}
-
-func (s *subscription) signal() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
 	}
 }
 
@@ -228,7 +216,7 @@ func (h handler) HandleNotification(_ context.Context, nt *pgconn.Notification, 
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for s := range n.subs[nt.Payload] {
-		s.signal()
+		s.wake.Notify()
 	}
 	return nil
 }
@@ -250,10 +238,8 @@ func (s *subscription) Wait(ctx context.Context, _ *lock.NotAcquiredError) error
 	if err != nil {
 		return err
 	}
-	select {
-	case <-s.wake:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := s.wake.Wait(ctx); err != nil {
+		return err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -264,13 +250,13 @@ func (s *subscription) Wait(ctx context.Context, _ *lock.NotAcquiredError) error
 func (s *subscription) usable() error {
 	switch {
 	case s.closed:
-		return fmt.Errorf("%w: pglock: Wait on a closed subscription", lock.ErrInvalidArgument)
+		return errs.InvalidArgument("Wait on a closed subscription")
 	case s.n.closed:
-		return ErrClosed
+		return errs.Closed("wait", s.key)
 	case !s.n.up && s.n.lastErr != nil:
-		return fmt.Errorf("pglock: wait %q: %w: %w", displayKey(s.key), errListenerDown, s.n.lastErr)
+		return errs.OpError("wait", s.key, fmt.Errorf("%w: %w", errListenerDown, s.n.lastErr))
 	case !s.n.up:
-		return fmt.Errorf("pglock: wait %q: %w", displayKey(s.key), errListenerDown)
+		return errs.OpError("wait", s.key, errListenerDown)
 	}
 	return nil
 }

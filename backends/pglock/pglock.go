@@ -3,17 +3,15 @@ package pglock
 import (
 	"context"
 	"errors"
-	"fmt"
 	"hash/fnv"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/idemlock/lock"
-	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/driver"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -28,32 +26,34 @@ const (
 	DefaultMaxRecordSize = 64 << 20
 )
 
+// errs makes the package's errors.
+const errs = driver.Name("pglock")
+
 var (
-	// ErrClosed is returned by a Locker's methods that start new work after
-	// Close. Leases taken before Close keep working while the pool is open.
-	ErrClosed = errors.New("pglock: Locker is closed")
-	// ErrRecordTooLarge is returned by Complete and CompleteTx for a record
-	// above the Locker's limit (see [WithMaxRecordSize]); it also matches
-	// lock.ErrInvalidArgument. The lease is left as it was.
-	ErrRecordTooLarge = fmt.Errorf("pglock: %w", idempotency.ErrRecordTooLarge)
+	// ErrClosed is matched by the error of a Locker's methods that start
+	// new work after Close. Leases taken before Close keep working while
+	// the pool is open.
+	//
+	// Deprecated: it is [lock.ErrClosed]; use that.
+	ErrClosed = lock.ErrClosed
+	// ErrRecordTooLarge is matched by the error of Complete and CompleteTx
+	// for a record above the Locker's limit (see [WithMaxRecordSize]); the
+	// lease is left as it was.
+	//
+	// Deprecated: it is [lock.ErrRecordTooLarge], which every backend's
+	// error matches; use that.
+	ErrRecordTooLarge = lock.ErrRecordTooLarge
 )
 
-// Option configures a Locker made by [New].
-type Option func(*config)
+// Option configures a Locker made by [New]; New reports a bad one.
+type Option func(*config) error
 
 type config struct {
 	schema    string // "" means the search_path decides
 	table     string
 	cleanup   time.Duration // 0: no cleaner
 	maxRecord int
-	err       error
 	ownPool   bool // set by the URL opener only: Close closes the pool
-}
-
-func (c *config) fail(err error) {
-	if c.err == nil {
-		c.err = err
-	}
 }
 
 // identifier is what WithTable and WithSchema accept: plain SQL names, so
@@ -65,12 +65,12 @@ var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,49}$`)
 // Names are 1 to 50 letters, digits and underscores, not starting with a
 // digit; they are used as written (case included).
 func WithTable(name string) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if !identifier.MatchString(name) {
-			c.fail(fmt.Errorf("%w: pglock: table name %q is not 1-50 letters, digits and underscores", lock.ErrInvalidArgument, name))
-			return
+			return errs.InvalidArgument("table name %q is not 1-50 letters, digits and underscores", name)
 		}
 		c.table = name
+		return nil
 	}
 }
 
@@ -78,12 +78,12 @@ func WithTable(name string) Option {
 // if it is missing. By default the table name is unqualified, so the
 // connection's search_path decides (usually public).
 func WithSchema(name string) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if !identifier.MatchString(name) {
-			c.fail(fmt.Errorf("%w: pglock: schema name %q is not 1-50 letters, digits and underscores", lock.ErrInvalidArgument, name))
-			return
+			return errs.InvalidArgument("schema name %q is not 1-50 letters, digits and underscores", name)
 		}
 		c.schema = name
+		return nil
 	}
 }
 
@@ -93,12 +93,12 @@ func WithSchema(name string) Option {
 // [Locker.Cleanup]). Expired rows never block a take; deleting them only
 // keeps the table small.
 func WithCleanupInterval(d time.Duration) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if d < 0 {
-			c.fail(fmt.Errorf("%w: pglock: cleanup interval %v is negative", lock.ErrInvalidArgument, d))
-			return
+			return errs.InvalidArgument("cleanup interval %v is negative", d)
 		}
 		c.cleanup = d
+		return nil
 	}
 }
 
@@ -106,18 +106,19 @@ func WithCleanupInterval(d time.Duration) Option {
 // in bytes (default [DefaultMaxRecordSize]; PostgreSQL itself stops at
 // 1 GiB per value).
 func WithMaxRecordSize(n int) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if n <= 0 || n > 1<<30-1 {
-			c.fail(fmt.Errorf("%w: pglock: max record size %d outside [1, 1 GiB)", lock.ErrInvalidArgument, n))
-			return
+			return errs.InvalidArgument("max record size %d outside [1, 1 GiB)", n)
 		}
 		c.maxRecord = n
+		return nil
 	}
 }
 
 // Locker takes leases kept in a PostgreSQL table. It is safe for concurrent
 // use. Make one with [New] (or [lock.Open]) and Close it when done.
 type Locker struct {
+	gate    driver.Gate
 	pool    *pgxpool.Pool
 	cfg     config
 	sql     statements
@@ -127,11 +128,9 @@ type Locker struct {
 	migrateMu sync.Mutex
 	notify    notifier
 
-	bg        context.Context // cancelled by Close: background work
-	stop      context.CancelFunc
-	wg        sync.WaitGroup
-	closed    atomic.Bool
-	closeOnce sync.Once
+	bg   context.Context // cancelled by Close: background work
+	stop context.CancelFunc
+	wg   sync.WaitGroup
 }
 
 // New returns a Locker that keeps its leases in a table of the database pool
@@ -139,24 +138,19 @@ type Locker struct {
 // [Locker.Migrate]). The Locker never closes pool; Close the Locker (which
 // stops its listening connection and its cleaner) before the pool.
 //
-// Invalid arguments (a nil pool, a bad option) do not panic: the Locker
-// then returns an error matching lock.ErrInvalidArgument from every method.
-func New(pool *pgxpool.Pool, opts ...Option) *Locker {
+// Invalid arguments (a nil pool, a bad option) are reported here, once, by
+// an error matching lock.ErrInvalidArgument, never by a panic.
+func New(pool *pgxpool.Pool, opts ...Option) (*Locker, error) {
 	cfg := config{table: DefaultTable, cleanup: DefaultCleanupInterval, maxRecord: DefaultMaxRecordSize}
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
 	if pool == nil {
-		cfg.fail(fmt.Errorf("%w: pglock: nil pool", lock.ErrInvalidArgument))
+		return nil, errs.InvalidArgument("nil pool")
 	}
-	l := &Locker{pool: pool, cfg: cfg}
+	if err := driver.Apply(&cfg, opts); err != nil {
+		return nil, err
+	}
+	l := &Locker{gate: driver.Gate{Name: errs}, pool: pool, cfg: cfg}
 	l.bg, l.stop = context.WithCancel(context.Background())
 	l.notify.l = l
-	if cfg.err != nil {
-		return l
-	}
 	qualified := cfg.table
 	if cfg.schema != "" {
 		qualified = cfg.schema + "." + cfg.table
@@ -171,36 +165,25 @@ func New(pool *pgxpool.Pool, opts ...Option) *Locker {
 		l.wg.Add(1)
 		go l.cleanLoop()
 	}
-	return l
+	return l, nil
 }
 
 // Close stops the Locker's background work (its listening connection and
-// its cleaner) and wakes its subscriptions, which then report [ErrClosed].
+// its cleaner) and wakes its subscriptions, which then report
+// [lock.ErrClosed].
 // Leases that are held stay held until released or expired. Close never
 // closes a pool passed to New; a Locker made by lock.Open closes its pool
 // too. Safe to call more than once.
 func (l *Locker) Close() error {
-	l.closeOnce.Do(func() {
-		l.closed.Store(true)
+	return l.gate.Close(func() error {
 		l.stop()
 		l.notify.close()
 		l.wg.Wait()
-		if l.cfg.ownPool && l.pool != nil {
+		if l.cfg.ownPool {
 			l.pool.Close()
 		}
+		return nil
 	})
-	return nil
-}
-
-// usable reports the error that keeps the Locker from starting new work.
-func (l *Locker) usable() error {
-	if l.cfg.err != nil {
-		return l.cfg.err
-	}
-	if l.closed.Load() {
-		return ErrClosed
-	}
-	return nil
 }
 
 // Migrate creates what the Locker needs, if it is missing: the schema (when
@@ -211,29 +194,26 @@ func (l *Locker) usable() error {
 // the table missing; call it yourself to create the table ahead of time
 // (with a role that may), or take the statements from [Locker.Schema].
 func (l *Locker) Migrate(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckContext(ctx, "migrate"); err != nil {
 		return err
 	}
 	l.migrateMu.Lock()
 	defer l.migrateMu.Unlock()
 	tx, err := l.pool.Begin(ctx)
 	if err != nil {
-		return l.opError("migrate", "", ctx, err)
+		return errs.OpErrorCtx(ctx, "migrate", "", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1::int4, 0)", l.class); err != nil {
-		return l.opError("migrate", "", ctx, err)
+		return errs.OpErrorCtx(ctx, "migrate", "", err)
 	}
 	for _, stmt := range l.sql.migrate {
 		if _, err := tx.Exec(ctx, stmt); err != nil {
-			return l.opError("migrate", "", ctx, err)
+			return errs.OpErrorCtx(ctx, "migrate", "", err)
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return l.opError("migrate", "", ctx, err)
+		return errs.OpErrorCtx(ctx, "migrate", "", err)
 	}
 	return nil
 }
@@ -282,20 +262,14 @@ func terminated(err error) bool {
 // round trip. When the key is held it returns a *lock.NotAcquiredError with
 // the holder's remaining TTL and fencing token (as Version).
 func (l *Locker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+	if err := l.gate.Check(ctx, "take", key, ttl); err != nil {
 		return nil, err
 	}
-	if err := l.usable(); err != nil {
-		return nil, err
+	le, t, err := l.take(ctx, key, ttl, nil)
+	if err == nil && le == nil { // a completed idempotency record holds the key
+		err = &lock.NotAcquiredError{Key: key, Remaining: t.remaining}
 	}
-	le, rec, err := l.take(ctx, key, ttl, nil)
-	if err != nil {
-		return nil, err
-	}
-	if le == nil { // a completed idempotency record holds the key
-		return nil, &lock.NotAcquiredError{Key: key, Remaining: rec.remaining}
-	}
-	return le, nil
+	return driver.LeaseOf(le), err
 }
 
 // taken is what a take found when it did not take the key: a completed
@@ -309,9 +283,7 @@ type taken struct {
 // take runs the take statement: one round trip that takes key (storing fp
 // with the lease), or marks its live holder as waited for (and returns its
 // fingerprint), or finds its completed record.
-func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []byte) (*lease, *taken, error) {
-	bkey := []byte(key)
-	h := hash64(key)
+func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []byte) (*lease, taken, error) {
 	var (
 		token     int64
 		waiters   bool
@@ -321,20 +293,18 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []b
 	)
 	sent := time.Now()
 	err := l.run(ctx, func() error {
-		return l.pool.QueryRow(ctx, l.sql.take, l.class, int32(h), bkey, micros(ttl), fp).Scan(&token, &waiters, &record, &remaining, &holder)
+		return l.pool.QueryRow(ctx, l.sql.take, l.class, int32(hash64(key)), []byte(key), micros(ttl), fp).Scan(&token, &waiters, &record, &remaining, &holder)
 	})
 	if err != nil {
-		return nil, nil, l.opError("take", key, ctx, err)
+		return nil, taken{}, errs.OpErrorCtx(ctx, "take", key, err)
 	}
 	switch {
 	case record != nil:
-		return nil, &taken{record: record, remaining: microDuration(remaining)}, nil
+		return nil, taken{record: record, remaining: microDuration(remaining)}, nil
 	case waiters:
-		return nil, &taken{holder: holder}, &lock.NotAcquiredError{Key: key, Remaining: microDuration(remaining), Version: uint64(token)}
+		return nil, taken{holder: holder}, &lock.NotAcquiredError{Key: key, Remaining: microDuration(remaining), Version: uint64(token)}
 	}
-	le := &lease{l: l, key: key, bkey: bkey, hash: h, token: token, sem: make(chan struct{}, 1)}
-	le.deadline = sent.Add(ttl)
-	return le, nil, nil
+	return newLease(l, key, token, sent, ttl), taken{}, nil
 }
 
 // micros converts a positive duration to whole microseconds, rounding up:
@@ -362,145 +332,3 @@ func hash64(s string) uint64 {
 	_, _ = f.Write([]byte(s))
 	return f.Sum64()
 }
-
-// opError wraps a statement's error with the operation and key, making sure
-// that an error caused by the end of ctx matches ctx.Err().
-func (l *Locker) opError(op, key string, ctx context.Context, err error) error {
-	var ttlErr *lock.TTLError
-	if errors.As(err, &ttlErr) || errors.Is(err, lock.ErrInvalidArgument) {
-		return err
-	}
-	if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
-		return fmt.Errorf("pglock: %s %q: %w (%w)", op, displayKey(key), ctx.Err(), err)
-	}
-	return fmt.Errorf("pglock: %s %q: %w", op, displayKey(key), err)
-}
-
-func notHeld(op, key, why string) error {
-	if why != "" {
-		return fmt.Errorf("pglock: %s %q: %w (%s)", op, displayKey(key), lock.ErrNotHeld, why)
-	}
-	return fmt.Errorf("pglock: %s %q: %w", op, displayKey(key), lock.ErrNotHeld)
-}
-
-// displayKey shortens a key for error messages.
-func displayKey(key string) string {
-	const max = 64
-	if len(key) <= max {
-		return key
-	}
-	return key[:max] + "…"
-}
-
-// lease is one holding of a lock: the row of key while its token is ours.
-type lease struct {
-	l     *Locker
-	key   string
-	bkey  []byte
-	hash  uint64
-	token int64
-
-	// sem serialises Refresh, Release and Complete on this lease (a
-	// channel, so that waiting for it honours the caller's context).
-	sem  chan struct{}
-	done bool // released, completed or known lost; guarded by sem
-
-	mu       sync.Mutex
-	deadline time.Time
-}
-
-func (le *lease) Key() string   { return le.key }
-func (le *lease) Token() uint64 { return uint64(le.token) }
-
-// Deadline returns the local time the latest successful take or refresh was
-// sent plus its TTL: the server's expiry is no earlier.
-func (le *lease) Deadline() time.Time {
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	return le.deadline
-}
-
-// acquire takes the lease's semaphore, or returns ctx's error.
-func (le *lease) acquire(ctx context.Context) error {
-	select {
-	case le.sem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (le *lease) unlock() { <-le.sem }
-
-// Refresh extends the lease to ttl from now, counted by the server, in one
-// statement guarded by the lease's token; a lease that expired or was taken
-// over gets an error matching lock.ErrNotHeld and changes nothing.
-func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	if err := lock.CheckRefresh(ctx, ttl); err != nil {
-		return err
-	}
-	if err := le.acquire(ctx); err != nil {
-		return err
-	}
-	defer le.unlock()
-	if le.done {
-		return notHeld("refresh", le.key, "")
-	}
-	sent := time.Now()
-	var tag pgconn.CommandTag
-	err := le.l.run(ctx, func() (err error) {
-		tag, err = le.l.pool.Exec(ctx, le.l.sql.refresh, le.bkey, le.token, micros(ttl))
-		return err
-	})
-	if err != nil {
-		return le.l.opError("refresh", le.key, ctx, err)
-	}
-	if tag.RowsAffected() != 1 {
-		le.done = true
-		return notHeld("refresh", le.key, "expired or taken over")
-	}
-	le.mu.Lock()
-	le.deadline = sent.Add(ttl)
-	le.mu.Unlock()
-	return nil
-}
-
-// Release deletes the lease's row in one statement guarded by its token, so
-// it never deletes a newer holder's row, and wakes the key's waiters if a
-// failed take marked the row as waited for. A lease that expired (its row
-// is deleted all the same if nobody took it over) or was taken over gets an
-// error matching lock.ErrNotHeld.
-func (le *lease) Release(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
-	if err := le.acquire(ctx); err != nil {
-		return err
-	}
-	defer le.unlock()
-	if le.done {
-		return notHeld("release", le.key, "")
-	}
-	var live bool
-	var notified int64
-	err := le.l.run(ctx, func() error {
-		return le.l.pool.QueryRow(ctx, le.l.sql.release, le.bkey, le.token, le.l.channel, le.payload()).Scan(&live, &notified)
-	})
-	switch {
-	case errors.Is(err, errNoRows):
-		le.done = true
-		return notHeld("release", le.key, "expired and taken over, or already released")
-	case err != nil:
-		return le.l.opError("release", le.key, ctx, err) // unknown outcome: a retry tells
-	}
-	le.done = true
-	if !live {
-		return notHeld("release", le.key, "expired")
-	}
-	return nil
-}
-
-// payload is the NOTIFY payload of the lease's key.
-func (le *lease) payload() string { return payload(le.hash) }
-
-func payload(h uint64) string { return strconv.FormatUint(h, 36) }

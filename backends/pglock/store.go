@@ -2,11 +2,11 @@ package pglock
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -21,20 +21,11 @@ import (
 // returns the record it committed (or, after a rollback, finds the key
 // held).
 func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
-	if err := lock.CheckArgs(ctx, key, ttl); err != nil {
+	if err := l.gate.Check(ctx, "claim", key, ttl); err != nil {
 		return nil, nil, err
 	}
-	if err := l.usable(); err != nil {
-		return nil, nil, err
-	}
-	le, rec, err := l.take(ctx, key, ttl, nil)
-	switch {
-	case err != nil:
-		return nil, nil, err
-	case le == nil:
-		return nil, rec.record, nil
-	}
-	return le, nil, nil
+	le, t, err := l.take(ctx, key, ttl, nil)
+	return driver.LeaseOf(le), t.record, err
 }
 
 // Complete stores record under the lease's key, kept for retention (counted
@@ -44,9 +35,10 @@ func (l *Locker) Claim(ctx context.Context, key string, ttl time.Duration) (lock
 // a release, so that they find the record at once.
 //
 // Records larger than the Locker's limit are refused with
-// [ErrRecordTooLarge] and the lease is left as it was. A Complete retried
-// after an error whose outcome was unknown reports success if the first
-// attempt stored the record.
+// [lock.ErrRecordTooLarge] and the lease is left as it was. A Complete
+// retried after an error whose outcome was unknown reports success if the
+// first attempt stored the record. lease must come from this Locker
+// (otherwise the error matches lock.ErrInvalidArgument).
 func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) error {
 	return l.complete(ctx, nil, ls, record, retention)
 }
@@ -72,71 +64,51 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 // of the key are woken when tx commits.
 func (l *Locker) CompleteTx(ctx context.Context, tx pgx.Tx, ls lock.Lease, record []byte, retention time.Duration) error {
 	if tx == nil {
-		return fmt.Errorf("%w: pglock: CompleteTx with a nil transaction", lock.ErrInvalidArgument)
+		return errs.InvalidArgument("CompleteTx with a nil transaction")
 	}
 	return l.complete(ctx, tx, ls, record, retention)
 }
 
 // complete is Complete, or with a transaction CompleteTx.
 func (l *Locker) complete(ctx context.Context, tx pgx.Tx, ls lock.Lease, record []byte, retention time.Duration) error {
-	le, err := l.checkComplete(ctx, ls, record, retention)
+	le, err := driver.Completing[*lease](ctx, &l.gate, ls, retention)
 	if err != nil {
 		return err
 	}
-	if err := le.acquire(ctx); err != nil {
-		return err
-	}
-	defer le.unlock()
-	if le.done {
-		return notHeld("complete", le.key, "")
+	if len(record) > l.cfg.maxRecord {
+		return errs.RecordTooLarge(le.Key(), len(record), l.cfg.maxRecord)
 	}
 	var stored, already bool
 	var notified int64
-	args := []any{le.bkey, le.token, nonNil(record), micros(retention), l.channel, le.payload()}
+	args := []any{le.bkey, le.token(), nonNil(record), micros(retention), l.channel, le.payload()}
 	if tx != nil {
-		err = tx.QueryRow(ctx, l.sql.completeTx, args...).Scan(&stored, &notified, &already)
-	} else {
-		err = l.run(ctx, func() error {
-			return l.pool.QueryRow(ctx, l.sql.complete, args...).Scan(&stored, &notified, &already)
+		// The lease stays open locally whatever happens: whether it
+		// ended depends on tx.
+		return le.Serial(ctx, func() error {
+			if err := le.Check("complete"); err != nil {
+				return err
+			}
+			if err := tx.QueryRow(ctx, l.sql.completeTx, args...).Scan(&stored, &notified, &already); err != nil {
+				return errs.OpErrorCtx(ctx, "complete", le.Key(), err)
+			}
+			if !stored {
+				return le.NotHeldWhy("complete", "expired, taken over or already completed")
+			}
+			return nil
 		})
 	}
-	switch {
-	case err != nil:
-		return l.opError("complete", le.key, ctx, err) // unknown outcome: a retry tells
-	case tx != nil && !stored:
-		return notHeld("complete", le.key, "expired, taken over or already completed")
-	case tx != nil:
-		return nil // the lease stays open locally: whether it ended depends on tx
-	}
-	le.done = true
-	if !stored && !already {
-		return notHeld("complete", le.key, "expired or taken over")
-	}
-	return nil
-}
-
-// checkComplete validates the arguments of Complete and CompleteTx.
-func (l *Locker) checkComplete(ctx context.Context, ls lock.Lease, record []byte, retention time.Duration) (*lease, error) {
-	if err := lock.CheckContext(ctx); err != nil {
-		return nil, err
-	}
-	if err := l.usable(); err != nil {
-		return nil, err
-	}
-	if retention <= 0 {
-		return nil, &lock.TTLError{TTL: retention, Reason: "retention must be positive"}
-	}
-	le, ok := ls.(*lease)
-	if !ok || le == nil {
-		return nil, fmt.Errorf("%w: pglock: Complete of a lease (%T) that no pglock Locker returned", lock.ErrInvalidArgument, ls)
-	}
-	if le.l.sql.take != l.sql.take {
-		return nil, fmt.Errorf("%w: pglock: Complete of a lease from a Locker on another table", lock.ErrInvalidArgument)
-	}
-	if len(record) > l.cfg.maxRecord {
-		return nil, fmt.Errorf("%w: %d bytes, over the %d-byte limit", ErrRecordTooLarge, len(record), l.cfg.maxRecord)
-	}
-	return le, nil
+	return le.End(ctx, "complete", func() error {
+		err := l.run(ctx, func() error {
+			return l.pool.QueryRow(ctx, l.sql.complete, args...).Scan(&stored, &notified, &already)
+		})
+		switch {
+		case err != nil:
+			return errs.OpErrorCtx(ctx, "complete", le.Key(), err) // unknown outcome: a retry tells
+		case !stored && !already:
+			return le.NotHeldWhy("complete", "expired or taken over")
+		}
+		return nil
+	})
 }
 
 // nonNil makes a nil record an empty one: NULL means "held".
@@ -153,10 +125,7 @@ func nonNil(b []byte) []byte {
 // (see [WithCleanupInterval]); expired rows never block a take, so calling
 // it is only about the table's size.
 func (l *Locker) Cleanup(ctx context.Context) (int64, error) {
-	if err := lock.CheckContext(ctx); err != nil {
-		return 0, err
-	}
-	if err := l.usable(); err != nil {
+	if err := l.gate.CheckContext(ctx, "cleanup"); err != nil {
 		return 0, err
 	}
 	const batch = 1000
@@ -167,7 +136,7 @@ func (l *Locker) Cleanup(ctx context.Context) (int64, error) {
 			return total, nil // nothing was ever stored
 		}
 		if err != nil {
-			return total, l.opError("cleanup", "", ctx, err)
+			return total, errs.OpErrorCtx(ctx, "cleanup", "", err)
 		}
 		total += tag.RowsAffected()
 		if tag.RowsAffected() < batch {

@@ -211,17 +211,22 @@ func TestCompleteTxBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	otherTable := pglock.New(f.pool, pglock.WithTable("t_other"), pglock.WithCleanupInterval(0))
+	otherTable := mustNew(t, f.pool, pglock.WithTable("t_other"), pglock.WithCleanupInterval(0))
 	defer otherTable.Close()
-	small := pglock.New(f.pool, pglock.WithMaxRecordSize(4), pglock.WithTable(tableOf(t, f)), pglock.WithCleanupInterval(0))
+	small := mustNew(t, f.pool, pglock.WithMaxRecordSize(4), pglock.WithTable(tableOf(t, f)), pglock.WithCleanupInterval(0))
 	defer small.Close()
+	smallLease, _, err := small.Claim(ctx, "k-small", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var nilCtx context.Context // the bad input
 	for name, err := range map[string]error{
 		"nil tx":        f.l.CompleteTx(ctx, nil, le, []byte("r"), time.Hour),
 		"nil lease":     f.l.CompleteTx(ctx, tx, nil, []byte("r"), time.Hour),
 		"zero retain":   f.l.CompleteTx(ctx, tx, le, []byte("r"), 0),
 		"other table":   otherTable.CompleteTx(ctx, tx, le, []byte("r"), time.Hour),
-		"record size":   small.CompleteTx(ctx, tx, le, []byte("12345"), time.Hour),
+		"record size":   small.CompleteTx(ctx, tx, smallLease, []byte("12345"), time.Hour),
+		"other Locker":  small.CompleteTx(ctx, tx, le, []byte("r"), time.Hour),
 		"nil context":   f.l.CompleteTx(nilCtx, tx, le, []byte("r"), time.Hour),
 		"foreign lease": f.l.CompleteTx(ctx, tx, foreignLease{}, []byte("r"), time.Hour),
 	} {

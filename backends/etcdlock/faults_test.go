@@ -42,7 +42,7 @@ func holds(t *testing.T, cli *clientv3.Client, prefix string, le lock.Lease) boo
 func TestRestartMidHold(t *testing.T) {
 	in, cli := privateClient(t)
 	prefix := testPrefix(t)
-	l := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	l := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := t.Context()
 	le, err := l.TryAcquire(ctx, "held", 5*time.Second)
@@ -113,7 +113,7 @@ func TestRestartMidHold(t *testing.T) {
 func TestAmbiguousTakeRevoked(t *testing.T) {
 	in, cli := privateClient(t)
 	prefix := testPrefix(t)
-	l := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	l := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := t.Context()
 	// Warm the pool so that the take's only request is the transaction.
@@ -138,7 +138,7 @@ func TestAmbiguousTakeRevoked(t *testing.T) {
 	if resp := rawLock(t, cli, prefix, "k"); len(resp.Kvs) != 0 {
 		t.Fatalf("after an interrupted take the key is held by lease %x that nobody holds", resp.Kvs[0].Lease)
 	}
-	other := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	other := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = other.Close() })
 	le, err = other.TryAcquire(ctx, "k", time.Minute)
 	if err != nil {
@@ -153,8 +153,8 @@ func TestAmbiguousTakeRevoked(t *testing.T) {
 func TestWaitCompacted(t *testing.T) {
 	_, cli := privateClient(t)
 	prefix := testPrefix(t)
-	holder := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
-	waiter := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	holder := mustNew(t, cli, etcdlock.WithPrefix(prefix))
+	waiter := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = holder.Close(); _ = waiter.Close() })
 	ctx := t.Context()
 	le, err := holder.TryAcquire(ctx, "k", time.Minute)
@@ -234,7 +234,7 @@ func TestWaitCancelled(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer cli.Close()
-		waiter := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+		waiter := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 		defer waiter.Close()
 		sub, err := waiter.Subscribe(ctx, "k")
 		if err != nil {
@@ -312,25 +312,22 @@ func TestInvalidArguments(t *testing.T) {
 		t.Errorf("Release after the bad calls: %v", err)
 	}
 
-	bad := []*etcdlock.Locker{
-		etcdlock.New(nil),
-		etcdlock.New(newClient(t, nil), etcdlock.WithLeasePool(-1)),
-		etcdlock.New(newClient(t, nil), etcdlock.WithTTLSlack(-time.Second)),
-		etcdlock.New(newClient(t, nil), etcdlock.WithTTLSlack(2*time.Hour)),
-		etcdlock.New(newClient(t, nil), etcdlock.WithTimeout(0)),
-		etcdlock.New(newClient(t, nil), etcdlock.WithMaxRecordSize(0)),
-		etcdlock.New(newClient(t, nil), etcdlock.WithRetentionBucket(time.Millisecond)),
+	cli := newClient(t, nil)
+	for name, opts := range map[string][]etcdlock.Option{
+		"lease pool":       {etcdlock.WithLeasePool(-1)},
+		"negative slack":   {etcdlock.WithTTLSlack(-time.Second)},
+		"slack too long":   {etcdlock.WithTTLSlack(2 * time.Hour)},
+		"timeout":          {etcdlock.WithTimeout(0)},
+		"max record size":  {etcdlock.WithMaxRecordSize(0)},
+		"retention bucket": {etcdlock.WithRetentionBucket(time.Millisecond)},
+		"two bad options":  {etcdlock.WithTimeout(0), etcdlock.WithLeasePool(-1)},
+	} {
+		if b, err := etcdlock.New(cli, opts...); !errors.Is(err, lock.ErrInvalidArgument) || b != nil {
+			t.Errorf("New with a bad option (%s): %v, %v; want nil, ErrInvalidArgument", name, b, err)
+		}
 	}
-	for i, b := range bad {
-		if _, err := b.TryAcquire(ctx, "k", time.Second); !errors.Is(err, lock.ErrInvalidArgument) {
-			t.Errorf("Locker %d with a bad argument: TryAcquire gave %v, want ErrInvalidArgument", i, err)
-		}
-		if _, err := b.Subscribe(ctx, "k"); !errors.Is(err, lock.ErrInvalidArgument) {
-			t.Errorf("Locker %d with a bad argument: Subscribe gave %v, want ErrInvalidArgument", i, err)
-		}
-		if err := b.Close(); err != nil {
-			t.Errorf("Close of Locker %d with a bad argument: %v", i, err)
-		}
+	if b, err := etcdlock.New(nil); !errors.Is(err, lock.ErrInvalidArgument) || b != nil {
+		t.Errorf("New(nil): %v, %v; want nil, ErrInvalidArgument", b, err)
 	}
 
 	c := newLocker(t, nil, etcdlock.WithPrefix(testPrefix(t)))
@@ -362,7 +359,7 @@ func TestInvalidArguments(t *testing.T) {
 func TestCloseRevokesPool(t *testing.T) {
 	cli := newClient(t, nil)
 	prefix := testPrefix(t)
-	l := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	l := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	ctx := t.Context()
 	var ids []clientv3.LeaseID
 	var leases []lock.Lease
@@ -403,7 +400,7 @@ func TestPoolOff(t *testing.T) {
 	var c counter
 	cli := newClient(t, &c)
 	prefix := testPrefix(t)
-	l := etcdlock.New(cli, etcdlock.WithPrefix(prefix), etcdlock.WithLeasePool(0))
+	l := mustNew(t, cli, etcdlock.WithPrefix(prefix), etcdlock.WithLeasePool(0))
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := t.Context()
 	before := c.load()
@@ -434,7 +431,7 @@ func TestPoolOff(t *testing.T) {
 func TestZeroSlack(t *testing.T) {
 	cli := newClient(t, nil)
 	prefix := testPrefix(t)
-	l := etcdlock.New(cli, etcdlock.WithPrefix(prefix), etcdlock.WithTTLSlack(0))
+	l := mustNew(t, cli, etcdlock.WithPrefix(prefix), etcdlock.WithTTLSlack(0))
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := t.Context()
 	for range 2 { // the second take finds the first's lease too old
@@ -458,7 +455,7 @@ func TestZeroSlack(t *testing.T) {
 func TestInterruptedRefreshMove(t *testing.T) {
 	in, cli := privateClient(t)
 	prefix := testPrefix(t)
-	l := etcdlock.New(cli, etcdlock.WithPrefix(prefix))
+	l := mustNew(t, cli, etcdlock.WithPrefix(prefix))
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := t.Context()
 	// Warm the pool for both TTLs so that the move's only request is its
