@@ -100,15 +100,26 @@ type holding struct {
 // sent per hand-off (req/handoff), counted by the backend's Load meter.
 // ns/op is one holding plus one hand-off.
 func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
+	handoff(b, be, lib, env, prefix, Contenders, Contenders)
+}
+
+// handoff is the Handoff workload with waiters contenders sharing
+// nclients clients (contender i uses client i mod nclients), as waiters
+// sharing a process's client would.
+func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters, nclients int) {
 	var load Meter
 	if be.Load != nil {
 		env, load = be.Load(b, env)
 	}
 	pause := max(HoldTime, lib.PollPeriod)
 	newClient := lib.Setup(b, env)
-	clients := make([]Client, Contenders)
+	shared := make([]Client, nclients)
+	for i := range shared {
+		shared[i] = newClient()
+	}
+	clients := make([]Client, waiters)
 	for i := range clients {
-		clients[i] = newClient()
+		clients[i] = shared[i%nclients]
 	}
 	key := prefix + "k"
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -240,7 +251,7 @@ func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 	}
 
 	lat := make([]time.Duration, 0, b.N)
-	per := make([]float64, Contenders)
+	per := make([]float64, waiters)
 	per[hist[0].who]++
 	for i := 1; i < need; i++ {
 		d := hist[i].start.Sub(hist[i-1].end)
@@ -254,12 +265,12 @@ func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(percentile(lat, 0.50)), "ns/handoff-p50")
 	b.ReportMetric(float64(percentile(lat, 0.99)), "ns/handoff-p99")
-	mean := float64(need) / Contenders
+	mean := float64(need) / float64(waiters)
 	var ss float64
 	for _, n := range per {
 		ss += (n - mean) * (n - mean)
 	}
-	b.ReportMetric(math.Sqrt(ss/Contenders)/mean, "acq-cv")
+	b.ReportMetric(math.Sqrt(ss/float64(waiters))/mean, "acq-cv")
 	b.ReportMetric(slices.Min(per)/slices.Max(per), "acq-min/max")
 	if counts != nil {
 		b.ReportMetric(counts["req"]/float64(b.N), "req/handoff")
