@@ -33,6 +33,16 @@ func redisBackend() Backend {
 				Setup: redisSetup(func(rdb *redis.Client) Client { return idemClient{redislock.New(rdb)} }),
 			},
 			{
+				Name:        "idemlock-queued",
+				Label:       "idemlock (WithQueue)",
+				Desc:        "idemlock redislock with WithQueue: waiters queue per key (sorted sets), a release wakes only the head",
+				HandoffOnly: true,
+				Scaling:     true,
+				Setup: redisSetup(func(rdb *redis.Client) Client {
+					return idemClient{redislock.New(rdb, redislock.WithQueue())}
+				}),
+			},
+			{
 				Name:       "bsm-redislock",
 				Label:      "bsm-redislock (retry 100 ms)",
 				PollPeriod: 100 * time.Millisecond,
@@ -47,6 +57,7 @@ func redisBackend() Backend {
 				Label:       "bsm-redislock (retry 1-2 ms)",
 				Desc:        "bsm/redislock retrying every 1-2 ms (uniform jitter)",
 				HandoffOnly: true,
+				Scaling:     true,
 				Setup: redisSetup(func(rdb *redis.Client) Client {
 					return bsmClient{c: bsm.New(rdb), retry: jitterRetry{}}
 				}),
@@ -65,6 +76,7 @@ func redisBackend() Backend {
 				Label:       "redsync (retry 1-2 ms)",
 				Desc:        "redsync retrying every 1-2 ms (uniform jitter), without a try limit",
 				HandoffOnly: true,
+				Scaling:     true,
 				Setup: redisSetup(func(rdb *redis.Client) Client {
 					return redsyncClient{rs: redsync.New(goredis.NewPool(rdb)), opts: []redsync.Option{
 						redsync.WithRetryDelayFunc(func(int) time.Duration { return jitter() }),

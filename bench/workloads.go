@@ -97,7 +97,8 @@ type holding struct {
 // holder's take (ns/handoff-p50, ns/handoff-p99), the spread of takes over
 // the contenders (acq-cv: their coefficient of variation, 0 when even;
 // acq-min/max: the fewest over the most), and the requests all contenders
-// sent per hand-off (req/handoff), counted by the backend's Load meter.
+// sent per hand-off (req/handoff), counted by the backend's Load meter
+// from the first release to the last take.
 // ns/op is one holding plus one hand-off.
 func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 	handoff(b, be, lib, env, prefix, Contenders, Contenders)
@@ -122,6 +123,14 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 		clients[i] = shared[i%nclients]
 	}
 	key := prefix + "k"
+	// With more waiters than Contenders, the first holder keeps the key a
+	// millisecond per waiter longer, so that every waiter has sent its
+	// first attempt (on a loaded machine, entering the take call is not
+	// sending it) before the first hand-off is measured.
+	var settle time.Duration
+	if waiters > Contenders {
+		settle = time.Duration(waiters) * time.Millisecond
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	for _, c := range clients { // connections, subscriptions, pools
@@ -180,9 +189,7 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 		}
 	}
 
-	if load != nil {
-		load.Start(b)
-	}
+	var counts Counts
 	b.ResetTimer()
 	for i, c := range clients {
 		wg.Go(func() {
@@ -209,6 +216,13 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 					return
 				}
 				taken++
+				if idx == need-1 && load != nil {
+					// The meter runs from the first release to the last
+					// take: the waiters' first attempts, before every
+					// waiter had queued, and their leaving at the end are
+					// not hand-offs.
+					counts = load.Stop(b)
+				}
 				close(turn)
 				turn = make(chan struct{})
 				next := turn
@@ -218,6 +232,13 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 				if !last && !holdUntilReady(i, start) {
 					_ = h.Release(context.Background())
 					return
+				}
+				if idx == 0 && !sleepCtx(ctx, settle) {
+					_ = h.Release(context.Background())
+					return
+				}
+				if idx == 0 && load != nil {
+					load.Start(b)
 				}
 				end := time.Now()
 				hist[idx] = holding{who: i, start: start, end: end}
@@ -242,10 +263,6 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 	}
 	wg.Wait()
 	b.StopTimer()
-	var counts Counts
-	if load != nil {
-		counts = load.Stop(b)
-	}
 	if len(errs) > 0 {
 		b.Fatalf("hand-off: %v", errs[0])
 	}
