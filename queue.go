@@ -25,8 +25,10 @@ import (
 // head then finds the key held and keeps its place.
 type Queuer interface {
 	// Queue returns a ticket for key's queue of waiters. It may cost a
-	// request (a subscription) but takes no place in the queue yet: the
-	// ticket's first failed TryAcquire does.
+	// request (a subscription); the ticket takes its place in the queue
+	// at the latest with its first failed TryAcquire. A backend whose
+	// queue is an option returns an error matching errors.ErrUnsupported
+	// when the option is off; Acquire then waits unqueued.
 	Queue(ctx context.Context, key string) (Ticket, error)
 }
 

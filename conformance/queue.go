@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/idemlock/lock"
@@ -10,11 +11,23 @@ import (
 // queueWaiters is how many waiters testQueueOrder queues behind a holder.
 const queueWaiters = 5
 
-// queuer returns l as a lock.Queuer, skipping the clause when the backend
-// does not claim first-come-first-served waiting.
+// queuer skips the clause when l does not claim first-come-first-served
+// waiting: it is not a lock.Queuer, or its Queue answers
+// errors.ErrUnsupported (a backend whose queue is an option that is off).
 func queuer(c *check, l lock.Locker) {
-	if _, ok := l.(lock.Queuer); !ok {
+	q, ok := l.(lock.Queuer)
+	if !ok {
 		c.Skipf("optional capability: %T does not implement lock.Queuer; waiters are not served in arrival order", l)
+	}
+	t, err := q.Queue(c.ctx(), c.key("probe"))
+	if errors.Is(err, errors.ErrUnsupported) {
+		c.Skipf("optional capability: %T does not queue as configured: %v", l, err)
+	}
+	if err != nil {
+		c.Fatalf("Queue: %v", err)
+	}
+	if err := t.Close(); err != nil {
+		c.Errorf("Ticket.Close of a ticket that never waited: %v", err)
 	}
 }
 

@@ -194,6 +194,7 @@ type Locker struct {
 	closeOnce sync.Once
 	closeErr  error
 	notify    notifier
+	queued    bool // WithQueue
 }
 
 // Option configures a [Locker].
@@ -244,6 +245,9 @@ func New(client redis.UniversalClient, opts ...Option) *Locker {
 		l.cluster, l.release, l.complete = c, releaseScriptSharded, completeScriptSharded
 	case *redis.Ring:
 		l.fail("*redis.Ring is not supported (use a ClusterClient to shard locks)")
+	}
+	if l.queued {
+		l.release, l.complete = queueScripts(l.cluster != nil)
 	}
 	if strings.ContainsAny(l.prefix, "{}") {
 		l.fail(fmt.Sprintf("key prefix %q contains '{' or '}'", l.prefix))
