@@ -1,6 +1,7 @@
 package redislock_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -122,6 +123,11 @@ func TestQueuedChild(t *testing.T) {
 		return
 	}
 	l := single.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+	admin := single.client(t, "")
+	admin.Set(t.Context(), prefix+"ready", "1", time.Minute)
+	for admin.Exists(t.Context(), prefix+"go").Val() == 0 { // the parent holds the key
+		time.Sleep(time.Millisecond)
+	}
 	_, err := lock.Acquire(t.Context(), l, "k", time.Minute)
 	t.Fatalf("the child's Acquire returned (%v): it should have been killed while waiting", err)
 }
@@ -134,22 +140,49 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 	prefix := single.testPrefix(t)
 	admin := single.client(t, "")
 	holder := single.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
-	const ttl = time.Second
+	const ttl = 2 * time.Second // the child queues within it, even under -race on a loaded machine
+	child := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestQueuedChild$", "-test.count=1")
+	child.Env = append(os.Environ(), queuedChildEnv+"="+prefix)
+	var out bytes.Buffer
+	child.Stdout, child.Stderr = &out, &out
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = child.Wait(); close(exited) }()
+	// The child says "ready" (it may take seconds to start under -race)
+	// and waits for "go", so that it queues at once behind the short
+	// holding.
+	for admin.Exists(t.Context(), prefix+"ready").Val() == 0 {
+		select {
+		case <-exited:
+			t.Fatalf("the child exited before it was ready:\n%s", out.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 	taken := time.Now()
 	le, err := holder.TryAcquire(t.Context(), "k", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
-	child := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestQueuedChild$", "-test.count=1")
-	child.Env = append(os.Environ(), queuedChildEnv+"="+prefix)
-	if err := child.Start(); err != nil {
+	if err := admin.Set(t.Context(), prefix+"go", "1", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	awaitQueueLen(t, admin, prefix, "k", 1, 10*time.Second)
+	deadline := time.Now().Add(time.Minute)
+	for queueLen(t, admin, prefix, "k") != 1 {
+		select {
+		case <-exited:
+			t.Fatalf("the child exited before it queued:\n%s", out.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the child did not queue within a minute:\n%s", out.String())
+		}
+	}
 	if err := child.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	_ = child.Wait()
+	<-exited
 
 	waiter := single.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
 	got := make(chan error, 1)
@@ -164,7 +197,9 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 	if err := le.Release(t.Context()); err != nil { // wakes the dead head only
 		t.Fatal(err)
 	}
-	bound := ttl + 2*time.Second + conformance.SchedulingSlack + 500*time.Millisecond
+	// The dead entry expires the grace (2 s) after the holder's deadline;
+	// the waiter behind it comes back then, plus scheduling under -race.
+	bound := ttl + 2*time.Second + 6*conformance.SchedulingSlack
 	select {
 	case err := <-got:
 		if err != nil {
