@@ -33,8 +33,20 @@ func etcdBackend() Backend {
 				}),
 			},
 			{
-				Name:  "etcd-mutex",
-				Label: "concurrency.Mutex (session reused)",
+				Name:        "idemlock-queued",
+				Label:       "idemlock (WithQueue)",
+				Desc:        "idemlock etcdlock with WithQueue: waiters queue as keys ordered by create revision; only the head takes on a release",
+				HandoffOnly: true,
+				Scaling:     true,
+				Setup: etcdSetup(func(cli *clientv3.Client) (Client, func()) {
+					l := etcdlock.New(cli, etcdlock.WithQueue())
+					return idemClient{l}, func() { _ = l.Close() }
+				}),
+			},
+			{
+				Name:    "etcd-mutex",
+				Scaling: true,
+				Label:   "concurrency.Mutex (session reused)",
 				Desc: "etcd client v3.7.3 concurrency.Mutex, each session reused for lock after lock " +
 					"(one session per concurrent holder, kept alive by the client)",
 				Setup: etcdSetup(func(cli *clientv3.Client) (Client, func()) {

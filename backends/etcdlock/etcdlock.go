@@ -60,6 +60,7 @@ type config struct {
 	bucket        time.Duration // 0: derived from each retention
 	err           error
 	clientCloseFn func() error // set by the URL opener only: the owned client's Close
+	queue         bool         // WithQueue
 }
 
 func (c *config) fail(err error) {
@@ -163,6 +164,8 @@ type Locker struct {
 	pool    *pool
 	ret     retention
 
+	q queueState // WithQueue's lease and watches
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -215,6 +218,9 @@ func (l *Locker) Close() error {
 		var errs []error
 		if l.pool != nil {
 			l.pool.close()
+		}
+		if l.leases != nil {
+			l.closeQueue()
 		}
 		if l.watcher != nil {
 			errs = append(errs, l.watcher.Close())
