@@ -65,8 +65,9 @@ var errQueueOff = fmt.Errorf("etcdlock: queued waiting is off (see WithQueue): %
 // queueState is a Locker's queue lease and key watches.
 type queueState struct {
 	mu      sync.Mutex
-	id      clientv3.LeaseID // 0 when none is alive
-	ctx     context.Context  // the Locker's background context; nil until first use
+	id      clientv3.LeaseID   // 0 when none is alive
+	stopKA  context.CancelFunc // stops the keep-alive of id
+	ctx     context.Context    // the Locker's background context; nil until first use
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	watches map[string]*keyWatch
@@ -90,11 +91,13 @@ func (l *Locker) queueLease(ctx context.Context) (clientv3.LeaseID, error) {
 	if err != nil {
 		return 0, err
 	}
-	ch, err := l.leases.KeepAlive(q.ctx, resp.ID)
+	kctx, stop := context.WithCancel(q.ctx)
+	ch, err := l.leases.KeepAlive(kctx, resp.ID)
 	if err != nil {
+		stop()
 		return 0, err
 	}
-	q.id = resp.ID
+	q.id, q.stopKA = resp.ID, stop
 	q.wg.Add(1)
 	go func() {
 		defer q.wg.Done()
@@ -107,6 +110,21 @@ func (l *Locker) queueLease(ctx context.Context) (clientv3.LeaseID, error) {
 		q.mu.Unlock()
 	}()
 	return resp.ID, nil
+}
+
+// abandonQueueLease stops keeping the queue lease id alive, so that every
+// entry on it expires within queueLeaseTTL: the way out when an entry
+// could not be deleted (a ticket's leave failed), which would otherwise
+// stay ahead of every later waiter for as long as the Locker lives. The
+// Locker's other tickets find their entries gone and queue again.
+func (l *Locker) abandonQueueLease(id clientv3.LeaseID) {
+	q := &l.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.id == id && id != 0 {
+		q.stopKA()
+		q.id = 0
+	}
 }
 
 // closeQueue stops the queue's background work and revokes its lease.
@@ -261,7 +279,8 @@ func (l *Locker) Queue(ctx context.Context, key string) (lock.Ticket, error) {
 type ticket struct {
 	l               *Locker
 	key, lk, qp, ek string
-	rev             int64 // the entry's CreateRevision; 0 when not queued
+	rev             int64            // the entry's CreateRevision; 0 when not queued
+	qid             clientv3.LeaseID // the lease the entry was put with
 	closed          bool
 	ch              chan struct{} // one slot: a wake-up is kept until Wait takes it
 
@@ -283,6 +302,8 @@ func (t *ticket) event(ev *clientv3.Event) {
 		t.lockFree = ev.Type == mvccpb.DELETE
 	case k == t.pred && ev.Type == mvccpb.DELETE:
 		t.pred = ""
+	case k == t.ek && ev.Type == mvccpb.DELETE:
+		t.pred = "?" // the entry expired (its lease was abandoned): queue again
 	default:
 		return
 	}
@@ -346,6 +367,9 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 				Else(clientv3.OpGet(t.lk),
 					clientv3.OpGet(t.ek),
 					clientv3.OpGet(t.qp, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortDescend), clientv3.WithMaxCreateRev(t.rev-1), clientv3.WithLimit(1)))
+		}
+		if t.rev <= 0 {
+			t.qid = qid
 		}
 		resp, err := txn.Commit()
 		if err != nil {
@@ -469,6 +493,8 @@ func (t *ticket) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.timeout)
 	defer cancel()
 	if _, err := l.kv.Delete(ctx, t.ek); err != nil {
+		// The entry may stay: let it expire with its lease.
+		l.abandonQueueLease(t.qid)
 		return fmt.Errorf("etcdlock: leave the queue of %q: %w", displayKey(t.key), err)
 	}
 	return nil
