@@ -105,7 +105,7 @@ var (
 // ARGV[4] queueGrace in ms. Replies as takeScript; when the key is free but
 // a waiter is ahead, the time in ms until that waiter expires with an
 // empty token and nonce.
-var ticketTakeScript = newScript(`
+var ticketTakeScript = newScript(qheadFn + `
 local t = redis.call('TIME')
 ` + timeDigits + `
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -128,12 +128,7 @@ if v and string.byte(v) ~= 114 then
   enqueue(math.max(pttl, 0))
   return {pttl, tok or '', nonce or ''}
 end
-local gone = redis.call('ZRANGE', KEYS[4], '-inf', now, 'BYSCORE', 'LIMIT', 0, 64)
-if #gone > 0 then
-  redis.call('ZREM', KEYS[4], unpack(gone))
-  redis.call('ZREM', KEYS[3], unpack(gone))
-end
-local h = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+local h = qhead(KEYS[1]) -- KEYS[3] and KEYS[4]
 if h and h ~= ARGV[3] then
   local left = math.max((tonumber(redis.call('ZSCORE', KEYS[4], h)) or now) - now, 1)
   enqueue(left)

@@ -22,21 +22,28 @@ func scalingGroups(handoffs int) []group {
 // in the results.
 func scalingWorkload(n int) string { return "Scaling" + strconv.Itoa(n) }
 
-// missingScaling lists the Scaling series the results lack.
-func (res *results) missingScaling() []string {
-	var missing []string
+// eachScaling calls fn for every Scaling series, in report order.
+func eachScaling(fn func(be bench.Backend, lib bench.Lib, n int, k key)) {
 	for _, be := range bench.Backends() {
 		for _, lib := range be.Libs {
 			if !bench.Scales(be, lib) {
 				continue
 			}
 			for _, n := range bench.ScalingWaiters {
-				if res.values[key{scalingWorkload(n), be.Name, lib.Name}] == nil {
-					missing = append(missing, scalingWorkload(n)+"/"+be.Name+"/"+lib.Name)
-				}
+				fn(be, lib, n, key{scalingWorkload(n), be.Name, lib.Name})
 			}
 		}
 	}
+}
+
+// missingScaling lists the Scaling series the results lack.
+func (res *results) missingScaling() []string {
+	var missing []string
+	eachScaling(func(_ bench.Backend, _ bench.Lib, _ int, k key) {
+		if res.values[k] == nil {
+			missing = append(missing, k.workload+"/"+k.backend+"/"+k.lib)
+		}
+	})
 	return missing
 }
 
@@ -54,29 +61,21 @@ func (res *results) scalingSection(b *strings.Builder) {
 	p("Goals (issue 19): at most 3 requests per hand-off on every notifying backend, flat from 8 to 512 waiters; fairness min/max ≥ 0.8 at 8 waiters; p50 at 8 waiters no worse than the plain hand-off's; p99 at 512 waiters at most 3× its value at 8. ")
 	p("idemlock-queued is idemlock with the backend's queued waiting (lock.Queuer): a release wakes only the head of the key's queue.\n\n")
 	p("| Backend | Library | waiters | requests per hand-off | hand-off p50 | hand-off p99 | fairness: cv, min/max |\n|---|---|---|---|---|---|---|\n")
-	for _, be := range bench.Backends() {
-		for _, lib := range be.Libs {
-			if !bench.Scales(be, lib) {
-				continue
+	eachScaling(func(be bench.Backend, lib bench.Lib, n int, k key) {
+		cell := func(unit string, f func(float64) string) string {
+			if s, ok := res.get(k, unit); ok {
+				return f(s.med)
 			}
-			for _, n := range bench.ScalingWaiters {
-				k := key{scalingWorkload(n), be.Name, lib.Name}
-				cell := func(unit string, f func(float64) string) string {
-					if s, ok := res.get(k, unit); ok {
-						return f(s.med)
-					}
-					return "—"
-				}
-				fair := "—"
-				if cv, ok := res.get(k, "acq-cv"); ok {
-					mm, _ := res.get(k, "acq-min/max")
-					fair = fmt.Sprintf("%.2f, %.2f", cv.med, mm.med)
-				}
-				p("| %s | %s | %d | %s | %s | %s | %s |\n", be.Name, lib.Name, n,
-					cell("req/handoff", sig3), cell("ns/handoff-p50", fmtDur), cell("ns/handoff-p99", fmtDur), fair)
-			}
+			return "—"
 		}
-	}
+		fair := "—"
+		if cv, ok := res.get(k, "acq-cv"); ok {
+			mm, _ := res.get(k, "acq-min/max")
+			fair = fmt.Sprintf("%.2f, %.2f", cv.med, mm.med)
+		}
+		p("| %s | %s | %d | %s | %s | %s | %s |\n", be.Name, lib.Name, n,
+			cell("req/handoff", sig3), cell("ns/handoff-p50", fmtDur), cell("ns/handoff-p99", fmtDur), fair)
+	})
 	p("\n")
 }
 
@@ -84,21 +83,13 @@ func (res *results) scalingSection(b *strings.Builder) {
 // library and number of waiters.
 func writeScalingChart(path string, res *results) error {
 	var rows []chartRow
-	for _, be := range bench.Backends() {
-		for _, lib := range be.Libs {
-			if !bench.Scales(be, lib) {
-				continue
-			}
-			for _, n := range bench.ScalingWaiters {
-				k := key{scalingWorkload(n), be.Name, lib.Name}
-				p50, ok1 := res.get(k, "ns/handoff-p50")
-				p99, ok2 := res.get(k, "ns/handoff-p99")
-				if ok1 && ok2 {
-					rows = append(rows, chartRow{be.Name, lib.Name, fmt.Sprintf("%s, %d waiters", lib.Name, n), p50, p99})
-				}
-			}
+	eachScaling(func(be bench.Backend, lib bench.Lib, n int, k key) {
+		p50, ok1 := res.get(k, "ns/handoff-p50")
+		p99, ok2 := res.get(k, "ns/handoff-p99")
+		if ok1 && ok2 {
+			rows = append(rows, chartRow{be.Name, lib.Name, fmt.Sprintf("%s, %d waiters", lib.Name, n), p50, p99})
 		}
-	}
+	})
 	if len(rows) == 0 {
 		return fmt.Errorf("no scaling results")
 	}
