@@ -14,9 +14,12 @@ const ScalingClients = 8
 // Scales reports whether lib on be takes part in the Scaling workloads:
 // the backends whose waiters are woken by the server (not memcached, which
 // polls, nor memory, which has no server), idemlock's default
-// configuration, and the libraries marked Scaling.
+// configuration, and the libraries marked Scaling. Not Consul yet: its
+// unqueued waiters hold one blocking query (one HTTP connection) each, and
+// at 512 waiters the agent refuses connections past its
+// http_max_conns_per_client (200) with 429s.
 func Scales(be Backend, lib Lib) bool {
-	if be.Name == "memory" || be.Name == "memcached" {
+	if be.Name == "memory" || be.Name == "memcached" || be.Name == "consul" {
 		return false
 	}
 	return lib.Name == "idemlock" || lib.Scaling

@@ -149,14 +149,19 @@ func (l *Locker) closeQueue() {
 // keyWatch is one Locker's watch of a lock key and its queue entries,
 // shared by the Locker's tickets for that key.
 type keyWatch struct {
-	l       *Locker
-	lk      string
-	from    int64 // events after this revision are delivered
-	seen    int64 // guarded by l.q.mu: events up to this revision were delivered
-	cancel  context.CancelFunc
-	tickets map[*ticket]struct{} // guarded by l.q.mu
-	linger  *time.Timer          // guarded by l.q.mu
-	dead    bool                 // guarded by l.q.mu: the watch ended
+	l    *Locker
+	lk   string
+	from int64 // events after this revision are delivered
+	// Guarded by l.q.mu: the revision of the latest event on the lock key,
+	// and of the latest deletion of each entry (forgotten in bulk past
+	// maxDeletes, which makes every registration a stale one).
+	lockRev  int64
+	deleted  map[string]int64
+	forgotAt int64
+	cancel   context.CancelFunc
+	tickets  map[*ticket]struct{} // guarded by l.q.mu
+	linger   *time.Timer          // guarded by l.q.mu
+	dead     bool                 // guarded by l.q.mu: the watch ended
 }
 
 // watchFor registers t on its key's watch, opening one that delivers every
@@ -187,7 +192,32 @@ func (l *Locker) watchFor(t *ticket, v int64) bool {
 	}
 	w.tickets[t] = struct{}{}
 	t.w = w
-	return w.from <= v && w.seen <= v
+	// Events the ticket missed matter only if they concern it: the lock key
+	// or the deletion of its predecessor or its own entry (others' arrivals
+	// and leaves do not).
+	return w.from <= v && w.lockRev <= v && w.deleted[t.pred] <= v && w.deleted[t.ek] <= v && w.forgotAt <= v
+}
+
+// maxDeletes bounds a key watch's memory of deleted entries.
+const maxDeletes = 4096
+
+// record remembers ev for the tickets that register later. l.q.mu is held.
+func (w *keyWatch) record(ev *clientv3.Event) {
+	rev := ev.Kv.ModRevision
+	if string(ev.Kv.Key) == w.lk {
+		w.lockRev = max(w.lockRev, rev)
+		return
+	}
+	if ev.Type != mvccpb.DELETE {
+		return
+	}
+	if len(w.deleted) >= maxDeletes {
+		w.deleted, w.forgotAt = nil, rev
+	}
+	if w.deleted == nil {
+		w.deleted = map[string]int64{}
+	}
+	w.deleted[string(ev.Kv.Key)] = rev
 }
 
 // unwatch removes t from its watch, which closes after queueLinger without
@@ -231,8 +261,8 @@ func (w *keyWatch) run(wch clientv3.WatchChan) {
 			for t := range w.tickets {
 				t.event(ev)
 			}
+			w.record(ev)
 		}
-		w.seen = max(w.seen, wr.Header.Revision)
 		q.mu.Unlock()
 	}
 	q.mu.Lock()
