@@ -11,7 +11,9 @@ import (
 // Acquire takes key for ttl, waiting as long as ctx allows while another lease
 // holds it, paced by a [Waiter].
 //
-// When l implements [Notifier], Acquire subscribes after its first failed
+// When l implements [Queuer], Acquire waits in the key's queue through a
+// [Ticket] (first come, first served; a release wakes only the head).
+// Otherwise, when l implements [Notifier], Acquire subscribes after its first failed
 // attempt, tries once more, and then sleeps until the backend reports a
 // release, so a release between the attempt and the wait is never missed.
 // Otherwise it polls with jittered exponential backoff (see [WithBackoff]).
@@ -35,6 +37,12 @@ func acquire(ctx context.Context, l Locker, key string, ttl time.Duration, o opt
 	}
 	if err := CheckArgs(ctx, key, ttl); err != nil {
 		return nil, notAcquiredIfDone(ctx, err)
+	}
+	if q, ok := l.(Queuer); ok {
+		// A failed Queue is not fatal: unqueued waiting is correct too.
+		if t, qerr := q.Queue(ctx, key); qerr == nil {
+			return acquireQueued(ctx, l, t, key, ttl, o)
+		}
 	}
 	lease, err := l.TryAcquire(ctx, key, ttl)
 	if !errors.Is(err, ErrNotAcquired) {

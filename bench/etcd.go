@@ -36,8 +36,23 @@ func etcdBackend() Backend {
 				}),
 			},
 			{
-				Name:  "etcd-mutex",
-				Label: "concurrency.Mutex (session reused)",
+				Name:        "idemlock-queued",
+				Label:       "idemlock (WithQueue)",
+				Desc:        "idemlock etcdlock with WithQueue: waiters queue as keys ordered by create revision; only the head takes on a release",
+				HandoffOnly: true,
+				Scaling:     true,
+				Setup: etcdSetup(func(tb testing.TB, cli *clientv3.Client) (Client, func()) {
+					l, err := etcdlock.New(cli, etcdlock.WithQueue())
+					if err != nil {
+						tb.Fatalf("etcdlock: %v", err)
+					}
+					return idemClient{l}, func() { _ = l.Close() }
+				}),
+			},
+			{
+				Name:    "etcd-mutex",
+				Scaling: true,
+				Label:   "concurrency.Mutex (session reused)",
 				Desc: "etcd client v3.7.3 concurrency.Mutex, each session reused for lock after lock " +
 					"(one session per concurrent holder, kept alive by the client)",
 				Setup: etcdSetup(func(_ testing.TB, cli *clientv3.Client) (Client, func()) {

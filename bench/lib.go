@@ -67,6 +67,9 @@ type Lib struct {
 	// throughput are those of the library's default configuration, so it
 	// runs only in the Handoff workload.
 	HandoffOnly bool
+	// Scaling includes the library in the Scaling workloads (idemlock's
+	// default configuration always is, on a backend that notifies).
+	Scaling bool
 	// PollPeriod is the fixed interval at which the library retries while
 	// waiting, or 0 when it is woken by events or retries at random
 	// intervals. The Handoff workload holds the lock at least this long,

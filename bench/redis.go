@@ -28,12 +28,26 @@ func redisBackend() Backend {
 		Env:  func(tb testing.TB) Env { return Env{RedisAddr: testenv.RedisAddr(tb)} },
 		Libs: []Lib{
 			{
-				Name:  "idemlock",
-				Desc:  "idemlock redislock: one Lua script per take and per release; waiters woken by pub/sub",
+				Name: "idemlock",
+				Desc: "idemlock redislock: one Lua script per take and per release; waiters woken by pub/sub",
 				Setup: redisSetup(func(rdb *redis.Client) Client {
 					l, err := redislock.New(rdb)
 					if err != nil {
 						panic(err) // a non-nil client and no options: never
+					}
+					return idemClient{l}
+				}),
+			},
+			{
+				Name:        "idemlock-queued",
+				Label:       "idemlock (WithQueue)",
+				Desc:        "idemlock redislock with WithQueue: waiters queue per key (sorted sets), a release wakes only the head",
+				HandoffOnly: true,
+				Scaling:     true,
+				Setup: redisSetup(func(rdb *redis.Client) Client {
+					l, err := redislock.New(rdb, redislock.WithQueue())
+					if err != nil {
+						panic(err) // a non-nil client and a valid option: never
 					}
 					return idemClient{l}
 				}),
@@ -53,6 +67,7 @@ func redisBackend() Backend {
 				Label:       "bsm-redislock (retry 1-2 ms)",
 				Desc:        "bsm/redislock retrying every 1-2 ms (uniform jitter)",
 				HandoffOnly: true,
+				Scaling:     true,
 				Setup: redisSetup(func(rdb *redis.Client) Client {
 					return bsmClient{c: bsm.New(rdb), retry: jitterRetry{}}
 				}),
@@ -71,6 +86,7 @@ func redisBackend() Backend {
 				Label:       "redsync (retry 1-2 ms)",
 				Desc:        "redsync retrying every 1-2 ms (uniform jitter), without a try limit",
 				HandoffOnly: true,
+				Scaling:     true,
 				Setup: redisSetup(func(rdb *redis.Client) Client {
 					return redsyncClient{rs: redsync.New(goredis.NewPool(rdb)), opts: []redsync.Option{
 						redsync.WithRetryDelayFunc(func(int) time.Duration { return jitter() }),

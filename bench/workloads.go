@@ -97,20 +97,40 @@ type holding struct {
 // holder's take (ns/handoff-p50, ns/handoff-p99), the spread of takes over
 // the contenders (acq-cv: their coefficient of variation, 0 when even;
 // acq-min/max: the fewest over the most), and the requests all contenders
-// sent per hand-off (req/handoff), counted by the backend's Load meter.
+// sent per hand-off (req/handoff), counted by the backend's Load meter
+// from the first release to the last take.
 // ns/op is one holding plus one hand-off.
 func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
+	handoff(b, be, lib, env, prefix, Contenders, Contenders)
+}
+
+// handoff is the Handoff workload with waiters contenders sharing
+// nclients clients (contender i uses client i mod nclients), as waiters
+// sharing a process's client would.
+func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters, nclients int) {
 	var load Meter
 	if be.Load != nil {
 		env, load = be.Load(b, env)
 	}
 	pause := max(HoldTime, lib.PollPeriod)
 	newClient := lib.Setup(b, env)
-	clients := make([]Client, Contenders)
+	shared := make([]Client, nclients)
+	for i := range shared {
+		shared[i] = newClient()
+	}
+	clients := make([]Client, waiters)
 	for i := range clients {
-		clients[i] = newClient()
+		clients[i] = shared[i%nclients]
 	}
 	key := prefix + "k"
+	// With more waiters than Contenders, the first holder keeps the key a
+	// millisecond per waiter longer, so that every waiter has sent its
+	// first attempt (on a loaded machine, entering the take call is not
+	// sending it) before the first hand-off is measured.
+	var settle time.Duration
+	if waiters > Contenders {
+		settle = time.Duration(waiters) * time.Millisecond
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	for _, c := range clients { // connections, subscriptions, pools
@@ -169,9 +189,7 @@ func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 		}
 	}
 
-	if load != nil {
-		load.Start(b)
-	}
+	var counts Counts
 	b.ResetTimer()
 	for i, c := range clients {
 		wg.Go(func() {
@@ -198,6 +216,13 @@ func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 					return
 				}
 				taken++
+				if idx == need-1 && load != nil {
+					// The meter runs from the first release to the last
+					// take: the waiters' first attempts, before every
+					// waiter had queued, and their leaving at the end are
+					// not hand-offs.
+					counts = load.Stop(b)
+				}
 				close(turn)
 				turn = make(chan struct{})
 				next := turn
@@ -207,6 +232,13 @@ func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 				if !last && !holdUntilReady(i, start) {
 					_ = h.Release(context.Background())
 					return
+				}
+				if idx == 0 && !sleepCtx(ctx, settle) {
+					_ = h.Release(context.Background())
+					return
+				}
+				if idx == 0 && load != nil {
+					load.Start(b)
 				}
 				end := time.Now()
 				hist[idx] = holding{who: i, start: start, end: end}
@@ -231,16 +263,12 @@ func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 	}
 	wg.Wait()
 	b.StopTimer()
-	var counts Counts
-	if load != nil {
-		counts = load.Stop(b)
-	}
 	if len(errs) > 0 {
 		b.Fatalf("hand-off: %v", errs[0])
 	}
 
 	lat := make([]time.Duration, 0, b.N)
-	per := make([]float64, Contenders)
+	per := make([]float64, waiters)
 	per[hist[0].who]++
 	for i := 1; i < need; i++ {
 		d := hist[i].start.Sub(hist[i-1].end)
@@ -254,12 +282,12 @@ func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(percentile(lat, 0.50)), "ns/handoff-p50")
 	b.ReportMetric(float64(percentile(lat, 0.99)), "ns/handoff-p99")
-	mean := float64(need) / Contenders
+	mean := float64(need) / float64(waiters)
 	var ss float64
 	for _, n := range per {
 		ss += (n - mean) * (n - mean)
 	}
-	b.ReportMetric(math.Sqrt(ss/Contenders)/mean, "acq-cv")
+	b.ReportMetric(math.Sqrt(ss/float64(waiters))/mean, "acq-cv")
 	b.ReportMetric(slices.Min(per)/slices.Max(per), "acq-min/max")
 	if counts != nil {
 		b.ReportMetric(counts["req"]/float64(b.N), "req/handoff")

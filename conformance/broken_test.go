@@ -138,8 +138,8 @@ func TestBrokenBackend(t *testing.T) {
 		gran = srv.step // the flaw only shows where TTLs have coarse steps
 	}
 	conformance.Run(t, conformance.Config{
-		NewLocker:       func(t *testing.T) lock.Locker { return srv.client(t) },
-		NewFaultyLocker: func(t *testing.T) (lock.Locker, conformance.Faults) { c := srv.client(t); return c, c },
+		NewLocker:       func(t *testing.T) lock.Locker { return srv.locker(srv.client(t)) },
+		NewFaultyLocker: func(t *testing.T) (lock.Locker, conformance.Faults) { c := srv.client(t); return srv.locker(c), c },
 		TTLGranularity:  gran,
 	})
 }
@@ -566,7 +566,7 @@ func (b *brokenSub) Close() error {
 	}
 	b.closed = true
 	s.waiters[b.key] = slices.DeleteFunc(s.waiters[b.key], func(w *brokenSub) bool { return w == b })
-	if subs := s.waiters[b.key]; len(subs) > 0 && s.holder(b.key) == nil && s.flaw != "stranded-waiter" {
+	if subs := s.waiters[b.key]; len(subs) > 0 && s.holder(b.key) == nil && s.flaw != "stranded-waiter" && s.flaw != "queue-strands" {
 		subs[0].notify() // this waiter may have been woken and left: pass it on
 	}
 	if len(s.waiters[b.key]) == 0 {

@@ -131,6 +131,12 @@
 //     lease never reports holding a key another lease holds, a retried
 //     Release answers nil or lock.ErrNotHeld the same whether or not the key
 //     was taken since, and a lost take holds the key no longer than its TTL.
+//   - QueueOrder (optional: lock.Queuer): five waiters queue in lock.Acquire
+//     one after the other; after the release each gets the key in the
+//     order it began waiting, within one polling interval of the previous
+//     holder's release.
+//   - QueueHeadGivesUp (optional: lock.Queuer): WokenWaiterGivesUp on a
+//     queue, and the two remaining waiters are served in arrival order.
 //   - NoGoroutineLeak: no goroutine started during the suite is left once
 //     every Locker was cleaned up.
 //   - NoConnectionLeak: no socket opened during the suite is left open

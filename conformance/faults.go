@@ -292,12 +292,17 @@ func (w *watched) late(from time.Time, bound time.Duration) time.Duration {
 func (w *watched) markWaiting() { w.once.Do(func() { close(w.waiting) }) }
 
 func (w *watched) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+	return w.attempt(ctx, func() (lock.Lease, error) { return w.Locker.TryAcquire(ctx, key, ttl) })
+}
+
+// attempt runs one take of the waiter (a TryAcquire, or a queued Ticket's).
+func (w *watched) attempt(ctx context.Context, take func() (lock.Lease, error)) (lock.Lease, error) {
 	if w.giveUp != nil && w.releases.Load() {
 		w.giveUp() // woken, and leaving without taking the key
 		return nil, ctx.Err()
 	}
 	sent := time.Now()
-	le, err := w.Locker.TryAcquire(ctx, key, ttl)
+	le, err := take()
 	w.mu.Lock()
 	w.prev, w.last = w.last, roundTrip{sent, time.Now()}
 	w.mu.Unlock()
@@ -329,6 +334,9 @@ func (s watchedSub) Wait(ctx context.Context, held *lock.NotAcquiredError) error
 }
 
 func (w *watched) locker() lock.Locker {
+	if _, ok := w.Locker.(lock.Queuer); ok {
+		return watchedQueuer{watchedNotifier{w}}
+	}
 	if _, ok := w.Locker.(lock.Notifier); ok {
 		return watchedNotifier{w}
 	}
@@ -339,7 +347,11 @@ func (w *watched) locker() lock.Locker {
 // key, one after the other. The first gives up (its context ends) at its
 // first attempt after the holder releases: the key must still reach the
 // second waiter within one polling interval, and then the third.
-func testWokenWaiterGivesUp(c *check, p params) {
+func testWokenWaiterGivesUp(c *check, p params) { wokenWaiterGivesUp(c, p, false) }
+
+// wokenWaiterGivesUp is testWokenWaiterGivesUp; with ordered, the two
+// remaining waiters must also get the key in the order they began waiting.
+func wokenWaiterGivesUp(c *check, p params, ordered bool) {
 	holder := p.newLocker(c)
 	key := c.key("k")
 	le := c.take(holder, key, p.long)
@@ -375,8 +387,12 @@ func testWokenWaiterGivesUp(c *check, p params) {
 	ctxBC, cancelBC := context.WithTimeout(c.ctx(), p.long/2)
 	defer cancelBC()
 	results := make(chan taken, 2)
+	var second *watched
 	for _, who := range []string{"second", "third"} {
 		w := watch(p.newLocker(c))
+		if second == nil {
+			second = w
+		}
 		go func() {
 			got, err := lock.Acquire(ctxBC, w.locker(), key, p.long)
 			r := taken{w: w, err: err}
@@ -406,6 +422,9 @@ func testWokenWaiterGivesUp(c *check, p params) {
 		case <-time.After(4 * bound):
 			c.Fatalf("%d of the 2 remaining waiters took the key within %v of the release: the wake-up the first waiter did not act on was lost", len(got), 4*bound)
 		}
+	}
+	if ordered && got[0].w != second {
+		c.Fatalf("the third waiter got the key before the second: a queue must serve waiters in the order they began waiting")
 	}
 	if d := got[0].w.late(released, bound); d > 0 {
 		c.Errorf("the next waiter sent the attempt that took the key %v later than %v after the release (beyond the round trip of its attempt before)", d, bound)

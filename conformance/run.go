@@ -91,6 +91,10 @@ var suite = []subtest[params]{
 		"the client call does not get the caller's context (context.Background() below the API), or waits for a reply without watching ctx.Done()"},
 	{"UnknownOutcome", "optional fault hook: after a lost reply the lease never reports holding a key another lease holds, and a retried Release answers consistently", testUnknownOutcome,
 		"the lease keeps local state (held, a renewal fast path) that a failed call does not invalidate; after any error whose outcome is unknown the next call must ask the server"},
+	{"QueueOrder", "optional Queuer: waiters are served in the order they began waiting", testQueueOrder,
+		"the queue is not ordered by arrival (a set or a stack, a score that is not the arrival), or a ticket's take does not check that no waiter is ahead"},
+	{"QueueHeadGivesUp", "optional Queuer: a woken head that gives up never strands the queue; the rest are served in order", testQueueHeadGivesUp,
+		"Ticket.Close removes the waiter without waking the next one while the key is free"},
 }
 
 // Run runs the whole suite against the backend cfg describes, then checks

@@ -76,7 +76,20 @@
 // one. All subscriptions of a Locker share one watch stream. Every waiter
 // wakes on a release and makes one attempt, so N waiters cost N transactions
 // per hand-off (etcd commits them together); waiters are not queued in
-// arrival order as concurrency.Mutex queues them.
+// arrival order as concurrency.Mutex queues them, unless [WithQueue].
+//
+// With [WithQueue] the Locker implements [lock.Queuer]: a waiter puts an
+// entry key "<lock key>\xff<id>" bound to the Locker's own queue lease
+// (5 s, kept alive while the Locker lives), ordered by CreateRevision as
+// concurrency.Mutex orders its waiters; a ticket's take is the ordinary
+// take transaction guarded by a range comparison that no entry is older
+// than its own, and it deletes the entry. Waiters follow one shared watch
+// per Locker and key (the lock key and its entries) and only the head, whose
+// predecessor is gone, attempts when the key is deleted: a hand-off costs
+// about three requests whatever the number of waiters. A waiter that gives
+// up deletes its entry, which lets the next one go; a dead process's
+// entries expire with its queue lease. The queued scripts' keys live under
+// the lock key, so the same key permissions cover them.
 //
 // # Partitions and failures
 //

@@ -66,6 +66,7 @@ type config struct {
 	maxRecord     int
 	bucket        time.Duration // 0: derived from each retention
 	clientCloseFn func() error  // set by the URL opener only: the owned client's Close
+	queue         bool          // WithQueue
 }
 
 // WithPrefix sets the etcd key prefix under which the Locker keeps its keys
@@ -167,6 +168,8 @@ type Locker struct {
 	cfg     config
 	pool    *pool
 	ret     retention
+
+	q queueState // WithQueue's lease and watches
 }
 
 // New returns a Locker that keeps its locks on the etcd cluster client talks
@@ -208,6 +211,9 @@ func New(client *clientv3.Client, opts ...Option) (*Locker, error) {
 func (l *Locker) Close() error {
 	return l.gate.Close(func() error {
 		l.pool.close()
+		if l.leases != nil {
+			l.closeQueue()
+		}
 		err := l.watcher.Close()
 		if l.cfg.clientCloseFn != nil {
 			err = errors.Join(err, l.cfg.clientCloseFn())

@@ -28,10 +28,11 @@ var faultMethods = map[string]bool{
 }
 
 // background reports whether the calling goroutine is the Locker's own
-// background work (the lease pool's refills and revokes, Close), whose
+// background work (the lease pool's refills and revokes, Close, the queue
+// lease's grant and keep-alive stream), whose
 // requests belong to no lock operation.
 func background() bool {
-	return testenv.OnStack("etcdlock.(*pool).work", "etcdlock.(*pool).close", "etcdlock.(*Locker).Close")
+	return testenv.OnStack("etcdlock.(*pool).work", "etcdlock.(*pool).close", "etcdlock.(*Locker).Close", "etcdlock.(*Locker).queueLease")
 }
 
 // errLostReply is what gRPC returns when the connection drops after the

@@ -70,6 +70,7 @@ type subscription struct {
 	key     string
 	channel string
 	wake    chan struct{} // one slot: a wake-up is kept until Wait takes it
+	id      string        // a queued ticket's id: woken only by releases naming it or no waiter
 
 	// Guarded by n.mu.
 	sc     *subConn   // nil when detached (not yet subscribed, or torn down)
@@ -333,7 +334,7 @@ func (sc *subConn) receive() {
 		}
 		switch m := msg.(type) {
 		case *redis.Message:
-			sc.deliver(m.Channel)
+			sc.deliver(m.Channel, m.Payload)
 		case *redis.Pong:
 			sc.confirm(m.Payload)
 		case *redis.Subscription:
@@ -358,12 +359,16 @@ func (sc *subConn) reload(ctx context.Context) {
 	}
 }
 
-// deliver wakes every waiter of channel.
-func (sc *subConn) deliver(channel string) {
+// deliver wakes the waiters of channel: all of them, except the queued
+// tickets that a message naming another waiter is not for.
+func (sc *subConn) deliver(channel, payload string) {
 	sc.n.mu.Lock()
 	defer sc.n.mu.Unlock()
 	if cs := sc.chans[channel]; cs != nil {
 		for s := range cs.subs {
+			if s.id != "" && s.id != payload && isTicketID(payload) {
+				continue
+			}
 			s.notify()
 		}
 	}

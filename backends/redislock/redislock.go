@@ -74,6 +74,17 @@
 // After [Locker.Close], or when re-subscribing fails, [lock.Acquire] goes on
 // by polling.
 //
+// With [WithQueue] the Locker also implements [lock.Queuer]: waiters queue
+// per key, first come, first served, in two sorted sets beside the lock
+// ("<lock>:q" by arrival, "<lock>:qx" by expiry); a release publishes the
+// id of the head only, whose notifier alone wakes, so a hand-off costs
+// about three requests whatever the number of waiters (unqueued, one per
+// waiter). A waiter that gives up leaves the queue and wakes the next one
+// if it was the head of a free key; a waiter that dies expires 2 s after
+// the holder's deadline it promised to come back at. See [WithQueue] for
+// the trade-off. The queued scripts also run ZADD, ZRANGE, ZREM and ZSCORE
+// on those keys (covered by the same ACL key pattern).
+//
 // # Keys
 //
 // A lock key k is stored as "<prefix>{<k>}" (prefix "idemlock:" unless
@@ -201,6 +212,7 @@ type Locker struct {
 	maxRecord int
 	owned     io.Closer // the client, when the Locker owns it (lock.Open)
 	notify    notifier
+	queued    bool // WithQueue
 }
 
 // Option configures a [Locker]; [New] reports a bad one.
@@ -261,6 +273,9 @@ func New(client redis.UniversalClient, opts ...Option) (*Locker, error) {
 	}
 	if err := driver.Apply(l, opts); err != nil {
 		return nil, err
+	}
+	if l.queued {
+		l.release, l.complete = queueScripts(l.cluster != nil)
 	}
 	l.notify.l = l
 	return l, nil

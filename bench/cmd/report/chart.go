@@ -58,6 +58,15 @@ func writeChart(path string, res *results) error {
 	if len(rows) == 0 {
 		return fmt.Errorf("no hand-off results")
 	}
+	return drawChart(path, res, rows,
+		fmt.Sprintf("Contended hand-off: latency from release to the next holder's take (%d contenders, one key)", bench.Contenders),
+		fmt.Sprintf("median over %d rounds, log scale; whisker: p50's range over rounds; each contender has its own client", len(res.rounds)))
+}
+
+// drawChart draws rows (p50 and p99 bars on a log scale, grouped by
+// backend, with the p50's range over rounds as a whisker) under a title
+// and a subtitle, and writes it as a PNG.
+func drawChart(path string, res *results, rows []chartRow, heading, subheading string) error {
 	lo, hi := math.Inf(1), 0.0
 	for _, r := range rows {
 		lo = math.Min(lo, math.Min(r.p50.lo, r.p50.med))
@@ -104,8 +113,8 @@ func writeChart(path string, res *results) error {
 		return x0 + int(math.Round(float64(x1-x0)*math.Log10(v/lo)/math.Log10(hi/lo)))
 	}
 
-	text(img, title, 12, 24, colText, fmt.Sprintf("Contended hand-off: latency from release to the next holder's take (%d contenders, one key)", bench.Contenders))
-	text(img, regular, 12, 44, colDim, fmt.Sprintf("median over %d rounds, log scale; whisker: p50's range over rounds; each contender has its own client", len(res.rounds)))
+	text(img, title, 12, 24, colText, heading)
+	text(img, regular, 12, 44, colDim, subheading)
 	fill(img, 12, 55, 24, 11, colP50)
 	text(img, regular, 42, 65, colText, "p50")
 	fill(img, 82, 55, 24, 11, colP99)

@@ -51,6 +51,9 @@ func main() {
 		timeT     = flag.String("benchtime", "200ms", "-benchtime of TakeRelease and Throughput")
 		handoffs  = flag.Int("handoffs", 100, "hand-offs per Handoff benchmark and round")
 		rtOps     = flag.Int("roundtrip-ops", 100, "take + release pairs per RoundTrips benchmark")
+		scaling   = flag.Int("scaling-handoffs", 60, "hand-offs per Scaling benchmark and round")
+		scaleOut  = flag.String("scaling-chart", "scaling.png", "the scaling chart to write")
+		scaleLink = flag.String("scaling-chart-link", "bench/scaling.png", "the scaling chart's path as linked from the report")
 	)
 	flag.Parse()
 	log := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "report: "+format+"\n", args...) }
@@ -62,6 +65,7 @@ func main() {
 			{"BenchmarkHandoff", strconv.Itoa(*handoffs) + "x"},
 			{"BenchmarkRoundTrips", strconv.Itoa(*rtOps) + "x"},
 		}
+		groups = append(groups, scalingGroups(*scaling)...)
 		if err := runAll(*rounds, groups, *raw, log); err != nil {
 			log("%v", err)
 			os.Exit(1)
@@ -87,6 +91,11 @@ func main() {
 		log("chart: %v", err)
 		os.Exit(1)
 	}
+	if err := writeScalingChart(*scaleOut, res); err != nil {
+		log("scaling chart: %v", err)
+		os.Exit(1)
+	}
+	res.scalingLink = *scaleLink
 	md := res.markdown(*chartLink, filepath.Base(*read))
 	if err := os.WriteFile(*out, []byte(md), 0o644); err != nil {
 		log("%v", err)
@@ -173,10 +182,11 @@ type key struct {
 
 // results holds every figure by series, unit and round.
 type results struct {
-	config    map[string]string                  // the last value of each config line
-	rounds    []int                              // in order of appearance
-	values    map[key]map[string]map[int]float64 // series → unit → round → value
-	breakdown map[key]string                     // RoundTrips breakdown log lines
+	config      map[string]string                  // the last value of each config line
+	rounds      []int                              // in order of appearance
+	values      map[key]map[string]map[int]float64 // series → unit → round → value
+	breakdown   map[key]string                     // RoundTrips breakdown log lines
+	scalingLink string                             // the scaling chart, as linked from the report
 }
 
 var (
@@ -255,6 +265,7 @@ func (res *results) complete() error {
 			}
 		}
 	}
+	missing = append(missing, res.missingScaling()...)
 	if len(missing) > 0 {
 		return fmt.Errorf("no results for %s", strings.Join(missing, ", "))
 	}

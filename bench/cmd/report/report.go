@@ -210,6 +210,7 @@ func (res *results) markdown(chartLink, rawName string) string {
 		res.backendSection(&b, be)
 	}
 
+	res.scalingSection(&b)
 	res.roundTripSection(&b)
 	res.methodSection(&b)
 	res.findings(&b, missed)

@@ -1,0 +1,288 @@
+package redislock_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/backends/redislock"
+	"github.com/idemlock/lock/conformance"
+	"github.com/redis/go-redis/v9"
+)
+
+// queuedConfig is the conformance configuration of queued Lockers
+// (WithQueue): the whole suite, queue clauses included, through tickets.
+func (tp topology) queuedConfig() conformance.Config {
+	return conformance.Config{
+		NewLocker:      func(t *testing.T) lock.Locker { return tp.newLocker(t, nil, redislock.WithQueue()) },
+		NewLockerTB:    func(tb testing.TB) lock.Locker { return tp.newLocker(tb, nil, redislock.WithQueue()) },
+		TTLGranularity: time.Millisecond,
+		NewFaultyLocker: func(t *testing.T) (lock.Locker, conformance.Faults) {
+			return tp.newFaultyLocker(t, redislock.WithQueue())
+		},
+	}
+}
+
+func TestConformanceQueued(t *testing.T) { conformance.Run(t, single.queuedConfig()) }
+
+func TestConformanceQueuedCluster(t *testing.T) { conformance.Run(t, cluster.queuedConfig()) }
+
+// queueLen returns how many waiters key's queue holds, as the server sees
+// it.
+func queueLen(t *testing.T, c redis.UniversalClient, prefix, key string) int64 {
+	t.Helper()
+	n, err := c.ZCard(context.Background(), prefix+"{"+key+"}:q").Result()
+	if err != nil {
+		t.Fatalf("ZCARD of the queue: %v", err)
+	}
+	return n
+}
+
+// awaitQueueLen polls the queue's length until it is n (the event is a
+// write on the server, which only polling can see), failing after d.
+func awaitQueueLen(t *testing.T, c redis.UniversalClient, prefix, key string, n int64, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for queueLen(t, c, prefix, key) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the queue did not reach %d waiters within %v (it has %d)", n, d, queueLen(t, c, prefix, key))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A release wakes only the head: with eight queued waiters, the requests
+// sent from the release until the head holds the key are the release and
+// the head's take, and the other waiters send nothing. Unqueued, every
+// waiter sends a take.
+func TestQueueReleaseWakesOnlyHead(t *testing.T) {
+	for _, tp := range topologies {
+		t.Run(tp.name, func(t *testing.T) {
+			prefix := tp.testPrefix(t)
+			var count atomic.Int64
+			holder := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+			waiters := tp.newLocker(t, &count, redislock.WithPrefix(prefix), redislock.WithQueue())
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			le, err := holder.TryAcquire(ctx, "k", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 8
+			got := make(chan lock.Lease, n)
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer cancel()
+			admin := tp.client(t, "")
+			for i := range n {
+				wg.Go(func() {
+					if l, err := lock.Acquire(ctx, waiters, "k", time.Minute); err == nil {
+						got <- l
+					}
+				})
+				awaitQueueLen(t, admin, prefix, "k", int64(i+1), 10*time.Second)
+			}
+			before := count.Load()
+			if err := le.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var first lock.Lease
+			select {
+			case first = <-got:
+			case <-time.After(10 * time.Second):
+				t.Fatal("no waiter took the key after the release")
+			}
+			if sent := count.Load() - before; sent != 1 {
+				t.Errorf("the waiters sent %d requests from the release until the head held the key, want 1 (the head's take)", sent)
+			}
+			if q := queueLen(t, admin, prefix, "k"); q != n-1 {
+				t.Errorf("the queue holds %d waiters after the head took the key, want %d", q, n-1)
+			}
+			if err := first.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// queuedChildEnv makes the test binary a waiter that queues on a key and
+// waits until it is killed (TestQueueKilledWaiterExpires).
+const queuedChildEnv = "IDEMLOCK_REDISLOCK_QUEUED_CHILD"
+
+// TestQueuedChild is the child process of TestQueueKilledWaiterExpires.
+func TestQueuedChild(t *testing.T) {
+	prefix := os.Getenv(queuedChildEnv)
+	if prefix == "" {
+		return
+	}
+	l := single.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+	admin := single.client(t, "")
+	admin.Set(t.Context(), prefix+"ready", "1", time.Minute)
+	for admin.Exists(t.Context(), prefix+"go").Val() == 0 { // the parent holds the key
+		time.Sleep(time.Millisecond)
+	}
+	_, err := lock.Acquire(t.Context(), l, "k", time.Minute)
+	t.Fatalf("the child's Acquire returned (%v): it should have been killed while waiting", err)
+}
+
+// A waiter whose process is killed while queued (SIGKILL: it never leaves)
+// stalls the queue only until its entry expires: the waiter behind it gets
+// the key at most the holder's TTL plus the queue's grace (2 s) after the
+// holder's take, although the release woke the dead head only.
+func TestQueueKilledWaiterExpires(t *testing.T) {
+	prefix := single.testPrefix(t)
+	admin := single.client(t, "")
+	holder := single.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+	const ttl = 2 * time.Second // the child queues within it, even under -race on a loaded machine
+	child := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestQueuedChild$", "-test.count=1")
+	child.Env = append(os.Environ(), queuedChildEnv+"="+prefix)
+	var out bytes.Buffer
+	child.Stdout, child.Stderr = &out, &out
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = child.Wait(); close(exited) }()
+	// The child says "ready" (it may take seconds to start under -race)
+	// and waits for "go", so that it queues at once behind the short
+	// holding.
+	for admin.Exists(t.Context(), prefix+"ready").Val() == 0 {
+		select {
+		case <-exited:
+			t.Fatalf("the child exited before it was ready:\n%s", out.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	taken := time.Now()
+	le, err := holder.TryAcquire(t.Context(), "k", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Set(t.Context(), prefix+"go", "1", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for queueLen(t, admin, prefix, "k") != 1 {
+		select {
+		case <-exited:
+			t.Fatalf("the child exited before it queued:\n%s", out.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the child did not queue within a minute:\n%s", out.String())
+		}
+	}
+	if err := child.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-exited
+
+	waiter := single.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+	got := make(chan error, 1)
+	go func() {
+		l, err := lock.Acquire(t.Context(), waiter, "k", time.Minute)
+		if err == nil {
+			err = l.Release(context.Background())
+		}
+		got <- err
+	}()
+	awaitQueueLen(t, admin, prefix, "k", 2, 10*time.Second)
+	if err := le.Release(t.Context()); err != nil { // wakes the dead head only
+		t.Fatal(err)
+	}
+	// The dead entry expires the grace (2 s) after the holder's deadline;
+	// the waiter behind it comes back then, plus scheduling under -race.
+	bound := ttl + 2*time.Second + 6*conformance.SchedulingSlack
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("the waiter behind a killed one: %v", err)
+		}
+		if d := time.Since(taken); d > bound {
+			t.Errorf("the waiter behind a killed one took the key %v after the holder's take, want at most %v", d, bound)
+		}
+	case <-time.After(3 * bound):
+		t.Fatalf("the waiter behind a killed one did not get the key within %v: the dead waiter strands the queue", 3*bound)
+	}
+	if q := queueLen(t, admin, prefix, "k"); q != 0 {
+		t.Errorf("the queue still holds %d waiters: the killed waiter's entry was not removed", q)
+	}
+}
+
+// The three outcomes of joining and leaving the queue. A take whose reply
+// was lost may have queued the ticket: Acquire returns the error and the
+// ticket's Close leaves the queue. A leave whose reply was lost did leave.
+// A leave that never reached the server (stalled until its timeout)
+// leaves the entry to expire: by the holder's TTL plus the grace.
+func TestQueueUnknownOutcomes(t *testing.T) {
+	prefix := single.testPrefix(t)
+	admin := single.client(t, "")
+	holder := single.newLocker(t, nil, redislock.WithPrefix(prefix))
+	const ttl = 8 * time.Second // outlasts the stalled leave (5 s)
+	if _, err := holder.TryAcquire(t.Context(), "k", ttl); err != nil {
+		t.Fatal(err)
+	}
+	l, faults := single.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
+
+	t.Run("take reply lost", func(t *testing.T) {
+		faults.LoseNextReply()
+		_, err := lock.Acquire(t.Context(), l, "k", time.Minute)
+		if err == nil || errors.Is(err, lock.ErrNotAcquired) {
+			t.Fatalf("Acquire whose queued take lost its reply: %v, want an error of unknown outcome", err)
+		}
+		if q := queueLen(t, admin, prefix, "k"); q != 0 {
+			t.Errorf("the queue holds %d waiters after Acquire gave up, want 0 (the ticket leaves)", q)
+		}
+	})
+
+	// The remaining cases drive a ticket by hand, to arm the fault on its
+	// leave.
+	queued := func(t *testing.T) lock.Ticket {
+		tk, err := l.Queue(t.Context(), "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
+			t.Fatalf("a ticket's take of a held key: %v, want ErrNotAcquired", err)
+		}
+		if q := queueLen(t, admin, prefix, "k"); q != 1 {
+			t.Fatalf("the queue holds %d waiters after a refused ticket take, want 1", q)
+		}
+		return tk
+	}
+	t.Run("leave reply lost", func(t *testing.T) {
+		tk := queued(t)
+		faults.LoseNextReply()
+		if err := tk.Close(); err == nil {
+			t.Error("Close whose leave lost its reply returned nil, want the error")
+		}
+		if q := queueLen(t, admin, prefix, "k"); q != 0 {
+			t.Errorf("the queue holds %d waiters after a leave that was applied, want 0", q)
+		}
+	})
+	t.Run("leave not done", func(t *testing.T) {
+		tk := queued(t)
+		pttl, err := admin.PTTL(t.Context(), prefix+"{k}:q").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if max := ttl + 2*time.Second; pttl <= 0 || pttl > max {
+			t.Errorf("the queue expires in %v, want within the holder's TTL plus the grace, %v", pttl, max)
+		}
+		faults.StallNextRequest()
+		if err := tk.Close(); err == nil {
+			t.Error("Close whose leave stalled returned nil, want the error")
+		}
+		if q := queueLen(t, admin, prefix, "k"); q != 1 {
+			t.Fatalf("the queue holds %d waiters after a leave that never ran, want 1", q)
+		}
+		awaitQueueLen(t, admin, prefix, "k", 0, ttl+2*time.Second+time.Second)
+	})
+}

@@ -1,0 +1,96 @@
+package conformance_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/idemlock/lock"
+)
+
+// The queue flaws: the broken server's clients implement lock.Queuer (as
+// they do without a flaw) with a queue that serves the newest waiter first,
+// or whose woken head leaves without waking the next waiter.
+func init() {
+	flaws["queue-lifo"] = "QueueOrder"
+	flaws["queue-strands"] = "QueueHeadGivesUp"
+}
+
+// locker returns c as the suite sees it: a lock.Queuer without a flaw and
+// with the queue flaws, so that the whole suite runs queued waiting too;
+// otherwise the plain client, whose waiting the other flaws break.
+func (s *brokenServer) locker(c *brokenClient) lock.Locker {
+	if s.flaw == "none" || strings.HasPrefix(s.flaw, "queue-") {
+		return queuedClient{c}
+	}
+	return c
+}
+
+// queuedClient is a brokenClient with a queue: its tickets are brokenSubs
+// (the server wakes the first of a key's subscriptions on a release, and a
+// leaving one passes the wake-up on), whose take refuses while another
+// waiter is ahead.
+type queuedClient struct{ *brokenClient }
+
+func (q queuedClient) Queue(ctx context.Context, key string) (lock.Ticket, error) {
+	if err := lock.CheckContext(ctx); err != nil {
+		return nil, err
+	}
+	if err := lock.ValidateKey(key); err != nil {
+		return nil, err
+	}
+	s := q.srv
+	sub := &brokenSub{srv: s, key: key, ch: make(chan struct{}, 1)}
+	s.mu.Lock()
+	if s.flaw == "queue-lifo" {
+		s.waiters[key] = append([]*brokenSub{sub}, s.waiters[key]...) // the flaw: a stack
+	} else {
+		s.waiters[key] = append(s.waiters[key], sub)
+	}
+	s.mu.Unlock()
+	return &brokenTicket{brokenSub: sub, c: q.brokenClient}, nil
+}
+
+type brokenTicket struct {
+	*brokenSub
+	c *brokenClient
+}
+
+func (t *brokenTicket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
+	s := t.srv
+	s.mu.Lock()
+	subs := s.waiters[t.key]
+	ahead := len(subs) > 0 && subs[0] != t.brokenSub
+	refused := &lock.NotAcquiredError{Key: t.key}
+	if cur := s.holder(t.key); cur != nil {
+		refused.Remaining = time.Until(cur.deadline)
+	}
+	s.mu.Unlock()
+	if ahead {
+		if err := lock.CheckArgs(ctx, t.key, ttl); err != nil {
+			return nil, err
+		}
+		// Refused as the take would be: with the holder's remaining TTL,
+		// or none (poll) when the key is free but a waiter is ahead.
+		return nil, refused
+	}
+	le, err := t.c.TryAcquire(ctx, t.key, ttl)
+	if err == nil { // taken: out of the queue, with nothing to pass on
+		s.mu.Lock()
+		t.closed = true
+		s.waiters[t.key] = slices.DeleteFunc(s.waiters[t.key], func(w *brokenSub) bool { return w == t.brokenSub })
+		s.mu.Unlock()
+	}
+	return le, err
+}
+
+// TestBrokenQueueFlawsServed checks the queue flaws' child processes run
+// the queue clauses at all: a queued client is a lock.Queuer.
+func TestBrokenQueueFlawsServed(t *testing.T) {
+	srv := newBrokenServer(t, "queue-lifo")
+	if _, ok := srv.locker(srv.client(t)).(lock.Queuer); !ok {
+		t.Fatal("the queue-lifo server's locker is not a lock.Queuer: its clause would be skipped")
+	}
+}
