@@ -21,7 +21,11 @@ import (
 // If ctx ends first, the error matches both [ErrNotAcquired] and ctx.Err().
 // Errors other than "held" (bad input, a backend failure) are returned at
 // once.
-func Acquire(ctx context.Context, l Locker, key string, ttl time.Duration, opts ...Option) (Lease, error) {
+func Acquire(ctx context.Context, l Locker, key string, ttl time.Duration, opts ...Option) (lease Lease, err error) {
+	var w waiter
+	if s := ObserverOf(l); s != nil { // observation (see Observe): one type assertion when off
+		defer observeAcquire(ctx, s, key, time.Now(), &w, &lease, &err)
+	}
 	if l == nil {
 		return nil, fmt.Errorf("%w: nil Locker", ErrInvalidArgument)
 	}
@@ -32,12 +36,13 @@ func Acquire(ctx context.Context, l Locker, key string, ttl time.Duration, opts 
 	if err := CheckArgs(ctx, key, ttl); err != nil {
 		return nil, notAcquiredIfDone(ctx, err)
 	}
-	lease, err := l.TryAcquire(ctx, key, ttl)
+	w.attempts++
+	lease, err = l.TryAcquire(ctx, key, ttl)
 	if !errors.Is(err, ErrNotAcquired) {
 		return lease, notAcquiredIfDone(ctx, err)
 	}
 
-	w := waiter{o: o}
+	w.o = o
 	if n, ok := l.(Notifier); ok {
 		// A failed subscription is not fatal: polling is slower but correct.
 		if sub, serr := n.Subscribe(ctx, key); serr == nil {
@@ -46,6 +51,7 @@ func Acquire(ctx context.Context, l Locker, key string, ttl time.Duration, opts 
 		}
 	}
 	for {
+		w.attempts++
 		lease, err = l.TryAcquire(ctx, key, ttl)
 		if !errors.Is(err, ErrNotAcquired) {
 			return lease, notAcquiredIfDone(ctx, err)
@@ -75,6 +81,9 @@ type waiter struct {
 	o       options
 	sub     Subscription
 	backoff time.Duration
+	// attempts and wakeups count TryAcquires and release notifications,
+	// for observation.
+	attempts, wakeups int
 }
 
 // wait returns nil when it is time for another attempt, or ctx's error.
@@ -94,7 +103,10 @@ func (w *waiter) wait(ctx context.Context, held *NotAcquiredError) error {
 		err := w.sub.Wait(wctx, held)
 		cancel()
 		switch {
-		case err == nil || ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+		case err == nil:
+			w.wakeups++
+			return nil
+		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
 			return nil
 		case ctx.Err() != nil:
 			return ctx.Err()

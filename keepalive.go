@@ -87,6 +87,7 @@ func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...Opti
 		cancel = func(cause error) { outer(cause); stop() }
 	}
 	k := &Keeper{lease: lease, ctx: kctx, cancel: cancel, done: make(chan struct{})}
+	observeKeeper(ctx, k) // reports a loss when lease is observed (see Observe)
 	// A lease that is already past its deadline (an Acquire whose reply
 	// came late) or already reported lost is lost before KeepAlive returns,
 	// never a moment later: a caller that checks Context().Err() at once
