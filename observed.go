@@ -62,14 +62,33 @@ func ObserveStore(s Store, o observe.Observer, opts ...observe.Option) Store {
 // outside this package (the idempotency Guard) report their own events
 // through it.
 func ObserverOf(v any) *observe.Scope {
-	if o, ok := v.(observed); ok {
-		return o.scope()
+	// A switch on the concrete types compares type words only: cheaper
+	// than an assertion to an interface, which helpers make on every call
+	// whether or not anything is observed.
+	switch o := v.(type) {
+	case *observedLocker:
+		return o.scope_
+	case observedNotifier:
+		return o.scope_
+	case observedStore:
+		return o.scope_
+	case observedNotifyingStore:
+		return o.scope_
+	case observedFPStore:
+		return o.scope_
+	case observedNotifyingFPStore:
+		return o.scope_
+	case *observedLease:
+		return o.scope_
+	case observedLeaseD:
+		return o.scope_
+	case observedLeaseL:
+		return o.scope_
+	case observedLeaseDL:
+		return o.scope_
 	}
 	return nil
 }
-
-// observed is implemented by the observing wrappers of this file.
-type observed interface{ scope() *observe.Scope }
 
 // fingerprintClaimer mirrors idempotency.FingerprintClaimer, which this
 // package cannot import.
@@ -94,8 +113,6 @@ type observedLocker struct {
 	inner  Locker
 	scope_ *observe.Scope
 }
-
-func (l *observedLocker) scope() *observe.Scope { return l.scope_ }
 
 // Unwrap returns the observed Locker.
 func (l *observedLocker) Unwrap() Locker { return l.inner }
@@ -346,8 +363,6 @@ func unwrapLease(le Lease) (*observedLease, Lease) {
 	}
 	return ol, ol.inner
 }
-
-func (l *observedLease) scope() *observe.Scope { return l.scope_ }
 
 // Unwrap returns the observed lease.
 func (l *observedLease) Unwrap() Lease { return l.inner }
