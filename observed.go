@@ -434,21 +434,23 @@ func observeAcquire(ctx context.Context, s *observe.Scope, key string, start tim
 
 // observeKeeper makes k report the loss of an observed lease: the first
 // cancellation of k's context with a cause matching ErrLeaseLost is
-// reported as a [observe.KindLost] event. It does nothing for a lease that
-// is not observed.
+// reported as a [observe.KindLost] event, before the context is cancelled
+// (so that whoever waits on it sees the event reported). It does nothing
+// for a lease that is not observed.
 func observeKeeper(ctx context.Context, k *Keeper) {
 	ol, _ := unwrapLease(k.lease)
 	if ol == nil {
 		return
 	}
 	cancel := k.cancel
+	var reported atomic.Bool
 	k.cancel = func(cause error) {
-		cancel(cause)
-		if errors.Is(cause, ErrLeaseLost) && context.Cause(k.ctx) == cause {
+		if errors.Is(cause, ErrLeaseLost) && k.ctx.Err() == nil && reported.CompareAndSwap(false, true) {
 			ol.scope_.Emit(ctx, ol.inner.Key(), observe.Event{
 				Kind: observe.KindLost, Outcome: observe.NotHeld, Token: ol.inner.Token(),
 				Hold: time.Since(ol.taken), Ends: ol.done.CompareAndSwap(false, true), Err: cause,
 			})
 		}
+		cancel(cause)
 	}
 }
