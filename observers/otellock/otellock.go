@@ -45,6 +45,9 @@
 //     status when lost);
 //   - idempotency.request: one guarded request or worker run, with its
 //     outcome.
+//
+// Attributes are built only for spans that are recorded; [WithoutSpans]
+// turns spans off. Metric attribute sets are built once per combination.
 package otellock
 
 import (
@@ -81,8 +84,9 @@ const (
 type Option func(*config)
 
 type config struct {
-	mp metric.MeterProvider
-	tp trace.TracerProvider
+	mp      metric.MeterProvider
+	tp      trace.TracerProvider
+	noSpans bool
 }
 
 // WithMeterProvider sets the MeterProvider (default: otel.GetMeterProvider()).
@@ -92,10 +96,14 @@ func WithMeterProvider(mp metric.MeterProvider) Option { return func(c *config) 
 // otel.GetTracerProvider()).
 func WithTracerProvider(tp trace.TracerProvider) Option { return func(c *config) { c.tp = tp } }
 
+// WithoutSpans makes the Observer record metrics only, which costs less
+// than starting spans on a TracerProvider that drops them.
+func WithoutSpans() Option { return func(c *config) { c.noSpans = true } }
+
 // Observer is an observe.Observer that records metrics and spans. It is
 // safe for concurrent use.
 type Observer struct {
-	tracer trace.Tracer
+	tracer trace.Tracer // nil: WithoutSpans
 
 	acquire     metric.Float64Histogram
 	contentions metric.Int64Counter
@@ -106,7 +114,7 @@ type Observer struct {
 	losses      metric.Int64Counter
 	idem        metric.Int64Counter
 
-	sets sync.Map // setKey -> attribute.Set: one Set per combination, built once
+	opts sync.Map // setKey -> metric.MeasurementOption: one per attribute combination, built once
 }
 
 // New returns an Observer on the providers the options name.
@@ -124,7 +132,10 @@ func New(opts ...Option) (*Observer, error) {
 		c.tp = otel.GetTracerProvider()
 	}
 	m := c.mp.Meter(ScopeName)
-	o := &Observer{tracer: c.tp.Tracer(ScopeName)}
+	o := &Observer{}
+	if !c.noSpans {
+		o.tracer = c.tp.Tracer(ScopeName)
+	}
 	var err error
 	seconds := metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 	if o.acquire, err = m.Float64Histogram("lock.acquire.duration", metric.WithUnit("s"),
@@ -169,21 +180,21 @@ type setKey struct {
 	value          string
 }
 
-// set returns the attribute set of backend, class and (when k is not
-// empty) k=v, built once per combination. Classes are few by contract
-// (see observe.WithKeyClass), so the cache stays small.
-func (o *Observer) set(e *observe.Event, k attribute.Key, v string) attribute.Set {
+// set returns the measurement option of the attributes backend, class and
+// (when k is not empty) k=v, built once per combination. Classes are few
+// by contract (see observe.WithKeyClass), so the cache stays small.
+func (o *Observer) set(e *observe.Event, k attribute.Key, v string) metric.MeasurementOption {
 	sk := setKey{e.Backend, e.Class, k, v}
-	if s, ok := o.sets.Load(sk); ok {
-		return s.(attribute.Set)
+	if opt, ok := o.opts.Load(sk); ok {
+		return opt.(metric.MeasurementOption)
 	}
 	kvs := []attribute.KeyValue{AttrBackend.String(e.Backend), AttrKeyClass.String(e.Class)}
 	if k != "" {
 		kvs = append(kvs, k.String(v))
 	}
-	s := attribute.NewSet(kvs...)
-	o.sets.Store(sk, s)
-	return s
+	opt := metric.WithAttributeSet(attribute.NewSet(kvs...))
+	o.opts.Store(sk, opt)
+	return opt
 }
 
 // Observe records e.
@@ -196,55 +207,70 @@ func (o *Observer) Observe(ctx context.Context, e observe.Event) {
 	case observe.KindTryAcquire:
 		switch e.Outcome {
 		case observe.Contended:
-			o.contentions.Add(ctx, 1, metric.WithAttributeSet(o.set(&e, "", "")))
+			o.contentions.Add(ctx, 1, o.set(&e, "", ""))
 		case observe.Acquired:
-			o.active.Add(ctx, 1, metric.WithAttributeSet(o.set(&e, "", "")))
+			o.active.Add(ctx, 1, o.set(&e, "", ""))
 		}
 	case observe.KindAcquire:
-		o.acquire.Record(ctx, e.Wait.Seconds(), metric.WithAttributeSet(o.set(&e, AttrOutcome, string(e.Outcome))))
+		o.acquire.Record(ctx, e.Wait.Seconds(), o.set(&e, AttrOutcome, string(e.Outcome)))
 		o.acquireSpan(ctx, &e, now)
 	case observe.KindRefresh:
-		o.refresh.Record(ctx, e.Latency.Seconds(), metric.WithAttributeSet(o.set(&e, AttrOutcome, string(e.Outcome))))
+		o.refresh.Record(ctx, e.Latency.Seconds(), o.set(&e, AttrOutcome, string(e.Outcome)))
 		if e.Outcome != observe.OK {
-			o.refreshFail.Add(ctx, 1, metric.WithAttributeSet(o.set(&e, AttrOutcome, string(e.Outcome))))
+			o.refreshFail.Add(ctx, 1, o.set(&e, AttrOutcome, string(e.Outcome)))
 		}
 	case observe.KindRelease:
 		if e.Ends {
 			o.ended(ctx, &e, "released", now)
 		}
 	case observe.KindLost:
-		o.losses.Add(ctx, 1, metric.WithAttributeSet(o.set(&e, "", "")))
+		o.losses.Add(ctx, 1, o.set(&e, "", ""))
 		if e.Ends {
 			o.ended(ctx, &e, "lost", now)
 		}
 	case observe.KindIdempotency:
-		o.idem.Add(ctx, 1, metric.WithAttributeSet(o.set(&e, AttrIdempotencyOutcome, string(e.Outcome))))
+		o.idem.Add(ctx, 1, o.set(&e, AttrIdempotencyOutcome, string(e.Outcome)))
 		o.requestSpan(ctx, &e, now)
 	}
 }
 
 // ended records the end of a lease's holding.
 func (o *Observer) ended(ctx context.Context, e *observe.Event, end string, now time.Time) {
-	o.active.Add(ctx, -1, metric.WithAttributeSet(o.set(e, "", "")))
-	o.hold.Record(ctx, e.Hold.Seconds(), metric.WithAttributeSet(o.set(e, AttrEnd, end)))
-	_, span := o.tracer.Start(ctx, "lock.hold", trace.WithTimestamp(now.Add(-e.Hold)), trace.WithSpanKind(trace.SpanKindInternal),
-		trace.WithAttributes(o.common(e)...), trace.WithAttributes(AttrEnd.String(end), AttrToken.Int64(int64(e.Token))))
-	if !span.IsRecording() {
+	o.active.Add(ctx, -1, o.set(e, "", ""))
+	o.hold.Record(ctx, e.Hold.Seconds(), o.set(e, AttrEnd, end))
+	span := o.start(ctx, "lock.hold", now.Add(-e.Hold))
+	if span == nil {
 		return
 	}
+	span.SetAttributes(o.common(e, AttrEnd.String(end), AttrToken.Int64(int64(e.Token)))...)
 	if end == "lost" {
 		span.SetStatus(codes.Error, errText(e.Err))
 	}
 	span.End(trace.WithTimestamp(now))
 }
 
+// start starts a span that began at start, or returns nil when spans are
+// off or the span would not be recorded (attributes are built only for a
+// recorded span).
+func (o *Observer) start(ctx context.Context, name string, start time.Time) trace.Span {
+	if o.tracer == nil {
+		return nil
+	}
+	_, span := o.tracer.Start(ctx, name, trace.WithTimestamp(start))
+	if !span.IsRecording() {
+		span.End()
+		return nil
+	}
+	return span
+}
+
 func (o *Observer) acquireSpan(ctx context.Context, e *observe.Event, now time.Time) {
 	start := now.Add(-e.Wait)
-	_, span := o.tracer.Start(ctx, "lock.acquire", trace.WithTimestamp(start), trace.WithSpanKind(trace.SpanKindInternal),
-		trace.WithAttributes(o.common(e)...), trace.WithAttributes(AttrOutcome.String(string(e.Outcome))))
-	if !span.IsRecording() {
+	span := o.start(ctx, "lock.acquire", start)
+	if span == nil {
 		return
 	}
+	span.SetAttributes(o.common(e, AttrOutcome.String(string(e.Outcome)))...)
 	if e.Attempts > 1 {
 		span.AddEvent("lock.wait", trace.WithTimestamp(start), trace.WithAttributes(
 			AttrAttempts.Int(e.Attempts), AttrWakeups.Int(e.Wakeups)))
@@ -258,11 +284,11 @@ func (o *Observer) acquireSpan(ctx context.Context, e *observe.Event, now time.T
 }
 
 func (o *Observer) requestSpan(ctx context.Context, e *observe.Event, now time.Time) {
-	_, span := o.tracer.Start(ctx, "idempotency.request", trace.WithTimestamp(now.Add(-e.Latency)), trace.WithSpanKind(trace.SpanKindInternal),
-		trace.WithAttributes(o.common(e)...), trace.WithAttributes(AttrIdempotencyOutcome.String(string(e.Outcome))))
-	if !span.IsRecording() {
+	span := o.start(ctx, "idempotency.request", now.Add(-e.Latency))
+	if span == nil {
 		return
 	}
+	span.SetAttributes(o.common(e, AttrIdempotencyOutcome.String(string(e.Outcome)))...)
 	if e.Status != 0 {
 		span.SetAttributes(AttrHTTPStatus.Int(e.Status))
 	}
@@ -272,9 +298,9 @@ func (o *Observer) requestSpan(ctx context.Context, e *observe.Event, now time.T
 	span.End(trace.WithTimestamp(now))
 }
 
-// common returns the attributes every span of e carries.
-func (o *Observer) common(e *observe.Event) []attribute.KeyValue {
-	kvs := []attribute.KeyValue{AttrBackend.String(e.Backend), AttrKeyClass.String(e.Class)}
+// common returns the attributes every span of e carries, and more.
+func (o *Observer) common(e *observe.Event, more ...attribute.KeyValue) []attribute.KeyValue {
+	kvs := append([]attribute.KeyValue{AttrBackend.String(e.Backend), AttrKeyClass.String(e.Class)}, more...)
 	if e.Key != "" {
 		kvs = append(kvs, AttrKey.String(e.Key))
 	}
