@@ -9,7 +9,7 @@ import (
 )
 
 // Acquire takes key for ttl, waiting as long as ctx allows while another lease
-// holds it.
+// holds it, paced by a [Waiter].
 //
 // When l implements [Notifier], Acquire subscribes after its first failed
 // attempt, tries once more, and then sleeps until the backend reports a
@@ -21,44 +21,39 @@ import (
 // If ctx ends first, the error matches both [ErrNotAcquired] and ctx.Err().
 // Errors other than "held" (bad input, a backend failure) are returned at
 // once.
-func Acquire(ctx context.Context, l Locker, key string, ttl time.Duration, opts ...Option) (lease Lease, err error) {
-	var w waiter
-	if s := ObserverOf(l); s != nil { // observation (see Observe): one type assertion when off
-		defer observeAcquire(ctx, s, key, time.Now(), &w, &lease, &err)
+func Acquire(ctx context.Context, l Locker, key string, ttl time.Duration, opts ...AcquireOption) (Lease, error) {
+	o, err := buildOptions(opts, AcquireOption.applyAcquire)
+	if err != nil {
+		return nil, err
+	}
+	return acquire(ctx, l, key, ttl, o)
+}
+
+func acquire(ctx context.Context, l Locker, key string, ttl time.Duration, o options) (lease Lease, err error) {
+	var w *Waiter
+	attempts := 1
+	if s := ObserverOf(l); s != nil { // observation (see Observe): a type switch when off
+		defer observeAcquire(ctx, s, key, time.Now(), &attempts, &w, &lease, &err)
 	}
 	if l == nil {
 		return nil, fmt.Errorf("%w: nil Locker", ErrInvalidArgument)
 	}
-	o, err := buildOptions(opts)
-	if err != nil {
-		return nil, err
-	}
 	if err := CheckArgs(ctx, key, ttl); err != nil {
 		return nil, notAcquiredIfDone(ctx, err)
 	}
-	w.attempts++
 	lease, err = l.TryAcquire(ctx, key, ttl)
 	if !errors.Is(err, ErrNotAcquired) {
 		return lease, notAcquiredIfDone(ctx, err)
 	}
-
-	w.o = o
-	if n, ok := l.(Notifier); ok {
-		// A failed subscription is not fatal: polling is slower but correct.
-		if sub, serr := n.Subscribe(ctx, key); serr == nil {
-			w.sub = sub
-			defer func() { _ = sub.Close() }()
-		}
-	}
+	w = newWaiter(ctx, l, key, o)
+	defer w.Close()
 	for {
-		w.attempts++
+		attempts++
 		lease, err = l.TryAcquire(ctx, key, ttl)
 		if !errors.Is(err, ErrNotAcquired) {
 			return lease, notAcquiredIfDone(ctx, err)
 		}
-		var held *NotAcquiredError
-		errors.As(err, &held)
-		if err := w.wait(ctx, held); err != nil {
+		if err := w.Wait(ctx, err); err != nil {
 			return nil, notAcquiredIfDone(ctx, err)
 		}
 	}
@@ -76,21 +71,79 @@ func notAcquiredIfDone(ctx context.Context, err error) error {
 	return fmt.Errorf("%w: %w", ErrNotAcquired, ctx.Err())
 }
 
-// waiter sleeps between attempts of one Acquire.
-type waiter struct {
+// Waiter paces the attempts of one caller that waits for a key another
+// lease holds: [Acquire] uses one between its TryAcquire calls, and a helper
+// that takes keys by other means (an idempotency Store's Claim) uses one the
+// same way:
+//
+//	w, err := lock.NewWaiter(ctx, store, key)
+//	...
+//	defer w.Close()
+//	for {
+//		lease, err := take(ctx, key) // an error matching ErrNotAcquired while held
+//		if !errors.Is(err, lock.ErrNotAcquired) {
+//			return lease, err
+//		}
+//		if err := w.Wait(ctx, err); err != nil {
+//			return nil, err // ctx ended
+//		}
+//	}
+//
+// When the backend implements [Notifier], Wait sleeps until it reports a
+// release; otherwise, or once the subscription breaks, it polls with
+// jittered exponential backoff (see [WithBackoff]). Either way a wait never
+// lasts past the holder's remaining TTL when the backend reports it (a
+// [*NotAcquiredError]'s Remaining), because expiry produces no event. A
+// Waiter is for one goroutine.
+type Waiter struct {
 	o       options
 	sub     Subscription
 	backoff time.Duration
-	// attempts and wakeups count TryAcquires and release notifications,
-	// for observation.
-	attempts, wakeups int
+	wakeups int // release notifications that ended a Wait, for observation
 }
 
-// wait returns nil when it is time for another attempt, or ctx's error.
-func (w *waiter) wait(ctx context.Context, held *NotAcquiredError) error {
+// NewWaiter returns a Waiter for key on backend. When backend implements
+// [Notifier] it subscribes to key with ctx, which bounds only the
+// subscription call: make the Waiter after the first failed attempt and try
+// once more before the first Wait, so that a release between the attempt
+// and the subscription is never missed. A failed subscription is not an
+// error: the Waiter then polls, slower but correct. The error is for an
+// invalid option. Call [Waiter.Close] when done.
+func NewWaiter(ctx context.Context, backend any, key string, opts ...AcquireOption) (*Waiter, error) {
+	o, err := buildOptions(opts, AcquireOption.applyAcquire)
+	if err != nil {
+		return nil, err
+	}
+	return newWaiter(ctx, backend, key, o), nil
+}
+
+func newWaiter(ctx context.Context, backend any, key string, o options) *Waiter {
+	w := &Waiter{o: o}
+	if n, ok := backend.(Notifier); ok {
+		if sub, err := n.Subscribe(ctx, key); err == nil && sub != nil {
+			w.sub = sub
+		}
+	}
+	return w
+}
+
+// Close ends the Waiter's subscription, if any.
+func (w *Waiter) Close() {
+	if w.sub != nil {
+		_ = w.sub.Close()
+		w.sub = nil
+	}
+}
+
+// Wait returns nil when it is time for another attempt, or ctx's error when
+// ctx ends first. held is the error of the failed attempt; when it is (or
+// wraps) a [*NotAcquiredError] its Remaining caps the wait.
+func (w *Waiter) Wait(ctx context.Context, held error) error {
+	var na *NotAcquiredError
+	errors.As(held, &na)
 	var remaining time.Duration
-	if held != nil {
-		remaining = held.Remaining
+	if na != nil {
+		remaining = na.Remaining
 	}
 	if w.sub != nil {
 		// Wait for a release event, but not past the holder's expiry, and not
@@ -100,7 +153,7 @@ func (w *waiter) wait(ctx context.Context, held *NotAcquiredError) error {
 			limit = remaining + time.Millisecond
 		}
 		wctx, cancel := context.WithTimeout(ctx, limit)
-		err := w.sub.Wait(wctx, held)
+		err := w.sub.Wait(wctx, na)
 		cancel()
 		switch {
 		case err == nil:
@@ -112,8 +165,7 @@ func (w *waiter) wait(ctx context.Context, held *NotAcquiredError) error {
 			return ctx.Err()
 		default:
 			// The subscription broke: fall back to polling from now on.
-			_ = w.sub.Close()
-			w.sub = nil
+			w.Close()
 		}
 	}
 	return sleep(ctx, w.nextBackoff(remaining))
@@ -121,7 +173,7 @@ func (w *waiter) wait(ctx context.Context, held *NotAcquiredError) error {
 
 // nextBackoff returns a full-jitter exponential delay, capped by the holder's
 // remaining time when known.
-func (w *waiter) nextBackoff(remaining time.Duration) time.Duration {
+func (w *Waiter) nextBackoff(remaining time.Duration) time.Duration {
 	if w.backoff == 0 {
 		w.backoff = w.o.minBackoff
 	} else {

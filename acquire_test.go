@@ -42,7 +42,7 @@ func TestAcquireBadInput(t *testing.T) {
 
 // acquireAfterRelease holds key on l, starts an Acquire, releases, and
 // returns how long after the release the waiter held the key.
-func acquireAfterRelease(t *testing.T, holder, waiter lock.Locker, opts ...lock.Option) time.Duration {
+func acquireAfterRelease(t *testing.T, holder, waiter lock.Locker, opts ...lock.AcquireOption) time.Duration {
 	t.Helper()
 	ctx := t.Context()
 	le, err := holder.TryAcquire(ctx, "k", time.Minute)
@@ -138,4 +138,51 @@ type lockerFunc func(ctx context.Context, key string, ttl time.Duration) (lock.L
 
 func (f lockerFunc) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
 	return f(ctx, key, ttl)
+}
+
+func TestWaiterWakesOnRelease(t *testing.T) {
+	l := memlock.New()
+	holder, err := l.TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := lock.NewWaiter(t.Context(), l, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	_, held := l.TryAcquire(t.Context(), "k", time.Minute)
+	if !errors.Is(held, lock.ErrNotAcquired) {
+		t.Fatalf("second take: %v", held)
+	}
+	woke := make(chan error, 1)
+	go func() { woke <- w.Wait(t.Context(), held) }()
+	// The holder has a minute left: only the release event can end the
+	// wait before the test's deadline.
+	if err := holder.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-woke; err != nil {
+		t.Fatalf("Wait = %v, want nil after the release", err)
+	}
+	if _, err := l.TryAcquire(t.Context(), "k", time.Minute); err != nil {
+		t.Fatalf("take after the wake-up: %v", err)
+	}
+}
+
+func TestWaiterEndsWithItsContext(t *testing.T) {
+	l := memlock.New()
+	if _, err := lock.NewWaiter(t.Context(), l, "k", lock.WithBackoff(0, 0)); !errors.Is(err, lock.ErrInvalidArgument) {
+		t.Fatalf("bad backoff: %v", err)
+	}
+	w, err := lock.NewWaiter(t.Context(), brokenSub{l}, "k", lock.WithBackoff(time.Hour, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := w.Wait(ctx, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait on an ended context = %v, want context.Canceled", err)
+	}
 }

@@ -25,19 +25,19 @@ import (
 // while longer, and the release frees it for the next holder at once (it is
 // owner-checked, so it never frees a newer holder's lock). Only a loss the
 // backend reported (an error matching [ErrNotHeld]) skips the release.
-func Do(ctx context.Context, l Locker, key string, fn func(ctx context.Context, lease Lease) error, opts ...Option) (err error) {
+func Do(ctx context.Context, l Locker, key string, fn func(ctx context.Context, lease Lease) error, opts ...DoOption) (err error) {
 	if fn == nil {
 		return fmt.Errorf("%w: nil function", ErrInvalidArgument)
 	}
-	o, err := buildOptions(opts)
+	o, err := buildOptions(opts, DoOption.applyDo)
 	if err != nil {
 		return err
 	}
-	lease, err := Acquire(ctx, l, key, o.ttl, opts...)
+	lease, err := acquire(ctx, l, key, o.ttl, o)
 	if err != nil {
 		return err
 	}
-	k, err := KeepAlive(ctx, lease, o.ttl, opts...)
+	k, err := keepAlive(ctx, lease, o.ttl, o)
 	if err != nil {
 		return errors.Join(err, releaseDetached(ctx, lease, o))
 	}

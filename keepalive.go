@@ -24,14 +24,31 @@ var (
 
 // Keeper renews one lease in the background; see [KeepAlive].
 type Keeper struct {
-	lease  Lease
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	done   chan struct{} // closed when the renewal goroutine has returned
-	once   sync.Once
+	lease   Lease
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	running sync.WaitGroup // renewal in progress, or yet to start
+	once    sync.Once
+	// start runs renewal when the first refresh is due, for a lease that
+	// cannot report a loss (until then nothing can happen to it) or with
+	// WithDeferredStart: most short holds never start a goroutine. Nil
+	// when renewal started at once.
+	start *time.Timer
+	// detached: renewal outlasts ctx, ending only at Stop or a loss (see
+	// [WithDetached]).
+	detached bool
 
 	mu      sync.Mutex
 	lastErr error // the latest transient refresh error, for the loss cause
+	lost    error // why the lease was lost, kept even if ctx had ended
+	stopped bool  // Stop was called
+	// halt wakes renewal when stopped or lost, with WithDetached after the
+	// context ended with its parent (made only then); closed once halted.
+	halt       chan struct{}
+	haltClosed bool
+	// abort cancels the refresh in flight, with WithDetached, whose
+	// context does not end with the Keeper's.
+	abort context.CancelFunc
 }
 
 // KeepAlive renews lease every third of ttl (see [WithRefreshInterval]) until
@@ -51,7 +68,22 @@ type Keeper struct {
 // Transient refresh errors are retried until the deadline. The caller must
 // call [Keeper.Stop] or [Keeper.Release]; once either returns, no refresh is
 // running or will start.
-func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...Option) (*Keeper, error) {
+//
+// Renewal lasts as long as ctx, or, with [WithDetached], until Stop or a
+// loss even after ctx ended. A lease that does not implement [Deadliner] is
+// taken to end ttl after KeepAlive is called, or after the time given with
+// [WithAcquiredAt]. Renewal starts its goroutine when the first refresh is
+// due, or at once for a lease that implements [LossNotifier], whose loss it
+// must watch for meanwhile (unless [WithDeferredStart] says otherwise).
+func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...KeepAliveOption) (*Keeper, error) {
+	o, err := buildOptions(opts, KeepAliveOption.applyKeepAlive)
+	if err != nil {
+		return nil, err
+	}
+	return keepAlive(ctx, lease, ttl, o)
+}
+
+func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, o options) (*Keeper, error) {
 	if lease == nil {
 		return nil, fmt.Errorf("%w: nil Lease", ErrInvalidArgument)
 	}
@@ -61,9 +93,8 @@ func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...Opti
 	if err := ValidateTTL(ttl); err != nil {
 		return nil, err
 	}
-	o, err := buildOptions(opts)
-	if err != nil {
-		return nil, err
+	if o.detached && o.maxHold > 0 {
+		return nil, fmt.Errorf("%w: WithMaxHold and WithDetached together", ErrInvalidArgument)
 	}
 	every := o.refreshEvery
 	if every == 0 {
@@ -75,6 +106,9 @@ func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...Opti
 
 	start := time.Now()
 	deadline := start.Add(ttl)
+	if !o.acquiredAt.IsZero() {
+		deadline = o.acquiredAt.Add(ttl)
+	}
 	if d, ok := lease.(Deadliner); ok {
 		deadline = d.Deadline()
 	}
@@ -86,22 +120,31 @@ func KeepAlive(ctx context.Context, lease Lease, ttl time.Duration, opts ...Opti
 		outer := cancel
 		cancel = func(cause error) { outer(cause); stop() }
 	}
-	k := &Keeper{lease: lease, ctx: kctx, cancel: cancel, done: make(chan struct{})}
-	observeKeeper(ctx, k) // reports a loss when lease is observed (see Observe)
+	k := &Keeper{lease: lease, ctx: kctx, cancel: cancel, detached: o.detached}
+	k.running.Add(1) // done by run, or by Stop if run never starts
 	// A lease that is already past its deadline (an Acquire whose reply
 	// came late) or already reported lost is lost before KeepAlive returns,
 	// never a moment later: a caller that checks Context().Err() at once
 	// must not see a live context for it.
 	if !time.Now().Before(deadline) {
-		k.cancel(lostError(lease.Key(), "its deadline had passed when KeepAlive was called", nil))
+		k.lose(lostError(lease.Key(), "its deadline had passed when KeepAlive was called", nil))
 	} else if ln, ok := lease.(LossNotifier); ok {
 		select {
 		case <-ln.Lost():
-			k.cancel(lostError(lease.Key(), "the backend reported it lost", ErrNotHeld))
+			k.lose(lostError(lease.Key(), "the backend reported it lost", ErrNotHeld))
 		default:
 		}
 	}
-	go k.run(deadline, ttl, every)
+	// The first renewal is due an interval after KeepAlive started, or
+	// sooner if the lease is already that far into its TTL (counted back
+	// from its deadline): a lease handed over late is renewed before it runs
+	// out.
+	first := min(every, max(0, time.Until(deadline)-(ttl-every)))
+	if _, ok := lease.(LossNotifier); ok && !o.deferred {
+		go k.run(deadline, ttl, every, first)
+	} else {
+		k.start = time.AfterFunc(first, func() { k.run(deadline, ttl, every, 0) })
+	}
 	return k, nil
 }
 
@@ -113,14 +156,73 @@ func (k *Keeper) Context() context.Context { return k.ctx }
 // Lease returns the lease being renewed.
 func (k *Keeper) Lease() Lease { return k.lease }
 
-// Err returns nil while the lease is being kept, and otherwise why it is no
-// longer: an error matching [ErrLeaseLost], [ErrMaxHold], [ErrStopped] or the
-// parent context's error.
+// Err returns nil while the Keeper's context lives, and otherwise why it
+// ended: an error matching [ErrLeaseLost], [ErrMaxHold], [ErrStopped] or the
+// parent context's error. A loss is reported even if it came after the
+// parent context ended (renewal goes on then with [WithDetached]).
 func (k *Keeper) Err() error {
+	k.mu.Lock()
+	lost := k.lost
+	k.mu.Unlock()
+	if lost != nil {
+		return lost
+	}
 	if k.ctx.Err() == nil {
 		return nil
 	}
 	return context.Cause(k.ctx)
+}
+
+// lose records that the lease was lost and cancels the context with cause.
+func (k *Keeper) lose(cause error) {
+	k.mu.Lock()
+	// Once stopped, or (without WithDetached) once the context ended, a
+	// loss is no longer the Keeper's to report.
+	live := !k.stopped && (k.detached || k.ctx.Err() == nil)
+	first := k.lost == nil && live
+	if first {
+		k.lost = cause
+		k.wakeLocked()
+	}
+	k.mu.Unlock()
+	if first {
+		observeLoss(k, cause) // when the lease is observed (see Observe)
+	}
+	k.cancel(cause)
+}
+
+// halted reports whether renewal must end: the context ended, or with
+// [WithDetached] the Keeper was stopped or the lease lost.
+// wakeLocked closes halt, if made, once renewal must end. k.mu is held.
+func (k *Keeper) wakeLocked() {
+	if k.halt != nil && !k.haltClosed {
+		k.haltClosed = true
+		close(k.halt)
+	}
+}
+
+// haltChan returns the channel that wakes renewal once it must end, made
+// when first asked (with WithDetached, once the context ended with its
+// parent).
+func (k *Keeper) haltChan() <-chan struct{} {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.halt == nil {
+		k.halt = make(chan struct{})
+		if k.stopped || k.lost != nil {
+			k.wakeLocked()
+		}
+	}
+	return k.halt
+}
+
+func (k *Keeper) halted() bool {
+	if !k.detached {
+		return k.ctx.Err() != nil
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.stopped || k.lost != nil
 }
 
 // Lost reports whether the lease was lost while being kept (as opposed to
@@ -130,8 +232,30 @@ func (k *Keeper) Lost() bool { return errors.Is(k.Err(), ErrLeaseLost) }
 // Stop ends renewal and waits until the renewal goroutine has returned. It
 // does not release the lease. Safe to call more than once.
 func (k *Keeper) Stop() {
-	k.once.Do(func() { k.cancel(ErrStopped) })
-	<-k.done
+	k.once.Do(func() {
+		if ln, ok := k.lease.(LossNotifier); ok && k.start != nil {
+			// WithDeferredStart: a loss reported before renewal started
+			// is still the Keeper's to report.
+			select {
+			case <-ln.Lost():
+				k.lose(lostError(k.lease.Key(), "the backend reported it lost", ErrNotHeld))
+			default:
+			}
+		}
+		k.mu.Lock()
+		k.stopped = true
+		k.wakeLocked()
+		abort := k.abort
+		k.mu.Unlock()
+		k.cancel(ErrStopped)
+		if abort != nil {
+			abort()
+		}
+		if k.start != nil && k.start.Stop() {
+			k.running.Done() // renewal never started and never will
+		}
+	})
+	k.running.Wait()
 }
 
 // Release stops renewal and then releases the lease with ctx.
@@ -140,8 +264,13 @@ func (k *Keeper) Release(ctx context.Context) error {
 	return k.lease.Release(ctx)
 }
 
-func (k *Keeper) run(deadline time.Time, ttl, every time.Duration) {
-	defer close(k.done)
+// run renews the lease until it is lost or the Keeper's context ends; the
+// first refresh is due after first.
+func (k *Keeper) run(deadline time.Time, ttl, every, first time.Duration) {
+	defer k.running.Done()
+	if k.halted() {
+		return
+	}
 	key := k.lease.Key()
 	// The loss timer cancels the context at the deadline even while a
 	// refresh is in flight.
@@ -149,30 +278,38 @@ func (k *Keeper) run(deadline time.Time, ttl, every time.Duration) {
 		k.mu.Lock()
 		last := k.lastErr
 		k.mu.Unlock()
-		k.cancel(lostError(key, "no successful refresh before its deadline", last))
+		k.lose(lostError(key, "no successful refresh before its deadline", last))
 	})
 	defer loss.Stop()
 	var lost <-chan struct{}
 	if ln, ok := k.lease.(LossNotifier); ok {
 		lost = ln.Lost()
 	}
-	// The first renewal is due an interval after KeepAlive started, or
-	// sooner if the lease is already that far into its TTL (counted back
-	// from its deadline): a lease handed over late is renewed before it runs
-	// out.
-	next := time.NewTimer(min(every, max(0, time.Until(deadline)-(ttl-every))))
+	next := time.NewTimer(first)
 	defer next.Stop()
+	// Renewal ends with the context, or with WithDetached only when stopped
+	// or lost: an end of the context with its parent is noted and ignored.
+	ended := k.ctx.Done()
 	for {
 		select {
-		case <-k.ctx.Done():
-			return
+		case <-ended:
+			if k.halted() {
+				return
+			}
+			// WithDetached, and the parent ended: renew on until
+			// stopped or lost.
+			ended = k.haltChan()
+			continue
 		case <-lost:
-			k.cancel(lostError(key, "the backend reported it lost", ErrNotHeld))
+			k.lose(lostError(key, "the backend reported it lost", ErrNotHeld))
 			return
 		case <-next.C:
 		}
 		sent := time.Now()
-		rctx, cancel := context.WithDeadline(k.ctx, deadline)
+		rctx, cancel := k.refreshContext(deadline)
+		if rctx == nil {
+			return // stopped
+		}
 		err := k.lease.Refresh(rctx, ttl)
 		cancel()
 		switch {
@@ -187,7 +324,7 @@ func (k *Keeper) run(deadline time.Time, ttl, every time.Duration) {
 			loss.Reset(time.Until(deadline))
 			next.Reset(every)
 		case errors.Is(err, ErrNotHeld):
-			k.cancel(lostError(key, "refresh failed", err))
+			k.lose(lostError(key, "refresh failed", err))
 			return
 		default:
 			// Transient: retry sooner, until the loss timer ends it.
@@ -196,6 +333,30 @@ func (k *Keeper) run(deadline time.Time, ttl, every time.Duration) {
 			k.mu.Unlock()
 			next.Reset(max(every/4, time.Millisecond))
 		}
+	}
+}
+
+// refreshContext returns the context of one refresh, ending at deadline and
+// when the Keeper stops; nil once it stopped.
+func (k *Keeper) refreshContext(deadline time.Time) (context.Context, context.CancelFunc) {
+	if !k.detached {
+		return context.WithDeadline(k.ctx, deadline)
+	}
+	// The Keeper's context may have ended with its parent: the refresh
+	// keeps its values only, and Stop aborts it.
+	rctx, cancel := context.WithDeadline(context.WithoutCancel(k.ctx), deadline)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.stopped {
+		cancel()
+		return nil, nil
+	}
+	k.abort = cancel
+	return rctx, func() {
+		k.mu.Lock()
+		k.abort = nil
+		k.mu.Unlock()
+		cancel()
 	}
 }
 

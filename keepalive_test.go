@@ -10,7 +10,7 @@ import (
 	"github.com/idemlock/lock/backends/memlock"
 )
 
-func keepAlive(t *testing.T, l lock.Locker, ttl time.Duration, opts ...lock.Option) *lock.Keeper {
+func keepAlive(t *testing.T, l lock.Locker, ttl time.Duration, opts ...lock.KeepAliveOption) *lock.Keeper {
 	t.Helper()
 	le, err := l.TryAcquire(t.Context(), "k", ttl)
 	if err != nil {
@@ -273,5 +273,142 @@ func TestKeepAliveLeaseAlreadyLostIsLostOnReturn(t *testing.T) {
 				t.Fatalf("KeepAlive of a lease already lost returned a live context (Err %v)", k.Err())
 			}
 		})
+	}
+}
+
+func TestKeepAliveDetachedOutlivesItsContext(t *testing.T) {
+	refreshed := make(chan struct{}, 16)
+	w := &wrapped{inner: memlock.New(), refresh: func(ctx context.Context, le lock.Lease, ttl time.Duration) error {
+		select {
+		case refreshed <- struct{}{}:
+		default:
+		}
+		return le.Refresh(ctx, ttl)
+	}}
+	ttl := 300 * time.Millisecond
+	le, err := w.TryAcquire(t.Context(), "k", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	k, err := lock.KeepAlive(ctx, le, ttl, lock.WithDetached())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-k.Context().Done() // the work's context ends with its parent...
+	for range 4 {        // ...renewal does not: four refreshes span more than a TTL
+		<-refreshed
+	}
+	if _, err := w.TryAcquire(t.Context(), "k", ttl); !errors.Is(err, lock.ErrNotAcquired) {
+		t.Fatalf("key free while a detached keep-alive renews it: %v", err)
+	}
+	k.Stop() // must return although the context had ended before
+	if k.Lost() || !errors.Is(k.Err(), context.Canceled) {
+		t.Errorf("Err after Stop = %v, want the parent's context.Canceled", k.Err())
+	}
+	n := w.refreshes.Load()
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if w.refreshes.Load() != n {
+		t.Error("a refresh ran after Stop returned")
+	}
+}
+
+func TestKeepAliveDetachedReportsALossAfterItsContextEnded(t *testing.T) {
+	w := &wrapped{inner: memlock.New(), lost: make(chan struct{})}
+	le, err := w.TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	k, err := lock.KeepAlive(ctx, le, time.Minute, lock.WithDetached())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Stop)
+	cancel()
+	<-k.Context().Done()
+	close(w.lost)
+	// No event tells a caller the loss was recorded but Err itself: wait
+	// for it, bounded by the test's deadline.
+	for !k.Lost() {
+		select {
+		case <-t.Context().Done():
+			t.Fatal("the loss reported after the context ended was never recorded")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	if err := k.Err(); !errors.Is(err, lock.ErrLeaseLost) || !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("Err = %v, want ErrLeaseLost and ErrNotHeld", err)
+	}
+}
+
+// plainLease hides a lease's Deadline and Lost.
+type plainLease struct{ lock.Lease }
+
+func TestKeepAliveAcquiredAt(t *testing.T) {
+	le, err := memlock.New().TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Without Deadliner the lease ends a TTL after the claim was sent: one
+	// sent two TTLs ago is lost on return.
+	k, err := lock.KeepAlive(t.Context(), plainLease{le}, time.Minute, lock.WithAcquiredAt(time.Now().Add(-2*time.Minute)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	if k.Context().Err() == nil || !k.Lost() {
+		t.Errorf("a lease acquired two TTLs ago is kept: %v", k.Err())
+	}
+	k2, err := lock.KeepAlive(t.Context(), plainLease{le}, time.Minute, lock.WithAcquiredAt(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k2.Stop()
+	if k2.Err() != nil {
+		t.Errorf("a lease acquired now is lost: %v", k2.Err())
+	}
+}
+
+func TestKeepAliveOptionErrors(t *testing.T) {
+	le, err := memlock.New().TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, opts := range map[string][]lock.KeepAliveOption{
+		"zero acquisition time":  {lock.WithAcquiredAt(time.Time{})},
+		"max hold with detached": {lock.WithDetached(), lock.WithMaxHold(time.Hour)},
+	} {
+		if _, err := lock.KeepAlive(t.Context(), le, time.Minute, opts...); !errors.Is(err, lock.ErrInvalidArgument) {
+			t.Errorf("%s: err = %v, want ErrInvalidArgument", name, err)
+		}
+	}
+}
+
+func TestKeepAliveDeferredStartRecordsALossAtStop(t *testing.T) {
+	w := &wrapped{inner: memlock.New(), lost: make(chan struct{})}
+	le, err := w.TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := lock.KeepAlive(t.Context(), le, time.Minute, lock.WithDeferredStart())
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(w.lost)
+	// Nothing watches the loss before the first refresh (20 s away)...
+	if k.Context().Err() != nil {
+		t.Fatalf("deferred start watched the loss at once: %v", k.Err())
+	}
+	// ...but Stop records it.
+	k.Stop()
+	if err := k.Err(); !k.Lost() || !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("Err after Stop = %v, want the reported loss", err)
+	}
+	if w.refreshes.Load() != 0 {
+		t.Errorf("%d refreshes before the first was due", w.refreshes.Load())
 	}
 }

@@ -415,9 +415,13 @@ func outcomeOf(err error) observe.Outcome {
 }
 
 // observeAcquire reports the end of an Acquire that started at start, on
-// an observed Locker. It runs deferred, so it sees Acquire's results.
-func observeAcquire(ctx context.Context, s *observe.Scope, key string, start time.Time, w *waiter, lease *Lease, err *error) {
-	e := observe.Event{Kind: observe.KindAcquire, Outcome: observe.Acquired, Wait: time.Since(start), Attempts: w.attempts, Wakeups: w.wakeups, Err: *err}
+// an observed Locker. It runs deferred, so it sees Acquire's results, its
+// attempts and its Waiter (nil if it never waited).
+func observeAcquire(ctx context.Context, s *observe.Scope, key string, start time.Time, attempts *int, w **Waiter, lease *Lease, err *error) {
+	e := observe.Event{Kind: observe.KindAcquire, Outcome: observe.Acquired, Wait: time.Since(start), Attempts: *attempts, Err: *err}
+	if *w != nil {
+		e.Wakeups = (*w).wakeups
+	}
 	switch {
 	case *err == nil:
 		e.Token = (*lease).Token()
@@ -432,25 +436,17 @@ func observeAcquire(ctx context.Context, s *observe.Scope, key string, start tim
 	s.Emit(ctx, key, e)
 }
 
-// observeKeeper makes k report the loss of an observed lease: the first
-// cancellation of k's context with a cause matching ErrLeaseLost is
-// reported as a [observe.KindLost] event, before the context is cancelled
-// (so that whoever waits on it sees the event reported). It does nothing
-// for a lease that is not observed.
-func observeKeeper(ctx context.Context, k *Keeper) {
+// observeLoss reports the loss of k's lease, when it is observed, as a
+// [observe.KindLost] event, before k's context is cancelled (so that
+// whoever waits on it sees the event reported). The Keeper calls it once,
+// for the first loss.
+func observeLoss(k *Keeper, cause error) {
 	ol, _ := unwrapLease(k.lease)
 	if ol == nil {
 		return
 	}
-	cancel := k.cancel
-	var reported atomic.Bool
-	k.cancel = func(cause error) {
-		if errors.Is(cause, ErrLeaseLost) && k.ctx.Err() == nil && reported.CompareAndSwap(false, true) {
-			ol.scope_.Emit(ctx, ol.inner.Key(), observe.Event{
-				Kind: observe.KindLost, Outcome: observe.NotHeld, Token: ol.inner.Token(),
-				Hold: time.Since(ol.taken), Ends: ol.done.CompareAndSwap(false, true), Err: cause,
-			})
-		}
-		cancel(cause)
-	}
+	ol.scope_.Emit(k.ctx, ol.inner.Key(), observe.Event{
+		Kind: observe.KindLost, Outcome: observe.NotHeld, Token: ol.inner.Token(),
+		Hold: time.Since(ol.taken), Ends: ol.done.CompareAndSwap(false, true), Err: cause,
+	})
 }

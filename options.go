@@ -20,9 +20,61 @@ const (
 	DefaultMaxBackoff = 250 * time.Millisecond
 )
 
-// Option tunes [Acquire], [KeepAlive] and [Do]. Each helper reads the options
-// that concern it and ignores the rest, so one option list can be shared.
-type Option func(*options)
+// Each helper accepts only the options that apply to it, checked at compile
+// time: an option that applies to several helpers implements several of
+// these interfaces.
+//
+//	option                 Acquire, NewWaiter  KeepAlive  Do
+//	WithBackoff            yes                 -          yes
+//	WithRefreshInterval    -                   yes        yes
+//	WithMaxHold            -                   yes        yes
+//	WithAcquiredAt         -                   yes        -
+//	WithDetached           -                   yes        -
+//	WithDeferredStart      -                   yes        -
+//	WithTTL                -                   -          yes
+//	WithReleaseTimeout     -                   -          yes
+type (
+	// AcquireOption tunes [Acquire] and [NewWaiter].
+	AcquireOption interface{ applyAcquire(*options) }
+	// KeepAliveOption tunes [KeepAlive].
+	KeepAliveOption interface{ applyKeepAlive(*options) }
+	// DoOption tunes [Do].
+	DoOption interface{ applyDo(*options) }
+)
+
+// BackoffOption is an option of [Acquire], [NewWaiter] and [Do]; see
+// [WithBackoff].
+type BackoffOption func(*options)
+
+func (o BackoffOption) applyAcquire(c *options) { o.apply(c) }
+func (o BackoffOption) applyDo(c *options)      { o.apply(c) }
+func (o BackoffOption) apply(c *options) {
+	if o != nil {
+		o(c)
+	}
+}
+
+// RenewalOption is an option of [KeepAlive] and [Do]; see
+// [WithRefreshInterval] and [WithMaxHold].
+type RenewalOption func(*options)
+
+func (o RenewalOption) applyKeepAlive(c *options) { o.apply(c) }
+func (o RenewalOption) applyDo(c *options)        { o.apply(c) }
+func (o RenewalOption) apply(c *options) {
+	if o != nil {
+		o(c)
+	}
+}
+
+// doOnly is an option of [Do] alone.
+type doOnly func(*options)
+
+func (o doOnly) applyDo(c *options) { o(c) }
+
+// keepAliveOnly is an option of [KeepAlive] alone.
+type keepAliveOnly func(*options)
+
+func (o keepAliveOnly) applyKeepAlive(c *options) { o(c) }
 
 type options struct {
 	ttl            time.Duration
@@ -31,24 +83,27 @@ type options struct {
 	releaseTimeout time.Duration
 	minBackoff     time.Duration
 	maxBackoff     time.Duration
+	acquiredAt     time.Time // zero: when KeepAlive is called
+	detached       bool
+	deferred       bool
 	err            error
 }
 
 // WithTTL sets the lease TTL that [Do] takes and renews (default [DefaultTTL]).
-func WithTTL(ttl time.Duration) Option {
-	return func(o *options) {
+func WithTTL(ttl time.Duration) DoOption {
+	return doOnly(func(o *options) {
 		if err := ValidateTTL(ttl); err != nil {
 			o.fail(err)
 			return
 		}
 		o.ttl = ttl
-	}
+	})
 }
 
-// WithRefreshInterval sets how often [KeepAlive] renews a lease (default: a
-// third of its TTL, so two refreshes may fail before it is lost). It must be
-// positive and shorter than the TTL.
-func WithRefreshInterval(d time.Duration) Option {
+// WithRefreshInterval sets how often [KeepAlive] (and so [Do]) renews a
+// lease (default: a third of its TTL, so two refreshes may fail before it is
+// lost). It must be positive and shorter than the TTL.
+func WithRefreshInterval(d time.Duration) RenewalOption {
 	return func(o *options) {
 		if d <= 0 {
 			o.fail(fmt.Errorf("%w: refresh interval %v is not positive", ErrInvalidArgument, d))
@@ -61,7 +116,7 @@ func WithRefreshInterval(d time.Duration) Option {
 // WithMaxHold caps the total time [KeepAlive] (and so [Do]) keeps a lease:
 // at the cap renewal stops and the context is cancelled with a cause that
 // matches [ErrMaxHold]. Zero means no cap.
-func WithMaxHold(d time.Duration) Option {
+func WithMaxHold(d time.Duration) RenewalOption {
 	return func(o *options) {
 		if d < 0 {
 			o.fail(fmt.Errorf("%w: max hold %v is negative", ErrInvalidArgument, d))
@@ -71,23 +126,64 @@ func WithMaxHold(d time.Duration) Option {
 	}
 }
 
+// WithAcquiredAt tells [KeepAlive] when the request that took the lease was
+// sent. A lease that does not implement [Deadliner] is then taken to end ttl
+// after t, not ttl after KeepAlive was called, so a lease handed over late
+// is renewed, or found lost, in time (default: the time of the KeepAlive
+// call). It is for helpers that take keys by other means than [Acquire],
+// such as an idempotency Store's Claim.
+func WithAcquiredAt(t time.Time) KeepAliveOption {
+	return keepAliveOnly(func(o *options) {
+		if t.IsZero() {
+			o.fail(fmt.Errorf("%w: zero acquisition time", ErrInvalidArgument))
+			return
+		}
+		o.acquiredAt = t
+	})
+}
+
+// WithDetached makes [KeepAlive]'s renewal outlast its context: the Keeper's
+// Context still ends with ctx (and with a loss), but renewal goes on until
+// [Keeper.Stop] or [Keeper.Release], or until the lease is lost, which
+// [Keeper.Err] then reports even though ctx had ended. It is for work that a
+// request starts and that must not lose its lease when the request ends (a
+// handler that goes on after its client left): the work learns from its
+// context that the request is gone and decides whether to stop, and no
+// other holder can take the key meanwhile. It cannot be combined with
+// [WithMaxHold].
+func WithDetached() KeepAliveOption {
+	return keepAliveOnly(func(o *options) { o.detached = true })
+}
+
+// WithDeferredStart makes [KeepAlive] start nothing but a timer until the
+// first refresh is due, even for a lease that implements [LossNotifier]:
+// a hold shorter than a refresh interval then costs no goroutine. A loss
+// the backend reports before that refresh cancels the Keeper's context
+// only then, or is recorded by [Keeper.Stop] ([Keeper.Err] reports it). It
+// is for short work whose end is checked by the owner anyway (an
+// idempotency Store's Complete refuses a lease that was lost); a lease's
+// local deadline is never at risk, as the first refresh comes before it.
+func WithDeferredStart() KeepAliveOption {
+	return keepAliveOnly(func(o *options) { o.deferred = true })
+}
+
 // WithReleaseTimeout bounds the release [Do] makes when its function returns
 // (default [DefaultReleaseTimeout]).
-func WithReleaseTimeout(d time.Duration) Option {
-	return func(o *options) {
+func WithReleaseTimeout(d time.Duration) DoOption {
+	return doOnly(func(o *options) {
 		if d <= 0 {
 			o.fail(fmt.Errorf("%w: release timeout %v is not positive", ErrInvalidArgument, d))
 			return
 		}
 		o.releaseTimeout = d
-	}
+	})
 }
 
-// WithBackoff bounds the jittered exponential backoff [Acquire] uses between
-// attempts on a backend that cannot notify (defaults [DefaultMinBackoff] and
-// [DefaultMaxBackoff]). A wait never lasts past the holder's remaining TTL
-// when the backend reports it.
-func WithBackoff(min, max time.Duration) Option {
+// WithBackoff bounds the jittered exponential backoff [Acquire] (and so [Do])
+// uses between attempts on a backend that cannot notify (defaults
+// [DefaultMinBackoff] and [DefaultMaxBackoff]). A wait never lasts past the
+// holder's remaining TTL when the backend reports it.
+func WithBackoff(min, max time.Duration) BackoffOption {
 	return func(o *options) {
 		if min <= 0 || max < min {
 			o.fail(fmt.Errorf("%w: backoff bounds %v..%v", ErrInvalidArgument, min, max))
@@ -103,16 +199,24 @@ func (o *options) fail(err error) {
 	}
 }
 
-func buildOptions(opts []Option) (options, error) {
-	o := options{
+// defaultOptions returns the options no option changed.
+func defaultOptions() options {
+	return options{
 		ttl:            DefaultTTL,
 		releaseTimeout: DefaultReleaseTimeout,
 		minBackoff:     DefaultMinBackoff,
 		maxBackoff:     DefaultMaxBackoff,
 	}
+}
+
+// buildOptions applies opts with apply, skipping nil ones, and returns the
+// first invalid option's error.
+func buildOptions[O comparable](opts []O, apply func(O, *options)) (options, error) {
+	o := defaultOptions()
+	var zero O
 	for _, opt := range opts {
-		if opt != nil {
-			opt(&o)
+		if opt != zero {
+			apply(opt, &o)
 		}
 	}
 	return o, o.err

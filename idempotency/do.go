@@ -70,8 +70,9 @@ func Replayed(p *bool) DoOption { return func(d *doConfig) { d.replayed = p } }
 
 // Do runs fn at most once per key and returns its result; a duplicate call
 // with the same key gets the stored result instead, decoded with the codec.
-// It is the worker side of a [Guard]: a queue consumer calls it with the
-// message's id as key, then acks only when it returns nil.
+// It runs on w, a [*Runner] or a [*Guard] (its [Guard.Runner]): a queue
+// consumer calls it with the message's id as key, then acks only when it
+// returns nil.
 //
 //   - The key is claimed in the Store (one round trip). A stored result is
 //     returned at once (see [Replayed]); a stored [Permanent] error comes
@@ -92,7 +93,7 @@ func Replayed(p *bool) DoOption { return func(d *doConfig) { d.replayed = p } }
 //     unless the error is [Permanent]. If fn panics, the key is released
 //     and the panic continues.
 //   - If fn succeeds, its result is stored with the lease in one step
-//     (Store.Complete, retried within the Guard's store timeout, on a
+//     (Store.Complete, retried within the store timeout, on a
 //     context detached from ctx), which refuses if the lease was lost
 //     meanwhile: then Do returns fn's result with a [*LeaseLostError]
 //     (matching lock.ErrLeaseLost and lock.ErrNotHeld) that says why,
@@ -101,11 +102,15 @@ func Replayed(p *bool) DoOption { return func(d *doConfig) { d.replayed = p } }
 //
 // Nothing marks the key as done before fn has returned and its result is
 // stored, so a crash at any point leaves the key to be retried, never
-// "seen" without having been processed. After [Guard.Shutdown], Do
-// returns [ErrShutdown] without claiming the key.
-func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Context) (T, error), opts ...DoOption) (result T, err error) {
+// "seen" without having been processed. After [Runner.Shutdown] (or
+// [Guard.Shutdown]), Do returns [ErrShutdown] without claiming the key.
+func Do[T any](ctx context.Context, w Worker, key string, fn func(ctx context.Context) (T, error), opts ...DoOption) (result T, err error) {
+	var g *Runner
+	if w != nil {
+		g = w.runner()
+	}
 	if g == nil {
-		return result, fmt.Errorf("%w: nil Guard", lock.ErrInvalidArgument)
+		return result, fmt.Errorf("%w: nil Runner or Guard", lock.ErrInvalidArgument)
 	}
 	if fn == nil {
 		return result, fmt.Errorf("%w: nil function", lock.ErrInvalidArgument)
@@ -151,7 +156,11 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 		return replayValue[T](stored, fp, dc.codec)
 	}
 
-	k := g.keep(ctx, lease, sent)
+	k, err := g.keep(ctx, lease, sent)
+	if err != nil {
+		g.releaseLease(ctx, lease)
+		return result, err
+	}
 	panicked := true
 	defer func() {
 		if panicked {
@@ -190,7 +199,7 @@ func Do[T any](ctx context.Context, g *Guard, key string, fn func(ctx context.Co
 	}
 	if cerr := g.complete(ctx, k, appendRecord(nil, &rec), tomb); cerr != nil {
 		if errors.Is(cerr, lock.ErrNotHeld) {
-			cause := k.Lost()
+			cause := lostCause(k)
 			if cause == nil {
 				cause = cerr // the Store saw what the keep-alive did not
 			}

@@ -207,9 +207,14 @@
 // # Workers
 //
 // [Do] is the same life of a key for queue consumers and cron jobs:
-// claim, process, complete, then ack.
+// claim, process, complete, then ack. It runs on a [Runner], the run-once
+// core without the HTTP layer, made with [NewRunner] and only the options
+// that apply to it ([SharedOption]s); a [Guard] can be passed instead, and
+// its worker calls then share its Store, namespace and [Guard.Shutdown].
 //
-//	receipt, err := idempotency.Do(ctx, guard, msg.ID, func(ctx context.Context) (Receipt, error) {
+//	runner, err := idempotency.NewRunner(store, idempotency.WithNamespace("billing/"))
+//	...
+//	receipt, err := idempotency.Do(ctx, runner, msg.ID, func(ctx context.Context) (Receipt, error) {
 //		return sendReceipt(ctx, msg) // ctx ends if the lease is lost
 //	}, idempotency.WithPayload(msg.Body))
 //	var busy *idempotency.InProgressError
@@ -232,13 +237,13 @@
 // [Once], keyed by the period's start (lock.Do only keeps runs from
 // overlapping, so each instance would run it once per period):
 //
-//	ran, err := idempotency.Once(ctx, guard, "nightly-report", 24*time.Hour,
+//	ran, err := idempotency.Once(ctx, runner, "nightly-report", 24*time.Hour,
 //		func(ctx context.Context, day time.Time) error { return sendReport(ctx, day) })
 //
 // # Shutdown
 //
-// [Guard.Shutdown] stops taking new claims (503 ProblemShuttingDown with
-// Retry-After; Do returns [ErrShutdown]) and waits until every claim in
+// [Guard.Shutdown] (and [Runner.Shutdown]) stops taking new claims (503
+// ProblemShuttingDown with Retry-After; Do returns [ErrShutdown]) and waits until every claim in
 // flight was completed or released; call it before closing the backend.
 //
 // # Records

@@ -53,7 +53,9 @@ func ExampleGuard_Middleware() {
 }
 
 func ExampleDo() {
-	guard, err := idempotency.New(memlock.New(), idempotency.WithScope(func(*http.Request) string { return "all" }))
+	// A Runner is the run-once core without the HTTP layer: it takes only
+	// the options that apply to workers.
+	runner, err := idempotency.NewRunner(memlock.New(), idempotency.WithNamespace("mailer/"))
 	if err != nil {
 		panic(err)
 	}
@@ -61,7 +63,7 @@ func ExampleDo() {
 	sent := 0
 	handle := func(ctx context.Context, msgID string) {
 		var replayed bool
-		r, err := idempotency.Do(ctx, guard, msgID, func(ctx context.Context) (Receipt, error) {
+		r, err := idempotency.Do(ctx, runner, msgID, func(ctx context.Context) (Receipt, error) {
 			sent++ // send the email
 			return Receipt{Email: "sent to alice"}, nil
 		}, idempotency.Replayed(&replayed))
@@ -116,11 +118,11 @@ func ExampleOnce() {
 	store := memlock.New() // in production a networked backend all instances reach
 	sent := 0
 	for instance := range 3 {
-		guard, err := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "jobs" }))
+		runner, err := idempotency.NewRunner(store)
 		if err != nil {
 			panic(err)
 		}
-		ran, err := idempotency.Once(context.Background(), guard, "nightly-report", 24*time.Hour,
+		ran, err := idempotency.Once(context.Background(), runner, "nightly-report", 24*time.Hour,
 			func(ctx context.Context, day time.Time) error {
 				sent++ // send the report for the day that starts at day
 				return nil

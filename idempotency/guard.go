@@ -1,12 +1,10 @@
 package idempotency
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -44,7 +42,7 @@ const (
 	DefaultStoreTimeout = 5 * time.Second
 )
 
-// ErrInvalidOption is matched by the error [New] and [Guard.With] return
+// ErrInvalidOption is matched by the error [New], [NewRunner] and [Guard.With] return
 // for an option out of range; the error is an [*OptionError].
 var ErrInvalidOption = errors.New("idempotency: invalid option")
 
@@ -108,35 +106,51 @@ func DefaultClassifier(status int, _ http.Header) Outcome {
 	return OutcomeRelease
 }
 
-// Option configures a [Guard].
-type Option func(*config)
+// Option configures a [Guard]. The options of the HTTP layer (headers,
+// methods, scope, bodies, replay, classification) are Options only: they do
+// not compile as a [RunnerOption]. Each [SharedOption] is both.
+type Option interface{ applyGuard(*config) }
 
+// SharedOption is an option of both [New] and [NewRunner]: what the run-once
+// core reads (namespace, lease TTL, retention, retry delays, store timeout,
+// logger).
+type SharedOption func(*config)
+
+func (o SharedOption) applyGuard(c *config)  { o.apply(c) }
+func (o SharedOption) applyRunner(c *config) { o.apply(c) }
+func (o SharedOption) apply(c *config) {
+	if o != nil {
+		o(c)
+	}
+}
+
+// httpOption is an option of the HTTP layer alone.
+type httpOption func(*config)
+
+func (o httpOption) applyGuard(c *config) { o(c) }
+
+// config is a Guard's: the core its [Runner] reads, and the HTTP layer's
+// own settings.
 type config struct {
+	core
 	header       string
 	methods      map[string]bool
 	requireKey   bool
 	scope        func(*http.Request) string
 	route        func(*http.Request) string
-	namespace    string
-	leaseTTL     time.Duration
-	retention    time.Duration
-	retryAfter   time.Duration
-	maxRetry     time.Duration
 	wait         time.Duration
 	maxReqBody   int64
 	maxRespBody  int
 	replayHeader map[string]bool
 	classify     Classifier
 	failOpen     bool
-	storeTimeout time.Duration
-	logger       *slog.Logger
 	problemType  func(string) string
 	err          error
 }
 
 // positive is an option that sets the duration field returns to d, which
 // must be positive.
-func positive(option string, d time.Duration, field func(*config) *time.Duration) Option {
+func positive(option string, d time.Duration, field func(*config) *time.Duration) SharedOption {
 	return func(c *config) {
 		if d <= 0 {
 			c.fail(option, "%v is not positive", d)
@@ -155,13 +169,13 @@ func (c *config) fail(option, format string, args ...any) {
 // WithHeader sets the request header that carries the key (default
 // [DefaultHeader]).
 func WithHeader(name string) Option {
-	return func(c *config) {
+	return httpOption(func(c *config) {
 		if name == "" || strings.ContainsAny(name, " \t\r\n:") {
 			c.fail("WithHeader", "%q is not a header name", name)
 			return
 		}
 		c.header = http.CanonicalHeaderKey(name)
-	}
+	})
 }
 
 // WithMethods sets the methods the middleware guards (default POST and
@@ -169,7 +183,7 @@ func WithHeader(name string) Option {
 // TRACE) are refused: they are idempotent already, and replaying a stored
 // GET would serve stale data.
 func WithMethods(methods ...string) Option {
-	return func(c *config) {
+	return httpOption(func(c *config) {
 		if len(methods) == 0 {
 			c.fail("WithMethods", "no method")
 			return
@@ -187,12 +201,12 @@ func WithMethods(methods ...string) Option {
 			m[meth] = true
 		}
 		c.methods = m
-	}
+	})
 }
 
 // RequireKey makes a missing key a 400 problem on the guarded methods.
 // Without it (the default) a request without a key passes through unguarded.
-func RequireKey() Option { return func(c *config) { c.requireKey = true } }
+func RequireKey() Option { return httpOption(func(c *config) { c.requireKey = true }) }
 
 // WithScope sets the function that names who is asking: the authenticated
 // principal, a tenant and user id, an API key's id. Keys are scoped by it,
@@ -214,13 +228,13 @@ func RequireKey() Option { return func(c *config) { c.requireKey = true } }
 // service whose keys are deliberately global says so with a constant
 // scope, for example WithScope(func(*http.Request) string { return "all" }).
 func WithScope(scope func(r *http.Request) string) Option {
-	return func(c *config) {
+	return httpOption(func(c *config) {
 		if scope == nil {
 			c.fail("WithScope", "nil function")
 			return
 		}
 		c.scope = scope
-	}
+	})
 }
 
 // WithRoute sets how the request's route is named in its fingerprint
@@ -229,18 +243,18 @@ func WithScope(scope func(r *http.Request) string) Option {
 // resource from replaying: the default does, as r.Pattern is only used
 // together with r.URL.Path.
 func WithRoute(route func(r *http.Request) string) Option {
-	return func(c *config) {
+	return httpOption(func(c *config) {
 		if route == nil {
 			c.fail("WithRoute", "nil function")
 			return
 		}
 		c.route = route
-	}
+	})
 }
 
 // WithNamespace separates Guards that share one Store (two services, or
 // two APIs of one): the same key under two namespaces is two keys.
-func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns } }
+func WithNamespace(ns string) SharedOption { return func(c *config) { c.namespace = ns } }
 
 // WithLeaseTTL sets the TTL of the in-progress lease (default
 // [DefaultLeaseTTL]); the lease is renewed every third of it while the work
@@ -250,13 +264,13 @@ func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns
 // lock.TTLLimiter) with an error matching both [ErrInvalidOption] and
 // lock.ErrInvalidTTL that says what to use instead, rather than a 503 on
 // every request later.
-func WithLeaseTTL(d time.Duration) Option {
+func WithLeaseTTL(d time.Duration) SharedOption {
 	return positive("WithLeaseTTL", d, func(c *config) *time.Duration { return &c.leaseTTL })
 }
 
 // WithRetention sets how long a completed record is kept and replayed
 // (default [DefaultRetention]). After it a key is free again.
-func WithRetention(d time.Duration) Option {
+func WithRetention(d time.Duration) SharedOption {
 	return positive("WithRetention", d, func(c *config) *time.Duration { return &c.retention })
 }
 
@@ -267,7 +281,7 @@ func WithRetention(d time.Duration) Option {
 // it (as a lock.NotAcquiredError's Remaining: every built-in backend
 // does), capped by [WithMaxRetryAfter]: the Retry-After of a 409 (rounded
 // up to whole seconds) and [InProgressError].RetryAfter.
-func WithRetryAfter(d time.Duration) Option {
+func WithRetryAfter(d time.Duration) SharedOption {
 	return positive("WithRetryAfter", d, func(c *config) *time.Duration { return &c.retryAfter })
 }
 
@@ -276,19 +290,8 @@ func WithRetryAfter(d time.Duration) Option {
 // [DefaultMaxRetryAfter]): a holder that keeps renewing may finish long
 // before its lease would end, so a client is never told to stay away
 // longer than this.
-func WithMaxRetryAfter(d time.Duration) Option {
+func WithMaxRetryAfter(d time.Duration) SharedOption {
 	return positive("WithMaxRetryAfter", d, func(c *config) *time.Duration { return &c.maxRetry })
-}
-
-// retryAfter is the delay to tell a duplicate whose claim failed with
-// held: the holder's remaining lease time when the Store reported it,
-// capped, and the configured delay otherwise.
-func (g *Guard) retryAfter(held error) time.Duration {
-	var na *lock.NotAcquiredError
-	if errors.As(held, &na) && na.Remaining > 0 {
-		return min(na.Remaining, g.cfg.maxRetry)
-	}
-	return g.cfg.retryAfter
 }
 
 // WithWait makes a duplicate that arrives while the first request is in
@@ -297,13 +300,13 @@ func (g *Guard) retryAfter(held error) time.Duration {
 // uses the Store's release events when it implements lock.Notifier, and
 // polls otherwise. Zero (the default) means no wait.
 func WithWait(d time.Duration) Option {
-	return func(c *config) {
+	return httpOption(func(c *config) {
 		if d < 0 {
 			c.fail("WithWait", "%v is negative", d)
 			return
 		}
 		c.wait = d
-	}
+	})
 }
 
 // WithMaxRequestBody caps the request body, in bytes, the middleware reads
@@ -312,13 +315,13 @@ func WithWait(d time.Duration) Option {
 // handler runs. Hashing only a prefix would let two different requests of
 // equal prefix share a fingerprint, so that is not offered.
 func WithMaxRequestBody(n int64) Option {
-	return func(c *config) {
+	return httpOption(func(c *config) {
 		if n < 0 {
 			c.fail("WithMaxRequestBody", "%d is negative", n)
 			return
 		}
 		c.maxReqBody = n
-	}
+	})
 }
 
 // WithMaxResponseBody caps the response body, in bytes, stored for replay
@@ -326,13 +329,13 @@ func WithMaxRequestBody(n int64) Option {
 // caller in full; what is stored is a tombstone, so retries get a 422
 // problem of type [ProblemNotReplayable] and the handler never runs twice.
 func WithMaxResponseBody(n int) Option {
-	return func(c *config) {
+	return httpOption(func(c *config) {
 		if n < 0 {
 			c.fail("WithMaxResponseBody", "%d is negative", n)
 			return
 		}
 		c.maxRespBody = n
-	}
+	})
 }
 
 // WithReplayHeaders adds response headers to the allow-list that is stored
@@ -340,7 +343,7 @@ func WithMaxResponseBody(n int) Option {
 // Content-Location, Location, ETag, Last-Modified, Cache-Control, Expires,
 // Vary and Link). The headers in [NeverStored] cannot be added.
 func WithReplayHeaders(names ...string) Option {
-	return func(c *config) {
+	return httpOption(func(c *config) {
 		add := make(map[string]bool, len(c.replayHeader)+len(names))
 		for k := range c.replayHeader {
 			add[k] = true
@@ -358,26 +361,26 @@ func WithReplayHeaders(names ...string) Option {
 			add[k] = true
 		}
 		c.replayHeader = add
-	}
+	})
 }
 
 // WithClassifier sets the function that decides whether a finished response
 // is stored or its key released (default [DefaultClassifier]).
 func WithClassifier(f Classifier) Option {
-	return func(c *config) {
+	return httpOption(func(c *config) {
 		if f == nil {
 			c.fail("WithClassifier", "nil function")
 			return
 		}
 		c.classify = f
-	}
+	})
 }
 
 // FailOpen makes the middleware run the handler unguarded when the Store
 // cannot be reached (the default fails closed with a 503 problem). Use it
 // on a Guard made with [Guard.With] for the routes where a duplicate is
 // cheaper than an outage.
-func FailOpen() Option { return func(c *config) { c.failOpen = true } }
+func FailOpen() Option { return httpOption(func(c *config) { c.failOpen = true }) }
 
 // WithStoreTimeout bounds every call the Guard makes to the Store (default
 // [DefaultStoreTimeout]): the claim of a key (each one, when a duplicate
@@ -389,7 +392,7 @@ func FailOpen() Option { return func(c *config) { c.failOpen = true } }
 // [Do] returns a [*StoreError]. Its outcome is unknown: if the server took
 // the key and the reply was lost, the key stays in progress until the
 // lease TTL ends.
-func WithStoreTimeout(d time.Duration) Option {
+func WithStoreTimeout(d time.Duration) SharedOption {
 	return positive("WithStoreTimeout", d, func(c *config) *time.Duration { return &c.storeTimeout })
 }
 
@@ -399,7 +402,7 @@ func WithStoreTimeout(d time.Duration) Option {
 // without a scope or around http.TimeoutHandler (default slog.Default(),
 // so these reach the program's log unless it says otherwise; pass
 // slog.New(slog.DiscardHandler) to silence them).
-func WithLogger(l *slog.Logger) Option {
+func WithLogger(l *slog.Logger) SharedOption {
 	return func(c *config) {
 		if l == nil {
 			c.fail("WithLogger", "nil logger")
@@ -421,26 +424,25 @@ func WithLogger(l *slog.Logger) Option {
 //		return "https://api.example.com/errors#" + name
 //	})
 func WithProblemTypes(fn func(problem string) string) Option {
-	return func(c *config) {
+	return httpOption(func(c *config) {
 		if fn == nil {
 			c.fail("WithProblemTypes", "nil function")
 			return
 		}
 		c.problemType = fn
-	}
+	})
 }
 
-// Guard runs work at most once per idempotency key on a [Store]: as HTTP
-// middleware ([Guard.Middleware]) or for workers ([Do]). It is safe for
-// concurrent use.
+// Guard runs work at most once per idempotency key on a [Store] as HTTP
+// middleware ([Guard.Middleware]), on its [Runner], the run-once core that
+// [Do] and [Once] use too: a Guard can be passed to them directly. It is
+// safe for concurrent use.
 type Guard struct {
-	store Store
-	cfg   config
+	r   *Runner
+	cfg config
 	// lastScopeWarn is when the latest empty-scope warning was logged
 	// (UnixNano), so that unauthenticated traffic cannot flood the log.
 	lastScopeWarn *atomic.Int64
-	// life counts claims in flight for Shutdown; shared with With's copies.
-	life *lifecycle
 }
 
 // New returns a Guard on store. Bad options are reported as an error
@@ -452,20 +454,16 @@ func New(store Store, opts ...Option) (*Guard, error) {
 		return nil, &OptionError{Option: "store", Reason: "nil Store"}
 	}
 	c := config{
+		core:         defaultCore(),
 		header:       DefaultHeader,
 		methods:      map[string]bool{http.MethodPost: true, http.MethodPatch: true},
-		leaseTTL:     DefaultLeaseTTL,
-		retention:    DefaultRetention,
-		retryAfter:   DefaultRetryAfter,
-		maxRetry:     DefaultMaxRetryAfter,
 		maxReqBody:   DefaultMaxRequestBody,
 		maxRespBody:  DefaultMaxResponseBody,
 		replayHeader: defaultReplayHeaders(),
 		classify:     DefaultClassifier,
-		storeTimeout: DefaultStoreTimeout,
 	}
-	g := &Guard{store: store, cfg: c, lastScopeWarn: new(atomic.Int64), life: newLifecycle()}
-	if err := g.apply(opts); err != nil {
+	g := &Guard{cfg: c, lastScopeWarn: new(atomic.Int64)}
+	if err := g.apply(store, newLifecycle(), opts); err != nil {
 		return nil, err
 	}
 	if g.cfg.scope == nil {
@@ -474,186 +472,48 @@ func New(store Store, opts ...Option) (*Guard, error) {
 	return g, nil
 }
 
-// With returns a copy of g with more options, sharing its Store: for a
-// route that fails open, waits, or requires a key while others do not.
+// With returns a copy of g with more options, sharing its Store and its
+// [Guard.Shutdown]: for a route that fails open, waits, or requires a key
+// while others do not.
 func (g *Guard) With(opts ...Option) (*Guard, error) {
-	n := &Guard{store: g.store, cfg: g.cfg, lastScopeWarn: g.lastScopeWarn, life: g.life}
+	n := &Guard{cfg: g.cfg, lastScopeWarn: g.lastScopeWarn}
 	n.cfg.err = nil
-	if err := n.apply(opts); err != nil {
+	if err := n.apply(g.r.store, g.r.life, opts); err != nil {
 		return nil, err
 	}
 	return n, nil
 }
 
-func (g *Guard) apply(opts []Option) error {
+// apply applies opts and makes the Guard's Runner from the result.
+func (g *Guard) apply(store Store, life *lifecycle, opts []Option) error {
 	for _, o := range opts {
 		if o != nil {
-			o(&g.cfg)
+			o.applyGuard(&g.cfg)
 		}
 	}
 	if g.cfg.err != nil {
 		return g.cfg.err
 	}
-	return g.checkTTLs()
+	g.r = &Runner{store: store, cfg: g.cfg.core, life: life}
+	return g.r.checkTTLs()
 }
 
-// checkTTLs refuses, at construction, TTLs the Store's backend cannot
-// honour (see lock.CheckTTL and lock.TTLLimiter), which would otherwise
-// fail every request with 503: the lease TTL within the backend's limits,
-// the retention within its maximum.
-func (g *Guard) checkTTLs() error {
-	if err := lock.CheckTTL(g.store, g.cfg.leaseTTL); err != nil {
-		return &OptionError{Option: "WithLeaseTTL", Reason: err.Error(), Err: err}
+func (g *Guard) runner() *Runner {
+	if g == nil {
+		return nil
 	}
-	if tl, ok := g.store.(lock.TTLLimiter); ok {
-		if max := tl.TTLLimits().Max; max > 0 && g.cfg.retention > max {
-			err := &lock.TTLError{TTL: g.cfg.retention, Reason: fmt.Sprintf("longer than the %v this backend accepts (%T); use at most %v", max, g.store, max)}
-			return &OptionError{Option: "WithRetention", Reason: err.Error(), Err: err}
-		}
-	}
-	return nil
+	return g.r
 }
 
-func (g *Guard) logger() *slog.Logger {
-	if g.cfg.logger != nil {
-		return g.cfg.logger
-	}
-	return slog.Default()
-}
+// Runner returns the run-once core the Guard serves requests on: the same
+// Store, namespace, lease TTL, retention and [Guard.Shutdown]. [Do] and
+// [Once] accept the Guard itself as well.
+func (g *Guard) Runner() *Runner { return g.r }
+
+func (g *Guard) logger() *slog.Logger { return g.r.logger() }
 
 // Store returns the Store the Guard keeps keys in.
-func (g *Guard) Store() Store { return g.store }
-
-// storeCtx returns a context for a call to the Store after the work ran:
-// ctx's values without its cancellation, bounded by the store timeout.
-func (g *Guard) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	c := newDetachedCtx(ctx, g.cfg.storeTimeout)
-	return c, c.stop
-}
-
-// release gives a lease up after the work, logging a failure. It stops
-// renewal first. A lease whose loss the server confirmed (a refresh or the
-// backend reported it not held) is not released: that could only report
-// ErrNotHeld. A lease lost only by the local clock (no successful refresh
-// before its deadline) is released all the same, since the server may
-// still hold it: otherwise the key would stay locked for up to a TTL.
-func (g *Guard) release(ctx context.Context, k *keeper) {
-	k.Stop()
-	if k.released() {
-		return
-	}
-	sctx, cancel := g.storeCtx(ctx)
-	defer cancel()
-	if err := k.Lease().Release(sctx); err != nil && !errors.Is(err, lock.ErrNotHeld) {
-		g.releaseFailed(storeError("release", err, sctx, context.Background(), g.cfg.storeTimeout))
-	}
-}
-
-// releaseFailed logs a failed Release, naming the call and whether it
-// timed out.
-func (g *Guard) releaseFailed(err error) {
-	g.logger().Warn("idempotency: releasing a key failed; it stays in progress until its lease expires", storeAttrs(err, "release")...)
-}
-
-// storeAttrs are the log attributes of a failed store call: its name, the
-// store timeout when it did not answer within it, and the error.
-func storeAttrs(err error, call string) []any {
-	var se *StoreError
-	if errors.As(err, &se) {
-		call = se.Call
-		if se.Timeout > 0 {
-			return []any{"call", call, "timeout", se.Timeout, "error", err}
-		}
-	}
-	return []any{"call", call, "error", err}
-}
-
-// complete stores rec for k's lease. A Complete that fails for another
-// reason than ErrNotHeld or ErrRecordTooLarge (a timeout, a dropped
-// connection, a failover) is retried, with jittered backoff, until the
-// store timeout: the outcome of a failed attempt is unknown, and a retry
-// either stores the record or finds the lease ended (ErrNotHeld, which is
-// then reported). Only a Store's explicit refusal of the record for its
-// size ([ErrRecordTooLarge]) stores tomb instead, when given: the work was
-// done, so the key must never be released for it to run again. If the
-// record cannot be stored in time the key is released, so that it does
-// not stay in progress until the lease expires. An error other than
-// ErrNotHeld is a [*StoreError] naming the call "complete".
-func (g *Guard) complete(ctx context.Context, k *keeper, rec []byte, tomb *record) (err error) {
-	k.Stop()
-	sctx, cancel := g.storeCtx(ctx)
-	defer cancel()
-	defer func() {
-		if err != nil && !errors.Is(err, lock.ErrNotHeld) {
-			err = storeError("complete", err, sctx, context.Background(), g.cfg.storeTimeout)
-		}
-	}()
-	err = g.completeRetry(sctx, k.Lease(), rec)
-	if err == nil || errors.Is(err, lock.ErrNotHeld) {
-		return err
-	}
-	if tomb != nil && errors.Is(err, ErrRecordTooLarge) {
-		terr := g.completeRetry(sctx, k.Lease(), appendRecord(nil, tomb))
-		if terr == nil {
-			g.logger().Warn("idempotency: the store refused the result for its size; a tombstone was stored instead, so duplicates get a not-replayable answer", "error", err)
-			return nil
-		}
-		if errors.Is(terr, lock.ErrNotHeld) {
-			return terr
-		}
-		err = errors.Join(err, terr)
-	}
-	// The record is lost: free the key rather than leave it in progress
-	// until the lease expires.
-	if rerr := k.Lease().Release(sctx); rerr != nil && !errors.Is(rerr, lock.ErrNotHeld) {
-		err = errors.Join(err, rerr)
-	}
-	return err
-}
-
-// completeRetry calls Store.Complete until it succeeds, fails for a reason
-// a retry cannot change (ErrNotHeld, ErrInvalidArgument, which
-// ErrRecordTooLarge matches), or ctx ends; it returns the latest error.
-//
-// A retry that finds the lease ended may follow an attempt that was
-// applied although its reply was lost: a Claim then tells whether the key
-// holds exactly this record, which is success.
-func (g *Guard) completeRetry(ctx context.Context, lease lock.Lease, rec []byte) error {
-	backoff := 10 * time.Millisecond
-	for attempt := 0; ; attempt++ {
-		err := g.store.Complete(ctx, lease, rec, g.cfg.retention)
-		if attempt > 0 && errors.Is(err, lock.ErrNotHeld) && g.holdsRecord(ctx, lease.Key(), rec) {
-			return nil
-		}
-		if err == nil || errors.Is(err, lock.ErrNotHeld) || errors.Is(err, lock.ErrInvalidArgument) {
-			return err
-		}
-		d := backoff/2 + rand.N(backoff)
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
-			return err // no time for another attempt
-		}
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		}
-		backoff = min(2*backoff, 500*time.Millisecond)
-	}
-}
-
-// holdsRecord reports whether key is completed with exactly rec. A Claim
-// that takes the key instead (it is free: the earlier Complete was not
-// applied) gives it up at once.
-func (g *Guard) holdsRecord(ctx context.Context, key string, rec []byte) bool {
-	le, stored, err := g.store.Claim(ctx, key, g.cfg.leaseTTL)
-	if le != nil {
-		_ = le.Release(ctx)
-		return false
-	}
-	return err == nil && bytes.Equal(stored, rec)
-}
+func (g *Guard) Store() Store { return g.r.store }
 
 // tokenKey is the context key of the fencing token.
 type tokenKey struct{}

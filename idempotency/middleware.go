@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"sync"
@@ -149,26 +148,26 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 	fp := g.httpFingerprint(r, bodyBytes)
 	skey := storageKey(domainHTTPKey, c.namespace, scope, key)
 
-	if !g.life.enter() {
+	if !g.r.life.enter() {
 		g.shuttingDown(w)
 		return
 	}
-	defer g.life.leave()
+	defer g.r.life.leave()
 	ctx := r.Context()
 	sent := time.Now()
-	lease, stored, holder, err := g.claim(ctx, skey, &fp)
+	lease, stored, holder, err := g.r.claim(ctx, skey, &fp)
 	if errors.Is(err, lock.ErrNotAcquired) && c.wait > 0 && !reused(holder, &fp) {
 		lease, stored, holder, sent, err = g.waitClaim(ctx, skey, &fp)
 	}
 	switch {
-	case errors.Is(err, lock.ErrNotAcquired) && g.life.shutting():
+	case errors.Is(err, lock.ErrNotAcquired) && g.r.life.shutting():
 		g.shuttingDown(w)
 	case errors.Is(err, lock.ErrNotAcquired) && reused(holder, &fp):
 		c.problem(w, http.StatusUnprocessableEntity, ProblemKeyReused, "Idempotency key reused",
 			"This idempotency key is in use by a request in progress with a different method, path, query or body. Use a new key for a new request.", 0)
 	case errors.Is(err, lock.ErrNotAcquired):
 		c.problem(w, http.StatusConflict, ProblemInProgress, "Request in progress",
-			"A request with this idempotency key is being processed. Retry after the delay in Retry-After to get its response.", g.retryAfter(err))
+			"A request with this idempotency key is being processed. Retry after the delay in Retry-After to get its response.", g.r.retryAfter(err))
 	case err != nil:
 		if ctx.Err() != nil {
 			g.ended(w) // nothing was claimed, as far as we know
@@ -187,33 +186,11 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 	case ctx.Err() != nil:
 		// Claimed just as the request ended (a long WithWait, a server
 		// deadline): it was never processed, so the key goes back.
-		sctx, cancel := g.storeCtx(ctx)
-		if err := lease.Release(sctx); err != nil && !errors.Is(err, lock.ErrNotHeld) {
-			g.releaseFailed(storeError("release", err, sctx, context.Background(), c.storeTimeout))
-		}
-		cancel()
+		g.r.releaseLease(ctx, lease)
 		g.ended(w)
 	default:
 		g.run(w, handOver(r, orig, bodyBytes), next, lease, sent, &fp)
 	}
-}
-
-// claim claims key, with the request's fingerprint when the Store keeps
-// one with the lease; holder is the in-flight request's fingerprint when
-// the key is held and the Store knows it. The call is bounded by the store
-// timeout; an error other than ErrNotAcquired is a [*StoreError].
-func (g *Guard) claim(ctx context.Context, key string, fp *[fpSize]byte) (lease lock.Lease, record, holder []byte, err error) {
-	cctx, cancel := context.WithTimeout(ctx, g.cfg.storeTimeout)
-	defer cancel()
-	if fc, ok := g.store.(FingerprintClaimer); ok {
-		lease, record, holder, err = fc.ClaimFingerprint(cctx, key, g.cfg.leaseTTL, append([]byte(nil), fp[:]...))
-	} else {
-		lease, record, err = g.store.Claim(cctx, key, g.cfg.leaseTTL)
-	}
-	if err != nil && !errors.Is(err, lock.ErrNotAcquired) {
-		err = storeError("claim", err, cctx, ctx, g.cfg.storeTimeout)
-	}
-	return lease, record, holder, err
 }
 
 // storeDetail says, for a problem's detail, which store call failed and
@@ -358,7 +335,14 @@ func bodyAllowed(status int) bool {
 // run runs next under the claimed lease and stores or releases the key.
 func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, lease lock.Lease, sent time.Time, fp *[fpSize]byte) {
 	ctx := r.Context()
-	k := g.keep(ctx, lease, sent)
+	k, err := g.r.keep(ctx, lease, sent)
+	if err != nil {
+		g.r.releaseLease(ctx, lease)
+		g.logger().Error("idempotency: keeping the lease alive failed", "error", err)
+		g.cfg.problem(w, http.StatusServiceUnavailable, ProblemStoreUnavailable, "Idempotency store unavailable",
+			"The request was not processed because its idempotency key cannot be kept right now. Retry later with the same key.", g.cfg.retryAfter)
+		return
+	}
 	rec := newRecorder(w, &g.cfg)
 	done := false
 	defer func() {
@@ -379,7 +363,7 @@ func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, l
 // storable response has done its work, even if it panicked afterwards or
 // the client left: its response is stored, so a retry gets it rather than
 // a second run.
-func (g *Guard) finish(ctx context.Context, w http.ResponseWriter, k *keeper, rec *recorder, fp *[fpSize]byte, panicked bool) {
+func (g *Guard) finish(ctx context.Context, w http.ResponseWriter, k *lock.Keeper, rec *recorder, fp *[fpSize]byte, panicked bool) {
 	c := &g.cfg
 	tomb := func(reason TombstoneReason) {
 		g.store1(ctx, k, &record{kind: kindHTTP, fp: *fp, tombstone: true, reason: reason})
@@ -392,12 +376,12 @@ func (g *Guard) finish(ctx context.Context, w http.ResponseWriter, k *keeper, re
 	if !rec.wrote {
 		switch {
 		case panicked:
-			g.release(ctx, k)
+			g.r.release(ctx, k)
 			return
 		case ctx.Err() != nil:
 			// The client left and the handler wrote nothing: nothing
 			// says the work was done.
-			g.release(ctx, k)
+			g.r.release(ctx, k)
 			g.ended(w)
 			return
 		}
@@ -410,7 +394,7 @@ func (g *Guard) finish(ctx context.Context, w http.ResponseWriter, k *keeper, re
 	}
 	switch {
 	case outcome != OutcomeStore:
-		g.release(ctx, k)
+		g.r.release(ctx, k)
 	case rec.flushed:
 		tomb(TombstoneStreamed)
 	case rec.over:
@@ -432,90 +416,47 @@ func (g *Guard) finish(ctx context.Context, w http.ResponseWriter, k *keeper, re
 
 // store1 completes the key with rec, logging what goes wrong: the response
 // was sent already.
-func (g *Guard) store1(ctx context.Context, k *keeper, rec *record) {
+func (g *Guard) store1(ctx context.Context, k *lock.Keeper, rec *record) {
 	var tomb *record
 	if !rec.tombstone {
 		tomb = &record{kind: rec.kind, fp: rec.fp, tombstone: true, reason: TombstoneRefused}
 	}
-	err := g.complete(ctx, k, appendRecord(nil, rec), tomb)
+	err := g.r.complete(ctx, k, appendRecord(nil, rec), tomb)
 	switch {
 	case err == nil:
 	case errors.Is(err, lock.ErrNotHeld):
-		g.logger().Warn("idempotency: the lease was lost before the response could be stored; another request may have run the handler too", "error", errors.Join(k.Lost(), err))
+		g.logger().Warn("idempotency: the lease was lost before the response could be stored; another request may have run the handler too", "error", errors.Join(lostCause(k), err))
 	default:
 		g.logger().Error("idempotency: storing the response failed; the key was released and a retry will run the handler again", storeAttrs(err, "complete")...)
 	}
 }
 
 // waitClaim retries the claim until the holder finishes or the wait ends,
-// woken by the Store's release events when it is a lock.Notifier. Claims
-// run on the request's context, not the wait's: a wait that ends during a
-// claim never abandons a lease the claim took.
+// paced by a lock.Waiter (woken by the Store's release events when it is a
+// lock.Notifier). Claims run on the request's context, not the wait's: a
+// wait that ends during a claim never abandons a lease the claim took.
 func (g *Guard) waitClaim(ctx context.Context, skey string, fp *[fpSize]byte) (lock.Lease, []byte, []byte, time.Time, error) {
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.wait)
 	defer cancel()
 	// Shutdown ends the wait: the duplicate is told to retry elsewhere.
-	defer context.AfterFunc(g.life.stopping, cancel)()
-	var sub lock.Subscription
-	defer func() {
-		if sub != nil {
-			_ = sub.Close()
-		}
-	}()
-	if n, ok := g.store.(lock.Notifier); ok {
-		// A subscription that cannot be made in time is no worse than
-		// none: the wait polls.
-		sctx, scancel := context.WithTimeout(wctx, g.cfg.storeTimeout)
-		if s, err := n.Subscribe(sctx, skey); err == nil && s != nil {
-			sub = s
-		}
-		scancel()
-	}
-	backoff := 2 * time.Millisecond
+	defer context.AfterFunc(g.r.life.stopping, cancel)()
+	// A subscription that cannot be made in time is no worse than none:
+	// the wait polls.
+	sctx, scancel := context.WithTimeout(wctx, g.cfg.storeTimeout)
+	w, _ := lock.NewWaiter(sctx, g.r.store, skey) // no option: no error
+	scancel()
+	defer w.Close()
 	for {
 		sent := time.Now()
-		lease, stored, holder, err := g.claim(ctx, skey, fp)
+		lease, stored, holder, err := g.r.claim(ctx, skey, fp)
 		if !errors.Is(err, lock.ErrNotAcquired) || reused(holder, fp) {
 			return lease, stored, holder, sent, err
 		}
-		held := err
-		var na *lock.NotAcquiredError
-		errors.As(err, &na)
-		if sub != nil {
-			// Completion wakes subscribers on backends that publish it;
-			// expiry never does, so the wait is capped by the holder's
-			// remaining time and by a second in case Complete is silent.
-			step := time.Second
-			if na != nil && na.Remaining > 0 && na.Remaining < step {
-				step = na.Remaining + time.Millisecond
-			}
-			sctx, scancel := context.WithTimeout(wctx, step)
-			werr := sub.Wait(sctx, na)
-			scancel()
-			if werr != nil && !errors.Is(werr, context.DeadlineExceeded) && wctx.Err() == nil {
-				// The subscription broke (a failed re-subscribe, a
-				// blocking query's error, a closed client): poll.
-				_ = sub.Close()
-				sub = nil
-			}
-		} else {
-			d := backoff/2 + rand.N(backoff)
-			if na != nil && na.Remaining > 0 && d > na.Remaining {
-				d = na.Remaining
-			}
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-wctx.Done():
-				t.Stop()
-			}
-			backoff = min(2*backoff, 100*time.Millisecond)
-		}
-		if wctx.Err() != nil {
+		if w.Wait(wctx, err) != nil {
 			if ctx.Err() != nil {
 				return nil, nil, nil, time.Time{}, ctx.Err()
 			}
-			return nil, nil, nil, time.Time{}, held
+			return nil, nil, nil, time.Time{}, err
 		}
 	}
 }

@@ -12,7 +12,7 @@ import (
 const onceMargin = time.Minute
 
 // Once runs fn at most once per period for key, across every process
-// whose Guard shares g's Store and namespace: the recipe for a cron job
+// whose [Runner] (or [Guard]) shares w's Store and namespace: the recipe for a cron job
 // that several instances schedule ("send the nightly report once a day",
 // "compact every ten minutes"). Unlike lock.Do, which only keeps two runs
 // from overlapping, a run that finished keeps later calls in the same
@@ -37,10 +37,14 @@ const onceMargin = time.Minute
 // [*InProgressError]. An error of fn that is not Permanent releases the
 // period, so that the next call (the next tick, on any instance) runs fn
 // again.
-func Once(ctx context.Context, g *Guard, key string, period time.Duration, fn func(ctx context.Context, start time.Time) error) (ran bool, err error) {
+func Once(ctx context.Context, w Worker, key string, period time.Duration, fn func(ctx context.Context, start time.Time) error) (ran bool, err error) {
+	var g *Runner
+	if w != nil {
+		g = w.runner()
+	}
 	switch {
 	case g == nil:
-		return false, fmt.Errorf("%w: nil Guard", lock.ErrInvalidArgument)
+		return false, fmt.Errorf("%w: nil Runner or Guard", lock.ErrInvalidArgument)
 	case fn == nil:
 		return false, fmt.Errorf("%w: nil function", lock.ErrInvalidArgument)
 	case period <= 0:

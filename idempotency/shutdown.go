@@ -71,8 +71,13 @@ func (l *lifecycle) shutting() bool { return l.stopping.Err() != nil }
 //	_ = srv.Shutdown(ctx)   // no new connections; waits for handlers
 //	_ = guard.Shutdown(ctx) // guarded work done (workers' Do calls too)
 //	_ = backend.Close()
-func (g *Guard) Shutdown(ctx context.Context) error {
-	l := g.life
+func (g *Guard) Shutdown(ctx context.Context) error { return g.r.Shutdown(ctx) }
+
+// Shutdown stops r taking new claims and waits for those in flight, as
+// [Guard.Shutdown] does: [Do] and [Once] then return [ErrShutdown]. A
+// Guard's Runner shares the Guard's Shutdown.
+func (r *Runner) Shutdown(ctx context.Context) error {
+	l := r.life
 	l.mu.Lock()
 	if !l.closed {
 		l.closed = true

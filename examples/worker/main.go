@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -162,8 +161,7 @@ func run(backendURL string, out io.Writer) int {
 	}
 	defer b.Close()
 	run := fmt.Sprint(time.Now().UnixNano()) // keys unique to this run on a shared server
-	g, err := idempotency.New(b,
-		idempotency.WithScope(func(*http.Request) string { return "all" }), // one key space: Do has no caller to scope by
+	g, err := idempotency.NewRunner(b,
 		idempotency.WithNamespace("worker-example/"+run),
 		idempotency.WithRetention(time.Hour),
 		idempotency.WithRetryAfter(100*time.Millisecond),
