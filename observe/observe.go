@@ -350,13 +350,20 @@ func (r *redacted) Error() string { return r.msg }
 func (r *redacted) Unwrap() error { return r.err }
 
 // EmitClass hands e to the observer with Class set to class rather than
-// derived from a key: the idempotency Guard uses it, since its keys are
-// hashes. A nil Scope does nothing.
-func (s *Scope) EmitClass(ctx context.Context, class string, e Event) {
+// derived from key: the idempotency Guard uses it, since the keys its
+// Store sees are hashes. key (the caller's own key) is reported as Emit
+// reports it: in Key only with [WithRawKeys], and otherwise taken out of
+// Err's message. A nil Scope does nothing.
+func (s *Scope) EmitClass(ctx context.Context, class, key string, e Event) {
 	if s == nil {
 		return
 	}
 	e.Backend = s.backend
 	e.Class = class
+	if s.raw {
+		e.Key = key
+	} else if e.Err != nil && key != "" {
+		e.Err = redact(e.Err, key)
+	}
 	s.o.Observe(ctx, e)
 }
