@@ -42,8 +42,10 @@
 // of an event's Err (which still unwraps to the original error, whose own
 // message names it). The class is "default" unless
 // [WithKeyClass] names a function that derives it, such as [PrefixClass].
-// Idempotency keys reach a Store already hashed, so their events' class is
-// the Guard's own (its route or name), never derived from the key.
+// Idempotency keys reach a Store already hashed, so the idempotency
+// events' class is the Guard's own: the ServeMux pattern that routed the
+// request ("POST /checkout"), else the namespace (idempotency.WithNamespace),
+// else [DefaultClass].
 //
 // # Adapters
 //

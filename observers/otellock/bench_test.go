@@ -2,11 +2,15 @@ package otellock_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
+	"github.com/idemlock/lock/idempotency"
 	"github.com/idemlock/lock/observers/otellock"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -68,4 +72,58 @@ func BenchmarkOTel(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkOTelMiddleware measures one guarded request (a first request:
+// claim, handler, complete) on memlock, bare and observed by the OTel
+// Observer: the difference is what OTel observation adds per guarded
+// request.
+func BenchmarkOTelMiddleware(b *testing.B) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusCreated) })
+	for _, tc := range []struct {
+		name string
+		obs  func(b *testing.B) *otellock.Observer
+	}{
+		{"bare", nil},
+		{"metrics", func(b *testing.B) *otellock.Observer { return newBenchObserver(b, false) }},
+		{"metrics+spans", func(b *testing.B) *otellock.Observer { return newBenchObserver(b, true) }},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			var store lock.Store = memlock.New()
+			if tc.obs != nil {
+				store = lock.ObserveStore(store, tc.obs(b))
+			}
+			g, err := idempotency.New(store, idempotency.WithRetention(time.Second))
+			if err != nil {
+				b.Fatal(err)
+			}
+			h := g.Middleware(handler)
+			w := httptest.NewRecorder()
+			r := httptest.NewRequest(http.MethodPost, "/checkout", nil)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				r.Header.Set("Idempotency-Key", "k-"+strconv.Itoa(i))
+				h.ServeHTTP(w, r)
+			}
+		})
+	}
+}
+
+func newBenchObserver(b *testing.B, spans bool) *otellock.Observer {
+	ctx := context.Background()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	opts := []otellock.Option{otellock.WithMeterProvider(mp), otellock.WithoutSpans()}
+	if spans {
+		tp := sdktrace.NewTracerProvider()
+		b.Cleanup(func() { _ = tp.Shutdown(ctx) })
+		opts = []otellock.Option{otellock.WithMeterProvider(mp), otellock.WithTracerProvider(tp)}
+	}
+	b.Cleanup(func() { _ = mp.Shutdown(ctx) })
+	o, err := otellock.New(opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return o
 }

@@ -17,7 +17,8 @@
 //
 // Every metric carries lock.backend (the backend's package name) and
 // lock.key.class (the key's class; see observe.WithKeyClass — never the
-// key itself). For a Guard's events the class is the Guard's name.
+// key itself). For a Guard's events the class is the ServeMux pattern that
+// routed the request, else the Guard's namespace.
 //
 //	lock.acquire.duration    histogram, s       how long lock.Acquire (and lock.Do) waited; lock.outcome = acquired | canceled | error
 //	lock.contentions         counter, {attempt} takes refused because another lease held the key

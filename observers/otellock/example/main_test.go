@@ -44,6 +44,12 @@ func TestMetricsEndpoint(t *testing.T) {
 		"lock_contentions_total",
 		"lock_leases_active",
 		`lock_backend="memlock"`,
+		// The story's double click and burst are replayed, its failing
+		// charge released after its 5xx.
+		`idempotency_outcome="first_run"`,
+		`idempotency_outcome="replay"`,
+		`idempotency_outcome="released_after_error"`,
+		`lock_key_class="POST /checkout"`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("/metrics has no %s:\n%s", want, text)
