@@ -170,8 +170,10 @@ func testBackend(t *testing.T, l lock.Locker, admin lock.Admin, backend string) 
 	if !errors.Is(err, lock.ErrNotAcquired) {
 		t.Fatalf("Acquire of a held key: %v", err)
 	}
-	if n := h.value(t, "lock.contentions", be, cls); n < 2 {
-		t.Errorf("lock.contentions %d, want at least 2 (the first attempt and one after subscribing or polling)", n)
+	// At least the first attempt was refused (a slow subscription on a
+	// loaded machine may outlast the context before the second).
+	if n := h.value(t, "lock.contentions", be, cls); n < 1 {
+		t.Errorf("lock.contentions %d, want at least 1", n)
 	}
 	if n := h.value(t, "lock.acquire.duration", be, cls, otellock.AttrOutcome.String("canceled")); n != 1 {
 		t.Errorf("lock.acquire.duration canceled count %d, want 1", n)
