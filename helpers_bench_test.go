@@ -7,6 +7,7 @@ import (
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
+	"github.com/idemlock/lock/internal/testenv"
 )
 
 // BenchmarkHelpers measures an uncontended take + release on memlock
@@ -56,9 +57,9 @@ func benchHelpers(b *testing.B, l lock.Locker) {
 // which also counts the time other processes ran.
 func cpuPerOp(b *testing.B) func() {
 	b.ReportAllocs()
-	start := processCPU()
+	start := testenv.ProcessCPU()
 	return func() {
-		if used := processCPU() - start; used > 0 && b.N > 0 {
+		if used := testenv.ProcessCPU() - start; used > 0 && b.N > 0 {
 			b.ReportMetric(float64(used.Nanoseconds())/float64(b.N), "cpu-ns/op")
 		}
 	}
