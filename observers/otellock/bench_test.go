@@ -2,6 +2,7 @@ package otellock_test
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -93,7 +94,7 @@ func BenchmarkOTelMiddleware(b *testing.B) {
 			if tc.obs != nil {
 				store = lock.ObserveStore(store, tc.obs(b))
 			}
-			g, err := idempotency.New(store, idempotency.WithRetention(time.Second))
+			g, err := idempotency.New(store, idempotency.WithRetention(time.Second), idempotency.WithLogger(slog.New(slog.DiscardHandler)))
 			if err != nil {
 				b.Fatal(err)
 			}
