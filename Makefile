@@ -30,10 +30,12 @@ TESTFLAGS   ?= -race -count=1 -timeout 20m
 # test-only integration module (tests and commands that import several
 # backends: the idempotency tests on every backend, the torture harness,
 # the checkout story on every server, and the check of what a redislock-only
-# program lists in go list -m all). bench/ is a module of its own too, built
-# by make bench.
+# program lists in go list -m all), and the OpenTelemetry observer
+# (observers/otellock, a module so that only its users pay for OTel).
+# bench/ is a module of its own too, built by make bench.
 MODULES     := . backends/redislock backends/etcdlock backends/consullock \
-               backends/memcachedlock backends/pglock internal/integration
+               backends/memcachedlock backends/pglock internal/integration \
+               observers/otellock
 
 .PHONY: test lint servers stop-servers bench torture
 

@@ -31,7 +31,12 @@ func Acquire(ctx context.Context, l Locker, key string, ttl time.Duration, opts 
 	return acquire(ctx, l, key, ttl, o)
 }
 
-func acquire(ctx context.Context, l Locker, key string, ttl time.Duration, o options) (Lease, error) {
+func acquire(ctx context.Context, l Locker, key string, ttl time.Duration, o options) (lease Lease, err error) {
+	var w *Waiter
+	attempts := 1
+	if s := ObserverOf(l); s != nil { // observation (see Observe): a type switch when off
+		defer observeAcquire(ctx, s, key, time.Now(), &attempts, &w, &lease, &err)
+	}
 	if l == nil {
 		return nil, fmt.Errorf("%w: nil Locker", ErrInvalidArgument)
 	}
@@ -44,13 +49,14 @@ func acquire(ctx context.Context, l Locker, key string, ttl time.Duration, o opt
 			return acquireQueued(ctx, l, t, key, ttl, o)
 		}
 	}
-	lease, err := l.TryAcquire(ctx, key, ttl)
+	lease, err = l.TryAcquire(ctx, key, ttl)
 	if !errors.Is(err, ErrNotAcquired) {
 		return lease, notAcquiredIfDone(ctx, err)
 	}
-	w := newWaiter(ctx, l, key, o)
+	w = newWaiter(ctx, l, key, o)
 	defer w.Close()
 	for {
+		attempts++
 		lease, err = l.TryAcquire(ctx, key, ttl)
 		if !errors.Is(err, ErrNotAcquired) {
 			return lease, notAcquiredIfDone(ctx, err)
@@ -101,6 +107,7 @@ type Waiter struct {
 	o       options
 	sub     Subscription
 	backoff time.Duration
+	wakeups int // release notifications that ended a Wait, for observation
 }
 
 // NewWaiter returns a Waiter for key on backend. When backend implements
@@ -157,7 +164,10 @@ func (w *Waiter) Wait(ctx context.Context, held error) error {
 		err := w.sub.Wait(wctx, na)
 		cancel()
 		switch {
-		case err == nil || ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+		case err == nil:
+			w.wakeups++
+			return nil
+		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
 			return nil
 		case ctx.Err() != nil:
 			return ctx.Err()

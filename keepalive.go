@@ -179,11 +179,15 @@ func (k *Keeper) lose(cause error) {
 	// Once stopped, or (without WithDetached) once the context ended, a
 	// loss is no longer the Keeper's to report.
 	live := !k.stopped && (k.detached || k.ctx.Err() == nil)
-	if k.lost == nil && live {
+	first := k.lost == nil && live
+	if first {
 		k.lost = cause
 		k.wakeLocked()
 	}
 	k.mu.Unlock()
+	if first {
+		observeLoss(k, cause) // when the lease is observed (see Observe)
+	}
 	k.cancel(cause)
 }
 

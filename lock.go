@@ -13,7 +13,11 @@
 //     context that is cancelled the moment the lease is lost;
 //   - [Do], which acquires, runs a function under keep-alive (handing it the
 //     lease, for its fencing token) and releases;
-//   - [Open], a URL scheme registry so the backend can be a config value.
+//   - [Open], a URL scheme registry so the backend can be a config value;
+//   - [Observe], which turns observation on: wrap the Locker once and every
+//     helper reports its waits, holds, renewals and losses to an observer
+//     (package observe: a log/slog adapter; OpenTelemetry in the module
+//     observers/otellock). A Locker that is not wrapped costs nothing.
 //
 // # Keys
 //

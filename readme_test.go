@@ -39,6 +39,9 @@ var readmeImports = map[string]string{
 	"memcache":      "github.com/bradfitz/gomemcache/memcache",
 	"pglock":        "github.com/idemlock/lock/backends/pglock",
 	"pgxpool":       "github.com/jackc/pgx/v5/pgxpool",
+	"slog":          "log/slog",
+	"observe":       "github.com/idemlock/lock/observe",
+	"otellock":      "github.com/idemlock/lock/observers/otellock",
 }
 
 // readmePrelude declares what the README's snippets take from the

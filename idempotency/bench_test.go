@@ -12,6 +12,7 @@ import (
 
 	"github.com/idemlock/lock/backends/memlock"
 	"github.com/idemlock/lock/idempotency"
+	"github.com/idemlock/lock/internal/testenv"
 )
 
 // nopWriter is a ResponseWriter that keeps nothing, so the benchmark
@@ -56,9 +57,9 @@ func BenchmarkMiddleware(b *testing.B) {
 		ks := keys(b.N)
 		b.ReportAllocs()
 		b.ResetTimer()
-		cpu := processCPU()
+		cpu := testenv.ProcessCPU()
 		defer func() {
-			if used := processCPU() - cpu; used > 0 {
+			if used := testenv.ProcessCPU() - cpu; used > 0 {
 				b.ReportMetric(float64(used.Nanoseconds())/float64(b.N), "cpu-ns/op")
 			}
 		}()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/observe"
 )
 
 // Codec encodes the results [Do] stores. JSON is the default.
@@ -139,17 +140,25 @@ func Do[T any](ctx context.Context, w Worker, key string, fn func(ctx context.Co
 		return result, ErrShutdown
 	}
 	defer g.life.leave()
+	var ev guardEvent // what the call comes to, reported when the Store is observed
+	if g.obs != nil {
+		defer g.observe(ctx, "", key, time.Now(), &ev)
+	}
 
 	sent := time.Now()
 	lease, stored, holder, err := g.claim(ctx, skey, &fp)
 	switch {
 	case errors.Is(err, lock.ErrNotAcquired) && reused(holder, &fp):
+		ev.set(observe.FingerprintMismatch, 0, nil)
 		return result, fmt.Errorf("%w: the payload differs from the one in progress", ErrKeyReused)
 	case errors.Is(err, lock.ErrNotAcquired):
+		ev.set(observe.InProgress, 0, nil)
 		return result, &InProgressError{RetryAfter: g.retryAfter(err)}
 	case err != nil:
+		ev.set(observe.StoreError, 0, err)
 		return result, err // a *StoreError naming the claim
 	case lease == nil:
+		ev.set(observe.Replay, 0, nil)
 		if dc.replayed != nil {
 			*dc.replayed = true
 		}
@@ -158,6 +167,7 @@ func Do[T any](ctx context.Context, w Worker, key string, fn func(ctx context.Co
 
 	k, err := g.keep(ctx, lease, sent)
 	if err != nil {
+		ev.set(observe.StoreError, 0, err)
 		g.releaseLease(ctx, lease)
 		return result, err
 	}
@@ -174,6 +184,7 @@ func Do[T any](ctx context.Context, w Worker, key string, fn func(ctx context.Co
 	var perm *permanentError
 	switch {
 	case ferr != nil && !errors.As(ferr, &perm):
+		ev.set(observe.ReleasedAfterError, 0, ferr)
 		g.release(ctx, k)
 		return result, ferr
 	case ferr != nil:
@@ -193,6 +204,10 @@ func Do[T any](ctx context.Context, w Worker, key string, fn func(ctx context.Co
 		}
 		rec.body = body
 	}
+	ev.set(observe.FirstRun, 0, nil)
+	if rec.tombstone {
+		ev.set(observe.Tombstone, 0, ferr)
+	}
 	var tomb *record
 	if !rec.tombstone {
 		tomb = &record{kind: kindWorker, fp: fp, tombstone: true, reason: TombstoneRefused}
@@ -207,6 +222,8 @@ func Do[T any](ctx context.Context, w Worker, key string, fn func(ctx context.Co
 				cause = fmt.Errorf("%w (the caller's context had ended too: %w)", cause, context.Cause(ctx))
 			}
 			cerr = &LeaseLostError{Key: key, Cause: cause}
+		} else {
+			ev.set(observe.StoreError, 0, cerr)
 		}
 		return result, errors.Join(ferr, cerr)
 	}

@@ -494,7 +494,7 @@ func (g *Guard) apply(store Store, life *lifecycle, opts []Option) error {
 	if g.cfg.err != nil {
 		return g.cfg.err
 	}
-	g.r = &Runner{store: store, cfg: g.cfg.core, life: life}
+	g.r = &Runner{store: store, cfg: g.cfg.core, life: life, obs: lock.ObserverOf(store)}
 	return g.r.checkTTLs()
 }
 

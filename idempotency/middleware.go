@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/observe"
 )
 
 // Middleware guards next: requests with a guarded method and an
@@ -154,6 +155,10 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 	}
 	defer g.r.life.leave()
 	ctx := r.Context()
+	var ev guardEvent // what the request comes to, reported when the Store is observed
+	if g.r.obs != nil {
+		defer g.r.observe(ctx, requestClass(r), vals[0], time.Now(), &ev)
+	}
 	sent := time.Now()
 	lease, stored, holder, err := g.r.claim(ctx, skey, &fp)
 	if errors.Is(err, lock.ErrNotAcquired) && c.wait > 0 && !reused(holder, &fp) {
@@ -163,9 +168,11 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 	case errors.Is(err, lock.ErrNotAcquired) && g.r.life.shutting():
 		g.shuttingDown(w)
 	case errors.Is(err, lock.ErrNotAcquired) && reused(holder, &fp):
+		ev.set(observe.FingerprintMismatch, http.StatusUnprocessableEntity, nil)
 		c.problem(w, http.StatusUnprocessableEntity, ProblemKeyReused, "Idempotency key reused",
 			"This idempotency key is in use by a request in progress with a different method, path, query or body. Use a new key for a new request.", 0)
 	case errors.Is(err, lock.ErrNotAcquired):
+		ev.set(observe.InProgress, http.StatusConflict, nil)
 		c.problem(w, http.StatusConflict, ProblemInProgress, "Request in progress",
 			"A request with this idempotency key is being processed. Retry after the delay in Retry-After to get its response.", g.r.retryAfter(err))
 	case err != nil:
@@ -173,7 +180,9 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 			g.ended(w) // nothing was claimed, as far as we know
 			return
 		}
+		ev.set(observe.StoreError, http.StatusServiceUnavailable, err)
 		if c.failOpen {
+			ev.status = 0 // the handler answers, unguarded
 			g.logger().Warn("idempotency: store unavailable, running the handler unguarded (FailOpen)", "error", err)
 			next.ServeHTTP(w, handOver(r, orig, bodyBytes))
 			return
@@ -182,14 +191,14 @@ func (g *Guard) serve(w http.ResponseWriter, r *http.Request, next http.Handler)
 		c.problem(w, http.StatusServiceUnavailable, ProblemStoreUnavailable, "Idempotency store unavailable",
 			fmt.Sprintf("The request was not processed because its idempotency key cannot be checked right now (%s). Retry later with the same key.", storeDetail(err)), c.retryAfter)
 	case lease == nil:
-		g.replay(w, stored, &fp)
+		g.replay(w, stored, &fp, &ev)
 	case ctx.Err() != nil:
 		// Claimed just as the request ended (a long WithWait, a server
 		// deadline): it was never processed, so the key goes back.
 		g.r.releaseLease(ctx, lease)
 		g.ended(w)
 	default:
-		g.run(w, handOver(r, orig, bodyBytes), next, lease, sent, &fp)
+		g.run(w, handOver(r, orig, bodyBytes), next, lease, sent, &fp, &ev)
 	}
 }
 
@@ -269,24 +278,27 @@ func httpFingerprint(method, pattern, route, query string, body []byte) [fpSize]
 }
 
 // replay answers a duplicate from the stored record.
-func (g *Guard) replay(w http.ResponseWriter, stored []byte, fp *[fpSize]byte) {
+func (g *Guard) replay(w http.ResponseWriter, stored []byte, fp *[fpSize]byte, ev *guardEvent) {
 	c := &g.cfg
 	rec, err := decodeRecord(stored)
 	if err == nil && rec.kind != kindHTTP {
 		err = &RecordError{Reason: "a worker record under an HTTP key"}
 	}
 	if err != nil {
+		ev.set(observe.StoreError, http.StatusInternalServerError, err)
 		g.logger().Error("idempotency: stored record unreadable", "error", err)
 		c.problem(w, http.StatusInternalServerError, ProblemRecordUnreadable, "Stored response unreadable",
 			"The response stored for this idempotency key cannot be read. Use a new key only if repeating the operation is safe.", 0)
 		return
 	}
 	if subtle.ConstantTimeCompare(rec.fp[:], fp[:]) != 1 {
+		ev.set(observe.FingerprintMismatch, http.StatusUnprocessableEntity, nil)
 		c.problem(w, http.StatusUnprocessableEntity, ProblemKeyReused, "Idempotency key reused",
 			"This idempotency key was used with a different request (method, path, query or body). Use a new key for a new request.", 0)
 		return
 	}
 	if rec.tombstone {
+		ev.set(observe.Replay, http.StatusUnprocessableEntity, nil)
 		c.problem(w, http.StatusUnprocessableEntity, ProblemNotReplayable, "Response not replayable",
 			fmt.Sprintf("The request with this idempotency key was processed, but its response cannot be replayed: %s. It was not processed again.", rec.reason), 0)
 		return
@@ -313,6 +325,7 @@ func (g *Guard) replay(w http.ResponseWriter, stored []byte, fp *[fpSize]byte) {
 			h[ck] = append(h[ck], string(value))
 		}
 	})
+	ev.set(observe.Replay, rec.status, nil)
 	h.Set(ReplayedHeader, "true")
 	if bodyAllowed(rec.status) {
 		// The body is known whole: send it with its length, as the
@@ -333,11 +346,12 @@ func bodyAllowed(status int) bool {
 }
 
 // run runs next under the claimed lease and stores or releases the key.
-func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, lease lock.Lease, sent time.Time, fp *[fpSize]byte) {
+func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, lease lock.Lease, sent time.Time, fp *[fpSize]byte, ev *guardEvent) {
 	ctx := r.Context()
 	k, err := g.r.keep(ctx, lease, sent)
 	if err != nil {
 		g.r.releaseLease(ctx, lease)
+		ev.set(observe.StoreError, http.StatusServiceUnavailable, err)
 		g.logger().Error("idempotency: keeping the lease alive failed", "error", err)
 		g.cfg.problem(w, http.StatusServiceUnavailable, ProblemStoreUnavailable, "Idempotency store unavailable",
 			"The request was not processed because its idempotency key cannot be kept right now. Retry later with the same key.", g.cfg.retryAfter)
@@ -350,12 +364,12 @@ func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, l
 			// A panic, http.ErrAbortHandler included. It continues to
 			// net/http once this returns (no recover: its stack stays
 			// intact), after the response is stored or the key released.
-			g.finish(ctx, w, k, rec, fp, true)
+			g.finish(ctx, w, k, rec, fp, true, ev)
 		}
 	}()
 	next.ServeHTTP(rec, r.WithContext(withToken(k.Context(), lease.Token())))
 	done = true
-	g.finish(ctx, w, k, rec, fp, false)
+	g.finish(ctx, w, k, rec, fp, false, ev)
 }
 
 // finish stores the response the handler wrote, or a tombstone when it
@@ -363,10 +377,11 @@ func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, l
 // storable response has done its work, even if it panicked afterwards or
 // the client left: its response is stored, so a retry gets it rather than
 // a second run.
-func (g *Guard) finish(ctx context.Context, w http.ResponseWriter, k *lock.Keeper, rec *recorder, fp *[fpSize]byte, panicked bool) {
+func (g *Guard) finish(ctx context.Context, w http.ResponseWriter, k *lock.Keeper, rec *recorder, fp *[fpSize]byte, panicked bool, ev *guardEvent) {
 	c := &g.cfg
 	tomb := func(reason TombstoneReason) {
-		g.store1(ctx, k, &record{kind: kindHTTP, fp: *fp, tombstone: true, reason: reason})
+		ev.set(observe.Tombstone, rec.status, nil)
+		g.store1(ctx, k, &record{kind: kindHTTP, fp: *fp, tombstone: true, reason: reason}, ev)
 	}
 	if rec.hijack {
 		tomb(TombstoneHijacked)
@@ -376,11 +391,13 @@ func (g *Guard) finish(ctx context.Context, w http.ResponseWriter, k *lock.Keepe
 	if !rec.wrote {
 		switch {
 		case panicked:
+			ev.set(observe.ReleasedAfterError, 0, nil)
 			g.r.release(ctx, k)
 			return
 		case ctx.Err() != nil:
 			// The client left and the handler wrote nothing: nothing
 			// says the work was done.
+			ev.set(observe.ReleasedAfterError, 0, ctx.Err())
 			g.r.release(ctx, k)
 			g.ended(w)
 			return
@@ -394,6 +411,7 @@ func (g *Guard) finish(ctx context.Context, w http.ResponseWriter, k *lock.Keepe
 	}
 	switch {
 	case outcome != OutcomeStore:
+		ev.set(observe.ReleasedAfterError, status, nil)
 		g.r.release(ctx, k)
 	case rec.flushed:
 		tomb(TombstoneStreamed)
@@ -410,13 +428,14 @@ func (g *Guard) finish(ctx context.Context, w http.ResponseWriter, k *lock.Keepe
 			tomb(TombstoneLimits)
 			return
 		}
-		g.store1(ctx, k, r)
+		ev.set(observe.FirstRun, status, nil)
+		g.store1(ctx, k, r, ev)
 	}
 }
 
 // store1 completes the key with rec, logging what goes wrong: the response
 // was sent already.
-func (g *Guard) store1(ctx context.Context, k *lock.Keeper, rec *record) {
+func (g *Guard) store1(ctx context.Context, k *lock.Keeper, rec *record, ev *guardEvent) {
 	var tomb *record
 	if !rec.tombstone {
 		tomb = &record{kind: rec.kind, fp: rec.fp, tombstone: true, reason: TombstoneRefused}
@@ -425,8 +444,10 @@ func (g *Guard) store1(ctx context.Context, k *lock.Keeper, rec *record) {
 	switch {
 	case err == nil:
 	case errors.Is(err, lock.ErrNotHeld):
+		ev.err = errors.Join(lostCause(k), err) // the outcome stands; the loss is reported with it (and as a lock loss)
 		g.logger().Warn("idempotency: the lease was lost before the response could be stored; another request may have run the handler too", "error", errors.Join(lostCause(k), err))
 	default:
+		ev.set(observe.StoreError, ev.status, err)
 		g.logger().Error("idempotency: storing the response failed; the key was released and a retry will run the handler again", storeAttrs(err, "complete")...)
 	}
 }

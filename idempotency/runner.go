@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/observe"
 )
 
 // Runner is the run-once core: it claims keys in a [Store], keeps the
@@ -23,6 +24,8 @@ type Runner struct {
 	// life counts claims in flight for Shutdown; shared with the Guards
 	// made with [Guard.With] and their Runners.
 	life *lifecycle
+	// obs is the observation scope of the Store (lock.ObserverOf), or nil.
+	obs *observe.Scope
 }
 
 // core is what a [Runner] reads: the settings of the options [New] and
@@ -83,7 +86,7 @@ func NewRunner(store Store, opts ...RunnerOption) (*Runner, error) {
 	if c.err != nil {
 		return nil, c.err
 	}
-	r := &Runner{store: store, cfg: c.core, life: newLifecycle()}
+	r := &Runner{store: store, cfg: c.core, life: newLifecycle(), obs: lock.ObserverOf(store)}
 	if err := r.checkTTLs(); err != nil {
 		return nil, err
 	}

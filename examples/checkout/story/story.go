@@ -51,6 +51,13 @@ func Main() {
 // status: 0 if every key was charged exactly once, 1 if not, 2 if the story
 // could not start.
 func Run(backendURL string, verbose bool, out io.Writer) int {
+	return RunWith(backendURL, verbose, out, nil)
+}
+
+// RunWith is Run with the backend's Store passed through wrap (when not
+// nil) before the Guard uses it: lock.ObserveStore, to watch the story
+// (observers/otellock/example serves its metrics).
+func RunWith(backendURL string, verbose bool, out io.Writer, wrap func(lock.Store) lock.Store) int {
 	ctx := context.Background()
 	b, err := lock.Open(ctx, backendURL)
 	if err != nil {
@@ -61,7 +68,11 @@ func Run(backendURL string, verbose bool, out io.Writer) int {
 
 	provider := newProvider()
 	leaseTTL := leaseTTLFor(backendURL)
-	guard, err := idempotency.New(b,
+	var store lock.Store = b
+	if wrap != nil {
+		store = wrap(b)
+	}
+	guard, err := idempotency.New(store,
 		// One caller never replays another's receipt: keys are scoped by
 		// the authenticated user.
 		idempotency.WithScope(userOf),

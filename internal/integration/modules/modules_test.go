@@ -60,8 +60,12 @@ func TestRootModuleHasNoDependency(t *testing.T) {
 
 // forbidden are module path prefixes a program using only lock and
 // backends/redislock must not list: the other backends' clients (and
-// what they pull: grpc, zap), and the repository's test-only modules.
+// what they pull: grpc, zap), the OpenTelemetry observer's module and
+// OTel itself, and the repository's test-only modules.
 var forbidden = []string{
+	"go.opentelemetry.io/",
+	"github.com/prometheus/",
+	"github.com/idemlock/lock/observers/",
 	"go.etcd.io/",
 	"google.golang.org/grpc",
 	"go.uber.org/zap",

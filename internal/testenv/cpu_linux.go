@@ -1,14 +1,14 @@
-package idempotency_test
+package testenv
 
 import (
 	"syscall"
 	"time"
 )
 
-// processCPU returns the CPU time (user + system) this process used so
+// ProcessCPU returns the CPU time (user + system) this process used so
 // far: on a shared machine it measures the work of a benchmark better than
 // the wall clock, which also counts the time other processes ran.
-func processCPU() time.Duration {
+func ProcessCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0

@@ -1,0 +1,452 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/idemlock/lock/observe"
+)
+
+// Observe returns a Locker that behaves as l and reports what is done with
+// it to o (see package observe): its TryAcquires and its leases' Refreshes
+// and Releases, and, since they find o on it, the waits of [Acquire], the
+// losses seen by [KeepAlive] and [Do], and the outcomes of the idempotency
+// Guard. Observation is turned on here and nowhere else; a Locker that is
+// not wrapped pays nothing for it.
+//
+// The result keeps l's optional interfaces: it is a [Notifier] exactly when
+// l is, a [Store] when l is (use [ObserveStore] to get one typed so), an
+// idempotency.FingerprintClaimer when l is, and its leases are
+// [Deadliner]s and [LossNotifier]s exactly when l's are. It is always a
+// [Pinger], a [TTLLimiter] and an [Admin]: for an l that lacks them, Ping
+// and the Admin methods return an error matching [errors.ErrUnsupported]
+// and TTLLimits reports no limits, as the helpers treat such an l.
+// A nil o returns l itself; wrapping twice reports to both observers.
+func Observe(l Locker, o observe.Observer, opts ...observe.Option) Locker {
+	if l == nil || o == nil {
+		return l
+	}
+	base := &observedLocker{inner: l, scope_: observe.NewScope(o, backendName(l), opts...)}
+	_, notify := l.(Notifier)
+	_, store := l.(Store)
+	_, fp := l.(fingerprintClaimer)
+	switch {
+	case store && fp && notify:
+		return observedNotifyingFPStore{base}
+	case store && fp:
+		return observedFPStore{base}
+	case store && notify:
+		return observedNotifyingStore{base}
+	case store:
+		return observedStore{base}
+	case notify:
+		return observedNotifier{base}
+	}
+	return base
+}
+
+// ObserveStore is [Observe] for a Store: the result is a Store too.
+func ObserveStore(s Store, o observe.Observer, opts ...observe.Option) Store {
+	if s == nil {
+		return nil
+	}
+	return Observe(s, o, opts...).(Store)
+}
+
+// ObserverOf returns the observation scope carried by v, a Locker made by
+// [Observe] or a Lease it returned, or nil if v is not observed. Helpers
+// outside this package (the idempotency Guard) report their own events
+// through it.
+func ObserverOf(v any) *observe.Scope {
+	// A switch on the concrete types compares type words only: cheaper
+	// than an assertion to an interface, which helpers make on every call
+	// whether or not anything is observed.
+	switch o := v.(type) {
+	case *observedLocker:
+		return o.scope_
+	case observedNotifier:
+		return o.scope_
+	case observedStore:
+		return o.scope_
+	case observedNotifyingStore:
+		return o.scope_
+	case observedFPStore:
+		return o.scope_
+	case observedNotifyingFPStore:
+		return o.scope_
+	case *observedLease:
+		return o.scope_
+	case observedLeaseD:
+		return o.scope_
+	case observedLeaseL:
+		return o.scope_
+	case observedLeaseDL:
+		return o.scope_
+	}
+	return nil
+}
+
+// fingerprintClaimer mirrors idempotency.FingerprintClaimer, which this
+// package cannot import.
+type fingerprintClaimer interface {
+	ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (Lease, []byte, []byte, error)
+}
+
+// backendName is the package name of l's type: "memlock" for a
+// *memlock.Locker.
+func backendName(l Locker) string {
+	name := strings.TrimLeft(fmt.Sprintf("%T", l), "*")
+	if i := strings.IndexByte(name, '.'); i > 0 {
+		name = name[:i]
+	}
+	return name
+}
+
+// observedLocker is the wrapper of a Locker with none of the optional
+// interfaces that decide behaviour; the types below add those the wrapped
+// Locker has.
+type observedLocker struct {
+	inner  Locker
+	scope_ *observe.Scope
+}
+
+// Unwrap returns the observed Locker.
+func (l *observedLocker) Unwrap() Locker { return l.inner }
+
+// TryAcquire calls the observed Locker's and reports a [observe.KindTryAcquire]
+// event; the lease it returns reports its Refreshes and Releases.
+func (l *observedLocker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (Lease, error) {
+	start := time.Now()
+	le, err := l.inner.TryAcquire(ctx, key, ttl)
+	return l.taken(ctx, key, start, le, nil, err), err
+}
+
+// taken reports one take and wraps the lease it returned.
+func (l *observedLocker) taken(ctx context.Context, key string, start time.Time, le Lease, record []byte, err error) Lease {
+	now := time.Now()
+	e := observe.Event{Kind: observe.KindTryAcquire, Outcome: observe.Acquired, Latency: now.Sub(start)}
+	switch {
+	case errors.Is(err, ErrNotAcquired):
+		e.Outcome = observe.Contended
+	case err != nil:
+		e.Outcome, e.Err = observe.Failed, err
+	case le == nil:
+		e.Outcome = observe.Completed
+	default:
+		e.Token = le.Token()
+	}
+	l.scope_.Emit(ctx, key, e)
+	if err != nil || le == nil {
+		return le
+	}
+	return wrapLease(le, l.scope_, now)
+}
+
+// Ping calls the observed Locker's Ping, or reports that it has none.
+func (l *observedLocker) Ping(ctx context.Context) error {
+	if err := CheckContext(ctx); err != nil {
+		return err
+	}
+	p, ok := l.inner.(Pinger)
+	if !ok {
+		return fmt.Errorf("lock: %T cannot be pinged: %w", l.inner, errors.ErrUnsupported)
+	}
+	return p.Ping(ctx)
+}
+
+// TTLLimits returns the observed Locker's limits, or none.
+func (l *observedLocker) TTLLimits() TTLLimits {
+	if tl, ok := l.inner.(TTLLimiter); ok {
+		return tl.TTLLimits()
+	}
+	return TTLLimits{}
+}
+
+func (l *observedLocker) admin() (Admin, error) {
+	if a, ok := l.inner.(Admin); ok {
+		return a, nil
+	}
+	return nil, fmt.Errorf("lock: %T is not a lock.Admin: %w", l.inner, errors.ErrUnsupported)
+}
+
+// Inspect calls the observed Locker's [Admin.Inspect].
+func (l *observedLocker) Inspect(ctx context.Context, key string) (KeyInfo, error) {
+	a, err := l.admin()
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	return a.Inspect(ctx, key)
+}
+
+// ForceRelease calls the observed Locker's [Admin.ForceRelease].
+func (l *observedLocker) ForceRelease(ctx context.Context, key string) error {
+	a, err := l.admin()
+	if err != nil {
+		return err
+	}
+	return a.ForceRelease(ctx, key)
+}
+
+// DeleteRecord calls the observed Locker's [Admin.DeleteRecord].
+func (l *observedLocker) DeleteRecord(ctx context.Context, key string) error {
+	a, err := l.admin()
+	if err != nil {
+		return err
+	}
+	return a.DeleteRecord(ctx, key)
+}
+
+func (l *observedLocker) subscribe(ctx context.Context, key string) (Subscription, error) {
+	return l.inner.(Notifier).Subscribe(ctx, key)
+}
+
+func (l *observedLocker) claim(ctx context.Context, key string, ttl time.Duration) (Lease, []byte, error) {
+	start := time.Now()
+	le, rec, err := l.inner.(Store).Claim(ctx, key, ttl)
+	return l.taken(ctx, key, start, le, rec, err), rec, err
+}
+
+func (l *observedLocker) claimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (Lease, []byte, []byte, error) {
+	start := time.Now()
+	le, rec, holder, err := l.inner.(fingerprintClaimer).ClaimFingerprint(ctx, key, ttl, fp)
+	return l.taken(ctx, key, start, le, rec, err), rec, holder, err
+}
+
+func (l *observedLocker) complete(ctx context.Context, le Lease, record []byte, retention time.Duration) error {
+	ol, inner := unwrapLease(le)
+	if ol == nil {
+		return l.inner.(Store).Complete(ctx, le, record, retention)
+	}
+	start := time.Now()
+	err := l.inner.(Store).Complete(ctx, inner, record, retention)
+	ol.ended(ctx, start, err)
+	return err
+}
+
+// The wrappers for each combination of the optional interfaces that
+// decide behaviour: Notifier, Store and FingerprintClaimer.
+type (
+	observedNotifier         struct{ *observedLocker }
+	observedStore            struct{ *observedLocker }
+	observedNotifyingStore   struct{ *observedLocker }
+	observedFPStore          struct{ *observedLocker }
+	observedNotifyingFPStore struct{ *observedLocker }
+)
+
+// Subscribe calls the observed Locker's [Notifier.Subscribe].
+func (l observedNotifier) Subscribe(ctx context.Context, key string) (Subscription, error) {
+	return l.subscribe(ctx, key)
+}
+
+// Claim calls the observed Store's and reports it as a take.
+func (l observedStore) Claim(ctx context.Context, key string, ttl time.Duration) (Lease, []byte, error) {
+	return l.claim(ctx, key, ttl)
+}
+
+// Complete calls the observed Store's and reports it as a release.
+func (l observedStore) Complete(ctx context.Context, le Lease, record []byte, retention time.Duration) error {
+	return l.complete(ctx, le, record, retention)
+}
+
+// Subscribe calls the observed Locker's [Notifier.Subscribe].
+func (l observedNotifyingStore) Subscribe(ctx context.Context, key string) (Subscription, error) {
+	return l.subscribe(ctx, key)
+}
+
+// Claim calls the observed Store's and reports it as a take.
+func (l observedNotifyingStore) Claim(ctx context.Context, key string, ttl time.Duration) (Lease, []byte, error) {
+	return l.claim(ctx, key, ttl)
+}
+
+// Complete calls the observed Store's and reports it as a release.
+func (l observedNotifyingStore) Complete(ctx context.Context, le Lease, record []byte, retention time.Duration) error {
+	return l.complete(ctx, le, record, retention)
+}
+
+// Claim calls the observed Store's and reports it as a take.
+func (l observedFPStore) Claim(ctx context.Context, key string, ttl time.Duration) (Lease, []byte, error) {
+	return l.claim(ctx, key, ttl)
+}
+
+// Complete calls the observed Store's and reports it as a release.
+func (l observedFPStore) Complete(ctx context.Context, le Lease, record []byte, retention time.Duration) error {
+	return l.complete(ctx, le, record, retention)
+}
+
+// ClaimFingerprint calls the observed Store's and reports it as a take.
+func (l observedFPStore) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (Lease, []byte, []byte, error) {
+	return l.claimFingerprint(ctx, key, ttl, fp)
+}
+
+// Subscribe calls the observed Locker's [Notifier.Subscribe].
+func (l observedNotifyingFPStore) Subscribe(ctx context.Context, key string) (Subscription, error) {
+	return l.subscribe(ctx, key)
+}
+
+// Claim calls the observed Store's and reports it as a take.
+func (l observedNotifyingFPStore) Claim(ctx context.Context, key string, ttl time.Duration) (Lease, []byte, error) {
+	return l.claim(ctx, key, ttl)
+}
+
+// Complete calls the observed Store's and reports it as a release.
+func (l observedNotifyingFPStore) Complete(ctx context.Context, le Lease, record []byte, retention time.Duration) error {
+	return l.complete(ctx, le, record, retention)
+}
+
+// ClaimFingerprint calls the observed Store's and reports it as a take.
+func (l observedNotifyingFPStore) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (Lease, []byte, []byte, error) {
+	return l.claimFingerprint(ctx, key, ttl, fp)
+}
+
+// observedLease wraps a lease taken through an observed Locker; the types
+// below add Deadliner and LossNotifier when the wrapped lease has them.
+type observedLease struct {
+	inner  Lease
+	scope_ *observe.Scope
+	taken  time.Time
+	done   atomic.Bool // an event with Ends was reported
+}
+
+type (
+	observedLeaseD  struct{ *observedLease }
+	observedLeaseL  struct{ *observedLease }
+	observedLeaseDL struct{ *observedLease }
+)
+
+// Deadline returns the observed lease's [Deadliner.Deadline].
+func (l observedLeaseD) Deadline() time.Time { return l.inner.(Deadliner).Deadline() }
+
+// Lost returns the observed lease's [LossNotifier.Lost].
+func (l observedLeaseL) Lost() <-chan struct{} { return l.inner.(LossNotifier).Lost() }
+
+// Deadline returns the observed lease's [Deadliner.Deadline].
+func (l observedLeaseDL) Deadline() time.Time { return l.inner.(Deadliner).Deadline() }
+
+// Lost returns the observed lease's [LossNotifier.Lost].
+func (l observedLeaseDL) Lost() <-chan struct{} { return l.inner.(LossNotifier).Lost() }
+
+func wrapLease(le Lease, s *observe.Scope, taken time.Time) Lease {
+	base := &observedLease{inner: le, scope_: s, taken: taken}
+	_, d := le.(Deadliner)
+	_, n := le.(LossNotifier)
+	switch {
+	case d && n:
+		return observedLeaseDL{base}
+	case d:
+		return observedLeaseD{base}
+	case n:
+		return observedLeaseL{base}
+	}
+	return base
+}
+
+// unwrapLease returns the observing wrapper of le and the lease it wraps,
+// or nil and le itself.
+func unwrapLease(le Lease) (*observedLease, Lease) {
+	var ol *observedLease
+	switch l := le.(type) {
+	case *observedLease:
+		ol = l
+	case observedLeaseD:
+		ol = l.observedLease
+	case observedLeaseL:
+		ol = l.observedLease
+	case observedLeaseDL:
+		ol = l.observedLease
+	}
+	if ol == nil {
+		return nil, le
+	}
+	return ol, ol.inner
+}
+
+// Unwrap returns the observed lease.
+func (l *observedLease) Unwrap() Lease { return l.inner }
+
+// Key returns the observed lease's key.
+func (l *observedLease) Key() string { return l.inner.Key() }
+
+// Token returns the observed lease's token.
+func (l *observedLease) Token() uint64 { return l.inner.Token() }
+
+// Refresh calls the observed lease's and reports a [observe.KindRefresh]
+// event.
+func (l *observedLease) Refresh(ctx context.Context, ttl time.Duration) error {
+	start := time.Now()
+	err := l.inner.Refresh(ctx, ttl)
+	now := time.Now()
+	l.scope_.Emit(ctx, l.inner.Key(), observe.Event{
+		Kind: observe.KindRefresh, Outcome: outcomeOf(err), Token: l.inner.Token(),
+		Latency: now.Sub(start), Hold: now.Sub(l.taken), Err: err,
+	})
+	return err
+}
+
+// Release calls the observed lease's and reports a [observe.KindRelease]
+// event.
+func (l *observedLease) Release(ctx context.Context) error {
+	start := time.Now()
+	err := l.inner.Release(ctx)
+	l.ended(ctx, start, err)
+	return err
+}
+
+// ended reports a Release or Complete that started at start.
+func (l *observedLease) ended(ctx context.Context, start time.Time, err error) {
+	now := time.Now()
+	l.scope_.Emit(ctx, l.inner.Key(), observe.Event{
+		Kind: observe.KindRelease, Outcome: outcomeOf(err), Token: l.inner.Token(),
+		Latency: now.Sub(start), Hold: now.Sub(l.taken), Ends: l.done.CompareAndSwap(false, true), Err: err,
+	})
+}
+
+func outcomeOf(err error) observe.Outcome {
+	switch {
+	case err == nil:
+		return observe.OK
+	case errors.Is(err, ErrNotHeld):
+		return observe.NotHeld
+	}
+	return observe.Failed
+}
+
+// observeAcquire reports the end of an Acquire that started at start, on
+// an observed Locker. It runs deferred, so it sees Acquire's results, its
+// attempts and its Waiter (nil if it never waited).
+func observeAcquire(ctx context.Context, s *observe.Scope, key string, start time.Time, attempts *int, w **Waiter, lease *Lease, err *error) {
+	e := observe.Event{Kind: observe.KindAcquire, Outcome: observe.Acquired, Wait: time.Since(start), Attempts: *attempts, Err: *err}
+	if *w != nil {
+		e.Wakeups = (*w).wakeups
+	}
+	switch {
+	case *err == nil:
+		e.Token = (*lease).Token()
+	case ctx != nil && ctx.Err() != nil && errors.Is(*err, ErrNotAcquired):
+		e.Outcome = observe.Canceled
+	default:
+		e.Outcome = observe.Failed
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	s.Emit(ctx, key, e)
+}
+
+// observeLoss reports the loss of k's lease, when it is observed, as a
+// [observe.KindLost] event, before k's context is cancelled (so that
+// whoever waits on it sees the event reported). The Keeper calls it once,
+// for the first loss.
+func observeLoss(k *Keeper, cause error) {
+	ol, _ := unwrapLease(k.lease)
+	if ol == nil {
+		return
+	}
+	ol.scope_.Emit(k.ctx, ol.inner.Key(), observe.Event{
+		Kind: observe.KindLost, Outcome: observe.NotHeld, Token: ol.inner.Token(),
+		Hold: time.Since(ol.taken), Ends: ol.done.CompareAndSwap(false, true), Err: cause,
+	})
+}
