@@ -22,9 +22,10 @@ import (
 // l is, a [Store] when l is (use [ObserveStore] to get one typed so), an
 // idempotency.FingerprintClaimer when l is, and its leases are
 // [Deadliner]s and [LossNotifier]s exactly when l's are. It is always a
-// [Pinger], a [TTLLimiter] and an [Admin]: for an l that lacks them, Ping
-// and the Admin methods return an error matching [errors.ErrUnsupported]
-// and TTLLimits reports no limits, as the helpers treat such an l.
+// [Pinger], a [TTLLimiter], an [Admin] and a [Queuer]: for an l that lacks
+// them, Ping, Queue and the Admin methods return an error matching
+// [errors.ErrUnsupported] and TTLLimits reports no limits, as the helpers
+// treat such an l (Acquire then waits unqueued).
 // A nil o returns l itself; wrapping twice reports to both observers.
 func Observe(l Locker, o observe.Observer, opts ...observe.Option) Locker {
 	if l == nil || o == nil {
@@ -449,4 +450,34 @@ func observeLoss(k *Keeper, cause error) {
 		Kind: observe.KindLost, Outcome: observe.NotHeld, Token: ol.inner.Token(),
 		Hold: time.Since(ol.taken), Ends: ol.done.CompareAndSwap(false, true), Err: cause,
 	})
+}
+
+// Queue calls the observed Locker's [Queuer.Queue], or reports that it has
+// none (an error matching [errors.ErrUnsupported], on which [Acquire] waits
+// unqueued), so that wrapping a queued Locker keeps its waiters queued. The
+// ticket's takes are reported as the Locker's are.
+func (l *observedLocker) Queue(ctx context.Context, key string) (Ticket, error) {
+	q, ok := l.inner.(Queuer)
+	if !ok {
+		return nil, fmt.Errorf("lock: %T does not queue: %w", l.inner, errors.ErrUnsupported)
+	}
+	t, err := q.Queue(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return &observedTicket{Ticket: t, l: l, key: key}, nil
+}
+
+// observedTicket reports the takes of a ticket of an observed Locker.
+type observedTicket struct {
+	Ticket
+	l   *observedLocker
+	key string
+}
+
+// TryAcquire calls the ticket's and reports it as the Locker's TryAcquire.
+func (t *observedTicket) TryAcquire(ctx context.Context, ttl time.Duration) (Lease, error) {
+	start := time.Now()
+	le, err := t.Ticket.TryAcquire(ctx, ttl)
+	return t.l.taken(ctx, t.key, start, le, nil, err), err
 }

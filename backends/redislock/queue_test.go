@@ -14,6 +14,7 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/redislock"
 	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/observe"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -33,6 +34,33 @@ func (tp topology) queuedConfig() conformance.Config {
 func TestConformanceQueued(t *testing.T) { conformance.Run(t, single.queuedConfig()) }
 
 func TestConformanceQueuedCluster(t *testing.T) { conformance.Run(t, cluster.queuedConfig()) }
+
+// TestConformanceQueuedObserved runs the suite on observed queued Lockers:
+// the wrapper passes Queue on, so the queue clauses run, and pass.
+func TestConformanceQueuedObserved(t *testing.T) {
+	var events atomic.Int64
+	obs := observe.Func(func(context.Context, observe.Event) { events.Add(1) })
+	cfg := single.queuedConfig()
+	newLocker := cfg.NewLockerTB
+	cfg.NewLocker = func(t *testing.T) lock.Locker { return lock.Observe(newLocker(t), obs) }
+	cfg.NewLockerTB = func(tb testing.TB) lock.Locker { return lock.Observe(newLocker(tb), obs) }
+	cfg.NewFaultyLocker = nil
+	t.Run("QueueClauses", func(t *testing.T) {
+		q, ok := cfg.NewLocker(t).(lock.Queuer)
+		if !ok {
+			t.Fatal("the observed queued Locker is not a lock.Queuer: Acquire would wait unqueued")
+		}
+		tk, err := q.Queue(t.Context(), "probe")
+		if err != nil {
+			t.Fatalf("Queue through the observed wrapper: %v", err)
+		}
+		_ = tk.Close()
+	})
+	conformance.Run(t, cfg)
+	if events.Load() == 0 {
+		t.Error("the observer saw no event")
+	}
+}
 
 // queueLen returns how many waiters key's queue holds, as the server sees
 // it.
