@@ -334,12 +334,16 @@ func (s watchedSub) Wait(ctx context.Context, held *lock.NotAcquiredError) error
 }
 
 func (w *watched) locker() lock.Locker {
-	if _, ok := w.Locker.(lock.Queuer); ok {
+	_, queues := w.Locker.(lock.Queuer)
+	_, notifies := w.Locker.(lock.Notifier)
+	switch {
+	case queues && notifies:
 		return watchedQueuer{watchedNotifier{w}}
-	}
-	if _, ok := w.Locker.(lock.Notifier); ok {
+	case notifies:
 		return watchedNotifier{w}
 	}
+	// A Queuer that cannot notify (an observed polling Locker, whose
+	// Queue answers ErrUnsupported) is watched as the poller it is.
 	return w
 }
 
