@@ -156,8 +156,13 @@ func (b *Lease) OpError(op string, err error) error { return b.gate.Name.OpError
 
 // Serial runs fn while no other Serial or End call on this lease runs: a
 // second call waits for the first to return, or for ctx to end (then it
-// returns ctx's error and fn does not run).
+// returns ctx's error and fn does not run). A nil or ended ctx is refused
+// first, as [lock.CheckContext] does, so a lease method that starts with
+// Serial or End need not check it.
 func (b *Lease) Serial(ctx context.Context, fn func() error) error {
+	if err := lock.CheckContext(ctx); err != nil {
+		return err
+	}
 	b.mu.Lock()
 	if b.turn == nil {
 		b.turn = make(chan struct{}, 1)

@@ -165,9 +165,6 @@ func (le *lease) write(ctx context.Context, ops api.TxnOps) (bool, *api.TxnRespo
 // Release deletes the key if this lease's session still holds it at this
 // lease's index, and keeps the session for the next take.
 func (le *lease) Release(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
 	return le.End(ctx, "release", func() error {
 		if le.State() == driver.Lost {
 			return le.NotHeldWhy("release", "lost before release")

@@ -158,9 +158,6 @@ func (le *lease) move(ctx context.Context, ttl time.Duration, req int64) error {
 // back to the Locker's pool. If the key is gone or belongs to another
 // holding the error matches lock.ErrNotHeld.
 func (le *lease) Release(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
 	return le.End(ctx, "release", func() error {
 		resp, err := le.l.kv.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(le.lk), "=", int64(le.Token()))).

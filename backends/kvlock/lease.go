@@ -40,9 +40,6 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 }
 
 func (le *lease) Release(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
 	return le.End(ctx, "release", func() error {
 		ok, err := le.l.kv.CompareAndDelete(ctx, le.lockKey, le.value)
 		if err != nil {

@@ -66,9 +66,6 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 // is deleted all the same if nobody took it over) or was taken over gets an
 // error matching lock.ErrNotHeld.
 func (le *lease) Release(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
 	return le.End(ctx, "release", func() error {
 		var live bool
 		var notified int64

@@ -307,22 +307,11 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []b
 	return newLease(l, key, token, sent, ttl), taken{}, nil
 }
 
-// micros converts a positive duration to whole microseconds, rounding up:
-// PostgreSQL's timestamps count microseconds.
-func micros(d time.Duration) int64 {
-	us := int64(d / time.Microsecond)
-	if d%time.Microsecond != 0 {
-		us++
-	}
-	return us
-}
+// micros converts d to whole microseconds, rounding up.
+func micros(d time.Duration) int64 { return driver.Ceil(d, time.Microsecond) }
 
-func microDuration(us int64) time.Duration {
-	if us <= 0 {
-		return 0
-	}
-	return time.Duration(us) * time.Microsecond
-}
+// microDuration converts microseconds back to a Duration (0 for none).
+func microDuration(us int64) time.Duration { return driver.Units(us, time.Microsecond) }
 
 // hash64 is FNV-1a: the key's advisory-lock id (folded to 32 bits) and its
 // NOTIFY payload. Collisions only serialise two takes or wake a waiter for

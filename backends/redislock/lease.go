@@ -49,9 +49,6 @@ func (le *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 // and wakes the key's waiters; otherwise it returns an error matching
 // lock.ErrNotHeld and leaves the key alone.
 func (le *lease) Release(ctx context.Context) error {
-	if err := lock.CheckContext(ctx); err != nil {
-		return err
-	}
 	return le.end(ctx, "release", le.l.release, []any{nil, nil, 2, le.lockArg, le.marker(), le.valueArg})
 }
 

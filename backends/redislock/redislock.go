@@ -165,7 +165,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -383,19 +382,7 @@ func parseToken(s string) (uint64, error) {
 }
 
 // millis converts a positive TTL to whole milliseconds, rounding up.
-func millis(ttl time.Duration) int64 {
-	ms := int64(ttl / time.Millisecond)
-	if ttl%time.Millisecond != 0 {
-		ms++
-	}
-	return ms
-}
+func millis(ttl time.Duration) int64 { return driver.Ceil(ttl, time.Millisecond) }
 
-// msDuration converts milliseconds back to a Duration, saturating instead
-// of overflowing for TTLs near the longest Duration.
-func msDuration(ms int64) time.Duration {
-	if ms > math.MaxInt64/int64(time.Millisecond) {
-		return math.MaxInt64
-	}
-	return time.Duration(ms) * time.Millisecond
-}
+// msDuration converts milliseconds back to a Duration, saturating.
+func msDuration(ms int64) time.Duration { return driver.Units(ms, time.Millisecond) }

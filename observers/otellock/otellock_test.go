@@ -119,7 +119,10 @@ func TestMemlock(t *testing.T) {
 func TestRedis(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
 	t.Cleanup(func() { _ = client.Close() })
-	l := redislock.New(client, redislock.WithPrefix(fmt.Sprintf("otellock-test-%d:", time.Now().UnixNano())))
+	l, err := redislock.New(client, redislock.WithPrefix(fmt.Sprintf("otellock-test-%d:", time.Now().UnixNano())))
+	if err != nil {
+		t.Fatalf("redislock.New: %v", err)
+	}
 	t.Cleanup(func() { _ = l.Close() })
 	testBackend(t, l, l, "redislock")
 }

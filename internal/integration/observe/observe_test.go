@@ -38,7 +38,10 @@ func newMemcached(tb testing.TB, c *counter) lock.Locker {
 	client.Timeout = 5 * time.Second
 	client.MaxIdleConns = 16
 	tb.Cleanup(func() { _ = client.Close() })
-	l := memcachedlock.New(client)
+	l, err := memcachedlock.New(client)
+	if err != nil {
+		tb.Fatalf("memcachedlock.New: %v", err)
+	}
 	tb.Cleanup(func() { _ = l.Close() })
 	return lock.Observe(l, c)
 }
