@@ -37,15 +37,15 @@ func Observe(l Locker, o observe.Observer, opts ...observe.Option) Locker {
 	_, fp := l.(fingerprintClaimer)
 	switch {
 	case store && fp && notify:
-		return observedNotifyingFPStore{base}
+		return observedNotifyingFPStore{base, notifying{base}, storing{base}, fingerprinting{base}}
 	case store && fp:
-		return observedFPStore{base}
+		return observedFPStore{base, storing{base}, fingerprinting{base}}
 	case store && notify:
-		return observedNotifyingStore{base}
+		return observedNotifyingStore{base, notifying{base}, storing{base}}
 	case store:
-		return observedStore{base}
+		return observedStore{base, storing{base}}
 	case notify:
-		return observedNotifier{base}
+		return observedNotifier{base, notifying{base}}
 	}
 	return base
 }
@@ -229,78 +229,61 @@ func (l *observedLocker) complete(ctx context.Context, le Lease, record []byte, 
 }
 
 // The wrappers for each combination of the optional interfaces that
-// decide behaviour: Notifier, Store and FingerprintClaimer.
+// decide behaviour (Notifier, Store and FingerprintClaimer) are made of
+// one part per interface, each written once.
 type (
-	observedNotifier         struct{ *observedLocker }
-	observedStore            struct{ *observedLocker }
-	observedNotifyingStore   struct{ *observedLocker }
-	observedFPStore          struct{ *observedLocker }
-	observedNotifyingFPStore struct{ *observedLocker }
+	observedNotifier struct {
+		*observedLocker
+		notifying
+	}
+	observedStore struct {
+		*observedLocker
+		storing
+	}
+	observedNotifyingStore struct {
+		*observedLocker
+		notifying
+		storing
+	}
+	observedFPStore struct {
+		*observedLocker
+		storing
+		fingerprinting
+	}
+	observedNotifyingFPStore struct {
+		*observedLocker
+		notifying
+		storing
+		fingerprinting
+	}
+)
+
+// notifying, storing and fingerprinting are the parts: the methods of one
+// optional interface, forwarded to the observed Locker's.
+type (
+	notifying      struct{ ol *observedLocker }
+	storing        struct{ ol *observedLocker }
+	fingerprinting struct{ ol *observedLocker }
 )
 
 // Subscribe calls the observed Locker's [Notifier.Subscribe].
-func (l observedNotifier) Subscribe(ctx context.Context, key string) (Subscription, error) {
-	return l.subscribe(ctx, key)
+func (p notifying) Subscribe(ctx context.Context, key string) (Subscription, error) {
+	return p.ol.subscribe(ctx, key)
 }
 
 // Claim calls the observed Store's and reports it as a take.
-func (l observedStore) Claim(ctx context.Context, key string, ttl time.Duration) (Lease, []byte, error) {
-	return l.claim(ctx, key, ttl)
+func (p storing) Claim(ctx context.Context, key string, ttl time.Duration) (Lease, []byte, error) {
+	return p.ol.claim(ctx, key, ttl)
 }
 
 // Complete calls the observed Store's and reports it as a release.
-func (l observedStore) Complete(ctx context.Context, le Lease, record []byte, retention time.Duration) error {
-	return l.complete(ctx, le, record, retention)
-}
-
-// Subscribe calls the observed Locker's [Notifier.Subscribe].
-func (l observedNotifyingStore) Subscribe(ctx context.Context, key string) (Subscription, error) {
-	return l.subscribe(ctx, key)
-}
-
-// Claim calls the observed Store's and reports it as a take.
-func (l observedNotifyingStore) Claim(ctx context.Context, key string, ttl time.Duration) (Lease, []byte, error) {
-	return l.claim(ctx, key, ttl)
-}
-
-// Complete calls the observed Store's and reports it as a release.
-func (l observedNotifyingStore) Complete(ctx context.Context, le Lease, record []byte, retention time.Duration) error {
-	return l.complete(ctx, le, record, retention)
-}
-
-// Claim calls the observed Store's and reports it as a take.
-func (l observedFPStore) Claim(ctx context.Context, key string, ttl time.Duration) (Lease, []byte, error) {
-	return l.claim(ctx, key, ttl)
-}
-
-// Complete calls the observed Store's and reports it as a release.
-func (l observedFPStore) Complete(ctx context.Context, le Lease, record []byte, retention time.Duration) error {
-	return l.complete(ctx, le, record, retention)
+func (p storing) Complete(ctx context.Context, le Lease, record []byte, retention time.Duration) error {
+	return p.ol.complete(ctx, le, record, retention)
 }
 
 // ClaimFingerprint calls the observed Store's and reports it as a take.
-func (l observedFPStore) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (Lease, []byte, []byte, error) {
-	return l.claimFingerprint(ctx, key, ttl, fp)
-}
-
-// Subscribe calls the observed Locker's [Notifier.Subscribe].
-func (l observedNotifyingFPStore) Subscribe(ctx context.Context, key string) (Subscription, error) {
-	return l.subscribe(ctx, key)
-}
-
-// Claim calls the observed Store's and reports it as a take.
-func (l observedNotifyingFPStore) Claim(ctx context.Context, key string, ttl time.Duration) (Lease, []byte, error) {
-	return l.claim(ctx, key, ttl)
-}
-
-// Complete calls the observed Store's and reports it as a release.
-func (l observedNotifyingFPStore) Complete(ctx context.Context, le Lease, record []byte, retention time.Duration) error {
-	return l.complete(ctx, le, record, retention)
-}
-
-// ClaimFingerprint calls the observed Store's and reports it as a take.
-func (l observedNotifyingFPStore) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (Lease, []byte, []byte, error) {
-	return l.claimFingerprint(ctx, key, ttl, fp)
+func (p fingerprinting) ClaimFingerprint(ctx context.Context, key string, ttl time.Duration, fp []byte) (Lease, []byte, []byte, error) {
+	return p.ol.claimFingerprint(ctx, key, ttl, fp)
 }
 
 // observedLease wraps a lease taken through an observed Locker; the types
@@ -313,22 +296,33 @@ type observedLease struct {
 }
 
 type (
-	observedLeaseD  struct{ *observedLease }
-	observedLeaseL  struct{ *observedLease }
-	observedLeaseDL struct{ *observedLease }
+	observedLeaseD struct {
+		*observedLease
+		deadlining
+	}
+	observedLeaseL struct {
+		*observedLease
+		losing
+	}
+	observedLeaseDL struct {
+		*observedLease
+		deadlining
+		losing
+	}
+)
+
+// deadlining and losing are the parts of the lease wrappers: Deadliner's
+// and LossNotifier's methods, forwarded to the observed lease's.
+type (
+	deadlining struct{ inner Lease }
+	losing     struct{ inner Lease }
 )
 
 // Deadline returns the observed lease's [Deadliner.Deadline].
-func (l observedLeaseD) Deadline() time.Time { return l.inner.(Deadliner).Deadline() }
+func (p deadlining) Deadline() time.Time { return p.inner.(Deadliner).Deadline() }
 
 // Lost returns the observed lease's [LossNotifier.Lost].
-func (l observedLeaseL) Lost() <-chan struct{} { return l.inner.(LossNotifier).Lost() }
-
-// Deadline returns the observed lease's [Deadliner.Deadline].
-func (l observedLeaseDL) Deadline() time.Time { return l.inner.(Deadliner).Deadline() }
-
-// Lost returns the observed lease's [LossNotifier.Lost].
-func (l observedLeaseDL) Lost() <-chan struct{} { return l.inner.(LossNotifier).Lost() }
+func (p losing) Lost() <-chan struct{} { return p.inner.(LossNotifier).Lost() }
 
 func wrapLease(le Lease, s *observe.Scope, taken time.Time) Lease {
 	base := &observedLease{inner: le, scope_: s, taken: taken}
@@ -336,11 +330,11 @@ func wrapLease(le Lease, s *observe.Scope, taken time.Time) Lease {
 	_, n := le.(LossNotifier)
 	switch {
 	case d && n:
-		return observedLeaseDL{base}
+		return observedLeaseDL{base, deadlining{le}, losing{le}}
 	case d:
-		return observedLeaseD{base}
+		return observedLeaseD{base, deadlining{le}}
 	case n:
-		return observedLeaseL{base}
+		return observedLeaseL{base, losing{le}}
 	}
 	return base
 }
