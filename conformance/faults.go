@@ -384,6 +384,7 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool) {
 
 	type taken struct {
 		w        *watched
+		took     time.Time // when Acquire returned: before the Release that lets the other take
 		released time.Time
 		err      error
 	}
@@ -399,7 +400,7 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool) {
 		}
 		go func() {
 			got, err := lock.Acquire(ctxBC, w.locker(), key, p.long)
-			r := taken{w: w, err: err}
+			r := taken{w: w, took: time.Now(), err: err}
 			if err == nil {
 				r.err = got.Release(context.WithoutCancel(ctxBC))
 				r.released = time.Now()
@@ -426,6 +427,11 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool) {
 		case <-time.After(4 * bound):
 			c.Fatalf("%d of the 2 remaining waiters took the key within %v of the release: the wake-up the first waiter did not act on was lost", len(got), 4*bound)
 		}
+	}
+	// The order they took the key in: not the order their results
+	// arrived, which the scheduler may swap after the first one released.
+	if got[1].took.Before(got[0].took) {
+		got[0], got[1] = got[1], got[0]
 	}
 	if ordered && got[0].w != second {
 		c.Fatalf("the third waiter got the key before the second: a queue must serve waiters in the order they began waiting")
