@@ -334,6 +334,11 @@ func checkExclusion(takes []TakeRecord, longest *time.Duration) []Violation {
 		}
 		for i := range ts {
 			t := &ts[i]
+			if t.End() <= t.Taken {
+				// Dead on arrival (its context had ended when Acquire
+				// returned): never held live, it cannot overlap.
+				continue
+			}
 			if cur != nil && t.Taken < cur.End() {
 				d := time.Duration(min(t.End(), cur.End()) - t.Taken)
 				*longest = max(*longest, d)
