@@ -30,9 +30,9 @@ func TestCheckFenced(t *testing.T) {
 func TestCheckExclusionAndTokenOrder(t *testing.T) {
 	takes := []TakeRecord{
 		{Lease: 1, Worker: 1, Token: 1, Taken: 0, Exit: 100},
-		{Lease: 2, Worker: 2, Token: 2, Taken: 50, Exit: 60},   // inside 1's window
-		{Lease: 3, Worker: 3, Token: 3, Taken: 70, Exit: 80},   // still inside 1's
-		{Lease: 4, Worker: 4, Token: 4, Taken: 200, Exit: 300}, // alone
+		{Lease: 2, Worker: 2, Token: 2, Taken: 50, Exit: 60},              // inside 1's window
+		{Lease: 3, Worker: 3, Token: 3, Taken: 70, Exit: 80},              // still inside 1's
+		{Lease: 4, Worker: 4, Token: 4, Taken: 200, Exit: 300},            // alone
 		{Lease: 5, Worker: 5, Token: 1, Taken: 250, Done: 250, Exit: 260}, // dead on arrival inside 4's: never live
 	}
 	var longest time.Duration
