@@ -427,12 +427,18 @@ func (p *pool) renewAll(ctx context.Context, ss []*session) (failed bool) {
 		switch {
 		case err != nil:
 			failed = true
-		case ok:
-			if sent.After(s.renewed) {
-				s.renewed = sent
-			}
-		default:
+		case !ok:
 			p.removeIdleLocked(s) // gone: forget it
+		case time.Since(s.renewed) >= s.ttl:
+			// The reply came back a TTL or more after the last renewal
+			// was sent (a server stall, a slow network): Consul may
+			// invalidate the session at any moment, so it is never handed
+			// out again. One a take got meanwhile is the lease's to judge.
+			if p.removeIdleLocked(s) {
+				p.doomed = append(p.doomed, s.id)
+			}
+		case sent.After(s.renewed):
+			s.renewed = sent
 		}
 		p.mu.Unlock()
 	}
@@ -467,18 +473,20 @@ func (p *pool) createSpares(ctx context.Context, cs []*class) (failed bool) {
 	return failed
 }
 
-// removeIdleLocked takes s out of its pool if it is there. p.mu is held.
-func (p *pool) removeIdleLocked(s *session) {
+// removeIdleLocked takes s out of its pool and reports whether it was
+// there. p.mu is held.
+func (p *pool) removeIdleLocked(s *session) bool {
 	c := p.classes[s.ttl]
 	if c == nil {
-		return
+		return false
 	}
 	for i, x := range c.idle {
 		if x == s {
 			c.idle = append(c.idle[:i], c.idle[i+1:]...)
-			return
+			return true
 		}
 	}
+	return false
 }
 
 // close stops the keeper, waits for the creates running detached and
