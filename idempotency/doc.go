@@ -147,13 +147,17 @@
 //     only if Complete still finds the lease held; a deadline-only loss is
 //     released, since the server may still hold the key.
 //   - Complete fails with an unknown outcome (timeout, dropped
-//     connection): retried within WithStoreTimeout, a Claim recognising
-//     an attempt that was applied; only [ErrRecordTooLarge] stores a
-//     tombstone; a Complete that never succeeds releases the key, so a
-//     retry runs the work again: a store down for longer than
-//     WithStoreTimeout when the work ends can let the effect happen twice
-//     (measured in RELIABILITY.md; the work's own idempotency, such as a
-//     payment provider's key, is the remedy).
+//     connection, failover): retried within WithStoreTimeout, a Claim
+//     recognising an attempt that was applied; then retried in the
+//     background, the lease renewed between attempts, while the key stays
+//     in progress (duplicates get 409, or wait, then the replay; [Do]
+//     returns a [*StoreError] saying so, and a retry of the message gets
+//     [ErrInProgress], then the result); [Guard.Shutdown] waits for it.
+//     Only a store down until the lease's deadline (no refresh succeeds
+//     for a lease TTL), or a Complete that fails for a lease TTL more,
+//     releases the key: a retry then runs the work again, and the effect
+//     can happen twice (measured in RELIABILITY.md; the work's own
+//     idempotency, such as a payment provider's key, is the remedy).
 //   - The store refuses the record as too large: a tombstone; duplicates
 //     get 422 ProblemNotReplayable and the work never runs again.
 //   - A response a record cannot replay (streamed, hijacked, trailers, an

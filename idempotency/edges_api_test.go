@@ -8,6 +8,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -170,24 +171,165 @@ func (s *alwaysDownStore) Complete(context.Context, lock.Lease, []byte, time.Dur
 	return errDown
 }
 
-// Item 6: a Complete that keeps failing is retried until the store
-// timeout, then the key is released; it never becomes a tombstone.
+// Item 6: a Complete that keeps failing is retried within the store
+// timeout, then in the background while the key stays in progress, for a
+// lease TTL more; then the key is released. It never becomes a tombstone.
 func TestCompleteFailureNeverTombstones(t *testing.T) {
 	store := &alwaysDownStore{Locker: memlock.New()}
-	var logged bytes.Buffer
+	var logged bytes.Buffer // read after Shutdown, which waits for its writers
 	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "all" }),
-		idempotency.WithStoreTimeout(300*time.Millisecond), idempotency.WithLogger(slog.New(slog.NewTextHandler(&logged, nil))))
+		idempotency.WithStoreTimeout(300*time.Millisecond), idempotency.WithLeaseTTL(600*time.Millisecond),
+		idempotency.WithLogger(slog.New(slog.NewTextHandler(&logged, nil))))
 	h := &counter{}
 	m := g.Middleware(h)
 	send(m, req{key: "k"})
 	if n := store.completes.Load(); n < 2 {
 		t.Fatalf("Complete tried %d times, want retries within the store timeout", n)
 	}
+	if store.Len() != 1 {
+		t.Fatalf("%d held right after the response; want the key kept in progress while the result is stored", store.Len())
+	}
+	if err := g.Shutdown(t.Context()); err != nil { // waits for the background attempts
+		t.Fatal(err)
+	}
 	if store.Len() != 0 || store.Records() != 0 {
 		t.Fatalf("%d held, %d records; want the key released and nothing stored", store.Len(), store.Records())
 	}
-	if !strings.Contains(logged.String(), "storing the response failed") {
-		t.Fatalf("log %q", logged.String())
+	for _, want := range []string{"retried in the background", "storing the result failed for good"} {
+		if !strings.Contains(logged.String(), want) {
+			t.Fatalf("log %q lacks %q", logged.String(), want)
+		}
+	}
+}
+
+// downUntilStore fails every Complete until up is closed, as a store
+// unreachable for longer than the store timeout when the work ends;
+// refreshes go on succeeding or failing with it (failRefresh).
+type downUntilStore struct {
+	lock.Store // a memlock.Locker, without its FingerprintClaimer
+	up          chan struct{}
+	failRefresh bool
+	completes   atomic.Int64
+	failed      chan struct{} // closed at the first failed Complete
+	once        sync.Once
+}
+
+func newDownUntilStore(failRefresh bool) *downUntilStore {
+	return &downUntilStore{Store: memlock.New(), up: make(chan struct{}), failRefresh: failRefresh, failed: make(chan struct{})}
+}
+
+func (s *downUntilStore) down() bool {
+	select {
+	case <-s.up:
+		return false
+	default:
+		return true
+	}
+}
+
+func (s *downUntilStore) Complete(ctx context.Context, le lock.Lease, rec []byte, retention time.Duration) error {
+	s.completes.Add(1)
+	if s.down() {
+		s.once.Do(func() { close(s.failed) })
+		return errDown
+	}
+	return s.Store.Complete(ctx, le.(downLease).Lease, rec, retention)
+}
+
+func (s *downUntilStore) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
+	le, rec, err := s.Store.Claim(ctx, key, ttl)
+	if le != nil {
+		le = downLease{le, s}
+	}
+	return le, rec, err
+}
+
+// downLease fails its refreshes while its store is down, if told to.
+type downLease struct {
+	lock.Lease
+	s *downUntilStore
+}
+
+func (le downLease) Refresh(ctx context.Context, ttl time.Duration) error {
+	if le.s.failRefresh && le.s.down() {
+		return errDown
+	}
+	return le.Lease.Refresh(ctx, ttl)
+}
+
+func (le downLease) Deadline() time.Time { return le.Lease.(lock.Deadliner).Deadline() }
+
+// Regression test (a known issue of RELIABILITY.md: a charge made twice
+// under "server paused 7s"): the store is unreachable when the handler's
+// work ends, for longer than the store timeout, then comes back within the
+// lease TTL. The key must stay in progress meanwhile (a retry gets 409,
+// the handler does not run again) and the response be stored when the
+// store is back, so that the retry replays it. Before the fix the key was
+// released after the store timeout and the retry ran the handler again.
+func TestCompleteRetriedWhileStoreDown(t *testing.T) {
+	for _, failRefresh := range []bool{false, true} {
+		t.Run(fmt.Sprintf("refreshes fail too=%v", failRefresh), func(t *testing.T) {
+			store := newDownUntilStore(failRefresh)
+			opts := []idempotency.Option{idempotency.WithScope(userScope), idempotency.WithStoreTimeout(100 * time.Millisecond),
+				idempotency.WithLeaseTTL(3 * time.Second), idempotency.WithLogger(slog.New(slog.DiscardHandler))}
+			g, err := idempotency.New(store, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := &counter{}
+			if w := send(g.Middleware(h), req{key: "k", body: "a"}); w.Code != http.StatusCreated {
+				t.Fatalf("first request: %d", w.Code)
+			}
+			<-store.failed
+			if w := send(g.Middleware(h), req{key: "k", body: "a"}); w.Code != http.StatusConflict {
+				t.Fatalf("retry while the store is down: %d %s, want 409 (in progress)", w.Code, w.Body)
+			}
+			close(store.up)
+			if err := g.Shutdown(t.Context()); err != nil { // waits until the response is stored
+				t.Fatal(err)
+			}
+			g2, err := idempotency.New(store, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := send(g2.Middleware(h), req{key: "k", body: "a"})
+			if w.Code != http.StatusCreated || w.Header().Get("Idempotent-Replayed") != "true" {
+				t.Fatalf("retry after the store came back: %d %v, want the replayed 201", w.Code, w.Header())
+			}
+			if n := h.runs.Load(); n != 1 {
+				t.Fatalf("the handler ran %d times, want 1", n)
+			}
+		})
+	}
+}
+
+// The same for a worker: Do reports the store error, and a retry of the
+// message while the result is still being stored does not run fn again;
+// once it is stored the retry gets the result.
+func TestDoCompleteRetriedWhileStoreDown(t *testing.T) {
+	store := newDownUntilStore(false)
+	opts := []idempotency.RunnerOption{idempotency.WithStoreTimeout(100 * time.Millisecond), idempotency.WithLeaseTTL(3 * time.Second),
+		idempotency.WithLogger(slog.New(slog.DiscardHandler))}
+	r, err := idempotency.NewRunner(store, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := 0
+	fn := func(context.Context) (int, error) { runs++; return 42, nil }
+	v, err := idempotency.Do(t.Context(), r, "msg-1", fn)
+	if v != 42 || !errors.Is(err, idempotency.ErrStore) || !strings.Contains(err.Error(), "background") {
+		t.Fatalf("Do with the store down: %v, %v; want 42 and a store error saying the result is still being stored", v, err)
+	}
+	if _, err := idempotency.Do(t.Context(), r, "msg-1", fn); !errors.Is(err, idempotency.ErrInProgress) {
+		t.Fatalf("retry while the store is down: %v, want ErrInProgress", err)
+	}
+	close(store.up)
+	if err := r.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	r2, _ := idempotency.NewRunner(store, opts...)
+	if v, err := idempotency.Do(t.Context(), r2, "msg-1", fn); v != 42 || err != nil || runs != 1 {
+		t.Fatalf("retry after the store came back: %v, %v, %d runs; want 42 replayed, 1 run", v, err, runs)
 	}
 }
 

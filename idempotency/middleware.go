@@ -446,6 +446,9 @@ func (g *Guard) store1(ctx context.Context, k *lock.Keeper, rec *record, ev *gua
 	case errors.Is(err, lock.ErrNotHeld):
 		ev.err = errors.Join(lostCause(k), err) // the outcome stands; the loss is reported with it (and as a lock loss)
 		g.logger().Warn("idempotency: the lease was lost before the response could be stored; another request may have run the handler too", "error", errors.Join(lostCause(k), err))
+	case errors.Is(err, errStillStoring):
+		ev.set(observe.StoreError, ev.status, err)
+		g.logger().Error("idempotency: storing the response failed within the store timeout; it is retried in the background while the key stays in progress", storeAttrs(err, "complete")...)
 	default:
 		ev.set(observe.StoreError, ev.status, err)
 		g.logger().Error("idempotency: storing the response failed; the key was released and a retry will run the handler again", storeAttrs(err, "complete")...)

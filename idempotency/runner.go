@@ -228,10 +228,14 @@ func storeAttrs(err error, call string) []any {
 // either stores the record or finds the lease ended (ErrNotHeld, which is
 // then reported). Only a Store's explicit refusal of the record for its
 // size ([ErrRecordTooLarge]) stores tomb instead, when given: the work was
-// done, so the key must never be released for it to run again. If the
-// record cannot be stored in time the key is released, so that it does
-// not stay in progress until the lease expires. An error other than
-// ErrNotHeld is a [*StoreError] naming the call "complete".
+// done, so the key must never be released for it to run again.
+//
+// If the record is not stored within the store timeout, the key is not
+// released either: [Runner.finish] goes on in the background, renewing
+// the lease, and complete returns an error that also matches
+// errStillStoring. Only a Store's refusal (ErrInvalidArgument) releases
+// the key at once. An error other than ErrNotHeld is a [*StoreError]
+// naming the call "complete".
 func (r *Runner) complete(ctx context.Context, k *lock.Keeper, rec []byte, tomb *record) (err error) {
 	k.Stop()
 	sctx, cancel := r.storeCtx(ctx)
@@ -241,27 +245,130 @@ func (r *Runner) complete(ctx context.Context, k *lock.Keeper, rec []byte, tomb 
 			err = storeError("complete", err, sctx, context.Background(), r.cfg.storeTimeout)
 		}
 	}()
-	err = r.completeRetry(sctx, k.Lease(), rec)
-	if err == nil || errors.Is(err, lock.ErrNotHeld) {
-		return err
-	}
+	lease := k.Lease()
+	err = r.completeRetry(sctx, lease, rec)
+	last := err
 	if tomb != nil && errors.Is(err, ErrRecordTooLarge) {
-		terr := r.completeRetry(sctx, k.Lease(), appendRecord(nil, tomb))
-		if terr == nil {
+		rec = appendRecord(nil, tomb)
+		last = r.completeRetry(sctx, lease, rec)
+		if last == nil {
 			r.logger().Warn("idempotency: the store refused the result for its size; a tombstone was stored instead, so duplicates get a not-replayable answer", "error", err)
 			return nil
 		}
-		if errors.Is(terr, lock.ErrNotHeld) {
-			return terr
+		if errors.Is(last, lock.ErrNotHeld) {
+			return last
 		}
-		err = errors.Join(err, terr)
+		err = errors.Join(err, last)
 	}
-	// The record is lost: free the key rather than leave it in progress
-	// until the lease expires.
-	if rerr := k.Lease().Release(sctx); rerr != nil && !errors.Is(rerr, lock.ErrNotHeld) {
+	if err == nil || errors.Is(err, lock.ErrNotHeld) {
+		return err
+	}
+	if !errors.Is(last, lock.ErrInvalidArgument) {
+		// The outcome is unknown and the work was done: keep the key in
+		// progress and go on storing in the background.
+		r.life.hold()
+		go r.finish(lease, rec)
+		return errors.Join(err, errStillStoring)
+	}
+	// The store refused the record: free the key rather than leave it in
+	// progress until the lease expires.
+	if rerr := lease.Release(sctx); rerr != nil && !errors.Is(rerr, lock.ErrNotHeld) {
 		err = errors.Join(err, rerr)
 	}
 	return err
+}
+
+// errStillStoring is joined to complete's error when the record is still
+// being stored in the background ([Runner.finish]).
+var errStillStoring = errors.New("idempotency: the result is still being stored in the background; the key stays in progress until it is")
+
+// finish goes on storing rec for lease after complete's attempts within
+// the store timeout failed with an unknown outcome (the store unreachable,
+// a failover, a stalled server). The work was done, so the key stays in
+// progress, and a duplicate gets 409 or waits, then the replay; releasing
+// it would let a retry run the work again. finish renews the lease itself
+// between attempts, one call at a time (never a Refresh racing a
+// Complete), from the deadline the lease reports. It ends when the
+// record is stored, when the lease is lost (a call finds it not held and
+// the record is not there, or no refresh succeeded before its deadline),
+// or a lease TTL after it began; in the last two cases it releases the key
+// (the server may still hold it) and the effect may happen twice. The
+// Runner's Shutdown waits for it.
+func (r *Runner) finish(lease lock.Lease, rec []byte) {
+	defer r.life.leave()
+	ctx := context.Background()
+	ttl := r.cfg.leaseTTL
+	// A lease that is no Deadliner is renewed at once, and given up if
+	// that fails for a third of its TTL (the keeper's renewal period).
+	deadline := time.Now().Add(ttl / 3)
+	if d, ok := lease.(lock.Deadliner); ok {
+		deadline = d.Deadline()
+	}
+	giveUp := time.Now().Add(ttl)
+	stored := func() bool {
+		sctx, cancel := context.WithTimeout(ctx, r.cfg.storeTimeout)
+		defer cancel()
+		return r.holdsRecord(sctx, lease.Key(), rec)
+	}
+	pause := 50 * time.Millisecond
+	for {
+		now := time.Now()
+		switch {
+		case !now.Before(deadline):
+			r.finished(ctx, lease, "no refresh succeeded before the lease's deadline", true)
+			return
+		case !now.Before(giveUp):
+			r.finished(ctx, lease, fmt.Sprintf("Complete did not succeed for a lease TTL (%v) more", ttl), true)
+			return
+		}
+		if deadline.Sub(now) < ttl-ttl/3 { // a keeper would have renewed by now
+			rctx, cancel := context.WithTimeout(ctx, min(r.cfg.storeTimeout, time.Until(deadline)))
+			sent := time.Now()
+			err := lease.Refresh(rctx, ttl)
+			cancel()
+			switch {
+			case err == nil:
+				deadline = sent.Add(ttl)
+			case errors.Is(err, lock.ErrNotHeld):
+				if stored() { // an earlier Complete was applied, its reply lost
+					r.finished(ctx, lease, "", false)
+					return
+				}
+				r.finished(ctx, lease, "the lease was lost", false)
+				return
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, min(r.cfg.storeTimeout, time.Until(deadline)))
+		err := r.completeRetry(cctx, lease, rec)
+		cancel()
+		switch {
+		case err == nil, errors.Is(err, lock.ErrNotHeld) && stored():
+			r.finished(ctx, lease, "", false)
+			return
+		case errors.Is(err, lock.ErrNotHeld):
+			r.finished(ctx, lease, "the lease was lost", false)
+			return
+		case errors.Is(err, lock.ErrInvalidArgument):
+			r.finished(ctx, lease, "the store refused the record: "+err.Error(), true)
+			return
+		}
+		t := time.NewTimer(pause/2 + rand.N(pause))
+		<-t.C
+		pause = min(2*pause, 500*time.Millisecond)
+	}
+}
+
+// finished logs how [Runner.finish] ended: stored when why is "",
+// otherwise given up, releasing the key first when release is set.
+func (r *Runner) finished(ctx context.Context, lease lock.Lease, why string, release bool) {
+	if why == "" {
+		r.logger().Info("idempotency: the result was stored after all; the key is replayed from now on")
+		return
+	}
+	if release {
+		r.releaseLease(ctx, lease)
+	}
+	r.logger().Error("idempotency: storing the result failed for good; the key is released and a retry will run the work again", "reason", why)
 }
 
 // completeRetry calls Store.Complete until it succeeds, fails for a reason

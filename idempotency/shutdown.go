@@ -39,6 +39,15 @@ func (l *lifecycle) enter() bool {
 	return true
 }
 
+// hold counts in a continuation of a claim in flight (its result still
+// being stored): unlike enter it is never refused, the claim it continues
+// having kept Shutdown waiting.
+func (l *lifecycle) hold() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.inflight++
+}
+
 // leave counts a claim out once its key was completed or released.
 func (l *lifecycle) leave() {
 	l.mu.Lock()
@@ -59,7 +68,9 @@ func (l *lifecycle) shutting() bool { return l.stopping.Err() != nil }
 // retry, on another instance, runs it), and [Do] returns [ErrShutdown]; a
 // duplicate waiting with [WithWait] stops waiting and gets the same 503.
 // Requests and Do calls that claimed their key before run to the end: their
-// results are stored, or their keys released, before Shutdown returns.
+// results are stored, or their keys released, before Shutdown returns (a
+// result whose store was unreachable when the work ended is still being
+// stored in the background, for up to a lease TTL more).
 //
 // Shutdown applies to g and to every Guard made from it with [Guard.With]
 // or made from those (they share one Store). It returns nil once nothing

@@ -87,11 +87,11 @@ func (b *syncBuffer) String() string {
 
 const hungTimeout = 50 * time.Millisecond
 
-func hungGuard(t *testing.T, s *hungStore) (*idempotency.Guard, *syncBuffer) {
+func hungGuard(t *testing.T, s *hungStore, opts ...idempotency.Option) (*idempotency.Guard, *syncBuffer) {
 	t.Helper()
 	logged := new(syncBuffer)
-	g, err := idempotency.New(s, idempotency.WithScope(userScope), idempotency.WithStoreTimeout(hungTimeout),
-		idempotency.WithLogger(slog.New(slog.NewTextHandler(logged, nil))))
+	g, err := idempotency.New(s, append([]idempotency.Option{idempotency.WithScope(userScope), idempotency.WithStoreTimeout(hungTimeout),
+		idempotency.WithLogger(slog.New(slog.NewTextHandler(logged, nil)))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,12 +187,17 @@ func TestCompleteAndReleaseTimeoutsNamed(t *testing.T) {
 		{"release", http.StatusInternalServerError, &hungStore{Locker: memlock.New(), release: true}},
 	} {
 		t.Run(tc.call, func(t *testing.T) {
-			g, logged := hungGuard(t, tc.store)
+			// A hung Complete is retried in the background for a lease
+			// TTL more, which Shutdown waits for.
+			g, logged := hungGuard(t, tc.store, idempotency.WithLeaseTTL(4*hungTimeout))
 			w := send(g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.WriteHeader(tc.status)
 			})), req{key: "k"})
 			if w.Code != tc.status {
 				t.Fatalf("status %d, want the handler's %d", w.Code, tc.status)
+			}
+			if err := g.Shutdown(t.Context()); err != nil {
+				t.Fatal(err)
 			}
 			if l := logged.String(); !strings.Contains(l, "call="+tc.call) || !strings.Contains(l, "timeout="+hungTimeout.String()) {
 				t.Errorf("log %q does not name the %s and the timeout", l, tc.call)

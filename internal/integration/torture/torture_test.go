@@ -53,10 +53,10 @@ type knownIssue struct {
 
 var known = []knownIssue{
 	{
-		check: CheckEffects, logged: "storing the response failed; the key was released",
-		what: "idempotency.Guard: when Complete fails with an unknown outcome (the store unreachable for longer than the client's " +
-			"timeout or WithStoreTimeout), the Guard stops renewing and releases the key although the handler's work was done, " +
-			"so a retry runs the handler again and the effect happens twice (idempotency's package doc, What happens when things fail)",
+		check: CheckEffects, logged: "storing the result failed for good",
+		what: "idempotency.Guard: when the store stays unreachable after the handler's work until the in-progress lease's deadline " +
+			"(no refresh succeeds for a lease TTL), the Guard gives up storing the response and releases the key, so a retry " +
+			"runs the handler again and the effect happens twice (idempotency's package doc, What happens when things fail)",
 	},
 	{
 		check: CheckLinear, topology: "memcached",
