@@ -206,7 +206,7 @@ func TestCompleteFailureNeverTombstones(t *testing.T) {
 // unreachable for longer than the store timeout when the work ends;
 // refreshes go on succeeding or failing with it (failRefresh).
 type downUntilStore struct {
-	lock.Store // a memlock.Locker, without its FingerprintClaimer
+	lock.Store  // a memlock.Locker, without its FingerprintClaimer
 	up          chan struct{}
 	failRefresh bool
 	completes   atomic.Int64
