@@ -212,7 +212,7 @@ func Do[T any](ctx context.Context, w Worker, key string, fn func(ctx context.Co
 	if !rec.tombstone {
 		tomb = &record{kind: kindWorker, fp: fp, tombstone: true, reason: TombstoneRefused}
 	}
-	if cerr := g.complete(ctx, k, appendRecord(nil, &rec), tomb); cerr != nil {
+	if cerr := g.complete(ctx, k, appendRecord(nil, &rec), tomb, &ev); cerr != nil {
 		if errors.Is(cerr, lock.ErrNotHeld) {
 			cause := lostCause(k)
 			if cause == nil {

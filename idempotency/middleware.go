@@ -440,7 +440,7 @@ func (g *Guard) store1(ctx context.Context, k *lock.Keeper, rec *record, ev *gua
 	if !rec.tombstone {
 		tomb = &record{kind: rec.kind, fp: rec.fp, tombstone: true, reason: TombstoneRefused}
 	}
-	err := g.r.complete(ctx, k, appendRecord(nil, rec), tomb)
+	err := g.r.complete(ctx, k, appendRecord(nil, rec), tomb, ev)
 	switch {
 	case err == nil:
 	case errors.Is(err, lock.ErrNotHeld):

@@ -3,6 +3,7 @@ package idempotency_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -200,4 +201,37 @@ func TestObservedWorker(t *testing.T) {
 		t.Fatal("Do on a store that is down returned no error")
 	}
 	check("store down", observe.StoreError)
+
+	// A result the store refuses for its size is stored as a tombstone,
+	// and reported as one.
+	small, err := idempotency.NewRunner(lock.ObserveStore(tinyRecords{memlock.New()}, ev), idempotency.WithNamespace("billing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := idempotency.Do(ctx, small, "job-6", func(context.Context) (string, error) { return strings.Repeat("x", 2*tinyRecord), nil }); err != nil {
+		t.Fatal(err)
+	}
+	check("oversize", observe.Tombstone)
+
+	// Once runs through Do: its first run and its replay are reported.
+	for _, want := range []observe.Outcome{observe.FirstRun, observe.Replay} {
+		if _, err := idempotency.Once(ctx, r, "nightly", time.Hour, func(context.Context, time.Time) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+		check("Once", want)
+	}
+}
+
+// tinyRecord is the record size tinyRecords refuses past.
+const tinyRecord = 256
+
+// tinyRecords refuses records over tinyRecord bytes, as memcached refuses
+// items over its item size.
+type tinyRecords struct{ lock.Store }
+
+func (s tinyRecords) Complete(ctx context.Context, le lock.Lease, rec []byte, retention time.Duration) error {
+	if len(rec) > tinyRecord {
+		return fmt.Errorf("%d bytes: %w", len(rec), lock.ErrRecordTooLarge)
+	}
+	return s.Store.Complete(ctx, le, rec, retention)
 }

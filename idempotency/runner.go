@@ -227,8 +227,9 @@ func storeAttrs(err error, call string) []any {
 // store timeout: the outcome of a failed attempt is unknown, and a retry
 // either stores the record or finds the lease ended (ErrNotHeld, which is
 // then reported). Only a Store's explicit refusal of the record for its
-// size ([ErrRecordTooLarge]) stores tomb instead, when given: the work was
-// done, so the key must never be released for it to run again.
+// size ([ErrRecordTooLarge]) stores tomb instead, when given (and ev then
+// reports a tombstone): the work was done, so the key must never be
+// released for it to run again.
 //
 // If the record is not stored within the store timeout, the key is not
 // released either: [Runner.finish] goes on in the background, renewing
@@ -236,7 +237,7 @@ func storeAttrs(err error, call string) []any {
 // errStillStoring. Only a Store's refusal (ErrInvalidArgument) releases
 // the key at once. An error other than ErrNotHeld is a [*StoreError]
 // naming the call "complete".
-func (r *Runner) complete(ctx context.Context, k *lock.Keeper, rec []byte, tomb *record) (err error) {
+func (r *Runner) complete(ctx context.Context, k *lock.Keeper, rec []byte, tomb *record, ev *guardEvent) (err error) {
 	k.Stop()
 	sctx, cancel := r.storeCtx(ctx)
 	defer cancel()
@@ -252,6 +253,7 @@ func (r *Runner) complete(ctx context.Context, k *lock.Keeper, rec []byte, tomb 
 		rec = appendRecord(nil, tomb)
 		last = r.completeRetry(sctx, lease, rec)
 		if last == nil {
+			ev.set(observe.Tombstone, ev.status, err)
 			r.logger().Warn("idempotency: the store refused the result for its size; a tombstone was stored instead, so duplicates get a not-replayable answer", "error", err)
 			return nil
 		}
