@@ -35,8 +35,9 @@ func TestConformanceQueued(t *testing.T) { conformance.Run(t, single.queuedConfi
 
 func TestConformanceQueuedCluster(t *testing.T) { conformance.Run(t, cluster.queuedConfig()) }
 
-// TestConformanceQueuedObserved runs the suite on observed queued Lockers:
-// the wrapper passes Queue on, so the queue clauses run, and pass.
+// TestConformanceQueuedObserved runs the suite on observed queued Lockers,
+// fault clauses (lost replies, stalls) included: the wrapper passes Queue
+// on, so the queue clauses run, and pass.
 func TestConformanceQueuedObserved(t *testing.T) {
 	var events atomic.Int64
 	obs := observe.Func(func(context.Context, observe.Event) { events.Add(1) })
@@ -44,7 +45,11 @@ func TestConformanceQueuedObserved(t *testing.T) {
 	newLocker := cfg.NewLockerTB
 	cfg.NewLocker = func(t *testing.T) lock.Locker { return lock.Observe(newLocker(t), obs) }
 	cfg.NewLockerTB = func(tb testing.TB) lock.Locker { return lock.Observe(newLocker(tb), obs) }
-	cfg.NewFaultyLocker = nil
+	newFaulty := cfg.NewFaultyLocker
+	cfg.NewFaultyLocker = func(t *testing.T) (lock.Locker, conformance.Faults) {
+		l, f := newFaulty(t)
+		return lock.Observe(l, obs), f
+	}
 	t.Run("QueueClauses", func(t *testing.T) {
 		q, ok := cfg.NewLocker(t).(lock.Queuer)
 		if !ok {
