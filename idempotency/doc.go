@@ -149,14 +149,17 @@
 //   - Complete fails with an unknown outcome (timeout, dropped
 //     connection, failover): retried within WithStoreTimeout, a Claim
 //     recognising an attempt that was applied; then retried in the
-//     background, the lease renewed between attempts, while the key stays
-//     in progress (duplicates get 409, or wait, then the replay; [Do]
-//     returns a [*StoreError] saying so, and a retry of the message gets
-//     [ErrInProgress], then the result); [Guard.Shutdown] waits for it.
-//     Only a store down until the lease's deadline (no refresh succeeds
-//     for a lease TTL), or a Complete that fails for a lease TTL more,
-//     releases the key: a retry then runs the work again, and the effect
-//     can happen twice (measured in RELIABILITY.md; the work's own
+//     background for up to three lease TTLs, the lease renewed between
+//     attempts and Complete tried past the lease's local deadline too (it
+//     is owner-checked, and a restarted server may still hold the lease),
+//     while the key stays in progress: duplicates get 409, or wait, then
+//     the replay; [Do] returns a [*StoreError] saying so, and a retry of
+//     the message gets [ErrInProgress], then the result; [Guard.Shutdown]
+//     waits for it. The key is never released once the work was done. If
+//     the record cannot be stored (the lease lost, or a store down for
+//     three lease TTLs), the key stays in progress until its lease expires
+//     on the server, and a retry after that runs the work again: the
+//     effect can happen twice (measured in RELIABILITY.md; the work's own
 //     idempotency, such as a payment provider's key, is the remedy).
 //   - The store refuses the record as too large: a tombstone; duplicates
 //     get 422 ProblemNotReplayable and the work never runs again.

@@ -286,45 +286,36 @@ var errStillStoring = errors.New("idempotency: the result is still being stored 
 
 // finish goes on storing rec for lease after complete's attempts within
 // the store timeout failed with an unknown outcome (the store unreachable,
-// a failover, a stalled server). The work was done, so the key stays in
-// progress, and a duplicate gets 409 or waits, then the replay; releasing
-// it would let a retry run the work again. finish renews the lease itself
-// between attempts, one call at a time (never a Refresh racing a
-// Complete), from the deadline the lease reports. It ends when the
-// record is stored, when the lease is lost (a call finds it not held and
-// the record is not there, or no refresh succeeded before its deadline),
-// or a lease TTL after it began; in the last two cases it releases the key
-// (the server may still hold it) and the effect may happen twice. The
+// a failover, a stalled or restarting server). The work was done, so the
+// key stays in progress, and a duplicate gets 409 or waits, then the
+// replay; releasing it would let a retry run the work again. finish renews
+// the lease itself between attempts, one call at a time (never a Refresh
+// racing a Complete). It goes on past the lease's local deadline: Complete
+// is owner-checked, and a server that restarts may still hold the lease
+// (etcd gives its leases a whole TTL again). It ends when the record is
+// stored, when a call finds the lease not held and the record is not
+// there, or after finishFor lease TTLs; it never releases the key, which
+// then stays in progress until its lease expires on the server. The
 // Runner's Shutdown waits for it.
 func (r *Runner) finish(lease lock.Lease, rec []byte) {
 	defer r.life.leave()
 	ctx := context.Background()
 	ttl := r.cfg.leaseTTL
-	// A lease that is no Deadliner is renewed at once, and given up if
-	// that fails for a third of its TTL (the keeper's renewal period).
-	deadline := time.Now().Add(ttl / 3)
+	giveUp := time.Now().Add(finishFor * ttl)
+	// A lease that is no Deadliner is renewed at once.
+	var deadline time.Time
 	if d, ok := lease.(lock.Deadliner); ok {
 		deadline = d.Deadline()
 	}
-	giveUp := time.Now().Add(ttl)
 	stored := func() bool {
 		sctx, cancel := context.WithTimeout(ctx, r.cfg.storeTimeout)
 		defer cancel()
 		return r.holdsRecord(sctx, lease.Key(), rec)
 	}
 	pause := 50 * time.Millisecond
-	for {
-		now := time.Now()
-		switch {
-		case !now.Before(deadline):
-			r.finished(ctx, lease, "no refresh succeeded before the lease's deadline", true)
-			return
-		case !now.Before(giveUp):
-			r.finished(ctx, lease, fmt.Sprintf("Complete did not succeed for a lease TTL (%v) more", ttl), true)
-			return
-		}
-		if deadline.Sub(now) < ttl-ttl/3 { // a keeper would have renewed by now
-			rctx, cancel := context.WithTimeout(ctx, min(r.cfg.storeTimeout, time.Until(deadline)))
+	for time.Now().Before(giveUp) {
+		if time.Until(deadline) <= ttl-ttl/3 { // a keeper would have renewed by now
+			rctx, cancel := context.WithTimeout(ctx, r.cfg.storeTimeout)
 			sent := time.Now()
 			err := lease.Refresh(rctx, ttl)
 			cancel()
@@ -332,45 +323,47 @@ func (r *Runner) finish(lease lock.Lease, rec []byte) {
 			case err == nil:
 				deadline = sent.Add(ttl)
 			case errors.Is(err, lock.ErrNotHeld):
-				if stored() { // an earlier Complete was applied, its reply lost
-					r.finished(ctx, lease, "", false)
-					return
-				}
-				r.finished(ctx, lease, "the lease was lost", false)
+				r.finished(stored(), "the lease was lost")
 				return
 			}
 		}
-		cctx, cancel := context.WithTimeout(ctx, min(r.cfg.storeTimeout, time.Until(deadline)))
+		cctx, cancel := context.WithTimeout(ctx, r.cfg.storeTimeout)
 		err := r.completeRetry(cctx, lease, rec)
 		cancel()
 		switch {
-		case err == nil, errors.Is(err, lock.ErrNotHeld) && stored():
-			r.finished(ctx, lease, "", false)
+		case err == nil:
+			r.finished(true, "")
 			return
 		case errors.Is(err, lock.ErrNotHeld):
-			r.finished(ctx, lease, "the lease was lost", false)
+			r.finished(stored(), "the lease was lost")
 			return
 		case errors.Is(err, lock.ErrInvalidArgument):
-			r.finished(ctx, lease, "the store refused the record: "+err.Error(), true)
+			r.finished(false, "the store refused the record: "+err.Error())
 			return
 		}
-		t := time.NewTimer(pause/2 + rand.N(pause))
+		// Back off, but wake for the next renewal if one is to come.
+		d := pause/2 + rand.N(pause)
+		if due := time.Until(deadline.Add(-(ttl - ttl/3))); due > 0 {
+			d = min(d, due)
+		}
+		t := time.NewTimer(d)
 		<-t.C
-		pause = min(2*pause, 500*time.Millisecond)
+		pause = min(2*pause, time.Second)
 	}
+	r.finished(false, fmt.Sprintf("Complete did not succeed for %d lease TTLs (%v)", finishFor, finishFor*ttl))
 }
 
-// finished logs how [Runner.finish] ended: stored when why is "",
-// otherwise given up, releasing the key first when release is set.
-func (r *Runner) finished(ctx context.Context, lease lock.Lease, why string, release bool) {
-	if why == "" {
+// finishFor is how many lease TTLs [Runner.finish] goes on for.
+const finishFor = 3
+
+// finished logs how [Runner.finish] ended: with the record stored, or not
+// and why.
+func (r *Runner) finished(stored bool, why string) {
+	if stored {
 		r.logger().Info("idempotency: the result was stored after all; the key is replayed from now on")
 		return
 	}
-	if release {
-		r.releaseLease(ctx, lease)
-	}
-	r.logger().Error("idempotency: storing the result failed for good; the key is released and a retry will run the work again", "reason", why)
+	r.logger().Error("idempotency: storing the result failed for good; a retry after the lease expires will run the work again", "reason", why)
 }
 
 // completeRetry calls Store.Complete until it succeeds, fails for a reason

@@ -70,7 +70,7 @@ func (l *lifecycle) shutting() bool { return l.stopping.Err() != nil }
 // Requests and Do calls that claimed their key before run to the end: their
 // results are stored, or their keys released, before Shutdown returns (a
 // result whose store was unreachable when the work ended is still being
-// stored in the background, for up to a lease TTL more).
+// stored in the background, for up to three lease TTLs more).
 //
 // Shutdown applies to g and to every Guard made from it with [Guard.With]
 // or made from those (they share one Store). It returns nil once nothing

@@ -60,12 +60,13 @@ func (l *IdemLoad) fill() {
 type IdemKey struct {
 	Key      string
 	Attempts int
-	Got2xx   bool // some attempt got a 2xx (first or replayed)
-	Final    int  // the last status (0: a transport error or timeout)
-	Runs     int  // times the handler started for it
-	Effects  int  // charges the provider accepted
-	Stale    int  // charges the provider refused as stale (a lower token)
-	At       int64
+	Got2xx   bool  // some attempt got a 2xx (first or replayed)
+	Final    int   // the last status (0: a transport error or timeout)
+	Runs     int   // times the handler started for it
+	Effects  int   // charges the provider accepted
+	Stale    int   // charges the provider refused as stale (a lower token)
+	At       int64 // when the client began with the key (the run's clock)
+	Charged  int64 // when the provider accepted its latest charge
 }
 
 // IdemResult is the history of the idempotency part of a run.
@@ -80,6 +81,7 @@ type IdemResult struct {
 // the charges per key and refuses a charge with a lower fencing token than
 // one it has seen for that key.
 type provider struct {
+	clock  *Clock
 	mu     sync.Mutex
 	keys   map[string]*IdemKey
 	tokens map[string]uint64
@@ -110,6 +112,7 @@ func (p *provider) charge(k string, token uint64) bool {
 	}
 	p.tokens[k] = token
 	ik.Effects++
+	ik.Charged = p.clock.Now()
 	return true
 }
 
@@ -134,6 +137,7 @@ type idemRun struct {
 	load    IdemLoad
 	closer  func() error
 	srv     *httptest.Server
+	guard   *idempotency.Guard
 	prov    *provider
 	logs    *countingHandler
 	stop    context.CancelFunc
@@ -157,7 +161,7 @@ func startIdem(ctx context.Context, b *Backend, load IdemLoad, clock *Clock, see
 		return nil, fmt.Errorf("torture: the %s backend (%T) is not an idempotency.Store", b.Name, l)
 	}
 	ir := &idemRun{load: load, closer: closer, logs: &countingHandler{n: map[string]int{}}, status: map[string]int{},
-		prov: &provider{keys: map[string]*IdemKey{}, tokens: map[string]uint64{}}}
+		prov: &provider{clock: clock, keys: map[string]*IdemKey{}, tokens: map[string]uint64{}}}
 	guard, err := idempotency.New(store,
 		idempotency.WithScope(func(*http.Request) string { return "torture" }),
 		idempotency.WithNamespace(fmt.Sprintf("torture/%x", rand.Uint64())),
@@ -194,6 +198,7 @@ func startIdem(ctx context.Context, b *Backend, load IdemLoad, clock *Clock, see
 		w.WriteHeader(http.StatusCreated)
 		_, _ = io.WriteString(w, `{"charged":true}`)
 	})
+	ir.guard = guard
 	ir.srv = httptest.NewServer(guard.Middleware(handler))
 	cctx, stop := context.WithCancel(ctx)
 	ir.stop = stop
@@ -227,13 +232,19 @@ func (ir *idemRun) finish() *IdemResult {
 	ir.stop()
 	ir.wg.Wait()
 	ir.srv.Close()
+	// Results still being stored in the background (a store that did not
+	// answer Complete in time) are stored before the backend closes, as a
+	// server shutting down would.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	_ = ir.guard.Shutdown(ctx)
+	cancel()
 	_ = ir.closer()
 	res := &IdemResult{Load: ir.load, Statuses: ir.status}
 	ir.prov.mu.Lock()
 	for _, ck := range ir.keys {
 		k := *ck
 		if pk := ir.prov.keys[k.Key]; pk != nil {
-			k.Runs, k.Effects, k.Stale = pk.Runs, pk.Effects, pk.Stale
+			k.Runs, k.Effects, k.Stale, k.Charged = pk.Runs, pk.Effects, pk.Stale, pk.Charged
 		}
 		res.Keys = append(res.Keys, k)
 	}
@@ -333,11 +344,14 @@ func checkEffects(r *IdemResult, fig *IdemFigures) []Violation {
 		} else {
 			fig.Unsettled++
 		}
+		// A double charge spans the key's life up to its latest charge: the
+		// faults it overlaps may explain it.
+		at := max(k.Charged, k.At)
 		switch {
 		case k.Got2xx && k.Effects != 1:
-			vs = append(vs, Violation{At: k.At, What: fmt.Sprintf("key %s got a 2xx but was charged %d times (%d handler runs, %d attempts)", k.Key, k.Effects, k.Runs, k.Attempts)})
+			vs = append(vs, Violation{From: k.At, At: at, What: fmt.Sprintf("key %s got a 2xx but was charged %d times (%d handler runs, %d attempts)", k.Key, k.Effects, k.Runs, k.Attempts)})
 		case k.Effects > 1:
-			vs = append(vs, Violation{At: k.At, What: fmt.Sprintf("key %s was charged %d times (%d handler runs, %d attempts, last status %d)", k.Key, k.Effects, k.Runs, k.Attempts, k.Final)})
+			vs = append(vs, Violation{From: k.At, At: at, What: fmt.Sprintf("key %s was charged %d times (%d handler runs, %d attempts, last status %d)", k.Key, k.Effects, k.Runs, k.Attempts, k.Final)})
 		}
 	}
 	return vs

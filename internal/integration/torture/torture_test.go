@@ -54,9 +54,10 @@ type knownIssue struct {
 var known = []knownIssue{
 	{
 		check: CheckEffects, logged: "storing the result failed for good",
-		what: "idempotency.Guard: when the store stays unreachable after the handler's work until the in-progress lease's deadline " +
-			"(no refresh succeeds for a lease TTL), the Guard gives up storing the response and releases the key, so a retry " +
-			"runs the handler again and the effect happens twice (idempotency's package doc, What happens when things fail)",
+		what: "idempotency.Guard: when the store cannot take the response after the handler's work (unreachable for three lease " +
+			"TTLs, or it lost the in-progress lease, as an etcd or Redis server restarted without the lease does), the key stays in " +
+			"progress until the lease expires and a retry after that runs the handler again, so the effect happens twice " +
+			"(idempotency's package doc, What happens when things fail)",
 	},
 	{
 		check: CheckLinear, topology: "memcached",
