@@ -10,6 +10,7 @@ import (
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
+	"github.com/idemlock/lock/conformance"
 	"github.com/idemlock/lock/idempotency"
 )
 
@@ -146,7 +147,7 @@ func TestDoPayloadMismatch(t *testing.T) {
 
 func TestDoLeaseLost(t *testing.T) {
 	store := &losingStore{Locker: memlock.New(), lost: make(chan struct{})}
-	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "all" }), idempotency.WithLeaseTTL(30*time.Millisecond))
+	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "all" }), idempotency.WithLeaseTTL(lostTTL))
 	ctx := context.Background()
 	v, err := idempotency.Do(ctx, g, "k", func(ctx context.Context) (string, error) {
 		<-ctx.Done() // the lease is lost: stop touching the resource
@@ -250,12 +251,14 @@ func TestDoUnencodable(t *testing.T) {
 }
 
 // Work that outlasts the lease TTL keeps the key: the keep-alive starts at
-// a third of the TTL and renews from then on.
+// a third of the TTL and renews from then on. The TTL leaves the keeper
+// two renewals of scheduling slack (a loaded machine under -race).
 func TestDoOutlastsLeaseTTL(t *testing.T) {
-	g, store := newGuard(t, idempotency.WithLeaseTTL(60*time.Millisecond))
+	const ttl = 3 * conformance.SchedulingSlack
+	g, store := newGuard(t, idempotency.WithLeaseTTL(ttl))
 	ctx := context.Background()
 	v, err := idempotency.Do(ctx, g, "long", func(ctx context.Context) (int, error) {
-		deadline := time.Now().Add(300 * time.Millisecond) // five TTLs: time is what is under test
+		deadline := time.Now().Add(2 * ttl) // time is what is under test
 		for time.Now().Before(deadline) {
 			if ctx.Err() != nil {
 				t.Errorf("the lease was lost while kept alive: %v", context.Cause(ctx))
@@ -265,7 +268,7 @@ func TestDoOutlastsLeaseTTL(t *testing.T) {
 				t.Errorf("a duplicate during the long run: %v, want ErrInProgress", err)
 				return 0, nil
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(ttl / 8)
 		}
 		return 1, nil
 	})

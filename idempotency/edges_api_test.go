@@ -21,6 +21,7 @@ import (
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
+	"github.com/idemlock/lock/conformance"
 	"github.com/idemlock/lock/idempotency"
 )
 
@@ -134,7 +135,7 @@ func TestProblemTypesOption(t *testing.T) {
 // Item 10: a lease lost while fn ran gives a typed error naming the cause.
 func TestDoLeaseLostNamesCause(t *testing.T) {
 	store := &losingStore{Locker: memlock.New(), lost: make(chan struct{})}
-	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "all" }), idempotency.WithLeaseTTL(30*time.Millisecond))
+	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "all" }), idempotency.WithLeaseTTL(lostTTL))
 	ctx, cancel := context.WithCancel(context.Background())
 	v, err := idempotency.Do(ctx, g, "k", func(fctx context.Context) (string, error) {
 		<-fctx.Done()
@@ -179,7 +180,7 @@ func TestCompleteFailureNeverTombstones(t *testing.T) {
 	store := &alwaysDownStore{Locker: memlock.New()}
 	var logged bytes.Buffer // read after Shutdown, which waits for its writers
 	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "all" }),
-		idempotency.WithStoreTimeout(100*time.Millisecond), idempotency.WithLeaseTTL(600*time.Millisecond),
+		idempotency.WithStoreTimeout(100*time.Millisecond), idempotency.WithLeaseTTL(3*conformance.SchedulingSlack),
 		idempotency.WithLogger(slog.New(slog.NewTextHandler(&logged, nil))))
 	h := &counter{}
 	m := g.Middleware(h)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
+	"github.com/idemlock/lock/conformance"
 	"github.com/idemlock/lock/idempotency"
 	"github.com/idemlock/lock/internal/leakcheck"
 )
@@ -206,6 +207,12 @@ func (s pollStore) Claim(ctx context.Context, key string, ttl time.Duration) (lo
 func (s pollStore) Complete(ctx context.Context, le lock.Lease, rec []byte, ret time.Duration) error {
 	return s.l.Complete(ctx, le, rec, ret)
 }
+
+// lostTTL is the lease TTL of the tests on a losingStore: its keeper's
+// first refresh, due at a third of it, finds the lease lost; the other
+// two thirds are slack for the scheduler of a loaded machine under -race,
+// so that the lease is not lost by its deadline first.
+const lostTTL = 3 * conformance.SchedulingSlack
 
 // losingStore hands out leases that are lost at the first refresh: the
 // holding is released underneath (as an expiry would) and Refresh reports

@@ -682,7 +682,7 @@ func TestTokenInRequestContext(t *testing.T) {
 
 func TestLeaseLostCancelsHandler(t *testing.T) {
 	store := &losingStore{Locker: memlock.New(), lost: make(chan struct{})}
-	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "all" }), idempotency.WithLeaseTTL(30*time.Millisecond))
+	g, _ := idempotency.New(store, idempotency.WithScope(func(*http.Request) string { return "all" }), idempotency.WithLeaseTTL(lostTTL))
 	var cause error
 	m := g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		<-r.Context().Done()

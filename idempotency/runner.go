@@ -313,12 +313,14 @@ func (r *Runner) finish(lease lock.Lease, rec []byte) {
 		return r.holdsRecord(sctx, lease.Key(), rec)
 	}
 	pause := 50 * time.Millisecond
+	renewFailed := false
 	for time.Now().Before(giveUp) {
 		if time.Until(deadline) <= ttl-ttl/3 { // a keeper would have renewed by now
 			rctx, cancel := context.WithTimeout(ctx, r.cfg.storeTimeout)
 			sent := time.Now()
 			err := lease.Refresh(rctx, ttl)
 			cancel()
+			renewFailed = err != nil
 			switch {
 			case err == nil:
 				deadline = sent.Add(ttl)
@@ -341,10 +343,11 @@ func (r *Runner) finish(lease lock.Lease, rec []byte) {
 			r.finished(false, "the store refused the record: "+err.Error())
 			return
 		}
-		// Back off, but wake for the next renewal if one is to come.
+		// Back off, but wake for the next renewal unless the last one
+		// failed (the store is down: Complete goes on past the deadline).
 		d := pause/2 + rand.N(pause)
-		if due := time.Until(deadline.Add(-(ttl - ttl/3))); due > 0 {
-			d = min(d, due)
+		if !renewFailed {
+			d = min(d, max(time.Until(deadline.Add(-(ttl-ttl/3))), 0))
 		}
 		t := time.NewTimer(d)
 		<-t.C
