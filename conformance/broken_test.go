@@ -62,6 +62,14 @@ const lateAnswers = "late-answers"
 
 var lateAnswerClauses = []string{"Expiry", "StaleRefreshOwnerChecked", "AcquireWaitsForExpiry"}
 
+// slowSetup is a server without a flaw whose client's first take sets up
+// what it takes with first (as a Consul session or an etcd lease), in a
+// request that is not a lock operation and takes longer than the suite's
+// mid-flight wait: a stalled first take returns with its context before it
+// sent the stalled request. The suite must neither hang on the fault left
+// armed nor fail the backend.
+const slowSetup = "slow-setup"
+
 // alsoRun names clauses a flaw's child runs besides its own: the leak
 // check needs Lockers made by other clauses.
 var alsoRun = map[string]string{
@@ -106,6 +114,18 @@ func TestSuiteCatchesBrokenBackends(t *testing.T) {
 // probe: a refusal that was sent before the expiry bound and answered
 // after it is inconclusive. Regression test: a probe answered after the
 // bound used to fail Expiry at once under heavy load.
+// TestSuiteSurvivesSlowSetup: regression test for a 20-minute hang of
+// consullock's CancelInFlight on a loaded machine (a stalled take waited
+// for its session's create, the stall stayed armed and hit the next take).
+func TestSuiteSurvivesSlowSetup(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the suite in a child process")
+	}
+	if out, err := runWithFlaw(t, slowSetup, "/^(CancelInFlight)$"); err != nil {
+		t.Fatalf("the suite failed a correct server whose first take sets up slowly: %v\n%s", err, out)
+	}
+}
+
 func TestSuiteToleratesLateAnswers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the suite in a child process")
@@ -129,7 +149,7 @@ func TestBrokenBackend(t *testing.T) {
 	if flaw == "" {
 		return
 	}
-	if _, ok := flaws[flaw]; !ok && flaw != "none" && flaw != lateAnswers {
+	if _, ok := flaws[flaw]; !ok && flaw != "none" && flaw != lateAnswers && flaw != slowSetup {
 		t.Fatalf("unknown flaw %q", flaw)
 	}
 	srv := newBrokenServer(t, flaw)
@@ -271,8 +291,9 @@ func (w *wire) send(ctx context.Context, write bool, mu *sync.Mutex, apply func(
 // lock.Notifier and the conformance.Faults of its requests.
 type brokenClient struct {
 	*wire
-	srv  *brokenServer
-	conn net.Conn
+	srv   *brokenServer
+	conn  net.Conn
+	setUp atomic.Bool // its first take set up (slowSetup)
 }
 
 // request sends one request to the server.
@@ -300,6 +321,13 @@ func (c *brokenClient) TryAcquire(ctx context.Context, key string, ttl time.Dura
 		return nil, err
 	}
 	s := c.srv
+	if s.flaw == slowSetup && c.setUp.CompareAndSwap(false, true) {
+		select { // a setup request the fault switch does not see
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	var drawn uint64
 	if s.flaw == "token-before-take" {
 		if err := c.request(ctx, true, func() error { s.next++; drawn = s.next; return nil }); err != nil {

@@ -74,6 +74,18 @@ type Faults interface {
 	StallNextRequest()
 }
 
+// FaultDisarmer is an optional interface of a [Faults]. Disarm drops the
+// fault LoseNextReply or StallNextRequest armed if no request took it yet,
+// and reports whether there was one. The suite calls it after a call whose
+// request it stalled returned with its context: a take that spent that
+// time on another request first (creating the session or lease it takes
+// with) never sent the stalled one, and the fault would otherwise hit the
+// suite's next request, whose context never ends, and hang the test. The
+// suite then stalls the take again (its Locker is warm by then).
+type FaultDisarmer interface {
+	Disarm() bool
+}
+
 // SchedulingSlack is added to every upper bound on time the suite checks,
 // for goroutine scheduling on a loaded machine under the race detector.
 const SchedulingSlack = 250 * time.Millisecond

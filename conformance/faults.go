@@ -108,11 +108,13 @@ func testCancelInFlight(c *check, p params) {
 	le := c.take(l, key, p.long)
 	f.StallNextRequest()
 	c.midFlight("Refresh", true, func(ctx context.Context) error { return le.Refresh(ctx, p.long) })
+	c.disarm(f)
 	if err := le.Refresh(c.ctx(), p.long); err != nil {
 		c.Fatalf("Refresh after a Refresh that was cancelled mid-flight: %v; nothing else could have taken the key", err)
 	}
 	f.StallNextRequest()
 	c.midFlight("Release", false, func(ctx context.Context) error { return le.Release(ctx) })
+	c.disarm(f)
 	if err := le.Release(c.ctx()); err != nil && !errors.Is(err, lock.ErrNotHeld) {
 		c.Fatalf("Release retried after a Release that timed out mid-flight: %v, want nil or ErrNotHeld", err)
 	}
@@ -133,19 +135,33 @@ type taker func(ctx context.Context, key string, ttl time.Duration) (lock.Lease,
 // again within the take's TTL.
 func (c *check) stalledTake(p params, what string, f Faults, take taker, other lock.Locker, key string) {
 	c.Helper()
-	f.StallNextRequest()
-	sent := time.Now()
-	var orphan lock.Lease
-	c.midFlight(what, false, func(ctx context.Context) error {
-		le, err := take(ctx, key, p.short)
-		orphan = le
-		return err
-	})
-	if orphan != nil {
-		c.Fatalf("%s whose context ended mid-flight returned a Lease and an error", what)
+	var sent time.Time
+	for attempt := 1; ; attempt++ {
+		f.StallNextRequest()
+		sent = time.Now()
+		var orphan lock.Lease
+		c.midFlight(what, false, func(ctx context.Context) error {
+			le, err := take(ctx, key, p.short)
+			orphan = le
+			return err
+		})
+		if orphan != nil {
+			c.Fatalf("%s whose context ended mid-flight returned a Lease and an error", what)
+		}
+		if !c.disarm(f) || attempt == 3 {
+			break
+		}
+		c.Logf("%s returned with its context before it sent the stalled request (attempt %d); stalling it again", what, attempt)
 	}
 	c.release(c.awaitFree(other, key, p.long, p.expiryBound(p.short)-time.Since(sent),
 		what+" whose context ended mid-flight may hold the key until its TTL, not longer"))
+}
+
+// disarm drops a fault nothing took, when f can (see [FaultDisarmer]), and
+// reports whether there was one.
+func (c *check) disarm(f Faults) bool {
+	d, ok := f.(FaultDisarmer)
+	return ok && d.Disarm()
 }
 
 // lostTake loses the reply of a take of key after the server applied it:

@@ -133,6 +133,7 @@ func testStoreCancelInFlight(c *check, p storeParams) {
 	rec := []byte("completed once")
 	f.StallNextRequest()
 	c.midFlight("Complete", true, func(ctx context.Context) error { return s.Complete(ctx, le, rec, p.long) })
+	c.disarm(f)
 	if err := s.Complete(c.ctx(), le, rec, p.long); err != nil && !errors.Is(err, lock.ErrNotHeld) {
 		c.Fatalf("Complete retried after a Complete that was cancelled mid-flight: %v, want nil or ErrNotHeld", err)
 	}

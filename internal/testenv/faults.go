@@ -50,6 +50,16 @@ func (f *FaultSwitch) arm(x Fault) {
 	f.mu.Unlock()
 }
 
+// Disarm drops the armed fault, if any, and reports whether there was one
+// (conformance.FaultDisarmer).
+func (f *FaultSwitch) Disarm() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	armed := f.armed != NoFault
+	f.armed = NoFault
+	return armed
+}
+
 // Take returns the armed fault and disarms it; a transport calls it for
 // each request that carries a lock operation.
 func (f *FaultSwitch) Take() Fault {
