@@ -302,8 +302,9 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 
 // Quiescence: the waiters of a Scaling workload are quiet once a window
 // of quietWindow counts at most one request per client (background
-// renewals); a library whose waiters poll never is, and is measured after
-// maxQuiesce.
+// renewals) and the server has answered all it received (the meter's
+// "inflight", where it tells); a library whose waiters poll never is, and
+// is measured after maxQuiesce.
 const (
 	quietWindow = 100 * time.Millisecond
 	maxQuiesce  = 5 * time.Second
@@ -324,7 +325,7 @@ func quiesce(b *testing.B, ctx context.Context, load Meter, nclients int) bool {
 		if !sleepCtx(ctx, quietWindow) {
 			return false
 		}
-		if load.Stop(b)["req"] <= float64(nclients) {
+		if c := load.Stop(b); c["req"] <= float64(nclients) && c["inflight"] <= 0 {
 			break
 		}
 	}
