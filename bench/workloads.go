@@ -301,17 +301,20 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 }
 
 // Quiescence: the waiters of a Scaling workload are quiet once a window
-// of quietWindow counts at most one request per client (background
+// of QuietWindow counts at most one request per client (background
 // renewals) and the server has answered all it received (the meter's
 // "inflight", where it tells); a library whose waiters poll never is, and
-// is measured after maxQuiesce.
+// is measured after MaxQuiesce.
 const (
-	quietWindow = 100 * time.Millisecond
-	maxQuiesce  = 5 * time.Second
+	// QuietWindow is the window in which quiet waiters send at most one
+	// request per client.
+	QuietWindow = 100 * time.Millisecond
+	// MaxQuiesce is the longest the first holder waits for quiet.
+	MaxQuiesce = 5 * time.Second
 )
 
 // quiesce waits until the load meter counts at most nclients requests in
-// a quietWindow, or maxQuiesce passed: until waiters that all began waiting
+// a QuietWindow, or MaxQuiesce passed: until waiters that all began waiting
 // at once have finished queueing, whose requests are a one-off cost per
 // waiter and not part of any hand-off. It returns false when ctx ended.
 // Without a meter it returns at once.
@@ -319,10 +322,10 @@ func quiesce(b *testing.B, ctx context.Context, load Meter, nclients int) bool {
 	if load == nil {
 		return ctx.Err() == nil
 	}
-	deadline := time.Now().Add(maxQuiesce)
+	deadline := time.Now().Add(MaxQuiesce)
 	for time.Now().Before(deadline) {
 		load.Start(b)
-		if !sleepCtx(ctx, quietWindow) {
+		if !sleepCtx(ctx, QuietWindow) {
 			return false
 		}
 		if c := load.Stop(b); c["req"] <= float64(nclients) && c["inflight"] <= 0 {
