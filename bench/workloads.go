@@ -294,8 +294,8 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 	b.ReportMetric(slices.Min(per)/slices.Max(per), "acq-min/max")
 	if counts != nil {
 		b.ReportMetric(counts["req"]/float64(b.N), "req/handoff")
-		if b.N > 1 {
-			b.Logf("breakdown %s/%s per hand-off: %s", be.Name, lib.Name, breakdown(counts, float64(b.N)))
+		if parts := breakdown(counts, float64(b.N)); b.N > 1 && parts != "" {
+			b.Logf("breakdown %s/%s per hand-off: %s", be.Name, lib.Name, parts)
 		}
 	}
 }
