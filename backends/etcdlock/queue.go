@@ -28,6 +28,9 @@ import (
 // range comparison over the prefix: no live waiter is ahead); it deletes
 // the entry in the same transaction. A refused take reads the holder, the
 // ticket's entry and its predecessor (the entry created just before it).
+// Of a Locker's attempts on one key at once, only the first and that of a
+// ticket woken at the head carry the take and its pooled lease (see
+// startTake): the others could not win, and only join the queue.
 //
 // A ticket waits until the lock key is free and its predecessor is gone,
 // judging from the events of one watch per Locker and key (the lock key
