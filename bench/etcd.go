@@ -192,7 +192,10 @@ func (h etcdHeld) Release(ctx context.Context) error {
 // etcdMeter counts the gRPC messages the etcd server received
 // (grpc_server_msg_received_total from its /metrics): one per unary call
 // (Txn, Range, LeaseGrant, ...) and one per message on a stream (each
-// lease keep-alive, each watch request).
+// lease keep-alive, each watch request). Its Counts also hold "inflight":
+// the unary calls received but not yet answered when Stop read them
+// (grpc_server_started_total less grpc_server_handled_total), a backlog
+// the received count alone does not show.
 type etcdMeter struct {
 	url    string
 	before map[string]float64
@@ -210,8 +213,11 @@ func (m *etcdMeter) Start(tb testing.TB) { m.before = m.read(tb) }
 
 func (m *etcdMeter) Stop(tb testing.TB) Counts {
 	after := m.read(tb)
-	c := Counts{"req": 0}
+	c := Counts{"req": 0, "inflight": after[inflightKey]}
 	for method, v := range after {
+		if method == inflightKey {
+			continue
+		}
 		if d := v - m.before[method]; d != 0 {
 			c["req"] += d
 			c["req:"+method] = d
@@ -219,6 +225,10 @@ func (m *etcdMeter) Stop(tb testing.TB) Counts {
 	}
 	return c
 }
+
+// inflightKey is where read keeps the unary calls started and not yet
+// handled.
+const inflightKey = "\x00inflight"
 
 func (m *etcdMeter) read(tb testing.TB) map[string]float64 {
 	tb.Helper()
@@ -232,15 +242,27 @@ func (m *etcdMeter) read(tb testing.TB) map[string]float64 {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, "grpc_server_msg_received_total{") {
+		name, rest, ok := strings.Cut(line, "{")
+		if !ok {
 			continue
 		}
-		labels, value, ok := strings.Cut(strings.TrimPrefix(line, "grpc_server_msg_received_total{"), "} ")
+		labels, value, ok := strings.Cut(rest, "} ")
 		if !ok {
 			continue
 		}
 		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
 		if err != nil {
+			continue
+		}
+		if strings.Contains(labels, `grpc_type="unary"`) {
+			switch name {
+			case "grpc_server_started_total":
+				out[inflightKey] += v
+			case "grpc_server_handled_total":
+				out[inflightKey] -= v
+			}
+		}
+		if name != "grpc_server_msg_received_total" {
 			continue
 		}
 		method := "?"
@@ -254,7 +276,7 @@ func (m *etcdMeter) read(tb testing.TB) map[string]float64 {
 	if err := sc.Err(); err != nil {
 		tb.Fatalf("etcd meter: %v", err)
 	}
-	if len(out) == 0 {
+	if len(out) <= 1 {
 		tb.Fatalf("etcd meter: no grpc_server_msg_received_total in %s", m.url)
 	}
 	return out

@@ -98,7 +98,8 @@ type holding struct {
 // the contenders (acq-cv: their coefficient of variation, 0 when even;
 // acq-min/max: the fewest over the most), and the requests all contenders
 // sent per hand-off (req/handoff), counted by the backend's Load meter
-// from the first release to the last take.
+// from the first release to the last take (logged by request kind where
+// the meter tells them apart).
 // ns/op is one holding plus one hand-off.
 func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 	handoff(b, be, lib, env, prefix, Contenders, Contenders)
@@ -124,9 +125,11 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 	}
 	key := prefix + "k"
 	// With more waiters than Contenders, the first holder keeps the key a
-	// millisecond per waiter longer, so that every waiter has sent its
-	// first attempt (on a loaded machine, entering the take call is not
-	// sending it) before the first hand-off is measured.
+	// millisecond per waiter longer, and then until the waiters are quiet
+	// (see quiesce), so that every waiter has sent its first attempt and
+	// queued (on a loaded machine, entering the take call is not sending
+	// it, and 512 waiters queueing at once keep a server busy for seconds)
+	// before the first hand-off is measured.
 	var settle time.Duration
 	if waiters > Contenders {
 		settle = time.Duration(waiters) * time.Millisecond
@@ -233,7 +236,7 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 					_ = h.Release(context.Background())
 					return
 				}
-				if idx == 0 && !sleepCtx(ctx, settle) {
+				if idx == 0 && (!sleepCtx(ctx, settle) || settle > 0 && !quiesce(b, ctx, load, nclients)) {
 					_ = h.Release(context.Background())
 					return
 				}
@@ -291,7 +294,45 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 	b.ReportMetric(slices.Min(per)/slices.Max(per), "acq-min/max")
 	if counts != nil {
 		b.ReportMetric(counts["req"]/float64(b.N), "req/handoff")
+		if parts := breakdown(counts, float64(b.N)); b.N > 1 && parts != "" {
+			b.Logf("breakdown %s/%s per hand-off: %s", be.Name, lib.Name, parts)
+		}
 	}
+}
+
+// Quiescence: the waiters of a Scaling workload are quiet once a window
+// of QuietWindow counts at most one request per client (background
+// renewals) and the server has answered all it received (the meter's
+// "inflight", where it tells); a library whose waiters poll never is, and
+// is measured after MaxQuiesce.
+const (
+	// QuietWindow is the window in which quiet waiters send at most one
+	// request per client.
+	QuietWindow = 100 * time.Millisecond
+	// MaxQuiesce is the longest the first holder waits for quiet.
+	MaxQuiesce = 5 * time.Second
+)
+
+// quiesce waits until the load meter counts at most nclients requests in
+// a QuietWindow, or MaxQuiesce passed: until waiters that all began waiting
+// at once have finished queueing, whose requests are a one-off cost per
+// waiter and not part of any hand-off. It returns false when ctx ended.
+// Without a meter it returns at once.
+func quiesce(b *testing.B, ctx context.Context, load Meter, nclients int) bool {
+	if load == nil {
+		return ctx.Err() == nil
+	}
+	deadline := time.Now().Add(MaxQuiesce)
+	for time.Now().Before(deadline) {
+		load.Start(b)
+		if !sleepCtx(ctx, QuietWindow) {
+			return false
+		}
+		if c := load.Stop(b); c["req"] <= float64(nclients) && c["inflight"] <= 0 {
+			break
+		}
+	}
+	return ctx.Err() == nil
 }
 
 // sleepCtx sleeps for d, or returns false when ctx ends first.
@@ -397,6 +438,14 @@ func RoundTrips(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 	if v, ok := counts["hook-req"]; ok {
 		b.ReportMetric(v/n, "hook-req/op")
 	}
+	if b.N > 1 { // not the calibration run
+		b.Logf("breakdown %s/%s: %s", be.Name, lib.Name, breakdown(counts, n))
+	}
+}
+
+// breakdown formats the parts of counts by request kind (the names with a
+// colon), divided by n.
+func breakdown(counts Counts, n float64) string {
 	var parts []string
 	for k, v := range counts {
 		if strings.Contains(k, ":") {
@@ -404,7 +453,5 @@ func RoundTrips(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 		}
 	}
 	sort.Strings(parts)
-	if b.N > 1 { // not the calibration run
-		b.Logf("breakdown %s/%s: %s", be.Name, lib.Name, strings.Join(parts, " "))
-	}
+	return strings.Join(parts, " ")
 }

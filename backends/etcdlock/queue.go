@@ -28,6 +28,9 @@ import (
 // range comparison over the prefix: no live waiter is ahead); it deletes
 // the entry in the same transaction. A refused take reads the holder, the
 // ticket's entry and its predecessor (the entry created just before it).
+// Of a Locker's attempts on one key at once, only the first and that of a
+// ticket woken at the head carry the take and its pooled lease (see
+// startTake): the others could not win, and only join the queue.
 //
 // A ticket waits until the lock key is free and its predecessor is gone,
 // judging from the events of one watch per Locker and key (the lock key
@@ -64,13 +67,14 @@ var errQueueOff = fmt.Errorf("etcdlock: queued waiting is off (see WithQueue): %
 
 // queueState is a Locker's queue lease and key watches.
 type queueState struct {
-	mu      sync.Mutex
-	id      clientv3.LeaseID   // 0 when none is alive
-	stopKA  context.CancelFunc // stops the keep-alive of id
-	ctx     context.Context    // the Locker's background context; nil until first use
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	watches map[string]*keyWatch
+	mu       sync.Mutex
+	id       clientv3.LeaseID   // 0 when none is alive
+	stopKA   context.CancelFunc // stops the keep-alive of id
+	ctx      context.Context    // the Locker's background context; nil until first use
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	watches  map[string]*keyWatch
+	attempts map[string]int // tickets' attempts under way, by lock key (startTake)
 }
 
 // leaseID returns the Locker's live queue lease, granting one if needed.
@@ -152,10 +156,11 @@ type keyWatch struct {
 	l    *Locker
 	lk   string
 	from int64 // events after this revision are delivered
-	// Guarded by l.q.mu: the revision of the latest event on the lock key,
-	// and of the latest deletion of each entry (forgotten in bulk past
+	// Guarded by l.q.mu: the revision and kind of the latest event on the
+	// lock key, and the revision of the latest deletion of each entry (forgotten in bulk past
 	// maxDeletes, which makes every registration a stale one).
 	lockRev  int64
+	lockFree bool // the lock key was deleted at lockRev
 	deleted  map[string]int64
 	forgotAt int64
 	cancel   context.CancelFunc
@@ -165,7 +170,8 @@ type keyWatch struct {
 }
 
 // watchFor registers t on its key's watch, opening one that delivers every
-// event after revision v if needed. It reports whether the watch covers
+// event after revision v if needed, and brings t's view up to date with the
+// events the watch delivered before. It reports whether the watch covers
 // every event after v (false: the caller tries again at once).
 func (l *Locker) watchFor(t *ticket, v int64) bool {
 	q := &l.q
@@ -192,10 +198,28 @@ func (l *Locker) watchFor(t *ticket, v int64) bool {
 	}
 	w.tickets[t] = struct{}{}
 	t.w = w
-	// Events the ticket missed matter only if they concern it: the lock key
-	// or the deletion of its predecessor or its own entry (others' arrivals
-	// and leaves do not).
-	return w.from <= v && w.lockRev <= v && w.deleted[t.pred] <= v && w.deleted[t.ek] <= v && w.forgotAt <= v
+	if w.from > v || w.forgotAt > v {
+		return false // events after v may have gone unseen
+	}
+	// The watch delivered every event after v; those before t registered
+	// matter only if they concern it (the lock key, the deletion of its
+	// predecessor or its own entry), and t takes them from the watch's
+	// record as event would have. Asking the server again instead would
+	// cost a request whenever a hand-off goes by while a waiter queues,
+	// which on a busy hot key is often.
+	if w.lockRev > v {
+		t.lockFree = w.lockFree
+	}
+	if t.pred != "" && w.deleted[t.pred] > v {
+		t.pred = ""
+	}
+	if w.deleted[t.ek] > v {
+		t.pred = "?"
+	}
+	if t.lockFree && t.pred == "" || t.pred == "?" {
+		t.wake()
+	}
+	return true
 }
 
 // maxDeletes bounds a key watch's memory of deleted entries.
@@ -205,7 +229,7 @@ const maxDeletes = 4096
 func (w *keyWatch) record(ev *clientv3.Event) {
 	rev := ev.Kv.ModRevision
 	if string(ev.Kv.Key) == w.lk {
-		w.lockRev = max(w.lockRev, rev)
+		w.lockRev, w.lockFree = rev, ev.Type == mvccpb.DELETE // events come in order
 		return
 	}
 	if ev.Type != mvccpb.DELETE {
@@ -365,19 +389,28 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 			return nil, errs.OpErrorCtx(ctx, "queue on", t.key, err)
 		}
 	}
+	// joinOnly: the attempt carries no take (and needs no lease) because
+	// it could not win (see startTake).
+	joinOnly := !l.startTake(t)
+	defer l.endTake(t.lk)
 	for attempt := 0; ; attempt++ {
-		g, err := l.pool.get(ctx, ttl, req)
-		if err != nil {
-			return nil, errs.OpErrorCtx(ctx, "take", t.key, err)
+		var (
+			g    grant
+			take []clientv3.Op
+		)
+		if !joinOnly {
+			if g, err = l.pool.get(ctx, ttl, req); err != nil {
+				return nil, errs.OpErrorCtx(ctx, "take", t.key, err)
+			}
+			take = append(take, clientv3.OpPut(t.lk, lockValue(g.ttl, nil), clientv3.WithLease(g.id)))
 		}
-		take := clientv3.OpPut(t.lk, lockValue(g.ttl, nil), clientv3.WithLease(g.id))
 		var txn clientv3.Txn
 		if t.rev <= 0 {
 			// Not queued yet: take only if nobody waits; else queue.
 			txn = l.kv.Txn(ctx).
 				If(clientv3.Compare(clientv3.CreateRevision(t.lk), "=", 0),
 					clientv3.Compare(clientv3.CreateRevision(t.qp), "=", 0).WithPrefix()).
-				Then(take).
+				Then(take...).
 				Else(clientv3.OpGet(t.lk),
 					clientv3.OpPut(t.ek, "", clientv3.WithLease(qid)),
 					clientv3.OpGet(t.ek), // a transaction's reads see its writes
@@ -387,7 +420,7 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 				If(clientv3.Compare(clientv3.CreateRevision(t.lk), "=", 0),
 					clientv3.Compare(clientv3.CreateRevision(t.ek), "=", t.rev),
 					clientv3.Compare(clientv3.CreateRevision(t.qp), ">", t.rev-1).WithPrefix()).
-				Then(take, clientv3.OpDelete(t.ek)).
+				Then(append(take, clientv3.OpDelete(t.ek))...).
 				Else(clientv3.OpGet(t.lk),
 					clientv3.OpGet(t.ek),
 					clientv3.OpGet(t.qp, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortDescend), clientv3.WithMaxCreateRev(t.rev-1), clientv3.WithLimit(1)))
@@ -408,21 +441,76 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 						return nil, errs.OpErrorCtx(ctx, "queue on", t.key, err)
 					}
 				}
-				l.pool.put(g)
+				if !joinOnly {
+					l.pool.put(g)
+				}
 				continue
 			}
-			l.pool.discard(ctx, g.id)
+			if !joinOnly {
+				l.pool.discard(ctx, g.id)
+			}
 			if t.rev == 0 {
 				t.rev = -1 // unknown: Close deletes the entry in case it exists
 			}
 			return nil, errs.OpErrorCtx(ctx, "take", t.key, err)
 		}
+		if resp.Succeeded && joinOnly {
+			// The key was free with no waiter ahead after all (the
+			// attempt that carried a take failed, or had not been sent
+			// yet): try again with a take. Rare, so it need not wait
+			// for the other attempt to end.
+			joinOnly, attempt = false, -1
+			continue
+		}
 		if resp.Succeeded {
 			t.rev = 0 // out of the queue, if it was in it
 			return newLease(l, t.key, t.lk, uint64(resp.Header.Revision), g, nil), nil
 		}
-		l.pool.put(g)
+		if !joinOnly {
+			l.pool.put(g)
+		}
 		return nil, t.refused(resp)
+	}
+}
+
+// startTake records that an attempt of ticket t starts, and reports
+// whether it should carry a take (with a pooled lease): when no other
+// attempt of the Locker's tickets on t's key is under way, or when t's
+// view says it is the head of the queue with the key free (it was woken).
+// The caller calls endTake when the attempt is over.
+//
+// The others could not win: a first attempt takes the key only when it is
+// free with nobody queued, a queued ticket only when nobody is ahead, and
+// while another attempt is under way the key is usually held or its
+// queue not empty. So they only join the queue, or refresh the ticket's
+// view of it, and need no lease; one that finds the key free with nobody
+// ahead after all tries again with a take. Without this, many waiters of
+// one Locker arriving at once (a hot key's waiters sharing a process's
+// client) would each take a pooled lease, drain the pool, grant a lease
+// each in line and revoke the surplus afterwards: three requests per
+// arrival instead of one, the revocations queued behind one another for
+// long after.
+func (l *Locker) startTake(t *ticket) bool {
+	q := &l.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := q.attempts[t.lk]
+	if q.attempts == nil {
+		q.attempts = map[string]int{}
+	}
+	q.attempts[t.lk] = n + 1
+	return n == 0 || t.rev > 0 && t.lockFree && t.pred == ""
+}
+
+// endTake records that an attempt started with startTake is over.
+func (l *Locker) endTake(lk string) {
+	q := &l.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.attempts[lk] <= 1 {
+		delete(q.attempts, lk)
+	} else {
+		q.attempts[lk]--
 	}
 }
 

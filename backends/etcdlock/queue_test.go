@@ -101,6 +101,63 @@ func TestQueueReleaseWakesOnlyHead(t *testing.T) {
 	}
 }
 
+// Waiters of one Locker that arrive at once on a held key join its queue
+// without a lease each: of attempts on one key at once at most one can
+// take it, so the others need no lease for the take. Before, each took one
+// from the Locker's pool of 8: 64 arrivals drained it, granted a lease
+// each in line and revoked the surplus afterwards, three requests per
+// arrival instead of one.
+func TestQueueArrivalsSpareLeasePool(t *testing.T) {
+	prefix := testPrefix(t)
+	var c counter
+	holder := newLocker(t, nil, etcdlock.WithPrefix(prefix))
+	waiters := newLocker(t, &c, etcdlock.WithPrefix(prefix), etcdlock.WithQueue())
+	admin := newClient(t, nil)
+	ctx := t.Context()
+	if _, err := holder.TryAcquire(ctx, "k", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	start := make(chan struct{})
+	errs := make(chan error, n)
+	tickets := make(chan lock.Ticket, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			tk, err := waiters.Queue(ctx, "k")
+			if err != nil {
+				errs <- err
+				return
+			}
+			tickets <- tk
+			<-start
+			_, err = tk.TryAcquire(ctx, time.Minute)
+			errs <- err
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(tickets)
+	defer func() {
+		for tk := range tickets {
+			_ = tk.Close()
+		}
+	}()
+	for range n {
+		if err := <-errs; !errors.Is(err, lock.ErrNotAcquired) {
+			t.Fatalf("a ticket's first take of a held key: %v, want ErrNotAcquired", err)
+		}
+	}
+	if q := queueLen(t, admin, prefix, "k"); q != n {
+		t.Fatalf("the queue holds %d waiters after %d refused first takes, want %d", q, n, n)
+	}
+	// At most one attempt at a time carries a lease: the pool grants the
+	// first (in line) and refills once or twice behind it.
+	if g := c.method("LeaseGrant"); g > 4 {
+		t.Errorf("%d waiters arriving at once on a held key made the Locker grant %d leases, want at most 4 (one per attempt that could take the key)", n, g)
+	}
+}
+
 // queuedChildEnv makes the test binary a waiter that queues on a key and
 // waits until it is killed (TestQueueKilledWaiterExpires).
 const queuedChildEnv = "IDEMLOCK_ETCDLOCK_QUEUED_CHILD"

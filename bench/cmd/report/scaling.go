@@ -59,7 +59,9 @@ func (res *results) scalingSection(b *strings.Builder) {
 	p("The hand-off workload above with %s waiters on one key, sharing %d clients (as %d processes with many waiting goroutines each would have: one waiter per client at 8, 64 per client at 512). ",
 		joinInts(bench.ScalingWaiters), bench.ScalingClients, bench.ScalingClients)
 	p("Goals (issue 19): at most 3 requests per hand-off on every notifying backend, flat from 8 to 512 waiters; fairness min/max ≥ 0.8 at 8 waiters; p50 at 8 waiters no worse than the plain hand-off's; p99 at 512 waiters at most 3× its value at 8. ")
-	p("idemlock-queued is idemlock with the backend's queued waiting (lock.Queuer): a release wakes only the head of the key's queue.\n\n")
+	p("idemlock-queued is idemlock with the backend's queued waiting (lock.Queuer): a release wakes only the head of the key's queue. ")
+	p("The first holder keeps the key until the waiters, who all begin waiting at once, have finished their first attempts (the load meter counts at most one request per client in %v and, on etcd, the server has answered every request it received; at most %v, which a library whose waiters poll always takes): that start-up is a one-off cost per waiter, counted in no hand-off. ", bench.QuietWindow, bench.MaxQuiesce)
+	p("Requests per hand-off include the libraries' background requests meanwhile (on etcd, lease keep-alives), which grow per hand-off as hand-offs slow down.\n\n")
 	p("| Backend | Library | waiters | requests per hand-off | hand-off p50 | hand-off p99 | fairness: cv, min/max |\n|---|---|---|---|---|---|---|\n")
 	eachScaling(func(be bench.Backend, lib bench.Lib, n int, k key) {
 		cell := func(unit string, f func(float64) string) string {
