@@ -54,6 +54,7 @@ type config struct {
 	cleanup   time.Duration // 0: no cleaner
 	maxRecord int
 	ownPool   bool // set by the URL opener only: Close closes the pool
+	queued    bool // WithQueue
 }
 
 // identifier is what WithTable and WithSchema accept: plain SQL names, so

@@ -17,6 +17,10 @@ type statements struct {
 	complete, completeTx, delete string
 	inspect, forceRelease        string
 	deleteRecord                 string
+
+	// Queued waiting (WithQueue, queue.go). Each runs after
+	// takeLockSQL in the same implicit transaction.
+	ticketTake, releaseQueued, leave, deleteWaiters string
 }
 
 // Columns of the lease table, one row per key:
@@ -34,7 +38,7 @@ func newStatements(schema, table string) statements {
 		}
 		return pgx.Identifier{schema, name}.Sanitize()
 	}
-	t, seq := qual(table), qual(table+"_token")
+	t, seq, w := qual(table), qual(table+"_token"), qual(table+"_waiters")
 	var s statements
 	if schema != "" {
 		s.migrate = append(s.migrate, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize())
@@ -53,7 +57,18 @@ func newStatements(schema, table string) statements {
 		fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS fingerprint bytea", t),
 		fmt.Sprintf("CREATE SEQUENCE IF NOT EXISTS %s AS bigint CACHE 1 NO CYCLE", seq),
 		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (expires_at)", pgx.Identifier{table + "_expires"}.Sanitize(), t),
+		// Added with WithQueue: the queued waiters (queue.go). Tables made
+		// before get it here, when a queued statement finds it missing.
+		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s (
+	key        bytea       NOT NULL,
+	id         bigint      NOT NULL,
+	arrived    timestamptz NOT NULL,
+	expires_at timestamptz NOT NULL,
+	PRIMARY KEY (key, id)
+)`, w),
+		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (key, arrived, id)", pgx.Identifier{table + "_waiters_arrived"}.Sanitize(), w),
 	)
+	s.queueStatements(t, seq, w)
 
 	// The take. The advisory lock (transaction-scoped, held until this
 	// statement's implicit commit) serialises takes of one key, so the token

@@ -140,9 +140,20 @@ func (l *Locker) Cleanup(ctx context.Context) (int64, error) {
 		}
 		total += tag.RowsAffected()
 		if tag.RowsAffected() < batch {
-			return total, nil
+			break
 		}
 	}
+	if !l.cfg.queued {
+		return total, nil
+	}
+	tag, err := l.pool.Exec(ctx, l.sql.deleteWaiters)
+	switch {
+	case missingTable(err):
+		return total, nil // nobody ever queued
+	case err != nil:
+		return total, errs.OpErrorCtx(ctx, "cleanup", "", err)
+	}
+	return total + tag.RowsAffected(), nil
 }
 
 // cleanLoop runs Cleanup every interval, jittered by up to a fifth so that
