@@ -112,7 +112,7 @@ func testTable(t testing.TB) string {
 			return
 		}
 		defer conn.Close(ctx)
-		_, _ = conn.Exec(ctx, fmt.Sprintf("DROP TABLE IF EXISTS %s; DROP SEQUENCE IF EXISTS %s_token", name, name))
+		_, _ = conn.Exec(ctx, fmt.Sprintf("DROP TABLE IF EXISTS %s, %s_waiters; DROP SEQUENCE IF EXISTS %s_token", name, name, name))
 	})
 	return name
 }
