@@ -54,7 +54,8 @@ func postgresBackend() Backend {
 				}),
 			},
 			{
-				Name: "pg-advisory",
+				Name:    "pg-advisory",
+				Scaling: true,
 				Desc: "a plain session advisory lock: pg_try_advisory_lock / pg_advisory_unlock on a pooled connection " +
 					"kept for the whole hold (no TTL, no token); waiters block in pg_advisory_lock on the server",
 				Setup: postgresSetup(func(_ testing.TB, pool *pgxpool.Pool) Client { return advisoryClient{pool} }),

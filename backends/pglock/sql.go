@@ -66,7 +66,7 @@ func newStatements(schema, table string) statements {
 	expires_at timestamptz NOT NULL,
 	PRIMARY KEY (key, id)
 )`, w),
-		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (key, arrived, id)", pgx.Identifier{table + "_waiters_arrived"}.Sanitize(), w),
+		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (key, arrived, id)", pgx.Identifier{table + "_waiters_q"}.Sanitize(), w),
 	)
 	s.queueStatements(t, seq, w)
 

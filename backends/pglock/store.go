@@ -121,9 +121,10 @@ func nonNil(b []byte) []byte {
 
 // Cleanup deletes rows whose lease or record has expired, in batches, and
 // returns how many it deleted. Rows that a statement has locked are left
-// for the next run. The Locker's cleaner calls it every cleanup interval
-// (see [WithCleanupInterval]); expired rows never block a take, so calling
-// it is only about the table's size.
+// for the next run; a Locker made with [WithQueue] also deletes the
+// expired entries of its waiters table. The Locker's cleaner calls it
+// every cleanup interval (see [WithCleanupInterval]); expired rows never
+// block a take, so calling it is only about the table's size.
 func (l *Locker) Cleanup(ctx context.Context) (int64, error) {
 	if err := l.gate.CheckContext(ctx, "cleanup"); err != nil {
 		return 0, err
