@@ -47,3 +47,17 @@ func TestConformanceQueued(t *testing.T) {
 		},
 	})
 }
+
+// TestStoreConformanceQueued runs the store suite on queued Lockers: their
+// releases are the queued statement.
+func TestStoreConformanceQueued(t *testing.T) {
+	url := postgresURL(t)
+	conformance.RunStore(t, conformance.StoreConfig{
+		NewStore:       func(t *testing.T) idempotency.Store { l, _ := newLockerOn(t, url, pglock.WithQueue()); return l },
+		TTLGranularity: time.Millisecond,
+		NewFaultyStore: func(t *testing.T) (idempotency.Store, conformance.Faults) {
+			l, w := newLockerOn(t, url, pglock.WithQueue())
+			return l, w
+		},
+	})
+}
