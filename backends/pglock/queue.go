@@ -12,6 +12,7 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/driver"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Queued waiting ([WithQueue]).
@@ -103,12 +104,7 @@ o AS (SELECT NOT EXISTS (SELECT FROM h WHERE id <> $3::bigint) AS first,
 	EXISTS (SELECT FROM %[3]s WHERE key = $1::bytea AND id <> $3::bigint AND expires_at > clock_timestamp()) AS more),
 t AS (INSERT INTO %[1]s AS l (key, token, expires_at, waiters)
 	SELECT $1::bytea, nextval('%[2]s'), now() + $2::bigint %[6]s, o.more FROM o WHERE o.first
-	ON CONFLICT (key) DO UPDATE SET
-	token       = CASE WHEN l.expires_at <= now() THEN excluded.token ELSE l.token END,
-	expires_at  = CASE WHEN l.expires_at <= now() THEN excluded.expires_at ELSE l.expires_at END,
-	record      = CASE WHEN l.expires_at <= now() THEN NULL ELSE l.record END,
-	fingerprint = CASE WHEN l.expires_at <= now() THEN NULL ELSE l.fingerprint END,
-	waiters     = CASE WHEN l.expires_at <= now() THEN excluded.waiters ELSE l.waiters OR l.record IS NULL END
+	ON CONFLICT (key) DO UPDATE SET `+takeOver+`
 	RETURNING token, token = currval('%[2]s') AS took, %[5]s AS rem),
 m AS (UPDATE %[1]s SET waiters = true
 	WHERE key = $1::bytea AND record IS NULL AND expires_at > now() AND NOT (SELECT first FROM o)
@@ -141,11 +137,11 @@ SELECT live, (SELECT count(*) FROM n) FROM d`, t, w)
 	// if it was the live head and the key is free, notifies the next
 	// head. Returns whether it deleted a row and whether it notified.
 	s.leave = fmt.Sprintf(`WITH h AS (SELECT id, row_number() OVER (ORDER BY arrived, id) AS n FROM %[2]s
-	WHERE key = $1 AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 2),
-d AS (DELETE FROM %[2]s WHERE key = $1 AND id = $2 RETURNING id),
-x AS (SELECT id FROM h WHERE n = 2 AND EXISTS (SELECT FROM h WHERE n = 1 AND id = $2)
-	AND NOT EXISTS (SELECT FROM %[1]s WHERE key = $1 AND expires_at > now())),
-s AS (SELECT pg_notify($3, $4 || ':' || id) FROM x)
+	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 2),
+d AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = $2::bigint RETURNING id),
+x AS (SELECT id FROM h WHERE n = 2 AND EXISTS (SELECT FROM h WHERE n = 1 AND id = $2::bigint)
+	AND NOT EXISTS (SELECT FROM %[1]s WHERE key = $1::bytea AND expires_at > now())),
+s AS (SELECT pg_notify($3::text, $4::text || ':' || id) FROM x)
 SELECT (SELECT count(*) FROM d) = 1, (SELECT count(*) FROM s) = 1`, t, w)
 
 	// No argument: the cleaner's pass over the waiters.
@@ -248,8 +244,7 @@ func (t *ticket) Close() error {
 	var err error
 	if t.queued {
 		ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
-		var left, woke bool
-		err = t.l.locked(ctx, t.key, t.l.sql.leave, []any{t.bkey, t.id, t.l.channel, payload(hash64(t.key))}, &left, &woke)
+		err = t.leave(ctx)
 		cancel()
 		if err != nil {
 			err = errs.OpError("leave the queue of", t.key, err)
@@ -257,6 +252,28 @@ func (t *ticket) Close() error {
 	}
 	_ = t.sub.Close()
 	return err
+}
+
+// leave runs the leave statement after takeLockSQL, as [Locker.locked]
+// does, but unprepared: a waiter gives up rarely, so most connections
+// would prepare it (a round trip more) only to run it once, and Close runs
+// after Acquire's context ended, where every round trip is a delay.
+func (t *ticket) leave(ctx context.Context) error {
+	l := t.l
+	text := func(v int64) []byte { return strconv.AppendInt(nil, v, 10) }
+	return l.run(ctx, func() error {
+		c, err := l.pool.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.Release()
+		b := &pgconn.Batch{}
+		b.ExecParams(takeLockSQL, [][]byte{text(int64(l.class)), text(int64(int32(hash64(t.key))))}, nil, nil, nil)
+		b.ExecParams(l.sql.leave, [][]byte{t.bkey, text(t.id), []byte(l.channel), []byte(payload(hash64(t.key)))},
+			nil, []int16{1, 0, 0, 0}, nil) // the key in binary: bytea's binary form is its bytes
+		_, err = c.Conn().PgConn().ExecBatch(ctx, b).ReadAll()
+		return err
+	})
 }
 
 // splitPayload splits a notification's payload into the key's hash and

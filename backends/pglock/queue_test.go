@@ -301,8 +301,12 @@ func TestQueueOutcomes(t *testing.T) {
 
 	t.Run("take done, leave done", func(t *testing.T) {
 		tk := queued(t)
+		before := w.RoundTrips()
 		if err := tk.Close(); err != nil {
 			t.Fatal(err)
+		}
+		if n := w.RoundTrips() - before; n != 1 {
+			t.Errorf("Close made %d round trips, want 1 (it runs after Acquire's context ended: no prepare)", n)
 		}
 		if q := queueLen(t, admin, table, "k"); q != 0 {
 			t.Errorf("the queue holds %d waiters after Close, want 0", q)
