@@ -39,7 +39,23 @@ func postgresBackend() Backend {
 				}),
 			},
 			{
-				Name: "pg-advisory",
+				Name:        "idemlock-queued",
+				Label:       "idemlock (WithQueue)",
+				Desc:        "idemlock pglock with WithQueue: waiters queue per key (rows of a waiters table), a release notifies only the head",
+				HandoffOnly: true,
+				Scaling:     true,
+				Setup: postgresSetup(func(tb testing.TB, pool *pgxpool.Pool) Client {
+					l, err := pglock.New(pool, pglock.WithTable("idemlock_bench"), pglock.WithQueue())
+					if err != nil {
+						tb.Fatalf("pglock: %v", err)
+					}
+					tb.Cleanup(func() { _ = l.Close() })
+					return idemClient{l}
+				}),
+			},
+			{
+				Name:    "pg-advisory",
+				Scaling: true,
 				Desc: "a plain session advisory lock: pg_try_advisory_lock / pg_advisory_unlock on a pooled connection " +
 					"kept for the whole hold (no TTL, no token); waiters block in pg_advisory_lock on the server",
 				Setup: postgresSetup(func(_ testing.TB, pool *pgxpool.Pool) Client { return advisoryClient{pool} }),

@@ -88,7 +88,8 @@
 // listening on one channel per table (the table's qualified name). A take
 // that finds the key held marks the row as waited for; a release or
 // completion of a marked row sends pg_notify(channel, hash of the key), and
-// the Locker wakes the subscriptions of that key. Subscribe returns once
+// the Locker wakes the subscriptions of that key (see also "Queued
+// waiting" below). Subscribe returns once
 // the connection listens, so no release after it goes unreported; a new
 // connection wakes every subscription, which covers anything released
 // while it was down, and while it is down Wait returns an error, so
@@ -102,7 +103,55 @@
 // machine (PostgreSQL 15, fsync on, 32 concurrent autocommit inserts): 1,400
 // to 2,500 commits/s without NOTIFY, 420 to 450 with one per commit. Every
 // waiter wakes on a release and makes one attempt, so N waiters cost N
-// statements per hand-off.
+// statements per hand-off, unless they queue (below).
+//
+// # Queued waiting
+//
+// With [WithQueue] the Locker also implements [lock.Queuer]: lock.Acquire
+// waits in a first-come-first-served queue per key, and a release wakes
+// only the waiter at its head, so a hand-off costs about three requests
+// (the release, the head's take, the next arrival's queued take) whatever
+// the number of waiters; unqueued, each release
+// costs one take per waiter. Waiters are rows of a second table,
+// <table>_waiters (key, id, arrived, expires_at), made by Migrate beside
+// the lease table (and by the first queued statement that finds it
+// missing, so tables made before keep working); arrival and expiry are the
+// server's clock_timestamp().
+//
+//   - A ticket's take is one statement with the ordinary take in it (same
+//     token, expiry and takeover): it takes the key only when it is free
+//     and no live waiter is ahead of the ticket, and otherwise queues the
+//     ticket (a waiter keeps its place) with an expiry of the holder's
+//     remaining TTL (or, when the key is free and a waiter is ahead, the
+//     head's expiry) plus a grace of 2 s: the time it promised to come
+//     back, since lock.Acquire never waits past the remaining TTL it was
+//     told. A waiter whose process dies therefore leaves the queue at most
+//     the holder's TTL plus 2 s after its last attempt.
+//   - A queued Locker's release notifies "<hash of key>:<id of the head>"
+//     when the row was waited for or a waiter is queued, and the notifiers
+//     wake that ticket alone (and every unqueued subscription of the key).
+//   - A ticket that gives up (its context ends) deletes its row and, if it
+//     was the head and the key is free, notifies the next head, so a head
+//     woken by a release that leaves never strands the queue. If that
+//     request fails, its row expires as a dead waiter's does.
+//   - The take, the queued release and the leave each run after SELECT
+//     pg_advisory_xact_lock on the key (the take's lock), pipelined with
+//     one Sync: one round trip and one implicit transaction. The lock must
+//     come before the statement because a READ COMMITTED statement reads
+//     with the snapshot taken when it starts; taken after the lock, it sees
+//     every waiter that a take of the key queued before, so a release
+//     never misses one that queued while it waited for the row.
+//
+// The price is paid by contended keys: a queued take writes a waiter row,
+// a queued release reads the queue and notifies while a waiter is queued,
+// and an Acquire that must wait listens before its first queued attempt.
+// Lockers with and without WithQueue may share a table and keys: a release
+// by an unqueued Locker notifies every waiter (queued ones included, each
+// of which then tries, and the head's take succeeds), and unqueued waiters
+// wake on every release. TryAcquire and Claim never look at the queue:
+// they may take a free key between two hand-offs, and the head then finds
+// it held and keeps its place. Complete wakes every waiter, queued or not
+// (they find the record).
 //
 // # Idempotency records
 //

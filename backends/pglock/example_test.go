@@ -55,3 +55,26 @@ func Example_open() {
 		log.Fatal(err)
 	}
 }
+
+// ExampleWithQueue makes a Locker for keys that many workers wait for:
+// lock.Acquire waits in a per-key queue, first come, first served, and a
+// release wakes only the head.
+func ExampleWithQueue() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, "postgres://app@127.0.0.1:5432/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	hot, err := pglock.New(pool, pglock.WithQueue())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer hot.Close()
+	err = lock.Do(ctx, hot, "account/7/ledger", func(ctx context.Context, lease lock.Lease) error {
+		return nil // one worker at a time, in the order they began waiting
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+}

@@ -34,6 +34,12 @@ func poolConfig(t testing.TB, rawURL string, w *wire) *pgxpool.Config {
 	cfg.ConnConfig.TLSConfig = nil
 	cfg.ConnConfig.Fallbacks = nil
 	if w != nil {
+		// No ping when an idle connection is handed out (pgxpool's default
+		// after a second idle): on a loaded machine the ping outlasted the
+		// conformance suite's mid-flight cancellation, the statement was
+		// never sent, and the stall armed for it hung the next call, which
+		// has no deadline.
+		cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 		var d net.Dialer
 		cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := d.DialContext(ctx, network, addr)
@@ -112,7 +118,7 @@ func testTable(t testing.TB) string {
 			return
 		}
 		defer conn.Close(ctx)
-		_, _ = conn.Exec(ctx, fmt.Sprintf("DROP TABLE IF EXISTS %s; DROP SEQUENCE IF EXISTS %s_token", name, name))
+		_, _ = conn.Exec(ctx, fmt.Sprintf("DROP TABLE IF EXISTS %s, %s_waiters; DROP SEQUENCE IF EXISTS %s_token", name, name, name))
 	})
 	return name
 }

@@ -69,9 +69,14 @@ func (le *lease) Release(ctx context.Context) error {
 	return le.End(ctx, "release", func() error {
 		var live bool
 		var notified int64
-		err := le.l.run(ctx, func() error {
-			return le.l.pool.QueryRow(ctx, le.l.sql.release, le.bkey, le.token(), le.l.channel, le.payload()).Scan(&live, &notified)
-		})
+		var err error
+		if le.l.cfg.queued {
+			err = le.l.locked(ctx, le.Key(), le.l.sql.releaseQueued, []any{le.bkey, le.token(), le.l.channel, le.payload()}, &live, &notified)
+		} else {
+			err = le.l.run(ctx, func() error {
+				return le.l.pool.QueryRow(ctx, le.l.sql.release, le.bkey, le.token(), le.l.channel, le.payload()).Scan(&live, &notified)
+			})
+		}
 		switch {
 		case errors.Is(err, errNoRows):
 			return le.NotHeldWhy("release", "expired and taken over, or already released")

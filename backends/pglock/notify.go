@@ -53,6 +53,7 @@ type subscription struct {
 	n       *notifier
 	key     string
 	payload string
+	id      string        // a queued ticket's id: woken only by notifications naming it or no waiter
 	wake    driver.Wakeup // a wake-up is kept until Wait takes it
 	closed  bool          // guarded by n.mu
 }
@@ -69,8 +70,17 @@ func (l *Locker) Subscribe(ctx context.Context, key string) (lock.Subscription, 
 	if err := l.gate.CheckKey(ctx, "subscribe", key); err != nil {
 		return nil, err
 	}
+	s, err := l.subscribe(ctx, key, "")
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// subscribe is Subscribe, for a queued ticket when id is not "".
+func (l *Locker) subscribe(ctx context.Context, key, id string) (*subscription, error) {
 	n := &l.notify
-	s := &subscription{n: n, key: key, payload: payload(hash64(key)), wake: driver.NewWakeup()}
+	s := &subscription{n: n, key: key, payload: payload(hash64(key)), id: id, wake: driver.NewWakeup()}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -210,12 +220,18 @@ func (h handler) HandleBacklog(context.Context, string, *pgx.Conn) error {
 	return nil
 }
 
-// HandleNotification wakes the subscriptions of the released key's hash.
+// HandleNotification wakes the subscriptions of the released key's hash:
+// all of them, except the queued tickets that a notification naming
+// another waiter is not for.
 func (h handler) HandleNotification(_ context.Context, nt *pgconn.Notification, _ *pgx.Conn) error {
 	n := h.n
+	hash, id := splitPayload(nt.Payload)
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for s := range n.subs[nt.Payload] {
+	for s := range n.subs[hash] {
+		if id != "" && s.id != "" && s.id != id {
+			continue
+		}
 		s.wake.Notify()
 	}
 	return nil

@@ -54,6 +54,7 @@ type config struct {
 	cleanup   time.Duration // 0: no cleaner
 	maxRecord int
 	ownPool   bool // set by the URL opener only: Close closes the pool
+	queued    bool // WithQueue
 }
 
 // identifier is what WithTable and WithSchema accept: plain SQL names, so
@@ -61,7 +62,8 @@ type config struct {
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,49}$`)
 
 // WithTable sets the name of the lease table (default [DefaultTable]). Its
-// fencing sequence is <table>_token and its expiry index <table>_expires.
+// fencing sequence is <table>_token, its expiry index <table>_expires, and
+// the table of queued waiters ([WithQueue]) <table>_waiters.
 // Names are 1 to 50 letters, digits and underscores, not starting with a
 // digit; they are used as written (case included).
 func WithTable(name string) Option {
@@ -187,8 +189,9 @@ func (l *Locker) Close() error {
 }
 
 // Migrate creates what the Locker needs, if it is missing: the schema (when
-// [WithSchema] named one), the lease table, its fencing sequence and its
-// expiry index, in one transaction serialised with other Migrates of the
+// [WithSchema] named one), the lease table, its fencing sequence, its
+// expiry index and the table of queued waiters ([WithQueue]), in one
+// transaction serialised with other Migrates of the
 // same table by an advisory lock. It is safe to run again and from many
 // processes at once. Lockers run it by themselves when a statement finds
 // the table missing; call it yourself to create the table ahead of time

@@ -10,6 +10,17 @@ import (
 // row.
 var errNoRows = pgx.ErrNoRows
 
+// takeOver is the ON CONFLICT (key) DO UPDATE of a take of the row l
+// (the ordinary take, and a ticket's): the proposed row replaces l if l
+// expired; otherwise l stays, marked as waited for unless it holds a
+// record.
+const takeOver = `
+	token       = CASE WHEN l.expires_at <= now() THEN excluded.token ELSE l.token END,
+	expires_at  = CASE WHEN l.expires_at <= now() THEN excluded.expires_at ELSE l.expires_at END,
+	record      = CASE WHEN l.expires_at <= now() THEN NULL ELSE l.record END,
+	fingerprint = CASE WHEN l.expires_at <= now() THEN excluded.fingerprint ELSE l.fingerprint END,
+	waiters     = CASE WHEN l.expires_at <= now() THEN excluded.waiters ELSE l.waiters OR l.record IS NULL END`
+
 // statements are the SQL texts of one table, built once by New.
 type statements struct {
 	migrate                      []string
@@ -17,6 +28,10 @@ type statements struct {
 	complete, completeTx, delete string
 	inspect, forceRelease        string
 	deleteRecord                 string
+
+	// Queued waiting (WithQueue, queue.go). Each runs after
+	// takeLockSQL in the same implicit transaction.
+	ticketTake, releaseQueued, leave, deleteWaiters string
 }
 
 // Columns of the lease table, one row per key:
@@ -34,7 +49,7 @@ func newStatements(schema, table string) statements {
 		}
 		return pgx.Identifier{schema, name}.Sanitize()
 	}
-	t, seq := qual(table), qual(table+"_token")
+	t, seq, w := qual(table), qual(table+"_token"), qual(table+"_waiters")
 	var s statements
 	if schema != "" {
 		s.migrate = append(s.migrate, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize())
@@ -53,7 +68,18 @@ func newStatements(schema, table string) statements {
 		fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS fingerprint bytea", t),
 		fmt.Sprintf("CREATE SEQUENCE IF NOT EXISTS %s AS bigint CACHE 1 NO CYCLE", seq),
 		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (expires_at)", pgx.Identifier{table + "_expires"}.Sanitize(), t),
+		// Added with WithQueue: the queued waiters (queue.go). Tables made
+		// before get it here, when a queued statement finds it missing.
+		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s (
+	key        bytea       NOT NULL,
+	id         bigint      NOT NULL,
+	arrived    timestamptz NOT NULL,
+	expires_at timestamptz NOT NULL,
+	PRIMARY KEY (key, id)
+)`, w),
+		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (key, arrived, id)", pgx.Identifier{table + "_waiters_q"}.Sanitize(), w),
 	)
+	s.queueStatements(t, seq, w)
 
 	// The take. The advisory lock (transaction-scoped, held until this
 	// statement's implicit commit) serialises takes of one key, so the token
@@ -68,12 +94,7 @@ func newStatements(schema, table string) statements {
 	s.take = fmt.Sprintf(`WITH g AS MATERIALIZED (SELECT pg_advisory_xact_lock($1::int4, $2::int4))
 INSERT INTO %[1]s AS l (key, token, expires_at, fingerprint)
 SELECT $3::bytea, nextval('%[2]s'), now() + $4::bigint * interval '1 microsecond', $5::bytea FROM g
-ON CONFLICT (key) DO UPDATE SET
-	token       = CASE WHEN l.expires_at <= now() THEN excluded.token ELSE l.token END,
-	expires_at  = CASE WHEN l.expires_at <= now() THEN excluded.expires_at ELSE l.expires_at END,
-	record      = CASE WHEN l.expires_at <= now() THEN NULL ELSE l.record END,
-	fingerprint = CASE WHEN l.expires_at <= now() THEN excluded.fingerprint ELSE l.fingerprint END,
-	waiters     = CASE WHEN l.expires_at <= now() THEN false ELSE l.waiters OR l.record IS NULL END
+ON CONFLICT (key) DO UPDATE SET `+takeOver+`
 RETURNING token, waiters, record, (extract(epoch FROM expires_at - now()) * 1000000)::bigint, fingerprint`, t, seq)
 
 	// $1 key, $2 token, $3 TTL µs.

@@ -121,9 +121,10 @@ func nonNil(b []byte) []byte {
 
 // Cleanup deletes rows whose lease or record has expired, in batches, and
 // returns how many it deleted. Rows that a statement has locked are left
-// for the next run. The Locker's cleaner calls it every cleanup interval
-// (see [WithCleanupInterval]); expired rows never block a take, so calling
-// it is only about the table's size.
+// for the next run; a Locker made with [WithQueue] also deletes the
+// expired entries of its waiters table. The Locker's cleaner calls it
+// every cleanup interval (see [WithCleanupInterval]); expired rows never
+// block a take, so calling it is only about the table's size.
 func (l *Locker) Cleanup(ctx context.Context) (int64, error) {
 	if err := l.gate.CheckContext(ctx, "cleanup"); err != nil {
 		return 0, err
@@ -140,9 +141,20 @@ func (l *Locker) Cleanup(ctx context.Context) (int64, error) {
 		}
 		total += tag.RowsAffected()
 		if tag.RowsAffected() < batch {
-			return total, nil
+			break
 		}
 	}
+	if !l.cfg.queued {
+		return total, nil
+	}
+	tag, err := l.pool.Exec(ctx, l.sql.deleteWaiters)
+	switch {
+	case missingTable(err):
+		return total, nil // nobody ever queued
+	case err != nil:
+		return total, errs.OpErrorCtx(ctx, "cleanup", "", err)
+	}
+	return total + tag.RowsAffected(), nil
 }
 
 // cleanLoop runs Cleanup every interval, jittered by up to a fifth so that

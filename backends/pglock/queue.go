@@ -1,0 +1,284 @@
+package pglock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Queued waiting ([WithQueue]).
+//
+// The waiters of a key are rows of the table <table>_waiters, beside the
+// lease table:
+//
+//	key bytea, id bigint, arrived timestamptz, expires_at timestamptz,
+//	PRIMARY KEY (key, id)
+//
+// ordered by (arrived, id): the database's clock_timestamp() when the
+// waiter joined. A ticket's take (ticketTake) takes the key only when it
+// is free and no live waiter is ahead of the ticket, with the ordinary
+// take's INSERT … ON CONFLICT (same token, expiry and takeover); otherwise
+// it puts the ticket in the queue (a waiter keeps its place) and sets its
+// expiry to the time it promises to come back, the holder's remaining TTL
+// (or the head's expiry, when the key is free and a waiter is ahead), plus
+// queueGrace. Every waiter comes back by then (lock.Acquire never waits
+// past NotAcquiredError.Remaining), so a live waiter never expires, and a
+// dead one (a killed process, a paused client) leaves the queue at most
+// queueGrace after the holder's TTL. Expired waiters are ignored by every
+// statement that reads the head, deleted by takes of their key and by the
+// cleaner.
+//
+// A release publishes pg_notify(channel, "<hash of key>:<id of the head>")
+// instead of the key's hash alone: the notifier wakes only the
+// subscription of that ticket (and every plain subscription, which any
+// notification of the key wakes). A ticket that leaves (Close) deletes its
+// row; if it was the head and the key is free, it notifies the next head,
+// so a woken head that gives up never strands the queue.
+//
+// Each of these statements is sent after SELECT pg_advisory_xact_lock on
+// the key (the lock the ordinary take holds), in one pipeline with one
+// Sync: one round trip and one implicit transaction. The lock must come
+// before the statement, not inside it, because a READ COMMITTED statement
+// reads with the snapshot taken when it starts: taken after the lock, the
+// snapshot includes every waiter that a take of the key queued before, so
+// a release never misses a waiter that queued while it waited for the
+// row.
+
+// queueGrace is how long after the time it promised to come back a waiter
+// stays in the queue: room for a slow scheduler, a GC pause and the round
+// trip of its next attempt.
+const queueGrace = 2 * time.Second
+
+// leaveTimeout bounds Close's request.
+const leaveTimeout = 5 * time.Second
+
+// takeLockSQL takes the key's take lock until the implicit transaction of
+// the pipeline ends. $1,$2 the advisory lock.
+const takeLockSQL = "SELECT pg_advisory_xact_lock($1::int4, $2::int4)"
+
+// WithQueue makes [lock.Acquire] wait in a first-come-first-served queue
+// per key (the Locker implements [lock.Queuer]): a release wakes only the
+// waiter at the head of the queue, so a hand-off costs about three requests
+// whatever the number of waiters, where unqueued waiting costs one take per
+// waiter per release. The price: a release takes the key's advisory lock
+// and reads the queue (same round trip), waiters are rows of a second
+// table (<table>_waiters, made by [Locker.Migrate]) whose writes are WAL
+// like the leases', and a release of a waited-for key sends a NOTIFY even
+// when the failed take that marked it is long gone (as long as a live
+// waiter is queued). Lockers with and without WithQueue may share keys
+// and a table: unqueued waiters are woken by every release, and queued
+// waiters by every release of an unqueued Locker (then each sends a take,
+// and the head's succeeds). TryAcquire never looks at the queue.
+func WithQueue() Option {
+	return func(c *config) error { c.queued = true; return nil }
+}
+
+// queueStatements builds the queued statements of table t, its sequence
+// seq and its waiters table w.
+func (s *statements) queueStatements(t, seq, w string) {
+	const us = "* interval '1 microsecond'"
+	left := func(col, now string) string {
+		return fmt.Sprintf("(extract(epoch FROM %s - %s) * 1000000)::bigint", col, now)
+	}
+	// $1 key, $2 TTL µs, $3 waiter id, $4 queueGrace µs. Returns whether
+	// it took the key, the token (the holder's when it did not), and the
+	// µs to wait: the holder's remaining TTL, or the head's when the key
+	// is free. h is the live head; o says whether the ticket is first
+	// and whether other waiters remain; t is the ordinary take (whose new
+	// row is marked as waited for when others remain), m marks a held row
+	// as waited for when a waiter is ahead; q queues the ticket (or moves
+	// its expiry; an expired entry goes to the back), d dequeues it after
+	// a take and deletes expired waiters.
+	s.ticketTake = fmt.Sprintf(`WITH h AS (SELECT id, %[4]s AS rem FROM %[3]s
+	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
+o AS (SELECT NOT EXISTS (SELECT FROM h WHERE id <> $3::bigint) AS first,
+	EXISTS (SELECT FROM %[3]s WHERE key = $1::bytea AND id <> $3::bigint AND expires_at > clock_timestamp()) AS more),
+t AS (INSERT INTO %[1]s AS l (key, token, expires_at, waiters)
+	SELECT $1::bytea, nextval('%[2]s'), now() + $2::bigint %[6]s, o.more FROM o WHERE o.first
+	ON CONFLICT (key) DO UPDATE SET `+takeOver+`
+	RETURNING token, token = currval('%[2]s') AS took, %[5]s AS rem),
+m AS (UPDATE %[1]s SET waiters = true
+	WHERE key = $1::bytea AND record IS NULL AND expires_at > now() AND NOT (SELECT first FROM o)
+	RETURNING token, %[5]s AS rem),
+c AS (SELECT token, %[5]s AS rem FROM %[1]s
+	WHERE key = $1::bytea AND expires_at > now() AND NOT (SELECT first FROM o)),
+r AS (SELECT coalesce((SELECT took FROM t), false) AS took,
+	coalesce((SELECT token FROM t), (SELECT token FROM m), (SELECT token FROM c), 0) AS token,
+	greatest(coalesce((SELECT rem FROM t), (SELECT rem FROM m), (SELECT rem FROM c), (SELECT rem FROM h), 0), 0) AS rem),
+q AS (INSERT INTO %[3]s AS w (key, id, arrived, expires_at)
+	SELECT $1::bytea, $3::bigint, clock_timestamp(), clock_timestamp() + (r.rem + $4::bigint) %[6]s FROM r WHERE NOT r.took
+	ON CONFLICT (key, id) DO UPDATE SET
+	arrived    = CASE WHEN w.expires_at <= clock_timestamp() THEN excluded.arrived ELSE w.arrived END,
+	expires_at = excluded.expires_at),
+d AS (DELETE FROM %[3]s WHERE key = $1::bytea AND (id = $3::bigint AND (SELECT took FROM r)
+	OR id <> $3::bigint AND expires_at <= clock_timestamp()))
+SELECT took, token, rem FROM r`, t, seq, w, left("expires_at", "clock_timestamp()"), left("expires_at", "now()"), us)
+
+	// $1 key, $2 token, $3 channel, $4 payload. The release, which
+	// notifies the head of the queue by its id (or everyone, when none is
+	// queued) when the row was waited for or a waiter is queued.
+	s.releaseQueued = fmt.Sprintf(`WITH d AS (DELETE FROM %[1]s WHERE key = $1 AND token = $2 AND record IS NULL
+	RETURNING expires_at > now() AS live, waiters),
+h AS (SELECT id FROM %[2]s WHERE key = $1 AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
+n AS (SELECT pg_notify($3, $4 || coalesce(':' || (SELECT id FROM h), '')) FROM d
+	WHERE d.waiters OR EXISTS (SELECT FROM h))
+SELECT live, (SELECT count(*) FROM n) FROM d`, t, w)
+
+	// $1 key, $2 waiter id, $3 channel, $4 payload. Deletes the waiter;
+	// if it was the live head and the key is free, notifies the next
+	// head. Returns whether it deleted a row and whether it notified.
+	s.leave = fmt.Sprintf(`WITH h AS (SELECT id, row_number() OVER (ORDER BY arrived, id) AS n FROM %[2]s
+	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 2),
+d AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = $2::bigint RETURNING id),
+x AS (SELECT id FROM h WHERE n = 2 AND EXISTS (SELECT FROM h WHERE n = 1 AND id = $2::bigint)
+	AND NOT EXISTS (SELECT FROM %[1]s WHERE key = $1::bytea AND expires_at > now())),
+s AS (SELECT pg_notify($3::text, $4::text || ':' || id) FROM x)
+SELECT (SELECT count(*) FROM d) = 1, (SELECT count(*) FROM s) = 1`, t, w)
+
+	// No argument: the cleaner's pass over the waiters.
+	s.deleteWaiters = fmt.Sprintf(`DELETE FROM %s WHERE expires_at < clock_timestamp()`, w)
+}
+
+// locked runs stmt with args after takeLockSQL on key, in one pipeline
+// (one round trip, one implicit transaction), and scans its one row into
+// dest. It retries as [Locker.run] does.
+func (l *Locker) locked(ctx context.Context, key string, stmt string, args []any, dest ...any) error {
+	return l.run(ctx, func() error {
+		b := &pgx.Batch{}
+		b.Queue(takeLockSQL, l.class, int32(hash64(key)))
+		b.Queue(stmt, args...)
+		br := l.pool.SendBatch(ctx, b)
+		_, err := br.Exec()
+		if err == nil {
+			err = br.QueryRow().Scan(dest...)
+		}
+		return errors.Join(err, br.Close())
+	})
+}
+
+// errQueueOff is Queue's error on a Locker made without WithQueue.
+var errQueueOff = fmt.Errorf("pglock: queued waiting is off (see WithQueue): %w", errors.ErrUnsupported)
+
+// Queue returns a ticket for key's queue of waiters, subscribed to the
+// key's releases (see [WithQueue]); [lock.Acquire] uses it. On a Locker
+// made without WithQueue it returns an error matching
+// errors.ErrUnsupported, and Acquire waits unqueued.
+func (l *Locker) Queue(ctx context.Context, key string) (lock.Ticket, error) {
+	if err := l.gate.CheckKey(ctx, "queue", key); err != nil {
+		return nil, err
+	}
+	if !l.cfg.queued {
+		return nil, errQueueOff
+	}
+	id := int64(rand.Uint64() >> 1) // non-negative, random: no two waiters share one
+	sub, err := l.subscribe(ctx, key, strconv.FormatInt(id, 10))
+	if err != nil {
+		return nil, err
+	}
+	return &ticket{l: l, key: key, bkey: []byte(key), id: id, sub: sub}, nil
+}
+
+// ticket is one waiter's lock.Ticket.
+type ticket struct {
+	l      *Locker
+	key    string
+	bkey   []byte
+	id     int64
+	sub    *subscription
+	queued bool // a take ran that may have put the ticket in the queue
+	closed bool
+}
+
+// Wait blocks until a release names this ticket (or any release of an
+// unqueued Locker), or ctx ends. See [subscription.Wait].
+func (t *ticket) Wait(ctx context.Context, held *lock.NotAcquiredError) error {
+	return t.sub.Wait(ctx, held)
+}
+
+// TryAcquire is one queued take, in one round trip.
+func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
+	l := t.l
+	if err := l.gate.Check(ctx, "take", t.key, ttl); err != nil {
+		return nil, err
+	}
+	if t.closed {
+		return nil, errs.InvalidArgument("TryAcquire on a closed ticket")
+	}
+	var (
+		took  bool
+		token int64
+		left  int64
+	)
+	sent := time.Now()
+	t.queued = true
+	err := l.locked(ctx, t.key, l.sql.ticketTake, []any{t.bkey, micros(ttl), t.id, micros(queueGrace)}, &took, &token, &left)
+	if err != nil {
+		return nil, errs.OpErrorCtx(ctx, "take", t.key, err)
+	}
+	if !took {
+		return nil, &lock.NotAcquiredError{Key: t.key, Remaining: microDuration(left), Version: uint64(token)}
+	}
+	t.queued = false // the statement took it out of the queue
+	return driver.LeaseOf(newLease(l, t.key, token, sent, ttl)), nil
+}
+
+// Close leaves the queue, in one round trip when the ticket was queued,
+// waking the next waiter if this one was the head and the key is free,
+// and ends the subscription. If the request fails, the ticket's entry
+// expires on its own (queueGrace after the time it promised to come back).
+// It is safe to call more than once.
+func (t *ticket) Close() error {
+	if t.closed {
+		return nil
+	}
+	t.closed = true
+	var err error
+	if t.queued {
+		ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+		err = t.leave(ctx)
+		cancel()
+		if err != nil {
+			err = errs.OpError("leave the queue of", t.key, err)
+		}
+	}
+	_ = t.sub.Close()
+	return err
+}
+
+// leave runs the leave statement after takeLockSQL, as [Locker.locked]
+// does, but unprepared: a waiter gives up rarely, so most connections
+// would prepare it (a round trip more) only to run it once, and Close runs
+// after Acquire's context ended, where every round trip is a delay.
+func (t *ticket) leave(ctx context.Context) error {
+	l := t.l
+	text := func(v int64) []byte { return strconv.AppendInt(nil, v, 10) }
+	return l.run(ctx, func() error {
+		c, err := l.pool.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.Release()
+		b := &pgconn.Batch{}
+		b.ExecParams(takeLockSQL, [][]byte{text(int64(l.class)), text(int64(int32(hash64(t.key))))}, nil, nil, nil)
+		b.ExecParams(l.sql.leave, [][]byte{t.bkey, text(t.id), []byte(l.channel), []byte(payload(hash64(t.key)))},
+			nil, []int16{1, 0, 0, 0}, nil) // the key in binary: bytea's binary form is its bytes
+		_, err = c.Conn().PgConn().ExecBatch(ctx, b).ReadAll()
+		return err
+	})
+}
+
+// splitPayload splits a notification's payload into the key's hash and
+// the id of the waiter it wakes ("" for every waiter).
+func splitPayload(p string) (hash, id string) {
+	hash, id, _ = strings.Cut(p, ":")
+	return hash, id
+}
