@@ -1,11 +1,8 @@
 package etcdlock_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"os"
-	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +10,7 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/etcdlock"
 	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/internal/testenv"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -158,14 +156,12 @@ func TestQueueArrivalsSpareLeasePool(t *testing.T) {
 	}
 }
 
-// queuedChildEnv makes the test binary a waiter that queues on a key and
-// waits until it is killed (TestQueueKilledWaiterExpires).
-const queuedChildEnv = "IDEMLOCK_ETCDLOCK_QUEUED_CHILD"
-
-// TestQueuedChild is the child process of TestQueueKilledWaiterExpires.
+// TestQueuedChild is the child process of TestQueueKilledWaiterExpires: a
+// waiter that queues on a key and waits until it is killed. Its argument is
+// its key prefix.
 func TestQueuedChild(t *testing.T) {
-	prefix := os.Getenv(queuedChildEnv)
-	if prefix == "" {
+	prefix, ok := testenv.ChildArg()
+	if !ok {
 		return
 	}
 	l := newLocker(t, nil, etcdlock.WithPrefix(prefix), etcdlock.WithQueue())
@@ -185,26 +181,8 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	child := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestQueuedChild$", "-test.count=1")
-	child.Env = append(os.Environ(), queuedChildEnv+"="+prefix)
-	var out bytes.Buffer
-	child.Stdout, child.Stderr = &out, &out
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = child.Wait(); close(exited) }()
-	deadline := time.Now().Add(time.Minute) // a child under -race on a loaded machine starts slowly
-	for queueLen(t, admin, prefix, "k") != 1 {
-		select {
-		case <-exited:
-			t.Fatalf("the child exited before it queued:\n%s", out.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the child did not queue within a minute:\n%s", out.String())
-		}
-	}
+	child := testenv.StartChild(t, "TestQueuedChild", prefix)
+	child.Await(t, "queued", func() bool { return queueLen(t, admin, prefix, "k") == 1 })
 	waiter := newLocker(t, nil, etcdlock.WithPrefix(prefix), etcdlock.WithQueue())
 	got := make(chan error, 1)
 	go func() {
@@ -215,10 +193,7 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 		got <- err
 	}()
 	awaitQueueLen(t, admin, prefix, "k", 2, 10*time.Second)
-	if err := child.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-exited
+	child.Kill(t)
 	killed := time.Now()
 	if err := le.Release(t.Context()); err != nil { // the dead head is ahead
 		t.Fatal(err)

@@ -1,13 +1,9 @@
 package pglock_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +12,7 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/pglock"
 	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/internal/testenv"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -142,30 +139,17 @@ func TestQueueReleaseWakesOnlyHead(t *testing.T) {
 	}
 }
 
-// queuedChildEnv makes the test binary a waiter that queues on a key and
-// waits until it is killed (TestQueueKilledWaiterExpires); its value is a
-// directory and a table, for the child's ready and go files.
-const (
-	queuedChildEnv   = "IDEMLOCK_PGLOCK_QUEUED_CHILD"
-	queuedChildTable = "IDEMLOCK_PGLOCK_QUEUED_TABLE"
-)
-
-// TestQueuedChild is the child process of TestQueueKilledWaiterExpires.
+// TestQueuedChild is the child process of TestQueueKilledWaiterExpires: a
+// waiter that queues on a key once the parent holds it, and waits until it
+// is killed. Its argument is its table.
 func TestQueuedChild(t *testing.T) {
-	dir := os.Getenv(queuedChildEnv)
-	if dir == "" {
+	table, ok := testenv.ChildArg()
+	if !ok {
 		return
 	}
-	l := newLocker(t, pglock.WithTable(os.Getenv(queuedChildTable)), pglock.WithQueue())
-	if err := os.WriteFile(filepath.Join(dir, "ready"), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for { // the parent holds the key once "go" exists
-		if _, err := os.Stat(filepath.Join(dir, "go")); err == nil {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	l := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
+	testenv.ChildSignal(t, "ready")
+	testenv.ChildAwait("go") // the parent holds the key
 	_, err := lock.Acquire(t.Context(), l, "k", time.Minute)
 	t.Fatalf("the child's Acquire returned (%v): it should have been killed while waiting", err)
 }
@@ -182,53 +166,20 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 	if err := holder.Migrate(t.Context()); err != nil { // not by the child, within the holder's TTL
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
 	const ttl = 2 * time.Second // the child queues within it, even under -race on a loaded machine
-	child := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestQueuedChild$", "-test.count=1")
-	child.Env = append(os.Environ(), queuedChildEnv+"="+dir, queuedChildTable+"="+table)
-	var out bytes.Buffer
-	child.Stdout, child.Stderr = &out, &out
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = child.Wait(); close(exited) }()
+	child := testenv.StartChild(t, "TestQueuedChild", table)
 	// The child says "ready" (it may take seconds to start under -race)
 	// and waits for "go", so that it queues at once behind the short
 	// holding.
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "ready")); err == nil {
-			break
-		}
-		select {
-		case <-exited:
-			t.Fatalf("the child exited before it was ready:\n%s", out.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	child.Await(t, "was ready", child.Signalled("ready"))
 	taken := time.Now()
 	le, err := holder.TryAcquire(t.Context(), "k", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(time.Minute)
-	for queueLen(t, admin, table, "k") != 1 {
-		select {
-		case <-exited:
-			t.Fatalf("the child exited before it queued:\n%s", out.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the child did not queue within a minute:\n%s", out.String())
-		}
-	}
-	if err := child.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-exited
+	child.Signal(t, "go")
+	child.Await(t, "queued", func() bool { return queueLen(t, admin, table, "k") == 1 })
+	child.Kill(t)
 
 	waiter := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
 	got := make(chan error, 1)

@@ -1,11 +1,8 @@
 package redislock_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"os"
-	"os/exec"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +11,7 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/redislock"
 	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/internal/testenv"
 	"github.com/idemlock/lock/observe"
 	"github.com/redis/go-redis/v9"
 )
@@ -145,22 +143,17 @@ func TestQueueReleaseWakesOnlyHead(t *testing.T) {
 	}
 }
 
-// queuedChildEnv makes the test binary a waiter that queues on a key and
-// waits until it is killed (TestQueueKilledWaiterExpires).
-const queuedChildEnv = "IDEMLOCK_REDISLOCK_QUEUED_CHILD"
-
-// TestQueuedChild is the child process of TestQueueKilledWaiterExpires.
+// TestQueuedChild is the child process of TestQueueKilledWaiterExpires: a
+// waiter that queues on a key once the parent holds it, and waits until it
+// is killed. Its argument is its key prefix.
 func TestQueuedChild(t *testing.T) {
-	prefix := os.Getenv(queuedChildEnv)
-	if prefix == "" {
+	prefix, ok := testenv.ChildArg()
+	if !ok {
 		return
 	}
 	l := single.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
-	admin := single.client(t, "")
-	admin.Set(t.Context(), prefix+"ready", "1", time.Minute)
-	for admin.Exists(t.Context(), prefix+"go").Val() == 0 { // the parent holds the key
-		time.Sleep(time.Millisecond)
-	}
+	testenv.ChildSignal(t, "ready")
+	testenv.ChildAwait("go") // the parent holds the key
 	_, err := lock.Acquire(t.Context(), l, "k", time.Minute)
 	t.Fatalf("the child's Acquire returned (%v): it should have been killed while waiting", err)
 }
@@ -174,48 +167,19 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 	admin := single.client(t, "")
 	holder := single.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
 	const ttl = 2 * time.Second // the child queues within it, even under -race on a loaded machine
-	child := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestQueuedChild$", "-test.count=1")
-	child.Env = append(os.Environ(), queuedChildEnv+"="+prefix)
-	var out bytes.Buffer
-	child.Stdout, child.Stderr = &out, &out
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = child.Wait(); close(exited) }()
+	child := testenv.StartChild(t, "TestQueuedChild", prefix)
 	// The child says "ready" (it may take seconds to start under -race)
 	// and waits for "go", so that it queues at once behind the short
 	// holding.
-	for admin.Exists(t.Context(), prefix+"ready").Val() == 0 {
-		select {
-		case <-exited:
-			t.Fatalf("the child exited before it was ready:\n%s", out.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	child.Await(t, "was ready", child.Signalled("ready"))
 	taken := time.Now()
 	le, err := holder.TryAcquire(t.Context(), "k", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := admin.Set(t.Context(), prefix+"go", "1", time.Minute).Err(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(time.Minute)
-	for queueLen(t, admin, prefix, "k") != 1 {
-		select {
-		case <-exited:
-			t.Fatalf("the child exited before it queued:\n%s", out.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the child did not queue within a minute:\n%s", out.String())
-		}
-	}
-	if err := child.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-exited
+	child.Signal(t, "go")
+	child.Await(t, "queued", func() bool { return queueLen(t, admin, prefix, "k") == 1 })
+	child.Kill(t)
 
 	waiter := single.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
 	got := make(chan error, 1)

@@ -223,3 +223,28 @@ func TestScriptEnvCoversEveryServer(t *testing.T) {
 		}
 	}
 }
+
+// TestChildProcess is the child process of TestChild.
+func TestChildProcess(t *testing.T) {
+	arg, ok := ChildArg()
+	if !ok {
+		return
+	}
+	ChildSignal(t, "ready-"+arg)
+	ChildAwait("go")
+	ChildSignal(t, "done")
+	select {} // until killed
+}
+
+// TestChild runs TestChildProcess as a child: its argument arrives, the
+// signals go both ways, and Kill ends a child that would never exit.
+func TestChild(t *testing.T) {
+	c := StartChild(t, "TestChildProcess", "x")
+	c.Await(t, "was ready", c.Signalled("ready-x"))
+	if c.Signalled("done")() {
+		t.Fatal("the child was done before it was told to go")
+	}
+	c.Signal(t, "go")
+	c.Await(t, "was done", c.Signalled("done"))
+	c.Kill(t)
+}
