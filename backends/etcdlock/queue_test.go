@@ -184,14 +184,7 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 	child := testenv.StartChild(t, "TestQueuedChild", prefix)
 	child.Await(t, "queued", func() bool { return queueLen(t, admin, prefix, "k") == 1 })
 	waiter := newLocker(t, nil, etcdlock.WithPrefix(prefix), etcdlock.WithQueue())
-	got := make(chan error, 1)
-	go func() {
-		l, err := lock.Acquire(t.Context(), waiter, "k", time.Minute)
-		if err == nil {
-			err = l.Release(context.Background())
-		}
-		got <- err
-	}()
+	behind := testenv.StartBehind(t, waiter, "k")
 	awaitQueueLen(t, admin, prefix, "k", 2, 10*time.Second)
 	child.Kill(t)
 	killed := time.Now()
@@ -201,17 +194,7 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 	// The dead lease expires queueLeaseTTL (5 s) after its last keep-alive;
 	// the waiter sees its entry go in the same event.
 	bound := 5*time.Second + 2*time.Second + 6*conformance.SchedulingSlack
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Fatalf("the waiter behind a killed one: %v", err)
-		}
-		if d := time.Since(killed); d > bound {
-			t.Errorf("the waiter behind a killed one took the key %v after the kill, want at most %v", d, bound)
-		}
-	case <-time.After(3 * bound):
-		t.Fatalf("the waiter behind a killed one did not get the key within %v: the dead waiter strands the queue", 3*bound)
-	}
+	behind.AwaitKey(t, killed, "the kill", bound)
 	if q := queueLen(t, admin, prefix, "k"); q != 0 {
 		t.Errorf("the queue still holds %d entries", q)
 	}

@@ -182,32 +182,18 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 	child.Kill(t)
 
 	waiter := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
-	got := make(chan error, 1)
-	go func() {
-		l, err := lock.Acquire(t.Context(), waiter, "k", time.Minute)
-		if err == nil {
-			err = l.Release(context.Background())
-		}
-		got <- err
-	}()
+	behind := testenv.StartBehind(t, waiter, "k")
 	awaitQueueLen(t, admin, table, "k", 2, 10*time.Second)
-	if err := le.Release(t.Context()); err != nil { // wakes the dead head only
+	// The release wakes the dead head only. On a loaded machine the
+	// holding may have expired by now: then no release wakes anyone, and
+	// the bound below holds all the same.
+	if err := le.Release(t.Context()); err != nil && !errors.Is(err, lock.ErrNotHeld) {
 		t.Fatal(err)
 	}
 	// The dead entry expires the grace after the holder's deadline; the
 	// waiter behind it comes back then, plus scheduling under -race.
 	bound := ttl + queueGrace + 6*conformance.SchedulingSlack
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Fatalf("the waiter behind a killed one: %v", err)
-		}
-		if d := time.Since(taken); d > bound {
-			t.Errorf("the waiter behind a killed one took the key %v after the holder's take, want at most %v", d, bound)
-		}
-	case <-time.After(3 * bound):
-		t.Fatalf("the waiter behind a killed one did not get the key within %v: the dead waiter strands the queue", 3*bound)
-	}
+	behind.AwaitKey(t, taken, "the holder's take", bound)
 	if q := queueLen(t, admin, table, "k"); q != 0 {
 		t.Errorf("the queue still holds %d waiters: the killed waiter's entry was not removed", q)
 	}

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/idemlock/lock"
 )
 
 // childEnv carries a child process's directory and argument ("dir\narg").
@@ -146,4 +149,40 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// Behind is a waiter in lock.Acquire behind a killed one (see
+// [StartBehind]).
+type Behind struct{ got chan error }
+
+// StartBehind runs lock.Acquire of key on l in the background: the waiter
+// behind a killed one. It releases what it gets.
+func StartBehind(t *testing.T, l lock.Locker, key string) *Behind {
+	b := &Behind{got: make(chan error, 1)}
+	go func() {
+		le, err := lock.Acquire(t.Context(), l, key, time.Minute)
+		if err == nil {
+			err = le.Release(context.Background())
+		}
+		b.got <- err
+	}()
+	return b
+}
+
+// AwaitKey fails the test unless the waiter gets the key within bound
+// after since (what names since: "the holder's take", "the kill"); it
+// waits up to three times bound, then the dead waiter strands the queue.
+func (b *Behind) AwaitKey(t *testing.T, since time.Time, what string, bound time.Duration) {
+	t.Helper()
+	select {
+	case err := <-b.got:
+		if err != nil {
+			t.Fatalf("the waiter behind a killed one: %v", err)
+		}
+		if d := time.Since(since); d > bound {
+			t.Errorf("the waiter behind a killed one took the key %v after %s, want at most %v", d, what, bound)
+		}
+	case <-time.After(3 * bound):
+		t.Fatalf("the waiter behind a killed one did not get the key within %v: the dead waiter strands the queue", 3*bound)
+	}
 }
