@@ -42,6 +42,12 @@ import (
 // max(minQueueTTL, the agent's session_ttl_min as told by WithMinTTL).
 const minQueueTTL = 3 * time.Second
 
+// queueConcurrency bounds the queueing and leaving requests a Locker has in
+// flight at once: a process whose many goroutines begin waiting together
+// would otherwise open a connection each, and an agent refuses more than
+// http_max_conns_per_client (200 by default) from one address.
+const queueConcurrency = 4
+
 // queueLinger is how long a Locker keeps a key's watch after its last
 // ticket left, so that a waiter coming back soon (a worker looping on a
 // hot key) finds its view of the queue still fresh.
@@ -75,7 +81,8 @@ type queue struct {
 	l   *Locker
 	ttl time.Duration // of the queue session
 
-	create sync.Mutex // serialises session creates
+	create sync.Mutex    // serialises session creates
+	slots  chan struct{} // queueConcurrency requests in flight
 
 	mu      sync.Mutex
 	closed  bool
@@ -89,8 +96,21 @@ type queue struct {
 
 func newQueue(l *Locker) *queue {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &queue{l: l, ttl: max(l.cfg.minTTL, minQueueTTL), ctx: ctx, cancel: cancel, keys: map[string]*qkey{}}
+	return &queue{l: l, ttl: max(l.cfg.minTTL, minQueueTTL), slots: make(chan struct{}, queueConcurrency), ctx: ctx, cancel: cancel, keys: map[string]*qkey{}}
 }
+
+// slot waits for one of the Locker's queueConcurrency request slots; the
+// caller returns it with release.
+func (q *queue) slot(ctx context.Context) error {
+	select {
+	case q.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (q *queue) release() { <-q.slots }
 
 // session returns the live queue session, creating one if needed.
 func (q *queue) session(ctx context.Context) (string, error) {
@@ -301,7 +321,9 @@ func (q *queue) register(t *ticket, v *qview) {
 	}
 	k.tickets[t] = struct{}{}
 	t.k = k
-	k.setView(v)
+	if v != nil {
+		k.setView(v)
+	}
 	if k.earliest() == t {
 		k.kick()
 	}
@@ -393,8 +415,19 @@ func (k *qkey) run() {
 func (k *qkey) step(ctx context.Context, e *ticket, v *qview) error {
 	q := k.q
 	kv := q.l.client.KV()
-	if v == nil {
-		v, err := k.read(ctx)
+	if v == nil || e.idx > v.index {
+		// No view, or one older than e's entry (it queued behind another
+		// ticket of this Locker without reading the queue): read it.
+		// The read starts after every registered ticket queued, so it
+		// sees their entries unless they are gone: it is at least as new
+		// as the newest of them (a read transaction reports no index).
+		var floor uint64
+		q.mu.Lock()
+		for t := range k.tickets {
+			floor = max(floor, t.idx)
+		}
+		q.mu.Unlock()
+		v, err := k.read(ctx, floor)
 		if err != nil {
 			return err
 		}
@@ -409,15 +442,28 @@ func (k *qkey) step(ctx context.Context, e *ticket, v *qview) error {
 		if err != nil {
 			return err
 		}
-		if pair == nil || pair.CreateIndex != pred.CreateIndex || pair.Session == "" {
-			// It left (took the key, gave up or expired): look at the
-			// whole queue, since the entries before it may have left too.
-			q.mu.Lock()
-			if k.view == v {
-				k.view = nil
-			}
-			q.mu.Unlock()
+		if pair != nil && pair.CreateIndex == pred.CreateIndex && pair.Session != "" {
+			return nil // still there: wait again
 		}
+		// It left. If it took the key (its take marks the lock key's Flags
+		// with its place), it was the head, so e is the head now;
+		// otherwise (it gave up or expired) the entries before it may
+		// still wait: read the whole queue.
+		var next *qview
+		lk, meta, err := kv.Get(k.path, (&api.QueryOptions{}).WithContext(ctx))
+		if err == nil && lk != nil && lk.Session != "" && lk.Flags == pred.CreateIndex {
+			next = &qview{index: max(meta.LastIndex, v.index), lock: lk}
+			for _, x := range v.entries {
+				if x.CreateIndex > pred.CreateIndex {
+					next.entries = append(next.entries, x)
+				}
+			}
+		}
+		q.mu.Lock()
+		if k.view == v {
+			k.view = next
+		}
+		q.mu.Unlock()
 		return nil
 	}
 	if v.lock == nil {
@@ -450,8 +496,8 @@ func (k *qkey) step(ctx context.Context, e *ticket, v *qview) error {
 }
 
 // read reads the key's queue and lock in one transaction.
-func (k *qkey) read(ctx context.Context) (*qview, error) {
-	ok, resp, qm, err := k.q.l.client.Txn().Txn(api.TxnOps{
+func (k *qkey) read(ctx context.Context, floor uint64) (*qview, error) {
+	ok, resp, _, err := k.q.l.client.Txn().Txn(api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: k.prefix}},
 		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: k.path}},
 	}, (&api.QueryOptions{}).WithContext(ctx))
@@ -465,9 +511,10 @@ func (k *qkey) read(ctx context.Context) (*qview, error) {
 	for _, r := range resp.Results {
 		if r.KV != nil {
 			kvs = append(kvs, r.KV)
+			floor = max(floor, r.KV.ModifyIndex)
 		}
 	}
-	return newView(qm.LastIndex, k.prefix, k.path, kvs), nil
+	return newView(floor, k.prefix, k.path, kvs), nil
 }
 
 // Queue returns a ticket for key's queue of waiters (see [WithQueue]);
@@ -567,11 +614,24 @@ func (t *ticket) enqueue(ctx context.Context) error {
 		q.mu.Lock()
 		t.sess = sess // Close abandons it if the outcome is unknown
 		q.mu.Unlock()
-		ok, resp, err := l.txn(ctx, api.TxnOps{
+		if err := q.slot(ctx); err != nil {
+			return errs.OpErrorCtx(ctx, "queue on", t.key, err)
+		}
+		// The queue is read only when no other ticket of this Locker waits
+		// ahead (then this one cannot be the head, and its Locker watches
+		// for the earlier one): with many waiters it is a long answer.
+		q.mu.Lock()
+		behind := q.keys[t.path] != nil && q.keys[t.path].earliest() != nil
+		q.mu.Unlock()
+		ops := api.TxnOps{
 			{KV: &api.KVTxnOp{Verb: api.KVLock, Key: t.ek, Session: sess}},
-			{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: t.prefix}},
 			{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: t.path}},
-		})
+		}
+		if !behind {
+			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: t.prefix}})
+		}
+		ok, resp, err := l.txn(ctx, ops)
+		q.release()
 		if err != nil {
 			t.maybe = true // the entry may exist: Close deletes it
 			return errs.OpError("queue on", t.key, err)
@@ -599,7 +659,9 @@ func (t *ticket) enqueue(ctx context.Context) error {
 		q.mu.Lock()
 		defer q.mu.Unlock()
 		t.idx, t.sess, t.lost, t.ready = own.CreateIndex, sess, false, false
-		if len(v.ahead(t.idx)) == 0 && v.lock == nil {
+		if behind {
+			v = nil // it did not read the queue
+		} else if len(v.ahead(t.idx)) == 0 && v.lock == nil {
 			t.ready = true
 		}
 		q.register(t, v)
@@ -616,11 +678,11 @@ func (t *ticket) take(ctx context.Context, sttl time.Duration) (_ lock.Lease, ag
 		return nil, false, err
 	}
 	q.mu.Lock()
-	sess := t.sess
+	sess, idx := t.sess, t.idx
 	q.mu.Unlock()
 	ok, resp, err := l.txn(ctx, api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: t.ek, Session: sess}},
-		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: t.path, Session: s.id, Value: lockValue(sttl, nil)}},
+		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: t.path, Session: s.id, Value: lockValue(sttl, nil), Flags: idx}},
 		{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: t.ek}},
 	})
 	if err != nil {
@@ -769,7 +831,12 @@ func (t *ticket) Close() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	if _, err := t.l.client.KV().Delete(t.ek, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+	err := q.slot(ctx)
+	if err == nil {
+		_, err = t.l.client.KV().Delete(t.ek, (&api.WriteOptions{}).WithContext(ctx))
+		q.release()
+	}
+	if err != nil {
 		q.drop(sess, true)
 		return errs.OpError("leave the queue of", t.key, apiError(err))
 	}
