@@ -450,9 +450,10 @@ func (k *qkey) step(ctx context.Context, e *ticket, v *qview) error {
 		// otherwise (it gave up or expired) the entries before it may
 		// still wait: read the whole queue.
 		var next *qview
-		lk, meta, err := kv.Get(k.path, (&api.QueryOptions{}).WithContext(ctx))
+		lk, _, err := kv.Get(k.path, (&api.QueryOptions{}).WithContext(ctx))
 		if err == nil && lk != nil && lk.Session != "" && lk.Flags == pred.CreateIndex {
-			next = &qview{index: max(meta.LastIndex, v.index), lock: lk}
+			// Its entries are those of v (as complete as v is).
+			next = &qview{index: v.index, lock: lk}
 			for _, x := range v.entries {
 				if x.CreateIndex > pred.CreateIndex {
 					next.entries = append(next.entries, x)
@@ -790,6 +791,10 @@ func (t *ticket) Wait(ctx context.Context, _ *lock.NotAcquiredError) error {
 	now := t.idx == 0 || t.lost || t.ready
 	q.mu.Unlock()
 	if now {
+		select { // a wake-up for the same news
+		case <-t.ch:
+		default:
+		}
 		return nil
 	}
 	select {
