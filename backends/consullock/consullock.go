@@ -494,9 +494,10 @@ func validPrefix(p string) error {
 }
 
 // Close stops the Locker's background work (session renewal, lost-lease
-// watches) and destroys its idle sessions. Leases still held keep their
-// sessions until released or expired; retention sessions are left to
-// expire with their records. A Locker made by lock.Open also closes its
+// watches, queue watches) and destroys its idle sessions and its queue
+// session (the entries of its waiters go with it). Leases still held keep
+// their sessions until released or expired; retention sessions are left
+// to expire with their records. A Locker made by lock.Open also closes its
 // client's idle connections. Close may be called more than once.
 func (l *Locker) Close() error {
 	return l.gate.Close(func() error {

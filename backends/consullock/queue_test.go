@@ -226,6 +226,20 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 0, time.Second)
 }
 
+// heldKey returns a key of the test held by an unqueued Locker for a
+// minute, and the lease.
+func heldKey(t *testing.T) (string, lock.Lease) {
+	t.Helper()
+	k := key(t, "k")
+	holder, _ := newLocker(t)
+	le, err := holder.TryAcquire(t.Context(), k, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = le.Release(context.Background()) })
+	return k, le
+}
+
 // queuedTicket returns a ticket of l on k that has queued behind a holder.
 func queuedTicket(t *testing.T, l *consullock.Locker, k string) lock.Ticket {
 	t.Helper()
@@ -282,12 +296,7 @@ func TestQueueOutcomes(t *testing.T) {
 	admin, _ := newClient(t)
 	pfx := consullock.DefaultPrefix
 	t.Run("take done", func(t *testing.T) {
-		k := key(t, "k")
-		holder, _ := newLocker(t)
-		le, err := holder.TryAcquire(t.Context(), k, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
+		k, le := heldKey(t)
 		l, _ := newLocker(t, consullock.WithQueue())
 		tk := queuedTicket(t, l, k)
 		if err := le.Release(t.Context()); err != nil {
@@ -311,19 +320,15 @@ func TestQueueOutcomes(t *testing.T) {
 		// The head is woken, but a plain TryAcquire (which never looks at
 		// the queue) takes the key first: the head's take is refused, and
 		// it keeps its place.
-		k := key(t, "k")
-		holder, _ := newLocker(t)
-		le, err := holder.TryAcquire(t.Context(), k, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
+		k, le := heldKey(t)
 		l, _ := newLocker(t, consullock.WithQueue())
 		tk := queuedTicket(t, l, k)
 		if err := le.Release(t.Context()); err != nil {
 			t.Fatal(err)
 		}
 		awaitReady(t, tk)
-		le2, err := holder.TryAcquire(t.Context(), k, time.Minute)
+		plain, _ := newLocker(t)
+		le2, err := plain.TryAcquire(t.Context(), k, time.Minute)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -342,12 +347,7 @@ func TestQueueOutcomes(t *testing.T) {
 		// The take happened but its reply was lost: the error is not
 		// ErrNotAcquired, the session it took with is destroyed (which
 		// frees the key), and Close removes the entry if it is left.
-		k := key(t, "k")
-		holder, _ := newLocker(t)
-		le, err := holder.TryAcquire(t.Context(), k, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
+		k, le := heldKey(t)
 		l, faults, _ := newFaultyLocker(t, consullock.WithQueue())
 		tk := queuedTicket(t, l, k)
 		if err := le.Release(t.Context()); err != nil {
@@ -375,13 +375,7 @@ func TestQueueOutcomes(t *testing.T) {
 		_ = got.Release(t.Context())
 	})
 	t.Run("queueing reply lost", func(t *testing.T) {
-		k := key(t, "k")
-		holder, _ := newLocker(t)
-		le, err := holder.TryAcquire(t.Context(), k, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = le.Release(context.Background()) })
+		k, _ := heldKey(t)
 		l, faults, _ := newFaultyLocker(t, consullock.WithQueue())
 		tk, err := l.Queue(t.Context(), k)
 		if err != nil {
@@ -402,13 +396,7 @@ func TestQueueOutcomes(t *testing.T) {
 		}
 	})
 	t.Run("close done", func(t *testing.T) {
-		k := key(t, "k")
-		holder, _ := newLocker(t)
-		le, err := holder.TryAcquire(t.Context(), k, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = le.Release(context.Background()) })
+		k, _ := heldKey(t)
 		l, _ := newLocker(t, consullock.WithQueue())
 		tk := queuedTicket(t, l, k)
 		if err := tk.Close(); err != nil {
@@ -432,12 +420,7 @@ func TestQueueOutcomes(t *testing.T) {
 			// Close fails: the Locker abandons its queue session, so that
 			// an entry that may be left never blocks the queue; the
 			// Locker's other waiter queues again and still gets the key.
-			k := key(t, "k")
-			holder, _ := newLocker(t)
-			le, err := holder.TryAcquire(t.Context(), k, time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
+			k, le := heldKey(t)
 			l, faults, _ := newFaultyLocker(t, consullock.WithQueue())
 			tk := queuedTicket(t, l, k)
 			other := queuedTicket(t, l, k)
