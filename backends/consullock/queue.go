@@ -222,6 +222,8 @@ type qkey struct {
 	kicked  chan struct{}
 	stop    context.CancelFunc // cancels the running blocking query
 	running bool
+	// notBefore delays waking the head after a refusal for lock-delay.
+	notBefore time.Time
 }
 
 // qview is a snapshot of a key's queue and lock, never modified.
@@ -469,7 +471,21 @@ func (k *qkey) step(ctx context.Context, e *ticket, v *qview) error {
 	}
 	if v.lock == nil {
 		// The head with the key free: wake it, and wait for news (its
-		// take, its leaving, a refusal).
+		// take, its leaving, a refusal). After a refusal for lock-delay
+		// (the key free but not yet lockable; its end sends no event),
+		// not before the pause it asked for.
+		q.mu.Lock()
+		pause := time.Until(k.notBefore)
+		q.mu.Unlock()
+		if pause > 0 {
+			t := time.NewTimer(pause)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
 		q.mu.Lock()
 		if k.view == v && !e.ready {
 			e.ready = true
@@ -529,10 +545,15 @@ func (l *Locker) Queue(ctx context.Context, key string) (lock.Ticket, error) {
 	if l.q == nil {
 		return nil, errQueueOff
 	}
+	prefix := l.queuePrefix(key)
+	return &ticket{l: l, key: key, path: l.lockPath(key), prefix: prefix, ek: prefix + newEntryID(), ch: make(chan struct{}, 1)}, nil
+}
+
+// newEntryID returns a random name for a queue entry.
+func newEntryID() string {
 	var id [12]byte
 	_, _ = rand.Read(id[:])
-	prefix := l.queuePrefix(key)
-	return &ticket{l: l, key: key, path: l.lockPath(key), prefix: prefix, ek: prefix + hex.EncodeToString(id[:]), ch: make(chan struct{}, 1)}, nil
+	return hex.EncodeToString(id[:])
 }
 
 // ticket is one waiter's lock.Ticket.
@@ -613,6 +634,11 @@ func (t *ticket) enqueue(ctx context.Context) error {
 			return errs.OpError("queue on", t.key, err)
 		}
 		q.mu.Lock()
+		if t.sess != "" && t.sess != sess {
+			// The entry went (or goes) with the old session, and another
+			// session cannot lock it: queue under a new name.
+			t.ek = t.prefix + newEntryID()
+		}
 		t.sess = sess // Close abandons it if the outcome is unknown
 		q.mu.Unlock()
 		if err := q.slot(ctx); err != nil {
@@ -745,6 +771,9 @@ func (t *ticket) take(ctx context.Context, sttl time.Duration) (_ lock.Lease, ag
 		t.ready = false
 		if k := t.k; k != nil {
 			k.view = nil // look again: someone took the key outside the queue
+			if f.delayed() {
+				k.notBefore = time.Now().Add(lock.DefaultMaxBackoff)
+			}
 			k.kick()
 		}
 		q.mu.Unlock()

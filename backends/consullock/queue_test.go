@@ -499,3 +499,41 @@ func TestQueueMixedAndConcurrent(t *testing.T) {
 	}
 	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 0, time.Second)
 }
+
+// A waiter whose queue session vanishes (destroyed from outside here; an
+// agent restart or a long stall would do the same) queues again under the
+// Locker's next session and still gets the key.
+func TestQueueSessionLost(t *testing.T) {
+	checkNoSessions(t)
+	k, le := heldKey(t)
+	admin, _ := newClient(t)
+	l, _ := newLocker(t, consullock.WithQueue())
+	got := make(chan error, 1)
+	go func() {
+		held, err := lock.Acquire(t.Context(), l, k, time.Minute)
+		if err == nil {
+			err = held.Release(context.Background())
+		}
+		got <- err
+	}()
+	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 1, 10*time.Second)
+	ss := sessions(t, admin, sessionName(t)+" queue")
+	if len(ss) != 1 {
+		t.Fatalf("%d queue sessions, want 1", len(ss))
+	}
+	if _, err := admin.Session().Destroy(ss[0].ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 0, 5*time.Second) // the entry went with it
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("the waiter whose queue session vanished: %v", err)
+		}
+	case <-time.After(queueBound + 5*time.Second):
+		t.Fatal("the waiter whose queue session vanished never got the key")
+	}
+}
