@@ -116,10 +116,10 @@
 // A hand-off costs about 6 requests whatever the number of waiters (the
 // release, the head's take, a read of the lock key and a blocking query of
 // the next head's Locker, and the queueing of one new waiter with its
-// Locker's blocking query; measured 6.4 with 8 waiters, 6.5 with 64 and
-// 7.3 with 512 sharing 8 clients, where unqueued waiting cost 19.6 with 8
-// and could not run 512): Consul has no range comparison nor ordered range
-// read, so the head cannot be told and take in fewer. A Locker keeps at
+// Locker's blocking query; measured 6.3 with 8 waiters, 6.4 with 64 and
+// 6.4 with 512 sharing 8 clients, where unqueued waiting cost 18 with 8 in
+// the same run and could not run 512): Consul has no range comparison nor
+// ordered range read, so the head cannot be told and take in fewer. A Locker keeps at
 // most one blocking query per key and queueConcurrency (4) queueing or
 // leaving requests in flight, so 512 waiters in 8 processes stay far below
 // http_max_conns_per_client without raising it.
