@@ -40,6 +40,20 @@ func consulBackend() Backend {
 				}),
 			},
 			{
+				Name:        "idemlock-queued",
+				Label:       "idemlock (WithQueue)",
+				Desc:        "idemlock consullock with WithQueue: waiters queue as entry keys ordered by CreateIndex, one blocking query per client and key, a release wakes only the head",
+				HandoffOnly: true,
+				Scaling:     true,
+				Setup: consulSetup(func(c *api.Client) (Client, func()) {
+					l, err := consullock.New(c, consullock.WithQueue())
+					if err != nil {
+						panic(err) // a non-nil client and a valid option: cannot happen
+					}
+					return idemClient{l}, func() { _ = l.Close() }
+				}),
+			},
+			{
 				Name:  "consul-api-lock",
 				Label: "api.Lock",
 				Desc: "hashicorp/consul/api v1.34.4 Lock (the api.Lock recipe: a session per lock, read, acquire, " +

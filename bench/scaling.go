@@ -14,13 +14,17 @@ const ScalingClients = 8
 // Scales reports whether lib on be takes part in the Scaling workloads:
 // the backends whose waiters are woken by the server (not memcached, which
 // polls, nor memory, which has no server), idemlock's default
-// configuration, and the libraries marked Scaling. Not Consul yet: its
-// unqueued waiters hold one blocking query (one HTTP connection) each, and
-// at 512 waiters the agent refuses connections past its
-// http_max_conns_per_client (200) with 429s.
+// configuration, and the libraries marked Scaling. On Consul only the
+// libraries marked Scaling (idemlock with WithQueue, whose waiters share
+// one blocking query per client): an unqueued waiter holds one blocking
+// query (one HTTP connection) of its own, and at 512 waiters the agent
+// refuses connections past its http_max_conns_per_client (200) with 429s.
 func Scales(be Backend, lib Lib) bool {
-	if be.Name == "memory" || be.Name == "memcached" || be.Name == "consul" {
+	switch be.Name {
+	case "memory", "memcached":
 		return false
+	case "consul":
+		return lib.Scaling
 	}
 	return lib.Name == "idemlock" || lib.Scaling
 }

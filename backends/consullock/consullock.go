@@ -68,6 +68,7 @@ type config struct {
 	keepWarm  time.Duration
 	name      string
 	maxRecord int
+	queue     bool
 }
 
 // WithKeyPrefix is [WithPrefix], under its former name.
@@ -156,8 +157,8 @@ func WithMaxRecordSize(n int) Option {
 }
 
 // Locker takes leases on Consul. It is safe for concurrent use. It
-// implements [lock.Locker], [lock.Backend], [lock.Notifier] and the
-// idempotency Store (Claim and Complete).
+// implements [lock.Locker], [lock.Backend], [lock.Notifier], [lock.Queuer]
+// (see [WithQueue]) and the idempotency Store (Claim and Complete).
 //
 // It is a coordinator of parts that each own their state and its lock: the
 // session pool (lock sessions, the keeper goroutine), the retention
@@ -172,6 +173,7 @@ type Locker struct {
 	pool      *pool
 	retention *retention
 	watchers  *watchers
+	q         *queue // nil without WithQueue
 }
 
 // New returns a Locker that uses client and never closes it, or an error
@@ -192,14 +194,18 @@ func New(client *api.Client, opts ...Option) (*Locker, error) {
 		return nil, err
 	}
 	p := newPool(client, cfg)
-	return &Locker{
+	l := &Locker{
 		gate:      driver.Gate{Name: errs},
 		client:    client,
 		cfg:       cfg,
 		pool:      p,
 		retention: newRetention(p, cfg),
 		watchers:  newWatchers(client),
-	}, nil
+	}
+	if cfg.queue {
+		l.q = newQueue(l)
+	}
+	return l, nil
 }
 
 // TryAcquire makes one attempt to take key for ttl (rounded up to whole
@@ -488,9 +494,10 @@ func validPrefix(p string) error {
 }
 
 // Close stops the Locker's background work (session renewal, lost-lease
-// watches) and destroys its idle sessions. Leases still held keep their
-// sessions until released or expired; retention sessions are left to
-// expire with their records. A Locker made by lock.Open also closes its
+// watches, queue watches) and destroys its idle sessions and its queue
+// session (the entries of its waiters go with it). Leases still held keep
+// their sessions until released or expired; retention sessions are left
+// to expire with their records. A Locker made by lock.Open also closes its
 // client's idle connections. Close may be called more than once.
 func (l *Locker) Close() error {
 	return l.gate.Close(func() error {
@@ -498,6 +505,9 @@ func (l *Locker) Close() error {
 		// watch that finds its lease lost, a retention session created for
 		// a Complete that gave up, which retention, closed first, no longer
 		// keeps), and its close waits for the creates still running.
+		if l.q != nil {
+			l.q.close()
+		}
 		l.watchers.close()
 		l.retention.close()
 		err := l.pool.close()

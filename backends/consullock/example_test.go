@@ -48,3 +48,22 @@ func Example_open() {
 	defer le.Release(context.Background())
 	log.Printf("holding %s with fencing token %d", le.Key(), le.Token())
 }
+
+// Waiters of a hot key served first come, first served: a release wakes
+// only the waiter at the head of the queue.
+func ExampleWithQueue() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	locker, err := consullock.New(client, consullock.WithQueue())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer locker.Close()
+	le, err := lock.Acquire(context.Background(), locker, "jobs/hot", 10*time.Second) // queued while held
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer le.Release(context.Background())
+}

@@ -59,7 +59,8 @@ func (r *recorded) response(req *http.Request) *http.Response {
 // background work.
 func background() bool {
 	return testenv.OnStack("consullock.(*pool).keep", "consullock.(*pool).createDetached",
-		"consullock.(*watcher).run", "consullock.(*Locker).Close")
+		"consullock.(*watcher).run", "consullock.(*Locker).Close",
+		"consullock.(*qkey).run", "consullock.(*queue).renew")
 }
 
 func (ft *faultTripper) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -67,7 +68,8 @@ func (ft *faultTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	p := r.URL.Path
-	if ft.faults != nil && (p == "/v1/txn" || strings.HasPrefix(p, "/v1/session/renew/")) && !background() {
+	write := p == "/v1/txn" || strings.HasPrefix(p, "/v1/session/renew/") || r.Method == http.MethodDelete && strings.HasPrefix(p, "/v1/kv/")
+	if ft.faults != nil && write && !background() {
 		switch f := ft.faults.Take(); f {
 		case testenv.LoseReply:
 			resp, err := ft.base.RoundTrip(r)

@@ -1,0 +1,539 @@
+package consullock_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/backends/consullock"
+	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/internal/testenv"
+)
+
+// TestConformanceQueued runs the suite on Lockers that queue their waiters:
+// the queue clauses (QueueOrder, QueueHeadGivesUp) run instead of skipping.
+func TestConformanceQueued(t *testing.T) {
+	checkNoSessions(t)
+	cfg := suiteConfig()
+	cfg.NewLocker = func(t *testing.T) lock.Locker { l, _ := newLocker(t, consullock.WithQueue()); return l }
+	cfg.NewLockerTB = func(tb testing.TB) lock.Locker { l, _ := newLocker(tb, consullock.WithQueue()); return l }
+	cfg.NewFaultyLocker = func(t *testing.T) (lock.Locker, conformance.Faults) {
+		l, faults, _ := newFaultyLocker(t, consullock.WithQueue())
+		return l, faults
+	}
+	conformance.Run(t, cfg)
+}
+
+// queueBound is how long after its process died a waiter may stay in the
+// queue: its queue session (TTL max(session_ttl_min, 3s) = 3s on the test
+// agent) is invalidated up to twice its TTL after its last renewal.
+const queueBound = 2*3*time.Second + 2*time.Second
+
+// queueLen returns how many waiters wait in the queue of key k.
+func queueLen(t *testing.T, admin *api.Client, prefix, k string) int {
+	t.Helper()
+	keys, _, err := admin.KV().Keys(prefix+"queue/"+consullock.EscapeKey(k)+"/", "", nil)
+	if err != nil {
+		t.Fatalf("listing the queue of %q: %v", k, err)
+	}
+	return len(keys)
+}
+
+// awaitQueueLen polls the queue's length until it is n, failing after d.
+func awaitQueueLen(t *testing.T, admin *api.Client, prefix, k string, n int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		got := queueLen(t, admin, prefix, k)
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the queue of %q holds %d waiters after %v, want %d", k, got, d, n)
+		}
+		time.Sleep(5 * time.Millisecond) // polling the server: the test has no event to wait on
+	}
+}
+
+// Queue on a Locker without WithQueue reports errors.ErrUnsupported, and
+// Acquire then waits unqueued.
+func TestQueueOff(t *testing.T) {
+	l, _ := newLocker(t)
+	if _, err := l.Queue(t.Context(), "k"); !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("Queue without WithQueue: %v, want errors.ErrUnsupported", err)
+	}
+}
+
+// Waiters queued one after the other get the key in that order, and a
+// hand-off costs a fixed number of requests: 32 waiters on 4 Lockers
+// (unqueued, each release would wake every waiter left, and each would
+// send a take: about 18 requests per hand-off on average here).
+func TestQueueOrderAndCost(t *testing.T) {
+	checkNoSessions(t)
+	k := key(t, "k")
+	admin, _ := newClient(t)
+	holder, _ := newLocker(t)
+	le, err := holder.TryAcquire(t.Context(), k, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const lockers, waiters = 4, 32
+	ls := make([]*consullock.Locker, lockers)
+	cs := make([]*counter, lockers)
+	for i := range ls {
+		ls[i], cs[i] = newLocker(t, consullock.WithQueue())
+	}
+	total := func() (n int) {
+		for _, c := range cs {
+			for _, v := range c.snapshot() {
+				n += v
+			}
+		}
+		return n
+	}
+	var (
+		mu    sync.Mutex
+		order []int
+		wg    sync.WaitGroup
+		held  atomic.Int32
+	)
+	for i := range waiters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := lock.Acquire(t.Context(), ls[i%lockers], k, time.Minute)
+			if err != nil {
+				t.Errorf("waiter %d: %v", i, err)
+				return
+			}
+			if held.Add(1) != 1 {
+				t.Errorf("waiter %d holds the key with another: mutual exclusion broken", i)
+			}
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+			held.Add(-1)
+			if err := got.Release(context.Background()); err != nil {
+				t.Errorf("waiter %d release: %v", i, err)
+			}
+		}()
+		awaitQueueLen(t, admin, consullock.DefaultPrefix, k, i+1, 30*time.Second)
+	}
+	before := total()
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	per := float64(total()-before) / waiters
+	for i, w := range order {
+		if w != i {
+			t.Fatalf("waiters got the key in the order %v, want the order they queued in", order)
+		}
+	}
+	t.Logf("%.1f requests per hand-off with %d waiters on %d Lockers", per, waiters, lockers)
+	if per > 8 {
+		t.Errorf("%.1f requests per hand-off with %d waiters, want at most 8 (a release must wake only the head)", per, waiters)
+	}
+	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 0, time.Second)
+}
+
+// queuedChildEnv makes the test binary a waiter that queues on a key and
+// waits until it is killed (TestQueueKilledWaiterExpires).
+const queuedChildEnv = "IDEMLOCK_CONSULLOCK_QUEUED_CHILD"
+
+// TestQueuedChild is the child process of TestQueueKilledWaiterExpires.
+func TestQueuedChild(t *testing.T) {
+	k := os.Getenv(queuedChildEnv)
+	if k == "" {
+		return
+	}
+	l, _ := newLocker(t, consullock.WithQueue())
+	_, err := lock.Acquire(t.Context(), l, k, time.Minute)
+	t.Fatalf("the child's Acquire returned (%v): it should have been killed while waiting", err)
+}
+
+// A waiter whose process is killed while queued (SIGKILL: it never leaves)
+// loses its entry with its Locker's queue session: the waiter behind it
+// gets the key at most queueBound after the kill, although the holder
+// released long before.
+func TestQueueKilledWaiterExpires(t *testing.T) {
+	checkNoSessions(t)
+	k := key(t, "k")
+	admin, _ := newClient(t)
+	holder, _ := newLocker(t)
+	le, err := holder.TryAcquire(t.Context(), k, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestQueuedChild$", "-test.count=1")
+	child.Env = append(os.Environ(), queuedChildEnv+"="+k)
+	var out bytes.Buffer
+	child.Stdout, child.Stderr = &out, &out
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = child.Wait(); close(exited) }()
+	deadline := time.Now().Add(time.Minute) // a child under -race on a loaded machine starts slowly
+	for queueLen(t, admin, consullock.DefaultPrefix, k) != 1 {
+		select {
+		case <-exited:
+			t.Fatalf("the child exited before it queued:\n%s", out.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the child did not queue within a minute:\n%s", out.String())
+		}
+	}
+	waiter, _ := newLocker(t, consullock.WithQueue())
+	got := make(chan error, 1)
+	go func() {
+		l, err := lock.Acquire(t.Context(), waiter, k, time.Minute)
+		if err == nil {
+			err = l.Release(context.Background())
+		}
+		got <- err
+	}()
+	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 2, 10*time.Second)
+	if err := child.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-exited
+	killed := time.Now()
+	if err := le.Release(t.Context()); err != nil { // the dead head is ahead
+		t.Fatal(err)
+	}
+	bound := queueBound + 6*conformance.SchedulingSlack
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("the waiter behind a killed one: %v", err)
+		}
+		if d := time.Since(killed); d > bound {
+			t.Errorf("the waiter behind a killed one took the key %v after the kill, want at most %v", d, bound)
+		}
+	case <-time.After(3 * bound):
+		t.Fatalf("the waiter behind a killed one did not get the key within %v: the dead waiter strands the queue", 3*bound)
+	}
+	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 0, time.Second)
+}
+
+// heldKey returns a key of the test held by an unqueued Locker for a
+// minute, and the lease.
+func heldKey(t *testing.T) (string, lock.Lease) {
+	t.Helper()
+	k := key(t, "k")
+	holder, _ := newLocker(t)
+	le, err := holder.TryAcquire(t.Context(), k, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = le.Release(context.Background()) })
+	return k, le
+}
+
+// queuedTicket returns a ticket of l on k that has queued behind a holder.
+func queuedTicket(t *testing.T, l *consullock.Locker, k string) lock.Ticket {
+	t.Helper()
+	tk, err := l.Queue(t.Context(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tk.Close() })
+	var held *lock.NotAcquiredError
+	if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.As(err, &held) {
+		t.Fatalf("a ticket's take of a held key: %v, want a *NotAcquiredError", err)
+	}
+	if held.Remaining <= 0 {
+		t.Errorf("a ticket's refusal gives Remaining %v, want the holder's TTL", held.Remaining)
+	}
+	return tk
+}
+
+// awaitReady waits until tk's Locker finds it at the head with the key
+// free (its Wait returns).
+func awaitReady(t *testing.T, tk lock.Ticket) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := tk.Wait(ctx, nil); err != nil {
+		t.Fatalf("the head's Wait after the release: %v", err)
+	}
+}
+
+// takeTurn takes k through tk as lock.Acquire does: Wait and take again
+// after each refusal (a Wait may return spuriously).
+func takeTurn(t *testing.T, tk lock.Ticket) lock.Lease {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for {
+		le, err := tk.TryAcquire(ctx, time.Minute)
+		var held *lock.NotAcquiredError
+		if !errors.As(err, &held) {
+			if err != nil {
+				t.Fatalf("the head's take: %v", err)
+			}
+			return le
+		}
+		if err := tk.Wait(ctx, held); err != nil {
+			t.Fatalf("the head never got the key: %v", err)
+		}
+	}
+}
+
+// The three outcomes of a ticket's take and of its Close.
+func TestQueueOutcomes(t *testing.T) {
+	checkNoSessions(t)
+	admin, _ := newClient(t)
+	pfx := consullock.DefaultPrefix
+	t.Run("take done", func(t *testing.T) {
+		k, le := heldKey(t)
+		l, _ := newLocker(t, consullock.WithQueue())
+		tk := queuedTicket(t, l, k)
+		if err := le.Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		got := takeTurn(t, tk)
+		if got.Token() <= le.Token() {
+			t.Errorf("token %d after %d: fencing broken", got.Token(), le.Token())
+		}
+		if n := queueLen(t, admin, pfx, k); n != 0 {
+			t.Errorf("the queue holds %d waiters after the head's take, want 0 (the take removes the entry)", n)
+		}
+		if err := tk.Close(); err != nil {
+			t.Errorf("Close after the take: %v", err)
+		}
+		if err := got.Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("take not done", func(t *testing.T) {
+		// The head is woken, but a plain TryAcquire (which never looks at
+		// the queue) takes the key first: the head's take is refused, and
+		// it keeps its place.
+		k, le := heldKey(t)
+		l, _ := newLocker(t, consullock.WithQueue())
+		tk := queuedTicket(t, l, k)
+		if err := le.Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		awaitReady(t, tk)
+		plain, _ := newLocker(t)
+		le2, err := plain.TryAcquire(t.Context(), k, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
+			t.Fatalf("the head's take of a key taken meanwhile: %v, want ErrNotAcquired", err)
+		}
+		if n := queueLen(t, admin, pfx, k); n != 1 {
+			t.Fatalf("the queue holds %d waiters after a refused take, want 1 (the head keeps its place)", n)
+		}
+		if err := le2.Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		_ = takeTurn(t, tk).Release(t.Context())
+	})
+	t.Run("take reply lost", func(t *testing.T) {
+		// The take happened but its reply was lost: the error is not
+		// ErrNotAcquired, the session it took with is destroyed (which
+		// frees the key), and Close removes the entry if it is left.
+		k, le := heldKey(t)
+		l, faults, _ := newFaultyLocker(t, consullock.WithQueue())
+		tk := queuedTicket(t, l, k)
+		if err := le.Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		awaitReady(t, tk)
+		faults.LoseNextReply()
+		if _, err := tk.TryAcquire(t.Context(), time.Minute); err == nil || errors.Is(err, lock.ErrNotAcquired) {
+			t.Fatalf("a take whose reply was lost: %v, want an error of unknown outcome", err)
+		}
+		if err := tk.Close(); err != nil {
+			t.Errorf("Close after a take of unknown outcome: %v", err)
+		}
+		if n := queueLen(t, admin, pfx, k); n != 0 {
+			t.Errorf("the queue holds %d waiters after Close, want 0", n)
+		}
+		// The key the lost take holds is freed when its session is destroyed.
+		other, _ := newLocker(t)
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		got, err := lock.Acquire(ctx, other, k, time.Minute)
+		if err != nil {
+			t.Fatalf("the key a lost take held was not freed: %v", err)
+		}
+		_ = got.Release(t.Context())
+	})
+	t.Run("queueing reply lost", func(t *testing.T) {
+		k, _ := heldKey(t)
+		l, faults, _ := newFaultyLocker(t, consullock.WithQueue())
+		tk, err := l.Queue(t.Context(), k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		faults.LoseNextReply()
+		if _, err := tk.TryAcquire(t.Context(), time.Minute); err == nil || errors.Is(err, lock.ErrNotAcquired) {
+			t.Fatalf("a queueing whose reply was lost: %v, want an error of unknown outcome", err)
+		}
+		if n := queueLen(t, admin, pfx, k); n != 1 {
+			t.Fatalf("the queue holds %d waiters after a queueing whose reply was lost, want 1 (the server applied it)", n)
+		}
+		if err := tk.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if n := queueLen(t, admin, pfx, k); n != 0 {
+			t.Errorf("the queue holds %d waiters after Close, want 0 (Close deletes an entry that may exist)", n)
+		}
+	})
+	t.Run("close done", func(t *testing.T) {
+		k, _ := heldKey(t)
+		l, _ := newLocker(t, consullock.WithQueue())
+		tk := queuedTicket(t, l, k)
+		if err := tk.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n := queueLen(t, admin, pfx, k); n != 0 {
+			t.Errorf("the queue holds %d waiters after Close, want 0", n)
+		}
+		if err := tk.Close(); err != nil {
+			t.Errorf("second Close: %v", err)
+		}
+	})
+	for _, c := range []struct {
+		name  string
+		fault func(*testenv.FaultSwitch)
+	}{
+		{"close reply lost", (*testenv.FaultSwitch).LoseNextReply},
+		{"close not done", (*testenv.FaultSwitch).StallNextRequest},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// Close fails: the Locker abandons its queue session, so that
+			// an entry that may be left never blocks the queue; the
+			// Locker's other waiter queues again and still gets the key.
+			k, le := heldKey(t)
+			l, faults, _ := newFaultyLocker(t, consullock.WithQueue())
+			tk := queuedTicket(t, l, k)
+			other := queuedTicket(t, l, k)
+			c.fault(faults)
+			if err := tk.Close(); err == nil {
+				t.Fatal("Close whose request failed returned nil, want the error")
+			}
+			awaitQueueLen(t, admin, pfx, k, 0, queueBound)
+			if err := le.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			for {
+				got, err := other.TryAcquire(ctx, time.Minute)
+				if err == nil {
+					_ = got.Release(t.Context())
+					break
+				}
+				var held *lock.NotAcquiredError
+				if !errors.As(err, &held) {
+					t.Fatalf("the other waiter after its Locker abandoned its queue session: %v", err)
+				}
+				if err := other.Wait(ctx, held); err != nil {
+					t.Fatalf("the other waiter never got the key: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// Many waiters of one Locker and of another, queued and unqueued, on one
+// key: each gets the key in turn, never two at once, and every queue entry
+// is gone at the end.
+func TestQueueMixedAndConcurrent(t *testing.T) {
+	checkNoSessions(t)
+	k := key(t, "k")
+	admin, _ := newClient(t)
+	queued, _ := newLocker(t, consullock.WithQueue())
+	queued2, _ := newLocker(t, consullock.WithQueue())
+	plain, _ := newLocker(t)
+	lockers := []lock.Locker{queued, queued, queued, queued2, queued2, plain, plain, plain}
+	const rounds = 4
+	var (
+		held  atomic.Int32
+		takes atomic.Int32
+		wg    sync.WaitGroup
+	)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	for i, l := range lockers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				le, err := lock.Acquire(ctx, l, k, time.Minute)
+				if err != nil {
+					t.Errorf("waiter %d: %v", i, err)
+					return
+				}
+				if held.Add(1) != 1 {
+					t.Errorf("waiter %d holds the key with another: mutual exclusion broken", i)
+				}
+				takes.Add(1)
+				time.Sleep(time.Millisecond) // hold the key a little, as work would
+				held.Add(-1)
+				if err := le.Release(context.Background()); err != nil {
+					t.Errorf("waiter %d release: %v", i, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := takes.Load(); n != int32(len(lockers)*rounds) {
+		t.Errorf("%d takes, want %d", n, len(lockers)*rounds)
+	}
+	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 0, time.Second)
+}
+
+// A waiter whose queue session vanishes (destroyed from outside here; an
+// agent restart or a long stall would do the same) queues again under the
+// Locker's next session and still gets the key.
+func TestQueueSessionLost(t *testing.T) {
+	checkNoSessions(t)
+	k, le := heldKey(t)
+	admin, _ := newClient(t)
+	l, _ := newLocker(t, consullock.WithQueue())
+	got := make(chan error, 1)
+	go func() {
+		held, err := lock.Acquire(t.Context(), l, k, time.Minute)
+		if err == nil {
+			err = held.Release(context.Background())
+		}
+		got <- err
+	}()
+	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 1, 10*time.Second)
+	ss := sessions(t, admin, sessionName(t)+" queue")
+	if len(ss) != 1 {
+		t.Fatalf("%d queue sessions, want 1", len(ss))
+	}
+	if _, err := admin.Session().Destroy(ss[0].ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 0, 5*time.Second) // the entry went with it
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("the waiter whose queue session vanished: %v", err)
+		}
+	case <-time.After(queueBound + 5*time.Second):
+		t.Fatal("the waiter whose queue session vanished never got the key")
+	}
+}
