@@ -1,11 +1,8 @@
 package consullock_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"os"
-	"os/exec"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -145,14 +142,12 @@ func TestQueueOrderAndCost(t *testing.T) {
 	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 0, time.Second)
 }
 
-// queuedChildEnv makes the test binary a waiter that queues on a key and
-// waits until it is killed (TestQueueKilledWaiterExpires).
-const queuedChildEnv = "IDEMLOCK_CONSULLOCK_QUEUED_CHILD"
-
-// TestQueuedChild is the child process of TestQueueKilledWaiterExpires.
+// TestQueuedChild is the child process of TestQueueKilledWaiterExpires: a
+// waiter that queues on a key and waits until it is killed. Its argument is
+// the key.
 func TestQueuedChild(t *testing.T) {
-	k := os.Getenv(queuedChildEnv)
-	if k == "" {
+	k, ok := testenv.ChildArg()
+	if !ok {
 		return
 	}
 	l, _ := newLocker(t, consullock.WithQueue())
@@ -173,56 +168,17 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	child := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestQueuedChild$", "-test.count=1")
-	child.Env = append(os.Environ(), queuedChildEnv+"="+k)
-	var out bytes.Buffer
-	child.Stdout, child.Stderr = &out, &out
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = child.Wait(); close(exited) }()
-	deadline := time.Now().Add(time.Minute) // a child under -race on a loaded machine starts slowly
-	for queueLen(t, admin, consullock.DefaultPrefix, k) != 1 {
-		select {
-		case <-exited:
-			t.Fatalf("the child exited before it queued:\n%s", out.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the child did not queue within a minute:\n%s", out.String())
-		}
-	}
+	child := testenv.StartChild(t, "TestQueuedChild", k)
+	child.Await(t, "queued", func() bool { return queueLen(t, admin, consullock.DefaultPrefix, k) == 1 })
 	waiter, _ := newLocker(t, consullock.WithQueue())
-	got := make(chan error, 1)
-	go func() {
-		l, err := lock.Acquire(t.Context(), waiter, k, time.Minute)
-		if err == nil {
-			err = l.Release(context.Background())
-		}
-		got <- err
-	}()
+	behind := testenv.StartBehind(t, waiter, k)
 	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 2, 10*time.Second)
-	if err := child.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-exited
+	child.Kill(t)
 	killed := time.Now()
 	if err := le.Release(t.Context()); err != nil { // the dead head is ahead
 		t.Fatal(err)
 	}
-	bound := queueBound + 6*conformance.SchedulingSlack
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Fatalf("the waiter behind a killed one: %v", err)
-		}
-		if d := time.Since(killed); d > bound {
-			t.Errorf("the waiter behind a killed one took the key %v after the kill, want at most %v", d, bound)
-		}
-	case <-time.After(3 * bound):
-		t.Fatalf("the waiter behind a killed one did not get the key within %v: the dead waiter strands the queue", 3*bound)
-	}
+	behind.AwaitKey(t, killed, "the kill", queueBound+6*conformance.SchedulingSlack)
 	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 0, time.Second)
 }
 
