@@ -99,7 +99,10 @@ func Replayed(p *bool) DoOption { return func(d *doConfig) { d.replayed = p } }
 //     meanwhile: then Do returns fn's result with a [*LeaseLostError]
 //     (matching lock.ErrLeaseLost and lock.ErrNotHeld) that says why,
 //     because another call may have run fn too, and nothing of this call
-//     is stored over the newer owner's.
+//     is stored over the newer owner's. (Not when an attempt's reply was
+//     lost and the newer owner stored a record identical byte for byte:
+//     records name no owner, so that one is taken for this call's and Do
+//     returns the result alone.)
 //
 // Nothing marks the key as done before fn has returned and its result is
 // stored, so a crash at any point leaves the key to be retried, never
@@ -222,6 +225,7 @@ func Do[T any](ctx context.Context, w Worker, key string, fn func(ctx context.Co
 				cause = fmt.Errorf("%w (the caller's context had ended too: %w)", cause, context.Cause(ctx))
 			}
 			cerr = &LeaseLostError{Key: key, Cause: cause}
+			ev.err = cerr // the outcome stands; the loss is reported with it
 		} else {
 			ev.set(observe.StoreError, 0, cerr)
 		}

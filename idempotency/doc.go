@@ -147,10 +147,11 @@
 //     only if Complete still finds the lease held; a deadline-only loss is
 //     released, since the server may still hold the key.
 //   - Complete fails with an unknown outcome (timeout, dropped
-//     connection, failover): retried within WithStoreTimeout, a Claim
+//     connection, failover): retried within WithStoreTimeout, the lease
+//     renewed between attempts as the keep-alive would, a Claim
 //     recognising an attempt that was applied; then retried in the
-//     background for up to three lease TTLs, the lease renewed between
-//     attempts and Complete tried past the lease's local deadline too (it
+//     background for up to three lease TTLs, renewed the same way, and
+//     Complete tried past the lease's local deadline too (it
 //     is owner-checked, and a restarted server may still hold the lease),
 //     while the key stays in progress: duplicates get 409, or wait, then
 //     the replay; [Do] returns a [*StoreError] saying so, and a retry of

@@ -2,6 +2,7 @@ package idempotency
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -222,21 +223,21 @@ func storeAttrs(err error, call string) []any {
 }
 
 // complete stores rec for k's lease. A Complete that fails for another
-// reason than ErrNotHeld or ErrRecordTooLarge (a timeout, a dropped
-// connection, a failover) is retried, with jittered backoff, until the
-// store timeout: the outcome of a failed attempt is unknown, and a retry
-// either stores the record or finds the lease ended (ErrNotHeld, which is
-// then reported). Only a Store's explicit refusal of the record for its
-// size ([ErrRecordTooLarge]) stores tomb instead, when given (and ev then
+// reason than ErrNotHeld, ErrClosed or ErrInvalidArgument (a timeout, a
+// dropped connection, a failover) is retried, with jittered backoff and the
+// lease renewed when due (see [storing]), until the store timeout: the
+// outcome of a failed attempt is unknown, and a retry either stores the
+// record or finds the lease ended (ErrNotHeld, which is then reported).
+// Only a Store's explicit refusal of the record for its size
+// ([ErrRecordTooLarge]) stores tomb instead, when given (and ev then
 // reports a tombstone): the work was done, so the key must never be
 // released for it to run again.
 //
 // If the record is not stored within the store timeout, the key is not
-// released either: [Runner.finish] goes on in the background, renewing
-// the lease, and complete returns an error that also matches
-// errStillStoring. Only a Store's refusal (ErrInvalidArgument) releases
-// the key at once. An error other than ErrNotHeld is a [*StoreError]
-// naming the call "complete".
+// released either: [Runner.finish] goes on in the background, and complete
+// returns an error that also matches errStillStoring. Only a Store's
+// refusal (ErrInvalidArgument) releases the key at once. An error other
+// than ErrNotHeld is a [*StoreError] naming the call "complete".
 func (r *Runner) complete(ctx context.Context, k *lock.Keeper, rec []byte, tomb *record, ev *guardEvent) (err error) {
 	k.Stop()
 	sctx, cancel := r.storeCtx(ctx)
@@ -246,12 +247,13 @@ func (r *Runner) complete(ctx context.Context, k *lock.Keeper, rec []byte, tomb 
 			err = storeError("complete", err, sctx, context.Background(), r.cfg.storeTimeout)
 		}
 	}()
-	lease := k.Lease()
-	err = r.completeRetry(sctx, lease, rec)
+	st := r.storing(k.Lease())
+	stop := time.Now().Add(r.cfg.storeTimeout)
+	err = st.store(sctx, rec, stop)
 	last := err
 	if tomb != nil && errors.Is(err, ErrRecordTooLarge) {
 		rec = appendRecord(nil, tomb)
-		last = r.completeRetry(sctx, lease, rec)
+		last = st.store(sctx, rec, stop)
 		if last == nil {
 			ev.set(observe.Tombstone, ev.status, err)
 			r.logger().Warn("idempotency: the store refused the result for its size; a tombstone was stored instead, so duplicates get a not-replayable answer", "error", err)
@@ -262,19 +264,19 @@ func (r *Runner) complete(ctx context.Context, k *lock.Keeper, rec []byte, tomb 
 		}
 		err = errors.Join(err, last)
 	}
-	if err == nil || errors.Is(err, lock.ErrNotHeld) {
+	switch {
+	case err == nil, errors.Is(err, lock.ErrNotHeld), errors.Is(last, lock.ErrClosed):
 		return err
-	}
-	if !errors.Is(last, lock.ErrInvalidArgument) {
+	case !errors.Is(last, lock.ErrInvalidArgument):
 		// The outcome is unknown and the work was done: keep the key in
 		// progress and go on storing in the background.
 		r.life.hold()
-		go r.finish(lease, rec)
+		go r.finish(st, rec)
 		return errors.Join(err, errStillStoring)
 	}
 	// The store refused the record: free the key rather than leave it in
 	// progress until the lease expires.
-	if rerr := lease.Release(sctx); rerr != nil && !errors.Is(rerr, lock.ErrNotHeld) {
+	if rerr := st.lease.Release(sctx); rerr != nil && !errors.Is(rerr, lock.ErrNotHeld) {
 		err = errors.Join(err, rerr)
 	}
 	return err
@@ -284,120 +286,139 @@ func (r *Runner) complete(ctx context.Context, k *lock.Keeper, rec []byte, tomb 
 // being stored in the background ([Runner.finish]).
 var errStillStoring = errors.New("idempotency: the result is still being stored in the background; the key stays in progress until it is")
 
-// finish goes on storing rec for lease after complete's attempts within
-// the store timeout failed with an unknown outcome (the store unreachable,
-// a failover, a stalled or restarting server). The work was done, so the
-// key stays in progress, and a duplicate gets 409 or waits, then the
-// replay; releasing it would let a retry run the work again. finish renews
-// the lease itself between attempts, one call at a time (never a Refresh
-// racing a Complete). It goes on past the lease's local deadline: Complete
-// is owner-checked, and a server that restarts may still hold the lease
-// (etcd gives its leases a whole TTL again). It ends when the record is
-// stored, when a call finds the lease not held and the record is not
-// there, or after finishFor lease TTLs; it never releases the key, which
-// then stays in progress until its lease expires on the server. The
-// Runner's Shutdown waits for it.
-func (r *Runner) finish(lease lock.Lease, rec []byte) {
+// finish goes on storing rec after complete's attempts within the store
+// timeout failed with an unknown outcome (the store unreachable, a
+// failover, a stalled or restarting server). The work was done, so the key
+// stays in progress, and a duplicate gets 409 or waits, then the replay;
+// releasing it would let a retry run the work again. It keeps renewing
+// the lease (see [storing]) and trying Complete past the lease's local
+// deadline (Complete is owner-checked, and a server that restarts may
+// still hold the lease: etcd gives its leases a whole TTL again). It ends
+// when the record is stored, when a call finds the lease not held and the
+// record is not there, when the backend is closed, or after finishFor
+// lease TTLs; it never releases the key, which then stays in progress
+// until its lease expires on the server. The Runner's Shutdown waits for
+// it.
+func (r *Runner) finish(st *storing, rec []byte) {
 	defer r.life.leave()
-	ctx := context.Background()
-	ttl := r.cfg.leaseTTL
-	giveUp := time.Now().Add(finishFor * ttl)
-	// A lease that is no Deadliner is renewed at once.
-	var deadline time.Time
-	if d, ok := lease.(lock.Deadliner); ok {
-		deadline = d.Deadline()
-	}
-	stored := func() bool {
-		sctx, cancel := context.WithTimeout(ctx, r.cfg.storeTimeout)
-		defer cancel()
-		return r.holdsRecord(sctx, lease.Key(), rec)
-	}
-	pause := 50 * time.Millisecond
-	renewFailed := false
-	for time.Now().Before(giveUp) {
-		if time.Until(deadline) <= ttl-ttl/3 { // a keeper would have renewed by now
-			rctx, cancel := context.WithTimeout(ctx, r.cfg.storeTimeout)
-			sent := time.Now()
-			err := lease.Refresh(rctx, ttl)
-			cancel()
-			renewFailed = err != nil
-			switch {
-			case err == nil:
-				deadline = sent.Add(ttl)
-			case errors.Is(err, lock.ErrNotHeld):
-				r.finished(stored(), "the lease was lost")
-				return
-			}
-		}
-		cctx, cancel := context.WithTimeout(ctx, r.cfg.storeTimeout)
-		err := r.completeRetry(cctx, lease, rec)
-		cancel()
+	switch err := st.store(context.Background(), rec, time.Now().Add(finishFor*r.cfg.leaseTTL)); {
+	case err == nil:
+		r.logger().Info("idempotency: the result was stored after all; the key is replayed from now on")
+	default:
+		why := err.Error()
 		switch {
-		case err == nil:
-			r.finished(true, "")
-			return
 		case errors.Is(err, lock.ErrNotHeld):
-			r.finished(stored(), "the lease was lost")
-			return
-		case errors.Is(err, lock.ErrInvalidArgument):
-			r.finished(false, "the store refused the record: "+err.Error())
-			return
+			why = "the lease was lost"
+		case !errors.Is(err, lock.ErrInvalidArgument) && !errors.Is(err, lock.ErrClosed):
+			why = fmt.Sprintf("Complete did not succeed for %d lease TTLs (%v): %v", finishFor, finishFor*r.cfg.leaseTTL, err)
 		}
-		// Back off, but wake for the next renewal unless the last one
-		// failed (the store is down: Complete goes on past the deadline).
-		d := pause/2 + rand.N(pause)
-		if !renewFailed {
-			d = min(d, max(time.Until(deadline.Add(-(ttl-ttl/3))), 0))
-		}
-		t := time.NewTimer(d)
-		<-t.C
-		pause = min(2*pause, time.Second)
+		r.logger().Error("idempotency: storing the result failed for good; a retry after the lease expires will run the work again", "reason", why)
 	}
-	r.finished(false, fmt.Sprintf("Complete did not succeed for %d lease TTLs (%v)", finishFor, finishFor*ttl))
 }
 
 // finishFor is how many lease TTLs [Runner.finish] goes on for.
 const finishFor = 3
 
-// finished logs how [Runner.finish] ended: with the record stored, or not
-// and why.
-func (r *Runner) finished(stored bool, why string) {
-	if stored {
-		r.logger().Info("idempotency: the result was stored after all; the key is replayed from now on")
-		return
-	}
-	r.logger().Error("idempotency: storing the result failed for good; a retry after the lease expires will run the work again", "reason", why)
+// storing is the storing of one result for a lease whose keeper stopped
+// when the work returned: it makes one call on the lease at a time (never
+// a Refresh racing a Complete), and renews the lease when a keeper would
+// (a third of the TTL after the latest renewal; after a failed renewal,
+// again within a twelfth of it), so that a Complete retried for long, or a
+// store timeout longer than the lease's remaining time, never lets the
+// lease run out while refreshes succeed.
+type storing struct {
+	r        *Runner
+	lease    lock.Lease
+	deadline time.Time // the lease's local deadline; zero: renew at once
+	failed   bool      // the latest renewal failed
+	attempts int       // Complete attempts so far
+	pause    time.Duration
 }
 
-// completeRetry calls Store.Complete until it succeeds, fails for a reason
-// a retry cannot change (ErrNotHeld, ErrInvalidArgument, which
-// ErrRecordTooLarge matches), or ctx ends; it returns the latest error.
-//
-// A retry that finds the lease ended may follow an attempt that was
-// applied although its reply was lost: a Claim then tells whether the key
-// holds exactly this record, which is success.
-func (r *Runner) completeRetry(ctx context.Context, lease lock.Lease, rec []byte) error {
-	backoff := 10 * time.Millisecond
-	for attempt := 0; ; attempt++ {
-		err := r.store.Complete(ctx, lease, rec, r.cfg.retention)
-		if attempt > 0 && errors.Is(err, lock.ErrNotHeld) && r.holdsRecord(ctx, lease.Key(), rec) {
-			return nil
+func (r *Runner) storing(lease lock.Lease) *storing {
+	st := &storing{r: r, lease: lease, pause: 10 * time.Millisecond}
+	if d, ok := lease.(lock.Deadliner); ok {
+		st.deadline = d.Deadline()
+	}
+	return st
+}
+
+// untilRenewal is the time until the next renewal is due.
+func (st *storing) untilRenewal() time.Duration {
+	ttl := st.r.cfg.leaseTTL
+	return time.Until(st.deadline) - (ttl - ttl/3)
+}
+
+// store calls Store.Complete with rec until it succeeds, fails for a
+// reason a retry cannot change (ErrNotHeld, ErrClosed, ErrInvalidArgument,
+// which ErrRecordTooLarge matches), ctx ends or stop passes, renewing the
+// lease when due; it returns the latest error. A call that finds the lease
+// ended after an attempt whose outcome was unknown asks (holdsRecord)
+// whether that attempt was applied, which is success.
+func (st *storing) store(ctx context.Context, rec []byte, stop time.Time) error {
+	r, ttl := st.r, st.r.cfg.leaseTTL
+	var last error
+	for {
+		if st.untilRenewal() <= 0 {
+			rctx, cancel := context.WithTimeout(ctx, r.cfg.storeTimeout)
+			sent := time.Now()
+			err := st.lease.Refresh(rctx, ttl)
+			cancel()
+			st.failed = err != nil
+			switch {
+			case err == nil:
+				st.deadline = sent.Add(ttl)
+			case errors.Is(err, lock.ErrNotHeld):
+				if st.attempts > 0 && r.holdsRecord(ctx, st.lease.Key(), rec) {
+					return nil
+				}
+				return err
+			case errors.Is(err, lock.ErrClosed):
+				return err
+			}
 		}
-		if err == nil || errors.Is(err, lock.ErrNotHeld) || errors.Is(err, lock.ErrInvalidArgument) {
+		bound := min(r.cfg.storeTimeout, time.Until(stop))
+		if !st.failed {
+			bound = min(bound, max(st.untilRenewal(), ttl/12))
+		}
+		if bound <= 0 || ctx.Err() != nil {
+			return cmp.Or(last, ctx.Err(), context.DeadlineExceeded)
+		}
+		actx, cancel := context.WithTimeout(ctx, bound)
+		err := r.store.Complete(actx, st.lease, rec, r.cfg.retention)
+		cancel()
+		st.attempts++
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, lock.ErrNotHeld):
+			if st.attempts > 1 && r.holdsRecord(ctx, st.lease.Key(), rec) {
+				return nil
+			}
+			return err
+		case errors.Is(err, lock.ErrInvalidArgument), errors.Is(err, lock.ErrClosed):
 			return err
 		}
-		d := backoff/2 + rand.N(backoff)
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
-			return err // no time for another attempt
+		last = err
+		// Back off, but wake for the next renewal (soon after a failed one
+		// while the lease may still be held).
+		d := st.pause/2 + rand.N(st.pause)
+		if u := st.untilRenewal(); !st.failed && u > 0 {
+			d = min(d, u)
+		} else if st.failed && time.Until(st.deadline) > 0 {
+			d = min(d, ttl/12)
+		}
+		if !time.Now().Add(d).Before(stop) {
+			return last
 		}
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return err
+			return last
 		}
-		backoff = min(2*backoff, 500*time.Millisecond)
+		st.pause = min(2*st.pause, time.Second)
 	}
 }
 
