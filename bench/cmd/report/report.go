@@ -150,6 +150,9 @@ func (res *results) markdown(chartLink, rawName string) string {
 	p("| | take + release | throughput | hand-off p50 | requests per take + release |\n|---|---|---|---|---|\n")
 	for _, be := range bench.Backends() {
 		for _, lib := range be.Libs[1:] {
+			if strings.HasPrefix(lib.Name, "idemlock") {
+				continue // idemlock's own modes (WithQueue) are not peers: see their sections
+			}
 			row := fmt.Sprintf("| %s vs %s |", res.backendTitle(be.Name), lib.Name)
 			for _, c := range []struct {
 				w, unit string
