@@ -114,6 +114,15 @@ func TestGateChecks(t *testing.T) {
 	if err := g.CheckClaim(ctx, "k", time.Second, make([]byte, driver.MaxFingerprint+1)); !errors.Is(err, lock.ErrInvalidArgument) {
 		t.Errorf("CheckClaim of a long fingerprint: %v, want ErrInvalidArgument", err)
 	}
+	if err := g.CheckTicket(ctx, "k", time.Second, false); err != nil {
+		t.Errorf("CheckTicket of an open ticket: %v", err)
+	}
+	if err := g.CheckTicket(ctx, "k", time.Second, true); !errors.Is(err, lock.ErrInvalidArgument) || !strings.Contains(err.Error(), "closed ticket") {
+		t.Errorf("CheckTicket of a closed ticket: %v, want ErrInvalidArgument naming the closed ticket", err)
+	}
+	if err := g.CheckTicket(ctx, "k", 0, false); !errors.Is(err, lock.ErrInvalidTTL) {
+		t.Errorf("CheckTicket of a zero TTL: %v, want ErrInvalidTTL", err)
+	}
 	var te *lock.TTLError
 	if err := g.CheckComplete(ctx, -time.Second); !errors.As(err, &te) || !errors.Is(err, lock.ErrInvalidTTL) {
 		t.Errorf("CheckComplete of a negative retention: %v, want a *lock.TTLError", err)

@@ -88,6 +88,19 @@ func (g *Gate) Check(ctx context.Context, op, key string, ttl time.Duration) err
 	return g.CheckClosed(op, key)
 }
 
+// CheckTicket starts a queue ticket's TryAcquire ([lock.Ticket]): what
+// [Gate.Check] checks for a take, then the ticket, which refuses an attempt
+// once closed with an error matching lock.ErrInvalidArgument.
+func (g *Gate) CheckTicket(ctx context.Context, key string, ttl time.Duration, closed bool) error {
+	if err := g.Check(ctx, "take", key, ttl); err != nil {
+		return err
+	}
+	if closed {
+		return g.Name.InvalidArgument("TryAcquire on a closed ticket")
+	}
+	return nil
+}
+
 // CheckKey starts a call on key without a TTL (Subscribe, Inspect,
 // ForceRelease, DeleteRecord): ctx, key and then the Gate.
 func (g *Gate) CheckKey(ctx context.Context, op, key string) error {

@@ -585,14 +585,8 @@ func (t *ticket) wake() {
 // it at the head with the key free, and is otherwise refused without a
 // request.
 func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
-	if err := lock.CheckArgs(ctx, t.key, ttl); err != nil {
-		return nil, err
-	}
-	if t.closed {
-		return nil, fmt.Errorf("%w: consullock: TryAcquire on a closed ticket", lock.ErrInvalidArgument)
-	}
 	l := t.l
-	if err := l.gate.CheckClosed("take", t.key); err != nil {
+	if err := l.gate.CheckTicket(ctx, t.key, ttl, t.closed); err != nil {
 		return nil, err
 	}
 	sttl, err := l.sessionTTL(ttl)

@@ -369,14 +369,8 @@ func (t *ticket) wake() {
 
 // TryAcquire is one queued take: one transaction.
 func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
-	if err := lock.CheckArgs(ctx, t.key, ttl); err != nil {
-		return nil, err
-	}
-	if t.closed {
-		return nil, fmt.Errorf("%w: etcdlock: TryAcquire on a closed ticket", lock.ErrInvalidArgument)
-	}
 	l := t.l
-	if err := l.gate.CheckClosed("take", t.key); err != nil {
+	if err := l.gate.CheckTicket(ctx, t.key, ttl, t.closed); err != nil {
 		return nil, err
 	}
 	req, err := l.leaseSeconds(ttl)

@@ -207,11 +207,8 @@ func (t *ticket) Wait(ctx context.Context, held *lock.NotAcquiredError) error {
 // TryAcquire is one queued take, in one round trip.
 func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
 	l := t.l
-	if err := l.gate.Check(ctx, "take", t.key, ttl); err != nil {
+	if err := l.gate.CheckTicket(ctx, t.key, ttl, t.closed); err != nil {
 		return nil, err
-	}
-	if t.closed {
-		return nil, errs.InvalidArgument("TryAcquire on a closed ticket")
 	}
 	var (
 		took  bool

@@ -225,13 +225,10 @@ func (t *ticket) Wait(ctx context.Context, held *lock.NotAcquiredError) error {
 
 // TryAcquire is one queued take, in one round trip.
 func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
-	if err := lock.CheckArgs(ctx, t.key, ttl); err != nil {
+	l := t.l
+	if err := l.gate.CheckTicket(ctx, t.key, ttl, t.closed); err != nil {
 		return nil, err
 	}
-	if t.closed {
-		return nil, fmt.Errorf("%w: redislock: TryAcquire on a closed ticket", lock.ErrInvalidArgument)
-	}
-	l := t.l
 	ms := millis(ttl)
 	_, counter, _, nonce := l.names(t.key, false)
 	le := &lease{l: l, lock: t.lock}
