@@ -47,17 +47,7 @@ func queueLen(t *testing.T, admin *api.Client, prefix, k string) int {
 // awaitQueueLen polls the queue's length until it is n, failing after d.
 func awaitQueueLen(t *testing.T, admin *api.Client, prefix, k string, n int, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		got := queueLen(t, admin, prefix, k)
-		if got == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the queue of %q holds %d waiters after %v, want %d", k, got, d, n)
-		}
-		time.Sleep(5 * time.Millisecond) // polling the server: the test has no event to wait on
-	}
+	testenv.AwaitQueueLen(t, func() int { return queueLen(t, admin, prefix, k) }, n, d)
 }
 
 // Queue on a Locker without WithQueue reports errors.ErrUnsupported, and

@@ -40,13 +40,7 @@ func queueLen(t *testing.T, cli *clientv3.Client, prefix, key string) int64 {
 // awaitQueueLen polls the queue's length until it is n, failing after d.
 func awaitQueueLen(t *testing.T, cli *clientv3.Client, prefix, key string, n int64, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for queueLen(t, cli, prefix, key) != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("the queue did not reach %d waiters within %v (it has %d)", n, d, queueLen(t, cli, prefix, key))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.AwaitQueueLen(t, func() int64 { return queueLen(t, cli, prefix, key) }, n, d)
 }
 
 // A release wakes only the head: with eight queued waiters (one Locker),

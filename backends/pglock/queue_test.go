@@ -35,13 +35,7 @@ func queueLen(t *testing.T, pool *pgxpool.Pool, table, key string) int {
 // write on the server, which only polling can see), failing after d.
 func awaitQueueLen(t *testing.T, pool *pgxpool.Pool, table, key string, n int, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for queueLen(t, pool, table, key) != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("the queue did not reach %d waiters within %v (it has %d)", n, d, queueLen(t, pool, table, key))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.AwaitQueueLen(t, func() int { return queueLen(t, pool, table, key) }, n, d)
 }
 
 func TestQueueOff(t *testing.T) {

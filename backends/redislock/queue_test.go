@@ -80,13 +80,7 @@ func queueLen(t *testing.T, c redis.UniversalClient, prefix, key string) int64 {
 // write on the server, which only polling can see), failing after d.
 func awaitQueueLen(t *testing.T, c redis.UniversalClient, prefix, key string, n int64, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for queueLen(t, c, prefix, key) != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("the queue did not reach %d waiters within %v (it has %d)", n, d, queueLen(t, c, prefix, key))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.AwaitQueueLen(t, func() int64 { return queueLen(t, c, prefix, key) }, n, d)
 }
 
 // A release wakes only the head: with eight queued waiters, the requests

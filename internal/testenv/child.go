@@ -186,3 +186,21 @@ func (b *Behind) AwaitKey(t *testing.T, since time.Time, what string, bound time
 		t.Fatalf("the waiter behind a killed one did not get the key within %v: the dead waiter strands the queue", 3*bound)
 	}
 }
+
+// AwaitQueueLen polls a queue's length as the server sees it (a write on
+// the server, which only polling can see) until it is n, failing the test
+// after d.
+func AwaitQueueLen[N ~int | ~int64](t *testing.T, queueLen func() N, n N, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		got := queueLen()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the queue did not reach %d waiters within %v (it has %d)", n, d, got)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
