@@ -193,11 +193,19 @@ var (
 	benchLine = regexp.MustCompile(`^Benchmark(\w+)/backend=([\w-]+)/lib=([\w-]+?)(?:-\d+)?\s+(\d+)\s+(.*)$`)
 	confLine  = regexp.MustCompile(`^([a-z][^\s:A-Z]*):\s*(.*)$`)
 	breakLine = regexp.MustCompile(`^\s+\S+\.go:\d+: breakdown (\w+)/([\w-]+): (.*)$`)
+	// A hand-off workload's breakdown, logged under its "--- BENCH:" line.
+	handoffBreakLine = regexp.MustCompile(`^\s+\S+\.go:\d+: breakdown \S+ per hand-off: (.*)$`)
+	benchHeader      = regexp.MustCompile(`^--- BENCH: Benchmark(\w+)/backend=([\w-]+)/lib=([\w-]+?)(?:-\d+)?$`)
 )
+
+// partUnit prefixes the units that hold a hand-off's requests of one kind
+// (from its breakdown line), as "part:Txn".
+const partUnit = "part:"
 
 func parse(r io.Reader) (*results, error) {
 	res := &results{config: map[string]string{}, values: map[key]map[string]map[int]float64{}, breakdown: map[key]string{}}
 	round := 0
+	var cur *key // the benchmark whose log lines follow
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -217,6 +225,28 @@ func parse(r io.Reader) (*results, error) {
 					res.values[k][f[i+1]] = map[int]float64{}
 				}
 				res.values[k][f[i+1]][round] = v
+			}
+			continue
+		}
+		if m := benchHeader.FindStringSubmatch(line); m != nil {
+			cur = &key{m[1], m[2], m[3]}
+			continue
+		}
+		if m := handoffBreakLine.FindStringSubmatch(line); m != nil && cur != nil {
+			for _, f := range strings.Fields(m[1]) {
+				name, v, ok := strings.Cut(strings.TrimPrefix(f, "req:"), "=")
+				n, err := strconv.ParseFloat(v, 64)
+				if !ok || err != nil {
+					return nil, fmt.Errorf("bad breakdown part %q in %q", f, line)
+				}
+				unit := partUnit + name
+				if res.values[*cur] == nil {
+					res.values[*cur] = map[string]map[int]float64{}
+				}
+				if res.values[*cur][unit] == nil {
+					res.values[*cur][unit] = map[int]float64{}
+				}
+				res.values[*cur][unit][round] = n
 			}
 			continue
 		}
