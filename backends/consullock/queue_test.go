@@ -37,11 +37,24 @@ const queueBound = 2*3*time.Second + 2*time.Second
 // queueLen returns how many waiters wait in the queue of key k.
 func queueLen(t *testing.T, admin *api.Client, prefix, k string) int {
 	t.Helper()
-	keys, _, err := admin.KV().Keys(prefix+"queue/"+consullock.EscapeKey(k)+"/", "", nil)
+	n := 0
+	for _, e := range queueEntries(t, admin, prefix, k) {
+		if e.Flags != consullock.EntryTaken {
+			n++
+		}
+	}
+	return n
+}
+
+// queueEntries lists key k's queue entries, waiting or taken (kept until
+// their lease ends).
+func queueEntries(t *testing.T, admin *api.Client, prefix, k string) api.KVPairs {
+	t.Helper()
+	kvs, _, err := admin.KV().List(prefix+"queue/"+consullock.EscapeKey(k)+"/", nil)
 	if err != nil {
 		t.Fatalf("listing the queue of %q: %v", k, err)
 	}
-	return len(keys)
+	return kvs
 }
 
 // awaitQueueLen polls the queue's length until it is n, failing after d.
@@ -253,13 +266,16 @@ func TestQueueOutcomes(t *testing.T) {
 			t.Errorf("token %d after %d: fencing broken", got.Token(), le.Token())
 		}
 		if n := queueLen(t, admin, pfx, k); n != 0 {
-			t.Errorf("the queue holds %d waiters after the head's take, want 0 (the take removes the entry)", n)
+			t.Errorf("the queue holds %d waiters after the head's take, want 0 (the take marks the entry taken)", n)
 		}
 		if err := tk.Close(); err != nil {
 			t.Errorf("Close after the take: %v", err)
 		}
 		if err := got.Release(t.Context()); err != nil {
 			t.Fatal(err)
+		}
+		if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
+			t.Errorf("the queue holds %d entries after the release, want 0 (the release deletes the taken entry)", len(es))
 		}
 	})
 	t.Run("take not done", func(t *testing.T) {
