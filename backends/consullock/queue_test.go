@@ -145,6 +145,62 @@ func TestQueueOrderAndCost(t *testing.T) {
 	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 0, time.Second)
 }
 
+// The Locker behind the head learns from the head's take that its ticket
+// is the head now and at which index the key was taken: it follows the
+// lock key with one blocking query and then takes, reading nothing in
+// between (it used to read the lock key first to learn whether the entry
+// ahead had left by taking).
+func TestQueueNextHeadLearnsFromTake(t *testing.T) {
+	checkNoSessions(t)
+	admin, _ := newClient(t)
+	k, le := heldKey(t)
+	la, _ := newLocker(t, consullock.WithQueue())
+	lb, cb := newLocker(t, consullock.WithQueue())
+	a := queuedTicket(t, la, k)
+	b := queuedTicket(t, lb, k)
+	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 2, 10*time.Second)
+	// b's Locker follows a's entry: one blocking query, sent after b queued.
+	awaitCount(t, cb, "kv", 1)
+	before := cb.snapshot()
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got := takeTurn(t, a)
+	// a's take wakes b's Locker, whose next request follows the lock key.
+	awaitCount(t, cb, "kv", before["kv"]+1)
+	if err := got.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	gb := takeTurn(t, b)
+	d := diff(before, cb.snapshot())
+	if d["kv"] != 1 || d["txn"] != 1 {
+		t.Errorf("the next head's Locker sent %v from the head's take to its own, want kv 1 (the lock key's blocking query) and txn 1 (the take)", d)
+	}
+	if gb.Token() <= got.Token() {
+		t.Errorf("token %d after %d: fencing broken", gb.Token(), got.Token())
+	}
+	if err := gb.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if es := queueEntries(t, admin, consullock.DefaultPrefix, k); len(es) != 0 {
+		t.Errorf("the queue holds %d entries after both releases, want 0", len(es))
+	}
+}
+
+// awaitCount waits until c counted at least n requests to endpoint ep,
+// failing after 10s (the requests are sent by a Locker's background loop,
+// which offers no event to wait for).
+func awaitCount(t *testing.T, c *counter, ep string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.snapshot()[ep] < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d %s requests after 10s, want %d", c.snapshot()[ep], ep, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // TestQueuedChild is the child process of TestQueueKilledWaiterExpires: a
 // waiter that queues on a key and waits until it is killed. Its argument is
 // the key.
