@@ -804,6 +804,9 @@ func (t *ticket) take(ctx context.Context, sttl time.Duration) (_ lock.Lease, ag
 			k.kick()
 		}
 		t.idx, t.ready = 0, false
+		// The entry is the lease's now (its end deletes it): a ticket used
+		// again queues under a new name.
+		t.ek = t.prefix + newEntryID()
 		q.mu.Unlock()
 		return le, false, nil
 	}

@@ -187,6 +187,45 @@ func TestQueueNextHeadLearnsFromTake(t *testing.T) {
 	}
 }
 
+// A ticket used again after its take queues anew (behind the others, under
+// a new entry) while its lease holds: the lease's release deletes only the
+// entry its take marked, never the ticket's new one.
+func TestQueueTicketUsedAgain(t *testing.T) {
+	checkNoSessions(t)
+	admin, _ := newClient(t)
+	pfx := consullock.DefaultPrefix
+	k := key(t, "k")
+	l, _ := newLocker(t, consullock.WithQueue())
+	tk, err := l.Queue(t.Context(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tk.Close() })
+	first, err := tk.TryAcquire(t.Context(), time.Minute)
+	if err != nil {
+		t.Fatalf("a ticket's take of a free key: %v", err)
+	}
+	if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
+		t.Fatalf("the same ticket's take while its first lease holds: %v, want ErrNotAcquired", err)
+	}
+	if n := queueLen(t, admin, pfx, k); n != 1 {
+		t.Fatalf("the queue holds %d waiters after the ticket queued again, want 1", n)
+	}
+	if err := first.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := queueLen(t, admin, pfx, k); n != 1 {
+		t.Fatalf("the queue holds %d waiters after the first lease's release, want 1 (the release deletes only its own entry)", n)
+	}
+	second := takeTurn(t, tk)
+	if second.Token() <= first.Token() {
+		t.Errorf("token %d after %d: fencing broken", second.Token(), first.Token())
+	}
+	if err := second.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // awaitCount waits until c counted at least n requests to endpoint ep,
 // failing after 10s (the requests are sent by a Locker's background loop,
 // which offers no event to wait for).
