@@ -478,35 +478,31 @@ func (k *qkey) step(ctx context.Context, e *ticket, v *qview) error {
 		if same && pair.Flags != entryTaken {
 			return nil // still waiting: wait again
 		}
-		var next *qview
+		var lk *api.KVPair // the lock pred took; nil: read the whole queue
+		taken := v.taken
 		if same {
 			// It took the key, in the transaction that marked its entry:
 			// it was the head, so e is the head now, and the key was
 			// locked at the mark's index (with the value the mark
 			// carries), unless it changed since, which the lock key's
 			// blocking query from that index then tells at once.
-			next = &qview{index: v.index, lock: &api.KVPair{Key: k.path, ModifyIndex: pair.ModifyIndex, Value: pair.Value, Flags: pred.CreateIndex}, taken: append(slices.Clone(v.taken), pred.Key)}
-			for _, x := range v.entries {
-				if x.CreateIndex > pred.CreateIndex {
-					next.entries = append(next.entries, x)
-				}
+			lk = &api.KVPair{Key: k.path, ModifyIndex: pair.ModifyIndex, Value: pair.Value, Flags: pred.CreateIndex}
+			taken = append(slices.Clone(taken), pred.Key)
+		} else {
+			// It left. If it took the key (its take marks the lock key's
+			// Flags with its place; its release deleted the mark before
+			// this query saw it), it was the head, so e is the head now;
+			// otherwise (it gave up or expired) the entries before it may
+			// still wait: read the whole queue.
+			got, _, err := kv.Get(k.path, (&api.QueryOptions{}).WithContext(ctx))
+			if err == nil && got != nil && got.Session != "" && got.Flags == pred.CreateIndex {
+				lk = got
 			}
-			q.mu.Lock()
-			if k.view == v {
-				k.view = next
-			}
-			q.mu.Unlock()
-			return nil
 		}
-		// It left. If it took the key (its take marks the lock key's Flags
-		// with its place; its release deleted the mark before this query
-		// saw it), it was the head, so e is the head now; otherwise (it
-		// gave up or expired) the entries before it may still wait: read
-		// the whole queue.
-		lk, _, err := kv.Get(k.path, (&api.QueryOptions{}).WithContext(ctx))
-		if err == nil && lk != nil && lk.Session != "" && lk.Flags == pred.CreateIndex {
-			// Its entries are those of v (as complete as v is).
-			next = &qview{index: v.index, lock: lk}
+		var next *qview
+		if lk != nil {
+			// Its entries are those of v after pred (as complete as v is).
+			next = &qview{index: v.index, lock: lk, taken: taken}
 			for _, x := range v.entries {
 				if x.CreateIndex > pred.CreateIndex {
 					next.entries = append(next.entries, x)
