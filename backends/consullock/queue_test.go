@@ -226,6 +226,47 @@ func TestQueueTicketUsedAgain(t *testing.T) {
 	}
 }
 
+// A lease that ends without a release (it expired) leaves its marked
+// entry, and the take of the ticket behind it deletes it: the queue keeps
+// no leftover of it, and the next head was woken by the expiry.
+func TestQueueExpiredLeaseEntry(t *testing.T) {
+	checkNoSessions(t)
+	admin, _ := newClient(t)
+	pfx := consullock.DefaultPrefix
+	k, le := heldKey(t)
+	la, _ := newLocker(t, consullock.WithQueue())
+	lb, _ := newLocker(t, consullock.WithQueue())
+	a := queuedTicket(t, la, k)
+	b := queuedTicket(t, lb, k)
+	awaitQueueLen(t, admin, pfx, k, 2, 10*time.Second)
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	awaitReady(t, a)
+	short, err := a.TryAcquire(t.Context(), time.Second)
+	if err != nil {
+		t.Fatalf("the head's take: %v", err)
+	}
+	// short is never refreshed: its session expires, which frees the key
+	// and wakes b's Locker, following the lock key since a's take.
+	got := takeTurn(t, b)
+	if got.Token() <= short.Token() {
+		t.Errorf("token %d after %d: fencing broken", got.Token(), short.Token())
+	}
+	if es := queueEntries(t, admin, pfx, k); len(es) != 1 {
+		t.Errorf("the queue holds %d entries while b holds, want 1 (b's own; its take deletes the expired lease's entry)", len(es))
+	}
+	if err := short.Release(t.Context()); !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("the expired lease's release: %v, want ErrNotHeld", err)
+	}
+	if err := got.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
+		t.Errorf("the queue holds %d entries after the release, want 0", len(es))
+	}
+}
+
 // awaitCount waits until c counted at least n requests to endpoint ep,
 // failing after 10s (the requests are sent by a Locker's background loop,
 // which offers no event to wait for).
