@@ -246,16 +246,17 @@ func (m *consulCounts) Stop(testing.TB) Counts {
 }
 
 // consulLoad counts the HTTP requests the clients send, with a counting
-// http.RoundTripper under each, by kind (consulEndpoint; a transaction by
-// its verbs, e.g. "PUT txn[lock,get-tree]").
+// http.RoundTripper under each, by kind: consulEndpoint without a space
+// (the report splits a hand-off's breakdown at spaces), a transaction with
+// its verbs, e.g. "PUT:txn[lock,get-tree]".
 type consulLoad struct{ consulCounts }
 
 func newConsulLoad(_ testing.TB, env Env) (Env, Meter) {
 	m := &consulLoad{}
 	env.ConsulWrap = func(rt http.RoundTripper) http.RoundTripper {
 		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			kind := consulEndpoint(r)
-			if kind == "PUT txn" && r.GetBody != nil {
+			kind := strings.Replace(consulEndpoint(r), " ", ":", 1)
+			if kind == "PUT:txn" && r.GetBody != nil {
 				kind += consulTxnVerbs(r)
 			}
 			m.add(kind)
