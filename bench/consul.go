@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -163,18 +163,14 @@ func (h consulHeld) Release(context.Context) error {
 // reverse proxy on loopback that the measured clients talk to. (The
 // agent's own /v1/agent/metrics aggregates over 10 s intervals, too coarse
 // to take a delta around a short measurement.)
-type consulMeter struct {
-	mu     sync.Mutex
-	by     map[string]int
-	before map[string]int
-}
+type consulMeter struct{ consulCounts }
 
 func newConsulMeter(tb testing.TB, env Env) (Env, Meter) {
 	target, err := url.Parse("http://" + env.ConsulAddr)
 	if err != nil {
 		tb.Fatalf("consul meter: %v", err)
 	}
-	m := &consulMeter{by: map[string]int{}}
+	m := &consulMeter{}
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 256
@@ -185,9 +181,7 @@ func newConsulMeter(tb testing.TB, env Env) (Env, Meter) {
 		tb.Fatalf("consul meter: %v", err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		m.mu.Lock()
-		m.by[consulEndpoint(r)]++
-		m.mu.Unlock()
+		m.add(consulEndpoint(r))
 		proxy.ServeHTTP(w, r)
 	})}
 	go func() { _ = srv.Serve(ln) }()
@@ -216,22 +210,34 @@ func consulEndpoint(r *http.Request) string {
 	return r.Method + " " + p
 }
 
-func (m *consulMeter) snapshot() map[string]int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make(map[string]int, len(m.by))
-	for k, v := range m.by {
-		out[k] = v
-	}
-	return out
+// consulCounts counts requests by kind; a Meter.
+type consulCounts struct {
+	mu   sync.Mutex
+	by   map[string]int
+	from map[string]int
 }
 
-func (m *consulMeter) Start(testing.TB) { m.before = m.snapshot() }
+func (m *consulCounts) add(kind string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.by == nil {
+		m.by = map[string]int{}
+	}
+	m.by[kind]++
+}
 
-func (m *consulMeter) Stop(testing.TB) Counts {
+func (m *consulCounts) snapshot() map[string]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return maps.Clone(m.by)
+}
+
+func (m *consulCounts) Start(testing.TB) { m.from = m.snapshot() }
+
+func (m *consulCounts) Stop(testing.TB) Counts {
 	c := Counts{"req": 0}
 	for k, v := range m.snapshot() {
-		if d := v - m.before[k]; d != 0 {
+		if d := v - m.from[k]; d != 0 {
 			c["req"] += float64(d)
 			c["req:"+k] = float64(d)
 		}
@@ -240,26 +246,44 @@ func (m *consulMeter) Stop(testing.TB) Counts {
 }
 
 // consulLoad counts the HTTP requests the clients send, with a counting
-// http.RoundTripper under each.
-type consulLoad struct {
-	n    atomic.Int64
-	from int64
-}
+// http.RoundTripper under each, by kind: consulEndpoint without a space
+// (the report splits a hand-off's breakdown at spaces), a transaction with
+// its verbs, e.g. "PUT:txn[lock,get-tree]".
+type consulLoad struct{ consulCounts }
 
 func newConsulLoad(_ testing.TB, env Env) (Env, Meter) {
 	m := &consulLoad{}
 	env.ConsulWrap = func(rt http.RoundTripper) http.RoundTripper {
 		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			m.n.Add(1)
+			kind := strings.Replace(consulEndpoint(r), " ", ":", 1)
+			if kind == "PUT:txn" && r.GetBody != nil {
+				kind += consulTxnVerbs(r)
+			}
+			m.add(kind)
 			return rt.RoundTrip(r)
 		})
 	}
 	return env, m
 }
 
-func (m *consulLoad) Start(testing.TB) { m.from = m.n.Load() }
-
-func (m *consulLoad) Stop(testing.TB) Counts { return Counts{"req": float64(m.n.Load() - m.from)} }
+// consulTxnVerbs returns the verbs of a transaction request, read from a
+// copy of its body.
+func consulTxnVerbs(r *http.Request) string {
+	body, err := r.GetBody()
+	if err != nil {
+		return ""
+	}
+	defer body.Close()
+	var ops []struct{ KV struct{ Verb string } }
+	if json.NewDecoder(body).Decode(&ops) != nil {
+		return ""
+	}
+	verbs := make([]string, len(ops))
+	for i, op := range ops {
+		verbs[i] = op.KV.Verb
+	}
+	return "[" + strings.Join(verbs, ",") + "]"
+}
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
 

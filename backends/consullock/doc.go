@@ -102,24 +102,33 @@
 // transaction: check that its entry is still held by the queue session,
 // lock the lock key with a pooled session (the ordinary take: fencing,
 // owner checks, expiry and release are unchanged; the lock key's Flags
-// record the taker's place), delete the entry. It is sent only when the
-// Locker saw the ticket at the head with the key free; otherwise a queued
-// ticket's TryAcquire is refused without a request.
+// record the taker's place), mark the entry taken (its Flags, and the
+// lock's value). It is sent only when the Locker saw the ticket at the
+// head with the key free; otherwise a queued ticket's TryAcquire is
+// refused without a request. The lease's release (or completion) deletes
+// the marked entry with the lock key; a lease that ended otherwise leaves
+// it to the next take behind it, which deletes it.
 //
 // The tickets of a Locker on a key share one blocking query: on the entry
 // just ahead of the Locker's earliest ticket, or on the lock key when that
 // ticket is the head. A release wakes only the head's Locker, whose head
-// takes; the take deletes its entry, which wakes the one Locker whose
-// earliest ticket was behind it, and the lock key's Flags tell that Locker
-// its ticket is now the head (a predecessor that left without taking makes
-// it read the whole queue, one request whose answer grows with the queue).
-// A hand-off costs about 6 requests whatever the number of waiters (the
-// release, the head's take, a read of the lock key and a blocking query of
-// the next head's Locker, and the queueing of one new waiter with its
-// Locker's blocking query; measured 6.3 with 8 waiters, 6.4 with 64 and
-// 6.4 with 512 sharing 8 clients, where unqueued waiting cost 18 with 8 in
-// the same run and could not run 512): Consul has no range comparison nor
-// ordered range read, so the head cannot be told and take in fewer. A Locker keeps at
+// takes; the take marks its entry, which wakes the one Locker whose
+// earliest ticket was behind it and tells it, in that query's answer, that
+// its ticket is now the head and at which index the key was taken, so
+// that it follows the lock key from there (a predecessor that left without
+// taking makes it read the whole queue, one request whose answer grows
+// with the queue, as does a Locker's ticket that queued behind another of
+// the same Locker after the Locker last read the queue, when it becomes
+// that Locker's earliest: per hand-off, about one read divided by the
+// number of tickets each Locker has on the key). A hand-off costs about 5 requests whatever the number of waiters: the
+// release, the head's take, the two blocking queries of the next head's
+// Locker (woken by the take's mark, then by the release), and the queueing
+// of one new waiter; plus the sessions' renewals, which go by time, not by
+// hand-off. Five is the floor here: Consul has no range comparison nor
+// ordered range read, so a waiter cannot learn that it is the head and
+// that the key is free from one write, and it must learn of the take to
+// follow the lock key (whose deletion by session expiry is the only sign
+// of a holder lost without a release). A Locker keeps at
 // most one blocking query per key and queueConcurrency (4) queueing or
 // leaving requests in flight, so 512 waiters in 8 processes stay far below
 // http_max_conns_per_client without raising it.

@@ -20,6 +20,9 @@ type lease struct {
 	l    *Locker
 	path string // the Consul key
 	fp   []byte // the fingerprint kept in the key's value (ClaimFingerprint)
+	// entry is the queue entry its take marked (WithQueue), deleted by the
+	// write that ends the lease; "" for an unqueued take.
+	entry string
 
 	mu      sync.Mutex // guards the fields below, and the move to Lost
 	sess    *session
@@ -167,15 +170,16 @@ func (le *lease) write(ctx context.Context, ops api.TxnOps) (bool, *api.TxnRespo
 func (le *lease) Release(ctx context.Context) error {
 	return le.End(ctx, "release", func() error {
 		if le.State() == driver.Lost {
+			le.dropEntry(ctx)
 			return le.NotHeldWhy("release", "lost before release")
 		}
 		le.mu.Lock()
 		s, index := le.sess, le.index
 		le.mu.Unlock()
-		ok, resp, err := le.write(ctx, api.TxnOps{
+		ok, resp, err := le.write(ctx, le.withEntry(api.TxnOps{
 			{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: le.path, Session: s.id}},
 			{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: le.path, Index: index}},
-		})
+		}))
 		return le.ended(ok, resp, err, "release", s)
 	})
 }
@@ -201,7 +205,29 @@ func (le *lease) ended(ok bool, resp *api.TxnResponse, err error, op string, s *
 		return le.OpError(op, f.refused())
 	}
 	le.lose(s)
+	le.dropEntry(context.Background())
 	return le.NotHeldWhy(op, "expired or taken before")
+}
+
+// withEntry appends to the ops of a write that ends the lease the deletion
+// of its marked queue entry, if it has one.
+func (le *lease) withEntry(ops api.TxnOps) api.TxnOps {
+	if le.entry != "" {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: le.entry}})
+	}
+	return ops
+}
+
+// dropEntry deletes the marked queue entry of a lease that ended without
+// the write that deletes it. Best effort: otherwise the next take behind
+// it deletes it, or it goes with its Locker's queue session.
+func (le *lease) dropEntry(ctx context.Context) {
+	if le.entry == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	defer cancel()
+	_, _ = le.l.client.KV().Delete(le.entry, (&api.WriteOptions{}).WithContext(ctx))
 }
 
 // lose marks the lease lost, closes its Lost channel, stops its watch and

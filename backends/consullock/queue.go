@@ -27,16 +27,36 @@ import (
 //
 // A ticket's take is one transaction: a check that its entry still exists
 // under the queue session, the ordinary take (the lock key locked with a
-// pooled session) and the deletion of the entry. It is sent only when the
-// ticket is the head and the key is free: the Locker learns that with one
-// blocking query per key, shared by its tickets, on the entry just ahead
-// of its earliest ticket (or, when that ticket is the head, on the lock
-// key). A release therefore wakes one Locker, whose head takes; the take
-// deletes the head's entry, which wakes the one Locker whose earliest
-// ticket was behind it. A ticket that leaves (Close) deletes its entry,
-// with the same effect; a waiter that dies loses its entry with its
-// Locker's queue session, at most twice the session's TTL after its last
-// renewal (Consul invalidates sessions up to twice their TTL late).
+// pooled session), a mark on the entry that it took (Flags entryTaken, the
+// lock's value) and the deletion of the taken entries ahead that its
+// Locker knows of (left behind by leases that ended without a release).
+// It is sent only when the ticket is the head and the key is free: the
+// Locker learns that with one blocking query per key, shared by its
+// tickets, on the entry just ahead of its earliest ticket (or, when that
+// ticket is the head, on the lock key). A release therefore wakes one
+// Locker, whose head takes; the take marks the head's entry, which wakes
+// the one Locker whose earliest ticket was behind it, and tells it in the
+// same answer that this ticket is the head now and at which index the key
+// was taken, so that it goes on to watch the lock key without another
+// read. The lease's release deletes the marked entry with the lock key.
+// A ticket that leaves (Close) deletes its entry; a waiter that dies loses
+// its entry with its Locker's queue session, at most twice the session's
+// TTL after its last renewal (Consul invalidates sessions up to twice
+// their TTL late). Either way the Locker behind finds the entry gone
+// unmarked and reads the queue again.
+//
+// Per hand-off that is a release, a take and two blocking queries (the new
+// head's Locker, woken by the mark, and then by the release), besides the
+// queueing of each arriving waiter. Two is the floor: a waiter must learn
+// that it is the head when the one ahead takes (it must then follow the
+// lock key, whose deletion by session expiry is the only sign of a lease
+// lost without a release), and that the key is free when it is released;
+// these are two writes, and a blocking query returns, and must be sent
+// again, once per write it sees.
+
+// entryTaken marks (in its Flags) a queue entry whose ticket took the key:
+// no longer waiting, kept until its lease's release deletes it.
+const entryTaken = 1
 
 // minQueueTTL is the shortest TTL of a queue session: it is
 // max(minQueueTTL, the agent's session_ttl_min as told by WithMinTTL).
@@ -229,7 +249,8 @@ type qkey struct {
 // qview is a snapshot of a key's queue and lock, never modified.
 type qview struct {
 	index   uint64
-	entries []*api.KVPair // by CreateIndex
+	entries []*api.KVPair // the waiting entries, by CreateIndex
+	taken   []string      // the keys of the taken entries
 	lock    *api.KVPair   // nil when free
 }
 
@@ -242,6 +263,10 @@ func newView(index uint64, prefix, path string, kvs []*api.KVPair) *qview {
 		case kv.Key == path:
 			if kv.Session != "" {
 				v.lock = kv
+			}
+		case strings.HasPrefix(kv.Key, prefix) && kv.Flags == entryTaken:
+			if !slices.Contains(v.taken, kv.Key) {
+				v.taken = append(v.taken, kv.Key)
 			}
 		case strings.HasPrefix(kv.Key, prefix) && kv.Session != "":
 			if !slices.ContainsFunc(v.entries, func(e *api.KVPair) bool { return e.Key == kv.Key }) {
@@ -268,6 +293,11 @@ func (v *qview) without(key string, lk *api.KVPair) *qview {
 	for _, e := range v.entries {
 		if e.Key != key {
 			w.entries = append(w.entries, e)
+		}
+	}
+	for _, e := range v.taken {
+		if e != key {
+			w.taken = append(w.taken, e)
 		}
 	}
 	return w
@@ -444,18 +474,35 @@ func (k *qkey) step(ctx context.Context, e *ticket, v *qview) error {
 		if err != nil {
 			return err
 		}
-		if pair != nil && pair.CreateIndex == pred.CreateIndex && pair.Session != "" {
-			return nil // still there: wait again
+		same := pair != nil && pair.CreateIndex == pred.CreateIndex && pair.Session != ""
+		if same && pair.Flags != entryTaken {
+			return nil // still waiting: wait again
 		}
-		// It left. If it took the key (its take marks the lock key's Flags
-		// with its place), it was the head, so e is the head now;
-		// otherwise (it gave up or expired) the entries before it may
-		// still wait: read the whole queue.
+		var lk *api.KVPair // the lock pred took; nil: read the whole queue
+		taken := v.taken
+		if same {
+			// It took the key, in the transaction that marked its entry:
+			// it was the head, so e is the head now, and the key was
+			// locked at the mark's index (with the value the mark
+			// carries), unless it changed since, which the lock key's
+			// blocking query from that index then tells at once.
+			lk = &api.KVPair{Key: k.path, ModifyIndex: pair.ModifyIndex, Value: pair.Value, Flags: pred.CreateIndex}
+			taken = append(slices.Clone(taken), pred.Key)
+		} else {
+			// It left. If it took the key (its take marks the lock key's
+			// Flags with its place; its release deleted the mark before
+			// this query saw it), it was the head, so e is the head now;
+			// otherwise (it gave up or expired) the entries before it may
+			// still wait: read the whole queue.
+			got, _, err := kv.Get(k.path, (&api.QueryOptions{}).WithContext(ctx))
+			if err == nil && got != nil && got.Session != "" && got.Flags == pred.CreateIndex {
+				lk = got
+			}
+		}
 		var next *qview
-		lk, _, err := kv.Get(k.path, (&api.QueryOptions{}).WithContext(ctx))
-		if err == nil && lk != nil && lk.Session != "" && lk.Flags == pred.CreateIndex {
-			// Its entries are those of v (as complete as v is).
-			next = &qview{index: v.index, lock: lk}
+		if lk != nil {
+			// Its entries are those of v after pred (as complete as v is).
+			next = &qview{index: v.index, lock: lk, taken: taken}
 			for _, x := range v.entries {
 				if x.CreateIndex > pred.CreateIndex {
 					next.entries = append(next.entries, x)
@@ -700,12 +747,21 @@ func (t *ticket) take(ctx context.Context, sttl time.Duration) (_ lock.Lease, ag
 	}
 	q.mu.Lock()
 	sess, idx := t.sess, t.idx
+	var stale []string // taken entries ahead: if the take succeeds, their leases ended
+	if t.k != nil && t.k.view != nil {
+		stale = slices.Clone(t.k.view.taken)
+	}
 	q.mu.Unlock()
-	ok, resp, err := l.txn(ctx, api.TxnOps{
+	val := lockValue(sttl, nil)
+	ops := api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: t.ek, Session: sess}},
-		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: t.path, Session: s.id, Value: lockValue(sttl, nil), Flags: idx}},
-		{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: t.ek}},
-	})
+		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: t.path, Session: s.id, Value: val, Flags: idx}},
+		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: t.ek, Flags: entryTaken, Value: val}}, // keeps its session
+	}
+	for _, e := range stale {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: e}})
+	}
+	ok, resp, err := l.txn(ctx, ops)
 	if err != nil {
 		// The take may have happened: the session must never be reused
 		// (destroying it frees the key), and the entry may be gone.
@@ -733,16 +789,20 @@ func (t *ticket) take(ctx context.Context, sttl time.Duration) (_ lock.Lease, ag
 			held.Session = s.id
 			kv = &held
 		}
-		le := &lease{l: l, path: t.path, index: kv.ModifyIndex, sess: s}
+		le := &lease{l: l, path: t.path, index: kv.ModifyIndex, sess: s, entry: t.ek}
 		le.Init(&l.gate, t.key, kv.ModifyIndex, renewed, sttl)
 		q.mu.Lock()
 		if k := t.k; k != nil {
 			if k.view != nil {
-				k.view = k.view.without(t.ek, kv)
+				k.view = k.view.without(t.ek, kv) // t.ek is its lease's now
+				k.view.taken = slices.DeleteFunc(k.view.taken, func(e string) bool { return slices.Contains(stale, e) })
 			}
 			k.kick()
 		}
 		t.idx, t.ready = 0, false
+		// The entry is the lease's now (its end deletes it): a ticket used
+		// again queues under a new name.
+		t.ek = t.prefix + newEntryID()
 		q.mu.Unlock()
 		return le, false, nil
 	}

@@ -37,11 +37,24 @@ const queueBound = 2*3*time.Second + 2*time.Second
 // queueLen returns how many waiters wait in the queue of key k.
 func queueLen(t *testing.T, admin *api.Client, prefix, k string) int {
 	t.Helper()
-	keys, _, err := admin.KV().Keys(prefix+"queue/"+consullock.EscapeKey(k)+"/", "", nil)
+	n := 0
+	for _, e := range queueEntries(t, admin, prefix, k) {
+		if e.Flags != consullock.EntryTaken {
+			n++
+		}
+	}
+	return n
+}
+
+// queueEntries lists key k's queue entries, waiting or taken (kept until
+// their lease ends).
+func queueEntries(t *testing.T, admin *api.Client, prefix, k string) api.KVPairs {
+	t.Helper()
+	kvs, _, err := admin.KV().List(prefix+"queue/"+consullock.EscapeKey(k)+"/", nil)
 	if err != nil {
 		t.Fatalf("listing the queue of %q: %v", k, err)
 	}
-	return len(keys)
+	return kvs
 }
 
 // awaitQueueLen polls the queue's length until it is n, failing after d.
@@ -130,6 +143,142 @@ func TestQueueOrderAndCost(t *testing.T) {
 		t.Errorf("%.1f requests per hand-off with %d waiters, want at most 8 (a release must wake only the head)", per, waiters)
 	}
 	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 0, time.Second)
+}
+
+// The Locker behind the head learns from the head's take that its ticket
+// is the head now and at which index the key was taken: it follows the
+// lock key with one blocking query and then takes, reading nothing in
+// between (it used to read the lock key first to learn whether the entry
+// ahead had left by taking).
+func TestQueueNextHeadLearnsFromTake(t *testing.T) {
+	checkNoSessions(t)
+	admin, _ := newClient(t)
+	k, le := heldKey(t)
+	la, _ := newLocker(t, consullock.WithQueue())
+	lb, cb := newLocker(t, consullock.WithQueue())
+	a := queuedTicket(t, la, k)
+	b := queuedTicket(t, lb, k)
+	awaitQueueLen(t, admin, consullock.DefaultPrefix, k, 2, 10*time.Second)
+	// b's Locker follows a's entry: one blocking query, sent after b queued.
+	awaitCount(t, cb, "kv", 1)
+	before := cb.snapshot()
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got := takeTurn(t, a)
+	// a's take wakes b's Locker, whose next request follows the lock key.
+	awaitCount(t, cb, "kv", before["kv"]+1)
+	if err := got.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	gb := takeTurn(t, b)
+	d := diff(before, cb.snapshot())
+	if d["kv"] != 1 || d["txn"] != 1 {
+		t.Errorf("the next head's Locker sent %v from the head's take to its own, want kv 1 (the lock key's blocking query) and txn 1 (the take)", d)
+	}
+	if gb.Token() <= got.Token() {
+		t.Errorf("token %d after %d: fencing broken", gb.Token(), got.Token())
+	}
+	if err := gb.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if es := queueEntries(t, admin, consullock.DefaultPrefix, k); len(es) != 0 {
+		t.Errorf("the queue holds %d entries after both releases, want 0", len(es))
+	}
+}
+
+// A ticket used again after its take queues anew (behind the others, under
+// a new entry) while its lease holds: the lease's release deletes only the
+// entry its take marked, never the ticket's new one.
+func TestQueueTicketUsedAgain(t *testing.T) {
+	checkNoSessions(t)
+	admin, _ := newClient(t)
+	pfx := consullock.DefaultPrefix
+	k := key(t, "k")
+	l, _ := newLocker(t, consullock.WithQueue())
+	tk, err := l.Queue(t.Context(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tk.Close() })
+	first, err := tk.TryAcquire(t.Context(), time.Minute)
+	if err != nil {
+		t.Fatalf("a ticket's take of a free key: %v", err)
+	}
+	if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
+		t.Fatalf("the same ticket's take while its first lease holds: %v, want ErrNotAcquired", err)
+	}
+	if n := queueLen(t, admin, pfx, k); n != 1 {
+		t.Fatalf("the queue holds %d waiters after the ticket queued again, want 1", n)
+	}
+	if err := first.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := queueLen(t, admin, pfx, k); n != 1 {
+		t.Fatalf("the queue holds %d waiters after the first lease's release, want 1 (the release deletes only its own entry)", n)
+	}
+	second := takeTurn(t, tk)
+	if second.Token() <= first.Token() {
+		t.Errorf("token %d after %d: fencing broken", second.Token(), first.Token())
+	}
+	if err := second.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A lease that ends without a release (it expired) leaves its marked
+// entry, and the take of the ticket behind it deletes it: the queue keeps
+// no leftover of it, and the next head was woken by the expiry.
+func TestQueueExpiredLeaseEntry(t *testing.T) {
+	checkNoSessions(t)
+	admin, _ := newClient(t)
+	pfx := consullock.DefaultPrefix
+	k, le := heldKey(t)
+	la, _ := newLocker(t, consullock.WithQueue())
+	lb, _ := newLocker(t, consullock.WithQueue())
+	a := queuedTicket(t, la, k)
+	b := queuedTicket(t, lb, k)
+	awaitQueueLen(t, admin, pfx, k, 2, 10*time.Second)
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	awaitReady(t, a)
+	short, err := a.TryAcquire(t.Context(), time.Second)
+	if err != nil {
+		t.Fatalf("the head's take: %v", err)
+	}
+	// short is never refreshed: its session expires, which frees the key
+	// and wakes b's Locker, following the lock key since a's take.
+	got := takeTurn(t, b)
+	if got.Token() <= short.Token() {
+		t.Errorf("token %d after %d: fencing broken", got.Token(), short.Token())
+	}
+	if es := queueEntries(t, admin, pfx, k); len(es) != 1 {
+		t.Errorf("the queue holds %d entries while b holds, want 1 (b's own; its take deletes the expired lease's entry)", len(es))
+	}
+	if err := short.Release(t.Context()); !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("the expired lease's release: %v, want ErrNotHeld", err)
+	}
+	if err := got.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
+		t.Errorf("the queue holds %d entries after the release, want 0", len(es))
+	}
+}
+
+// awaitCount waits until c counted at least n requests to endpoint ep,
+// failing after 10s (the requests are sent by a Locker's background loop,
+// which offers no event to wait for).
+func awaitCount(t *testing.T, c *counter, ep string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.snapshot()[ep] < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d %s requests after 10s, want %d", c.snapshot()[ep], ep, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // TestQueuedChild is the child process of TestQueueKilledWaiterExpires: a
@@ -253,13 +402,16 @@ func TestQueueOutcomes(t *testing.T) {
 			t.Errorf("token %d after %d: fencing broken", got.Token(), le.Token())
 		}
 		if n := queueLen(t, admin, pfx, k); n != 0 {
-			t.Errorf("the queue holds %d waiters after the head's take, want 0 (the take removes the entry)", n)
+			t.Errorf("the queue holds %d waiters after the head's take, want 0 (the take marks the entry taken)", n)
 		}
 		if err := tk.Close(); err != nil {
 			t.Errorf("Close after the take: %v", err)
 		}
 		if err := got.Release(t.Context()); err != nil {
 			t.Fatal(err)
+		}
+		if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
+			t.Errorf("the queue holds %d entries after the release, want 0 (the release deletes the taken entry)", len(es))
 		}
 	})
 	t.Run("take not done", func(t *testing.T) {

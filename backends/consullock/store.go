@@ -60,6 +60,7 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 	}
 	return le.End(ctx, "complete", func() error {
 		if le.State() == driver.Lost {
+			le.dropEntry(ctx)
 			return le.NotHeldWhy("complete", "lost before completion")
 		}
 		s, err := le.holding(ctx, "complete")
@@ -75,12 +76,12 @@ func (l *Locker) Complete(ctx context.Context, ls lock.Lease, record []byte, ret
 			if err != nil {
 				return err
 			}
-			ok, resp, err := le.write(ctx, api.TxnOps{
+			ok, resp, err := le.write(ctx, le.withEntry(api.TxnOps{
 				{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: le.path, Session: s.id}},
 				{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: le.path, Index: index}},
 				{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: recPath}},
 				{KV: &api.KVTxnOp{Verb: api.KVLock, Key: recPath, Session: rs.id, Value: record}},
-			})
+			}))
 			if err == nil && !ok {
 				if f := failure(resp.Errors); f.op == 3 && f.invalidSession() && attempt < 2 {
 					l.retention.forget(rttl, rs)
