@@ -108,7 +108,7 @@ o AS (SELECT NOT EXISTS (SELECT FROM h WHERE id <> $3::bigint) AS first,
 	EXISTS (SELECT FROM %[3]s WHERE key = $1::bytea AND id <> $3::bigint AND expires_at > clock_timestamp()) AS more),
 t AS (INSERT INTO %[1]s AS l (key, token, expires_at, waiters)
 	SELECT $1::bytea, nextval('%[2]s'), now() + $2::bigint %[6]s, o.more FROM o WHERE o.first
-	ON CONFLICT (key) DO UPDATE SET `+takeOver("false")+`
+	ON CONFLICT (key) DO UPDATE SET `+takeOver+`
 	RETURNING token, token = currval('%[2]s') AS took, %[5]s AS rem),
 m AS (UPDATE %[1]s SET waiters = true
 	WHERE key = $1::bytea AND record IS NULL AND expires_at > now() AND NOT (SELECT first FROM o)

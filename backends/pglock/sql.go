@@ -14,18 +14,19 @@ var errNoRows = pgx.ErrNoRows
 // takeOver is the ON CONFLICT (key) DO UPDATE of a take of the row l
 // (the ordinary take, and a ticket's): the proposed row replaces l if l
 // expired; otherwise l stays, marked as waited for unless it holds a
-// record, and as waited for by a plain subscription when plain is "true"
-// (the ordinary take, whose caller waits unqueued, if at all) rather than
-// "false" (a ticket's).
-func takeOver(plain string) string {
-	return `
+// record.
+const takeOver = `
 	token       = CASE WHEN l.expires_at <= now() THEN excluded.token ELSE l.token END,
 	expires_at  = CASE WHEN l.expires_at <= now() THEN excluded.expires_at ELSE l.expires_at END,
 	record      = CASE WHEN l.expires_at <= now() THEN NULL ELSE l.record END,
 	fingerprint = CASE WHEN l.expires_at <= now() THEN excluded.fingerprint ELSE l.fingerprint END,
-	waiters     = CASE WHEN l.expires_at <= now() THEN excluded.waiters ELSE l.waiters OR l.record IS NULL END,
-	plain       = CASE WHEN l.expires_at <= now() THEN false ELSE l.plain OR l.record IS NULL AND ` + plain + ` END`
-}
+	waiters     = CASE WHEN l.expires_at <= now() THEN excluded.waiters ELSE l.waiters OR l.record IS NULL END`
+
+// plainTakeOver is takeOver for the ordinary take, whose caller waits
+// (if at all) unqueued: it also marks a held row as waited for by a plain
+// subscription.
+const plainTakeOver = takeOver + `,
+	plain       = CASE WHEN l.expires_at <= now() THEN false ELSE l.plain OR l.record IS NULL END`
 
 // quoteLiteral returns s as an SQL string literal.
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
@@ -116,7 +117,7 @@ END $idemlock$`, quoteLiteral(w), w),
 	s.take = fmt.Sprintf(`WITH g AS MATERIALIZED (SELECT pg_advisory_xact_lock($1::int4, $2::int4))
 INSERT INTO %[1]s AS l (key, token, expires_at, fingerprint)
 SELECT $3::bytea, nextval('%[2]s'), now() + $4::bigint * interval '1 microsecond', $5::bytea FROM g
-ON CONFLICT (key) DO UPDATE SET `+takeOver("true")+`
+ON CONFLICT (key) DO UPDATE SET `+plainTakeOver+`
 RETURNING token, waiters, record, (extract(epoch FROM expires_at - now()) * 1000000)::bigint, fingerprint`, t, seq)
 
 	// $1 key, $2 token, $3 TTL µs.
