@@ -185,7 +185,32 @@ func TestNotifyOnlyWhenWaited(t *testing.T) {
 	url := postgresURL(t)
 	l, other := newLocker(t, pglock.WithTable(table)), newLocker(t, pglock.WithTable(table))
 	ctx := t.Context()
-	sentinel, next := listenChannel(t, url, pglock.Channel(l))
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	channel := pglock.Channel(l)
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	// next returns the next notification's payload; notifications arrive in
+	// commit order, so a sentinel sent after a release tells whether the
+	// release notified.
+	sentinel := func() {
+		if _, err := newPool(t, url, nil).Exec(ctx, "SELECT pg_notify($1, 'sentinel')", channel); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := func() string {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		n, err := conn.WaitForNotification(wctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Payload
+	}
 
 	le, err := l.TryAcquire(ctx, "quiet", time.Minute)
 	if err != nil {

@@ -244,38 +244,3 @@ func (c *wireConn) Read(p []byte) (int, error) {
 	_ = c.Conn.Close()
 	return 0, testenv.ErrLostReply
 }
-
-// listenChannel listens on channel with a connection of its own. next
-// returns the next notification's payload; notifications arrive in commit
-// order, so a sentinel sent after a release tells whether the release
-// notified the channel.
-func listenChannel(t *testing.T, url, channel string) (sentinel func(), next func() string) {
-	t.Helper()
-	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close(context.Background()) })
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
-		t.Fatal(err)
-	}
-	pool := newPool(t, url, nil)
-	sentinel = func() {
-		t.Helper()
-		if _, err := pool.Exec(ctx, "SELECT pg_notify($1, 'sentinel')", channel); err != nil {
-			t.Fatal(err)
-		}
-	}
-	next = func() string {
-		t.Helper()
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		n, err := conn.WaitForNotification(wctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n.Payload
-	}
-	return sentinel, next
-}

@@ -473,17 +473,40 @@ func TestQueueReleaseNotifiesHeadOnly(t *testing.T) {
 	admin := newPool(t, url, nil)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	sentinel, next := listenChannel(t, url, pglock.Channel(queued))
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	channel := pglock.Channel(queued)
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	// Notifications arrive in commit order: a sentinel sent after a
+	// release tells whether the release notified the table's channel.
+	sentinel := func() {
+		t.Helper()
+		if _, err := admin.Exec(ctx, "SELECT pg_notify($1, 'sentinel')", channel); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := func() string {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		n, err := conn.WaitForNotification(wctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Payload
+	}
 	got := make(chan lock.Lease, 2)
 	acquire := func(l lock.Locker) {
-		wg.Go(func() {
+		go func() {
 			if le, err := lock.Acquire(ctx, l, "k", time.Minute); err == nil {
 				got <- le
 			}
-		})
+		}()
 	}
 	served := func() lock.Lease {
 		t.Helper()
@@ -515,11 +538,11 @@ func TestQueueReleaseNotifiesHeadOnly(t *testing.T) {
 	pctx, pcancel := context.WithCancel(ctx)
 	defer pcancel()
 	plainGot := make(chan lock.Lease, 1)
-	wg.Go(func() {
+	go func() {
 		if le, err := lock.Acquire(pctx, plain, "k", time.Minute); err == nil {
 			plainGot <- le
 		}
-	})
+	}()
 	acquire(waiters)
 	awaitQueueLen(t, admin, table, "k", 1, 10*time.Second)
 	awaitPlainMark(t, admin, table, "k", 10*time.Second)
