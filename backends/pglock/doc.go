@@ -128,13 +128,8 @@
 //     told. A waiter whose process dies therefore leaves the queue at most
 //     the holder's TTL plus 2 s after its last attempt.
 //   - A queued Locker's release notifies "<hash of key>:<id of the head>"
-//     on the channel of the head's Locker (each queued Locker listens on
-//     one of its own, named in its tickets' rows), which wakes that ticket
-//     alone; the table's channel, where every Locker listens, hears of it
-//     only when an unqueued take marked the row (that waiter is woken
-//     too), or when no waiter is queued and the row was waited for. The
-//     other Lockers' listening connections thus stay asleep at a queued
-//     hand-off.
+//     when the row was waited for or a waiter is queued, and the notifiers
+//     wake that ticket alone (and every unqueued subscription of the key).
 //   - A ticket that gives up (its context ends) deletes its row and, if it
 //     was the head and the key is free, notifies the next head, so a head
 //     woken by a release that leaves never strands the queue. If that
@@ -153,10 +148,7 @@
 // Lockers with and without WithQueue may share a table and keys: a release
 // by an unqueued Locker notifies every waiter (queued ones included, each
 // of which then tries, and the head's take succeeds), and unqueued waiters
-// wake on every release (their take marks the row for it). During a rolling
-// upgrade, an unqueued waiter of an older version does not mark the row
-// so, and a queued release with a waiter queued wakes it only at its
-// holder's expiry. TryAcquire and Claim never look at the queue:
+// wake on every release. TryAcquire and Claim never look at the queue:
 // they may take a free key between two hand-offs, and the head then finds
 // it held and keeps its place. Complete wakes every waiter, queued or not
 // (they find the record).

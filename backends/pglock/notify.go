@@ -18,10 +18,7 @@ import (
 // Listener in one goroutine from the first Subscribe until Close. It
 // listens on the table's channel; releases and completions of a row that a
 // failed take marked as waited for send pg_notify(channel, hash of the
-// key), and the notifier wakes the subscriptions of that hash. A Locker
-// made WithQueue also listens on a channel of its own, named by its queued
-// tickets' rows, where a queued release notifies only the head: the other
-// Lockers' notifiers are not woken for a notification that is not theirs. Each
+// key), and the notifier wakes the subscriptions of that hash. Each
 // (re)connection wakes every subscription, which
 // covers whatever was released while the connection was down; while it is
 // down, Wait returns an error, so lock.Acquire polls instead.
@@ -44,9 +41,7 @@ type notifier struct {
 	mu      sync.Mutex
 	started bool
 	closed  bool
-	up      bool   // listening now, on every channel
-	listens int    // channels the current connection listens on
-	chans   int    // channels to listen on: the table's, and the Locker's own (WithQueue)
+	up      bool   // listening now
 	errs    uint64 // connection failures so far
 	lastErr error
 	changed chan struct{} // closed and replaced when up or errs change
@@ -144,11 +139,6 @@ func (n *notifier) start() {
 		ReconnectDelay: reconnectDelay,
 	}
 	ln.Handle(n.l.channel, handler{n})
-	n.chans = 1
-	if n.l.own != "" {
-		ln.Handle(n.l.own, handler{n})
-		n.chans++
-	}
 	n.l.wg.Add(1)
 	go func() {
 		defer n.l.wg.Done()
@@ -172,7 +162,6 @@ func (n *notifier) failed(_ context.Context, err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.up = false
-	n.listens = 0
 	n.errs++
 	n.lastErr = err
 	n.wakeAll()
@@ -217,17 +206,13 @@ func (n *notifier) close() {
 // handler receives the Listener's events.
 type handler struct{ n *notifier }
 
-// HandleBacklog is called once the connection listens on a channel:
-// once it listens on all of them, whatever was released while it was not
-// is covered by waking everyone.
+// HandleBacklog is called once the connection listens: whatever was
+// released while it was not is covered by waking everyone.
 func (h handler) HandleBacklog(context.Context, string, *pgx.Conn) error {
 	n := h.n
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
-		return nil
-	}
-	if n.listens++; n.listens < n.chans {
 		return nil
 	}
 	n.up = true

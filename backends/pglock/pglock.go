@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"hash/fnv"
-	"math/rand/v2"
 	"regexp"
 	"strconv"
 	"strings"
@@ -127,7 +126,6 @@ type Locker struct {
 	sql     statements
 	class   int32  // the advisory-lock class of the table's takes
 	channel string // the NOTIFY channel of the table's releases
-	own     string // WithQueue: the Locker's own channel, where releases wake its queued tickets
 
 	migrateMu sync.Mutex
 	notify    notifier
@@ -164,9 +162,6 @@ func New(pool *pgxpool.Pool, opts ...Option) (*Locker, error) {
 	l.channel = qualified
 	if len(l.channel) > 63 { // NAMEDATALEN - 1
 		l.channel = "idemlock_" + strconv.FormatUint(hash64(qualified), 16)
-	}
-	if cfg.queued {
-		l.own = "idemlock_q_" + strconv.FormatUint(rand.Uint64(), 16)
 	}
 	if cfg.cleanup > 0 {
 		l.wg.Add(1)
@@ -235,18 +230,7 @@ func (l *Locker) Schema() []string { return append([]string(nil), l.sql.migrate.
 func missingTable(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000" ||
-		pgErr.Code == "42703" && addedColumn(pgErr.Message)) // a table from before the column
-}
-
-// addedColumn reports whether an undefined_column message names a column
-// added to a table after its first release.
-func addedColumn(msg string) bool {
-	for _, c := range []string{"fingerprint", "plain", "channel"} {
-		if strings.Contains(msg, c) {
-			return true
-		}
-	}
-	return false
+		pgErr.Code == "42703" && strings.Contains(pgErr.Message, "fingerprint")) // a table from before the column
 }
 
 // run runs one statement, op, and runs it once more if it failed before it

@@ -21,7 +21,7 @@ import (
 // lease table:
 //
 //	key bytea, id bigint, arrived timestamptz, expires_at timestamptz,
-//	channel text, PRIMARY KEY (key, id)
+//	PRIMARY KEY (key, id)
 //
 // ordered by (arrived, id): the database's clock_timestamp() when the
 // waiter joined. A ticket's take (ticketTake) takes the key only when it
@@ -37,13 +37,10 @@ import (
 // statement that reads the head, deleted by takes of their key and by the
 // cleaner.
 //
-// A release publishes pg_notify(<the head's channel>, "<hash of key>:<id
-// of the head>"): the head's row names the channel its Locker listens on
-// besides the table's (Locker.own), so only the head's notifier is woken,
-// and it wakes only the subscription of that ticket. The table's channel
-// gets the same notification when a plain subscription may wait (an
-// ordinary take marked the row: column plain), which any notification of
-// the key wakes. A ticket that leaves (Close) deletes its
+// A release publishes pg_notify(channel, "<hash of key>:<id of the head>")
+// instead of the key's hash alone: the notifier wakes only the
+// subscription of that ticket (and every plain subscription, which any
+// notification of the key wakes). A ticket that leaves (Close) deletes its
 // row; if it was the head and the key is free, it notifies the next head,
 // so a woken head that gives up never strands the queue.
 //
@@ -92,8 +89,7 @@ func (s *statements) queueStatements(t, seq, w string) {
 	left := func(col, now string) string {
 		return fmt.Sprintf("(extract(epoch FROM %s - %s) * 1000000)::bigint", col, now)
 	}
-	// $1 key, $2 TTL µs, $3 waiter id, $4 queueGrace µs, $5 the
-	// Locker's own channel. Returns whether
+	// $1 key, $2 TTL µs, $3 waiter id, $4 queueGrace µs. Returns whether
 	// it took the key, the token (the holder's when it did not), and the
 	// µs to wait: the holder's remaining TTL, or the head's when the key
 	// is free. h is the live head; o says whether the ticket is first
@@ -118,40 +114,34 @@ c AS (SELECT token, %[5]s AS rem FROM %[1]s
 r AS (SELECT coalesce((SELECT took FROM t), false) AS took,
 	coalesce((SELECT token FROM t), (SELECT token FROM m), (SELECT token FROM c), 0) AS token,
 	greatest(coalesce((SELECT rem FROM t), (SELECT rem FROM m), (SELECT rem FROM c), (SELECT rem FROM h), 0), 0) AS rem),
-q AS (INSERT INTO %[3]s AS w (key, id, arrived, expires_at, channel)
-	SELECT $1::bytea, $3::bigint, clock_timestamp(), clock_timestamp() + (r.rem + $4::bigint) %[6]s, $5::text FROM r WHERE NOT r.took
+q AS (INSERT INTO %[3]s AS w (key, id, arrived, expires_at)
+	SELECT $1::bytea, $3::bigint, clock_timestamp(), clock_timestamp() + (r.rem + $4::bigint) %[6]s FROM r WHERE NOT r.took
 	ON CONFLICT (key, id) DO UPDATE SET
 	arrived    = CASE WHEN w.expires_at <= clock_timestamp() THEN excluded.arrived ELSE w.arrived END,
-	expires_at = excluded.expires_at,
-	channel    = excluded.channel),
+	expires_at = excluded.expires_at),
 d AS (DELETE FROM %[3]s WHERE key = $1::bytea AND (id = $3::bigint AND (SELECT took FROM r)
 	OR id <> $3::bigint AND expires_at <= clock_timestamp()))
 SELECT took, token, rem FROM r`, t, seq, w, left("expires_at", "clock_timestamp()"), left("expires_at", "now()"), us)
 
 	// $1 key, $2 token, $3 channel, $4 payload. The release, which
-	// notifies the head of the queue by its id on the head's own channel,
-	// and the table's channel when a plain subscription may wait (an
-	// unqueued take marked the row), the head has no channel of its own,
-	// or no waiter is queued and the row was waited for. n counts the
-	// notifications.
+	// notifies the head of the queue by its id (or everyone, when none is
+	// queued) when the row was waited for or a waiter is queued.
 	s.releaseQueued = fmt.Sprintf(`WITH d AS (DELETE FROM %[1]s WHERE key = $1 AND token = $2 AND record IS NULL
-	RETURNING expires_at > now() AS live, waiters, plain),
-h AS (SELECT id, channel FROM %[2]s WHERE key = $1 AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
-c AS (SELECT channel FROM h WHERE channel IS NOT NULL
-	UNION ALL
-	SELECT $3::text FROM d WHERE d.plain OR NOT EXISTS (SELECT FROM h WHERE channel IS NOT NULL) AND (d.waiters OR EXISTS (SELECT FROM h))),
-n AS (SELECT pg_notify(c.channel, $4::text || coalesce(':' || (SELECT id FROM h), '')) FROM c, d)
+	RETURNING expires_at > now() AS live, waiters),
+h AS (SELECT id FROM %[2]s WHERE key = $1 AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
+n AS (SELECT pg_notify($3, $4 || coalesce(':' || (SELECT id FROM h), '')) FROM d
+	WHERE d.waiters OR EXISTS (SELECT FROM h))
 SELECT live, (SELECT count(*) FROM n) FROM d`, t, w)
 
 	// $1 key, $2 waiter id, $3 channel, $4 payload. Deletes the waiter;
 	// if it was the live head and the key is free, notifies the next
-	// head (on its own channel, or the table's when it has none). Returns whether it deleted a row and whether it notified.
-	s.leave = fmt.Sprintf(`WITH h AS (SELECT id, channel, row_number() OVER (ORDER BY arrived, id) AS n FROM %[2]s
+	// head. Returns whether it deleted a row and whether it notified.
+	s.leave = fmt.Sprintf(`WITH h AS (SELECT id, row_number() OVER (ORDER BY arrived, id) AS n FROM %[2]s
 	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 2),
 d AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = $2::bigint RETURNING id),
-x AS (SELECT id, channel FROM h WHERE n = 2 AND EXISTS (SELECT FROM h WHERE n = 1 AND id = $2::bigint)
+x AS (SELECT id FROM h WHERE n = 2 AND EXISTS (SELECT FROM h WHERE n = 1 AND id = $2::bigint)
 	AND NOT EXISTS (SELECT FROM %[1]s WHERE key = $1::bytea AND expires_at > now())),
-s AS (SELECT pg_notify(coalesce(channel, $3::text), $4::text || ':' || id) FROM x)
+s AS (SELECT pg_notify($3::text, $4::text || ':' || id) FROM x)
 SELECT (SELECT count(*) FROM d) = 1, (SELECT count(*) FROM s) = 1`, t, w)
 
 	// No argument: the cleaner's pass over the waiters.
@@ -227,7 +217,7 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 	)
 	sent := time.Now()
 	t.queued = true
-	err := l.locked(ctx, t.key, l.sql.ticketTake, []any{t.bkey, micros(ttl), t.id, micros(queueGrace), l.own}, &took, &token, &left)
+	err := l.locked(ctx, t.key, l.sql.ticketTake, []any{t.bkey, micros(ttl), t.id, micros(queueGrace)}, &took, &token, &left)
 	if err != nil {
 		return nil, errs.OpErrorCtx(ctx, "take", t.key, err)
 	}

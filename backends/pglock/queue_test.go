@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,7 +13,6 @@ import (
 	"github.com/idemlock/lock/backends/pglock"
 	"github.com/idemlock/lock/conformance"
 	"github.com/idemlock/lock/internal/testenv"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -458,125 +456,4 @@ func TestQueueOldTable(t *testing.T) {
 	if n, err := q.Cleanup(t.Context()); err != nil || n != 0 {
 		t.Errorf("Cleanup = %d, %v, want nothing to delete", n, err)
 	}
-}
-
-// A queued release notifies the head on its Locker's own channel: the
-// table's channel, where every Locker of the table listens, hears of it
-// only when a plain (unqueued) waiter marked the row, and then that
-// waiter is woken too.
-func TestQueueReleaseNotifiesHeadOnly(t *testing.T) {
-	table := testTable(t)
-	url := postgresURL(t)
-	queued := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
-	waiters := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
-	plain := newLocker(t, pglock.WithTable(table))
-	admin := newPool(t, url, nil)
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	channel := pglock.Channel(queued)
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
-		t.Fatal(err)
-	}
-	// Notifications arrive in commit order: a sentinel sent after a
-	// release tells whether the release notified the table's channel.
-	sentinel := func() {
-		t.Helper()
-		if _, err := admin.Exec(ctx, "SELECT pg_notify($1, 'sentinel')", channel); err != nil {
-			t.Fatal(err)
-		}
-	}
-	next := func() string {
-		t.Helper()
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		n, err := conn.WaitForNotification(wctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n.Payload
-	}
-	got := make(chan lock.Lease, 2)
-	acquire := func(l lock.Locker) {
-		go func() {
-			if le, err := lock.Acquire(ctx, l, "k", time.Minute); err == nil {
-				got <- le
-			}
-		}()
-	}
-	served := func() lock.Lease {
-		t.Helper()
-		select {
-		case le := <-got:
-			return le
-		case <-time.After(10 * time.Second):
-			t.Fatal("no waiter took the key after the release")
-			return nil
-		}
-	}
-
-	le, err := queued.TryAcquire(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	acquire(waiters)
-	awaitQueueLen(t, admin, table, "k", 1, 10*time.Second)
-	if err := le.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	le = served()
-	sentinel()
-	if p := next(); p != "sentinel" {
-		t.Errorf("a release with only queued waiters notified the table's channel: %q", p)
-	}
-
-	// A plain waiter marks the row; the queued one behind it queues.
-	pctx, pcancel := context.WithCancel(ctx)
-	defer pcancel()
-	plainGot := make(chan lock.Lease, 1)
-	go func() {
-		if le, err := lock.Acquire(pctx, plain, "k", time.Minute); err == nil {
-			plainGot <- le
-		}
-	}()
-	acquire(waiters)
-	awaitQueueLen(t, admin, table, "k", 1, 10*time.Second)
-	awaitPlainMark(t, admin, table, "k", 10*time.Second)
-	if err := le.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if p := next(); p == "sentinel" || !strings.Contains(p, ":") {
-		t.Errorf("a release with a plain waiter notified the table's channel with %q, want the key's hash and the head's id", p)
-	}
-	// Both waiters were woken: each gets the key in turn.
-	for range 2 {
-		select {
-		case le = <-got:
-		case le = <-plainGot:
-		case <-time.After(10 * time.Second):
-			t.Fatal("a waiter was not served after the release")
-		}
-		if err := le.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// awaitPlainMark polls until an unqueued take marked key's row (the
-// event is a write on the server, which only polling can see), failing
-// after d: the count of marked rows of key reaches 1.
-func awaitPlainMark(t *testing.T, pool *pgxpool.Pool, table, key string, d time.Duration) {
-	t.Helper()
-	testenv.AwaitQueueLen(t, func() int {
-		var n int
-		q := fmt.Sprintf("SELECT count(*) FROM %s WHERE key = $1 AND plain", pgx.Identifier{table}.Sanitize())
-		if err := pool.QueryRow(t.Context(), q, []byte(key)).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}, 1, d)
 }

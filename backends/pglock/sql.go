@@ -2,7 +2,6 @@ package pglock
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -21,15 +20,6 @@ const takeOver = `
 	record      = CASE WHEN l.expires_at <= now() THEN NULL ELSE l.record END,
 	fingerprint = CASE WHEN l.expires_at <= now() THEN excluded.fingerprint ELSE l.fingerprint END,
 	waiters     = CASE WHEN l.expires_at <= now() THEN excluded.waiters ELSE l.waiters OR l.record IS NULL END`
-
-// plainTakeOver is takeOver for the ordinary take, whose caller waits
-// (if at all) unqueued: it also marks a held row as waited for by a plain
-// subscription.
-const plainTakeOver = takeOver + `,
-	plain       = CASE WHEN l.expires_at <= now() THEN false ELSE l.plain OR l.record IS NULL END`
-
-// quoteLiteral returns s as an SQL string literal.
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // statements are the SQL texts of one table, built once by New.
 type statements struct {
@@ -50,8 +40,6 @@ type statements struct {
 //	token       bigint       the holder's fencing token, from the sequence
 //	expires_at  timestamptz  the server time the lease or record ends
 //	waiters     boolean      a failed take saw this holder: wake on release
-//	plain       boolean      a failed ordinary (unqueued) take saw it: a queued
-//	                         release notifies the table's channel too
 //	record      bytea        NULL while held; the completed record after
 //	fingerprint bytea        the holder's fingerprint (ClaimFingerprint), or NULL
 func newStatements(schema, table string) statements {
@@ -78,7 +66,6 @@ func newStatements(schema, table string) statements {
 		// sessions; NO CYCLE keeps it increasing.
 		// Added after the first release: tables made before get it here.
 		fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS fingerprint bytea", t),
-		fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS plain boolean NOT NULL DEFAULT false", t),
 		fmt.Sprintf("CREATE SEQUENCE IF NOT EXISTS %s AS bigint CACHE 1 NO CYCLE", seq),
 		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (expires_at)", pgx.Identifier{table + "_expires"}.Sanitize(), t),
 		// Added with WithQueue: the queued waiters (queue.go). Tables made
@@ -88,19 +75,9 @@ func newStatements(schema, table string) statements {
 	id         bigint      NOT NULL,
 	arrived    timestamptz NOT NULL,
 	expires_at timestamptz NOT NULL,
-	channel    text, -- the NOTIFY channel of the waiter's Locker (NULL: the table's)
 	PRIMARY KEY (key, id)
 )`, w),
 		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (key, arrived, id)", pgx.Identifier{table + "_waiters_q"}.Sanitize(), w),
-		// Waiters tables made before the channel column get it here. Only
-		// when it is missing: ALTER TABLE locks the table even when it has
-		// nothing to do, and a Migrate holding the lease table's lock
-		// would deadlock with a queued take that read the waiters first.
-		fmt.Sprintf(`DO $idemlock$ BEGIN
-	IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%[1]s) AND attname = 'channel' AND NOT attisdropped) THEN
-		ALTER TABLE %[2]s ADD COLUMN channel text;
-	END IF;
-END $idemlock$`, quoteLiteral(w), w),
 	)
 	s.queueStatements(t, seq, w)
 
@@ -117,7 +94,7 @@ END $idemlock$`, quoteLiteral(w), w),
 	s.take = fmt.Sprintf(`WITH g AS MATERIALIZED (SELECT pg_advisory_xact_lock($1::int4, $2::int4))
 INSERT INTO %[1]s AS l (key, token, expires_at, fingerprint)
 SELECT $3::bytea, nextval('%[2]s'), now() + $4::bigint * interval '1 microsecond', $5::bytea FROM g
-ON CONFLICT (key) DO UPDATE SET `+plainTakeOver+`
+ON CONFLICT (key) DO UPDATE SET `+takeOver+`
 RETURNING token, waiters, record, (extract(epoch FROM expires_at - now()) * 1000000)::bigint, fingerprint`, t, seq)
 
 	// $1 key, $2 token, $3 TTL µs.
