@@ -231,8 +231,6 @@ type postgresMeter struct {
 	n        atomic.Int64
 	inflight atomic.Int64
 	before   int64
-	parse    atomic.Int64 // Parse messages: requests that prepare a statement (its first use on a connection)
-	pbefore  int64
 }
 
 func newPostgresMeter(_ testing.TB, env Env) (Env, Meter) {
@@ -248,10 +246,10 @@ func newPostgresMeter(_ testing.TB, env Env) (Env, Meter) {
 	return env, m
 }
 
-func (m *postgresMeter) Start(testing.TB) { m.before = m.n.Load(); m.pbefore = m.parse.Load() }
+func (m *postgresMeter) Start(testing.TB) { m.before = m.n.Load() }
 
 func (m *postgresMeter) Stop(testing.TB) Counts {
-	return Counts{"req": float64(m.n.Load() - m.before), "inflight": float64(m.inflight.Load()), "req:prepare": float64(m.parse.Load() - m.pbefore)}
+	return Counts{"req": float64(m.n.Load() - m.before), "inflight": float64(m.inflight.Load())}
 }
 
 // countingConn parses the message streams of one connection: requests
@@ -266,9 +264,6 @@ type countingConn struct {
 
 func (c *countingConn) Write(p []byte) (int, error) {
 	c.out.scan(p, func(t byte) {
-		if t == 'P' {
-			c.m.parse.Add(1)
-		}
 		if t == 'S' || t == 'Q' {
 			c.m.n.Add(1)
 			c.pending.Add(1)
