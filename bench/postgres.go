@@ -222,10 +222,15 @@ func (h skipLockedHeld) Release(ctx context.Context) error { return h.tx.Commit(
 
 // postgresMeter counts round trips on the client side, at the connection:
 // every Sync (the end of an extended-protocol request) and every simple
-// Query message is one request the server answers.
+// Query message is one request the server answers. Its Counts also hold
+// "inflight": the requests sent and not yet answered (each is answered by
+// one ReadyForQuery) when Stop read them, such as takes waiting in the
+// server for a key's advisory lock, a backlog the sent count alone does not
+// show.
 type postgresMeter struct {
-	n      atomic.Int64
-	before int64
+	n        atomic.Int64
+	inflight atomic.Int64
+	before   int64
 }
 
 func newPostgresMeter(_ testing.TB, env Env) (Env, Meter) {
@@ -236,7 +241,7 @@ func newPostgresMeter(_ testing.TB, env Env) (Env, Meter) {
 		if err != nil {
 			return nil, err
 		}
-		return &countingConn{Conn: c, m: m, startup: true}, nil
+		return &countingConn{Conn: c, m: m, out: messages{startup: true}, in: messages{ready: 1}}, nil
 	}
 	return env, m
 }
@@ -244,48 +249,92 @@ func newPostgresMeter(_ testing.TB, env Env) (Env, Meter) {
 func (m *postgresMeter) Start(testing.TB) { m.before = m.n.Load() }
 
 func (m *postgresMeter) Stop(testing.TB) Counts {
-	return Counts{"req": float64(m.n.Load() - m.before)}
+	return Counts{"req": float64(m.n.Load() - m.before), "inflight": float64(m.inflight.Load())}
 }
 
-// countingConn parses the frontend message stream of one connection.
+// countingConn parses the message streams of one connection: requests
+// written, ReadyForQuery messages read.
 type countingConn struct {
 	net.Conn
 	m       *postgresMeter
-	startup bool // the next message is the untyped startup message
-	partial int  // bytes of the current message still to come
-	hdr     []byte
+	out, in messages
+	pending atomic.Int64 // requests of this connection not yet answered
+	closed  atomic.Bool
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
+	c.out.scan(p, func(t byte) {
+		if t == 'S' || t == 'Q' {
+			c.m.n.Add(1)
+			c.pending.Add(1)
+			c.m.inflight.Add(1)
+		}
+	})
+	return c.Conn.Write(p)
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.in.scan(p[:n], func(t byte) {
+		if t != 'Z' {
+			return
+		}
+		if c.in.ready > 0 { // the one that ends the start-up answers no request
+			c.in.ready--
+			return
+		}
+		c.pending.Add(-1)
+		c.m.inflight.Add(-1)
+	})
+	return n, err
+}
+
+// Close forgets the connection's unanswered requests: no answer comes.
+func (c *countingConn) Close() error {
+	if !c.closed.Swap(true) {
+		c.m.inflight.Add(-c.pending.Swap(0))
+	}
+	return c.Conn.Close()
+}
+
+// messages frames one direction of a connection's protocol stream: typed
+// messages (type byte, length), after an untyped startup message on the
+// frontend's side.
+type messages struct {
+	startup bool // the next message is the untyped startup message
+	partial int  // bytes of the current message still to come
+	hdr     []byte
+	ready   int // backend: ReadyForQuery messages that answer no request
+}
+
+// scan feeds p to the framer, calling typed with each message's type.
+func (s *messages) scan(p []byte, typed func(byte)) {
 	for q := p; len(q) > 0; {
-		if c.partial > 0 {
-			n := min(c.partial, len(q))
-			c.partial -= n
+		if s.partial > 0 {
+			n := min(s.partial, len(q))
+			s.partial -= n
 			q = q[n:]
 			continue
 		}
 		need := 5
-		if c.startup {
+		if s.startup {
 			need = 4
 		}
-		n := min(need-len(c.hdr), len(q))
-		c.hdr = append(c.hdr, q[:n]...)
+		n := min(need-len(s.hdr), len(q))
+		s.hdr = append(s.hdr, q[:n]...)
 		q = q[n:]
-		if len(c.hdr) < need {
+		if len(s.hdr) < need {
 			break
 		}
-		if c.startup {
-			c.partial = int(binary.BigEndian.Uint32(c.hdr)) - 4
-			c.startup = false
+		if s.startup {
+			s.partial = int(binary.BigEndian.Uint32(s.hdr)) - 4
+			s.startup = false
 		} else {
-			if c.hdr[0] == 'S' || c.hdr[0] == 'Q' {
-				c.m.n.Add(1)
-			}
-			c.partial = int(binary.BigEndian.Uint32(c.hdr[1:])) - 4
+			typed(s.hdr[0])
+			s.partial = int(binary.BigEndian.Uint32(s.hdr[1:])) - 4
 		}
-		c.hdr = c.hdr[:0]
+		s.hdr = s.hdr[:0]
 	}
-	return c.Conn.Write(p)
 }
 
 // postgresVersion returns the server's version.
