@@ -37,6 +37,12 @@ const EnvRound = "IDEMLOCK_BENCH_ROUND"
 // expires during a run, so every hand-off is a release.
 const TTL = 30 * time.Second
 
+// WarmConns is how many keys each client of a hand-off workload takes and
+// releases at once before the run: pgxpool's default pool size here
+// (max(4, GOMAXPROCS)), so that each pooled connection has prepared the
+// statements.
+const WarmConns = 4
+
 // HoldTime is how long a contender keeps the lock in the Handoff workload.
 const HoldTime = time.Millisecond
 

@@ -35,5 +35,5 @@ func Scales(be Backend, lib Lib) bool {
 // same metrics as Handoff (ns/handoff-p50, ns/handoff-p99, acq-cv,
 // acq-min/max, req/handoff).
 func Scaling(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters int) {
-	handoff(b, be, lib, env, prefix, waiters, min(ScalingClients, waiters))
+	handoff(b, be, lib, env, prefix, waiters, min(ScalingClients, waiters), true)
 }

@@ -108,13 +108,16 @@ type holding struct {
 // the meter tells them apart).
 // ns/op is one holding plus one hand-off.
 func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
-	handoff(b, be, lib, env, prefix, Contenders, Contenders)
+	handoff(b, be, lib, env, prefix, Contenders, Contenders, false)
 }
 
 // handoff is the Handoff workload with waiters contenders sharing
 // nclients clients (contender i uses client i mod nclients), as waiters
-// sharing a process's client would.
-func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters, nclients int) {
+// sharing a process's client would. With quiet (the Scaling workloads),
+// the first holder keeps the key until the waiters are quiet at every
+// number of waiters, so that their start-up is counted in no hand-off at
+// 8 waiters either.
+func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters, nclients int, quiet bool) {
 	var load Meter
 	if be.Load != nil {
 		env, load = be.Load(b, env)
@@ -140,8 +143,37 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 	if waiters > Contenders {
 		settle = time.Duration(waiters) * time.Millisecond
 	}
+	quiet = quiet || settle > 0
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
+	// Each shared client first takes and releases WarmConns keys at once,
+	// so that every connection of its pool has run the take and the
+	// release (a database client prepares a statement on each connection
+	// at its first use there: a one-off round trip that belongs to no
+	// hand-off, yet would be counted in the first hand-offs that reach that
+	// connection).
+	var (
+		warm    sync.WaitGroup
+		warmErr = make(chan error, len(shared)*WarmConns)
+	)
+	for ci, c := range shared {
+		for j := range WarmConns {
+			warm.Go(func() {
+				h, err := c.Lock(ctx, fmt.Sprintf("%swarm-%d-%d", prefix, ci, j))
+				if err == nil {
+					err = h.Release(ctx)
+				}
+				if err != nil {
+					warmErr <- err
+				}
+			})
+		}
+	}
+	warm.Wait()
+	close(warmErr)
+	if err := <-warmErr; err != nil {
+		b.Fatalf("warm-up: %v", err)
+	}
 	for _, c := range clients { // connections, subscriptions, pools
 		h, err := c.Lock(ctx, key)
 		if err != nil {
@@ -242,7 +274,7 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 					_ = h.Release(context.Background())
 					return
 				}
-				if idx == 0 && (!sleepCtx(ctx, settle) || settle > 0 && !quiesce(b, ctx, load, nclients)) {
+				if idx == 0 && (!sleepCtx(ctx, settle) || quiet && !quiesce(b, ctx, load, nclients)) {
 					_ = h.Release(context.Background())
 					return
 				}
