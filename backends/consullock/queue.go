@@ -608,8 +608,15 @@ type ticket struct {
 	l                     *Locker
 	key, path, prefix, ek string
 	closed                bool
-	maybe                 bool          // a queueing or take of unknown outcome ran: Close deletes the entry
-	ch                    chan struct{} // one slot: a wake-up is kept until Wait takes it
+	maybe                 bool // a queueing or take of unknown outcome ran: Close deletes the entry
+	// gone are the entries takes of unknown outcome left: perhaps marked
+	// taken for a lease nobody holds (its session is doomed), perhaps
+	// still waiting. The ticket queues again under a new name, since
+	// locking such an entry again would unmark it and give it back a place
+	// the Locker behind may already have passed; the next queueing (or
+	// Close) deletes them.
+	gone []string
+	ch   chan struct{} // one slot: a wake-up is kept until Wait takes it
 
 	// Guarded by l.q.mu.
 	k     *qkey
@@ -698,6 +705,10 @@ func (t *ticket) enqueue(ctx context.Context) error {
 		if !behind {
 			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: t.prefix}})
 		}
+		gone := t.gone
+		for _, e := range gone {
+			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: e}})
+		}
 		ok, resp, err := l.txn(ctx, ops)
 		q.release()
 		if err != nil {
@@ -719,10 +730,11 @@ func (t *ticket) enqueue(ctx context.Context) error {
 		own := resp.Results[0].KV
 		var kvs []*api.KVPair
 		for _, r := range resp.Results[1:] {
-			if r.KV != nil {
+			if r.KV != nil && !slices.Contains(gone, r.KV.Key) { // read before their deletion
 				kvs = append(kvs, r.KV)
 			}
 		}
+		t.gone = nil
 		v := newView(own.ModifyIndex, t.prefix, t.path, kvs)
 		q.mu.Lock()
 		defer q.mu.Unlock()
@@ -769,6 +781,8 @@ func (t *ticket) take(ctx context.Context, sttl time.Duration) (_ lock.Lease, ag
 		t.maybe = true
 		q.mu.Lock()
 		t.lost, t.ready = true, false
+		t.gone = append(t.gone, t.ek)
+		t.ek = t.prefix + newEntryID()
 		q.mu.Unlock()
 		return nil, false, errs.OpError("take", t.key, err)
 	}
@@ -921,13 +935,17 @@ func (t *ticket) Close() error {
 	defer cancel()
 	err := q.slot(ctx)
 	if err == nil {
-		_, err = t.l.client.KV().Delete(t.ek, (&api.WriteOptions{}).WithContext(ctx))
+		for _, e := range append([]string{t.ek}, t.gone...) {
+			if _, err = t.l.client.KV().Delete(e, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+				break
+			}
+		}
 		q.release()
 	}
 	if err != nil {
 		q.drop(sess, true)
 		return errs.OpError("leave the queue of", t.key, apiError(err))
 	}
-	t.maybe = false
+	t.maybe, t.gone = false, nil
 	return nil
 }
