@@ -418,11 +418,11 @@ func (k *qkey) run() {
 			continue
 		}
 		lingered = false
-		v := k.view
+		v, idx := k.view, e.idx // e.idx is written under q.mu (Close)
 		ctx, cancel := context.WithCancel(q.ctx)
 		k.stop = cancel
 		q.mu.Unlock()
-		err := k.step(ctx, e, v)
+		err := k.step(ctx, e, idx, v)
 		q.mu.Lock()
 		k.stop = nil
 		q.mu.Unlock()
@@ -443,11 +443,12 @@ func (k *qkey) run() {
 	}
 }
 
-// step makes one observation for e, the earliest ticket, from view v.
-func (k *qkey) step(ctx context.Context, e *ticket, v *qview) error {
+// step makes one observation for e, the earliest ticket, whose entry's
+// CreateIndex was idx when the step began, from view v.
+func (k *qkey) step(ctx context.Context, e *ticket, idx uint64, v *qview) error {
 	q := k.q
 	kv := q.l.client.KV()
-	if v == nil || e.idx > v.index {
+	if v == nil || idx > v.index {
 		// No view, or one older than e's entry (it queued behind another
 		// ticket of this Locker without reading the queue): read it.
 		// The read starts after every registered ticket queued, so it
@@ -468,7 +469,7 @@ func (k *qkey) step(ctx context.Context, e *ticket, v *qview) error {
 		q.mu.Unlock()
 		return nil
 	}
-	if ahead := v.ahead(e.idx); len(ahead) > 0 {
+	if ahead := v.ahead(idx); len(ahead) > 0 {
 		pred := ahead[len(ahead)-1]
 		pair, _, err := kv.Get(pred.Key, (&api.QueryOptions{WaitIndex: pred.ModifyIndex}).WithContext(ctx))
 		if err != nil {
