@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/consullock"
+	"github.com/idemlock/lock/internal/testenv"
 )
 
 // Adversarial: a head's take whose reply is lost (applied) marks its entry;
@@ -21,15 +23,8 @@ func TestAdvTakeReplyLostRetry(t *testing.T) {
 	checkNoSessions(t)
 	admin, _ := newClient(t)
 	pfx := consullock.DefaultPrefix
-	k, le := heldKey(t)
-	la, faults, _ := newFaultyLocker(t, consullock.WithQueue())
-	lb, _ := newLocker(t, consullock.WithQueue())
-	a := queuedTicket(t, la, k)
-	b := queuedTicket(t, lb, k)
-	awaitQueueLen(t, admin, pfx, k, 2, 10*time.Second)
-	if err := le.Release(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	q := queueTwo(t, admin, pfx, true)
+	k, faults, a, b := q.k, q.faults, q.a, q.b
 	awaitReady(t, a)
 	faults.LoseNextReply()
 	if _, err := a.TryAcquire(t.Context(), time.Minute); err == nil || errors.Is(err, lock.ErrNotAcquired) {
@@ -154,15 +149,8 @@ func TestAdvQueuedReleaseReplyLost(t *testing.T) {
 	checkNoSessions(t)
 	admin, _ := newClient(t)
 	pfx := consullock.DefaultPrefix
-	k, le := heldKey(t)
-	la, faults, _ := newFaultyLocker(t, consullock.WithQueue())
-	lb, _ := newLocker(t, consullock.WithQueue())
-	a := queuedTicket(t, la, k)
-	b := queuedTicket(t, lb, k)
-	awaitQueueLen(t, admin, pfx, k, 2, 10*time.Second)
-	if err := le.Release(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	q := queueTwo(t, admin, pfx, true)
+	k, faults, a, b := q.k, q.faults, q.a, q.b
 	ga := takeTurn(t, a)
 	faults.LoseNextReply()
 	if err := ga.Release(t.Context()); err == nil {
@@ -195,15 +183,8 @@ func TestAdvQueuedComplete(t *testing.T) {
 	admin, _ := newClient(t)
 	pfx := consullock.DefaultPrefix
 	for _, lose := range []bool{false, true} {
-		k, le := heldKey(t)
-		la, faults, _ := newFaultyLocker(t, consullock.WithQueue())
-		lb, _ := newLocker(t, consullock.WithQueue())
-		a := queuedTicket(t, la, k)
-		b := queuedTicket(t, lb, k)
-		awaitQueueLen(t, admin, pfx, k, 2, 10*time.Second)
-		if err := le.Release(t.Context()); err != nil {
-			t.Fatal(err)
-		}
+		q := queueTwo(t, admin, pfx, true)
+		k, la, faults, a, b := q.k, q.la, q.faults, q.a, q.b
 		ga := takeTurn(t, a)
 		if lose {
 			faults.LoseNextReply()
@@ -246,15 +227,8 @@ func TestAdvLostTakeRequeueVsMarkedHead(t *testing.T) {
 	checkNoSessions(t)
 	admin, _ := newClient(t)
 	pfx := consullock.DefaultPrefix
-	k, le := heldKey(t)
-	la, faults, _ := newFaultyLocker(t, consullock.WithQueue())
-	lb, _ := newLocker(t, consullock.WithQueue())
-	a := queuedTicket(t, la, k)
-	b := queuedTicket(t, lb, k)
-	awaitQueueLen(t, admin, pfx, k, 2, 10*time.Second)
-	if err := le.Release(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	q := queueTwo(t, admin, pfx, true)
+	k, faults, a, b := q.k, q.faults, q.a, q.b
 	awaitReady(t, a)
 	faults.LoseNextReply()
 	if _, err := a.TryAcquire(t.Context(), time.Minute); err == nil || errors.Is(err, lock.ErrNotAcquired) {
@@ -321,15 +295,8 @@ func TestAdvWokenHeadLeaves(t *testing.T) {
 	checkNoSessions(t)
 	admin, _ := newClient(t)
 	pfx := consullock.DefaultPrefix
-	k, le := heldKey(t)
-	la, _ := newLocker(t, consullock.WithQueue())
-	lb, _ := newLocker(t, consullock.WithQueue())
-	a := queuedTicket(t, la, k)
-	b := queuedTicket(t, lb, k)
-	awaitQueueLen(t, admin, pfx, k, 2, 10*time.Second)
-	if err := le.Release(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	q := queueTwo(t, admin, pfx, false)
+	k, a, b := q.k, q.a, q.b
 	awaitReady(t, a)
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
@@ -351,15 +318,8 @@ func TestAdvReusedTicketAfterExpiry(t *testing.T) {
 	checkNoSessions(t)
 	admin, _ := newClient(t)
 	pfx := consullock.DefaultPrefix
-	k, le := heldKey(t)
-	la, _ := newLocker(t, consullock.WithQueue())
-	lb, _ := newLocker(t, consullock.WithQueue())
-	a := queuedTicket(t, la, k)
-	b := queuedTicket(t, lb, k)
-	awaitQueueLen(t, admin, pfx, k, 2, 10*time.Second)
-	if err := le.Release(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	q := queueTwo(t, admin, pfx, false)
+	k, a, b := q.k, q.a, q.b
 	awaitReady(t, a)
 	short, err := a.TryAcquire(t.Context(), time.Second)
 	if err != nil {
@@ -400,15 +360,8 @@ func TestAdvHolderLockerClosed(t *testing.T) {
 	checkNoSessions(t)
 	admin, _ := newClient(t)
 	pfx := consullock.DefaultPrefix
-	k, le := heldKey(t)
-	la, _ := newLocker(t, consullock.WithQueue())
-	lb, _ := newLocker(t, consullock.WithQueue())
-	a := queuedTicket(t, la, k)
-	b := queuedTicket(t, lb, k)
-	awaitQueueLen(t, admin, pfx, k, 2, 10*time.Second)
-	if err := le.Release(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	q := queueTwo(t, admin, pfx, false)
+	k, la, a, b := q.k, q.la, q.a, q.b
 	ga := takeTurn(t, a)
 	_ = a.Close()
 	if err := la.Close(); err != nil {
@@ -427,4 +380,35 @@ func TestAdvHolderLockerClosed(t *testing.T) {
 	if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
 		t.Errorf("the queue holds %d entries at the end, want 0", len(es))
 	}
+}
+
+// twoQueued is the start of most adversarial tests: a key k held by an
+// unqueued lease, ticket a of la and then ticket b of lb queued behind it,
+// and the holder's release. la loses replies on demand (faults) when
+// faulty is set.
+type twoQueued struct {
+	k      string
+	la, lb *consullock.Locker
+	faults *testenv.FaultSwitch
+	a, b   lock.Ticket
+}
+
+func queueTwo(t *testing.T, admin *api.Client, pfx string, faulty bool) twoQueued {
+	t.Helper()
+	q := twoQueued{}
+	var le lock.Lease
+	q.k, le = heldKey(t)
+	if faulty {
+		q.la, q.faults, _ = newFaultyLocker(t, consullock.WithQueue())
+	} else {
+		q.la, _ = newLocker(t, consullock.WithQueue())
+	}
+	q.lb, _ = newLocker(t, consullock.WithQueue())
+	q.a = queuedTicket(t, q.la, q.k)
+	q.b = queuedTicket(t, q.lb, q.k)
+	awaitQueueLen(t, admin, pfx, q.k, 2, 10*time.Second)
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return q
 }
