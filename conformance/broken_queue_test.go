@@ -2,6 +2,7 @@ package conformance_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -12,10 +13,13 @@ import (
 
 // The queue flaws: the broken server's clients implement lock.Queuer (as
 // they do without a flaw) with a queue that serves the newest waiter first,
-// or whose woken head leaves without waking the next waiter.
+// or whose woken head leaves without waking the next waiter, or leaves
+// after a take of unknown outcome without waking the next waiter (which
+// then sleeps through the end of the take nobody holds a lease for).
 func init() {
 	flaws["queue-lifo"] = "QueueOrder"
 	flaws["queue-strands"] = "QueueHeadGivesUp"
+	flaws["queue-lost-strands"] = "QueueHeadTakeLost"
 }
 
 // locker returns c as the suite sees it: a lock.Queuer without a flaw and
@@ -55,7 +59,22 @@ func (q queuedClient) Queue(ctx context.Context, key string) (lock.Ticket, error
 
 type brokenTicket struct {
 	*brokenSub
-	c *brokenClient
+	c    *brokenClient
+	lost bool // its latest take's outcome is unknown
+}
+
+// Close leaves the queue; after a take of unknown outcome, which may hold
+// the key, it wakes the next waiter too, so that the waiter learns the
+// take's shorter remaining TTL (unless the flaw leaves it asleep).
+func (t *brokenTicket) Close() error {
+	err := t.brokenSub.Close()
+	s := t.srv
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if subs := s.waiters[t.key]; t.lost && len(subs) > 0 && s.flaw != "queue-lost-strands" {
+		subs[0].notify()
+	}
+	return err
 }
 
 func (t *brokenTicket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
@@ -77,6 +96,7 @@ func (t *brokenTicket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.
 		return nil, refused
 	}
 	le, err := t.c.TryAcquire(ctx, t.key, ttl)
+	t.lost = err != nil && !errors.Is(err, lock.ErrNotAcquired)
 	if err == nil { // taken: out of the queue, with nothing to pass on
 		s.mu.Lock()
 		t.closed = true

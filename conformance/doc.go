@@ -137,6 +137,12 @@
 //     holder's release.
 //   - QueueHeadGivesUp (optional: lock.Queuer): WokenWaiterGivesUp on a
 //     queue, and the two remaining waiters are served in arrival order.
+//   - QueueHeadTakeLost (optional: lock.Queuer and the fault hook): the
+//     same with a head whose take after the release is applied but its
+//     reply lost; lock.Acquire fails with an error of unknown outcome, and
+//     the two remaining waiters are served in arrival order, the first
+//     within one polling interval of the end of the lost take's short TTL
+//     (sooner if the backend undoes it), not of the first holder's.
 //   - NoGoroutineLeak: no goroutine started during the suite is left once
 //     every Locker was cleaned up.
 //   - NoConnectionLeak: no socket opened during the suite is left open

@@ -282,7 +282,9 @@ type watched struct {
 	once     sync.Once
 	waiting  chan struct{} // closed when the waiter waits
 	giveUp   context.CancelFunc
+	lose     Faults       // with releases: loses the reply of the first attempt after the release
 	releases *atomic.Bool // set just before the holder releases
+	lostSent time.Time    // when the attempt whose reply lose lost was sent
 
 	mu         sync.Mutex
 	last, prev roundTrip // the latest TryAcquire and the one before it
@@ -317,10 +319,19 @@ func (w *watched) attempt(ctx context.Context, take func() (lock.Lease, error)) 
 		w.giveUp() // woken, and leaving without taking the key
 		return nil, ctx.Err()
 	}
+	w.mu.Lock()
+	losing := w.lose != nil && w.releases.Load() && w.lostSent.IsZero()
+	if losing {
+		w.lose.LoseNextReply() // woken, and its take's reply will be lost
+	}
+	w.mu.Unlock()
 	sent := time.Now()
 	le, err := take()
 	w.mu.Lock()
 	w.prev, w.last = w.last, roundTrip{sent, time.Now()}
+	if losing {
+		w.lostSent = sent
+	}
 	w.mu.Unlock()
 	if _, notify := w.Locker.(lock.Notifier); !notify && errors.Is(err, lock.ErrNotAcquired) && w.polls.Add(1) >= 2 {
 		w.markWaiting() // a polling waiter: its second attempt follows a sleep
@@ -367,11 +378,26 @@ func (w *watched) locker() lock.Locker {
 // key, one after the other. The first gives up (its context ends) at its
 // first attempt after the holder releases: the key must still reach the
 // second waiter within one polling interval, and then the third.
-func testWokenWaiterGivesUp(c *check, p params) { wokenWaiterGivesUp(c, p, false) }
+func testWokenWaiterGivesUp(c *check, p params) { wokenWaiterGivesUp(c, p, false, headGivesUp) }
+
+// headFault is how the first waiter of wokenWaiterGivesUp fails at its
+// first attempt after the holder's release.
+type headFault int
+
+const (
+	// headGivesUp: its context ends before the attempt.
+	headGivesUp headFault = iota
+	// headTakeLost: the attempt's reply is lost after the server applied
+	// it, so the first waiter may hold the key with a lease nobody has, for
+	// the short TTL it asked for.
+	headTakeLost
+)
 
 // wokenWaiterGivesUp is testWokenWaiterGivesUp; with ordered, the two
 // remaining waiters must also get the key in the order they began waiting.
-func wokenWaiterGivesUp(c *check, p params, ordered bool) {
+// With headTakeLost the first waiter's Locker is a faulty one; the second
+// waiter's bound then starts when the first one's take would have expired.
+func wokenWaiterGivesUp(c *check, p params, ordered bool, fault headFault) {
 	holder := p.newLocker(c)
 	key := c.key("k")
 	le := c.take(holder, key, p.long)
@@ -386,11 +412,21 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool) {
 		}
 	}
 
-	first := watch(p.newLocker(c))
-	first.giveUp, first.releases = giveUp, &releasing
+	var first *watched
+	ttlA := p.long
+	if fault == headTakeLost {
+		l, f := p.newFaultyLocker(c)
+		queuer(c, l)
+		first = watch(l)
+		first.lose, ttlA = f, p.short
+	} else {
+		first = watch(p.newLocker(c))
+		first.giveUp = giveUp
+	}
+	first.releases = &releasing
 	gaveUp := make(chan error, 1)
 	go func() {
-		got, err := lock.Acquire(ctxA, first.locker(), key, p.long)
+		got, err := lock.Acquire(ctxA, first.locker(), key, ttlA)
 		if err == nil {
 			_ = got.Release(context.WithoutCancel(ctxA))
 		}
@@ -429,8 +465,17 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool) {
 	releasing.Store(true)
 	released := time.Now()
 	c.release(le)
-	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+	err := <-gaveUp
+	switch {
+	case fault == headGivesUp && !errors.Is(err, context.Canceled):
 		c.Fatalf("the waiter that gave up: Acquire returned %v, want an error matching context.Canceled", err)
+	case fault == headTakeLost:
+		c.lostReply("Acquire of the woken head", err)
+		first.mu.Lock()
+		if lost := first.lostSent.Add(p.expiryBound(p.short)); lost.After(released) {
+			released = lost // the lost take may hold the key until then
+		}
+		first.mu.Unlock()
 	}
 	var got []taken
 	for range 2 {
@@ -440,8 +485,8 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool) {
 				c.Fatalf("a waiter behind one that gave up: %v", r.err)
 			}
 			got = append(got, r)
-		case <-time.After(4 * bound):
-			c.Fatalf("%d of the 2 remaining waiters took the key within %v of the release: the wake-up the first waiter did not act on was lost", len(got), 4*bound)
+		case <-time.After(time.Until(released) + 4*bound):
+			c.Fatalf("%d of the 2 remaining waiters took the key within %v of the release (or of the end of the first waiter's lost take): the wake-up the first waiter did not act on was lost", len(got), 4*bound)
 		}
 	}
 	// The order they took the key in: not the order their results

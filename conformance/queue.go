@@ -104,7 +104,18 @@ func testQueueOrder(c *check, p params) {
 // in arrival order, each within one polling interval.
 func testQueueHeadGivesUp(c *check, p params) {
 	queuer(c, p.newLocker(c))
-	wokenWaiterGivesUp(c, p, true)
+	wokenWaiterGivesUp(c, p, true, headGivesUp)
+}
+
+// testQueueHeadTakeLost is testQueueHeadGivesUp with a head whose take,
+// after the release woke it, was applied by the server but its reply lost:
+// Acquire fails with an error of unknown outcome, and the next two waiters
+// must get the key in arrival order, the first of them within one polling
+// interval of when the lost take's short TTL ran out (sooner if the
+// backend undoes it), not when the first holder's long TTL would have.
+func testQueueHeadTakeLost(c *check, p params) {
+	queuer(c, p.newLocker(c))
+	wokenWaiterGivesUp(c, p, true, headTakeLost)
 }
 
 // watchedQueuer is a watched Locker whose backend implements Queuer (and

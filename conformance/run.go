@@ -95,6 +95,8 @@ var suite = []subtest[params]{
 		"the queue is not ordered by arrival (a set or a stack, a score that is not the arrival), or a ticket's take does not check that no waiter is ahead"},
 	{"QueueHeadGivesUp", "optional Queuer: a woken head that gives up never strands the queue; the rest are served in order", testQueueHeadGivesUp,
 		"Ticket.Close removes the waiter without waking the next one while the key is free"},
+	{"QueueHeadTakeLost", "optional Queuer and fault hook: a head whose take had an unknown outcome never strands the queue; the rest are served in order", testQueueHeadTakeLost,
+		"a ticket whose take may have been applied leaves (Close) without undoing it or waking the next waiter, which then waits out the previous holder's TTL; or a retry keeps the ticket's old place ahead of later waiters"},
 }
 
 // Run runs the whole suite against the backend cfg describes, then checks

@@ -133,14 +133,19 @@ n AS (SELECT pg_notify($3, $4 || coalesce(':' || (SELECT id FROM h), '')) FROM d
 	WHERE d.waiters OR EXISTS (SELECT FROM h))
 SELECT live, (SELECT count(*) FROM n) FROM d`, t, w)
 
-	// $1 key, $2 waiter id, $3 channel, $4 payload. Deletes the waiter;
-	// if it was the live head and the key is free, notifies the next
-	// head. Returns whether it deleted a row and whether it notified.
+	// $1 key, $2 waiter id, $3 channel, $4 payload, $5 whether the
+	// waiter's latest take had an unknown outcome. Deletes the waiter; if
+	// it was the live head and the key is free, or after a take of
+	// unknown outcome (which may hold the key with a lease nobody has),
+	// notifies the next head, which then learns the key's remaining TTL.
+	// Returns whether it deleted a row and whether it notified.
 	s.leave = fmt.Sprintf(`WITH h AS (SELECT id, row_number() OVER (ORDER BY arrived, id) AS n FROM %[2]s
 	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 2),
 d AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = $2::bigint RETURNING id),
-x AS (SELECT id FROM h WHERE n = 2 AND EXISTS (SELECT FROM h WHERE n = 1 AND id = $2::bigint)
-	AND NOT EXISTS (SELECT FROM %[1]s WHERE key = $1::bytea AND expires_at > now())),
+x AS (SELECT id FROM h WHERE id <> $2::bigint AND ($5::boolean
+	OR EXISTS (SELECT FROM h WHERE n = 1 AND id = $2::bigint)
+	AND NOT EXISTS (SELECT FROM %[1]s WHERE key = $1::bytea AND expires_at > now()))
+	ORDER BY n LIMIT 1),
 s AS (SELECT pg_notify($3::text, $4::text || ':' || id) FROM x)
 SELECT (SELECT count(*) FROM d) = 1, (SELECT count(*) FROM s) = 1`, t, w)
 
@@ -195,6 +200,7 @@ type ticket struct {
 	id     int64
 	sub    *subscription
 	queued bool // a take ran that may have put the ticket in the queue
+	lost   bool // its latest take's outcome is unknown
 	closed bool
 }
 
@@ -218,6 +224,7 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 	sent := time.Now()
 	t.queued = true
 	err := l.locked(ctx, t.key, l.sql.ticketTake, []any{t.bkey, micros(ttl), t.id, micros(queueGrace)}, &took, &token, &left)
+	t.lost = err != nil // Close wakes the next waiter: this take may hold the key
 	if err != nil {
 		return nil, errs.OpErrorCtx(ctx, "take", t.key, err)
 	}
@@ -230,7 +237,10 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 
 // Close leaves the queue, in one round trip when the ticket was queued,
 // waking the next waiter if this one was the head and the key is free,
-// and ends the subscription. If the request fails, the ticket's entry
+// and ends the subscription. If the ticket's latest take failed with an
+// unknown outcome (lock.Acquire then returns its error and closes the
+// ticket), Close wakes the next waiter whether or not the key is free, so
+// that it learns how long that take may hold the key. If the request fails, the ticket's entry
 // expires on its own (queueGrace after the time it promised to come back).
 // It is safe to call more than once.
 func (t *ticket) Close() error {
@@ -266,8 +276,8 @@ func (t *ticket) leave(ctx context.Context) error {
 		defer c.Release()
 		b := &pgconn.Batch{}
 		b.ExecParams(takeLockSQL, [][]byte{text(int64(l.class)), text(int64(int32(hash64(t.key))))}, nil, nil, nil)
-		b.ExecParams(l.sql.leave, [][]byte{t.bkey, text(t.id), []byte(l.channel), []byte(payload(hash64(t.key)))},
-			nil, []int16{1, 0, 0, 0}, nil) // the key in binary: bytea's binary form is its bytes
+		b.ExecParams(l.sql.leave, [][]byte{t.bkey, text(t.id), []byte(l.channel), []byte(payload(hash64(t.key))), []byte(strconv.FormatBool(t.lost))},
+			nil, []int16{1, 0, 0, 0, 0}, nil) // the key in binary: bytea's binary form is its bytes
 		_, err = c.Conn().PgConn().ExecBatch(ctx, b).ReadAll()
 		return err
 	})
