@@ -3,6 +3,7 @@ package consullock_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,9 +21,7 @@ import (
 // let the ticket behind delete the head's re-queued entry, and both must
 // get the key, one after the other.
 func TestAdvTakeReplyLostRetry(t *testing.T) {
-	checkNoSessions(t)
-	admin, _ := newClient(t)
-	pfx := consullock.DefaultPrefix
+	admin, pfx := advStart(t)
 	q := queueTwo(t, admin, pfx, true)
 	k, faults, a, b := q.k, q.faults, q.a, q.b
 	awaitReady(t, a)
@@ -65,9 +64,7 @@ func TestAdvTakeReplyLostRetry(t *testing.T) {
 	}
 	_ = a.Close()
 	_ = b.Close()
-	if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
-		t.Errorf("the queue holds %d entries at the end, want 0: %v", len(es), es)
-	}
+	emptyQueue(t, admin, pfx, k, "at the end")
 }
 
 // takeTurnNoFatal is takeTurn for a goroutine: nil when it failed.
@@ -96,9 +93,7 @@ func takeTurnNoFatal(t *testing.T, tk lock.Ticket) lock.Lease {
 // once and delete it, and the expired lease's Release must report
 // ErrNotHeld and leave nothing behind.
 func TestAdvExpiredLeaseNoWaiter(t *testing.T) {
-	checkNoSessions(t)
-	admin, _ := newClient(t)
-	pfx := consullock.DefaultPrefix
+	admin, pfx := advStart(t)
 	k, le := heldKey(t)
 	la, _ := newLocker(t, consullock.WithQueue())
 	a := queuedTicket(t, la, k)
@@ -136,9 +131,7 @@ func TestAdvExpiredLeaseNoWaiter(t *testing.T) {
 	if err := got.Release(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
-		t.Errorf("the queue holds %d entries after the release, want 0", len(es))
-	}
+	emptyQueue(t, admin, pfx, k, "after the release")
 }
 
 // Adversarial: the release of a queued lease whose reply is lost (applied:
@@ -146,9 +139,7 @@ func TestAdvExpiredLeaseNoWaiter(t *testing.T) {
 // the key, a second Release must not report success-then-failure wrongly
 // nor touch the next holder's entry.
 func TestAdvQueuedReleaseReplyLost(t *testing.T) {
-	checkNoSessions(t)
-	admin, _ := newClient(t)
-	pfx := consullock.DefaultPrefix
+	admin, pfx := advStart(t)
 	q := queueTwo(t, admin, pfx, true)
 	k, faults, a, b := q.k, q.faults, q.a, q.b
 	ga := takeTurn(t, a)
@@ -171,17 +162,13 @@ func TestAdvQueuedReleaseReplyLost(t *testing.T) {
 	if err := gb.Release(t.Context()); err != nil {
 		t.Fatalf("b's release: %v", err)
 	}
-	if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
-		t.Errorf("the queue holds %d entries after b's release, want 0", len(es))
-	}
+	emptyQueue(t, admin, pfx, k, "after b's release")
 }
 
 // Adversarial: Complete of a queued lease (done, and reply lost) deletes
 // its marked entry with the lock key, and the waiter behind gets the key.
 func TestAdvQueuedComplete(t *testing.T) {
-	checkNoSessions(t)
-	admin, _ := newClient(t)
-	pfx := consullock.DefaultPrefix
+	admin, pfx := advStart(t)
 	for _, lose := range []bool{false, true} {
 		q := queueTwo(t, admin, pfx, true)
 		k, la, faults, a, b := q.k, q.la, q.faults, q.a, q.b
@@ -207,9 +194,7 @@ func TestAdvQueuedComplete(t *testing.T) {
 		if err := gb.Release(t.Context()); err != nil {
 			t.Fatalf("b's release: %v", err)
 		}
-		if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
-			t.Errorf("lose=%v: the queue holds %d entries after b's release, want 0", lose, len(es))
-		}
+		emptyQueue(t, admin, pfx, k, fmt.Sprintf("after b's release (lose=%v)", lose))
 	}
 }
 
@@ -224,9 +209,7 @@ func TestAdvQueuedComplete(t *testing.T) {
 // the taker's. (Failed on the code before the fix: b took with a's old
 // entry waiting ahead of it.)
 func TestAdvLostTakeRequeueVsMarkedHead(t *testing.T) {
-	checkNoSessions(t)
-	admin, _ := newClient(t)
-	pfx := consullock.DefaultPrefix
+	admin, pfx := advStart(t)
 	q := queueTwo(t, admin, pfx, true)
 	k, faults, a, b := q.k, q.faults, q.a, q.b
 	awaitReady(t, a)
@@ -283,18 +266,14 @@ func TestAdvLostTakeRequeueVsMarkedHead(t *testing.T) {
 	_ = takeTurn(t, a).Release(t.Context())
 	_ = a.Close()
 	_ = b.Close()
-	if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
-		t.Errorf("the queue holds %d entries at the end, want 0", len(es))
-	}
+	emptyQueue(t, admin, pfx, k, "at the end")
 }
 
 // Adversarial: the head is woken with the key free and then leaves
 // (Close, as a cancelled Acquire does): the waiter behind on another
 // Locker must get the key promptly.
 func TestAdvWokenHeadLeaves(t *testing.T) {
-	checkNoSessions(t)
-	admin, _ := newClient(t)
-	pfx := consullock.DefaultPrefix
+	admin, pfx := advStart(t)
 	q := queueTwo(t, admin, pfx, false)
 	k, a, b := q.k, q.a, q.b
 	awaitReady(t, a)
@@ -305,9 +284,7 @@ func TestAdvWokenHeadLeaves(t *testing.T) {
 	if err := got.Release(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
-		t.Errorf("the queue holds %d entries at the end, want 0", len(es))
-	}
+	emptyQueue(t, admin, pfx, k, "at the end")
 }
 
 // Adversarial: a ticket whose lease expired is used again while b waits
@@ -315,9 +292,7 @@ func TestAdvWokenHeadLeaves(t *testing.T) {
 // the expiry), the reused ticket queues behind b, gets the key after b,
 // and no entry is left.
 func TestAdvReusedTicketAfterExpiry(t *testing.T) {
-	checkNoSessions(t)
-	admin, _ := newClient(t)
-	pfx := consullock.DefaultPrefix
+	admin, pfx := advStart(t)
 	q := queueTwo(t, admin, pfx, false)
 	k, a, b := q.k, q.a, q.b
 	awaitReady(t, a)
@@ -347,9 +322,7 @@ func TestAdvReusedTicketAfterExpiry(t *testing.T) {
 	if err := ga.Release(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
-		t.Errorf("the queue holds %d entries at the end, want 0", len(es))
-	}
+	emptyQueue(t, admin, pfx, k, "at the end")
 }
 
 // Adversarial: the queued holder's Locker is closed while its lease holds
@@ -357,9 +330,7 @@ func TestAdvReusedTicketAfterExpiry(t *testing.T) {
 // behind on another Locker must still wait for the lease, and get the key
 // when it is released after the Close.
 func TestAdvHolderLockerClosed(t *testing.T) {
-	checkNoSessions(t)
-	admin, _ := newClient(t)
-	pfx := consullock.DefaultPrefix
+	admin, pfx := advStart(t)
 	q := queueTwo(t, admin, pfx, false)
 	k, la, a, b := q.k, q.la, q.a, q.b
 	ga := takeTurn(t, a)
@@ -377,9 +348,7 @@ func TestAdvHolderLockerClosed(t *testing.T) {
 	if err := gb.Release(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
-		t.Errorf("the queue holds %d entries at the end, want 0", len(es))
-	}
+	emptyQueue(t, admin, pfx, k, "at the end")
 }
 
 // twoQueued is the start of most adversarial tests: a key k held by an
@@ -411,4 +380,22 @@ func queueTwo(t *testing.T, admin *api.Client, pfx string, faulty bool) twoQueue
 		t.Fatal(err)
 	}
 	return q
+}
+
+// advStart begins an adversarial test: no session is left over from an
+// earlier test, and it returns an admin client and the default prefix.
+func advStart(t *testing.T) (*api.Client, string) {
+	t.Helper()
+	checkNoSessions(t)
+	admin, _ := newClient(t)
+	return admin, consullock.DefaultPrefix
+}
+
+// emptyQueue fails the test unless k's queue holds no entry (when says
+// when, for the message).
+func emptyQueue(t *testing.T, admin *api.Client, pfx, k, when string) {
+	t.Helper()
+	if es := queueEntries(t, admin, pfx, k); len(es) != 0 {
+		t.Errorf("the queue holds %d entries %s, want 0: %v", len(es), when, es)
+	}
 }
