@@ -22,6 +22,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"runtime"
 	"testing"
 	"time"
 
@@ -37,11 +38,11 @@ const EnvRound = "IDEMLOCK_BENCH_ROUND"
 // expires during a run, so every hand-off is a release.
 const TTL = 30 * time.Second
 
-// WarmConns is how many keys each client of a hand-off workload takes and
-// releases at once before the run: pgxpool's default pool size here
-// (max(4, GOMAXPROCS)), so that each pooled connection has prepared the
-// statements.
-const WarmConns = 4
+// WarmConns returns how many keys each client of a hand-off workload takes
+// and releases at once before the run: pgxpool's default pool size,
+// max(4, GOMAXPROCS) (the database clients here use its defaults), so that
+// each pooled connection has prepared the statements.
+func WarmConns() int { return max(4, runtime.GOMAXPROCS(0)) }
 
 // HoldTime is how long a contender keeps the lock in the Handoff workload.
 const HoldTime = time.Millisecond

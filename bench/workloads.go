@@ -154,10 +154,10 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 	// connection).
 	var (
 		warm    sync.WaitGroup
-		warmErr = make(chan error, len(shared)*WarmConns)
+		warmErr = make(chan error, len(shared)*WarmConns())
 	)
 	for ci, c := range shared {
-		for j := range WarmConns {
+		for j := range WarmConns() {
 			warm.Go(func() {
 				h, err := c.Lock(ctx, fmt.Sprintf("%swarm-%d-%d", prefix, ci, j))
 				if err == nil {
