@@ -200,7 +200,7 @@ type ticket struct {
 	id     int64
 	sub    *subscription
 	queued bool // a take ran that may have put the ticket in the queue
-	lost   bool // its latest take's outcome is unknown
+	lost   bool // one of its takes had an unknown outcome
 	closed bool
 }
 
@@ -224,8 +224,8 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 	sent := time.Now()
 	t.queued = true
 	err := l.locked(ctx, t.key, l.sql.ticketTake, []any{t.bkey, micros(ttl), t.id, micros(queueGrace)}, &took, &token, &left)
-	t.lost = err != nil // Close wakes the next waiter: this take may hold the key
 	if err != nil {
+		t.lost = true // Close wakes the next waiter: this take may hold the key
 		return nil, errs.OpErrorCtx(ctx, "take", t.key, err)
 	}
 	if !took {

@@ -223,7 +223,7 @@ type ticket struct {
 	id     string
 	sub    *subscription
 	queued bool   // a take ran that may have put the ticket in the queue
-	lost   string // the nonce of the latest take whose outcome is unknown
+	lost   string // the nonce of the latest take whose outcome is unknown, if any
 	closed bool
 }
 
@@ -251,7 +251,6 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 		t.lost = nonce // Close undoes it if it took the key
 		return nil, errs.OpError("take", t.key, err)
 	}
-	t.lost = ""
 	switch v := cmd.Val().(type) {
 	case string:
 		tok, rest, _ := strings.Cut(v, ":")
