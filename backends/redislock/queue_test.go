@@ -263,3 +263,44 @@ func TestQueueUnknownOutcomes(t *testing.T) {
 		awaitQueueLen(t, admin, prefix, "k", 0, ttl+2*time.Second+time.Second)
 	})
 }
+
+// A woken head whose take was applied but whose reply was lost holds the
+// key with a lease nobody has: its Close (Acquire closes the ticket after
+// the error) deletes the key by the take's nonce and wakes the next
+// waiter, so the key is free at once, not after the lost take's TTL.
+func TestQueueLostTakeUndoneByClose(t *testing.T) {
+	prefix := single.testPrefix(t)
+	holder := single.newLocker(t, nil, redislock.WithPrefix(prefix))
+	other := single.newLocker(t, nil, redislock.WithPrefix(prefix))
+	held, err := holder.TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, faults := single.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
+	tk, err := l.Queue(t.Context(), "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tk.Close() }()
+	if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
+		t.Fatalf("a ticket's take of a held key: %v, want ErrNotAcquired", err)
+	}
+	if err := held.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	faults.LoseNextReply()
+	if _, err := tk.TryAcquire(t.Context(), time.Minute); err == nil || errors.Is(err, lock.ErrNotAcquired) {
+		t.Fatalf("the head's take whose reply was lost: %v, want an error of unknown outcome", err)
+	}
+	if _, err := other.TryAcquire(t.Context(), "k", time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
+		t.Fatalf("a take while the lost take holds the key: %v, want ErrNotAcquired (the fault did not apply the take)", err)
+	}
+	if err := tk.Close(); err != nil {
+		t.Fatalf("Close after a take of unknown outcome: %v", err)
+	}
+	le, err := other.TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatalf("a take after the head left: %v, want the key (Close undoes the lost take, whose TTL is a minute)", err)
+	}
+	_ = le.Release(t.Context())
+}
