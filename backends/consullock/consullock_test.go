@@ -3,6 +3,7 @@ package consullock_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -478,6 +479,40 @@ func TestNoPooling(t *testing.T) {
 	waitFor(t, 2*time.Second, "destroying released sessions", func() bool { return diff(before, c.snapshot())["session/destroy"] == 3 })
 	if d := diff(before, c.snapshot()); d["session/create"] != 3 || d["txn"] != 6 || d["session/renew"] != 0 {
 		t.Errorf("3 take+release without pooling made %v, want 3 creates, 6 txn, 3 destroys", d)
+	}
+}
+
+// TestPoolTrimsUnusedSessions checks that the sessions of a burst of
+// concurrent takes are destroyed once one take at a time is all the
+// Locker does, instead of being renewed every 250 ms until the TTL falls
+// out of use: the idle sessions shrink to the one in use and the spare
+// within a few trim windows (1 s for a 10 s TTL), although takes go on.
+func TestPoolTrimsUnusedSessions(t *testing.T) {
+	checkNoSessions(t)
+	client, _ := newClient(t)
+	l, c := newLocker(t)
+	const ttl = 10 * time.Second
+	var burst []lock.Lease
+	for i := range 5 {
+		burst = append(burst, take(t, l, key(t, strconv.Itoa(i)), ttl))
+	}
+	for _, le := range burst {
+		release(t, le)
+	}
+	name := sessionName(t)
+	if n := len(sessions(t, client, name)); n < 5 {
+		t.Fatalf("after a burst of 5 holds, the agent has %d sessions of this test, want at least 5", n)
+	}
+	k := key(t, "k")
+	waitFor(t, 5*time.Second, "trimming the burst's idle sessions to the one in use and the spare", func() bool {
+		release(t, take(t, l, k, ttl))
+		return len(sessions(t, client, name)) <= 2
+	})
+	// The survivors are the ones in use: the next take needs no create.
+	before := c.snapshot()
+	release(t, take(t, l, k, ttl))
+	if d := diff(before, c.snapshot()); d["session/create"] != 0 {
+		t.Errorf("a take after trimming created %d sessions, want 0 (it should use the session kept)", d["session/create"])
 	}
 }
 

@@ -201,7 +201,10 @@
 // next take of the same TTL (up to 8 idle per TTL) and renewed in the
 // background while it waits, for as long as that TTL was used within the
 // last [WithKeepWarm] period (default 10 s); then the idle sessions are
-// destroyed. [Locker.Close] destroys every idle session. A session whose
+// destroyed. Idle sessions beyond one spare that no take needed for four
+// renewal periods (1 s for TTLs of 4 s and up) are destroyed too, so that a
+// burst of concurrent takes does not leave sessions renewed four times a
+// second for nothing. [Locker.Close] destroys every idle session. A session whose
 // lease was lost, or whose fate is unknown after a failed request, is
 // destroyed and never reused; so is an idle session that went a whole TTL
 // without a renewal (the agent stalled or unreachable): Consul may

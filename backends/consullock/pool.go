@@ -24,9 +24,13 @@ type session struct {
 // class is the pool of idle sessions of one TTL.
 type class struct {
 	ttl      time.Duration
-	idle     []*session
+	idle     []*session // the most recently returned last: takes pop from the end
 	lastUse  time.Time
 	creating int // spares the keeper is creating
+	// low is the fewest idle sessions the class had since lowSince: the
+	// bottom low of them went unused all that time (see trimAfter).
+	low      int
+	lowSince time.Time
 }
 
 // Pool sizes.
@@ -45,6 +49,13 @@ func maxAge(ttl time.Duration) time.Duration {
 
 // renewAfter is when the keeper renews an idle session.
 func renewAfter(ttl time.Duration) time.Duration { return maxAge(ttl) / 2 }
+
+// trimAfter is how long idle sessions beyond the spares may go unused
+// before the keeper destroys them instead of renewing them again: four
+// renewals, which cost twice what destroying and later re-creating one
+// does. Without it, the sessions of one burst of concurrent takes would be
+// renewed every renewAfter until the TTL falls out of use (keepWarm).
+func trimAfter(ttl time.Duration) time.Duration { return 4 * renewAfter(ttl) }
 
 // pool owns the Locker's sessions: the idle ones kept per TTL for the next
 // take, the sessions to destroy, the creates running detached and the
@@ -113,11 +124,13 @@ func (p *pool) takeIdle(ttl time.Duration) (*session, time.Time) {
 			continue
 		}
 		c.idle = append(c.idle[:i], c.idle[i+1:]...)
+		c.low = min(c.low, len(c.idle))
 		if len(c.idle)+c.creating < spares {
 			p.wakeLocked()
 		}
 		return s, s.renewed
 	}
+	c.low = 0      // every idle session was wanted
 	p.wakeLocked() // nothing fresh: let the keeper renew or replace
 	return nil, time.Time{}
 }
@@ -365,6 +378,7 @@ func (p *pool) due(now time.Time) chores {
 			continue
 		}
 		w.next = min(w.next, c.lastUse.Add(p.keepWarm).Sub(now))
+		c.trimLocked(now, &w)
 		c.dueLocked(now, &w)
 		if len(c.idle)+c.creating < spares {
 			c.creating++
@@ -372,6 +386,31 @@ func (p *pool) due(now time.Time) chores {
 		}
 	}
 	return w
+}
+
+// trimLocked adds to w.destroy the idle sessions of c beyond the spares
+// that went unused for trimAfter (the bottom of the stack, below the
+// fewest idle sessions the class had meanwhile), and starts a new window.
+// p.mu is held.
+func (c *class) trimLocked(now time.Time, w *chores) {
+	end := c.lowSince.Add(trimAfter(c.ttl))
+	if now.Before(end) {
+		if len(c.idle) > spares {
+			w.next = min(w.next, end.Sub(now))
+		}
+		return
+	}
+	kept := c.idle[:0]
+	for i, s := range c.idle {
+		if i < c.low-spares && !s.renewing {
+			w.destroy = append(w.destroy, s.id)
+			continue
+		}
+		kept = append(kept, s)
+	}
+	clear(c.idle[len(kept):])
+	c.idle = kept
+	c.low, c.lowSince = len(c.idle), now
 }
 
 // dueLocked adds to w the idle sessions of c due for renewal, and drops
