@@ -26,12 +26,19 @@ func (g grant) expiry() time.Time { return g.base.Add(time.Duration(g.ttl) * tim
 // a lease closer to its expiry is dropped and left to expire.
 const renewMargin = 500 * time.Millisecond
 
+// refillQuarter: a take that hands out a pooled lease in the last
+// 1/refillQuarter of its usable time (while it lives at least the TTL asked
+// for) has the pool renew or grant another in the background, if none is
+// left usable.
+const refillQuarter = 4
+
 // pool keeps etcd leases granted ahead of need, bound to no key, so that a
 // take needs one request (its transaction) instead of two. Leases come back
 // after a release; a lease is handed out only while it will live at least the
 // TTL asked for, so a lock lasts between its TTL and the lease's granted TTL.
-// A background worker, running only while it has work, grants replacements
-// and revokes surplus or doubtful leases. Close revokes what is left.
+// A background worker, running only while it has work, makes a lease ready
+// ahead of the next take (renewing a stale one or granting one; see get) and
+// revokes surplus or doubtful leases. Close revokes what is left.
 type pool struct {
 	leases  clientv3.Lease
 	size    int           // idle leases kept per class; 0: no pooling
@@ -96,15 +103,30 @@ func (p *pool) get(ctx context.Context, ttl time.Duration, req int64) (grant, er
 	list = list[:n]
 	var g grant
 	found := best >= 0
-	if found {
+	// refill: whether the worker makes another lease ready, once no
+	// usable one is left idle. Only when there was none idle to hand out
+	// (a cold pool, or more takes at once than leases), or when the one
+	// handed out is in the last quarter of its usable time (the
+	// Locker's next take will likely find it stale). Not after renewing
+	// a stale lease in line: that lease comes back usable for the whole
+	// slack, and one renewed beside it would go stale at the same time,
+	// so that a Locker taking one lock at a time would renew two leases
+	// per slack, one of them in line each time.
+	refill := false
+	switch {
+	case found:
 		g = list[best]
 		list = append(list[:best], list[best+1:]...)
-	} else if stale >= 0 {
+		usable := time.Duration(g.ttl)*time.Second - ttl // the slack, at least
+		refill = g.expiry().Sub(now)-ttl < usable/refillQuarter
+	case stale >= 0:
 		g = list[stale]
 		list = append(list[:stale], list[stale+1:]...)
+	default:
+		refill = true
 	}
 	p.idle[req] = list
-	if p.size > 0 && !p.closed && !p.filling[req] && !p.anyUsable(list, now, ttl) {
+	if refill && p.size > 0 && !p.closed && !p.filling[req] && !p.anyUsable(list, now, ttl) {
 		p.filling[req] = true
 		p.enqueue(task{refill: req})
 	}
