@@ -21,10 +21,11 @@ import (
 // lease table:
 //
 //	key bytea, id bigint, arrived timestamptz, expires_at timestamptz,
-//	PRIMARY KEY (key, id)
+//	took_at timestamptz, ttl bigint, PRIMARY KEY (key, id)
 //
 // ordered by (arrived, id): the database's clock_timestamp() when the
-// waiter joined. A ticket's take (ticketTake) takes the key only when it
+// waiter joined; took_at and ttl are the time and the TTL (µs) of the
+// waiter's last take. A ticket's take (ticketTake) takes the key only when it
 // is free and no live waiter is ahead of the ticket, with the ordinary
 // take's INSERT … ON CONFLICT (same token, expiry and takeover); otherwise
 // it puts the ticket in the queue (a waiter keeps its place) and sets its
@@ -37,12 +38,35 @@ import (
 // statement that reads the head, deleted by takes of their key and by the
 // cleaner.
 //
-// A release publishes pg_notify(channel, "<hash of key>:<id of the head>")
-// instead of the key's hash alone: the notifier wakes only the
+// A release hands the key straight to the live head of the queue (the
+// direct hand-off): it deletes the holder's row and inserts the head's,
+// with a new token (the key's advisory lock is held, so fencing order
+// holds), the expiry the head's last take would have given it had it
+// succeeded (took_at + ttl: that take was sent before took_at), the
+// waiters flag set when other waiters remain, and handed_to naming the
+// head, whose entry it deletes. It then publishes pg_notify(channel,
+// "<hash of key>:<id of the head>:<token>"). The notifier wakes only the
 // subscription of that ticket (and every plain subscription, which any
-// notification of the key wakes). A ticket that leaves (Close) deletes its
-// row; if it was the head and the key is free, it notifies the next head,
-// so a woken head that gives up never strands the queue.
+// notification of the key wakes) and gives it the token, and the ticket's
+// next TryAcquire returns the lease without a request: its Deadline is
+// the send time of the ticket's last take (whose reply came back) plus
+// its TTL, refreshed first when less than a quarter of the TTL asked for
+// is left. A hand-off thus costs the release alone, where a wake-up costs
+// the release and the head's take.
+//
+// The release only wakes the head ("<hash of key>:<id of the head>"), which
+// then takes the key, when the head's last take leaves half its TTL or
+// less (a head that waited long: the lease would be short) or was made
+// before the direct hand-off (took_at NULL). A ticket whose notification
+// was lost (its listening connection was down) or whose last take failed
+// finds the row handed to it with its next take, which returns it with
+// the row's remaining TTL. A ticket that leaves (Close) deletes its entry
+// and gives back a live row handed to it; if it was the head or gave a row
+// back, and the key is free, it notifies the next head, so a head that
+// gives up never strands the queue. A head that dies after a hand-off
+// holds the key until its lease expires, as if its last take had taken
+// it: the waiters behind come back at the former holder's deadline, find
+// the handed row and take the key at its expiry.
 //
 // Each of these statements is sent after SELECT pg_advisory_xact_lock on
 // the key (the lock the ordinary take holds), in one pipeline with one
@@ -78,18 +102,25 @@ const leaveTimeout = 5 * time.Second
 const takeLockSQL = "SELECT pg_advisory_xact_lock($1::int4, $2::int4)"
 
 // WithQueue makes [lock.Acquire] wait in a first-come-first-served queue
-// per key (the Locker implements [lock.Queuer]): a release wakes only the
-// waiter at the head of the queue, so a hand-off costs about three requests
-// whatever the number of waiters, where unqueued waiting costs one take per
-// waiter per release. The price: a release takes the key's advisory lock
-// and reads the queue (same round trip), waiters are rows of a second
-// table (<table>_waiters, made by [Locker.Migrate]) whose writes are WAL
-// like the leases', and a release of a waited-for key sends a NOTIFY even
-// when the failed take that marked it is long gone (as long as a live
-// waiter is queued). Lockers with and without WithQueue may share keys
-// and a table: unqueued waiters are woken by every release, and queued
-// waiters by every release of an unqueued Locker (then each sends a take,
-// and the head's succeeds). TryAcquire never looks at the queue.
+// per key (the Locker implements [lock.Queuer]): a release hands the key
+// straight to the waiter at the head of the queue (a new lease with a new
+// token, whose TTL counts from the head's last attempt) and wakes it
+// alone, so a hand-off costs about two requests (the release and the
+// served worker's next queued take) whatever the number of waiters, where
+// unqueued waiting costs one take per waiter per release. A head whose
+// last attempt leaves half its TTL or less is only woken, and takes the
+// key itself (a third request). The price: a release takes the key's
+// advisory lock and reads the queue (same round trip), waiters are rows of
+// a second table (<table>_waiters, made by [Locker.Migrate]) whose writes
+// are WAL like the leases', a release of a waited-for key sends a NOTIFY
+// even when the failed take that marked it is long gone (as long as a live
+// waiter is queued), and a head that dies while queued may be handed the
+// key, which it then holds until its lease expires (the TTL it asked for,
+// from its last attempt) as if that attempt had taken it. Lockers with and
+// without WithQueue may share keys and a table: unqueued waiters are woken
+// by every release, and queued waiters by every release of an unqueued
+// Locker (then each sends a take, and the head's succeeds). TryAcquire
+// never looks at the queue.
 func WithQueue() Option {
 	return func(c *config) error { c.queued = true; return nil }
 }
@@ -237,7 +268,7 @@ type ticket struct {
 	bkey   []byte
 	id     int64
 	sub    *subscription
-	queued bool // a take ran that may have put the ticket in the queue
+	queued bool // a take ran that may have put the ticket in the queue (and a release may have handed it the key)
 	closed bool
 
 	// The send time and TTL of the last take whose reply came back
@@ -281,6 +312,7 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 		return nil, &lock.NotAcquiredError{Key: t.key, Remaining: microDuration(left), Version: uint64(token)}
 	}
 	t.queued = false // the statement took it out of the queue
+	t.sub.handed()   // a notification of the same row, if any, is used up
 	// A row handed to the ticket has less than ttl left.
 	return driver.LeaseOf(newLease(l, t.key, token, sent, min(microDuration(left), ttl))), nil
 }
