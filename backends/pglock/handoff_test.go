@@ -216,7 +216,7 @@ func TestHandOffMissedNotification(t *testing.T) {
 func TestHandOffDeadHead(t *testing.T) {
 	const (
 		held = 3 * time.Second
-		ttl  = 6 * time.Second // the release comes within half of it
+		ttl  = 10 * time.Second // the release comes within half of it, even under -race
 	)
 	h := queueOne(t, held, ttl)
 	next := newLocker(t, pglock.WithTable(h.table), pglock.WithQueue())
