@@ -300,3 +300,57 @@ func TestHandOffStaleHead(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A head handed a lease with little left of the TTL it now asks for
+// refreshes it before returning it (one request), so that Acquire never
+// returns a lease much shorter than asked; if the handed row is gone by
+// then, the head goes on with its take.
+func TestHandOffShortLease(t *testing.T) {
+	const (
+		asked = 4 * time.Second // the release comes within half of it
+		ttl   = time.Minute     // the head's next TryAcquire asks for more
+	)
+	for _, gone := range []bool{false, true} {
+		t.Run(fmt.Sprintf("row gone %v", gone), func(t *testing.T) {
+			h := queueOne(t, time.Minute, asked)
+			warm, err := h.l.TryAcquire(t.Context(), "warm-up", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := warm.Refresh(t.Context(), time.Minute); err != nil { // pgx prepares the refresh
+				t.Fatal(err)
+			}
+			if err := warm.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.holder.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			handed := readRow(t, h.admin, h.table, "k")
+			if !handed.found || !handed.handed {
+				t.Fatalf("after the release the key's row is %+v, want one handed to the head", handed)
+			}
+			if gone { // as ForceRelease would
+				if _, err := h.admin.Exec(t.Context(), fmt.Sprintf("DELETE FROM %s WHERE key = $1", h.table), []byte("k")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := h.w.RoundTrips()
+			le := h.take(t, ttl)
+			want := int64(1) // the refresh
+			if gone {
+				want = 2 // the refresh, then the take
+			}
+			if n := h.w.RoundTrips() - before; n != want {
+				t.Errorf("the head made %d round trips, want %d", n, want)
+			}
+			if gone && le.Token() <= uint64(handed.token) {
+				t.Errorf("the head's token %d after the handed row was deleted, want above the handed %d", le.Token(), handed.token)
+			}
+			checkHanded(t, h, le, h.holder.Token(), ttl)
+			if err := le.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
