@@ -17,10 +17,13 @@ import (
 // ordinary owner-checked take (fencing, expiry and release are unchanged),
 // and the queue only decides which waiter's attempt may succeed while the
 // key is free. A waiter that leaves (its context ends, Close) leaves the
-// queue at once and passes a wake-up it received on to the next waiter; a
-// waiter that dies leaves it by expiry, never later than the holder's TTL
-// plus a backend-documented grace, because every waiter re-checks at the
-// holder's deadline. [Locker.TryAcquire] of a free key does not look at the
+// queue at once and passes a wake-up (or the key) it received on to the
+// next waiter; a waiter that dies leaves it by expiry, never later than
+// the holder's TTL plus a backend-documented grace, because every waiter
+// re-checks at the holder's deadline (a backend that hands the key
+// straight to the head may hand it to a dead head, which then holds it
+// until the TTL of its last attempt runs out, as if that attempt had
+// taken it). [Locker.TryAcquire] of a free key does not look at the
 // queue (it never waits, and may take a key between two hand-offs); the
 // head then finds the key held and keeps its place.
 type Queuer interface {
@@ -36,21 +39,24 @@ type Queuer interface {
 // [Queuer.Queue]. It is used by one goroutine at a time.
 //
 // Its Wait blocks until the ticket may be at the head of the queue with the
-// key free (spurious wake-ups are allowed, missed ones are not; callers
-// bound the wait by held.Remaining), and its Close leaves the queue,
-// waking the next waiter when the key is free, so that a head that was
-// woken and leaves never strands the queue. Close may be called more than
-// once.
+// key free, or a release handed it the key (spurious wake-ups are allowed,
+// missed ones are not; callers bound the wait by held.Remaining), and its
+// Close leaves the queue (giving back a key handed to the ticket that
+// TryAcquire did not return), waking the next waiter when the key is free,
+// so that a head that was woken and leaves never strands the queue. Close
+// may be called more than once.
 type Ticket interface {
 	Subscription
 	// TryAcquire makes one attempt to take the ticket's key for ttl, with
 	// the backend's ordinary take: it succeeds only when the key is free
-	// and no live waiter is queued ahead of this ticket. Otherwise it
-	// returns a *NotAcquiredError (matching [ErrNotAcquired]) whose
-	// Remaining bounds the wait: the holder's remaining TTL, or, when the
-	// key is free, the time until the waiters ahead expire unless they
-	// take it. A failed attempt puts the ticket in the queue, or keeps its
-	// place and extends its expiry.
+	// and no live waiter is queued ahead of this ticket, or when a release
+	// handed the key to this ticket (then it may return that lease without
+	// a request, its TTL counted from the ticket's last attempt, refreshed
+	// if little of ttl is left). Otherwise it returns a *NotAcquiredError
+	// (matching [ErrNotAcquired]) whose Remaining bounds the wait: the
+	// holder's remaining TTL, or, when the key is free, the time until the
+	// waiters ahead expire unless they take it. A failed attempt puts the
+	// ticket in the queue, or keeps its place and extends its expiry.
 	TryAcquire(ctx context.Context, ttl time.Duration) (Lease, error)
 }
 

@@ -41,7 +41,7 @@ func postgresBackend() Backend {
 			{
 				Name:        "idemlock-queued",
 				Label:       "idemlock (WithQueue)",
-				Desc:        "idemlock pglock with WithQueue: waiters queue per key (rows of a waiters table), a release notifies only the head",
+				Desc:        "idemlock pglock with WithQueue: waiters queue per key (rows of a waiters table), a release hands the key straight to the head",
 				HandoffOnly: true,
 				Scaling:     true,
 				Setup: postgresSetup(func(tb testing.TB, pool *pgxpool.Pool) Client {

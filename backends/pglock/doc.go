@@ -108,15 +108,15 @@
 // # Queued waiting
 //
 // With [WithQueue] the Locker also implements [lock.Queuer]: lock.Acquire
-// waits in a first-come-first-served queue per key, and a release wakes
-// only the waiter at its head, so a hand-off costs about three requests
-// (the release, the head's take, the next arrival's queued take) whatever
-// the number of waiters; unqueued, each release
+// waits in a first-come-first-served queue per key, and a release hands
+// the key straight to the waiter at its head and wakes it alone, so a
+// hand-off costs about two requests (the release, the next arrival's
+// queued take) whatever the number of waiters; unqueued, each release
 // costs one take per waiter. Waiters are rows of a second table,
-// <table>_waiters (key, id, arrived, expires_at), made by Migrate beside
-// the lease table (and by the first queued statement that finds it
-// missing, so tables made before keep working); arrival and expiry are the
-// server's clock_timestamp().
+// <table>_waiters (key, id, arrived, expires_at, took_at, ttl), made by
+// Migrate beside the lease table (and by the first queued statement that
+// finds it missing, so tables made before keep working); arrival, expiry
+// and the time of a waiter's last take are the server's clock_timestamp().
 //
 //   - A ticket's take is one statement with the ordinary take in it (same
 //     token, expiry and takeover): it takes the key only when it is free
@@ -127,13 +127,26 @@
 //     back, since lock.Acquire never waits past the remaining TTL it was
 //     told. A waiter whose process dies therefore leaves the queue at most
 //     the holder's TTL plus 2 s after its last attempt.
-//   - A queued Locker's release notifies "<hash of key>:<id of the head>"
-//     when the row was waited for or a waiter is queued, and the notifiers
-//     wake that ticket alone (and every unqueued subscription of the key).
-//   - A ticket that gives up (its context ends) deletes its row and, if it
-//     was the head and the key is free, notifies the next head, so a head
-//     woken by a release that leaves never strands the queue. If that
-//     request fails, its row expires as a dead waiter's does.
+//   - A queued Locker's release hands the key to the live head: a new row
+//     with a new token (drawn under the key's advisory lock, so tokens
+//     still increase), expiring the head's TTL after the head's last take
+//     (as if that take had succeeded), marked as handed to the head, whose
+//     entry it deletes. It notifies "<hash of key>:<id of the head>:<token>",
+//     and the notifiers wake that ticket alone (and every unqueued
+//     subscription of the key); the ticket returns the lease without a
+//     request, with a Deadline of its last take's send time plus its TTL
+//     (refreshed first if less than a quarter of the TTL is left). When the
+//     head's last take leaves half its TTL or less, the release only
+//     notifies "<hash of key>:<id of the head>" and the head takes the key.
+//     A ticket that missed its notification gets the handed row from its
+//     next take.
+//   - A ticket that gives up (its context ends) deletes its row and gives
+//     back a row handed to it; if it was the head or gave a row back, and
+//     the key is free, it notifies the next head, so a head that leaves
+//     never strands the queue. If that request fails, its row expires as a
+//     dead waiter's does, and a handed row as a dead holder's: a head that
+//     dies after a release handed it the key holds it until the TTL of its
+//     last take runs out.
 //   - The take, the queued release and the leave each run after SELECT
 //     pg_advisory_xact_lock on the key (the take's lock), pipelined with
 //     one Sync: one round trip and one implicit transaction. The lock must

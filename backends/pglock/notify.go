@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -56,6 +57,8 @@ type subscription struct {
 	id      string        // a queued ticket's id: woken only by notifications naming it or no waiter
 	wake    driver.Wakeup // a wake-up is kept until Wait takes it
 	closed  bool          // guarded by n.mu
+	token   int64         // guarded by n.mu: the token of a row handed to the ticket, if handOff
+	handOff bool          // guarded by n.mu
 }
 
 // Subscribe starts watching key for releases and completions, which
@@ -225,16 +228,31 @@ func (h handler) HandleBacklog(context.Context, string, *pgx.Conn) error {
 // another waiter is not for.
 func (h handler) HandleNotification(_ context.Context, nt *pgconn.Notification, _ *pgx.Conn) error {
 	n := h.n
-	hash, id := splitPayload(nt.Payload)
+	hash, id, token := splitPayload(nt.Payload)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for s := range n.subs[hash] {
 		if id != "" && s.id != "" && s.id != id {
 			continue
 		}
+		if id != "" && s.id == id && token != "" {
+			if v, err := strconv.ParseInt(token, 10, 64); err == nil {
+				s.token, s.handOff = v, true
+			}
+		}
 		s.wake.Notify()
 	}
 	return nil
+}
+
+// handed returns, once, the token of the row a release handed to the
+// subscription's ticket, if a notification told of one.
+func (s *subscription) handed() (int64, bool) {
+	s.n.mu.Lock()
+	defer s.n.mu.Unlock()
+	token, ok := s.token, s.handOff
+	s.handOff = false
+	return token, ok
 }
 
 // Wait blocks until the key may have been released or completed since

@@ -225,12 +225,16 @@ func (l *Locker) Migrate(ctx context.Context) error {
 // of your own.
 func (l *Locker) Schema() []string { return append([]string(nil), l.sql.migrate...) }
 
+// addedColumn matches the columns added to tables after they were first
+// made: a statement that finds one missing runs Migrate.
+var addedColumn = regexp.MustCompile(`\b(fingerprint|handed_to|took_at|ttl)\b`)
+
 // missingTable reports whether err says that the table, its sequence, its
 // schema or a column added since does not exist, which Migrate fixes.
 func missingTable(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000" ||
-		pgErr.Code == "42703" && strings.Contains(pgErr.Message, "fingerprint")) // a table from before the column
+		pgErr.Code == "42703" && addedColumn.MatchString(pgErr.Message)) // a table from before the column
 }
 
 // run runs one statement, op, and runs it once more if it failed before it

@@ -21,10 +21,11 @@ import (
 // lease table:
 //
 //	key bytea, id bigint, arrived timestamptz, expires_at timestamptz,
-//	PRIMARY KEY (key, id)
+//	took_at timestamptz, ttl bigint, PRIMARY KEY (key, id)
 //
 // ordered by (arrived, id): the database's clock_timestamp() when the
-// waiter joined. A ticket's take (ticketTake) takes the key only when it
+// waiter joined; took_at and ttl are the time and the TTL (µs) of the
+// waiter's last take. A ticket's take (ticketTake) takes the key only when it
 // is free and no live waiter is ahead of the ticket, with the ordinary
 // take's INSERT … ON CONFLICT (same token, expiry and takeover); otherwise
 // it puts the ticket in the queue (a waiter keeps its place) and sets its
@@ -37,12 +38,35 @@ import (
 // statement that reads the head, deleted by takes of their key and by the
 // cleaner.
 //
-// A release publishes pg_notify(channel, "<hash of key>:<id of the head>")
-// instead of the key's hash alone: the notifier wakes only the
+// A release hands the key straight to the live head of the queue (the
+// direct hand-off): it deletes the holder's row and inserts the head's,
+// with a new token (the key's advisory lock is held, so fencing order
+// holds), the expiry the head's last take would have given it had it
+// succeeded (took_at + ttl: that take was sent before took_at), the
+// waiters flag set when other waiters remain, and handed_to naming the
+// head, whose entry it deletes. It then publishes pg_notify(channel,
+// "<hash of key>:<id of the head>:<token>"). The notifier wakes only the
 // subscription of that ticket (and every plain subscription, which any
-// notification of the key wakes). A ticket that leaves (Close) deletes its
-// row; if it was the head and the key is free, it notifies the next head,
-// so a woken head that gives up never strands the queue.
+// notification of the key wakes) and gives it the token, and the ticket's
+// next TryAcquire returns the lease without a request: its Deadline is
+// the send time of the ticket's last take (whose reply came back) plus
+// its TTL, refreshed first when less than a quarter of the TTL asked for
+// is left. A hand-off thus costs the release alone, where a wake-up costs
+// the release and the head's take.
+//
+// The release only wakes the head ("<hash of key>:<id of the head>"), which
+// then takes the key, when the head's last take leaves half its TTL or
+// less (a head that waited long: the lease would be short) or was made
+// before the direct hand-off (took_at NULL). A ticket whose notification
+// was lost (its listening connection was down) or whose last take failed
+// finds the row handed to it with its next take, which returns it with
+// the row's remaining TTL. A ticket that leaves (Close) deletes its entry
+// and gives back a live row handed to it; if it was the head or gave a row
+// back, and the key is free, it notifies the next head, so a head that
+// gives up never strands the queue. A head that dies after a hand-off
+// holds the key until its lease expires, as if its last take had taken
+// it: the waiters behind come back at the former holder's deadline, find
+// the handed row and take the key at its expiry.
 //
 // Each of these statements is sent after SELECT pg_advisory_xact_lock on
 // the key (the lock the ordinary take holds), in one pipeline with one
@@ -58,6 +82,18 @@ import (
 // trip of its next attempt.
 const queueGrace = 2 * time.Second
 
+// handOffLeft: a release hands the key to the head only while more than
+// 1/handOffLeft of the TTL of the head's last take is left (counted from
+// that take); otherwise the head is only woken, and takes the key with a
+// TTL of its own.
+const handOffLeft = 2
+
+// handOffRefresh: a ticket handed the key refreshes it before returning it
+// when less than 1/handOffRefresh of the TTL asked for is left by its own
+// clock (a late notification, a slow scheduler), so that Acquire never
+// returns a lease much shorter than asked.
+const handOffRefresh = 4
+
 // leaveTimeout bounds Close's request.
 const leaveTimeout = 5 * time.Second
 
@@ -66,18 +102,25 @@ const leaveTimeout = 5 * time.Second
 const takeLockSQL = "SELECT pg_advisory_xact_lock($1::int4, $2::int4)"
 
 // WithQueue makes [lock.Acquire] wait in a first-come-first-served queue
-// per key (the Locker implements [lock.Queuer]): a release wakes only the
-// waiter at the head of the queue, so a hand-off costs about three requests
-// whatever the number of waiters, where unqueued waiting costs one take per
-// waiter per release. The price: a release takes the key's advisory lock
-// and reads the queue (same round trip), waiters are rows of a second
-// table (<table>_waiters, made by [Locker.Migrate]) whose writes are WAL
-// like the leases', and a release of a waited-for key sends a NOTIFY even
-// when the failed take that marked it is long gone (as long as a live
-// waiter is queued). Lockers with and without WithQueue may share keys
-// and a table: unqueued waiters are woken by every release, and queued
-// waiters by every release of an unqueued Locker (then each sends a take,
-// and the head's succeeds). TryAcquire never looks at the queue.
+// per key (the Locker implements [lock.Queuer]): a release hands the key
+// straight to the waiter at the head of the queue (a new lease with a new
+// token, whose TTL counts from the head's last attempt) and wakes it
+// alone, so a hand-off costs about two requests (the release and the
+// served worker's next queued take) whatever the number of waiters, where
+// unqueued waiting costs one take per waiter per release. A head whose
+// last attempt leaves half its TTL or less is only woken, and takes the
+// key itself (a third request). The price: a release takes the key's
+// advisory lock and reads the queue (same round trip), waiters are rows of
+// a second table (<table>_waiters, made by [Locker.Migrate]) whose writes
+// are WAL like the leases', a release of a waited-for key sends a NOTIFY
+// even when the failed take that marked it is long gone (as long as a live
+// waiter is queued), and a head that dies while queued may be handed the
+// key, which it then holds until its lease expires (the TTL it asked for,
+// from its last attempt) as if that attempt had taken it. Lockers with and
+// without WithQueue may share keys and a table: unqueued waiters are woken
+// by every release, and queued waiters by every release of an unqueued
+// Locker (then each sends a take, and the head's succeeds). TryAcquire
+// never looks at the queue.
 func WithQueue() Option {
 	return func(c *config) error { c.queued = true; return nil }
 }
@@ -92,62 +135,92 @@ func (s *statements) queueStatements(t, seq, w string) {
 	// $1 key, $2 TTL µs, $3 waiter id, $4 queueGrace µs. Returns whether
 	// it took the key, the token (the holder's when it did not), and the
 	// µs to wait: the holder's remaining TTL, or the head's when the key
-	// is free. h is the live head; o says whether the ticket is first
-	// and whether other waiters remain; t is the ordinary take (whose new
-	// row is marked as waited for when others remain), m marks a held row
-	// as waited for when a waiter is ahead; q queues the ticket (or moves
-	// its expiry; an expired entry goes to the back), d dequeues it after
-	// a take and deletes expired waiters.
-	s.ticketTake = fmt.Sprintf(`WITH h AS (SELECT id, %[4]s AS rem FROM %[3]s
+	// is free (or, when it took the key, the lease's remaining TTL). y is
+	// a live row a release handed to the ticket (a notification the
+	// ticket missed): the ticket takes it as it is. h is the live head; o
+	// says whether the ticket is first and whether other waiters remain;
+	// t is the ordinary take (whose new row is marked as waited for when
+	// others remain), m marks a held row as waited for when a waiter is
+	// ahead; q queues the ticket (or moves its expiry; an expired entry
+	// goes to the back) and records the take's time and TTL for a hand-off,
+	// d dequeues it after a take and deletes expired waiters.
+	s.ticketTake = fmt.Sprintf(`WITH y AS (SELECT token, %[5]s AS rem FROM %[1]s
+	WHERE key = $1::bytea AND handed_to = $3::bigint AND record IS NULL AND expires_at > now()),
+h AS (SELECT id, %[4]s AS rem FROM %[3]s
 	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
-o AS (SELECT NOT EXISTS (SELECT FROM h WHERE id <> $3::bigint) AS first,
+o AS (SELECT NOT EXISTS (SELECT FROM h WHERE id <> $3::bigint) AS first, EXISTS (SELECT FROM y) AS mine,
 	EXISTS (SELECT FROM %[3]s WHERE key = $1::bytea AND id <> $3::bigint AND expires_at > clock_timestamp()) AS more),
 t AS (INSERT INTO %[1]s AS l (key, token, expires_at, waiters)
-	SELECT $1::bytea, nextval('%[2]s'), now() + $2::bigint %[6]s, o.more FROM o WHERE o.first
+	SELECT $1::bytea, nextval('%[2]s'), now() + $2::bigint %[6]s, o.more FROM o WHERE o.first AND NOT o.mine
 	ON CONFLICT (key) DO UPDATE SET `+takeOver+`
 	RETURNING token, token = currval('%[2]s') AS took, %[5]s AS rem),
 m AS (UPDATE %[1]s SET waiters = true
-	WHERE key = $1::bytea AND record IS NULL AND expires_at > now() AND NOT (SELECT first FROM o)
+	WHERE key = $1::bytea AND record IS NULL AND expires_at > now() AND NOT (SELECT first OR mine FROM o)
 	RETURNING token, %[5]s AS rem),
 c AS (SELECT token, %[5]s AS rem FROM %[1]s
-	WHERE key = $1::bytea AND expires_at > now() AND NOT (SELECT first FROM o)),
-r AS (SELECT coalesce((SELECT took FROM t), false) AS took,
-	coalesce((SELECT token FROM t), (SELECT token FROM m), (SELECT token FROM c), 0) AS token,
-	greatest(coalesce((SELECT rem FROM t), (SELECT rem FROM m), (SELECT rem FROM c), (SELECT rem FROM h), 0), 0) AS rem),
-q AS (INSERT INTO %[3]s AS w (key, id, arrived, expires_at)
-	SELECT $1::bytea, $3::bigint, clock_timestamp(), clock_timestamp() + (r.rem + $4::bigint) %[6]s FROM r WHERE NOT r.took
+	WHERE key = $1::bytea AND expires_at > now() AND NOT (SELECT first OR mine FROM o)),
+r AS (SELECT EXISTS (SELECT FROM y) OR coalesce((SELECT took FROM t), false) AS took,
+	coalesce((SELECT token FROM y), (SELECT token FROM t), (SELECT token FROM m), (SELECT token FROM c), 0) AS token,
+	greatest(coalesce((SELECT rem FROM y), (SELECT rem FROM t), (SELECT rem FROM m), (SELECT rem FROM c), (SELECT rem FROM h), 0), 0) AS rem),
+q AS (INSERT INTO %[3]s AS w (key, id, arrived, expires_at, took_at, ttl)
+	SELECT $1::bytea, $3::bigint, clock_timestamp(), clock_timestamp() + (r.rem + $4::bigint) %[6]s, clock_timestamp(), $2::bigint
+	FROM r WHERE NOT r.took
 	ON CONFLICT (key, id) DO UPDATE SET
 	arrived    = CASE WHEN w.expires_at <= clock_timestamp() THEN excluded.arrived ELSE w.arrived END,
-	expires_at = excluded.expires_at),
+	expires_at = excluded.expires_at,
+	took_at    = excluded.took_at,
+	ttl        = excluded.ttl),
 d AS (DELETE FROM %[3]s WHERE key = $1::bytea AND (id = $3::bigint AND (SELECT took FROM r)
 	OR id <> $3::bigint AND expires_at <= clock_timestamp()))
 SELECT took, token, rem FROM r`, t, seq, w, left("expires_at", "clock_timestamp()"), left("expires_at", "now()"), us)
 
-	// $1 key, $2 token, $3 channel, $4 payload. The release, which
-	// notifies the head of the queue by its id (or everyone, when none is
-	// queued) when the row was waited for or a waiter is queued.
-	s.releaseQueued = fmt.Sprintf(`WITH d AS (DELETE FROM %[1]s WHERE key = $1 AND token = $2 AND record IS NULL
+	// $1 key, $2 token, $3 channel, $4 payload. The release. When it
+	// deleted the row and the live head of the queue took less than half
+	// its TTL ago (h.fresh), it hands the key to the head (i): a new row
+	// with a new token (the take lock is held: fencing order holds), the
+	// expiry the head's last take would have given it, marked as waited
+	// for when other waiters remain and as handed to the head, whose entry
+	// it deletes (x). It notifies "<payload>:<head>:<token>" after a
+	// hand-off, "<payload>:<head>" when a head is queued but not handed
+	// the key (it takes it), "<payload>" when only unqueued waiters
+	// marked the row.
+	s.releaseQueued = fmt.Sprintf(`WITH d AS (DELETE FROM %[1]s WHERE key = $1::bytea AND token = $2::bigint AND record IS NULL
 	RETURNING expires_at > now() AS live, waiters),
-h AS (SELECT id FROM %[2]s WHERE key = $1 AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
-n AS (SELECT pg_notify($3, $4 || coalesce(':' || (SELECT id FROM h), '')) FROM d
+h AS (SELECT id, took_at + ttl %[4]s AS until, took_at + ttl %[4]s / %[5]d > clock_timestamp() AS fresh FROM %[2]s
+	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
+i AS (INSERT INTO %[1]s (key, token, expires_at, waiters, handed_to)
+	SELECT $1::bytea, nextval('%[3]s'), h.until,
+	EXISTS (SELECT FROM %[2]s WHERE key = $1::bytea AND id <> h.id AND expires_at > clock_timestamp()), h.id
+	FROM h, d WHERE h.fresh
+	RETURNING token, handed_to),
+x AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = (SELECT handed_to FROM i)),
+n AS (SELECT pg_notify($3::text, $4::text || coalesce(':' || (SELECT id FROM h), '') || coalesce(':' || (SELECT token FROM i), '')) FROM d
 	WHERE d.waiters OR EXISTS (SELECT FROM h))
-SELECT live, (SELECT count(*) FROM n) FROM d`, t, w)
+SELECT live, (SELECT count(*) FROM n) FROM d`, t, w, seq, us, handOffLeft)
 
-	// $1 key, $2 waiter id, $3 channel, $4 payload, $5 whether the
-	// waiter's latest take had an unknown outcome. Deletes the waiter; if
-	// it was the live head and the key is free, or after a take of
-	// unknown outcome (which may hold the key with a lease nobody has),
-	// notifies the next head, which then learns the key's remaining TTL.
+	// $1 key, $2 waiter id, $3 channel, $4 payload, $5 whether one of
+	// the waiter's takes had an unknown outcome. Deletes the waiter, and a
+	// live row a release handed to it (g); if it was the live head or gave
+	// a row back, and the key is now free, notifies the next head (or,
+	// when none is queued but unqueued waiters marked the row given back,
+	// every waiter). After a take of unknown outcome (which may hold the
+	// key with a lease nobody has) it notifies the next head whether or
+	// not the key is free, so that it learns the key's remaining TTL.
 	// Returns whether it deleted a row and whether it notified.
-	s.leave = fmt.Sprintf(`WITH h AS (SELECT id, row_number() OVER (ORDER BY arrived, id) AS n FROM %[2]s
-	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 2),
+	s.leave = fmt.Sprintf(`WITH h AS (SELECT id FROM %[2]s
+	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
+nx AS (SELECT id FROM %[2]s
+	WHERE key = $1::bytea AND id <> $2::bigint AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
 d AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = $2::bigint RETURNING id),
-x AS (SELECT id FROM h WHERE id <> $2::bigint AND ($5::boolean
-	OR EXISTS (SELECT FROM h WHERE n = 1 AND id = $2::bigint)
-	AND NOT EXISTS (SELECT FROM %[1]s WHERE key = $1::bytea AND expires_at > now()))
-	ORDER BY n LIMIT 1),
-s AS (SELECT pg_notify($3::text, $4::text || ':' || id) FROM x)
-SELECT (SELECT count(*) FROM d) = 1, (SELECT count(*) FROM s) = 1`, t, w)
+g AS (DELETE FROM %[1]s WHERE key = $1::bytea AND handed_to = $2::bigint AND record IS NULL AND expires_at > now()
+	RETURNING waiters),
+f AS (SELECT NOT EXISTS (SELECT FROM %[1]s WHERE key = $1::bytea AND expires_at > now()
+	AND (handed_to IS DISTINCT FROM $2::bigint OR record IS NOT NULL)) AS free),
+s AS (SELECT pg_notify($3::text, $4::text || coalesce(':' || (SELECT id FROM nx), '')) FROM f
+	WHERE f.free AND (EXISTS (SELECT FROM nx) AND (EXISTS (SELECT FROM h WHERE id = $2::bigint) OR EXISTS (SELECT FROM g))
+	OR coalesce((SELECT waiters FROM g), false))
+	OR $5::boolean AND EXISTS (SELECT FROM nx))
+SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM g) > 0, (SELECT count(*) FROM s) = 1`, t, w)
 
 	// No argument: the cleaner's pass over the waiters.
 	s.deleteWaiters = fmt.Sprintf(`DELETE FROM %s WHERE expires_at < clock_timestamp()`, w)
@@ -199,9 +272,15 @@ type ticket struct {
 	bkey   []byte
 	id     int64
 	sub    *subscription
-	queued bool // a take ran that may have put the ticket in the queue
+	queued bool // a take ran that may have put the ticket in the queue (and a release may have handed it the key)
 	lost   bool // one of its takes had an unknown outcome
 	closed bool
+
+	// The send time and TTL of the last take whose reply came back
+	// refusing the key (zero after a take that failed): a row handed to
+	// the ticket expires that TTL after a server time later than sent.
+	sent time.Time
+	ttl  time.Duration
 }
 
 // Wait blocks until a release names this ticket (or any release of an
@@ -210,11 +289,16 @@ func (t *ticket) Wait(ctx context.Context, held *lock.NotAcquiredError) error {
 	return t.sub.Wait(ctx, held)
 }
 
-// TryAcquire is one queued take, in one round trip.
+// TryAcquire returns the lease a release handed to the ticket, without a
+// request (or after a refresh when little of it is left); otherwise it is
+// one queued take, in one round trip.
 func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
 	l := t.l
 	if err := l.gate.CheckTicket(ctx, t.key, ttl, t.closed); err != nil {
 		return nil, err
+	}
+	if le, err := t.handed(ctx, ttl); le != nil || err != nil {
+		return le, err
 	}
 	var (
 		took  bool
@@ -223,25 +307,53 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 	)
 	sent := time.Now()
 	t.queued = true
+	t.sent = time.Time{}
 	err := l.locked(ctx, t.key, l.sql.ticketTake, []any{t.bkey, micros(ttl), t.id, micros(queueGrace)}, &took, &token, &left)
 	if err != nil {
 		t.lost = true // Close wakes the next waiter: this take may hold the key
 		return nil, errs.OpErrorCtx(ctx, "take", t.key, err)
 	}
 	if !took {
+		t.sent, t.ttl = sent, ttl
 		return nil, &lock.NotAcquiredError{Key: t.key, Remaining: microDuration(left), Version: uint64(token)}
 	}
 	t.queued = false // the statement took it out of the queue
-	return driver.LeaseOf(newLease(l, t.key, token, sent, ttl)), nil
+	t.sub.handed()   // a notification of the same row, if any, is used up
+	// A row handed to the ticket has less than ttl left.
+	return driver.LeaseOf(newLease(l, t.key, token, sent, min(microDuration(left), ttl))), nil
+}
+
+// handed returns the lease of a row that a release handed to the ticket,
+// as its notification told: it expires the TTL of the ticket's last take
+// after that take was sent. Nil, nil when there is none, or when the
+// ticket cannot tell its deadline (its last take failed) or the refresh
+// of a short one found it gone: the ticket's take then finds out.
+func (t *ticket) handed(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
+	token, ok := t.sub.handed()
+	if !ok || t.sent.IsZero() {
+		return nil, nil
+	}
+	le := newLease(t.l, t.key, token, t.sent, t.ttl)
+	if time.Until(le.Deadline()) < ttl/handOffRefresh {
+		if err := le.Refresh(ctx, ttl); errors.Is(err, lock.ErrNotHeld) {
+			return nil, nil
+		} else if err != nil {
+			return nil, err // Close gives the row back
+		}
+	}
+	t.queued = false // the release took the ticket out of the queue
+	return driver.LeaseOf(le), nil
 }
 
 // Close leaves the queue, in one round trip when the ticket was queued,
-// waking the next waiter if this one was the head and the key is free,
-// and ends the subscription. If the ticket's latest take failed with an
-// unknown outcome (lock.Acquire then returns its error and closes the
-// ticket), Close wakes the next waiter whether or not the key is free, so
-// that it learns how long that take may hold the key. If the request fails, the ticket's entry
-// expires on its own (queueGrace after the time it promised to come back).
+// giving back a key a release handed to it, waking the next waiter if
+// this one was the head (or gave a key back) and the key is free, and ends
+// the subscription. If one of the ticket's takes failed with an unknown
+// outcome (lock.Acquire then returns its error and closes the ticket),
+// Close wakes the next waiter whether or not the key is free, so that it
+// learns how long that take may hold the key. If the request fails, the
+// ticket's entry expires on its own (queueGrace after the time it promised
+// to come back), and a key handed to it with its lease.
 // It is safe to call more than once.
 func (t *ticket) Close() error {
 	if t.closed {
@@ -283,9 +395,11 @@ func (t *ticket) leave(ctx context.Context) error {
 	})
 }
 
-// splitPayload splits a notification's payload into the key's hash and
-// the id of the waiter it wakes ("" for every waiter).
-func splitPayload(p string) (hash, id string) {
-	hash, id, _ = strings.Cut(p, ":")
-	return hash, id
+// splitPayload splits a notification's payload into the key's hash, the
+// id of the waiter it wakes ("" for every waiter) and the token of the row
+// a release handed to that waiter ("" for none).
+func splitPayload(p string) (hash, id, token string) {
+	hash, rest, _ := strings.Cut(p, ":")
+	id, token, _ = strings.Cut(rest, ":")
+	return hash, id, token
 }

@@ -19,7 +19,8 @@ const takeOver = `
 	expires_at  = CASE WHEN l.expires_at <= now() THEN excluded.expires_at ELSE l.expires_at END,
 	record      = CASE WHEN l.expires_at <= now() THEN NULL ELSE l.record END,
 	fingerprint = CASE WHEN l.expires_at <= now() THEN excluded.fingerprint ELSE l.fingerprint END,
-	waiters     = CASE WHEN l.expires_at <= now() THEN excluded.waiters ELSE l.waiters OR l.record IS NULL END`
+	waiters     = CASE WHEN l.expires_at <= now() THEN excluded.waiters ELSE l.waiters OR l.record IS NULL END,
+	handed_to   = CASE WHEN l.expires_at <= now() THEN excluded.handed_to ELSE l.handed_to END`
 
 // statements are the SQL texts of one table, built once by New.
 type statements struct {
@@ -42,6 +43,7 @@ type statements struct {
 //	waiters     boolean      a failed take saw this holder: wake on release
 //	record      bytea        NULL while held; the completed record after
 //	fingerprint bytea        the holder's fingerprint (ClaimFingerprint), or NULL
+//	handed_to   bigint       the queued waiter a release handed the row to, or NULL
 func newStatements(schema, table string) statements {
 	qual := func(name string) string {
 		if schema == "" {
@@ -66,6 +68,8 @@ func newStatements(schema, table string) statements {
 		// sessions; NO CYCLE keeps it increasing.
 		// Added after the first release: tables made before get it here.
 		fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS fingerprint bytea", t),
+		// Added with WithQueue's direct hand-off (queue.go).
+		fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS handed_to bigint", t),
 		fmt.Sprintf("CREATE SEQUENCE IF NOT EXISTS %s AS bigint CACHE 1 NO CYCLE", seq),
 		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (expires_at)", pgx.Identifier{table + "_expires"}.Sanitize(), t),
 		// Added with WithQueue: the queued waiters (queue.go). Tables made
@@ -75,8 +79,13 @@ func newStatements(schema, table string) statements {
 	id         bigint      NOT NULL,
 	arrived    timestamptz NOT NULL,
 	expires_at timestamptz NOT NULL,
+	took_at    timestamptz,
+	ttl        bigint,
 	PRIMARY KEY (key, id)
 )`, w),
+		// Waiters tables made before the direct hand-off (by an unreleased
+		// version) get its columns here; a NULL took_at is never handed to.
+		fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS took_at timestamptz, ADD COLUMN IF NOT EXISTS ttl bigint", w),
 		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s (key, arrived, id)", pgx.Identifier{table + "_waiters_q"}.Sanitize(), w),
 	)
 	s.queueStatements(t, seq, w)

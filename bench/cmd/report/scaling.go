@@ -60,8 +60,8 @@ func (res *results) scalingSection(b *strings.Builder) {
 	p("The hand-off workload above with %s waiters on one key, sharing %d clients (as %d processes with many waiting goroutines each would have: one waiter per client at 8, 64 per client at 512). ",
 		joinInts(bench.ScalingWaiters), bench.ScalingClients, bench.ScalingClients)
 	p("Goals (issue 19): at most 3 requests per hand-off on every notifying backend, flat from 8 to 512 waiters; fairness min/max ≥ 0.8 at 8 waiters; p50 at 8 waiters no worse than the plain hand-off's; p99 at 512 waiters at most 3× its value at 8. ")
-	p("idemlock-queued is idemlock with the backend's queued waiting (lock.Queuer): a release wakes only the head of the key's queue. ")
-	p("Before the run each client takes and releases %d keys at once, so that every pooled connection has prepared its statements. ", bench.WarmConns)
+	p("idemlock-queued is idemlock with the backend's queued waiting (lock.Queuer): a release wakes only the head of the key's queue (on PostgreSQL it hands the key straight to the head). ")
+	p("Before the run each client takes and releases %d keys at once, so that every pooled connection has prepared its statements. ", bench.WarmConns())
 	p("The first holder keeps the key until the waiters, who all begin waiting at once, have finished their first attempts (the load meter counts at most one request per client in %v and, on etcd and PostgreSQL, the server has answered every request it received; at most %v, which a library whose waiters poll, or wait inside the server as pg_advisory_lock does, always takes): that start-up (first attempts, queue entries, watches and subscriptions) is a one-off cost per waiter, counted in no hand-off. ", bench.QuietWindow, bench.MaxQuiesce)
 	p("Requests per hand-off include the libraries' background requests meanwhile (on etcd, lease keep-alives), which grow per hand-off as hand-offs slow down. ")
 	p("At 64 and 512 waiters a run's hand-offs are fewer than its waiters, so some waiters never get a turn and min/max is 0 whatever the library; fairness is judged at 8. ")

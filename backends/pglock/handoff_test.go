@@ -1,0 +1,356 @@
+package pglock_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/backends/pglock"
+	"github.com/idemlock/lock/conformance"
+	"github.com/idemlock/lock/internal/testenv"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// The direct hand-off (queue.go): a queued release gives the key to the
+// live head of the queue, whose ticket returns it without a request.
+
+// leaseRow is the key's row in the lease table, as the server sees it.
+type leaseRow struct {
+	token   int64
+	handed  bool // handed_to names a waiter
+	expires time.Time
+	found   bool
+}
+
+func readRow(t *testing.T, admin *pgxpool.Pool, table, key string) leaseRow {
+	t.Helper()
+	var r leaseRow
+	err := admin.QueryRow(t.Context(), fmt.Sprintf("SELECT token, handed_to IS NOT NULL, expires_at FROM %s WHERE key = $1", table), []byte(key)).
+		Scan(&r.token, &r.handed, &r.expires)
+	switch {
+	case err == nil:
+		r.found = true
+	case !errors.Is(err, pgx.ErrNoRows):
+		t.Fatalf("reading the row of %q: %v", key, err)
+	}
+	return r
+}
+
+// handOff is a key held by one Locker and a ticket of another queued
+// behind it.
+type handOff struct {
+	table  string
+	admin  *pgxpool.Pool
+	holder lock.Lease
+	hw     *wire // the holder's Locker's wire
+	l      *pglock.Locker
+	w      *wire // the ticket's Locker's wire
+	ticket lock.Ticket
+	na     *lock.NotAcquiredError // the ticket's refused take
+}
+
+// queueOne holds key "k" for held and queues one ticket behind it, which
+// asks for ttl.
+func queueOne(t *testing.T, held, ttl time.Duration) *handOff {
+	t.Helper()
+	h := &handOff{table: testTable(t)}
+	url := postgresURL(t)
+	h.admin = newPool(t, url, nil)
+	holder, hw := newLockerOn(t, url, pglock.WithTable(h.table), pglock.WithQueue())
+	h.hw = hw
+	warm, err := holder.TryAcquire(t.Context(), "warm-up", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := warm.Release(t.Context()); err != nil { // pgx prepares the release
+		t.Fatal(err)
+	}
+	if h.holder, err = holder.TryAcquire(t.Context(), "k", held); err != nil {
+		t.Fatal(err)
+	}
+	h.l, h.w = newLockerOn(t, url, pglock.WithTable(h.table), pglock.WithQueue())
+	if h.ticket, err = h.l.Queue(t.Context(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.ticket.Close() })
+	_, err = h.ticket.TryAcquire(t.Context(), ttl)
+	if !errors.As(err, &h.na) {
+		t.Fatalf("a ticket's take of a held key: %v, want a *NotAcquiredError", err)
+	}
+	return h
+}
+
+// take waits for the ticket's wake-up and takes the key with it.
+func (h *handOff) take(t *testing.T, ttl time.Duration) lock.Lease {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := h.ticket.Wait(ctx, h.na); err != nil {
+		t.Fatalf("the head's Wait after the release: %v", err)
+	}
+	le, err := h.ticket.TryAcquire(ctx, ttl)
+	if err != nil {
+		t.Fatalf("the head's TryAcquire after the release: %v", err)
+	}
+	return le
+}
+
+// checkHanded checks that le holds the key's row, handed over by a
+// release of a lease with token before: a greater token, and a Deadline
+// no later than the row's expiry and not much shorter than ttl.
+func checkHanded(t *testing.T, h *handOff, le lock.Lease, before uint64, ttl time.Duration) {
+	t.Helper()
+	row := readRow(t, h.admin, h.table, "k")
+	switch {
+	case !row.found:
+		t.Fatal("the head holds a lease but the key has no row")
+	case uint64(row.token) != le.Token():
+		t.Errorf("the head's lease has token %d, the row %d", le.Token(), row.token)
+	case le.Token() <= before:
+		t.Errorf("the head's token %d is not greater than the released one, %d", le.Token(), before)
+	}
+	deadline := le.(lock.Deadliner).Deadline()
+	if deadline.After(row.expires) {
+		t.Errorf("the head's Deadline %v is later than the row's expiry %v", deadline, row.expires)
+	}
+	if left := time.Until(deadline); left < ttl/2 {
+		t.Errorf("the head's lease has %v left of the %v asked for", left, ttl)
+	}
+}
+
+// A release hands the key to the head: the head's TryAcquire returns it
+// with no request, with a greater token and a Deadline within the row's
+// expiry, and the ticket's Close leaves the lease alone.
+func TestHandOff(t *testing.T) {
+	const ttl = 30 * time.Second
+	h := queueOne(t, time.Minute, ttl)
+	if err := h.holder.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if row := readRow(t, h.admin, h.table, "k"); !row.found || !row.handed || uint64(row.token) <= h.holder.Token() {
+		t.Fatalf("after the release the key's row is %+v, want one handed to the head with a token above %d", row, h.holder.Token())
+	}
+	before := h.w.RoundTrips()
+	le := h.take(t, ttl)
+	if n := h.w.RoundTrips() - before; n != 0 {
+		t.Errorf("the head made %d round trips to take a key handed to it, want 0", n)
+	}
+	checkHanded(t, h, le, h.holder.Token(), ttl)
+	if q := queueLen(t, h.admin, h.table, "k"); q != 0 {
+		t.Errorf("the queue holds %d waiters after the hand-off, want 0", q)
+	}
+	if err := h.ticket.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := le.Refresh(t.Context(), ttl); err != nil {
+		t.Fatalf("Refresh of the handed lease after the ticket's Close: %v", err)
+	}
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatalf("Release of the handed lease: %v", err)
+	}
+	if row := readRow(t, h.admin, h.table, "k"); row.found {
+		t.Errorf("the key's row is still there after the head's release: %+v", row)
+	}
+}
+
+// A head that was handed the key and gives up before using it (its
+// context ended: Acquire closes the ticket) gives the key back, and its
+// Close wakes the next waiter, who takes it long before the handed
+// lease's expiry.
+func TestHandOffHeadLeaves(t *testing.T) {
+	const ttl = time.Minute
+	h := queueOne(t, time.Minute, ttl)
+	next := newLocker(t, pglock.WithTable(h.table), pglock.WithQueue())
+	behind := testenv.StartBehind(t, next, "k")
+	awaitQueueLen(t, h.admin, h.table, "k", 2, 10*time.Second)
+	if err := h.holder.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if row := readRow(t, h.admin, h.table, "k"); !row.found || !row.handed {
+		t.Fatalf("after the release the key's row is %+v, want one handed to the head", row)
+	}
+	left := time.Now()
+	if err := h.ticket.Close(); err != nil {
+		t.Fatal(err)
+	}
+	behind.AwaitKey(t, left, "the head's Close", 10*time.Second)
+}
+
+// A head that missed the notification of its hand-off (here: the reply of
+// its last take was lost, so it cannot tell the lease's deadline; a
+// listening connection that was down does the same) gets the key from its
+// next take, which recognises the row handed to it.
+func TestHandOffMissedNotification(t *testing.T) {
+	const ttl = 30 * time.Second
+	h := queueOne(t, time.Minute, ttl)
+	h.w.LoseNextReply()
+	if _, err := h.ticket.TryAcquire(t.Context(), ttl); err == nil || errors.Is(err, lock.ErrNotAcquired) {
+		t.Fatalf("a take whose reply was lost: %v, want an error of unknown outcome", err)
+	}
+	if err := h.holder.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	before := h.w.RoundTrips()
+	le, err := h.ticket.TryAcquire(t.Context(), ttl)
+	if err != nil {
+		t.Fatalf("the head's take after a hand-off it could not use: %v", err)
+	}
+	if h.w.RoundTrips() == before {
+		t.Error("the head made no request: it cannot know the handed lease's deadline, want its take")
+	}
+	checkHanded(t, h, le, h.holder.Token(), ttl)
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A head that dies (its Locker closed: no listening connection, no
+// leave) after it was handed the key holds it until the handed lease
+// expires, the TTL it asked for after its last take; the waiter behind it
+// takes the key then (it comes back at the holder's deadline, finds the
+// handed lease, and comes back at its expiry).
+func TestHandOffDeadHead(t *testing.T) {
+	const (
+		held = 3 * time.Second
+		ttl  = 10 * time.Second // the release comes within half of it, even under -race
+	)
+	h := queueOne(t, held, ttl)
+	next := newLocker(t, pglock.WithTable(h.table), pglock.WithQueue())
+	behind := testenv.StartBehind(t, next, "k")
+	awaitQueueLen(t, h.admin, h.table, "k", 2, 10*time.Second)
+	if err := h.l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// On a loaded machine the holding may have expired by now; its row
+	// is still there (only a take by the head, now dead, would take it
+	// over), and the release hands it over all the same.
+	if err := h.holder.Release(t.Context()); err != nil && !errors.Is(err, lock.ErrNotHeld) {
+		t.Fatal(err)
+	}
+	row := readRow(t, h.admin, h.table, "k")
+	if !row.found || !row.handed {
+		t.Fatalf("after the release the key's row is %+v, want one handed to the dead head", row)
+	}
+	behind.AwaitKey(t, time.Now(), "the release", time.Until(row.expires)+6*conformance.SchedulingSlack)
+	if after := readRow(t, h.admin, h.table, "k"); after.found && after.token == row.token {
+		t.Errorf("the dead head's row is still there: %+v", after)
+	}
+}
+
+// A release whose reply is lost after it handed the key over: the retry
+// (ErrNotHeld: pglock keeps no evidence of its release) deletes nothing,
+// and the head keeps the key.
+func TestHandOffReleaseReplyLost(t *testing.T) {
+	const ttl = 30 * time.Second
+	h := queueOne(t, time.Minute, ttl)
+	h.hw.LoseNextReply()
+	if err := h.holder.Release(t.Context()); err == nil || errors.Is(err, lock.ErrNotHeld) {
+		t.Fatalf("a release whose reply was lost: %v, want an error of unknown outcome", err)
+	}
+	if err := h.holder.Release(t.Context()); !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("the retried release: %v, want ErrNotHeld", err)
+	}
+	le := h.take(t, ttl)
+	checkHanded(t, h, le, h.holder.Token(), ttl)
+	if err := le.Refresh(t.Context(), ttl); err != nil {
+		t.Fatalf("Refresh of the handed lease after the retried release: %v", err)
+	}
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A head whose last take is too old (less than half of its TTL would be
+// left) is not handed the key: the release wakes it, and it takes the
+// key with a take of its own, for its full TTL.
+func TestHandOffStaleHead(t *testing.T) {
+	const ttl = 30 * time.Second
+	h := queueOne(t, time.Minute, ttl)
+	// As if the head's take were sent 20 s ago: its TTL has less than
+	// half left.
+	if _, err := h.admin.Exec(t.Context(), fmt.Sprintf("UPDATE %s_waiters SET took_at = took_at - interval '20 seconds'", h.table)); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.holder.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if row := readRow(t, h.admin, h.table, "k"); row.found {
+		t.Fatalf("the release of a key whose head is stale left a row: %+v", row)
+	}
+	before := h.w.RoundTrips()
+	sent := time.Now()
+	le := h.take(t, ttl)
+	if n := h.w.RoundTrips() - before; n != 1 {
+		t.Errorf("the stale head made %d round trips, want 1 (its take)", n)
+	}
+	if le.Token() <= h.holder.Token() {
+		t.Errorf("the stale head's token %d is not greater than the released %d", le.Token(), h.holder.Token())
+	}
+	if d := le.(lock.Deadliner).Deadline(); d.Before(sent.Add(ttl)) {
+		t.Errorf("the stale head's Deadline is %v after its take was sent, want its full TTL %v", d.Sub(sent), ttl)
+	}
+	if row := readRow(t, h.admin, h.table, "k"); !row.found || row.handed {
+		t.Errorf("the stale head's row is %+v, want one taken, not handed", row)
+	}
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A head handed a lease with little left of the TTL it now asks for
+// refreshes it before returning it (one request), so that Acquire never
+// returns a lease much shorter than asked; if the handed row is gone by
+// then, the head goes on with its take.
+func TestHandOffShortLease(t *testing.T) {
+	const (
+		asked = 4 * time.Second // the release comes within half of it
+		ttl   = time.Minute     // the head's next TryAcquire asks for more
+	)
+	for _, gone := range []bool{false, true} {
+		t.Run(fmt.Sprintf("row gone %v", gone), func(t *testing.T) {
+			h := queueOne(t, time.Minute, asked)
+			warm, err := h.l.TryAcquire(t.Context(), "warm-up", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := warm.Refresh(t.Context(), time.Minute); err != nil { // pgx prepares the refresh
+				t.Fatal(err)
+			}
+			if err := warm.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.holder.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			handed := readRow(t, h.admin, h.table, "k")
+			if !handed.found || !handed.handed {
+				t.Fatalf("after the release the key's row is %+v, want one handed to the head", handed)
+			}
+			if gone { // as ForceRelease would
+				if _, err := h.admin.Exec(t.Context(), fmt.Sprintf("DELETE FROM %s WHERE key = $1", h.table), []byte("k")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := h.w.RoundTrips()
+			le := h.take(t, ttl)
+			want := int64(1) // the refresh
+			if gone {
+				want = 2 // the refresh, then the take
+			}
+			if n := h.w.RoundTrips() - before; n != want {
+				t.Errorf("the head made %d round trips, want %d", n, want)
+			}
+			if gone && le.Token() <= uint64(handed.token) {
+				t.Errorf("the head's token %d after the handed row was deleted, want above the handed %d", le.Token(), handed.token)
+			}
+			checkHanded(t, h, le, h.holder.Token(), ttl)
+			if err := le.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
