@@ -145,21 +145,26 @@ return s
 `)
 
 // leaveBody removes a waiter from the queue and, if it was the head and
-// the key is free, wakes the next head. Given the nonce of the waiter's
-// take whose reply was lost, it first undoes that take if it took the key
-// (nobody holds a lease for it), and then wakes the next head as a release
-// would: otherwise the waiters behind, whose waits are bounded by the
-// previous holder's TTL, would sleep through the orphan's expiry.
+// the key is free, wakes the next head. Given the nonces of the waiter's
+// takes whose replies were lost, it first undoes the one that took the key,
+// if any (nobody holds a lease for it), and then wakes the next head as a
+// release would: otherwise the waiters behind, whose waits are bounded by
+// the previous holder's TTL, would sleep through the orphan's expiry.
 //
 // KEYS[1] lock, KEYS[2] queue, KEYS[3] queue expiries; ARGV[1] the
-// waiter's id, ARGV[2] the nonce of its take of unknown outcome, or "".
+// waiter's id, ARGV[2:] the nonces of its takes of unknown outcome.
 // Returns 1 when it woke another waiter, else 0.
 const leaveBody = qheadFn + `
 local h = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local v = redis.call('GET', KEYS[1])
-local mine = ARGV[2] ~= '' and v and string.sub(v, -#ARGV[2] - 1) == ':' .. ARGV[2]
+local mine = false
+for i = 2, #ARGV do
+  if v and string.sub(v, -#ARGV[i] - 1) == ':' .. ARGV[i] then
+    mine = true
+  end
+end
 if mine then
   redis.call('DEL', KEYS[1])
   v = nil
@@ -222,8 +227,8 @@ type ticket struct {
 	lock   string
 	id     string
 	sub    *subscription
-	queued bool   // a take ran that may have put the ticket in the queue
-	lost   string // the nonce of the latest take whose outcome is unknown, if any
+	queued bool     // a take ran that may have put the ticket in the queue
+	lost   []string // the nonces of its takes whose outcome is unknown
 	closed bool
 }
 
@@ -248,7 +253,9 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 	t.queued = true
 	cmd := ticketTakeScript.run(ctx, l.client, args)
 	if err := cmd.Err(); err != nil {
-		t.lost = nonce // Close undoes it if it took the key
+		// Close undoes it if it took the key. Every such take is kept:
+		// an earlier one may hold the key when a retry's reply is lost too.
+		t.lost = append(t.lost, nonce)
 		return nil, errs.OpError("take", t.key, err)
 	}
 	switch v := cmd.Val().(type) {
@@ -281,11 +288,12 @@ const leaveTimeout = 5 * time.Second
 
 // Close leaves the queue, in one round trip when the ticket was queued,
 // waking the next waiter if this one was the head and the key is free,
-// and ends the subscription. If the ticket's latest take failed with an
-// unknown outcome (lock.Acquire then returns its error and closes the
-// ticket), Close also releases the key if that take holds it, and wakes
-// the next waiter. If the request fails, the ticket's entry
-// expires on its own (queueGrace after the time it promised to come back).
+// and ends the subscription. If some of the ticket's takes failed with an
+// unknown outcome (lock.Acquire then returns the error and closes the
+// ticket; a direct user may have retried), Close also releases the key if
+// one of those takes holds it, and wakes the next waiter. If the request
+// fails, the ticket's entry expires on its own (queueGrace after the time
+// it promised to come back).
 // It is safe to call more than once.
 func (t *ticket) Close() error {
 	if t.closed {
@@ -299,7 +307,11 @@ func (t *ticket) Close() error {
 		if t.l.cluster != nil {
 			s = leaveScriptSharded
 		}
-		err = s.run(ctx, t.l.client, []any{nil, nil, 3, t.lock, t.lock + ":q", t.lock + ":qx", t.id, t.lost}).Err()
+		args := []any{nil, nil, 3, t.lock, t.lock + ":q", t.lock + ":qx", t.id}
+		for _, n := range t.lost {
+			args = append(args, n)
+		}
+		err = s.run(ctx, t.l.client, args).Err()
 		cancel()
 		if err != nil {
 			err = errs.OpError("leave the queue of", t.key, err)

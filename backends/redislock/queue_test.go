@@ -304,3 +304,68 @@ func TestQueueLostTakeUndoneByClose(t *testing.T) {
 	}
 	_ = le.Release(t.Context())
 }
+
+// A ticket whose take was applied with its reply lost, retried (by a
+// direct Ticket user) with the retry's reply lost too, leaves an orphan
+// that the first take holds: Close must still undo it, whatever became of
+// the retry (which found the key held and queued the ticket again), and
+// wake the next waiter. Before the fix the ticket remembered only the
+// latest lost take's nonce, so Close left the orphan for its whole TTL and
+// the waiter behind, woken by nobody, slept until the first holder's TTL.
+func TestQueueTwoLostTakesUndoneByClose(t *testing.T) {
+	for _, tp := range topologies {
+		t.Run(tp.name, func(t *testing.T) {
+			prefix := tp.testPrefix(t)
+			holder := tp.newLocker(t, nil, redislock.WithPrefix(prefix))
+			other := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+			held, err := holder.TryAcquire(t.Context(), "k", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, faults := tp.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
+			tk, err := l.Queue(t.Context(), "k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = tk.Close() }()
+			if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
+				t.Fatalf("a ticket's take of a held key: %v, want ErrNotAcquired", err)
+			}
+			// The waiter behind, queued after the ticket, whose wait is
+			// bounded by the holder's minute.
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer cancel()
+			behind := make(chan error, 1)
+			wg.Go(func() {
+				le, err := lock.Acquire(ctx, other, "k", time.Minute)
+				if err == nil {
+					err = le.Release(context.WithoutCancel(ctx))
+				}
+				behind <- err
+			})
+			awaitQueueLen(t, tp.client(t, ""), prefix, "k", 2, 10*time.Second)
+			if err := held.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			for i := range 2 {
+				faults.LoseNextReply()
+				if _, err := tk.TryAcquire(t.Context(), time.Minute); err == nil || errors.Is(err, lock.ErrNotAcquired) {
+					t.Fatalf("take %d, whose reply was lost: %v, want an error of unknown outcome", i+1, err)
+				}
+			}
+			if err := tk.Close(); err != nil {
+				t.Fatalf("Close after two takes of unknown outcome: %v", err)
+			}
+			select {
+			case err := <-behind:
+				if err != nil {
+					t.Fatalf("the waiter behind the ticket: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the waiter behind the ticket did not get the key within 10s of its Close: the first lost take's orphan (TTL a minute) was not undone")
+			}
+		})
+	}
+}
