@@ -145,26 +145,21 @@ return s
 `)
 
 // leaveBody removes a waiter from the queue and, if it was the head and
-// the key is free, wakes the next head. Given the nonces of the waiter's
-// takes whose replies were lost, it first undoes the one that took the key,
-// if any (nobody holds a lease for it), and then wakes the next head as a
-// release would: otherwise the waiters behind, whose waits are bounded by
-// the previous holder's TTL, would sleep through the orphan's expiry.
+// the key is free, wakes the next head. Given the nonce of the waiter's
+// take whose reply was lost, it first undoes that take if it took the key
+// (nobody holds a lease for it), and then wakes the next head as a release
+// would: otherwise the waiters behind, whose waits are bounded by the
+// previous holder's TTL, would sleep through the orphan's expiry.
 //
 // KEYS[1] lock, KEYS[2] queue, KEYS[3] queue expiries; ARGV[1] the
-// waiter's id, ARGV[2:] the nonces of its takes of unknown outcome.
+// waiter's id, ARGV[2] the nonce of its take of unknown outcome, or "".
 // Returns 1 when it woke another waiter, else 0.
 const leaveBody = qheadFn + `
 local h = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local v = redis.call('GET', KEYS[1])
-local mine = false
-for i = 2, #ARGV do
-  if v and string.sub(v, -#ARGV[i] - 1) == ':' .. ARGV[i] then
-    mine = true
-  end
-end
+local mine = ARGV[2] ~= '' and v and string.sub(v, -#ARGV[2] - 1) == ':' .. ARGV[2]
 if mine then
   redis.call('DEL', KEYS[1])
   v = nil
@@ -227,8 +222,8 @@ type ticket struct {
 	lock   string
 	id     string
 	sub    *subscription
-	queued bool     // a take ran that may have put the ticket in the queue
-	lost   []string // the nonces of its takes whose outcome is unknown
+	queued bool   // a take ran that may have put the ticket in the queue
+	lost   string // the nonce of its take whose outcome is unknown, if any
 	closed bool
 }
 
@@ -238,11 +233,23 @@ func (t *ticket) Wait(ctx context.Context, held *lock.NotAcquiredError) error {
 	return t.sub.Wait(ctx, held)
 }
 
-// TryAcquire is one queued take, in one round trip.
+// TryAcquire is one queued take, in one round trip (two after a take of
+// unknown outcome, which it first undoes by leaving the queue).
 func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
 	l := t.l
 	if err := l.gate.CheckTicket(ctx, t.key, ttl, t.closed); err != nil {
 		return nil, err
+	}
+	if t.lost != "" {
+		// A retry after a take of unknown outcome, which may hold the key
+		// with a lease nobody has while the waiters behind, whose waits
+		// are bounded by the previous holder's TTL, sleep through its end.
+		// Leave as Close does (undoing that take, waking the next waiter);
+		// the take below queues the ticket again, at the back.
+		if err := t.leave(ctx); err != nil {
+			return nil, err
+		}
+		t.lost = ""
 	}
 	ms := millis(ttl)
 	_, counter, _, nonce := l.names(t.key, false)
@@ -253,9 +260,7 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 	t.queued = true
 	cmd := ticketTakeScript.run(ctx, l.client, args)
 	if err := cmd.Err(); err != nil {
-		// Close undoes it if it took the key. Every such take is kept:
-		// an earlier one may hold the key when a retry's reply is lost too.
-		t.lost = append(t.lost, nonce)
+		t.lost = nonce // Close, or the next attempt, undoes it if it took the key
 		return nil, errs.OpError("take", t.key, err)
 	}
 	switch v := cmd.Val().(type) {
@@ -288,10 +293,10 @@ const leaveTimeout = 5 * time.Second
 
 // Close leaves the queue, in one round trip when the ticket was queued,
 // waking the next waiter if this one was the head and the key is free,
-// and ends the subscription. If some of the ticket's takes failed with an
-// unknown outcome (lock.Acquire then returns the error and closes the
-// ticket; a direct user may have retried), Close also releases the key if
-// one of those takes holds it, and wakes the next waiter. If the request
+// and ends the subscription. If the ticket's latest take failed with an
+// unknown outcome (lock.Acquire then returns its error and closes the
+// ticket), Close also releases the key if that take holds it, and wakes
+// the next waiter (a retry, TryAcquire, does so first too). If the request
 // fails, the ticket's entry expires on its own (queueGrace after the time
 // it promised to come back).
 // It is safe to call more than once.
@@ -303,22 +308,24 @@ func (t *ticket) Close() error {
 	var err error
 	if t.queued {
 		ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
-		s := leaveScript
-		if t.l.cluster != nil {
-			s = leaveScriptSharded
-		}
-		args := []any{nil, nil, 3, t.lock, t.lock + ":q", t.lock + ":qx", t.id}
-		for _, n := range t.lost {
-			args = append(args, n)
-		}
-		err = s.run(ctx, t.l.client, args).Err()
+		err = t.leave(ctx)
 		cancel()
-		if err != nil {
-			err = errs.OpError("leave the queue of", t.key, err)
-		}
 	}
 	_ = t.sub.Close()
 	return err
+}
+
+// leave runs the leave script for the ticket, with the nonce of its take
+// of unknown outcome, if any.
+func (t *ticket) leave(ctx context.Context) error {
+	s := leaveScript
+	if t.l.cluster != nil {
+		s = leaveScriptSharded
+	}
+	if err := s.run(ctx, t.l.client, []any{nil, nil, 3, t.lock, t.lock + ":q", t.lock + ":qx", t.id, t.lost}).Err(); err != nil {
+		return errs.OpError("leave the queue of", t.key, err)
+	}
+	return nil
 }
 
 // isTicketID reports whether a released message names a queued waiter.
