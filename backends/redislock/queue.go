@@ -149,7 +149,9 @@ return s
 // take whose reply was lost, it first undoes that take if it took the key
 // (nobody holds a lease for it), and then wakes the next head as a release
 // would: otherwise the waiters behind, whose waits are bounded by the
-// previous holder's TTL, would sleep through the orphan's expiry.
+// previous holder's TTL, would sleep through the orphan's expiry. With no
+// waiter queued it publishes "released", which wakes the waiters of
+// unqueued Lockers, as a release does.
 //
 // KEYS[1] lock, KEYS[2] queue, KEYS[3] queue expiries; ARGV[1] the
 // waiter's id, ARGV[2] the nonce of its take of unknown outcome, or "".
@@ -170,16 +172,16 @@ if v and string.byte(v) ~= 114 then
   return 0
 end
 local n = qhead(KEYS[1])
-if not n then
+if not n and not mine then
   return 0
 end
-redis.call('PUBLISH', KEYS[1], n)
-return 1
+redis.call('PUBLISH', KEYS[1], n or 'released')
+return n and 1 or 0
 `
 
 var (
 	leaveScript        = newScript(leaveBody)
-	leaveScriptSharded = newScript(strings.Replace(leaveBody, "redis.call('PUBLISH'", "redis.call('SPUBLISH'", 1))
+	leaveScriptSharded = newScript(sharded(leaveBody))
 )
 
 // queueScripts returns the release and complete scripts of a queued

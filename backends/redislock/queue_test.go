@@ -437,3 +437,66 @@ func TestQueueRetryAfterLostTake(t *testing.T) {
 		})
 	}
 }
+
+// When a ticket's Close undoes its lost take and no other ticket is
+// queued, the key is free: a waiter of an unqueued Locker sharing the key
+// (woken by every release message) must be told, as a release would tell
+// it, not sleep through the rest of the lost take's TTL (a minute here),
+// by which its wait is bounded. Before the fix the leave published only
+// the next queued waiter's id, and nothing when none was queued.
+func TestQueueLostTakeUndoneWakesUnqueued(t *testing.T) {
+	for _, tp := range topologies {
+		t.Run(tp.name, func(t *testing.T) {
+			prefix := tp.testPrefix(t)
+			holder := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+			plain := tp.newLocker(t, nil, redislock.WithPrefix(prefix))
+			held, err := holder.TryAcquire(t.Context(), "k", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, faults := tp.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
+			tk, err := l.Queue(t.Context(), "k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = tk.Close() }()
+			if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
+				t.Fatalf("a ticket's take of a held key: %v, want ErrNotAcquired", err)
+			}
+			if err := held.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			faults.LoseNextReply()
+			if _, err := tk.TryAcquire(t.Context(), time.Minute); err == nil || errors.Is(err, lock.ErrNotAcquired) {
+				t.Fatalf("the head's take whose reply was lost: %v, want an error of unknown outcome", err)
+			}
+			// The unqueued waiter, as lock.Acquire runs it: an attempt, a
+			// subscription, an attempt, a wait bounded by the holder's TTL.
+			_, err = plain.TryAcquire(t.Context(), "k", time.Minute)
+			if !errors.Is(err, lock.ErrNotAcquired) {
+				t.Fatalf("a take while the lost take holds the key: %v, want ErrNotAcquired", err)
+			}
+			w, err := lock.NewWaiter(t.Context(), plain, "k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			if _, err = plain.TryAcquire(t.Context(), "k", time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
+				t.Fatalf("a take while the lost take holds the key: %v, want ErrNotAcquired", err)
+			}
+			if err := tk.Close(); err != nil {
+				t.Fatalf("Close after a take of unknown outcome: %v", err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			if err := w.Wait(ctx, err); err != nil {
+				t.Fatalf("the unqueued waiter was not woken within 5s of the Close that freed the key (the lost take's TTL is a minute): %v", err)
+			}
+			le, err := plain.TryAcquire(t.Context(), "k", time.Minute)
+			if err != nil {
+				t.Fatalf("a take after the Close that undid the lost take: %v", err)
+			}
+			_ = le.Release(t.Context())
+		})
+	}
+}
