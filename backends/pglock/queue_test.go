@@ -462,63 +462,22 @@ func TestQueueOldTable(t *testing.T) {
 
 // A direct Ticket user that retries after a take whose reply was lost
 // (the take had taken the key, with a lease nobody has, and left the
-// queue) must not strand the waiter behind it: the retry finds the key
-// held by its own lost take, and whatever it does, the waiter behind must
-// get the key within the lost take's TTL, not sleep until the end of the
-// previous holder's minute, by which its wait is bounded. Before the fix
-// nobody woke it.
+// queue) must not strand the waiter behind it. On main (0574162, cc904e7)
+// the retry found the key held, queued the ticket again at the back, and
+// nobody woke the waiter, whose wait is bounded by the previous holder's
+// minute. Now the retry first leaves the queue, as Close does, which wakes
+// the waiter to learn the lost take's remaining TTL.
 func TestQueueRetryAfterLostTake(t *testing.T) {
-	table := testTable(t)
-	url := postgresURL(t)
-	admin := newPool(t, url, nil)
-	// Queued, so that its release wakes only the head, the ticket.
-	holder := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
-	other := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
-	held, err := holder.TryAcquire(t.Context(), "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, w := newLockerOn(t, url, pglock.WithTable(table), pglock.WithQueue())
-	tk, err := l.Queue(t.Context(), "k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tk.Close() }()
-	if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
-		t.Fatalf("a ticket's take of a held key: %v, want ErrNotAcquired", err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	behind := make(chan error, 1)
-	wg.Go(func() {
-		le, err := lock.Acquire(ctx, other, "k", time.Minute)
-		if err == nil {
-			err = le.Release(context.WithoutCancel(ctx))
-		}
-		behind <- err
-	})
-	awaitQueueLen(t, admin, table, "k", 2, 10*time.Second)
-	if err := held.Release(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	const short = time.Second // the lost take's TTL
-	w.LoseNextReply()
-	if _, err := tk.TryAcquire(t.Context(), short); err == nil || errors.Is(err, lock.ErrNotAcquired) {
-		t.Fatalf("the head's take whose reply was lost: %v, want an error of unknown outcome", err)
-	}
-	if le, err := tk.TryAcquire(t.Context(), short); err == nil {
-		_ = le.Release(t.Context()) // the lost take was not applied after all
-	} else if !errors.Is(err, lock.ErrNotAcquired) {
-		t.Fatalf("the retry of the take whose reply was lost: %v", err)
-	}
-	select {
-	case err := <-behind:
-		if err != nil {
-			t.Fatalf("the waiter behind the ticket: %v", err)
-		}
-	case <-time.After(short + 5*time.Second):
-		t.Fatalf("the waiter behind the ticket did not get the key within %v of the retry, although the lost take's TTL is %v: nobody woke it", short+5*time.Second, short)
+	for _, loseRetry := range []bool{false, true} {
+		t.Run(fmt.Sprintf("loseRetry=%v", loseRetry), func(t *testing.T) {
+			table := testTable(t)
+			url := postgresURL(t)
+			admin := newPool(t, url, nil)
+			holder := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
+			waiter := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
+			l, w := newLockerOn(t, url, pglock.WithTable(table), pglock.WithQueue())
+			testenv.QueueRetryAfterLostTake(t, holder, l, w.FaultSwitch, waiter, "k",
+				func() int { return queueLen(t, admin, table, "k") }, loseRetry)
+		})
 	}
 }

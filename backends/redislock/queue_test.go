@@ -3,6 +3,7 @@ package redislock_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -305,136 +306,27 @@ func TestQueueLostTakeUndoneByClose(t *testing.T) {
 	_ = le.Release(t.Context())
 }
 
-// A ticket whose take was applied with its reply lost, retried (by a
-// direct Ticket user) with the retry's reply lost too, leaves an orphan
-// that the first take holds: Close must still undo it, whatever became of
-// the retry, and wake the next waiter. On main (0574162, cc904e7) the
-// retry's take found the key held and queued the ticket again, and the
-// ticket remembered only the retry's nonce, so Close left the orphan for
-// its whole TTL and the waiter behind, woken by nobody, slept until the
-// holder's minute. Now the retry first leaves the queue, undoing the
-// first take (the second reply lost is then the leave's).
-func TestQueueTwoLostTakesUndoneByClose(t *testing.T) {
-	for _, tp := range topologies {
-		t.Run(tp.name, func(t *testing.T) {
-			prefix := tp.testPrefix(t)
-			// Queued, so that its release wakes only the head, the ticket.
-			holder := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
-			other := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
-			held, err := holder.TryAcquire(t.Context(), "k", time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			l, faults := tp.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
-			tk, err := l.Queue(t.Context(), "k")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = tk.Close() }()
-			if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
-				t.Fatalf("a ticket's take of a held key: %v, want ErrNotAcquired", err)
-			}
-			// The waiter behind, queued after the ticket, whose wait is
-			// bounded by the holder's minute.
-			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-			var wg sync.WaitGroup
-			defer wg.Wait()
-			defer cancel()
-			behind := make(chan error, 1)
-			wg.Go(func() {
-				le, err := lock.Acquire(ctx, other, "k", time.Minute)
-				if err == nil {
-					err = le.Release(context.WithoutCancel(ctx))
-				}
-				behind <- err
-			})
-			awaitQueueLen(t, tp.client(t, ""), prefix, "k", 2, 10*time.Second)
-			if err := held.Release(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			for i := range 2 {
-				faults.LoseNextReply()
-				if _, err := tk.TryAcquire(t.Context(), time.Minute); err == nil || errors.Is(err, lock.ErrNotAcquired) {
-					t.Fatalf("take %d, whose reply was lost: %v, want an error of unknown outcome", i+1, err)
-				}
-			}
-			if err := tk.Close(); err != nil {
-				t.Fatalf("Close after two takes of unknown outcome: %v", err)
-			}
-			select {
-			case err := <-behind:
-				if err != nil {
-					t.Fatalf("the waiter behind the ticket: %v", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the waiter behind the ticket did not get the key within 10s of its Close: the first lost take's orphan (TTL a minute) was not undone")
-			}
-		})
-	}
-}
-
 // A direct Ticket user that retries after a take whose reply was lost
 // (the take had taken the key, with a lease nobody has, and left the
-// queue) must not strand the waiter behind it: the retry finds the key
-// held by its own lost take, and whatever it does, the waiter behind must
-// get the key within the lost take's TTL, not sleep until the end of the
-// previous holder's minute, by which its wait is bounded. Before the fix
-// nobody woke it.
+// queue) must not strand the waiter behind it. On main (0574162, cc904e7)
+// the retry found the key held, queued the ticket again at the back, and
+// nobody woke the waiter, whose wait is bounded by the previous holder's
+// minute; when the retry's reply was lost too, the ticket remembered only
+// the retry's nonce, and its Close left the first take's orphan alone. Now
+// the retry first leaves the queue, as Close does.
 func TestQueueRetryAfterLostTake(t *testing.T) {
 	for _, tp := range topologies {
-		t.Run(tp.name, func(t *testing.T) {
-			prefix := tp.testPrefix(t)
-			// Queued, so that its release wakes only the head, the ticket.
-			holder := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
-			other := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
-			held, err := holder.TryAcquire(t.Context(), "k", time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			l, faults := tp.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
-			tk, err := l.Queue(t.Context(), "k")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = tk.Close() }()
-			if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
-				t.Fatalf("a ticket's take of a held key: %v, want ErrNotAcquired", err)
-			}
-			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-			var wg sync.WaitGroup
-			defer wg.Wait()
-			defer cancel()
-			behind := make(chan error, 1)
-			wg.Go(func() {
-				le, err := lock.Acquire(ctx, other, "k", time.Minute)
-				if err == nil {
-					err = le.Release(context.WithoutCancel(ctx))
-				}
-				behind <- err
+		for _, loseRetry := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/loseRetry=%v", tp.name, loseRetry), func(t *testing.T) {
+				prefix := tp.testPrefix(t)
+				holder := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+				waiter := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+				l, faults := tp.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
+				admin := tp.client(t, "")
+				testenv.QueueRetryAfterLostTake(t, holder, l, faults, waiter, "k",
+					func() int64 { return queueLen(t, admin, prefix, "k") }, loseRetry)
 			})
-			awaitQueueLen(t, tp.client(t, ""), prefix, "k", 2, 10*time.Second)
-			if err := held.Release(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			const short = time.Second // the lost take's TTL
-			faults.LoseNextReply()
-			if _, err := tk.TryAcquire(t.Context(), short); err == nil || errors.Is(err, lock.ErrNotAcquired) {
-				t.Fatalf("the head's take whose reply was lost: %v, want an error of unknown outcome", err)
-			}
-			if le, err := tk.TryAcquire(t.Context(), short); err == nil {
-				_ = le.Release(t.Context()) // the lost take was not applied after all
-			} else if !errors.Is(err, lock.ErrNotAcquired) {
-				t.Fatalf("the retry of the take whose reply was lost: %v", err)
-			}
-			select {
-			case err := <-behind:
-				if err != nil {
-					t.Fatalf("the waiter behind the ticket: %v", err)
-				}
-			case <-time.After(short + 5*time.Second):
-				t.Fatalf("the waiter behind the ticket did not get the key within %v of the retry, although the lost take's TTL is %v: nobody woke it", short+5*time.Second, short)
-			}
-		})
+		}
 	}
 }
 
