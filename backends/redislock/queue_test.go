@@ -265,24 +265,22 @@ func TestQueueUnknownOutcomes(t *testing.T) {
 	})
 }
 
-// A woken head whose take was applied but whose reply was lost holds the
-// key with a lease nobody has: its Close (Acquire closes the ticket after
-// the error) deletes the key by the take's nonce and wakes the next
-// waiter, so the key is free at once, not after the lost take's TTL.
-func TestQueueLostTakeUndoneByClose(t *testing.T) {
-	prefix := single.testPrefix(t)
-	holder := single.newLocker(t, nil, redislock.WithPrefix(prefix))
-	other := single.newLocker(t, nil, redislock.WithPrefix(prefix))
+// lostHeadTake has holder take "k" for a minute, queues a ticket of a
+// faulty queued Locker, releases the key and loses the reply of the
+// ticket's take, which then holds the key for a minute with a lease nobody
+// has. The ticket is closed when t ends.
+func lostHeadTake(t *testing.T, tp topology, prefix string, holder lock.Locker) lock.Ticket {
+	t.Helper()
 	held, err := holder.TryAcquire(t.Context(), "k", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, faults := single.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
+	l, faults := tp.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
 	tk, err := l.Queue(t.Context(), "k")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = tk.Close() }()
+	t.Cleanup(func() { _ = tk.Close() })
 	if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
 		t.Fatalf("a ticket's take of a held key: %v, want ErrNotAcquired", err)
 	}
@@ -293,6 +291,18 @@ func TestQueueLostTakeUndoneByClose(t *testing.T) {
 	if _, err := tk.TryAcquire(t.Context(), time.Minute); err == nil || errors.Is(err, lock.ErrNotAcquired) {
 		t.Fatalf("the head's take whose reply was lost: %v, want an error of unknown outcome", err)
 	}
+	return tk
+}
+
+// A woken head whose take was applied but whose reply was lost holds the
+// key with a lease nobody has: its Close (Acquire closes the ticket after
+// the error) deletes the key by the take's nonce and wakes the next
+// waiter, so the key is free at once, not after the lost take's TTL.
+func TestQueueLostTakeUndoneByClose(t *testing.T) {
+	prefix := single.testPrefix(t)
+	holder := single.newLocker(t, nil, redislock.WithPrefix(prefix))
+	other := single.newLocker(t, nil, redislock.WithPrefix(prefix))
+	tk := lostHeadTake(t, single, prefix, holder)
 	if _, err := other.TryAcquire(t.Context(), "k", time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
 		t.Fatalf("a take while the lost take holds the key: %v, want ErrNotAcquired (the fault did not apply the take)", err)
 	}
@@ -342,29 +352,10 @@ func TestQueueLostTakeUndoneWakesUnqueued(t *testing.T) {
 			prefix := tp.testPrefix(t)
 			holder := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
 			plain := tp.newLocker(t, nil, redislock.WithPrefix(prefix))
-			held, err := holder.TryAcquire(t.Context(), "k", time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			l, faults := tp.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
-			tk, err := l.Queue(t.Context(), "k")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = tk.Close() }()
-			if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
-				t.Fatalf("a ticket's take of a held key: %v, want ErrNotAcquired", err)
-			}
-			if err := held.Release(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			faults.LoseNextReply()
-			if _, err := tk.TryAcquire(t.Context(), time.Minute); err == nil || errors.Is(err, lock.ErrNotAcquired) {
-				t.Fatalf("the head's take whose reply was lost: %v, want an error of unknown outcome", err)
-			}
+			tk := lostHeadTake(t, tp, prefix, holder)
 			// The unqueued waiter, as lock.Acquire runs it: an attempt, a
 			// subscription, an attempt, a wait bounded by the holder's TTL.
-			_, err = plain.TryAcquire(t.Context(), "k", time.Minute)
+			_, err := plain.TryAcquire(t.Context(), "k", time.Minute)
 			if !errors.Is(err, lock.ErrNotAcquired) {
 				t.Fatalf("a take while the lost take holds the key: %v, want ErrNotAcquired", err)
 			}
