@@ -142,7 +142,11 @@
 //     reply lost; lock.Acquire fails with an error of unknown outcome, and
 //     the two remaining waiters are served in arrival order, the first
 //     within one polling interval of the end of the lost take's short TTL
-//     (sooner if the backend undoes it), not of the first holder's.
+//     (sooner if the backend undoes it), not of the first holder's. A head
+//     that the release handed the key to without a request (with a
+//     FaultDisarmer, the suite sees the fault was not taken) had no reply
+//     to lose: its Acquire must return the lease, and the others follow
+//     its release.
 //   - NoGoroutineLeak: no goroutine started during the suite is left once
 //     every Locker was cleaned up.
 //   - NoConnectionLeak: no socket opened during the suite is left open

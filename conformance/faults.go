@@ -285,6 +285,7 @@ type watched struct {
 	lose     Faults       // with releases: loses the reply of the first attempt after the release
 	releases *atomic.Bool // set just before the holder releases
 	lostSent time.Time    // when the attempt whose reply lose lost was sent
+	handed   bool         // with lose: that attempt sent no request (the key was handed to it)
 
 	mu         sync.Mutex
 	last, prev roundTrip // the latest TryAcquire and the one before it
@@ -330,6 +331,13 @@ func (w *watched) attempt(ctx context.Context, take func() (lock.Lease, error)) 
 	w.mu.Lock()
 	w.prev, w.last = w.last, roundTrip{sent, time.Now()}
 	if losing {
+		// A backend whose release hands the key to the head (with a
+		// notification) may serve the attempt without a request: then no
+		// reply was there to lose, and the fault must not hit the head's
+		// Release instead.
+		if d, ok := w.lose.(FaultDisarmer); ok && err == nil && d.Disarm() {
+			w.handed = true
+		}
 		w.lostSent = sent
 	}
 	w.mu.Unlock()
@@ -470,12 +478,20 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool, fault headFault) {
 	case fault == headGivesUp && !errors.Is(err, context.Canceled):
 		c.Fatalf("the waiter that gave up: Acquire returned %v, want an error matching context.Canceled", err)
 	case fault == headTakeLost:
-		c.lostReply("Acquire of the woken head", err)
 		first.mu.Lock()
-		if lost := first.lostSent.Add(p.expiryBound(p.short)); lost.After(released) {
+		handed := first.handed
+		if lost := first.lostSent.Add(p.expiryBound(p.short)); !handed && lost.After(released) {
 			released = lost // the lost take may hold the key until then
 		}
 		first.mu.Unlock()
+		switch {
+		case !handed:
+			c.lostReply("Acquire of the woken head", err)
+		case err != nil:
+			c.Fatalf("the woken head, handed the key by the release without a request: Acquire returned %v, want the lease", err)
+		default:
+			released = time.Now() // it released the key it was handed before answering
+		}
 	}
 	var got []taken
 	for range 2 {

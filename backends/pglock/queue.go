@@ -273,7 +273,7 @@ type ticket struct {
 	id     int64
 	sub    *subscription
 	queued bool // a take ran that may have put the ticket in the queue (and a release may have handed it the key)
-	lost   bool // one of its takes had an unknown outcome
+	lost   bool // a take since it last left had an unknown outcome
 	closed bool
 
 	// The send time and TTL of the last take whose reply came back
@@ -291,7 +291,8 @@ func (t *ticket) Wait(ctx context.Context, held *lock.NotAcquiredError) error {
 
 // TryAcquire returns the lease a release handed to the ticket, without a
 // request (or after a refresh when little of it is left); otherwise it is
-// one queued take, in one round trip.
+// one queued take, in one round trip (two after a take of unknown
+// outcome, after which it first leaves the queue).
 func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
 	l := t.l
 	if err := l.gate.CheckTicket(ctx, t.key, ttl, t.closed); err != nil {
@@ -299,6 +300,19 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 	}
 	if le, err := t.handed(ctx, ttl); le != nil || err != nil {
 		return le, err
+	}
+	if t.lost {
+		// A retry after a take of unknown outcome, which may hold the key
+		// with a lease nobody has while the waiters behind, whose waits
+		// are bounded by the previous holder's TTL, sleep through its end.
+		// Leave as Close does (giving back a row a release handed to the
+		// ticket, waking the next waiter, which learns that take's
+		// remaining TTL); the take below queues the ticket again, at the
+		// back.
+		if err := t.leave(ctx); err != nil {
+			return nil, errs.OpErrorCtx(ctx, "leave the queue of", t.key, err)
+		}
+		t.lost = false
 	}
 	var (
 		took  bool
@@ -351,9 +365,10 @@ func (t *ticket) handed(ctx context.Context, ttl time.Duration) (lock.Lease, err
 // the subscription. If one of the ticket's takes failed with an unknown
 // outcome (lock.Acquire then returns its error and closes the ticket),
 // Close wakes the next waiter whether or not the key is free, so that it
-// learns how long that take may hold the key. If the request fails, the
-// ticket's entry expires on its own (queueGrace after the time it promised
-// to come back), and a key handed to it with its lease.
+// learns how long that take may hold the key (a retry, TryAcquire, does
+// so first too). If the request fails, the ticket's entry expires on its
+// own (queueGrace after the time it promised to come back), and a key
+// handed to it with its lease.
 // It is safe to call more than once.
 func (t *ticket) Close() error {
 	if t.closed {

@@ -149,7 +149,9 @@ return s
 // take whose reply was lost, it first undoes that take if it took the key
 // (nobody holds a lease for it), and then wakes the next head as a release
 // would: otherwise the waiters behind, whose waits are bounded by the
-// previous holder's TTL, would sleep through the orphan's expiry.
+// previous holder's TTL, would sleep through the orphan's expiry. With no
+// waiter queued it publishes "released", which wakes the waiters of
+// unqueued Lockers, as a release does.
 //
 // KEYS[1] lock, KEYS[2] queue, KEYS[3] queue expiries; ARGV[1] the
 // waiter's id, ARGV[2] the nonce of its take of unknown outcome, or "".
@@ -170,16 +172,16 @@ if v and string.byte(v) ~= 114 then
   return 0
 end
 local n = qhead(KEYS[1])
-if not n then
+if not n and not mine then
   return 0
 end
-redis.call('PUBLISH', KEYS[1], n)
-return 1
+redis.call('PUBLISH', KEYS[1], n or 'released')
+return n and 1 or 0
 `
 
 var (
 	leaveScript        = newScript(leaveBody)
-	leaveScriptSharded = newScript(strings.Replace(leaveBody, "redis.call('PUBLISH'", "redis.call('SPUBLISH'", 1))
+	leaveScriptSharded = newScript(sharded(leaveBody))
 )
 
 // queueScripts returns the release and complete scripts of a queued
@@ -223,7 +225,7 @@ type ticket struct {
 	id     string
 	sub    *subscription
 	queued bool   // a take ran that may have put the ticket in the queue
-	lost   string // the nonce of the latest take whose outcome is unknown, if any
+	lost   string // the nonce of its take whose outcome is unknown, if any
 	closed bool
 }
 
@@ -233,11 +235,23 @@ func (t *ticket) Wait(ctx context.Context, held *lock.NotAcquiredError) error {
 	return t.sub.Wait(ctx, held)
 }
 
-// TryAcquire is one queued take, in one round trip.
+// TryAcquire is one queued take, in one round trip (two after a take of
+// unknown outcome, which it first undoes by leaving the queue).
 func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
 	l := t.l
 	if err := l.gate.CheckTicket(ctx, t.key, ttl, t.closed); err != nil {
 		return nil, err
+	}
+	if t.lost != "" {
+		// A retry after a take of unknown outcome, which may hold the key
+		// with a lease nobody has while the waiters behind, whose waits
+		// are bounded by the previous holder's TTL, sleep through its end.
+		// Leave as Close does (undoing that take, waking the next waiter);
+		// the take below queues the ticket again, at the back.
+		if err := t.leave(ctx); err != nil {
+			return nil, err
+		}
+		t.lost = ""
 	}
 	ms := millis(ttl)
 	_, counter, _, nonce := l.names(t.key, false)
@@ -248,7 +262,7 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 	t.queued = true
 	cmd := ticketTakeScript.run(ctx, l.client, args)
 	if err := cmd.Err(); err != nil {
-		t.lost = nonce // Close undoes it if it took the key
+		t.lost = nonce // Close, or the next attempt, undoes it if it took the key
 		return nil, errs.OpError("take", t.key, err)
 	}
 	switch v := cmd.Val().(type) {
@@ -284,8 +298,9 @@ const leaveTimeout = 5 * time.Second
 // and ends the subscription. If the ticket's latest take failed with an
 // unknown outcome (lock.Acquire then returns its error and closes the
 // ticket), Close also releases the key if that take holds it, and wakes
-// the next waiter. If the request fails, the ticket's entry
-// expires on its own (queueGrace after the time it promised to come back).
+// the next waiter (a retry, TryAcquire, does so first too). If the request
+// fails, the ticket's entry expires on its own (queueGrace after the time
+// it promised to come back).
 // It is safe to call more than once.
 func (t *ticket) Close() error {
 	if t.closed {
@@ -295,18 +310,24 @@ func (t *ticket) Close() error {
 	var err error
 	if t.queued {
 		ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
-		s := leaveScript
-		if t.l.cluster != nil {
-			s = leaveScriptSharded
-		}
-		err = s.run(ctx, t.l.client, []any{nil, nil, 3, t.lock, t.lock + ":q", t.lock + ":qx", t.id, t.lost}).Err()
+		err = t.leave(ctx)
 		cancel()
-		if err != nil {
-			err = errs.OpError("leave the queue of", t.key, err)
-		}
 	}
 	_ = t.sub.Close()
 	return err
+}
+
+// leave runs the leave script for the ticket, with the nonce of its take
+// of unknown outcome, if any.
+func (t *ticket) leave(ctx context.Context) error {
+	s := leaveScript
+	if t.l.cluster != nil {
+		s = leaveScriptSharded
+	}
+	if err := s.run(ctx, t.l.client, []any{nil, nil, 3, t.lock, t.lock + ":q", t.lock + ":qx", t.id, t.lost}).Err(); err != nil {
+		return errs.OpError("leave the queue of", t.key, err)
+	}
+	return nil
 }
 
 // isTicketID reports whether a released message names a queued waiter.

@@ -3,6 +3,7 @@ package redislock_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -264,24 +265,22 @@ func TestQueueUnknownOutcomes(t *testing.T) {
 	})
 }
 
-// A woken head whose take was applied but whose reply was lost holds the
-// key with a lease nobody has: its Close (Acquire closes the ticket after
-// the error) deletes the key by the take's nonce and wakes the next
-// waiter, so the key is free at once, not after the lost take's TTL.
-func TestQueueLostTakeUndoneByClose(t *testing.T) {
-	prefix := single.testPrefix(t)
-	holder := single.newLocker(t, nil, redislock.WithPrefix(prefix))
-	other := single.newLocker(t, nil, redislock.WithPrefix(prefix))
+// lostHeadTake has holder take "k" for a minute, queues a ticket of a
+// faulty queued Locker, releases the key and loses the reply of the
+// ticket's take, which then holds the key for a minute with a lease nobody
+// has. The ticket is closed when t ends.
+func lostHeadTake(t *testing.T, tp topology, prefix string, holder lock.Locker) lock.Ticket {
+	t.Helper()
 	held, err := holder.TryAcquire(t.Context(), "k", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, faults := single.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
+	l, faults := tp.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
 	tk, err := l.Queue(t.Context(), "k")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = tk.Close() }()
+	t.Cleanup(func() { _ = tk.Close() })
 	if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
 		t.Fatalf("a ticket's take of a held key: %v, want ErrNotAcquired", err)
 	}
@@ -292,6 +291,18 @@ func TestQueueLostTakeUndoneByClose(t *testing.T) {
 	if _, err := tk.TryAcquire(t.Context(), time.Minute); err == nil || errors.Is(err, lock.ErrNotAcquired) {
 		t.Fatalf("the head's take whose reply was lost: %v, want an error of unknown outcome", err)
 	}
+	return tk
+}
+
+// A woken head whose take was applied but whose reply was lost holds the
+// key with a lease nobody has: its Close (Acquire closes the ticket after
+// the error) deletes the key by the take's nonce and wakes the next
+// waiter, so the key is free at once, not after the lost take's TTL.
+func TestQueueLostTakeUndoneByClose(t *testing.T) {
+	prefix := single.testPrefix(t)
+	holder := single.newLocker(t, nil, redislock.WithPrefix(prefix))
+	other := single.newLocker(t, nil, redislock.WithPrefix(prefix))
+	tk := lostHeadTake(t, single, prefix, holder)
 	if _, err := other.TryAcquire(t.Context(), "k", time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
 		t.Fatalf("a take while the lost take holds the key: %v, want ErrNotAcquired (the fault did not apply the take)", err)
 	}
@@ -303,4 +314,72 @@ func TestQueueLostTakeUndoneByClose(t *testing.T) {
 		t.Fatalf("a take after the head left: %v, want the key (Close undoes the lost take, whose TTL is a minute)", err)
 	}
 	_ = le.Release(t.Context())
+}
+
+// A direct Ticket user that retries after a take whose reply was lost
+// (the take had taken the key, with a lease nobody has, and left the
+// queue) must not strand the waiter behind it. On main (0574162, cc904e7)
+// the retry found the key held, queued the ticket again at the back, and
+// nobody woke the waiter, whose wait is bounded by the previous holder's
+// minute; when the retry's reply was lost too, the ticket remembered only
+// the retry's nonce, and its Close left the first take's orphan alone. Now
+// the retry first leaves the queue, as Close does.
+func TestQueueRetryAfterLostTake(t *testing.T) {
+	for _, tp := range topologies {
+		for _, loseRetry := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/loseRetry=%v", tp.name, loseRetry), func(t *testing.T) {
+				prefix := tp.testPrefix(t)
+				holder := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+				waiter := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+				l, faults := tp.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
+				admin := tp.client(t, "")
+				testenv.QueueRetryAfterLostTake(t, holder, l, faults, waiter, "k",
+					func() int64 { return queueLen(t, admin, prefix, "k") }, loseRetry)
+			})
+		}
+	}
+}
+
+// When a ticket's Close undoes its lost take and no other ticket is
+// queued, the key is free: a waiter of an unqueued Locker sharing the key
+// (woken by every release message) must be told, as a release would tell
+// it, not sleep through the rest of the lost take's TTL (a minute here),
+// by which its wait is bounded. Before the fix the leave published only
+// the next queued waiter's id, and nothing when none was queued.
+func TestQueueLostTakeUndoneWakesUnqueued(t *testing.T) {
+	for _, tp := range topologies {
+		t.Run(tp.name, func(t *testing.T) {
+			prefix := tp.testPrefix(t)
+			holder := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
+			plain := tp.newLocker(t, nil, redislock.WithPrefix(prefix))
+			tk := lostHeadTake(t, tp, prefix, holder)
+			// The unqueued waiter, as lock.Acquire runs it: an attempt, a
+			// subscription, an attempt, a wait bounded by the holder's TTL.
+			_, err := plain.TryAcquire(t.Context(), "k", time.Minute)
+			if !errors.Is(err, lock.ErrNotAcquired) {
+				t.Fatalf("a take while the lost take holds the key: %v, want ErrNotAcquired", err)
+			}
+			w, err := lock.NewWaiter(t.Context(), plain, "k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			if _, err = plain.TryAcquire(t.Context(), "k", time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
+				t.Fatalf("a take while the lost take holds the key: %v, want ErrNotAcquired", err)
+			}
+			if err := tk.Close(); err != nil {
+				t.Fatalf("Close after a take of unknown outcome: %v", err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			if err := w.Wait(ctx, err); err != nil {
+				t.Fatalf("the unqueued waiter was not woken within 5s of the Close that freed the key (the lost take's TTL is a minute): %v", err)
+			}
+			le, err := plain.TryAcquire(t.Context(), "k", time.Minute)
+			if err != nil {
+				t.Fatalf("a take after the Close that undid the lost take: %v", err)
+			}
+			_ = le.Release(t.Context())
+		})
+	}
 }
