@@ -482,6 +482,19 @@ func TestNoPooling(t *testing.T) {
 	}
 }
 
+// burst holds n keys of l at once for ttl, then releases them all: the
+// pool is left with (at least) n idle sessions of ttl.
+func burst(t *testing.T, l lock.Locker, n int, ttl time.Duration) {
+	t.Helper()
+	var les []lock.Lease
+	for i := range n {
+		les = append(les, take(t, l, key(t, strconv.Itoa(i)), ttl))
+	}
+	for _, le := range les {
+		release(t, le)
+	}
+}
+
 // TestPoolTrimsUnusedSessions checks that the sessions of a burst of
 // concurrent takes are destroyed once one take at a time is all the
 // Locker does, instead of being renewed every 250 ms until the TTL falls
@@ -492,13 +505,7 @@ func TestPoolTrimsUnusedSessions(t *testing.T) {
 	client, _ := newClient(t)
 	l, c := newLocker(t)
 	const ttl = 10 * time.Second
-	var burst []lock.Lease
-	for i := range 5 {
-		burst = append(burst, take(t, l, key(t, strconv.Itoa(i)), ttl))
-	}
-	for _, le := range burst {
-		release(t, le)
-	}
+	burst(t, l, 5, ttl)
 	name := sessionName(t)
 	if n := len(sessions(t, client, name)); n < 5 {
 		t.Fatalf("after a burst of 5 holds, the agent has %d sessions of this test, want at least 5", n)

@@ -2,7 +2,6 @@ package consullock_test
 
 import (
 	"errors"
-	"fmt"
 	"testing"
 	"time"
 
@@ -76,13 +75,7 @@ func TestPoolAfterServerStall(t *testing.T) {
 	client, _ := newClientAt(t, agent.Addr())
 	l, c := newLockerAt(t, agent.Addr())
 	const ttl = 2 * time.Second
-	var les []lock.Lease
-	for i := range 3 {
-		les = append(les, take(t, l, key(t, fmt.Sprint(i)), ttl))
-	}
-	for _, le := range les {
-		release(t, le)
-	}
+	burst(t, l, 3, ttl)
 	before := map[string]bool{}
 	for _, s := range sessions(t, client, sessionName(t)) {
 		before[s.ID] = true
