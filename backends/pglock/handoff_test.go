@@ -354,3 +354,75 @@ func TestHandOffShortLease(t *testing.T) {
 		})
 	}
 }
+
+// A notification of a hand-off that reaches the head late (its listening
+// connection is slow), after the handed row is gone (it expired, or was
+// force-released) and after the head's next take was refused because
+// another Locker took the key: the head's ticket must not return the
+// stale token as a lease. Its Deadline would count from the refused take
+// (later than the gone row's expiry), and two holders would believe they
+// hold the key.
+func TestHandOffLateNotification(t *testing.T) {
+	for _, how := range []string{"expired", "force released"} {
+		t.Run(how, func(t *testing.T) {
+			const ttl = 10 * time.Second // the release comes within half of it, even under -race
+			h := queueOne(t, time.Minute, ttl)
+			deliver := h.w.HoldNotifications(t)
+			if err := h.holder.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			handed := readRow(t, h.admin, h.table, "k")
+			if !handed.found || !handed.handed {
+				t.Fatalf("after the release the key's row is %+v, want one handed to the head", handed)
+			}
+			other := newLocker(t, pglock.WithTable(h.table))
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			if how == "force released" {
+				if err := other.ForceRelease(ctx, "k"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Unqueued: it takes the key once the handed row is gone (at
+			// its expiry, or now).
+			taken, err := lock.Acquire(ctx, other, "k", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = taken.Release(context.Background()) }()
+			if taken.Token() <= uint64(handed.token) {
+				t.Fatalf("the other Locker's token %d, want above the handed %d", taken.Token(), handed.token)
+			}
+			// The head comes back (its wait bounded by the holder's
+			// deadline, or another wake-up) before the notification: its
+			// take finds the key held.
+			le, err := h.ticket.TryAcquire(ctx, ttl)
+			if err == nil {
+				_ = le.Release(context.Background())
+				t.Fatalf("the head's take while another Locker holds the key returned a lease with token %d", le.Token())
+			}
+			if !errors.As(err, &h.na) {
+				t.Fatalf("the head's take while another Locker holds the key: %v, want a *NotAcquiredError", err)
+			}
+			// Drain the wake-up the listening connection's start left (a
+			// spurious one), so that the next Wait returns on the late
+			// notification.
+			drain, stop := context.WithTimeout(ctx, 100*time.Millisecond)
+			_ = h.ticket.Wait(drain, h.na)
+			stop()
+			deliver()
+			if err := h.ticket.Wait(ctx, h.na); err != nil {
+				t.Fatalf("the head's Wait for the late notification: %v", err)
+			}
+			le, err = h.ticket.TryAcquire(ctx, ttl)
+			if err == nil {
+				t.Errorf("the head returned a lease with the stale handed token %d (Deadline in %v) while the other Locker holds token %d: two holders",
+					le.Token(), time.Until(le.(lock.Deadliner).Deadline()), taken.Token())
+				return
+			}
+			if !errors.Is(err, lock.ErrNotAcquired) {
+				t.Fatalf("the head's take after the late notification: %v, want ErrNotAcquired", err)
+			}
+		})
+	}
+}
