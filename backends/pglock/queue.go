@@ -51,8 +51,11 @@ import (
 // next TryAcquire returns the lease without a request: its Deadline is
 // the send time of the ticket's last take (whose reply came back) plus
 // its TTL, refreshed first when less than a quarter of the TTL asked for
-// is left. A hand-off thus costs the release alone, where a wake-up costs
-// the release and the head's take.
+// is left. A notification of a token no greater than the sequence's last
+// value at the ticket's last take is late (a slow listening connection),
+// of a hand-off whose row that take found gone, and is ignored. A
+// hand-off thus costs the release alone, where a wake-up costs the
+// release and the head's take.
 //
 // The release only wakes the head ("<hash of key>:<id of the head>"), which
 // then takes the key, when the head's last take leaves half its TTL or
@@ -133,9 +136,13 @@ func (s *statements) queueStatements(t, seq, w string) {
 		return fmt.Sprintf("(extract(epoch FROM %s - %s) * 1000000)::bigint", col, now)
 	}
 	// $1 key, $2 TTL µs, $3 waiter id, $4 queueGrace µs. Returns whether
-	// it took the key, the token (the holder's when it did not), and the
-	// µs to wait: the holder's remaining TTL, or the head's when the key
-	// is free (or, when it took the key, the lease's remaining TTL). y is
+	// it took the key, the token (the holder's when it did not), the µs
+	// to wait: the holder's remaining TTL, or the head's when the key is
+	// free (or, when it took the key, the lease's remaining TTL), and the
+	// sequence's last token: a release that hands the key to the ticket
+	// after this take draws a greater one (it takes the key's advisory
+	// lock after this take let it go), so a notification of a smaller
+	// token is late, of a row this take saw gone. y is
 	// a live row a release handed to the ticket (a notification the
 	// ticket missed): the ticket takes it as it is. h is the live head; o
 	// says whether the ticket is first and whether other waiters remain;
@@ -172,7 +179,7 @@ q AS (INSERT INTO %[3]s AS w (key, id, arrived, expires_at, took_at, ttl)
 	ttl        = excluded.ttl),
 d AS (DELETE FROM %[3]s WHERE key = $1::bytea AND (id = $3::bigint AND (SELECT took FROM r)
 	OR id <> $3::bigint AND expires_at <= clock_timestamp()))
-SELECT took, token, rem FROM r`, t, seq, w, left("expires_at", "clock_timestamp()"), left("expires_at", "now()"), us)
+SELECT took, token, rem, coalesce(pg_sequence_last_value('%[2]s'::regclass), 0) FROM r`, t, seq, w, left("expires_at", "clock_timestamp()"), left("expires_at", "now()"), us)
 
 	// $1 key, $2 token, $3 channel, $4 payload. The release. When it
 	// deleted the row and the live head of the queue took less than half
@@ -281,6 +288,10 @@ type ticket struct {
 	// the ticket expires that TTL after a server time later than sent.
 	sent time.Time
 	ttl  time.Duration
+	// The sequence's last token at that take: a notification of a token
+	// no greater is of a hand-off before it, whose row that take found
+	// gone (it would have taken a live one), delivered late.
+	floor int64
 }
 
 // Wait blocks until a release names this ticket (or any release of an
@@ -304,17 +315,18 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 		took  bool
 		token int64
 		left  int64
+		floor int64
 	)
 	sent := time.Now()
 	t.queued = true
 	t.sent = time.Time{}
-	err := l.locked(ctx, t.key, l.sql.ticketTake, []any{t.bkey, micros(ttl), t.id, micros(queueGrace)}, &took, &token, &left)
+	err := l.locked(ctx, t.key, l.sql.ticketTake, []any{t.bkey, micros(ttl), t.id, micros(queueGrace)}, &took, &token, &left, &floor)
 	if err != nil {
 		t.lost = true // Close wakes the next waiter: this take may hold the key
 		return nil, errs.OpErrorCtx(ctx, "take", t.key, err)
 	}
 	if !took {
-		t.sent, t.ttl = sent, ttl
+		t.sent, t.ttl, t.floor = sent, ttl, floor
 		return nil, &lock.NotAcquiredError{Key: t.key, Remaining: microDuration(left), Version: uint64(token)}
 	}
 	t.queued = false // the statement took it out of the queue
@@ -326,11 +338,12 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 // handed returns the lease of a row that a release handed to the ticket,
 // as its notification told: it expires the TTL of the ticket's last take
 // after that take was sent. Nil, nil when there is none, or when the
+// notification is older than that take (see ticket.floor), or when the
 // ticket cannot tell its deadline (its last take failed) or the refresh
 // of a short one found it gone: the ticket's take then finds out.
 func (t *ticket) handed(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
 	token, ok := t.sub.handed()
-	if !ok || t.sent.IsZero() {
+	if !ok || t.sent.IsZero() || token <= t.floor {
 		return nil, nil
 	}
 	le := newLease(t.l, t.key, token, t.sent, t.ttl)
