@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -424,5 +426,102 @@ func TestHandOffLateNotification(t *testing.T) {
 				t.Fatalf("the head's take after the late notification: %v, want ErrNotAcquired", err)
 			}
 		})
+	}
+}
+
+// Queued Lockers (served by hand-offs), an unqueued Locker's Acquire, and
+// TryAcquire and ClaimFingerprint (which never look at the queue) on one
+// key, some giving up mid-wait: never two holders at once, and every
+// holder's token is greater than the one before it (fencing), hand-offs
+// included.
+func TestHandOffMixedExclusion(t *testing.T) {
+	table := testTable(t)
+	q1 := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
+	q2 := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
+	plain := newLocker(t, pglock.WithTable(table))
+	const (
+		workers = 12
+		rounds  = 6
+		ttl     = 30 * time.Second // no holding expires: an overlap is a bug
+	)
+	var (
+		mu      sync.Mutex
+		holding bool
+		last    uint64
+		served  atomic.Int32
+	)
+	enter := func(who string, le lock.Lease) {
+		mu.Lock()
+		defer mu.Unlock()
+		if holding {
+			t.Errorf("%s took the key (token %d) while another holds it", who, le.Token())
+		}
+		if le.Token() <= last {
+			t.Errorf("%s holds token %d, not greater than the previous holder's %d", who, le.Token(), last)
+		}
+		holding, last = true, max(last, le.Token())
+		served.Add(1)
+	}
+	leave := func() {
+		mu.Lock()
+		holding = false
+		mu.Unlock()
+	}
+	hold := func(who string, le lock.Lease) {
+		enter(who, le)
+		time.Sleep(time.Millisecond) // the critical section
+		leave()
+		if err := le.Release(context.Background()); err != nil {
+			t.Errorf("%s: release: %v", who, err)
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range workers {
+		wg.Go(func() {
+			for r := range rounds {
+				who := fmt.Sprintf("worker %d round %d", i, r)
+				switch i % 4 {
+				case 0, 1, 2: // Acquire: queued (two Lockers) or not
+					l := []*pglock.Locker{q1, q2, plain}[i%3]
+					ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+					if r%3 == 2 { // gives up after a while, perhaps handed the key
+						ctx, cancel = context.WithTimeout(t.Context(), time.Duration(1+r+i)*time.Millisecond)
+					}
+					le, err := lock.Acquire(ctx, l, "k", ttl)
+					if err == nil {
+						hold(who, le)
+					} else if !errors.Is(err, lock.ErrNotAcquired) || ctx.Err() == nil {
+						t.Errorf("%s: Acquire: %v", who, err)
+					}
+					cancel()
+				case 3: // never waits
+					var (
+						le  lock.Lease
+						err error
+					)
+					if r%2 == 0 {
+						le, err = q1.TryAcquire(t.Context(), "k", ttl)
+					} else {
+						le, _, _, err = plain.ClaimFingerprint(t.Context(), "k", ttl, []byte{byte(i)})
+					}
+					if err == nil {
+						hold(who, le)
+					} else if !errors.Is(err, lock.ErrNotAcquired) {
+						t.Errorf("%s: take: %v", who, err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if served.Load() < workers*rounds/2 {
+		t.Errorf("only %d of %d attempts were served", served.Load(), workers*rounds)
+	}
+	admin := newPool(t, postgresURL(t), nil)
+	if row := readRow(t, admin, table, "k"); row.found {
+		t.Errorf("the key's row is still there after every holder released: %+v (handed to a waiter that left?)", row)
+	}
+	if n := queueLen(t, admin, table, "k"); n != 0 {
+		t.Errorf("the queue holds %d waiters after every waiter left, want 0", n)
 	}
 }
