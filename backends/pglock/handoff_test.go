@@ -525,3 +525,53 @@ func TestHandOffMixedExclusion(t *testing.T) {
 		t.Errorf("the queue holds %d waiters after every waiter left, want 0", n)
 	}
 }
+
+// Tables made before the direct hand-off (no handed_to, no took_at and
+// ttl; here with a waiter an older process queued) are migrated by the
+// first statement that misses a column, and a waiter whose last take is
+// not recorded (took_at NULL) is never handed the key: the release only
+// wakes it.
+func TestHandOffOldTables(t *testing.T) {
+	table := testTable(t)
+	admin := newPool(t, postgresURL(t), nil)
+	for _, ddl := range []string{
+		fmt.Sprintf(`CREATE TABLE %s (key bytea PRIMARY KEY, token bigint NOT NULL, expires_at timestamptz NOT NULL,
+	waiters boolean NOT NULL DEFAULT false, record bytea, fingerprint bytea)`, table),
+		fmt.Sprintf("CREATE SEQUENCE %s_token AS bigint CACHE 1 NO CYCLE", table),
+		fmt.Sprintf(`CREATE TABLE %s_waiters (key bytea NOT NULL, id bigint NOT NULL, arrived timestamptz NOT NULL,
+	expires_at timestamptz NOT NULL, PRIMARY KEY (key, id))`, table),
+		fmt.Sprintf("INSERT INTO %s_waiters VALUES ('k', 42, clock_timestamp(), now() + interval '1 minute')", table),
+	} {
+		if _, err := admin.Exec(t.Context(), ddl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
+	le, err := l.TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatalf("TryAcquire on tables made before the hand-off: %v", err)
+	}
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatalf("queued Release on tables made before the hand-off: %v", err)
+	}
+	if row := readRow(t, admin, table, "k"); row.found {
+		t.Errorf("the release handed the key to a waiter with no recorded take: %+v", row)
+	}
+	if n := queueLen(t, admin, table, "k"); n != 1 {
+		t.Errorf("the queue holds %d waiters after the release, want the old one", n)
+	}
+	// A queued take and a leave on the migrated tables.
+	tk, err := l.Queue(t.Context(), "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tk.TryAcquire(t.Context(), time.Minute); !errors.Is(err, lock.ErrNotAcquired) {
+		t.Errorf("a ticket behind the old waiter: %v, want ErrNotAcquired", err)
+	}
+	if err := tk.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := queueLen(t, admin, table, "k"); n != 1 {
+		t.Errorf("the queue holds %d waiters after the ticket left, want the old one", n)
+	}
+}
