@@ -575,3 +575,67 @@ func TestHandOffOldTables(t *testing.T) {
 		t.Errorf("the queue holds %d waiters after the ticket left, want the old one", n)
 	}
 }
+
+// The refresh a head sends before returning a short handed lease loses
+// its reply (unknown outcome; the refresh applied): TryAcquire returns
+// the error, and then either the ticket's next take finds the row handed
+// to it and returns it, or its Close gives the row back, so the key is
+// never left held by nobody until the handed lease's expiry.
+func TestHandOffRefreshReplyLost(t *testing.T) {
+	const (
+		asked = 4 * time.Second // the release comes within half of it
+		ttl   = time.Minute     // the head's next TryAcquire asks for more: it refreshes first
+	)
+	for _, then := range []string{"take again", "close"} {
+		t.Run(then, func(t *testing.T) {
+			h := queueOne(t, time.Minute, asked)
+			warm, err := h.l.TryAcquire(t.Context(), "warm-up", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := warm.Refresh(t.Context(), time.Minute); err != nil { // pgx prepares the refresh
+				t.Fatal(err)
+			}
+			if err := warm.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.holder.Release(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			handed := readRow(t, h.admin, h.table, "k")
+			if !handed.found || !handed.handed {
+				t.Fatalf("after the release the key's row is %+v, want one handed to the head", handed)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			if err := h.ticket.Wait(ctx, h.na); err != nil {
+				t.Fatal(err)
+			}
+			h.w.LoseNextReply()
+			if le, err := h.ticket.TryAcquire(ctx, ttl); err == nil || errors.Is(err, lock.ErrNotAcquired) {
+				t.Fatalf("the head's TryAcquire whose refresh lost its reply: %v, %v, want an error of unknown outcome", le, err)
+			}
+			switch then {
+			case "take again":
+				le, err := h.ticket.TryAcquire(ctx, ttl)
+				if err != nil {
+					t.Fatalf("the head's take after its refresh lost its reply: %v", err)
+				}
+				if le.Token() != uint64(handed.token) {
+					t.Errorf("the head's take returned token %d, want the handed %d", le.Token(), handed.token)
+				}
+				checkHanded(t, h, le, h.holder.Token(), ttl)
+				if err := le.Release(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+			case "close":
+				if err := h.ticket.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if row := readRow(t, h.admin, h.table, "k"); row.found {
+					t.Errorf("the head's Close left the row handed to it: %+v", row)
+				}
+			}
+		})
+	}
+}
