@@ -639,3 +639,50 @@ func TestHandOffRefreshReplyLost(t *testing.T) {
 		})
 	}
 }
+
+// During a rolling upgrade a process of the previous version (whose take
+// knows no handed_to column) takes over a handed row that expired unused
+// (its head paused past its TTL, or missed the notification): the row
+// keeps handed_to, and the head, coming back, must not take the other
+// process's lease for its own.
+func TestHandOffOlderProcessTakesOver(t *testing.T) {
+	const ttl = 30 * time.Second
+	h := queueOne(t, time.Minute, ttl)
+	h.w.HoldNotifications(t) // the head does not hear of the hand-off
+	if err := h.holder.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	handed := readRow(t, h.admin, h.table, "k")
+	if !handed.found || !handed.handed {
+		t.Fatalf("after the release the key's row is %+v, want one handed to the head", handed)
+	}
+	// The handed lease runs out unused (as if its TTL had passed)...
+	if _, err := h.admin.Exec(t.Context(), fmt.Sprintf("UPDATE %s SET expires_at = now() - interval '1 millisecond' WHERE key = $1", h.table), []byte("k")); err != nil {
+		t.Fatal(err)
+	}
+	// ...and the previous version's take (its takeover, without
+	// handed_to) takes the key.
+	var old int64
+	err := h.admin.QueryRow(t.Context(), fmt.Sprintf(`INSERT INTO %[1]s AS l (key, token, expires_at, fingerprint)
+SELECT $1::bytea, nextval('%[1]s_token'), now() + interval '1 minute', NULL
+ON CONFLICT (key) DO UPDATE SET
+	token       = CASE WHEN l.expires_at <= now() THEN excluded.token ELSE l.token END,
+	expires_at  = CASE WHEN l.expires_at <= now() THEN excluded.expires_at ELSE l.expires_at END,
+	record      = CASE WHEN l.expires_at <= now() THEN NULL ELSE l.record END,
+	fingerprint = CASE WHEN l.expires_at <= now() THEN excluded.fingerprint ELSE l.fingerprint END,
+	waiters     = CASE WHEN l.expires_at <= now() THEN excluded.waiters ELSE l.waiters OR l.record IS NULL END
+RETURNING token`, h.table), []byte("k")).Scan(&old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old <= handed.token {
+		t.Fatalf("the older process's take kept token %d, want it to take the expired row over", old)
+	}
+	le, err := h.ticket.TryAcquire(t.Context(), ttl)
+	if err == nil {
+		t.Fatalf("the head took the older process's lease (token %d, the older process's %d) for its own: two holders", le.Token(), old)
+	}
+	if !errors.Is(err, lock.ErrNotAcquired) {
+		t.Fatalf("the head's take of a key another process holds: %v, want ErrNotAcquired", err)
+	}
+}
