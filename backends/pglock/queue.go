@@ -44,7 +44,9 @@ import (
 // holds), the expiry the head's last take would have given it had it
 // succeeded (took_at + ttl: that take was sent before took_at), the
 // waiters flag set when other waiters remain, and handed_to naming the
-// head, whose entry it deletes. It then publishes pg_notify(channel,
+// head (its id XOR the token: a takeover by an older version, which
+// leaves handed_to as it is, changes the token and so names nobody),
+// whose entry it deletes. It then publishes pg_notify(channel,
 // "<hash of key>:<id of the head>:<token>"). The notifier wakes only the
 // subscription of that ticket (and every plain subscription, which any
 // notification of the key wakes) and gives it the token, and the ticket's
@@ -152,7 +154,7 @@ func (s *statements) queueStatements(t, seq, w string) {
 	// goes to the back) and records the take's time and TTL for a hand-off,
 	// d dequeues it after a take and deletes expired waiters.
 	s.ticketTake = fmt.Sprintf(`WITH y AS (SELECT token, %[5]s AS rem FROM %[1]s
-	WHERE key = $1::bytea AND handed_to = $3::bigint AND record IS NULL AND expires_at > now()),
+	WHERE key = $1::bytea AND handed_to = ($3::bigint # token) AND record IS NULL AND expires_at > now()),
 h AS (SELECT id, %[4]s AS rem FROM %[3]s
 	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
 o AS (SELECT NOT EXISTS (SELECT FROM h WHERE id <> $3::bigint) AS first, EXISTS (SELECT FROM y) AS mine,
@@ -186,8 +188,8 @@ SELECT took, token, rem, coalesce(pg_sequence_last_value('%[2]s'::regclass), 0) 
 	// its TTL ago (h.fresh), it hands the key to the head (i): a new row
 	// with a new token (the take lock is held: fencing order holds), the
 	// expiry the head's last take would have given it, marked as waited
-	// for when other waiters remain and as handed to the head, whose entry
-	// it deletes (x). It notifies "<payload>:<head>:<token>" after a
+	// for when other waiters remain and as handed to the head (handed_to
+	// is the head's id XOR the token), whose entry it deletes (x). It notifies "<payload>:<head>:<token>" after a
 	// hand-off, "<payload>:<head>" when a head is queued but not handed
 	// the key (it takes it), "<payload>" when only unqueued waiters
 	// marked the row.
@@ -196,11 +198,11 @@ SELECT took, token, rem, coalesce(pg_sequence_last_value('%[2]s'::regclass), 0) 
 h AS (SELECT id, took_at + ttl %[4]s AS until, took_at + ttl %[4]s / %[5]d > clock_timestamp() AS fresh FROM %[2]s
 	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
 i AS (INSERT INTO %[1]s (key, token, expires_at, waiters, handed_to)
-	SELECT $1::bytea, nextval('%[3]s'), h.until,
-	EXISTS (SELECT FROM %[2]s WHERE key = $1::bytea AND id <> h.id AND expires_at > clock_timestamp()), h.id
-	FROM h, d WHERE h.fresh
-	RETURNING token, handed_to),
-x AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = (SELECT handed_to FROM i)),
+	SELECT $1::bytea, v.token, h.until,
+	EXISTS (SELECT FROM %[2]s WHERE key = $1::bytea AND id <> h.id AND expires_at > clock_timestamp()), h.id # v.token
+	FROM h, d, LATERAL (SELECT nextval('%[3]s') AS token WHERE h.fresh) v
+	RETURNING token, handed_to # token AS head),
+x AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = (SELECT head FROM i)),
 n AS (SELECT pg_notify($3::text, $4::text || coalesce(':' || (SELECT id FROM h), '') || coalesce(':' || (SELECT token FROM i), '')) FROM d
 	WHERE d.waiters OR EXISTS (SELECT FROM h))
 SELECT live, (SELECT count(*) FROM n) FROM d`, t, w, seq, us, handOffLeft)
@@ -219,10 +221,10 @@ SELECT live, (SELECT count(*) FROM n) FROM d`, t, w, seq, us, handOffLeft)
 nx AS (SELECT id FROM %[2]s
 	WHERE key = $1::bytea AND id <> $2::bigint AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
 d AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = $2::bigint RETURNING id),
-g AS (DELETE FROM %[1]s WHERE key = $1::bytea AND handed_to = $2::bigint AND record IS NULL AND expires_at > now()
+g AS (DELETE FROM %[1]s WHERE key = $1::bytea AND handed_to = ($2::bigint # token) AND record IS NULL AND expires_at > now()
 	RETURNING waiters),
 f AS (SELECT NOT EXISTS (SELECT FROM %[1]s WHERE key = $1::bytea AND expires_at > now()
-	AND (handed_to IS DISTINCT FROM $2::bigint OR record IS NOT NULL)) AS free),
+	AND (handed_to IS DISTINCT FROM ($2::bigint # token) OR record IS NOT NULL)) AS free),
 s AS (SELECT pg_notify($3::text, $4::text || coalesce(':' || (SELECT id FROM nx), '')) FROM f
 	WHERE f.free AND (EXISTS (SELECT FROM nx) AND (EXISTS (SELECT FROM h WHERE id = $2::bigint) OR EXISTS (SELECT FROM g))
 	OR coalesce((SELECT waiters FROM g), false))
