@@ -686,3 +686,72 @@ RETURNING token`, h.table), []byte("k")).Scan(&old)
 		t.Fatalf("the head's take of a key another process holds: %v, want ErrNotAcquired", err)
 	}
 }
+
+// A handed lease completes (an idempotency record): Claim finds the
+// record, a queued waiter behind it is refused for the record's
+// retention, and its Close leaves the record alone.
+func TestHandOffCompleted(t *testing.T) {
+	const (
+		ttl       = 30 * time.Second
+		retention = time.Minute
+	)
+	h := queueOne(t, time.Minute, ttl)
+	if err := h.holder.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	le := h.take(t, ttl)
+	if err := h.l.Complete(t.Context(), le, []byte("done"), retention); err != nil {
+		t.Fatalf("Complete of a handed lease: %v", err)
+	}
+	next, err := h.l.Queue(t.Context(), "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = next.TryAcquire(t.Context(), ttl)
+	var na *lock.NotAcquiredError
+	if !errors.As(err, &na) || na.Remaining < retention/2 {
+		t.Errorf("a queued take of a completed key: %v, want a *NotAcquiredError for about the retention %v", err, retention)
+	}
+	if err := next.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lease, record, err := h.l.Claim(t.Context(), "k", ttl)
+	if lease != nil || string(record) != "done" || err != nil {
+		t.Errorf("Claim of a key completed by a handed lease: %v, %q, %v, want the record", lease, record, err)
+	}
+}
+
+// Concurrent calls on a handed lease (returned without a request): a
+// Refresh racing the Release succeeds or reports ErrNotHeld, the Release
+// succeeds, and the key's row is gone.
+func TestHandOffConcurrentCalls(t *testing.T) {
+	const ttl = 30 * time.Second
+	h := queueOne(t, time.Minute, ttl)
+	if err := h.holder.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	le := h.take(t, ttl)
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Go(func() {
+			if i == 0 {
+				errs[i] = le.Release(t.Context())
+			} else {
+				errs[i] = le.Refresh(t.Context(), ttl)
+			}
+		})
+	}
+	wg.Wait()
+	if errs[0] != nil {
+		t.Errorf("Release racing Refresh: %v", errs[0])
+	}
+	for _, err := range errs[1:] {
+		if err != nil && !errors.Is(err, lock.ErrNotHeld) {
+			t.Errorf("Refresh racing Release: %v, want nil or ErrNotHeld", err)
+		}
+	}
+	if row := readRow(t, h.admin, h.table, "k"); row.found {
+		t.Errorf("the key's row is still there after the handed lease's Release: %+v", row)
+	}
+}
