@@ -101,6 +101,40 @@ func (h *handOff) take(t *testing.T, ttl time.Duration) lock.Lease {
 	return le
 }
 
+// handShort queues a ticket asking for asked behind a holding, has the
+// ticket's Locker prepare the refresh (so that a fault armed for the
+// head's refresh hits it, not a Parse), and releases the holding, which
+// hands the key to the ticket. It returns the handed row.
+func handShort(t *testing.T, asked time.Duration) (*handOff, leaseRow) {
+	t.Helper()
+	h := queueOne(t, time.Minute, asked)
+	warm, err := h.l.TryAcquire(t.Context(), "warm-up", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := warm.Refresh(t.Context(), time.Minute); err != nil { // pgx prepares the refresh
+		t.Fatal(err)
+	}
+	if err := warm.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return h, h.release(t)
+}
+
+// release releases the holding, which hands the key to the ticket, and
+// returns the handed row.
+func (h *handOff) release(t *testing.T) leaseRow {
+	t.Helper()
+	if err := h.holder.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	handed := readRow(t, h.admin, h.table, "k")
+	if !handed.found || !handed.handed {
+		t.Fatalf("after the release the key's row is %+v, want one handed to the head", handed)
+	}
+	return handed
+}
+
 // checkHanded checks that le holds the key's row, handed over by a
 // release of a lease with token before: a greater token, and a Deadline
 // no later than the row's expiry and not much shorter than ttl.
@@ -314,24 +348,7 @@ func TestHandOffShortLease(t *testing.T) {
 	)
 	for _, gone := range []bool{false, true} {
 		t.Run(fmt.Sprintf("row gone %v", gone), func(t *testing.T) {
-			h := queueOne(t, time.Minute, asked)
-			warm, err := h.l.TryAcquire(t.Context(), "warm-up", time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := warm.Refresh(t.Context(), time.Minute); err != nil { // pgx prepares the refresh
-				t.Fatal(err)
-			}
-			if err := warm.Release(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			if err := h.holder.Release(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			handed := readRow(t, h.admin, h.table, "k")
-			if !handed.found || !handed.handed {
-				t.Fatalf("after the release the key's row is %+v, want one handed to the head", handed)
-			}
+			h, handed := handShort(t, asked)
 			if gone { // as ForceRelease would
 				if _, err := h.admin.Exec(t.Context(), fmt.Sprintf("DELETE FROM %s WHERE key = $1", h.table), []byte("k")); err != nil {
 					t.Fatal(err)
@@ -370,13 +387,7 @@ func TestHandOffLateNotification(t *testing.T) {
 			const ttl = 10 * time.Second // the release comes within half of it, even under -race
 			h := queueOne(t, time.Minute, ttl)
 			deliver := h.w.HoldNotifications(t)
-			if err := h.holder.Release(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			handed := readRow(t, h.admin, h.table, "k")
-			if !handed.found || !handed.handed {
-				t.Fatalf("after the release the key's row is %+v, want one handed to the head", handed)
-			}
+			handed := h.release(t)
 			other := newLocker(t, pglock.WithTable(h.table))
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 			defer cancel()
@@ -588,24 +599,7 @@ func TestHandOffRefreshReplyLost(t *testing.T) {
 	)
 	for _, then := range []string{"take again", "close"} {
 		t.Run(then, func(t *testing.T) {
-			h := queueOne(t, time.Minute, asked)
-			warm, err := h.l.TryAcquire(t.Context(), "warm-up", time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := warm.Refresh(t.Context(), time.Minute); err != nil { // pgx prepares the refresh
-				t.Fatal(err)
-			}
-			if err := warm.Release(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			if err := h.holder.Release(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			handed := readRow(t, h.admin, h.table, "k")
-			if !handed.found || !handed.handed {
-				t.Fatalf("after the release the key's row is %+v, want one handed to the head", handed)
-			}
+			h, handed := handShort(t, asked)
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 			defer cancel()
 			if err := h.ticket.Wait(ctx, h.na); err != nil {
@@ -649,13 +643,7 @@ func TestHandOffOlderProcessTakesOver(t *testing.T) {
 	const ttl = 30 * time.Second
 	h := queueOne(t, time.Minute, ttl)
 	h.w.HoldNotifications(t) // the head does not hear of the hand-off
-	if err := h.holder.Release(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	handed := readRow(t, h.admin, h.table, "k")
-	if !handed.found || !handed.handed {
-		t.Fatalf("after the release the key's row is %+v, want one handed to the head", handed)
-	}
+	handed := h.release(t)
 	// The handed lease runs out unused (as if its TTL had passed)...
 	if _, err := h.admin.Exec(t.Context(), fmt.Sprintf("UPDATE %s SET expires_at = now() - interval '1 millisecond' WHERE key = $1", h.table), []byte("k")); err != nil {
 		t.Fatal(err)
