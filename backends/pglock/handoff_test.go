@@ -743,3 +743,50 @@ func TestHandOffConcurrentCalls(t *testing.T) {
 		t.Errorf("the key's row is still there after the handed lease's Release: %+v", row)
 	}
 }
+
+// The head's listening connection breaks while it waits in Acquire and
+// the holder releases: whether the release hands the key to the head (its
+// notification lost) or to the waiter behind (the head left the queue to
+// poll), both get the key long before a handed lease would expire.
+func TestHandOffListenerBreaks(t *testing.T) {
+	const ttl = 30 * time.Second // a stranded handed row would hold the key this long
+	table := testTable(t)
+	url := postgresURL(t)
+	admin := newPool(t, url, nil)
+	holderL := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
+	held, err := holderL.TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	headL, w := newLockerOn(t, url, pglock.WithTable(table), pglock.WithQueue())
+	got := make(chan error, 1)
+	go func() {
+		le, err := lock.Acquire(t.Context(), headL, "k", ttl)
+		if err == nil {
+			err = le.Release(context.Background())
+		}
+		got <- err
+	}()
+	awaitQueueLen(t, admin, table, "k", 1, 10*time.Second)
+	behind := testenv.StartBehind(t, newLocker(t, pglock.WithTable(table), pglock.WithQueue()), "k")
+	awaitQueueLen(t, admin, table, "k", 2, 10*time.Second)
+	w.BreakListener(t)
+	released := time.Now()
+	if err := held.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after the release: %d waiters queued, row %+v", queueLen(t, admin, table, "k"), readRow(t, admin, table, "k"))
+	bound := 10 * time.Second
+	behind.AwaitKey(t, released, "the release", bound)
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("the head's Acquire: %v", err)
+		}
+		if d := time.Since(released); d > bound {
+			t.Errorf("the head got the key %v after the release, want at most %v", d, bound)
+		}
+	case <-time.After(3 * bound):
+		t.Fatalf("the head did not get the key within %v of the release", 3*bound)
+	}
+}

@@ -139,6 +139,9 @@ type wire struct {
 	// held, when set, is closed to let the listening connection's reads
 	// through again (HoldNotifications).
 	held atomic.Pointer[chan struct{}]
+
+	mu    sync.Mutex
+	conns []*wireConn // every connection wrapped, for BreakListener
 }
 
 // HoldNotifications holds back what the server sends the listening
@@ -172,7 +175,28 @@ func (w *wire) RoundTrips() int64 { return w.trips.Load() }
 // request has been swallowed.
 func (w *wire) Stalled() <-chan struct{} { return w.stalled }
 
-func (w *wire) wrap(c net.Conn) net.Conn { return &wireConn{Conn: c, w: w, startup: true} }
+func (w *wire) wrap(c net.Conn) net.Conn {
+	wc := &wireConn{Conn: c, w: w, startup: true}
+	w.mu.Lock()
+	w.conns = append(w.conns, wc)
+	w.mu.Unlock()
+	return wc
+}
+
+// BreakListener closes the listening connection (the one that sent
+// LISTEN), as a network failure would; the Locker's Listener reconnects.
+func (w *wire) BreakListener(t testing.TB) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range w.conns {
+		if c.listen.Load() {
+			_ = c.Conn.Close()
+			return
+		}
+	}
+	t.Fatal("no listening connection to break")
+}
 
 // wireConn parses the frontend message stream of one connection.
 type wireConn struct {
