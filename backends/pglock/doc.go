@@ -139,7 +139,12 @@
 //     head's last take leaves half its TTL or less, the release only
 //     notifies "<hash of key>:<id of the head>" and the head takes the key.
 //     A ticket that missed its notification gets the handed row from its
-//     next take.
+//     next take. A notification that comes after the ticket's next take was
+//     refused (a slow listening connection; the handed row expired or was
+//     force-released meanwhile) is ignored: its token is no greater than
+//     the sequence's last value that take read. The row names the head by
+//     its id XOR the token, so that a takeover by an older version (whose
+//     take leaves the column as it is) names nobody.
 //   - A ticket that gives up (its context ends) deletes its row and gives
 //     back a row handed to it; if it was the head or gave a row back, and
 //     the key is free, it notifies the next head, so a head that leaves

@@ -1,6 +1,7 @@
 package pglock_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -134,6 +136,30 @@ type wire struct {
 	*testenv.FaultSwitch
 	trips   atomic.Int64  // Sync and Query messages: one round trip each
 	stalled chan struct{} // receives one value per request swallowed
+	// held, when set, is closed to let the listening connection's reads
+	// through again (HoldNotifications).
+	held atomic.Pointer[chan struct{}]
+
+	mu    sync.Mutex
+	conns []*wireConn // every connection wrapped, for BreakListener
+}
+
+// HoldNotifications holds back what the server sends the listening
+// connection (the one that sent LISTEN), as a slow network or a slow
+// listening goroutine would, until the returned function is called (it is
+// also called when the test ends).
+func (w *wire) HoldNotifications(t testing.TB) (deliver func()) {
+	ch := make(chan struct{})
+	w.held.Store(&ch)
+	var once sync.Once
+	deliver = func() {
+		once.Do(func() {
+			w.held.Store(nil)
+			close(ch)
+		})
+	}
+	t.Cleanup(deliver)
+	return deliver
 }
 
 func newWire(t testing.TB) *wire {
@@ -149,7 +175,28 @@ func (w *wire) RoundTrips() int64 { return w.trips.Load() }
 // request has been swallowed.
 func (w *wire) Stalled() <-chan struct{} { return w.stalled }
 
-func (w *wire) wrap(c net.Conn) net.Conn { return &wireConn{Conn: c, w: w, startup: true} }
+func (w *wire) wrap(c net.Conn) net.Conn {
+	wc := &wireConn{Conn: c, w: w, startup: true}
+	w.mu.Lock()
+	w.conns = append(w.conns, wc)
+	w.mu.Unlock()
+	return wc
+}
+
+// BreakListener closes the listening connection (the one that sent
+// LISTEN), as a network failure would; the Locker's Listener reconnects.
+func (w *wire) BreakListener(t testing.TB) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range w.conns {
+		if c.listen.Load() {
+			_ = c.Conn.Close()
+			return
+		}
+	}
+	t.Fatal("no listening connection to break")
+}
 
 // wireConn parses the frontend message stream of one connection.
 type wireConn struct {
@@ -158,7 +205,8 @@ type wireConn struct {
 	startup bool // the next message is the untyped startup message
 	partial int  // bytes of the current message still to come in later writes
 	hdr     []byte
-	drop    bool // LoseNextReply: read and discard up to ReadyForQuery, then fail
+	drop    bool        // LoseNextReply: read and discard up to ReadyForQuery, then fail
+	listen  atomic.Bool // the connection sent LISTEN: HoldNotifications holds its reads
 }
 
 func (c *wireConn) Write(p []byte) (int, error) {
@@ -171,6 +219,9 @@ func (c *wireConn) Write(p []byte) (int, error) {
 			trips++
 		}
 	})
+	if bytes.Contains(bytes.ToLower(p), []byte("listen ")) {
+		c.listen.Store(true)
+	}
 	c.w.trips.Add(int64(trips))
 	if execs > 0 {
 		switch c.w.Take() {
@@ -223,7 +274,11 @@ func (c *wireConn) scan(p []byte, fn func(byte)) {
 
 func (c *wireConn) Read(p []byte) (int, error) {
 	if !c.drop {
-		return c.Conn.Read(p)
+		n, err := c.Conn.Read(p)
+		if held := c.w.held.Load(); held != nil && c.listen.Load() {
+			<-*held
+		}
+		return n, err
 	}
 	// The request was sent: wait for the server's whole answer (it ends
 	// with ReadyForQuery, after the commit), throw it away and break the

@@ -44,15 +44,20 @@ import (
 // holds), the expiry the head's last take would have given it had it
 // succeeded (took_at + ttl: that take was sent before took_at), the
 // waiters flag set when other waiters remain, and handed_to naming the
-// head, whose entry it deletes. It then publishes pg_notify(channel,
+// head (its id XOR the token: a takeover by an older version, which
+// leaves handed_to as it is, changes the token and so names nobody),
+// whose entry it deletes. It then publishes pg_notify(channel,
 // "<hash of key>:<id of the head>:<token>"). The notifier wakes only the
 // subscription of that ticket (and every plain subscription, which any
 // notification of the key wakes) and gives it the token, and the ticket's
 // next TryAcquire returns the lease without a request: its Deadline is
 // the send time of the ticket's last take (whose reply came back) plus
 // its TTL, refreshed first when less than a quarter of the TTL asked for
-// is left. A hand-off thus costs the release alone, where a wake-up costs
-// the release and the head's take.
+// is left. A notification of a token no greater than the sequence's last
+// value at the ticket's last take is late (a slow listening connection),
+// of a hand-off whose row that take found gone, and is ignored. A
+// hand-off thus costs the release alone, where a wake-up costs the
+// release and the head's take.
 //
 // The release only wakes the head ("<hash of key>:<id of the head>"), which
 // then takes the key, when the head's last take leaves half its TTL or
@@ -133,9 +138,13 @@ func (s *statements) queueStatements(t, seq, w string) {
 		return fmt.Sprintf("(extract(epoch FROM %s - %s) * 1000000)::bigint", col, now)
 	}
 	// $1 key, $2 TTL µs, $3 waiter id, $4 queueGrace µs. Returns whether
-	// it took the key, the token (the holder's when it did not), and the
-	// µs to wait: the holder's remaining TTL, or the head's when the key
-	// is free (or, when it took the key, the lease's remaining TTL). y is
+	// it took the key, the token (the holder's when it did not), the µs
+	// to wait: the holder's remaining TTL, or the head's when the key is
+	// free (or, when it took the key, the lease's remaining TTL), and the
+	// sequence's last token: a release that hands the key to the ticket
+	// after this take draws a greater one (it takes the key's advisory
+	// lock after this take let it go), so a notification of a smaller
+	// token is late, of a row this take saw gone. y is
 	// a live row a release handed to the ticket (a notification the
 	// ticket missed): the ticket takes it as it is. h is the live head; o
 	// says whether the ticket is first and whether other waiters remain;
@@ -145,7 +154,7 @@ func (s *statements) queueStatements(t, seq, w string) {
 	// goes to the back) and records the take's time and TTL for a hand-off,
 	// d dequeues it after a take and deletes expired waiters.
 	s.ticketTake = fmt.Sprintf(`WITH y AS (SELECT token, %[5]s AS rem FROM %[1]s
-	WHERE key = $1::bytea AND handed_to = $3::bigint AND record IS NULL AND expires_at > now()),
+	WHERE key = $1::bytea AND handed_to = ($3::bigint # token) AND record IS NULL AND expires_at > now()),
 h AS (SELECT id, %[4]s AS rem FROM %[3]s
 	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
 o AS (SELECT NOT EXISTS (SELECT FROM h WHERE id <> $3::bigint) AS first, EXISTS (SELECT FROM y) AS mine,
@@ -172,15 +181,15 @@ q AS (INSERT INTO %[3]s AS w (key, id, arrived, expires_at, took_at, ttl)
 	ttl        = excluded.ttl),
 d AS (DELETE FROM %[3]s WHERE key = $1::bytea AND (id = $3::bigint AND (SELECT took FROM r)
 	OR id <> $3::bigint AND expires_at <= clock_timestamp()))
-SELECT took, token, rem FROM r`, t, seq, w, left("expires_at", "clock_timestamp()"), left("expires_at", "now()"), us)
+SELECT took, token, rem, coalesce(pg_sequence_last_value('%[2]s'::regclass), 0) FROM r`, t, seq, w, left("expires_at", "clock_timestamp()"), left("expires_at", "now()"), us)
 
 	// $1 key, $2 token, $3 channel, $4 payload. The release. When it
 	// deleted the row and the live head of the queue took less than half
 	// its TTL ago (h.fresh), it hands the key to the head (i): a new row
 	// with a new token (the take lock is held: fencing order holds), the
 	// expiry the head's last take would have given it, marked as waited
-	// for when other waiters remain and as handed to the head, whose entry
-	// it deletes (x). It notifies "<payload>:<head>:<token>" after a
+	// for when other waiters remain and as handed to the head (handed_to
+	// is the head's id XOR the token), whose entry it deletes (x). It notifies "<payload>:<head>:<token>" after a
 	// hand-off, "<payload>:<head>" when a head is queued but not handed
 	// the key (it takes it), "<payload>" when only unqueued waiters
 	// marked the row.
@@ -189,11 +198,11 @@ SELECT took, token, rem FROM r`, t, seq, w, left("expires_at", "clock_timestamp(
 h AS (SELECT id, took_at + ttl %[4]s AS until, took_at + ttl %[4]s / %[5]d > clock_timestamp() AS fresh FROM %[2]s
 	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
 i AS (INSERT INTO %[1]s (key, token, expires_at, waiters, handed_to)
-	SELECT $1::bytea, nextval('%[3]s'), h.until,
-	EXISTS (SELECT FROM %[2]s WHERE key = $1::bytea AND id <> h.id AND expires_at > clock_timestamp()), h.id
-	FROM h, d WHERE h.fresh
-	RETURNING token, handed_to),
-x AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = (SELECT handed_to FROM i)),
+	SELECT $1::bytea, v.token, h.until,
+	EXISTS (SELECT FROM %[2]s WHERE key = $1::bytea AND id <> h.id AND expires_at > clock_timestamp()), h.id # v.token
+	FROM h, d, LATERAL (SELECT nextval('%[3]s') AS token WHERE h.fresh) v
+	RETURNING token, handed_to # token AS head),
+x AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = (SELECT head FROM i)),
 n AS (SELECT pg_notify($3::text, $4::text || coalesce(':' || (SELECT id FROM h), '') || coalesce(':' || (SELECT token FROM i), '')) FROM d
 	WHERE d.waiters OR EXISTS (SELECT FROM h))
 SELECT live, (SELECT count(*) FROM n) FROM d`, t, w, seq, us, handOffLeft)
@@ -212,10 +221,10 @@ SELECT live, (SELECT count(*) FROM n) FROM d`, t, w, seq, us, handOffLeft)
 nx AS (SELECT id FROM %[2]s
 	WHERE key = $1::bytea AND id <> $2::bigint AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
 d AS (DELETE FROM %[2]s WHERE key = $1::bytea AND id = $2::bigint RETURNING id),
-g AS (DELETE FROM %[1]s WHERE key = $1::bytea AND handed_to = $2::bigint AND record IS NULL AND expires_at > now()
+g AS (DELETE FROM %[1]s WHERE key = $1::bytea AND handed_to = ($2::bigint # token) AND record IS NULL AND expires_at > now()
 	RETURNING waiters),
 f AS (SELECT NOT EXISTS (SELECT FROM %[1]s WHERE key = $1::bytea AND expires_at > now()
-	AND (handed_to IS DISTINCT FROM $2::bigint OR record IS NOT NULL)) AS free),
+	AND (handed_to IS DISTINCT FROM ($2::bigint # token) OR record IS NOT NULL)) AS free),
 s AS (SELECT pg_notify($3::text, $4::text || coalesce(':' || (SELECT id FROM nx), '')) FROM f
 	WHERE f.free AND (EXISTS (SELECT FROM nx) AND (EXISTS (SELECT FROM h WHERE id = $2::bigint) OR EXISTS (SELECT FROM g))
 	OR coalesce((SELECT waiters FROM g), false))
@@ -281,6 +290,10 @@ type ticket struct {
 	// the ticket expires that TTL after a server time later than sent.
 	sent time.Time
 	ttl  time.Duration
+	// The sequence's last token at that take: a notification of a token
+	// no greater is of a hand-off before it, whose row that take found
+	// gone (it would have taken a live one), delivered late.
+	floor int64
 }
 
 // Wait blocks until a release names this ticket (or any release of an
@@ -318,17 +331,18 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 		took  bool
 		token int64
 		left  int64
+		floor int64
 	)
 	sent := time.Now()
 	t.queued = true
 	t.sent = time.Time{}
-	err := l.locked(ctx, t.key, l.sql.ticketTake, []any{t.bkey, micros(ttl), t.id, micros(queueGrace)}, &took, &token, &left)
+	err := l.locked(ctx, t.key, l.sql.ticketTake, []any{t.bkey, micros(ttl), t.id, micros(queueGrace)}, &took, &token, &left, &floor)
 	if err != nil {
 		t.lost = true // Close wakes the next waiter: this take may hold the key
 		return nil, errs.OpErrorCtx(ctx, "take", t.key, err)
 	}
 	if !took {
-		t.sent, t.ttl = sent, ttl
+		t.sent, t.ttl, t.floor = sent, ttl, floor
 		return nil, &lock.NotAcquiredError{Key: t.key, Remaining: microDuration(left), Version: uint64(token)}
 	}
 	t.queued = false // the statement took it out of the queue
@@ -340,11 +354,12 @@ func (t *ticket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease,
 // handed returns the lease of a row that a release handed to the ticket,
 // as its notification told: it expires the TTL of the ticket's last take
 // after that take was sent. Nil, nil when there is none, or when the
+// notification is older than that take (see ticket.floor), or when the
 // ticket cannot tell its deadline (its last take failed) or the refresh
 // of a short one found it gone: the ticket's take then finds out.
 func (t *ticket) handed(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
 	token, ok := t.sub.handed()
-	if !ok || t.sent.IsZero() {
+	if !ok || t.sent.IsZero() || token <= t.floor {
 		return nil, nil
 	}
 	le := newLease(t.l, t.key, token, t.sent, t.ttl)

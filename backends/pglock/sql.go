@@ -43,7 +43,10 @@ type statements struct {
 //	waiters     boolean      a failed take saw this holder: wake on release
 //	record      bytea        NULL while held; the completed record after
 //	fingerprint bytea        the holder's fingerprint (ClaimFingerprint), or NULL
-//	handed_to   bigint       the queued waiter a release handed the row to, or NULL
+//	handed_to   bigint       the id of the queued waiter a release handed the row to,
+//	                         XOR token (a takeover that knows no handed_to, by
+//	                         an older version, changes the token and so unnames
+//	                         the waiter), or NULL
 func newStatements(schema, table string) statements {
 	qual := func(name string) string {
 		if schema == "" {
