@@ -22,7 +22,11 @@
 //	waiters boolean, record bytea, fingerprint bytea
 //
 // (fingerprint was added later: Migrate adds it to an older table, and so
-// does the first statement that finds it missing).
+// does the first statement that finds it missing). The role the pool
+// connects as needs SELECT, INSERT, UPDATE and DELETE on the table (and on
+// the waiters table, with [WithQueue]) and USAGE on the sequence (nextval,
+// and with WithQueue pg_sequence_last_value, which UPDATE alone does not
+// allow); Migrate needs CREATE as well.
 //
 // Keys are stored as bytea, byte for byte: every key the contract allows
 // (any UTF-8 up to lock.MaxKeyLen bytes, NUL included, which a text column
