@@ -114,9 +114,15 @@ func Handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string) {
 // handoff is the Handoff workload with waiters contenders sharing
 // nclients clients (contender i uses client i mod nclients), as waiters
 // sharing a process's client would. With quiet (the Scaling workloads),
-// the first holder keeps the key until the waiters are quiet at every
-// number of waiters, so that their start-up is counted in no hand-off at
-// 8 waiters either.
+// the measured hand-offs are those of a hot key in its steady state, at
+// every number of waiters: the first holder keeps the key until the
+// waiters are quiet (see quiesce), and then the key goes round unmeasured
+// until every client has taken it once since (see warmUp), so that
+// neither the waiters' start-up nor a client's first take after the long
+// hold is counted in a hand-off.
+//
+// The calibration run (b.N == 1), whose figures are not reported, skips
+// the quiescence and the warm-up hand-offs.
 func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters, nclients int, quiet bool) {
 	var load Meter
 	if be.Load != nil {
@@ -184,11 +190,14 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 		}
 	}
 
-	need := b.N + 1 // holdings: b.N hand-offs between them
+	calibration := b.N == 1
+	need := b.N + 1 // measured holdings: b.N hand-offs between them
 	hist := make([]holding, need)
 	var (
 		mu      sync.Mutex
-		taken   int
+		taken   int  // holdings so far, measured or not
+		first   = -1 // the first measured holding; -1 until it is known
+		warmup  = warmUp{seen: make([]bool, nclients)}
 		turn    = make(chan struct{})             // closed by the next take
 		waiting = make([]time.Time, len(clients)) // when each began waiting; zero when not
 		arrival = make(chan struct{})             // closed when a contender begins waiting
@@ -251,17 +260,25 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 				mu.Lock()
 				waiting[i] = time.Time{}
 				idx := taken
-				if idx >= need { // the run ended while this contender was taking
+				if first >= 0 && idx-first >= need { // the run ended while this contender was taking
 					mu.Unlock()
 					_ = h.Release(context.Background())
 					return
 				}
 				taken++
-				if idx == need-1 && load != nil {
-					// The meter runs from the first release to the last
-					// take: the waiters' first attempts, before every
-					// waiter had queued, and their leaving at the end are
-					// not hand-offs.
+				switch {
+				case idx == 0 && (!quiet || calibration):
+					first = 0
+				case idx > 0 && first < 0 && warmup.took(i%nclients):
+					first = idx // every client took since the quiescence
+				}
+				m := idx - first // the measured holding's index, if first >= 0
+				measured, last := first >= 0, first >= 0 && m == need-1
+				if last && load != nil {
+					// The meter runs from the first measured release to
+					// the last take: the waiters' start-up, the warm-up
+					// hand-offs and the waiters' leaving at the end are
+					// not hand-offs of a hot key in its steady state.
 					counts = load.Stop(b)
 				}
 				close(turn)
@@ -269,20 +286,21 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 				next := turn
 				mu.Unlock()
 
-				last := idx == need-1
 				if !last && !holdUntilReady(i, start) {
 					_ = h.Release(context.Background())
 					return
 				}
-				if idx == 0 && (!sleepCtx(ctx, settle) || quiet && !quiesce(b, ctx, load, nclients)) {
+				if idx == 0 && (!sleepCtx(ctx, settle) || quiet && !calibration && !quiesce(b, ctx, load, nclients)) {
 					_ = h.Release(context.Background())
 					return
 				}
-				if idx == 0 && load != nil {
+				if measured && m == 0 && load != nil {
 					load.Start(b)
 				}
 				end := time.Now()
-				hist[idx] = holding{who: i, start: start, end: end}
+				if measured {
+					hist[m] = holding{who: i, start: start, end: end}
+				}
 				if err := h.Release(context.Background()); err != nil {
 					fail(fmt.Errorf("contender %d: release: %w", i, err))
 					return
@@ -306,6 +324,9 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 	b.StopTimer()
 	if len(errs) > 0 {
 		b.Fatalf("hand-off: %v", errs[0])
+	}
+	if quiet {
+		b.ReportMetric(float64(first), "warmup-handoffs")
 	}
 
 	lat := make([]time.Duration, 0, b.N)
@@ -338,39 +359,73 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 	}
 }
 
-// Quiescence: the waiters of a Scaling workload are quiet once a window
-// of QuietWindow counts at most one request per client (background
-// renewals) and the server has answered all it received (the meter's
-// "inflight", where it tells); a library whose waiters poll never is, and
-// is measured after MaxQuiesce.
+// Quiescence: the waiters of a Scaling workload are quiet once each of
+// QuietWindows consecutive windows of QuietWindow counts at most one
+// request per client (background renewals) and the server has answered
+// all it received (the meter's "inflight", where it tells); a library
+// whose waiters poll never is, and is measured after MaxQuiesce.
 const (
 	// QuietWindow is the window in which quiet waiters send at most one
 	// request per client.
 	QuietWindow = 100 * time.Millisecond
+	// QuietWindows is how many windows in a row must be quiet: together
+	// (500 ms) longer than the period at which any library here renews
+	// what it keeps idle (Consul sessions: every 250 ms at the bench's
+	// TTL), so that the renewals of resources the start-up left surplus
+	// cannot all fall between the windows, and the waiters are quiet only
+	// once the library's one-off clean-up of them (Consul's pool trim
+	// destroying its idle sessions beyond the spare) is done.
+	QuietWindows = 5
 	// MaxQuiesce is the longest the first holder waits for quiet.
 	MaxQuiesce = 5 * time.Second
 )
 
 // quiesce waits until the load meter counts at most nclients requests in
-// a QuietWindow, or MaxQuiesce passed: until waiters that all began waiting
-// at once have finished queueing, whose requests are a one-off cost per
-// waiter and not part of any hand-off. It returns false when ctx ended.
-// Without a meter it returns at once.
+// each of QuietWindows consecutive QuietWindows, or MaxQuiesce passed:
+// until waiters that all began waiting at once have finished queueing,
+// and their libraries have cleaned up after that burst, whose requests are
+// a one-off cost per waiter and not part of any hand-off. It returns false
+// when ctx ended. Without a meter it returns at once.
 func quiesce(b *testing.B, ctx context.Context, load Meter, nclients int) bool {
 	if load == nil {
 		return ctx.Err() == nil
 	}
 	deadline := time.Now().Add(MaxQuiesce)
-	for time.Now().Before(deadline) {
+	for quiet := 0; quiet < QuietWindows && time.Now().Before(deadline); {
 		load.Start(b)
 		if !sleepCtx(ctx, QuietWindow) {
 			return false
 		}
-		if c := load.Stop(b); c["req"] <= float64(nclients) && c["inflight"] <= 0 {
-			break
+		c := load.Stop(b)
+		quiet++
+		if c["req"] > float64(nclients) || c["inflight"] > 0 {
+			quiet = 0
 		}
 	}
 	return ctx.Err() == nil
+}
+
+// warmUp tells when every client has taken the key since the quiescence:
+// from then on each client's next take finds what a hot key's would (on
+// etcd, a pooled lease that a take in the last TTL slack renewed; after
+// the long hold of the quiescence every client's is stale, and each
+// client's first take renews it in line), so the hand-offs after it are
+// measured. With 8 clients that is at least 8 hand-offs; with waiters
+// served in arrival order (queued) little more, with waiters woken at
+// random some 22 on average (every client's turn comes at random).
+type warmUp struct {
+	seen []bool // by client: took the key since the quiescence
+	n    int    // clients that took
+}
+
+// took records that client c took the key and reports whether every
+// client has.
+func (w *warmUp) took(c int) bool {
+	if !w.seen[c] {
+		w.seen[c] = true
+		w.n++
+	}
+	return w.n == len(w.seen)
 }
 
 // sleepCtx sleeps for d, or returns false when ctx ends first.

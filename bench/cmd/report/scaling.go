@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/idemlock/lock/bench"
 )
@@ -62,11 +63,17 @@ func (res *results) scalingSection(b *strings.Builder) {
 	p("Goals (issue 19): at most 3 requests per hand-off on every notifying backend, flat from 8 to 512 waiters; fairness min/max ≥ 0.8 at 8 waiters; p50 at 8 waiters no worse than the plain hand-off's; p99 at 512 waiters at most 3× its value at 8. ")
 	p("idemlock-queued is idemlock with the backend's queued waiting (lock.Queuer): a release wakes only the head of the key's queue (on PostgreSQL it hands the key straight to the head). ")
 	p("Before the run each client takes and releases %d keys at once, so that every pooled connection has prepared its statements. ", bench.WarmConns())
-	p("The first holder keeps the key until the waiters, who all begin waiting at once, have finished their first attempts (the load meter counts at most one request per client in %v and, on etcd and PostgreSQL, the server has answered every request it received; at most %v, which a library whose waiters poll, or wait inside the server as pg_advisory_lock does, always takes): that start-up (first attempts, queue entries, watches and subscriptions) is a one-off cost per waiter, counted in no hand-off. ", bench.QuietWindow, bench.MaxQuiesce)
-	p("Requests per hand-off include the libraries' background requests meanwhile (on etcd, lease keep-alives), which grow per hand-off as hand-offs slow down. ")
+	p("The measured hand-offs are those of a hot key in its steady state, the same way for every library. ")
+	p("First the holder keeps the key until the waiters, who all begin waiting at once, have finished their first attempts and their libraries have cleaned up after that burst: until the load meter has counted at most one request per client in each of %d consecutive windows of %v (%v: longer than the 250 ms at which consullock renews the sessions it keeps idle at the bench's 30 s TTL, so that it is quiet only once its pool has destroyed the sessions the burst left surplus) and, on etcd and PostgreSQL, the server has answered every request it received; at most %v, which a library whose waiters poll, or wait inside the server as pg_advisory_lock does, always takes. ",
+		bench.QuietWindows, bench.QuietWindow, time.Duration(bench.QuietWindows)*bench.QuietWindow, bench.MaxQuiesce)
+	p("Then the key goes round, unmeasured, until every one of the %d clients has taken it once since (at least %d hand-offs; a few dozen where waiters are woken at random, and up to a few hundred at 512 queued waiters, whose queue holds one client's waiters in runs): after that long hold a client's first take pays what a hot key's would not (on etcd, every client's pooled lease is older than the 1 s TTL slack, and its first take renews it in line). ",
+		bench.ScalingClients, bench.ScalingClients)
+	p("That start-up (first attempts, queue entries, watches, subscriptions, surplus sessions) is a one-off cost per waiter or client, counted in no hand-off. ")
+	p("Then %s hand-offs are measured, from the first release after the warm-up to the last take. ", res.opsIn(scalingWorkload(bench.ScalingWaiters[0])))
+	p("Requests per hand-off include the libraries' background requests that fall due meanwhile, which a hot key pays all the time (on etcd, a client's lease renewal about once per TTL slack and lease keep-alives; on Consul, the renewals of each client's idle sessions every 250 ms); they grow per hand-off as hand-offs slow down. ")
 	p("At 64 and 512 waiters a run's hand-offs are fewer than its waiters, so some waiters never get a turn and min/max is 0 whatever the library; fairness is judged at 8. ")
-	p("Where the server tells requests apart (etcd by gRPC method), the last column splits the requests per hand-off by kind (medians over rounds).\n\n")
-	p("| Backend | Library | waiters | requests per hand-off | hand-off p50 | hand-off p99 | fairness: cv, min/max | of which |\n|---|---|---|---|---|---|---|---|\n")
+	p("Where the meter tells requests apart (etcd by gRPC method, Consul by endpoint and transaction verbs), the last column splits the requests per hand-off by kind (medians over rounds); the warm-up column is the median number of unmeasured hand-offs before them.\n\n")
+	p("| Backend | Library | waiters | requests per hand-off | hand-off p50 | hand-off p99 | fairness: cv, min/max | warm-up | of which |\n|---|---|---|---|---|---|---|---|---|\n")
 	eachScaling(func(be bench.Backend, lib bench.Lib, n int, k key) {
 		cell := func(unit string, f func(float64) string) string {
 			if s, ok := res.get(k, unit); ok {
@@ -79,8 +86,9 @@ func (res *results) scalingSection(b *strings.Builder) {
 			mm, _ := res.get(k, "acq-min/max")
 			fair = fmt.Sprintf("%.2f, %.2f", cv.med, mm.med)
 		}
-		p("| %s | %s | %d | %s | %s | %s | %s | %s |\n", be.Name, lib.Name, n,
-			cell("req/handoff", sig3), cell("ns/handoff-p50", fmtDur), cell("ns/handoff-p99", fmtDur), fair, res.parts(k))
+		p("| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", be.Name, lib.Name, n,
+			cell("req/handoff", sig3), cell("ns/handoff-p50", fmtDur), cell("ns/handoff-p99", fmtDur), fair,
+			cell("warmup-handoffs", func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }), res.parts(k))
 	})
 	p("\n")
 }
