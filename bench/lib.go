@@ -102,7 +102,9 @@ type Backend struct {
 	// Load is a cheaper meter, cheap enough to run during the Handoff
 	// workload without slowing it: server-side where the server's counters
 	// are cheap to read (etcd, memcached), client-side otherwise (Redis:
-	// a go-redis hook; Consul: a counting http.RoundTripper). Nil for a
+	// a go-redis hook; Consul: a counting http.RoundTripper). Its Stop
+	// may be called again after one Start, each call counting from that
+	// Start (the Scaling workloads' quiescence reads it so). Nil for a
 	// backend without a server.
 	Load func(tb testing.TB, env Env) (Env, Meter)
 	// ServerTime, when set, returns a function that reads the total time

@@ -360,22 +360,23 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 }
 
 // Quiescence: the waiters of a Scaling workload are quiet once each of
-// QuietWindows consecutive windows of QuietWindow counts at most one
-// request per client (background renewals) and the server has answered
-// all it received (the meter's "inflight", where it tells); a library
-// whose waiters poll never is, and is measured after MaxQuiesce.
+// QuietWindows consecutive windows of at least QuietWindow counts at most
+// one request per client (background renewals) and the server has
+// answered all it received (the meter's "inflight", where it tells); a
+// library whose waiters poll never is, and is measured after MaxQuiesce.
 const (
 	// QuietWindow is the window in which quiet waiters send at most one
 	// request per client.
 	QuietWindow = 100 * time.Millisecond
-	// QuietWindows is how many windows in a row must be quiet: together
-	// (500 ms) longer than the period at which any library here renews
-	// what it keeps idle (Consul sessions: every 250 ms at the bench's
-	// TTL), so that the renewals of resources the start-up left surplus
-	// cannot all fall between the windows, and the waiters are quiet only
-	// once the library's one-off clean-up of them (Consul's pool trim
-	// destroying its idle sessions beyond the spare) is done.
-	QuietWindows = 5
+	// QuietWindows is how many windows in a row must be quiet: the fewest
+	// whose span (300 ms) is longer than the longest period at which a
+	// library here renews what it keeps idle (consullock's sessions: every
+	// 250 ms at the bench's TTL), so that every such renewal falls in one
+	// of them. Renewals of what the start-up left surplus then keep the
+	// waiters from being quiet until the library's one-off clean-up of it
+	// (consullock's pool trim, destroying the idle sessions beyond its
+	// spare) is done.
+	QuietWindows = 3
 	// MaxQuiesce is the longest the first holder waits for quiet.
 	MaxQuiesce = 5 * time.Second
 )
@@ -391,16 +392,20 @@ func quiesce(b *testing.B, ctx context.Context, load Meter, nclients int) bool {
 		return ctx.Err() == nil
 	}
 	deadline := time.Now().Add(MaxQuiesce)
+	// One reading of the meter ends a window and begins the next (etcd's
+	// takes tens of milliseconds on a loaded machine).
+	load.Start(b)
+	var before float64 // requests counted since Start, at the window's start
 	for quiet := 0; quiet < QuietWindows && time.Now().Before(deadline); {
-		load.Start(b)
 		if !sleepCtx(ctx, QuietWindow) {
 			return false
 		}
 		c := load.Stop(b)
 		quiet++
-		if c["req"] > float64(nclients) || c["inflight"] > 0 {
+		if c["req"]-before > float64(nclients) || c["inflight"] > 0 {
 			quiet = 0
 		}
+		before = c["req"]
 	}
 	return ctx.Err() == nil
 }
