@@ -372,10 +372,11 @@ const (
 	// whose span (300 ms) is longer than the longest period at which a
 	// library here renews what it keeps idle (consullock's sessions: every
 	// 250 ms at the bench's TTL), so that every such renewal falls in one
-	// of them. Renewals of what the start-up left surplus then keep the
-	// waiters from being quiet until the library's one-off clean-up of it
-	// (consullock's pool trim, destroying the idle sessions beyond its
-	// spare) is done.
+	// of them, and the renewals of what the start-up left surplus keep the
+	// waiters from looking quiet, mostly until the library's one-off
+	// clean-up of it (consullock's pool trim, destroying the idle sessions
+	// beyond its spare) is done. What is left of that clean-up falls in
+	// the warm-up hand-offs (see warmUp).
 	QuietWindows = 3
 	// MaxQuiesce is the longest the first holder waits for quiet.
 	MaxQuiesce = 5 * time.Second
