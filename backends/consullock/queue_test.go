@@ -256,9 +256,7 @@ func TestQueueExpiredLeaseEntry(t *testing.T) {
 	if es := queueEntries(t, admin, pfx, k); len(es) != 1 {
 		t.Errorf("the queue holds %d entries while b holds, want 1 (b's own; its take deletes the expired lease's entry)", len(es))
 	}
-	if err := short.Release(t.Context()); !errors.Is(err, lock.ErrNotHeld) {
-		t.Errorf("the expired lease's release: %v, want ErrNotHeld", err)
-	}
+	releaseExpired(t, short)
 	if err := got.Release(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -368,20 +366,42 @@ func awaitReady(t *testing.T, tk lock.Ticket) {
 // after each refusal (a Wait may return spuriously).
 func takeTurn(t *testing.T, tk lock.Ticket) lock.Lease {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	le := takeTurnNoFatal(t, tk)
+	if le == nil {
+		t.FailNow()
+	}
+	return le
+}
+
+// takeTurnNoFatal is takeTurn for a goroutine: it reports a failure with
+// t.Errorf and returns nil.
+func takeTurnNoFatal(t *testing.T, tk lock.Ticket) lock.Lease {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	for {
 		le, err := tk.TryAcquire(ctx, time.Minute)
 		var held *lock.NotAcquiredError
 		if !errors.As(err, &held) {
 			if err != nil {
-				t.Fatalf("the head's take: %v", err)
+				t.Errorf("the take: %v", err)
+				return nil
 			}
 			return le
 		}
 		if err := tk.Wait(ctx, held); err != nil {
-			t.Fatalf("the head never got the key: %v", err)
+			t.Errorf("never got the key: %v", err)
+			return nil
 		}
+	}
+}
+
+// releaseExpired checks that the Release of le, whose lease expired,
+// reports ErrNotHeld.
+func releaseExpired(t *testing.T, le lock.Lease) {
+	t.Helper()
+	if err := le.Release(t.Context()); !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("the expired lease's release: %v, want ErrNotHeld", err)
 	}
 }
 
