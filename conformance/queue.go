@@ -3,6 +3,7 @@ package conformance
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -42,33 +43,15 @@ func testQueueOrder(c *check, p params) {
 	queuer(c, holder)
 	key := c.key("k")
 	le := c.take(holder, key, p.long)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	ctx, cancel := context.WithTimeout(c.ctx(), p.long/2)
 	defer cancel()
-	type turn struct {
-		who      int
-		took     time.Time // before its release: the takes' true order
-		released time.Time
-		err      error
-	}
-	turns := make(chan turn, queueWaiters)
+	turns := make(chan waited, queueWaiters)
 	ws := make([]*watched, queueWaiters)
 	for i := range ws {
-		w := watch(p.newLocker(c))
-		ws[i] = w
-		go func() {
-			got, err := lock.Acquire(ctx, w.locker(), key, p.long)
-			t := turn{who: i, took: time.Now(), err: err}
-			if err == nil {
-				t.err = got.Release(context.WithoutCancel(ctx))
-				t.released = time.Now()
-			}
-			turns <- t
-		}()
-		select {
-		case <-w.waiting:
-		case <-time.After(p.long / 2):
-			c.Fatalf("waiter %d did not start waiting within %v", i, p.long/2)
-		}
+		ws[i] = watch(p.newLocker(c))
+		c.startWaiter(ctx, &wg, p, ws[i], key, turns, fmt.Sprintf("waiter %d", i))
 	}
 	released := time.Now()
 	c.release(le)
@@ -76,25 +59,26 @@ func testQueueOrder(c *check, p params) {
 	// The turns arrive in any order (a waiter may report after the next
 	// one took and released the key); they are judged in the order of
 	// their takes.
-	var got []turn
+	var got []waited
 	for n := range queueWaiters {
 		select {
 		case t := <-turns:
 			if t.err != nil {
-				c.Fatalf("waiter %d: %v", t.who, t.err)
+				c.Fatalf("waiter %d: %v", slices.Index(ws, t.w), t.err)
 			}
 			got = append(got, t)
 		case <-time.After(4 * bound):
 			c.Fatalf("waiter %d did not get the key within %v of the previous release: the queue stalled", n, 4*bound)
 		}
 	}
-	slices.SortFunc(got, func(a, b turn) int { return a.took.Compare(b.took) })
+	slices.SortFunc(got, func(a, b waited) int { return a.took.Compare(b.took) })
 	for n, t := range got {
-		if t.who != n {
-			c.Fatalf("waiter %d got the key in turn %d: waiters were not served in the order they began waiting (want waiter %d)", t.who, n, n)
+		who := slices.Index(ws, t.w)
+		if who != n {
+			c.Fatalf("waiter %d got the key in turn %d: waiters were not served in the order they began waiting (want waiter %d)", who, n, n)
 		}
-		if d := ws[t.who].late(released, bound); d > 0 {
-			c.Errorf("waiter %d sent the attempt that took the key %v later than %v after the previous holder released it", t.who, d, bound)
+		if d := t.w.late(released, bound); d > 0 {
+			c.Errorf("waiter %d sent the attempt that took the key %v later than %v after the previous holder released it", who, d, bound)
 		}
 		released = t.released
 	}
@@ -190,30 +174,13 @@ func ticketRetryAfterLostTake(c *check, p params, l lock.Locker, f Faults, loseR
 		c.Fatalf("%s: a ticket's take of a held key: %v, want a *lock.NotAcquiredError", round, err)
 	}
 
-	ctx, cancel := context.WithTimeout(c.ctx(), p.long/2)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	ctx, cancel := context.WithTimeout(c.ctx(), p.long/2)
 	defer cancel()
 	w := watch(p.newLocker(c))
-	type result struct {
-		err      error
-		released time.Time
-	}
-	behind := make(chan result, 1)
-	wg.Go(func() {
-		got, err := lock.Acquire(ctx, w.locker(), key, p.long)
-		r := result{err: err}
-		if err == nil {
-			r.err = got.Release(context.WithoutCancel(ctx))
-			r.released = time.Now()
-		}
-		behind <- r
-	})
-	select {
-	case <-w.waiting:
-	case <-time.After(p.long / 2):
-		c.Fatalf("%s: the waiter behind the ticket did not start waiting within %v", round, p.long/2)
-	}
+	behind := make(chan waited, 1)
+	c.startWaiter(ctx, &wg, p, w, key, behind, round+": the waiter behind the ticket")
 	c.release(le)
 
 	// The head waits for the release's wake-up, as a Ticket user does,
