@@ -15,11 +15,14 @@ import (
 // they do without a flaw) with a queue that serves the newest waiter first,
 // or whose woken head leaves without waking the next waiter, or leaves
 // after a take of unknown outcome without waking the next waiter (which
-// then sleeps through the end of the take nobody holds a lease for).
+// then sleeps through the end of the take nobody holds a lease for), or
+// whose ticket, retried after such a take, keeps its place at the head
+// without waking the next waiter (which sleeps as long).
 func init() {
 	flaws["queue-lifo"] = "QueueOrder"
 	flaws["queue-strands"] = "QueueHeadGivesUp"
 	flaws["queue-lost-strands"] = "QueueHeadTakeLost"
+	flaws["queue-retry-strands"] = "QueueTicketRetryAfterLostTake"
 }
 
 // locker returns c as the suite sees it: a lock.Queuer without a flaw and
@@ -77,9 +80,20 @@ func (t *brokenTicket) Close() error {
 	return err
 }
 
+// TryAcquire is one take, refused while another waiter is ahead. A retry
+// after a take of unknown outcome, which may hold the key, first leaves
+// the queue as Close does, waking the next waiter, and queues again at the
+// back (unless the flaw keeps its place and wakes nobody).
 func (t *brokenTicket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
 	s := t.srv
 	s.mu.Lock()
+	if t.lost && !t.closed && s.flaw != "queue-retry-strands" {
+		subs := slices.DeleteFunc(s.waiters[t.key], func(w *brokenSub) bool { return w == t.brokenSub })
+		if len(subs) > 0 {
+			subs[0].notify()
+		}
+		s.waiters[t.key] = append(subs, t.brokenSub)
+	}
 	subs := s.waiters[t.key]
 	ahead := len(subs) > 0 && subs[0] != t.brokenSub
 	refused := &lock.NotAcquiredError{Key: t.key}
@@ -91,9 +105,12 @@ func (t *brokenTicket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.
 		if err := lock.CheckArgs(ctx, t.key, ttl); err != nil {
 			return nil, err
 		}
-		// Refused as the take would be: with the holder's remaining TTL,
-		// or none (poll) when the key is free but a waiter is ahead.
-		return nil, refused
+		// Refused as the take would be, by a request (which queues the
+		// ticket: a write): with the holder's remaining TTL, or none
+		// (poll) when the key is free but a waiter is ahead.
+		err := t.c.request(ctx, true, func() error { return refused })
+		t.lost = !errors.Is(err, lock.ErrNotAcquired)
+		return nil, err
 	}
 	le, err := t.c.TryAcquire(ctx, t.key, ttl)
 	t.lost = err != nil && !errors.Is(err, lock.ErrNotAcquired)

@@ -147,6 +147,17 @@
 //     FaultDisarmer, the suite sees the fault was not taken) had no reply
 //     to lose: its Acquire must return the lease, and the others follow
 //     its release.
+//   - QueueTicketRetryAfterLostTake (optional: lock.Queuer and the fault
+//     hook): a direct Ticket user's head ticket, woken by the release, takes
+//     the key with its reply lost, and retries (once answered; once with the
+//     retry's reply lost too, then closes the ticket). The waiter queued
+//     behind it in lock.Acquire gets the key within one polling interval of
+//     the end of the lost takes' short TTL (sooner if the backend undoes
+//     them), not of the first holder's. The ticket's first attempt asks for
+//     a TTL of a millisecond, so that a backend that hands the key to the
+//     head on release wakes it instead; if it is handed the key anyway
+//     (with a FaultDisarmer, the suite sees no request was sent), the
+//     clause is skipped.
 //   - NoGoroutineLeak: no goroutine started during the suite is left once
 //     every Locker was cleaned up.
 //   - NoConnectionLeak: no socket opened during the suite is left open

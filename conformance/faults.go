@@ -382,6 +382,43 @@ func (w *watched) locker() lock.Locker {
 	return w
 }
 
+// waited is how a waiter started by startWaiter ended.
+type waited struct {
+	w        *watched
+	took     time.Time // when Acquire returned: before the Release that lets the next one take
+	released time.Time // when its Release returned
+	err      error     // Acquire's, or else the Release's
+}
+
+// startWaiter runs lock.Acquire of key for p.long on w, in a goroutine
+// (done when wg is) that releases what it took and sends how it ended to
+// out, and returns once w waits, failing the clause (about who) if it does
+// not start waiting within p.long/2.
+func (c *check) startWaiter(ctx context.Context, wg *sync.WaitGroup, p params, w *watched, key string, out chan<- waited, who string) {
+	c.Helper()
+	wg.Go(func() {
+		got, err := lock.Acquire(ctx, w.locker(), key, p.long)
+		r := waited{w: w, took: time.Now(), err: err}
+		if err == nil {
+			r.err = got.Release(context.WithoutCancel(ctx))
+			r.released = time.Now()
+		}
+		out <- r
+	})
+	c.awaitWaiting(p, w, who)
+}
+
+// awaitWaiting returns once w waits, failing the clause (about who) if it
+// does not within p.long/2.
+func (c *check) awaitWaiting(p params, w *watched, who string) {
+	c.Helper()
+	select {
+	case <-w.waiting:
+	case <-time.After(p.long / 2):
+		c.Fatalf("%s did not start waiting within %v", who, p.long/2)
+	}
+}
+
 // testWokenWaiterGivesUp has three waiters block in lock.Acquire on a held
 // key, one after the other. The first gives up (its context ends) at its
 // first attempt after the holder releases: the key must still reach the
@@ -410,15 +447,10 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool, fault headFault) {
 	key := c.key("k")
 	le := c.take(holder, key, p.long)
 	var releasing atomic.Bool
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	ctxA, giveUp := context.WithCancel(c.ctx())
 	defer giveUp()
-	waitFor := func(w *watched, who string) {
-		select {
-		case <-w.waiting:
-		case <-time.After(p.long / 2):
-			c.Fatalf("the %s waiter did not start waiting within %v", who, p.long/2)
-		}
-	}
 
 	var first *watched
 	ttlA := p.long
@@ -433,41 +465,26 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool, fault headFault) {
 	}
 	first.releases = &releasing
 	gaveUp := make(chan error, 1)
-	go func() {
+	wg.Go(func() {
 		got, err := lock.Acquire(ctxA, first.locker(), key, ttlA)
 		if err == nil {
 			_ = got.Release(context.WithoutCancel(ctxA))
 		}
 		gaveUp <- err
-	}()
-	waitFor(first, "first")
+	})
+	c.awaitWaiting(p, first, "the first waiter")
 
-	type taken struct {
-		w        *watched
-		took     time.Time // when Acquire returned: before the Release that lets the other take
-		released time.Time
-		err      error
-	}
 	bound := wakeBound + p.gran
 	ctxBC, cancelBC := context.WithTimeout(c.ctx(), p.long/2)
 	defer cancelBC()
-	results := make(chan taken, 2)
+	results := make(chan waited, 2)
 	var second *watched
 	for _, who := range []string{"second", "third"} {
 		w := watch(p.newLocker(c))
 		if second == nil {
 			second = w
 		}
-		go func() {
-			got, err := lock.Acquire(ctxBC, w.locker(), key, p.long)
-			r := taken{w: w, took: time.Now(), err: err}
-			if err == nil {
-				r.err = got.Release(context.WithoutCancel(ctxBC))
-				r.released = time.Now()
-			}
-			results <- r
-		}()
-		waitFor(w, who)
+		c.startWaiter(ctxBC, &wg, p, w, key, results, "the "+who+" waiter")
 	}
 
 	releasing.Store(true)
@@ -493,7 +510,7 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool, fault headFault) {
 			released = time.Now() // it released the key it was handed before answering
 		}
 	}
-	var got []taken
+	var got []waited
 	for range 2 {
 		select {
 		case r := <-results:

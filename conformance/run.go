@@ -97,6 +97,8 @@ var suite = []subtest[params]{
 		"Ticket.Close removes the waiter without waking the next one while the key is free"},
 	{"QueueHeadTakeLost", "optional Queuer and fault hook: a head whose take had an unknown outcome never strands the queue; the rest are served in order", testQueueHeadTakeLost,
 		"a ticket whose take may have been applied leaves (Close) without undoing it or waking the next waiter, which then waits out the previous holder's TTL; or a retry keeps the ticket's old place ahead of later waiters"},
+	{"QueueTicketRetryAfterLostTake", "optional Queuer and fault hook: a ticket that retries a take whose reply was lost never strands the waiters queued behind it", testQueueTicketRetryAfterLostTake,
+		"a ticket's retry after a take of unknown outcome (which may hold the key with a lease nobody has) keeps or retakes its place without undoing that take or waking the next waiter, which then waits out the previous holder's TTL"},
 }
 
 // Run runs the whole suite against the backend cfg describes, then checks

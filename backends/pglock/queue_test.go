@@ -459,25 +459,3 @@ func TestQueueOldTable(t *testing.T) {
 		t.Errorf("Cleanup = %d, %v, want nothing to delete", n, err)
 	}
 }
-
-// A direct Ticket user that retries after a take whose reply was lost
-// (the take had taken the key, with a lease nobody has, and left the
-// queue) must not strand the waiter behind it. On main (0574162, cc904e7)
-// the retry found the key held, queued the ticket again at the back, and
-// nobody woke the waiter, whose wait is bounded by the previous holder's
-// minute. Now the retry first leaves the queue, as Close does, which wakes
-// the waiter to learn the lost take's remaining TTL.
-func TestQueueRetryAfterLostTake(t *testing.T) {
-	for _, loseRetry := range []bool{false, true} {
-		t.Run(fmt.Sprintf("loseRetry=%v", loseRetry), func(t *testing.T) {
-			table := testTable(t)
-			url := postgresURL(t)
-			admin := newPool(t, url, nil)
-			holder := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
-			waiter := newLocker(t, pglock.WithTable(table), pglock.WithQueue())
-			l, w := newLockerOn(t, url, pglock.WithTable(table), pglock.WithQueue())
-			testenv.QueueRetryAfterLostTake(t, holder, l, w.FaultSwitch, waiter, "k",
-				func() int { return queueLen(t, admin, table, "k") }, loseRetry)
-		})
-	}
-}

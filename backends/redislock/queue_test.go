@@ -3,7 +3,6 @@ package redislock_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -314,30 +313,6 @@ func TestQueueLostTakeUndoneByClose(t *testing.T) {
 		t.Fatalf("a take after the head left: %v, want the key (Close undoes the lost take, whose TTL is a minute)", err)
 	}
 	_ = le.Release(t.Context())
-}
-
-// A direct Ticket user that retries after a take whose reply was lost
-// (the take had taken the key, with a lease nobody has, and left the
-// queue) must not strand the waiter behind it. On main (0574162, cc904e7)
-// the retry found the key held, queued the ticket again at the back, and
-// nobody woke the waiter, whose wait is bounded by the previous holder's
-// minute; when the retry's reply was lost too, the ticket remembered only
-// the retry's nonce, and its Close left the first take's orphan alone. Now
-// the retry first leaves the queue, as Close does.
-func TestQueueRetryAfterLostTake(t *testing.T) {
-	for _, tp := range topologies {
-		for _, loseRetry := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/loseRetry=%v", tp.name, loseRetry), func(t *testing.T) {
-				prefix := tp.testPrefix(t)
-				holder := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
-				waiter := tp.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
-				l, faults := tp.newFaultyLocker(t, redislock.WithPrefix(prefix), redislock.WithQueue())
-				admin := tp.client(t, "")
-				testenv.QueueRetryAfterLostTake(t, holder, l, faults, waiter, "k",
-					func() int64 { return queueLen(t, admin, prefix, "k") }, loseRetry)
-			})
-		}
-	}
 }
 
 // When a ticket's Close undoes its lost take and no other ticket is
