@@ -150,7 +150,7 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 		settle = time.Duration(waiters) * time.Millisecond
 	}
 	quiet = quiet || settle > 0
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), handoffTimeout)
 	defer cancel()
 	// Each shared client first takes and releases WarmConns keys at once,
 	// so that every connection of its pool has run the take and the
@@ -324,6 +324,16 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 	b.StopTimer()
 	if len(errs) > 0 {
 		b.Fatalf("hand-off: %v", errs[0])
+	}
+	if measured := taken - first; first < 0 || measured < need {
+		// The run ended by its timeout before its last measured take
+		// (with the warm-up unfinished, before its first): hist is not
+		// filled, and its zero holdings would read as hand-offs of no time.
+		if first < 0 {
+			measured = 0
+		}
+		b.Fatalf("hand-off: the run timed out after %v with %d of %d measured holdings; %d of %d clients took the key after the quiescence (the warm-up ends when all have)",
+			handoffTimeout, measured, need, warmup.n, nclients)
 	}
 	if quiet {
 		b.ReportMetric(float64(first), "warmup-handoffs")
@@ -554,3 +564,7 @@ func breakdown(counts Counts, n float64) string {
 	sort.Strings(parts)
 	return strings.Join(parts, " ")
 }
+
+// handoffTimeout bounds one hand-off run (a variable so that a test can
+// shorten it).
+var handoffTimeout = 10 * time.Minute
