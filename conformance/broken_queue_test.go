@@ -17,12 +17,15 @@ import (
 // after a take of unknown outcome without waking the next waiter (which
 // then sleeps through the end of the take nobody holds a lease for), or
 // whose ticket, retried after such a take, keeps its place at the head
-// without waking the next waiter (which sleeps as long).
+// without waking the next waiter (which sleeps as long), or does so with a
+// ticket whose Wait ignores its context (then the waiter the clause
+// strands never returns, and the clause must fail, not hang).
 func init() {
 	flaws["queue-lifo"] = "QueueOrder"
 	flaws["queue-strands"] = "QueueHeadGivesUp"
 	flaws["queue-lost-strands"] = "QueueHeadTakeLost"
 	flaws["queue-retry-strands"] = "QueueTicketRetryAfterLostTake"
+	flaws["queue-deaf-strands"] = "QueueTicketRetryAfterLostTake"
 }
 
 // locker returns c as the suite sees it: a lock.Queuer without a flaw and
@@ -80,6 +83,15 @@ func (t *brokenTicket) Close() error {
 	return err
 }
 
+// Wait is the subscription's, deaf to ctx with the queue-deaf-strands flaw.
+func (t *brokenTicket) Wait(ctx context.Context, held *lock.NotAcquiredError) error {
+	if t.srv.flaw == "queue-deaf-strands" {
+		<-t.ch // the flaw: only a wake-up ends the wait
+		return nil
+	}
+	return t.brokenSub.Wait(ctx, held)
+}
+
 // TryAcquire is one take, refused while another waiter is ahead. A retry
 // after a take of unknown outcome, which may hold the key, first leaves
 // the queue as Close does, waking the next waiter, and queues again at the
@@ -87,7 +99,7 @@ func (t *brokenTicket) Close() error {
 func (t *brokenTicket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
 	s := t.srv
 	s.mu.Lock()
-	if t.lost && !t.closed && s.flaw != "queue-retry-strands" {
+	if t.lost && !t.closed && s.flaw != "queue-retry-strands" && s.flaw != "queue-deaf-strands" {
 		subs := slices.DeleteFunc(s.waiters[t.key], func(w *brokenSub) bool { return w == t.brokenSub })
 		if len(subs) > 0 {
 			subs[0].notify()

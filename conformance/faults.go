@@ -408,6 +408,23 @@ func (c *check) startWaiter(ctx context.Context, wg *sync.WaitGroup, p params, w
 	c.awaitWaiting(p, w, who)
 }
 
+// awaitReturn waits for a clause's waiter goroutines (started on wg by
+// startWaiter, or alike), whose contexts have ended by then: deferred
+// after the cancellations. lock.Acquire returns when its context ends, so
+// they return at once; one still blocked after p.long/2 fails the clause
+// and is left to NoGoroutineLeak, so that a waiter the clause stranded
+// (with a wait deaf to its context) fails it instead of hanging the suite.
+func (c *check) awaitReturn(wg *sync.WaitGroup, p params) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(p.long / 2):
+		c.T.Error(c.message("Ticket.Wait or Subscription.Wait ignores its context and returns only when woken",
+			"a waiter in lock.Acquire was still blocked %v after its context ended", p.long/2))
+	}
+}
+
 // awaitWaiting returns once w waits, failing the clause (about who) if it
 // does not within p.long/2.
 func (c *check) awaitWaiting(p params, w *watched, who string) {
@@ -448,7 +465,7 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool, fault headFault) {
 	le := c.take(holder, key, p.long)
 	var releasing atomic.Bool
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer c.awaitReturn(&wg, p)
 	ctxA, giveUp := context.WithCancel(c.ctx())
 	defer giveUp()
 

@@ -44,7 +44,7 @@ func testQueueOrder(c *check, p params) {
 	key := c.key("k")
 	le := c.take(holder, key, p.long)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer c.awaitReturn(&wg, p)
 	ctx, cancel := context.WithTimeout(c.ctx(), p.long/2)
 	defer cancel()
 	turns := make(chan waited, queueWaiters)
@@ -175,7 +175,7 @@ func ticketRetryAfterLostTake(c *check, p params, l lock.Locker, f Faults, loseR
 	}
 
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer c.awaitReturn(&wg, p)
 	ctx, cancel := context.WithTimeout(c.ctx(), p.long/2)
 	defer cancel()
 	w := watch(p.newLocker(c))
