@@ -157,7 +157,12 @@
 //     a TTL of a millisecond, so that a backend that hands the key to the
 //     head on release wakes it instead; if it is handed the key anyway
 //     (with a FaultDisarmer, the suite sees no request was sent), the
-//     clause is skipped.
+//     clause is skipped: so it is on a backend that rounds the millisecond
+//     up to a TTL step longer than the set-up takes (etcd's 2 s) and hands
+//     the key on release. The waiter is on another Locker than the ticket
+//     (the fault hook is never armed while another call on the ticket's
+//     Locker is in flight), so a retry that wakes only the waiters of other
+//     Lockers is not caught.
 //   - NoGoroutineLeak: no goroutine started during the suite is left once
 //     every Locker was cleaned up.
 //   - NoConnectionLeak: no socket opened during the suite is left open
