@@ -59,6 +59,10 @@ func main() {
 	log := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "report: "+format+"\n", args...) }
 
 	if *read == "" {
+		if err := checkScalingHandoffs(*scaling); err != nil {
+			log("%v", err)
+			os.Exit(2)
+		}
 		groups := []group{
 			{"BenchmarkTakeRelease", *timeT},
 			{"BenchmarkThroughput", *timeT},

@@ -12,6 +12,18 @@ import (
 
 // scalingGroups are the Scaling benchmarks, one per number of waiters,
 // each running handoffs hand-offs per library and round.
+// checkScalingHandoffs rejects fewer than 2 hand-offs per Scaling
+// benchmark: go test reports a -benchtime=1x benchmark from its
+// one-iteration calibration run, which skips the Scaling workloads'
+// quiescence and warm-up, so the report would show start-up costs as a
+// hot key's.
+func checkScalingHandoffs(n int) error {
+	if n < 2 {
+		return fmt.Errorf("-scaling-handoffs %d: at least 2 (a one-hand-off run is go test's calibration run, which skips the quiescence and the warm-up)", n)
+	}
+	return nil
+}
+
 func scalingGroups(handoffs int) []group {
 	var gs []group
 	for _, n := range bench.ScalingWaiters {
