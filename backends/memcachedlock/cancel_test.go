@@ -16,13 +16,15 @@ import (
 )
 
 // gatedConn holds back the replies to one command: the request reaches the
-// server and is applied, and its answer is read only once reply is closed.
-// sent is told (without blocking) when such a request was written.
+// server and is applied, and its answer is handed to the client only once
+// reply is closed. applied is told (without blocking) when the server's
+// answer to such a request arrived, so the command has been applied: a
+// signal on write alone would race with the server reading the request.
 type gatedConn struct {
 	net.Conn
-	cmd   string
-	sent  chan<- struct{}
-	reply <-chan struct{}
+	cmd     string
+	applied chan<- struct{}
+	reply   <-chan struct{}
 
 	mu      sync.Mutex
 	holding bool
@@ -34,10 +36,6 @@ func (c *gatedConn) Write(b []byte) (int, error) {
 		c.mu.Lock()
 		c.holding = true
 		c.mu.Unlock()
-		select {
-		case c.sent <- struct{}{}:
-		default:
-		}
 	}
 	return n, err
 }
@@ -47,22 +45,31 @@ func (c *gatedConn) Read(b []byte) (int, error) {
 	hold := c.holding
 	c.holding = false
 	c.mu.Unlock()
-	if hold {
-		<-c.reply
+	if !hold {
+		return c.Conn.Read(b)
 	}
-	return c.Conn.Read(b)
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		select {
+		case c.applied <- struct{}{}:
+		default:
+		}
+	}
+	<-c.reply
+	return n, err
 }
 
-// slowReplies returns a Locker whose replies to cmd arrive only once answer
-// was called, a channel told when such a request was sent, and answer.
-// answer is called at the end of tb at the latest.
-func slowReplies(tb testing.TB, cmd string) (l *memcachedlock.Locker, sent <-chan struct{}, answer func()) {
+// slowReplies returns a Locker whose replies to cmd reach it only once
+// answer was called, a channel told when the server has applied such a
+// request (its reply arrived and is held back), and answer. answer is
+// called at the end of tb at the latest.
+func slowReplies(tb testing.TB, cmd string) (l *memcachedlock.Locker, applied <-chan struct{}, answer func()) {
 	tb.Helper()
 	s := make(chan struct{}, 1)
 	reply := make(chan struct{})
 	answer = sync.OnceFunc(func() { close(reply) })
 	c := newClientWith(tb, testenv.MemcachedAddr(tb), func(conn net.Conn) net.Conn {
-		return &gatedConn{Conn: conn, cmd: cmd, sent: s, reply: reply}
+		return &gatedConn{Conn: conn, cmd: cmd, applied: s, reply: reply}
 	})
 	l, err := memcachedlock.New(c)
 	if err != nil {
@@ -91,7 +98,7 @@ func returnsPromptly(t *testing.T, what string, errc <-chan error, want error) {
 // reply arrives, and Close waits for that, so the key is free long before
 // its TTL.
 func TestAbandonedTakeGivenBack(t *testing.T) {
-	a, sent, answer := slowReplies(t, "add")
+	a, applied, answer := slowReplies(t, "add")
 	other := newLocker(t)
 	key := testKey(t, "k")
 	ctx, cancel := context.WithCancel(t.Context())
@@ -104,7 +111,7 @@ func TestAbandonedTakeGivenBack(t *testing.T) {
 		}
 		errc <- err
 	}()
-	<-sent
+	<-applied
 	cancel()
 	returnsPromptly(t, "TryAcquire cancelled while its add was in flight", errc, context.Canceled)
 	refused(t, other, key, "the abandoned take's add was applied")
@@ -125,7 +132,7 @@ func TestAbandonedTakeGivenBack(t *testing.T) {
 // until its reply arrives: the next call waits for it, as long as its own
 // context allows, and then sees what the abandoned one did.
 func TestAbandonedLeaseCallKeepsTurn(t *testing.T) {
-	a, sent, answer := slowReplies(t, "cas")
+	a, applied, answer := slowReplies(t, "cas")
 	other := newLocker(t)
 	key := testKey(t, "k")
 	le := take(t, a, key, time.Minute)
@@ -133,7 +140,7 @@ func TestAbandonedLeaseCallKeepsTurn(t *testing.T) {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() { errc <- le.Refresh(ctx, time.Minute) }()
-	<-sent
+	<-applied
 	cancel()
 	returnsPromptly(t, "Refresh cancelled while its cas was in flight", errc, context.Canceled)
 
