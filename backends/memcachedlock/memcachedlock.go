@@ -103,14 +103,17 @@
 // holders in, and moves a key's token counter too (tokens then restart from
 // the clock, as after a loss). Change the list only while no lock is held.
 //
-// Known issue (found by the torture harness, not fixed yet): a TryAcquire
-// whose own add was applied can still return an error matching
-// lock.ErrNotAcquired when its token came after the TTL (a slow network
-// or a paused process), when its item was gone at the check after the
-// incr, or when the add's reply was lost and the lookup that should
-// recognise the item as its own failed. The key then stays held by an
-// item no lease knows of until its TTL ends. Safety is unaffected: the
-// caller does not hold the key and its token is never used.
+// A take refuses with lock.ErrNotAcquired only when another lease's item
+// holds the key. A take whose own add went through but that cannot hand
+// out a lease returns an error of unknown outcome instead (it matches
+// neither lock.ErrNotAcquired nor lock.ErrNotHeld), so lock.Acquire stops
+// and says why: when its token came after the TTL (a slow network or a
+// paused process; the item is given back), when its item was gone at the
+// check after the incr (it expired while the process stood still, or was
+// evicted), or when the add's reply was lost and the item a retried add
+// found could not be read back (given back, owner-checked, if it is its
+// own). The torture harness found these reported as "held by another
+// lease" while no lease held the key, which no linearizable lock does.
 //
 // # TTLs
 //
@@ -426,14 +429,27 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []b
 	// owner id after the incr; otherwise it is refused.
 	it, err := l.get(le.item)
 	switch {
-	case errors.Is(err, memcache.ErrCacheMiss) || err == nil && !bytes.Equal(it.Value, le.value):
+	case err == nil && !bytes.Equal(it.Value, le.value):
+		// Another lease's item: this one was dropped and another take
+		// added the key again, all during this take.
 		return nil, &lock.NotAcquiredError{Key: key}
+	case errors.Is(err, memcache.ErrCacheMiss):
+		// This take's add went through and its item is gone since: it
+		// expired while this process stood still, or was evicted. Not
+		// "held by another lease": no lease held the key, this take's own
+		// item did, and may have turned other takes away meanwhile. Its
+		// outcome is reported as unknown, the honest answer.
+		return nil, fmt.Errorf("memcachedlock: key %q: the take's lock item was gone before its token was issued (it expired while this process stood still, or was evicted): %w", driver.DisplayKey(key), errTakeVoid)
 	case err != nil:
 		le.giveBack(ctx)
 		return nil, errs.OpError("take: gets", key, err)
 	case !time.Now().Before(sent.Add(granted)):
+		// The lease ran out while its take was under way (a slow network
+		// or a paused process): the item held the key, but no lease may.
+		// Given back, owner-checked; reported as unknown for the same
+		// reason as a vanished item.
 		le.giveBack(ctx)
-		return nil, fmt.Errorf("%w: memcachedlock: key %q: the lease ran out (TTL %v) before its token was issued", lock.ErrNotAcquired, driver.DisplayKey(key), ttl)
+		return nil, fmt.Errorf("memcachedlock: key %q: the lease ran out (TTL %v) before its token was issued: %w", driver.DisplayKey(key), ttl, errTakeVoid)
 	}
 	le.Init(&l.gate, key, token, sent, granted)
 	return le, nil
@@ -484,20 +500,35 @@ func (l *Locker) get(item string) (it *memcache.Item, err error) {
 
 // add stores a lock item if none exists. It is retried on a closed
 // connection; if a retry finds the item present, the item is read back: it
-// may be this very add, applied just before the connection died.
+// may be this very add, applied just before the connection died. When that
+// read fails, or finds no item any more, whether the add went through is
+// unknown, and add says so rather than report the key held.
 func (l *Locker) add(it *memcache.Item) error {
 	attempts := 0
 	err := l.retry(func() error {
 		attempts++
 		return l.client.Add(it)
 	})
-	if attempts > 1 && errors.Is(err, memcache.ErrNotStored) {
-		if cur, gerr := l.get(it.Key); gerr == nil && bytes.Equal(cur.Value, it.Value) {
-			return nil
-		}
+	if attempts == 1 || !errors.Is(err, memcache.ErrNotStored) {
+		return err
 	}
-	return err
+	cur, gerr := l.get(it.Key)
+	switch {
+	case gerr == nil && bytes.Equal(cur.Value, it.Value):
+		return nil
+	case gerr == nil:
+		return err // another lease's item
+	case errors.Is(gerr, memcache.ErrCacheMiss):
+		return fmt.Errorf("an add whose reply was lost found an item that is gone since, perhaps its own: %w", errTakeVoid)
+	default:
+		return fmt.Errorf("an add whose reply was lost found an item it could not read back: %w", gerr)
+	}
 }
+
+// errTakeVoid is the cause of a take that went through but cannot hand out
+// a lease (see take): its outcome is unknown to the caller, so it does not
+// match lock.ErrNotAcquired.
+var errTakeVoid = errors.New("the take's outcome is unknown")
 
 // retry calls op again while it fails on a connection the server had
 // closed: after a memcached restart every pooled connection fails once with

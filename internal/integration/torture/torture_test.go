@@ -59,14 +59,6 @@ var known = []knownIssue{
 			"progress until the lease expires and a retry after that runs the handler again, so the effect happens twice " +
 			"(idempotency's package doc, What happens when things fail)",
 	},
-	{
-		check: CheckLinear, topology: "memcached",
-		what: "memcachedlock: TryAcquire returns an error matching lock.ErrNotAcquired (\"held by another lease\") for takes whose own add " +
-			"was applied: (a) the token came after the TTL (\"the lease ran out before its token was issued\", a slow network or a paused " +
-			"process), (b) the item was gone at the check after the incr (it expired while the process stood still), (c) the add's reply " +
-			"was lost, the retried add found the item and the get that should recognise it as its own failed; the key is then held by an " +
-			"item no lease knows of until its TTL, while the caller was told another lease holds it (memcachedlock's package doc)",
-	},
 }
 
 // markKnown sets Known on each violation a known issue explains and
@@ -215,8 +207,8 @@ func topologies() []topology {
 var memcachedBreaks = []string{CheckExclusion, CheckLoss, CheckLinear, CheckLiveness, CheckEffects}
 
 // earlyLoss tells the violations a lock lost early explains: all but a
-// linearizability failure at a refused take, which no early loss makes
-// (that one is the known issue of takes refused after their own add).
+// linearizability failure at a refused take, which no early loss makes:
+// memcachedlock refuses only while another lease's item holds the key.
 func earlyLoss(check string, v Violation) bool {
 	return check != CheckLinear || !strings.Contains(v.What, "fits nowhere: take lease 0 -> refused")
 }
