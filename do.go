@@ -11,7 +11,11 @@ import (
 // returns, with a fresh context bounded by [WithReleaseTimeout], even if ctx
 // was cancelled or fn panicked (the panic then continues).
 //
-// fn receives the Keeper's context and the lease. The context is cancelled
+// fn receives the Keeper's context and the lease. On a Locker made by
+// [Observe] whose observer is an observe.HoldScoper, that context derives
+// from the one the observer's StartHold returned (see [StartHold]): with
+// the OpenTelemetry adapter, the spans fn makes are children of the
+// lease's lock.hold span. The context is cancelled
 // the moment the lease is lost, so fn must stop touching the protected
 // resource when it ends. The lease is there for its fencing token
 // ([Lease.Token]), which fn passes with every write so that the resource
@@ -37,6 +41,9 @@ func Do(ctx context.Context, l Locker, key string, fn func(ctx context.Context, 
 	if err != nil {
 		return err
 	}
+	// Observed by a HoldScoper: fn, the renewals and the release run
+	// inside the observer's hold (a span fn's spans are children of).
+	ctx = StartHold(ctx, lease)
 	k, err := keepAlive(ctx, lease, o.ttl, o)
 	if err != nil {
 		return errors.Join(err, releaseDetached(ctx, lease, o))

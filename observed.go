@@ -293,6 +293,10 @@ type observedLease struct {
 	scope_ *observe.Scope
 	taken  time.Time
 	done   atomic.Bool // an event with Ends was reported
+	// hold ends the observer's following of the holding (see StartHold):
+	// it is handed the event with Ends instead of the observer. Nil when
+	// nothing started one.
+	hold atomic.Pointer[func(context.Context, observe.Event)]
 }
 
 type (
@@ -393,10 +397,59 @@ func (l *observedLease) Release(ctx context.Context) error {
 // ended reports a Release or Complete that started at start.
 func (l *observedLease) ended(ctx context.Context, start time.Time, err error) {
 	now := time.Now()
-	l.scope_.Emit(ctx, l.inner.Key(), observe.Event{
+	l.emitEnd(ctx, observe.Event{
 		Kind: observe.KindRelease, Outcome: outcomeOf(err), Token: l.inner.Token(),
-		Latency: now.Sub(start), Hold: now.Sub(l.taken), Ends: l.done.CompareAndSwap(false, true), Err: err,
+		Latency: now.Sub(start), Hold: now.Sub(l.taken), Err: err,
 	})
+}
+
+// emitEnd reports e, a release or a loss, as the one that ends the
+// holding if it is the first: to the end of the holding StartHold started,
+// if any, and otherwise to the observer.
+func (l *observedLease) emitEnd(ctx context.Context, e observe.Event) {
+	e.Ends = l.done.CompareAndSwap(false, true)
+	if e.Ends {
+		if end := l.hold.Load(); end != nil {
+			(*end)(ctx, e)
+			return
+		}
+	}
+	l.scope_.Emit(ctx, l.inner.Key(), e)
+}
+
+// StartHold tells the observer of lease, a lease taken from a Locker made
+// by [Observe], that work is about to run under it, and returns the
+// context to run the work with; see observe.HoldScoper, whose StartHold
+// it calls when the observer is one (an OpenTelemetry adapter then makes
+// the work's spans children of the lease's "hold" span). [Do] calls it;
+// it is exported for helpers outside this package that run work under a
+// lease as Do does (the idempotency Guard and worker).
+//
+// Call it once per lease, right after the take and before the lease is
+// handed to anything that could release it or report its loss, and derive
+// the work's context, and the [KeepAlive] context, from the result. The
+// holding then ends, for the observer, at the lease's first Release or
+// Complete or at its loss ([KeepAlive] reports it), whichever comes
+// first, as it always does. For a lease that is not observed, whose
+// observer is not a HoldScoper, that has ended already or for which
+// StartHold was called before, it returns ctx and does nothing else (one
+// type switch, no allocation, when not observed).
+func StartHold(ctx context.Context, lease Lease) context.Context {
+	ol, _ := unwrapLease(lease)
+	if ol == nil || ol.done.Load() || ol.hold.Load() != nil {
+		return ctx
+	}
+	hctx, end := ol.scope_.StartHold(ctx, ol.inner.Key(), observe.Event{
+		Kind: observe.KindTryAcquire, Outcome: observe.Acquired, Token: ol.inner.Token(),
+		Hold: time.Since(ol.taken),
+	})
+	if end == nil {
+		return ctx
+	}
+	p := new(func(context.Context, observe.Event)) // here, not at end's declaration: the paths that decline allocate nothing
+	*p = end
+	ol.hold.Store(p)
+	return hctx
 }
 
 func outcomeOf(err error) observe.Outcome {
@@ -440,9 +493,9 @@ func observeLoss(k *Keeper, cause error) {
 	if ol == nil {
 		return
 	}
-	ol.scope_.Emit(k.ctx, ol.inner.Key(), observe.Event{
+	ol.emitEnd(k.ctx, observe.Event{
 		Kind: observe.KindLost, Outcome: observe.NotHeld, Token: ol.inner.Token(),
-		Hold: time.Since(ol.taken), Ends: ol.done.CompareAndSwap(false, true), Err: cause,
+		Hold: time.Since(ol.taken), Err: cause,
 	})
 }
 

@@ -77,6 +77,38 @@ type Observer interface {
 	Observe(ctx context.Context, e Event)
 }
 
+// HoldScoper is an Observer that follows a lease's holding while it lasts,
+// rather than only learning of it when it ends: an adapter that traces
+// makes the work done under the lease a child of a live "hold" span.
+// Observers that are not HoldScopers (Slog, Func) see no difference.
+//
+// lock.Do (and the idempotency worker and middleware, which also run
+// user work under a lease) calls StartHold once the lease is taken and
+// before the work starts, on the goroutine that took it. e is the take's
+// event again (Kind [KindTryAcquire], Outcome [Acquired], Token, Backend,
+// Class and Key as the take reported them) with Hold set to the time since
+// the take returned: the holding began at time.Now().Add(-e.Hold).
+//
+// The context StartHold returns is the one the work runs with (its
+// cancellation on a loss is derived from it); it must be ctx or derive
+// from it. The function it returns, end, is called exactly once, instead
+// of Observe, with the event that ends the holding (the lease's first
+// Release or Complete, or its loss: the event with Ends true, of kind
+// [KindRelease] or [KindLost]), on the goroutine that reports it, which
+// need not be the one StartHold ran on: end must do whatever Observe does
+// with that event (count it, log it) as well as close what StartHold
+// opened. Every other event of the lease still goes to Observe. Leases
+// nothing calls StartHold for (those taken with TryAcquire or Acquire and
+// handled by the caller) go to Observe alone.
+//
+// StartHold returning a nil end declines: the holding is reported to
+// Observe as if the Observer were not a HoldScoper, and the returned
+// context is not used.
+type HoldScoper interface {
+	Observer
+	StartHold(ctx context.Context, e Event) (context.Context, func(ctx context.Context, e Event))
+}
+
 // Func is an Observer made of a function.
 type Func func(ctx context.Context, e Event)
 
@@ -208,12 +240,24 @@ type Event struct {
 
 // Multi returns an Observer that hands each event to every one of obs in
 // turn. Nil observers are skipped.
+//
+// When any of obs is a [HoldScoper], so is the result: its StartHold calls
+// each scoper's StartHold in turn, each with the context the one before it
+// returned, and returns the last context; its end hands the ending event to
+// every one of obs in turn, to a scoper's end if it started a holding and
+// to Observe otherwise.
 func Multi(obs ...Observer) Observer {
 	var list []Observer
+	scoping := false
 	for _, o := range obs {
 		if o != nil {
 			list = append(list, o)
+			_, ok := o.(HoldScoper)
+			scoping = scoping || ok
 		}
+	}
+	if scoping {
+		return scopingMulti{list}
 	}
 	return multi(list)
 }
@@ -223,6 +267,41 @@ type multi []Observer
 func (m multi) Observe(ctx context.Context, e Event) {
 	for _, o := range m {
 		o.Observe(ctx, e)
+	}
+}
+
+// scopingMulti is a Multi with at least one HoldScoper among its
+// observers.
+type scopingMulti struct{ multi }
+
+func (m scopingMulti) StartHold(ctx context.Context, e Event) (context.Context, func(context.Context, Event)) {
+	ends := make([]func(context.Context, Event), len(m.multi))
+	started := false
+	for i, o := range m.multi {
+		hs, ok := o.(HoldScoper)
+		if !ok {
+			continue
+		}
+		hctx, end := hs.StartHold(ctx, e)
+		if end == nil {
+			continue
+		}
+		ends[i], started = end, true
+		if hctx != nil {
+			ctx = hctx
+		}
+	}
+	if !started {
+		return ctx, nil
+	}
+	return ctx, func(ctx context.Context, e Event) {
+		for i, o := range m.multi {
+			if ends[i] != nil {
+				ends[i](ctx, e)
+			} else {
+				o.Observe(ctx, e)
+			}
+		}
 	}
 }
 
@@ -311,6 +390,13 @@ func (s *Scope) Emit(ctx context.Context, key string, e Event) {
 	if s == nil {
 		return
 	}
+	s.fill(key, &e)
+	s.o.Observe(ctx, e)
+}
+
+// fill sets e's Backend, Class and Key for key, and takes key out of Err's
+// message unless [WithRawKeys] was given.
+func (s *Scope) fill(key string, e *Event) {
 	e.Backend = s.backend
 	e.Class = DefaultClass
 	if s.classify != nil {
@@ -321,7 +407,35 @@ func (s *Scope) Emit(ctx context.Context, key string, e Event) {
 	} else if e.Err != nil {
 		e.Err = redact(e.Err, key)
 	}
-	s.o.Observe(ctx, e)
+}
+
+// StartHold starts following the holding of a lease on key when the
+// observer is a [HoldScoper] (see there for e and the results), filling in
+// e as Emit does. It returns ctx and a nil end when the observer is not
+// one or declines, or the Scope is nil: the holding's end is then reported
+// with Emit. Otherwise end fills in the ending event as Emit does and
+// hands it to the scoper's end; it must be called exactly once, with the
+// event whose Ends is true.
+func (s *Scope) StartHold(ctx context.Context, key string, e Event) (context.Context, func(ctx context.Context, e Event)) {
+	if s == nil {
+		return ctx, nil
+	}
+	hs, ok := s.o.(HoldScoper)
+	if !ok {
+		return ctx, nil
+	}
+	s.fill(key, &e)
+	hctx, end := hs.StartHold(ctx, e)
+	if end == nil {
+		return ctx, nil
+	}
+	if hctx == nil {
+		hctx = ctx
+	}
+	return hctx, func(ctx context.Context, e Event) {
+		s.fill(key, &e)
+		end(ctx, e)
+	}
 }
 
 // redact returns err with every appearance of key in its message replaced
