@@ -200,6 +200,43 @@ func (o *Observer) set(e *observe.Event, k attribute.Key, v string) metric.Measu
 
 // Observe records e.
 func (o *Observer) Observe(ctx context.Context, e observe.Event) {
+	o.record(ctx, e, nil)
+}
+
+// StartHold starts the lock.hold span of a lease that lock.Do (or the
+// idempotency worker or middleware) is about to run work under, at the
+// time the lease was taken, and returns a context carrying it: the spans
+// of the work are its children. The span is ended, with the attributes and
+// status a lease's hold span always has, by the returned function, which
+// lock calls (instead of Observe) with the event that ends the holding; it
+// records that event's metrics as Observe would. See observe.HoldScoper.
+//
+// With [WithoutSpans], or when the span would not be recorded, it
+// declines (a nil function), and the holding is recorded by Observe.
+func (o *Observer) StartHold(ctx context.Context, e observe.Event) (context.Context, func(context.Context, observe.Event)) {
+	if o.tracer == nil {
+		return ctx, nil
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	hctx, span := o.tracer.Start(ctx, "lock.hold", trace.WithTimestamp(time.Now().Add(-e.Hold)))
+	if !span.IsRecording() {
+		span.End()
+		return ctx, nil
+	}
+	span.SetAttributes(o.common(&e, AttrToken.Int64(int64(e.Token)))...)
+	return hctx, func(ctx context.Context, e observe.Event) {
+		o.record(ctx, e, span)
+		if !e.Ends {
+			span.End() // not an ending event, against the contract: end the span all the same
+		}
+	}
+}
+
+// record records e; hold, when not nil, is the live lock.hold span of the
+// lease whose holding e ends.
+func (o *Observer) record(ctx context.Context, e observe.Event, hold trace.Span) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -222,12 +259,12 @@ func (o *Observer) Observe(ctx context.Context, e observe.Event) {
 		}
 	case observe.KindRelease:
 		if e.Ends {
-			o.ended(ctx, &e, "released", now)
+			o.ended(ctx, &e, "released", now, hold)
 		}
 	case observe.KindLost:
 		o.losses.Add(ctx, 1, o.set(&e, "", ""))
 		if e.Ends {
-			o.ended(ctx, &e, "lost", now)
+			o.ended(ctx, &e, "lost", now, hold)
 		}
 	case observe.KindIdempotency:
 		o.idem.Add(ctx, 1, o.set(&e, AttrIdempotencyOutcome, string(e.Outcome)))
@@ -235,15 +272,19 @@ func (o *Observer) Observe(ctx context.Context, e observe.Event) {
 	}
 }
 
-// ended records the end of a lease's holding.
-func (o *Observer) ended(ctx context.Context, e *observe.Event, end string, now time.Time) {
+// ended records the end of a lease's holding: it ends span, the live
+// lock.hold span StartHold started, or, when nil, makes one that began
+// when the lease was taken.
+func (o *Observer) ended(ctx context.Context, e *observe.Event, end string, now time.Time, span trace.Span) {
 	o.active.Add(ctx, -1, o.set(e, "", ""))
 	o.hold.Record(ctx, e.Hold.Seconds(), o.set(e, AttrEnd, end))
-	span := o.start(ctx, "lock.hold", now.Add(-e.Hold))
 	if span == nil {
-		return
+		if span = o.start(ctx, "lock.hold", now.Add(-e.Hold)); span == nil {
+			return
+		}
+		span.SetAttributes(o.common(e, AttrToken.Int64(int64(e.Token)))...)
 	}
-	span.SetAttributes(o.common(e, AttrEnd.String(end), AttrToken.Int64(int64(e.Token)))...)
+	span.SetAttributes(AttrEnd.String(end))
 	if end == "lost" {
 		span.SetStatus(codes.Error, errText(e.Err))
 	}
