@@ -168,7 +168,9 @@ func Do[T any](ctx context.Context, w Worker, key string, fn func(ctx context.Co
 		return replayValue[T](stored, fp, dc.codec)
 	}
 
-	k, err := g.keep(ctx, lease, sent)
+	// fn and the renewals run inside the holding an observer that is an
+	// observe.HoldScoper follows (see lock.StartHold).
+	k, err := g.keep(lock.StartHold(ctx, lease), lease, sent)
 	if err != nil {
 		ev.set(observe.StoreError, 0, err)
 		g.releaseLease(ctx, lease)

@@ -348,7 +348,9 @@ func bodyAllowed(status int) bool {
 // run runs next under the claimed lease and stores or releases the key.
 func (g *Guard) run(w http.ResponseWriter, r *http.Request, next http.Handler, lease lock.Lease, sent time.Time, fp *[fpSize]byte, ev *guardEvent) {
 	ctx := r.Context()
-	k, err := g.r.keep(ctx, lease, sent)
+	// The handler and the renewals run inside the holding an observer
+	// that is an observe.HoldScoper follows (see lock.StartHold).
+	k, err := g.r.keep(lock.StartHold(ctx, lease), lease, sent)
 	if err != nil {
 		g.r.releaseLease(ctx, lease)
 		ev.set(observe.StoreError, http.StatusServiceUnavailable, err)

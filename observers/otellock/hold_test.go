@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +14,7 @@ import (
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
 	"github.com/idemlock/lock/backends/redislock"
+	"github.com/idemlock/lock/idempotency"
 	"github.com/idemlock/lock/internal/testenv"
 	"github.com/idemlock/lock/observe"
 	"github.com/idemlock/lock/observers/otellock"
@@ -207,5 +211,87 @@ func TestHoldWithoutLiveSpan(t *testing.T) {
 				t.Errorf("%d spans recorded, want none", n)
 			}
 		})
+	}
+}
+
+// TestIdempotencyHold: the handler a Guard runs, and the function of the
+// worker Do, run inside the claimed lease's lock.hold span, which ends at
+// the Complete (released) or, for work that fails, at the release; the
+// idempotency.request span stays retroactive, beside it.
+func TestIdempotencyHold(t *testing.T) {
+	ctx := t.Context()
+	h := newHarness(t)
+	store := lock.ObserveStore(memlock.New(), h.obs)
+	g, err := idempotency.New(store, idempotency.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tracer := h.tp.Tracer("test")
+	handler := g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, span := tracer.Start(r.Context(), "handler")
+		defer span.End()
+		if r.Header.Get("X-Fail") != "" {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+	}))
+	worker := func(ctx context.Context) (int, error) {
+		_, span := tracer.Start(ctx, "handler")
+		defer span.End()
+		return 1, nil
+	}
+	for _, tc := range []struct {
+		name string
+		run  func(ctx context.Context)
+	}{
+		{"middleware", func(ctx context.Context) {
+			r := httptest.NewRequestWithContext(ctx, http.MethodPost, "/checkout", nil)
+			r.Header.Set("Idempotency-Key", "k-1")
+			handler.ServeHTTP(httptest.NewRecorder(), r)
+		}},
+		{"middleware-fails", func(ctx context.Context) {
+			r := httptest.NewRequestWithContext(ctx, http.MethodPost, "/checkout", nil)
+			r.Header.Set("Idempotency-Key", "k-2")
+			r.Header.Set("X-Fail", "1")
+			handler.ServeHTTP(httptest.NewRecorder(), r)
+		}},
+		{"worker", func(ctx context.Context) {
+			if _, err := idempotency.Do(ctx, g, "k-3", worker); err != nil {
+				t.Error(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h.spans = tracetest.NewSpanRecorder()
+			h.tp.RegisterSpanProcessor(h.spans)
+			defer h.tp.UnregisterSpanProcessor(h.spans)
+			pctx, parent := tracer.Start(ctx, "parent")
+			tc.run(pctx)
+			parent.End()
+			holds := h.spansNamed("lock.hold")
+			if len(holds) != 1 {
+				t.Fatalf("%d lock.hold spans, want 1", len(holds))
+			}
+			hold, work, req := holds[0], h.span(t, "handler"), h.span(t, "idempotency.request")
+			if work.Parent().SpanID() != hold.SpanContext().SpanID() {
+				t.Errorf("the work's span's parent %v, want lock.hold %v", work.Parent().SpanID(), hold.SpanContext().SpanID())
+			}
+			if hold.Parent().SpanID() != parent.SpanContext().SpanID() || req.Parent().SpanID() != parent.SpanContext().SpanID() {
+				t.Errorf("lock.hold's parent %v and idempotency.request's %v, want the caller's span %v", hold.Parent().SpanID(), req.Parent().SpanID(), parent.SpanContext().SpanID())
+			}
+			if hold.EndTime().Before(work.EndTime()) || hold.StartTime().After(work.StartTime()) {
+				t.Errorf("lock.hold [%v, %v] does not cover the work [%v, %v]", hold.StartTime(), hold.EndTime(), work.StartTime(), work.EndTime())
+			}
+			if v, _ := attr(hold, otellock.AttrEnd); v.AsString() != "released" || hold.Status().Code == codes.Error {
+				t.Errorf("lock.hold's lock.end %q, status %v; want released, no error", v.AsString(), hold.Status())
+			}
+		})
+	}
+	if n := h.value(t, "lock.leases.active"); n != 0 {
+		t.Errorf("lock.leases.active %d after the requests, want 0", n)
+	}
+	if n := h.value(t, "lock.hold.duration", otellock.AttrEnd.String("released")); n != 3 {
+		t.Errorf("lock.hold.duration released count %d, want 3", n)
 	}
 }
