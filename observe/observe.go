@@ -47,12 +47,27 @@
 // request ("POST /checkout"), else the namespace (idempotency.WithNamespace),
 // else [DefaultClass].
 //
+// # Work run under a lease
+//
+// Events report what has happened, so an observer learns of a lease's
+// holding when it ends. lock.Do, and the idempotency Guard and worker,
+// also run work under the lease they take; an Observer that is a
+// [HoldScoper] is told when that work starts (StartHold, with the take's
+// event) and returns the context the work runs with, and the event that
+// ends the holding (Ends true) goes to the function it returned instead of
+// Observe. The OpenTelemetry adapter uses it to make the work's spans
+// children of a live lock.hold span. Leases a caller takes and releases
+// itself are reported to Observe alone, as are all events of an Observer
+// that is not a HoldScoper (Slog, Func): for them nothing changes, and a
+// Locker that is not observed pays one type switch, no allocation.
+//
 // # Adapters
 //
 // [Slog] logs events with log/slog. The OpenTelemetry adapter (metrics and
-// spans) is the module github.com/idemlock/lock/observers/otel, so that this
-// module keeps no third-party dependency. [Multi] sends events to several
-// observers; [Func] makes one of a function.
+// spans) is the module github.com/idemlock/lock/observers/otellock, so that
+// this module keeps no third-party dependency. [Multi] sends events to
+// several observers (and is a HoldScoper when one of them is); [Func] makes
+// one of a function.
 //
 // Observers are called synchronously, on the goroutine of the operation they
 // report, and must be quick and safe for concurrent use. They must not

@@ -35,17 +35,30 @@
 //
 // # Spans
 //
-// Spans are made when an event reports the end of what they cover, with
-// the start time the event implies, as children of the span in the
-// context of the operation:
+// Spans are children of the span in the context of the operation:
 //
 //   - lock.acquire: one lock.Acquire, with a "lock.wait" event (attempts
 //     and wake-ups) when it had to wait, and an error status when it did
 //     not acquire;
-//   - lock.hold: one lease, from its take to its release or loss (error
-//     status when lost);
+//   - lock.hold: one lease, from its take to its release or loss, with
+//     lock.end (released or lost), lock.token, and an error status when
+//     lost;
 //   - idempotency.request: one guarded request or worker run, with its
 //     outcome.
+//
+// The lock.hold span of a lease that lock.Do, the idempotency Guard or
+// its worker run work under is live (see [Observer.StartHold]): it starts
+// when the lease is taken, and the work's context carries it, so the spans
+// the work makes (a query, an HTTP call) are its children. It ends when
+// the lease is released (after fn returned; for a Guard, once the
+// response is stored) or at the moment it is lost, which may be before
+// the work's own spans end: the work went on without the lock. Every
+// other span, and lock.hold of a lease the caller takes and releases
+// itself, is made when an event reports the end of what it covers, with
+// the start time the event implies; no span is ever made twice.
+// idempotency.request stays so even around a live lock.hold (a sibling,
+// not its parent): its outcome, status and error are known only at its
+// end.
 //
 // Attributes are built only for spans that are recorded; [WithoutSpans]
 // turns spans off. Metric attribute sets are built once per combination.
