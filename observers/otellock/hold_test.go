@@ -118,7 +118,7 @@ func testDoHold(t *testing.T, l lock.Locker, admin lock.Admin, backend, key stri
 		otellock.AttrKeyClass: attribute.StringValue("orders"),
 	} {
 		if v, ok := attr(hold, k); !ok || v != want {
-			t.Errorf("lock.hold's %s = %v (set: %v), want %v", k, v.Emit(), ok, want.Emit())
+			t.Errorf("lock.hold's %s = %v (set: %v), want %v", k, v.String(), ok, want.String())
 		}
 	}
 	if _, ok := attr(hold, otellock.AttrKey); ok {
