@@ -3,7 +3,6 @@ package otellock_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -13,12 +12,9 @@ import (
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
-	"github.com/idemlock/lock/backends/redislock"
 	"github.com/idemlock/lock/idempotency"
-	"github.com/idemlock/lock/internal/testenv"
 	"github.com/idemlock/lock/observe"
 	"github.com/idemlock/lock/observers/otellock"
-	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -157,13 +153,7 @@ func TestDoHoldMemlock(t *testing.T) {
 
 // TestDoHoldRedis is TestDoHoldMemlock on the shared Redis.
 func TestDoHoldRedis(t *testing.T) {
-	client := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
-	t.Cleanup(func() { _ = client.Close() })
-	l, err := redislock.New(client, redislock.WithPrefix(fmt.Sprintf("otellock-hold-test-%d:", time.Now().UnixNano())))
-	if err != nil {
-		t.Fatalf("redislock.New: %v", err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
+	l := redisLocker(t, "otellock-hold-test")
 	t.Run("released", func(t *testing.T) { testDoHold(t, l, nil, "redislock", "orders:1") })
 	t.Run("lost", func(t *testing.T) { testDoHold(t, l, l, "redislock", "orders:2") })
 }

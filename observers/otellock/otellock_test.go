@@ -99,12 +99,7 @@ func (h *harness) value(t *testing.T, name string, want ...attribute.KeyValue) i
 
 func (h *harness) span(t *testing.T, name string) sdktrace.ReadOnlySpan {
 	t.Helper()
-	var found []sdktrace.ReadOnlySpan
-	for _, s := range h.spans.Ended() {
-		if s.Name() == name {
-			found = append(found, s)
-		}
-	}
+	found := h.spansNamed(name)
 	if len(found) == 0 {
 		t.Fatalf("no %s span among %d", name, len(h.spans.Ended()))
 	}
@@ -117,14 +112,21 @@ func TestMemlock(t *testing.T) {
 }
 
 func TestRedis(t *testing.T) {
+	l := redisLocker(t, "otellock-test")
+	testBackend(t, l, l, "redislock")
+}
+
+// redisLocker returns a Locker on the shared Redis whose keys start with
+// prefix and the time, closed with the test.
+func redisLocker(t *testing.T, prefix string) *redislock.Locker {
 	client := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
 	t.Cleanup(func() { _ = client.Close() })
-	l, err := redislock.New(client, redislock.WithPrefix(fmt.Sprintf("otellock-test-%d:", time.Now().UnixNano())))
+	l, err := redislock.New(client, redislock.WithPrefix(fmt.Sprintf("%s-%d:", prefix, time.Now().UnixNano())))
 	if err != nil {
 		t.Fatalf("redislock.New: %v", err)
 	}
 	t.Cleanup(func() { _ = l.Close() })
-	testBackend(t, l, l, "redislock")
+	return l
 }
 
 // testBackend drives every lock event through l, observed, and checks the
