@@ -295,9 +295,10 @@ func (o *Observer) ended(ctx context.Context, e *observe.Event, end string, now 
 		if span = o.start(ctx, "lock.hold", now.Add(-e.Hold)); span == nil {
 			return
 		}
-		span.SetAttributes(o.common(e, AttrToken.Int64(int64(e.Token)))...)
+		span.SetAttributes(o.common(e, AttrEnd.String(end), AttrToken.Int64(int64(e.Token)))...)
+	} else {
+		span.SetAttributes(AttrEnd.String(end)) // the rest were set by StartHold
 	}
-	span.SetAttributes(AttrEnd.String(end))
 	if end == "lost" {
 		span.SetStatus(codes.Error, errText(e.Err))
 	}
