@@ -57,3 +57,33 @@ func ExampleFunc() {
 	fmt.Println("lost leases:", lost)
 	// Output: lost leases: 1
 }
+
+// stepper is a HoldScoper that prints where a lease's holding starts and
+// ends, and puts a step name in the context the work runs with: a tracer
+// would start a span there, and the work's spans would be its children.
+type stepper struct{}
+
+type stepKey struct{}
+
+func (stepper) Observe(context.Context, observe.Event) {}
+
+func (stepper) StartHold(ctx context.Context, e observe.Event) (context.Context, func(context.Context, observe.Event)) {
+	fmt.Println("hold starts:", e.Class, "token", e.Token)
+	return context.WithValue(ctx, stepKey{}, "hold of "+e.Class), func(_ context.Context, e observe.Event) {
+		fmt.Println("hold ends:", e.Kind, e.Outcome)
+	}
+}
+
+// An Observer that is a HoldScoper is told when lock.Do starts its work
+// under the lease, and gives the work its context.
+func ExampleHoldScoper() {
+	l := lock.Observe(memlock.New(), stepper{}, observe.WithKeyClass(observe.PrefixClass(":")))
+	_ = lock.Do(context.Background(), l, "invoice:42", func(ctx context.Context, lease lock.Lease) error {
+		fmt.Println("work runs inside:", ctx.Value(stepKey{}))
+		return nil
+	})
+	// Output:
+	// hold starts: invoice token 1
+	// work runs inside: hold of invoice
+	// hold ends: release ok
+}
