@@ -103,17 +103,26 @@
 // holders in, and moves a key's token counter too (tokens then restart from
 // the clock, as after a loss). Change the list only while no lock is held.
 //
-// A take refuses with lock.ErrNotAcquired only when another lease's item
-// holds the key. A take whose own add went through but that cannot hand
-// out a lease returns an error of unknown outcome instead (it matches
-// neither lock.ErrNotAcquired nor lock.ErrNotHeld), so lock.Acquire stops
-// and says why: when its token came after the TTL (a slow network or a
-// paused process; the item is given back), when its item was gone at the
-// check after the incr (it expired while the process stood still, or was
-// evicted), or when the add's reply was lost and the item a retried add
-// found could not be read back (given back, owner-checked, if it is its
-// own). The torture harness found these reported as "held by another
-// lease" while no lease held the key, which no linearizable lock does.
+// A take refuses with lock.ErrNotAcquired only when its add found
+// another item holding the key. A take whose own add went through (or may
+// have, its connection having closed with the add in flight) but that
+// cannot hand out a lease returns an error of unknown outcome instead (it
+// matches neither lock.ErrNotAcquired nor lock.ErrNotHeld), so
+// lock.Acquire stops and says why: when its token came after the TTL (a
+// slow network or a paused process; the item is given back), when its item
+// was gone or replaced at the check after the incr (it expired while the
+// process stood still, or was evicted), or when a retried add found the
+// key held by an item it could not recognise as its own. The torture
+// harness found these reported as "held by another lease" while only the
+// take's own item held the key, which no linearizable lock does.
+//
+// One case remains (no memcached request can be told apart from a later
+// copy of itself): a take whose add is retried after its connection reset,
+// and whose retry succeeds, holds the key as usual; if the first add
+// reaches the server only after that lease was released, its item holds
+// the key, owned by no lease, until its TTL ends. The retry is what lets
+// takes succeed at once after a server restart, when every pooled
+// connection is dead.
 //
 // # TTLs
 //
@@ -429,16 +438,13 @@ func (l *Locker) take(ctx context.Context, key string, ttl time.Duration, fp []b
 	// owner id after the incr; otherwise it is refused.
 	it, err := l.get(le.item)
 	switch {
-	case err == nil && !bytes.Equal(it.Value, le.value):
-		// Another lease's item: this one was dropped and another take
-		// added the key again, all during this take.
-		return nil, &lock.NotAcquiredError{Key: key}
-	case errors.Is(err, memcache.ErrCacheMiss):
-		// This take's add went through and its item is gone since: it
-		// expired while this process stood still, or was evicted. Not
-		// "held by another lease": no lease held the key, this take's own
-		// item did, and may have turned other takes away meanwhile. Its
-		// outcome is reported as unknown, the honest answer.
+	case errors.Is(err, memcache.ErrCacheMiss) || err == nil && !bytes.Equal(it.Value, le.value):
+		// This take's add went through and its item is gone since (it
+		// expired while this process stood still, or was evicted), and
+		// perhaps another take added the key again. Not "held by another
+		// lease": this take's own item held the key, and may have turned
+		// other takes away meanwhile. Its outcome is reported as unknown,
+		// the honest answer.
 		return nil, fmt.Errorf("memcachedlock: key %q: the take's lock item was gone before its token was issued (it expired while this process stood still, or was evicted): %w", driver.DisplayKey(key), errTakeVoid)
 	case err != nil:
 		le.giveBack(ctx)
@@ -499,10 +505,10 @@ func (l *Locker) get(item string) (it *memcache.Item, err error) {
 }
 
 // add stores a lock item if none exists. It is retried on a closed
-// connection; if a retry finds the item present, the item is read back: it
-// may be this very add, applied just before the connection died. When that
-// read fails, or finds no item any more, whether the add went through is
-// unknown, and add says so rather than report the key held.
+// connection (see retry); if a retry finds the item present, the item is
+// read back: it may be this very add, applied just before the connection
+// died. Any other finding is of unknown outcome (errTakeVoid or the read's
+// error), never memcache.ErrNotStored.
 func (l *Locker) add(it *memcache.Item) error {
 	attempts := 0
 	err := l.retry(func() error {
@@ -512,16 +518,19 @@ func (l *Locker) add(it *memcache.Item) error {
 	if attempts == 1 || !errors.Is(err, memcache.ErrNotStored) {
 		return err
 	}
+	// The first attempt's connection closed with the add in flight: it
+	// may have been applied, or may be yet (a server reads a request it
+	// had received after the client saw the connection close). Only
+	// finding its own item tells; anything else is of unknown outcome,
+	// never "held by another lease".
 	cur, gerr := l.get(it.Key)
 	switch {
 	case gerr == nil && bytes.Equal(cur.Value, it.Value):
 		return nil
-	case gerr == nil:
-		return err // another lease's item
-	case errors.Is(gerr, memcache.ErrCacheMiss):
-		return fmt.Errorf("an add whose reply was lost found an item that is gone since, perhaps its own: %w", errTakeVoid)
+	case gerr == nil || errors.Is(gerr, memcache.ErrCacheMiss):
+		return fmt.Errorf("an add retried after its connection closed found the key held or gone, and the first may yet be applied: %w", errTakeVoid)
 	default:
-		return fmt.Errorf("an add whose reply was lost found an item it could not read back: %w", gerr)
+		return fmt.Errorf("an add retried after its connection closed found an item it could not read back: %w", gerr)
 	}
 }
 

@@ -29,7 +29,7 @@ func wantVoid(t *testing.T, le lock.Lease, err error) {
 	case err == nil:
 		t.Fatalf("the take returned a lease (token %d), want an error of unknown outcome", le.Token())
 	case errors.Is(err, lock.ErrNotAcquired):
-		t.Fatalf("the take: %v; want an error of unknown outcome, not ErrNotAcquired: no other lease held the key", err)
+		t.Fatalf("the take: %v; want an error of unknown outcome, not ErrNotAcquired: the take's own add held the key, for a while at least", err)
 	}
 }
 
@@ -158,5 +158,57 @@ func TestTakeAddRetryUnreadableIsUnknown(t *testing.T) {
 	// minute is up.
 	if err := take(t, newLocker(t), key, time.Minute).Release(t.Context()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The add's reply was lost on a connection the server closed; before the
+// retried add, the item went (it expired) and another Locker took the key.
+// The retry finds the other's item: the take must not report that another
+// lease held the key all along, as its own first add did for a while.
+func TestTakeAddRetryFindsOtherIsUnknown(t *testing.T) {
+	prefix := testPrefix(t)
+	const key = "k"
+	raw := newClient(t, new(atomic.Int64))
+	other := newLocker(t, memcachedlock.WithPrefix(prefix))
+	var (
+		adds atomic.Int32
+		held lock.Lease
+	)
+	fail := func(cmd string) error {
+		if cmd != "add" {
+			return nil
+		}
+		switch adds.Add(1) {
+		case 1:
+			return io.EOF // the server applied the add and closed the connection
+		case 2:
+			// Before the retry: the item expires and another Locker
+			// takes the key.
+			if err := raw.Delete(prefix + "l:r" + key); err != nil {
+				t.Errorf("deleting the lock item: %v", err)
+			}
+			var err error
+			if held, err = other.TryAcquire(t.Context(), key, time.Minute); err != nil {
+				t.Errorf("the other Locker's take: %v", err)
+			}
+		}
+		return nil
+	}
+	c := newClientWith(t, testenv.MemcachedAddr(t), func(conn net.Conn) net.Conn {
+		return &scriptConn{Conn: conn, fail: fail}
+	})
+	a, err := memcachedlock.New(c, memcachedlock.WithPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	le, err := a.TryAcquire(t.Context(), key, time.Minute)
+	if held == nil {
+		t.Fatalf("the faults did not run: %d adds", adds.Load())
+	}
+	wantVoid(t, le, err)
+	// The other Locker's lease is untouched.
+	if err := held.Release(t.Context()); err != nil {
+		t.Errorf("the other Locker's lease after the take: %v, want it still held", err)
 	}
 }

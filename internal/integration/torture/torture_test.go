@@ -46,6 +46,7 @@ var (
 type knownIssue struct {
 	check     string
 	topology  string // a prefix of the topology's name; "" for all
+	fault     string // a prefix of the fault in whose window it was found; "" for any
 	logged    string // a line the Guard logged in the same cell, or ""
 	violation string // a part of each violation it explains, or ""
 	what      string
@@ -58,6 +59,12 @@ var known = []knownIssue{
 			"TTLs, or it lost the in-progress lease, as an etcd or Redis server restarted without the lease does), the key stays in " +
 			"progress until the lease expires and a retry after that runs the handler again, so the effect happens twice " +
 			"(idempotency's package doc, What happens when things fail)",
+	},
+	{
+		check: CheckLinear, topology: "memcached", fault: "connection resets",
+		what: "memcachedlock: a take whose add is retried after its connection reset, and whose retry succeeds, holds the key as " +
+			"usual; if the first add reaches the server only after that lease was released, its item holds the key, owned by no " +
+			"lease, until its TTL ends, and takes are refused meanwhile (memcachedlock's package doc)",
 	},
 }
 
@@ -85,7 +92,7 @@ func markKnown(results []*CheckResult, topo string, logged map[string]int) []str
 // cell, or nil.
 func knownFor(check, topo string, logged map[string]int, v Violation) *knownIssue {
 	for i, k := range known {
-		if k.check != check || !strings.HasPrefix(topo, k.topology) || !strings.Contains(v.What, k.violation) {
+		if k.check != check || !strings.HasPrefix(topo, k.topology) || !strings.HasPrefix(v.Fault, k.fault) || !strings.Contains(v.What, k.violation) {
 			continue
 		}
 		if k.logged != "" {
@@ -208,7 +215,8 @@ var memcachedBreaks = []string{CheckExclusion, CheckLoss, CheckLinear, CheckLive
 
 // earlyLoss tells the violations a lock lost early explains: all but a
 // linearizability failure at a refused take, which no early loss makes:
-// memcachedlock refuses only while another lease's item holds the key.
+// memcachedlock refuses only while another item holds the key (a lease's,
+// or that of the known issue of adds applied late).
 func earlyLoss(check string, v Violation) bool {
 	return check != CheckLinear || !strings.Contains(v.What, "fits nowhere: take lease 0 -> refused")
 }
