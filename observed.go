@@ -407,14 +407,42 @@ func (l *observedLease) ended(ctx context.Context, start time.Time, err error) {
 // holding if it is the first: to the end of the holding StartHold started,
 // if any, and otherwise to the observer.
 func (l *observedLease) emitEnd(ctx context.Context, e observe.Event) {
-	e.Ends = l.done.CompareAndSwap(false, true)
-	if e.Ends {
-		if end := l.hold.Load(); end != nil {
-			(*end)(ctx, e)
-			return
-		}
+	if l.done.CompareAndSwap(false, true) {
+		l.emitEnded(ctx, e)
+		return
 	}
 	l.scope_.Emit(ctx, l.inner.Key(), e)
+}
+
+// emitEnded reports e as the event that ends the holding; the caller set
+// l.done.
+func (l *observedLease) emitEnded(ctx context.Context, e observe.Event) {
+	e.Ends = true
+	if end := l.hold.Load(); end != nil {
+		(*end)(ctx, e)
+		return
+	}
+	l.scope_.Emit(ctx, l.inner.Key(), e)
+}
+
+// ReportLoss tells the observer of lease, a lease taken from a Locker made
+// by [Observe], that its holding is over without a Release or Complete and
+// outside [KeepAlive] (which reports the losses it finds itself): a
+// helper found the lease not held on a call of its own, or stops renewing
+// it and leaves it to expire. It reports an observe.KindLost event with
+// cause as its Err, ending the holding (to the end StartHold set up, if
+// any), unless the holding has ended already; for a lease that is not
+// observed it does nothing. The idempotency Guard and worker call it when
+// the renewal before storing a result finds the lease gone.
+func ReportLoss(ctx context.Context, lease Lease, cause error) {
+	ol, _ := unwrapLease(lease)
+	if ol == nil || !ol.done.CompareAndSwap(false, true) {
+		return
+	}
+	ol.emitEnded(ctx, observe.Event{
+		Kind: observe.KindLost, Outcome: observe.NotHeld, Token: ol.inner.Token(),
+		Hold: time.Since(ol.taken), Err: cause,
+	})
 }
 
 // StartHold tells the observer of lease, a lease taken from a Locker made

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
@@ -128,4 +129,58 @@ func serveHold(t *testing.T, g *idempotency.Guard, status int, panics bool) {
 		}
 	}()
 	h.ServeHTTP(httptest.NewRecorder(), r)
+}
+
+// plainStore is memlock as a Store whose leases do not report a deadline
+// (lock.Deadliner), so that the worker renews its lease before it stores
+// the result; it keeps the key it claimed last.
+type plainStore struct {
+	lock.Store
+	key string
+}
+
+// plainLease is a lease with nothing but the Lease methods.
+type plainLease struct{ lock.Lease }
+
+func (s *plainStore) Claim(ctx context.Context, key string, ttl time.Duration) (lock.Lease, []byte, error) {
+	le, rec, err := s.Store.Claim(ctx, key, ttl)
+	if le == nil {
+		return nil, rec, err
+	}
+	s.key = key
+	return plainLease{le}, rec, err
+}
+
+func (s *plainStore) Complete(ctx context.Context, le lock.Lease, rec []byte, retention time.Duration) error {
+	if p, ok := le.(plainLease); ok {
+		le = p.Lease
+	}
+	return s.Store.Complete(ctx, le, rec, retention)
+}
+
+// TestObservedHoldLostBeforeStore: the lease is gone when the work returns,
+// and the renewal before storing the result is what finds it. The holding
+// ends there, once, as a loss: no Release or Complete will end it.
+func TestObservedHoldLostBeforeStore(t *testing.T) {
+	ml := memlock.New()
+	st := &plainStore{Store: ml}
+	s := &holdScoper{}
+	g, err := idempotency.New(lock.ObserveStore(st, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = idempotency.Do(t.Context(), g, "k", func(ctx context.Context) (int, error) {
+		// An operator frees the key while the work runs.
+		if err := ml.ForceRelease(ctx, st.key); err != nil {
+			t.Error(err)
+		}
+		return 1, nil
+	})
+	if !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("Do: %v, want an error matching ErrNotHeld", err)
+	}
+	s.check(t)
+	if len(s.endKinds) == 1 && s.endKinds[0] != observe.KindLost {
+		t.Errorf("the holding ended with a %v event, want %v", s.endKinds[0], observe.KindLost)
+	}
 }

@@ -260,12 +260,18 @@ func (r *Runner) complete(ctx context.Context, k *lock.Keeper, rec []byte, tomb 
 			return nil
 		}
 		if errors.Is(last, lock.ErrNotHeld) {
+			lock.ReportLoss(ctx, st.lease, last)
 			return last
 		}
 		err = errors.Join(err, last)
 	}
 	switch {
-	case err == nil, errors.Is(err, lock.ErrNotHeld), errors.Is(last, lock.ErrClosed):
+	case err == nil:
+		return nil
+	case errors.Is(err, lock.ErrNotHeld), errors.Is(last, lock.ErrClosed):
+		// Found gone by a renewal (a Complete that found it so has
+		// reported the end already): the holding is over.
+		lock.ReportLoss(ctx, st.lease, err)
 		return err
 	case !errors.Is(last, lock.ErrInvalidArgument):
 		// The outcome is unknown and the work was done: keep the key in
@@ -313,6 +319,7 @@ func (r *Runner) finish(st *storing, rec []byte) {
 			why = fmt.Sprintf("Complete did not succeed for %d lease TTLs (%v): %v", finishFor, finishFor*r.cfg.leaseTTL, err)
 		}
 		r.logger().Error("idempotency: storing the result failed for good; a retry after the lease expires will run the work again", "reason", why)
+		lock.ReportLoss(context.Background(), st.lease, err) // left to expire
 	}
 }
 
@@ -345,6 +352,9 @@ func (r *Runner) storing(lease lock.Lease) *storing {
 
 // untilRenewal is the time until the next renewal is due.
 func (st *storing) untilRenewal() time.Duration {
+	if st.deadline.IsZero() {
+		return 0 // unknown (the lease is no lock.Deadliner): renew now
+	}
 	ttl := st.r.cfg.leaseTTL
 	return time.Until(st.deadline) - (ttl - ttl/3)
 }
