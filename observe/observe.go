@@ -459,16 +459,65 @@ func (s *Scope) StartHold(ctx context.Context, key string, e Event) (context.Con
 // matches (errors.Is, errors.As).
 func redact(err error, key string) error {
 	msg := err.Error()
-	out := msg
-	for _, k := range []string{key, strconv.Quote(key), key[:min(len(key), 64)]} {
-		if k != "" && k != `""` {
-			out = strings.ReplaceAll(out, k, "<key>")
-		}
-	}
+	out := redactKey(msg, key)
 	if out == msg {
 		return err
 	}
 	return &redacted{err: err, msg: out}
+}
+
+// redactKey replaces key in msg by "<key>", in one pass, so that no
+// replacement is replaced again: quoted (as the library's messages name
+// keys), whole, or cut to 64 bytes (as they name long keys). A key shorter
+// than 8 bytes is replaced only where it is not part of a longer word or
+// number, so that key "42" does not turn "status 429" into "status
+// <key>9"; a longer key is replaced wherever it appears.
+func redactKey(msg, key string) string {
+	if key == "" {
+		return msg
+	}
+	forms := []string{strconv.Quote(key), key}
+	if len(key) > 64 {
+		forms = append(forms, key[:64])
+	}
+	anywhere := len(key) >= 8
+	var b strings.Builder
+	changed := false
+	for i := 0; i < len(msg); {
+		matched := ""
+		for n, f := range forms {
+			if !strings.HasPrefix(msg[i:], f) {
+				continue
+			}
+			if n > 0 && !anywhere && (i > 0 && wordByte(msg[i-1]) || i+len(f) < len(msg) && wordByte(msg[i+len(f)])) {
+				continue
+			}
+			matched = f
+			break
+		}
+		if matched == "" {
+			if changed {
+				b.WriteByte(msg[i])
+			}
+			i++
+			continue
+		}
+		if !changed {
+			b.WriteString(msg[:i])
+			changed = true
+		}
+		b.WriteString("<key>")
+		i += len(matched)
+	}
+	if !changed {
+		return msg
+	}
+	return b.String()
+}
+
+// wordByte reports whether c is an ASCII letter or digit.
+func wordByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 }
 
 // redacted is an error whose message has its key taken out.
