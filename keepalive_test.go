@@ -64,7 +64,10 @@ func TestKeepAliveLosesAtLocalDeadline(t *testing.T) {
 	w := &wrapped{inner: memlock.New(), refresh: func(context.Context, lock.Lease, time.Duration) error {
 		return boom // transient errors are retried until the deadline
 	}}
-	ttl := 80 * time.Millisecond
+	// Retries come a twelfth of the TTL apart after the first refresh at a
+	// third: the two thirds left leave room for more than one attempt
+	// however late the first one is scheduled.
+	ttl := healthyTTL
 	start := time.Now()
 	k := keepAlive(t, w, ttl)
 	<-k.Context().Done()
