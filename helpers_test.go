@@ -6,7 +6,19 @@ import (
 	"time"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/conformance"
 )
+
+// slack is added to every upper bound on time these tests check, for
+// goroutine scheduling on a loaded machine under the race detector (the
+// conformance suite's bound, so that both agree on what "at once" means).
+const slack = conformance.SchedulingSlack
+
+// healthyTTL is the TTL of the tests whose lease must survive renewal:
+// KeepAlive refreshes at a third of it, and the two thirds left outlast the
+// scheduling slack twice over. A shorter TTL is lost for real (the
+// in-process table lets it expire) whenever a refresh is scheduled late.
+const healthyTTL = 3 * slack
 
 // wrapped hides a Locker's optional interfaces (so Acquire must poll) and
 // lets a test script what its leases' Refresh does.

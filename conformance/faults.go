@@ -283,9 +283,14 @@ type watched struct {
 	waiting  chan struct{} // closed when the waiter waits
 	giveUp   context.CancelFunc
 	lose     Faults       // with releases: loses the reply of the first attempt after the release
-	releases *atomic.Bool // set just before the holder releases
+	releases *atomic.Bool // set just before the holder releases, by beginRelease
 	lostSent time.Time    // when the attempt whose reply lose lost was sent
 	handed   bool         // with lose: that attempt sent no request (the key was handed to it)
+	// attempting is held by an attempt of a waiter with releases from its
+	// check of the flag until its answer came back, and by beginRelease
+	// while it sets the flag: an attempt sent before the flag was set is
+	// answered before the holder releases.
+	attempting sync.Mutex
 
 	mu         sync.Mutex
 	last, prev roundTrip // the latest TryAcquire and the one before it
@@ -310,12 +315,27 @@ func (w *watched) late(from time.Time, bound time.Duration) time.Duration {
 
 func (w *watched) markWaiting() { w.once.Do(func() { close(w.waiting) }) }
 
+// beginRelease sets the flag that the holder is about to release, once no
+// attempt of w is in flight (see attempting).
+func (w *watched) beginRelease() {
+	w.attempting.Lock()
+	w.releases.Store(true)
+	w.attempting.Unlock()
+}
+
 func (w *watched) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
 	return w.attempt(ctx, func() (lock.Lease, error) { return w.Locker.TryAcquire(ctx, key, ttl) })
 }
 
 // attempt runs one take of the waiter (a TryAcquire, or a queued Ticket's).
 func (w *watched) attempt(ctx context.Context, take func() (lock.Lease, error)) (lock.Lease, error) {
+	if w.releases != nil {
+		// Without this, an attempt that found the flag unset could reach
+		// the server after the release and take the key: neither the
+		// give-up nor the lost reply the clause is about would happen.
+		w.attempting.Lock()
+		defer w.attempting.Unlock()
+	}
 	if w.giveUp != nil && w.releases.Load() {
 		w.giveUp() // woken, and leaving without taking the key
 		return nil, ctx.Err()
@@ -504,7 +524,7 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool, fault headFault) {
 		c.startWaiter(ctxBC, &wg, p, w, key, results, "the "+who+" waiter")
 	}
 
-	releasing.Store(true)
+	first.beginRelease()
 	released := time.Now()
 	c.release(le)
 	err := <-gaveUp

@@ -122,14 +122,14 @@ func workOutlivesCaller(t *testing.T, g *idempotency.Guard, ttl time.Duration, k
 
 // Item 1, HTTP: the client's disconnect must not end renewal.
 func TestClientGoneHandlerOutlivesLease(t *testing.T) {
-	const ttl = 500 * time.Millisecond // short, yet no scheduling stall on a loaded machine outlasts it
+	const ttl = renewTTL
 	g, _ := newGuard(t, idempotency.WithLeaseTTL(ttl))
 	outlivesClient(t, g, ttl, "k")
 }
 
 // Item 1, workers: the caller's cancellation must not end renewal.
 func TestDoCallerCancelledWorkOutlivesLease(t *testing.T) {
-	const ttl = 500 * time.Millisecond
+	const ttl = renewTTL
 	g, _ := newGuard(t, idempotency.WithLeaseTTL(ttl))
 	workOutlivesCaller(t, g, ttl, "k")
 }
@@ -539,7 +539,7 @@ func TestDoPermanentErrorIsOnReplay(t *testing.T) {
 // Its 503 answers the client; the handler goes on under the lease, and
 // the retry gets 409 until it is done, then its response.
 func TestTimeoutHandlerOutsideGuard(t *testing.T) {
-	const ttl = 500 * time.Millisecond
+	const ttl = renewTTL
 	g, _ := newGuard(t, idempotency.WithLeaseTTL(ttl))
 	var runs atomic.Int64
 	started, proceed := make(chan struct{}), make(chan struct{})

@@ -50,8 +50,9 @@ func TestReviewLeaseExpiresDuringCompleteRetries(t *testing.T) {
 		ttl, timeout time.Duration
 		work         time.Duration // how long fn runs
 	}{
-		// As WithLeaseTTL(4*time.Second) with the default 5 s store timeout.
-		{"store timeout longer than the lease TTL", 400 * time.Millisecond, 500 * time.Millisecond, 0},
+		// As WithLeaseTTL(4*time.Second) with the default 5 s store timeout
+		// (a TTL whose renewals a late wake-up cannot outrun).
+		{"store timeout longer than the lease TTL", renewTTL, renewTTL * 5 / 4, 0},
 		// As WithLeaseTTL(6*time.Second) with the default 5 s store
 		// timeout, fn ending shortly before the Keeper's first renewal
 		// (due at a third of the TTL): the lease has 0.9 TTL left when

@@ -208,6 +208,11 @@ func (s pollStore) Complete(ctx context.Context, le lock.Lease, rec []byte, ret 
 	return s.l.Complete(ctx, le, rec, ret)
 }
 
+// renewTTL is the lease TTL of the tests whose lease must be renewed
+// through the work on a loaded machine under -race: the Keeper renews at a
+// third of it, and the two thirds left outlast a late refresh twice over.
+const renewTTL = 3 * conformance.SchedulingSlack
+
 // lostTTL is the lease TTL of the tests on a losingStore: its keeper's
 // first refresh, due at a third of it, finds the lease lost; the other
 // two thirds are slack for the scheduler of a loaded machine under -race,

@@ -205,7 +205,7 @@ type wireConn struct {
 	startup bool // the next message is the untyped startup message
 	partial int  // bytes of the current message still to come in later writes
 	hdr     []byte
-	drop    bool        // LoseNextReply: read and discard up to ReadyForQuery, then fail
+	drop    atomic.Bool // LoseNextReply: read and discard up to ReadyForQuery, then fail (set by Write, read by pgx's background reader too)
 	listen  atomic.Bool // the connection sent LISTEN: HoldNotifications holds its reads
 }
 
@@ -235,7 +235,7 @@ func (c *wireConn) Write(p []byte) (int, error) {
 			}
 			return len(p), nil
 		case testenv.LoseReply:
-			c.drop = true
+			c.drop.Store(true)
 		}
 	}
 	return c.Conn.Write(p)
@@ -273,7 +273,7 @@ func (c *wireConn) scan(p []byte, fn func(byte)) {
 }
 
 func (c *wireConn) Read(p []byte) (int, error) {
-	if !c.drop {
+	if !c.drop.Load() {
 		n, err := c.Conn.Read(p)
 		if held := c.w.held.Load(); held != nil && c.listen.Load() {
 			<-*held
@@ -283,7 +283,7 @@ func (c *wireConn) Read(p []byte) (int, error) {
 	// The request was sent: wait for the server's whole answer (it ends
 	// with ReadyForQuery, after the commit), throw it away and break the
 	// connection, as a network that failed at that moment would.
-	c.drop = false
+	c.drop.Store(false)
 	var hdr [5]byte
 	for {
 		if _, err := io.ReadFull(c.Conn, hdr[:]); err != nil {

@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -162,4 +163,26 @@ func LoseReleaseReply(t *testing.T, a lock.Locker, faults *FaultSwitch, b lock.L
 	if err := next.Refresh(ctx, ttl); err != nil {
 		t.Errorf("the new holder after the stale lease's calls: %v, want it untouched", err)
 	}
+}
+
+// ProbeBefore is one TryAcquire of key on l, which another lease holds
+// until at least until: a probe answered before until must be refused. A
+// probe answered later proves nothing (a loaded machine may have sent it
+// late): if it took the key, ProbeBefore releases it and returns how long
+// after until it was answered, for the caller to report as inconclusive.
+// err describes a probe that took the key too early or failed otherwise.
+func ProbeBefore(ctx context.Context, l lock.Locker, key string, until time.Time) (late time.Duration, err error) {
+	le, err := l.TryAcquire(ctx, key, time.Minute)
+	answered := time.Now()
+	if err == nil {
+		_ = le.Release(context.WithoutCancel(ctx))
+		if answered.Before(until) {
+			return 0, fmt.Errorf("TryAcquire(%q) succeeded %v before the holder's TTL could have run out", key, until.Sub(answered))
+		}
+		return answered.Sub(until), nil
+	}
+	if !errors.Is(err, lock.ErrNotAcquired) {
+		return 0, fmt.Errorf("TryAcquire(%q) on a held key: got %v, want an error matching ErrNotAcquired", key, err)
+	}
+	return 0, nil
 }

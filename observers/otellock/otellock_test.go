@@ -170,6 +170,7 @@ func testBackend(t *testing.T, l lock.Locker, admin lock.Admin, backend string) 
 		t.Errorf("lock.leases.active %d while one lease is held, want 1", n)
 	}
 	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	deadline, _ := short.Deadline()
 	_, err = lock.Acquire(short, ol, "orders:2", 5*time.Second)
 	cancel()
 	if !errors.Is(err, lock.ErrNotAcquired) {
@@ -187,10 +188,11 @@ func testBackend(t *testing.T, l lock.Locker, admin lock.Admin, backend string) 
 	if waited.Status().Code != codes.Error || len(waited.Events()) == 0 || waited.Events()[0].Name != "lock.wait" {
 		t.Errorf("acquire span that waited and gave up: status %v, events %v; want an error and a lock.wait event", waited.Status(), waited.Events())
 	}
-	// The context's 100ms started just before Acquire did; the span covers
-	// that wait, not only an attempt.
-	if d := waited.EndTime().Sub(waited.StartTime()); d < 80*time.Millisecond {
-		t.Errorf("acquire span lasts %v, want about the 100ms wait", d)
+	// The span covers the wait until the context's end, not only an
+	// attempt. (Not judged by its length: a loaded machine may start
+	// Acquire well into the context's 100ms.)
+	if end := waited.EndTime(); end.Before(deadline) {
+		t.Errorf("acquire span ends %v before the context's deadline, want it to cover the wait until then", deadline.Sub(end))
 	}
 
 	// A loss while kept alive, and a refresh that finds the lease gone.
