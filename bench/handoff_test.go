@@ -67,3 +67,40 @@ func (c *takesOnce) Lock(ctx context.Context, key string) (Held, error) {
 	<-ctx.Done()
 	return nil, ctx.Err()
 }
+
+// A Scaling window spans at least WindowPeriods of the backend's
+// Background period, however few hand-offs go test asks for, and reports
+// how many it measured; without a Background period it measures exactly
+// b.N. The memory backend hands off in about HoldTime, so 3 hand-offs
+// take a few milliseconds, far less than the window.
+func TestScalingWindowSpansBackground(t *testing.T) {
+	bt := flag.Lookup("test.benchtime")
+	old := bt.Value.String()
+	if err := flag.Set("test.benchtime", "3x"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = flag.Set("test.benchtime", old) }()
+
+	mem := memoryBackend()
+	idem := mem.Libs[0]
+	r := testing.Benchmark(func(b *testing.B) {
+		Scaling(b, mem, idem, Env{}, "no-background/", ScalingClients)
+	})
+	if r.N != 3 || r.Extra["handoffs"] != 3 {
+		t.Fatalf("without a background period: N=%d, %v; want N=3 and 3 hand-offs", r.N, r.Extra)
+	}
+
+	mem.Background = 100 * time.Millisecond
+	window := WindowPeriods * mem.Background
+	r = testing.Benchmark(func(b *testing.B) {
+		Scaling(b, mem, idem, Env{}, "background/", ScalingClients)
+	})
+	// Each hand-off takes at least HoldTime: a window of at least
+	// window has at most window/HoldTime of them, and more than 3.
+	if n := r.Extra["handoffs"]; r.N != 3 || n <= 3 || n > float64(window/HoldTime)+1 {
+		t.Fatalf("with a background period of %v: N=%d, %v; want N=3 and between 4 and %d hand-offs", mem.Background, r.N, r.Extra, window/HoldTime+1)
+	}
+	if r.T < window {
+		t.Fatalf("with a background period of %v the run took %v, less than its window of %v", mem.Background, r.T, window)
+	}
+}
