@@ -16,12 +16,7 @@ import (
 func TestHandoffFailsWhenWarmUpNeverEnds(t *testing.T) {
 	defer func(d time.Duration) { handoffTimeout = d }(handoffTimeout)
 	handoffTimeout = 2 * time.Second
-	bt := flag.Lookup("test.benchtime")
-	old := bt.Value.String()
-	if err := flag.Set("test.benchtime", "3x"); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = flag.Set("test.benchtime", old) }()
+	benchtime(t, "3x")
 
 	mem := memoryBackend()
 	idem := mem.Libs[0]
@@ -74,12 +69,7 @@ func (c *takesOnce) Lock(ctx context.Context, key string) (Held, error) {
 // b.N. The memory backend hands off in about HoldTime, so 3 hand-offs
 // take a few milliseconds, far less than the window.
 func TestScalingWindowSpansBackground(t *testing.T) {
-	bt := flag.Lookup("test.benchtime")
-	old := bt.Value.String()
-	if err := flag.Set("test.benchtime", "3x"); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = flag.Set("test.benchtime", old) }()
+	benchtime(t, "3x")
 
 	mem := memoryBackend()
 	idem := mem.Libs[0]
@@ -103,4 +93,14 @@ func TestScalingWindowSpansBackground(t *testing.T) {
 	if r.T < window {
 		t.Fatalf("with a background period of %v the run took %v, less than its window of %v", mem.Background, r.T, window)
 	}
+}
+
+// benchtime sets -test.benchtime for the benchmarks t runs with
+// testing.Benchmark, until t ends.
+func benchtime(t *testing.T, v string) {
+	old := flag.Lookup("test.benchtime").Value.String()
+	if err := flag.Set("test.benchtime", v); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = flag.Set("test.benchtime", old) })
 }
