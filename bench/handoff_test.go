@@ -33,12 +33,12 @@ func TestHandoffFailsWhenWarmUpNeverEnds(t *testing.T) {
 		}
 	}}
 	// The same run with every client served is reported, after at least
-	// one unmeasured hand-off per client.
+	// one unmeasured hand-off per client and MinWarmUp in all.
 	r := testing.Benchmark(func(b *testing.B) {
 		Scaling(b, mem, idem, Env{}, "served/", ScalingClients)
 	})
-	if r.N != 3 || r.Extra["warmup-handoffs"] < ScalingClients {
-		t.Fatalf("a run with every client served: N=%d, %v; want N=3 and at least %d warm-up hand-offs", r.N, r.Extra, ScalingClients)
+	if r.N != 3 || r.Extra["warmup-handoffs"] < MinWarmUp {
+		t.Fatalf("a run with every client served: N=%d, %v; want N=3 and at least %d warm-up hand-offs", r.N, r.Extra, MinWarmUp)
 	}
 	r = testing.Benchmark(func(b *testing.B) {
 		Scaling(b, mem, starves, Env{}, "starved/", ScalingClients)

@@ -279,7 +279,7 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 				switch {
 				case idx == 0 && (!quiet || calibration):
 					first = 0
-				case idx > 0 && first < 0 && warmup.took(i%nclients):
+				case idx > 0 && first < 0 && warmup.took(i%nclients) && idx >= MinWarmUp:
 					first = idx // every client took since the quiescence
 				}
 				m := idx - first // the measured holding's index, if first >= 0
@@ -411,6 +411,17 @@ const (
 	QuietWindows = 3
 	// MaxQuiesce is the longest the first holder waits for quiet.
 	MaxQuiesce = 5 * time.Second
+	// MinWarmUp is the fewest unmeasured hand-offs after the quiescence,
+	// whoever took them, so that every library's window starts as deep
+	// into the run: after the 8 hand-offs in which every client of a
+	// queued PostgreSQL key takes it once, its hand-offs still took about
+	// twice their steady time (medians over 8-waiter runs on a loaded
+	// machine: 3.6 ms over hand-offs 1-8, 3.0 ms over 9-20, 1.9 ms over
+	// 21-40, 1.5 ms after; flat with plan_cache_mode=force_generic_plan,
+	// so mostly the server planning the statements afresh), and the
+	// Scaling window measured it colder than unqueued waiting, whose
+	// random order makes the warm-up last 20 to 40 hand-offs.
+	MinWarmUp = 40
 	// WindowPeriods is how many of the backend's Background periods a
 	// Scaling window spans at least: with two, a window that starts just
 	// after every client's renewal counts at least half of the renewals
@@ -455,7 +466,8 @@ func quiesce(b *testing.B, ctx context.Context, load Meter, nclients int) bool {
 // client's first take renews it in line), so the hand-offs after it are
 // measured. With 8 clients that is at least 8 hand-offs; with waiters
 // served in arrival order (queued) little more, with waiters woken at
-// random some 22 on average (every client's turn comes at random).
+// random some 22 on average (every client's turn comes at random). The
+// warm-up also lasts MinWarmUp hand-offs at least.
 type warmUp struct {
 	seen []bool // by client: took the key since the quiescence
 	n    int    // clients that took
