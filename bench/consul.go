@@ -62,8 +62,9 @@ func consulBackend() Backend {
 				Setup: consulSetup(func(c *api.Client) (Client, func()) { return consulLockClient{c}, func() {} }),
 			},
 		},
-		Meter: newConsulMeter,
-		Load:  newConsulLoad,
+		Meter:      newConsulMeter,
+		Load:       newConsulLoad,
+		Background: 250 * time.Millisecond, // consullock's idle-session renewals at TTL (30 s)
 	}
 }
 

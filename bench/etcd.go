@@ -70,8 +70,9 @@ func etcdBackend() Backend {
 				}),
 			},
 		},
-		Meter: newEtcdMeter,
-		Load:  newEtcdMeter,
+		Meter:      newEtcdMeter,
+		Load:       newEtcdMeter,
+		Background: time.Second, // etcdlock's default TTL slack
 	}
 }
 

@@ -16,12 +16,7 @@ import (
 func TestHandoffFailsWhenWarmUpNeverEnds(t *testing.T) {
 	defer func(d time.Duration) { handoffTimeout = d }(handoffTimeout)
 	handoffTimeout = 2 * time.Second
-	bt := flag.Lookup("test.benchtime")
-	old := bt.Value.String()
-	if err := flag.Set("test.benchtime", "3x"); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = flag.Set("test.benchtime", old) }()
+	benchtime(t, "3x")
 
 	mem := memoryBackend()
 	idem := mem.Libs[0]
@@ -38,12 +33,12 @@ func TestHandoffFailsWhenWarmUpNeverEnds(t *testing.T) {
 		}
 	}}
 	// The same run with every client served is reported, after at least
-	// one unmeasured hand-off per client.
+	// one unmeasured hand-off per client and MinWarmUp in all.
 	r := testing.Benchmark(func(b *testing.B) {
 		Scaling(b, mem, idem, Env{}, "served/", ScalingClients)
 	})
-	if r.N != 3 || r.Extra["warmup-handoffs"] < ScalingClients {
-		t.Fatalf("a run with every client served: N=%d, %v; want N=3 and at least %d warm-up hand-offs", r.N, r.Extra, ScalingClients)
+	if r.N != 3 || r.Extra["warmup-handoffs"] < MinWarmUp {
+		t.Fatalf("a run with every client served: N=%d, %v; want N=3 and at least %d warm-up hand-offs", r.N, r.Extra, MinWarmUp)
 	}
 	r = testing.Benchmark(func(b *testing.B) {
 		Scaling(b, mem, starves, Env{}, "starved/", ScalingClients)
@@ -66,4 +61,46 @@ func (c *takesOnce) Lock(ctx context.Context, key string) (Held, error) {
 	}
 	<-ctx.Done()
 	return nil, ctx.Err()
+}
+
+// A Scaling window spans at least WindowPeriods of the backend's
+// Background period, however few hand-offs go test asks for, and reports
+// how many it measured; without a Background period it measures exactly
+// b.N. The memory backend hands off in about HoldTime, so 3 hand-offs
+// take a few milliseconds, far less than the window.
+func TestScalingWindowSpansBackground(t *testing.T) {
+	benchtime(t, "3x")
+
+	mem := memoryBackend()
+	idem := mem.Libs[0]
+	r := testing.Benchmark(func(b *testing.B) {
+		Scaling(b, mem, idem, Env{}, "no-background/", ScalingClients)
+	})
+	if r.N != 3 || r.Extra["handoffs"] != 3 {
+		t.Fatalf("without a background period: N=%d, %v; want N=3 and 3 hand-offs", r.N, r.Extra)
+	}
+
+	mem.Background = 100 * time.Millisecond
+	window := WindowPeriods * mem.Background
+	r = testing.Benchmark(func(b *testing.B) {
+		Scaling(b, mem, idem, Env{}, "background/", ScalingClients)
+	})
+	// Each hand-off takes at least HoldTime: a window of at least
+	// window has at most window/HoldTime of them, and more than 3.
+	if n := r.Extra["handoffs"]; r.N != 3 || n <= 3 || n > float64(window/HoldTime)+1 {
+		t.Fatalf("with a background period of %v: N=%d, %v; want N=3 and between 4 and %d hand-offs", mem.Background, r.N, r.Extra, window/HoldTime+1)
+	}
+	if r.T < window {
+		t.Fatalf("with a background period of %v the run took %v, less than its window of %v", mem.Background, r.T, window)
+	}
+}
+
+// benchtime sets -test.benchtime for the benchmarks t runs with
+// testing.Benchmark, until t ends.
+func benchtime(t *testing.T, v string) {
+	old := flag.Lookup("test.benchtime").Value.String()
+	if err := flag.Set("test.benchtime", v); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = flag.Set("test.benchtime", old) })
 }

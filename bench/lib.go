@@ -107,6 +107,14 @@ type Backend struct {
 	// Start (the Scaling workloads' quiescence reads it so). Nil for a
 	// backend without a server.
 	Load func(tb testing.TB, env Env) (Env, Meter)
+	// Background is the period of the requests this backend's libraries
+	// send by the clock while a key is hot, not per hand-off, whose count
+	// a Scaling window must not miss (etcd: 1 s, the TTL slack after which
+	// etcdlock's take renews its client's pooled lease; Consul: 250 ms,
+	// consullock's renewals of the idle sessions it pools at the bench's
+	// TTL); 0 when they send none. A Scaling window spans at least
+	// WindowPeriods of it (see handoff).
+	Background time.Duration
 	// ServerTime, when set, returns a function that reads the total time
 	// the server spent executing commands so far, in microseconds (Redis:
 	// INFO commandstats, where a script's time includes its commands').

@@ -35,8 +35,10 @@ func Scales(be Backend, lib Lib) bool {
 // steady state: the waiters' start-up, and the hand-offs until every
 // client has taken the key once after it, are not measured (see handoff).
 // It reports the same metrics as Handoff (ns/handoff-p50, ns/handoff-p99,
-// acq-cv, acq-min/max, req/handoff) and the unmeasured hand-offs
-// (warmup-handoffs).
+// acq-cv, acq-min/max, req/handoff), the unmeasured hand-offs
+// (warmup-handoffs) and the measured ones (handoffs: b.N, or more where
+// the window spans the backend's Background period; ns/op, B/op and
+// allocs/op stay per b.N and include the quiescence and the warm-up).
 func Scaling(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters int) {
 	handoff(b, be, lib, env, prefix, waiters, min(ScalingClients, waiters), true)
 }
