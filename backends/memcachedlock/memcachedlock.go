@@ -38,7 +38,10 @@
 // After a memcached restart every pooled connection fails once with EOF;
 // gets, add and incr, whose repetition is harmless, are retried on a fresh
 // connection, so a restart shows up as lost leases (lock.ErrNotHeld), not
-// as errors.
+// as errors, with one exception: a take whose retried add finds the key
+// taken again meanwhile by another client cannot tell that its first add
+// will never be applied, so it returns an error of unknown outcome (see
+// Guarantees and caveats), on which lock.Acquire stops instead of waiting.
 //
 // # Contexts
 //
