@@ -3,6 +3,7 @@ package memcachedlock_test
 import (
 	"io"
 	"net"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ import (
 // it does without the closed connection. A record is never displaced by an
 // add, so no take of this Claim can hold the key: its outcome is known.
 func TestClaimAddRetryFindsRecord(t *testing.T) {
-	key := testKey(t, "k")
+	key := testKey(t, strconv.FormatInt(time.Now().UnixNano(), 36)) // a record outlives a run: one key per run (-count)
 	done := newLocker(t)
 	le, _, err := done.Claim(t.Context(), key, time.Minute)
 	if err != nil || le == nil {
