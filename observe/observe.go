@@ -468,7 +468,8 @@ func redact(err error, key string) error {
 
 // redactKey replaces key in msg by "<key>", in one pass, so that no
 // replacement is replaced again: quoted (as the library's messages name
-// keys), whole, or cut to 64 bytes (as they name long keys). A key shorter
+// keys), whole, or cut to 64 bytes, raw or escaped as quoting escapes it
+// (as they name long keys: driver.DisplayKey with %q). A key shorter
 // than 8 bytes is replaced only where it is not part of a longer word or
 // number, so that key "42" does not turn "status 429" into "status
 // <key>9"; a longer key is replaced wherever it appears.
@@ -476,9 +477,21 @@ func redactKey(msg, key string) string {
 	if key == "" {
 		return msg
 	}
+	// Every form of a key that quoting leaves alone contains its first 64
+	// bytes: without them in msg there is nothing to replace (and nothing
+	// to allocate).
+	if cut := key[:min(len(key), 64)]; plain(cut) && !strings.Contains(msg, cut) {
+		return msg
+	}
 	forms := []string{strconv.Quote(key), key}
 	if len(key) > 64 {
-		forms = append(forms, key[:64])
+		cut := key[:64]
+		forms = append(forms, cut)
+		// Quoted, as %q names it, the cut may be escaped: a quote, a
+		// backslash, a control character, a character the cut split.
+		if q := strconv.Quote(cut); q[1:len(q)-1] != cut {
+			forms = append(forms, q[1:len(q)-1])
+		}
 	}
 	anywhere := len(key) >= 8
 	var b strings.Builder
@@ -513,6 +526,16 @@ func redactKey(msg, key string) string {
 		return msg
 	}
 	return b.String()
+}
+
+// plain reports whether s is printable ASCII that quoting leaves as it is.
+func plain(s string) bool {
+	for i := range len(s) {
+		if c := s[i]; c < ' ' || c > '~' || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // wordByte reports whether c is an ASCII letter or digit.

@@ -15,8 +15,9 @@
 //     the item exists), then `incr` of a fencing counter (see Fencing tokens),
 //     then `gets` of the item: if it no longer carries this lease's owner id
 //     (it vanished between the add and the incr, and perhaps another take
-//     added it again and drew a smaller token), the take is refused, so
-//     that token order always follows take order.
+//     added it again and drew a smaller token), the take hands out no
+//     lease, so that token order always follows take order, and reports
+//     an unknown outcome (see Guarantees and caveats).
 //   - Refresh: `gets` (the item must still carry this lease's owner id) then
 //     `cas` with the CAS id just read and the new expiry.
 //   - Release: `gets` then `cas` with an expiry in the past, which memcached
@@ -37,7 +38,10 @@
 // After a memcached restart every pooled connection fails once with EOF;
 // gets, add and incr, whose repetition is harmless, are retried on a fresh
 // connection, so a restart shows up as lost leases (lock.ErrNotHeld), not
-// as errors.
+// as errors, with one exception: a take whose retried add finds the key
+// taken again meanwhile by another client cannot tell that its first add
+// will never be applied, so it returns an error of unknown outcome (see
+// Guarantees and caveats), on which lock.Acquire stops instead of waiting.
 //
 // # Contexts
 //
@@ -112,7 +116,8 @@
 // slow network or a paused process; the item is given back), when its item
 // was gone or replaced at the check after the incr (it expired while the
 // process stood still, or was evicted), or when a retried add found the
-// key held by an item it could not recognise as its own. The torture
+// key held by a lock item it could not recognise as its own (a completed
+// record found then is a plain refusal: an add never displaces one). The torture
 // harness found these reported as "held by another lease" while only the
 // take's own item held the key, which no linearizable lock does.
 //
@@ -507,8 +512,8 @@ func (l *Locker) get(item string) (it *memcache.Item, err error) {
 // add stores a lock item if none exists. It is retried on a closed
 // connection (see retry); if a retry finds the item present, the item is
 // read back: it may be this very add, applied just before the connection
-// died. Any other finding is of unknown outcome (errTakeVoid or the read's
-// error), never memcache.ErrNotStored.
+// died. A completed record found gives memcache.ErrNotStored; any other
+// finding is of unknown outcome (errTakeVoid or the read's error).
 func (l *Locker) add(it *memcache.Item) error {
 	attempts := 0
 	err := l.retry(func() error {
@@ -522,11 +527,15 @@ func (l *Locker) add(it *memcache.Item) error {
 	// may have been applied, or may be yet (a server reads a request it
 	// had received after the client saw the connection close). Only
 	// finding its own item tells; anything else is of unknown outcome,
-	// never "held by another lease".
+	// never "held by another lease", except a completed record: an add
+	// never displaces one, so no add of this take holds the key, and a
+	// Claim returns the record as it would without the closed connection.
 	cur, gerr := l.get(it.Key)
 	switch {
 	case gerr == nil && bytes.Equal(cur.Value, it.Value):
 		return nil
+	case gerr == nil && len(cur.Value) > 0 && cur.Value[0] == kindRecord:
+		return memcache.ErrNotStored
 	case gerr == nil || errors.Is(gerr, memcache.ErrCacheMiss):
 		return fmt.Errorf("an add retried after its connection closed found the key held or gone, and the first may yet be applied: %w", errTakeVoid)
 	default:
