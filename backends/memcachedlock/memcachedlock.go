@@ -38,10 +38,8 @@
 // After a memcached restart every pooled connection fails once with EOF;
 // gets, add and incr, whose repetition is harmless, are retried on a fresh
 // connection, so a restart shows up as lost leases (lock.ErrNotHeld), not
-// as errors, with one exception: a take whose retried add finds the key
-// taken again meanwhile by another client cannot tell that its first add
-// will never be applied, so it returns an error of unknown outcome (see
-// Guarantees and caveats), on which lock.Acquire stops instead of waiting.
+// as errors; a take whose retried add finds the key taken again meanwhile
+// by another client is refused, so that lock.Acquire waits on.
 //
 // # Contexts
 //
@@ -115,19 +113,22 @@
 // lock.Acquire stops and says why: when its token came after the TTL (a
 // slow network or a paused process; the item is given back), when its item
 // was gone or replaced at the check after the incr (it expired while the
-// process stood still, or was evicted), or when a retried add found the
-// key held by a lock item it could not recognise as its own (a completed
-// record found then is a plain refusal: an add never displaces one). The torture
-// harness found these reported as "held by another lease" while only the
-// take's own item held the key, which no linearizable lock does.
+// process stood still, or was evicted), or when a retried add found an
+// item it could not read back. The torture harness found these reported as
+// "held by another lease" while only the take's own item held the key,
+// which no linearizable lock does.
 //
 // One case remains (no memcached request can be told apart from a later
-// copy of itself): a take whose add is retried after its connection reset,
-// and whose retry succeeds, holds the key as usual; if the first add
-// reaches the server only after that lease was released, its item holds
-// the key, owned by no lease, until its TTL ends. The retry is what lets
-// takes succeed at once after a server restart, when every pooled
-// connection is dead.
+// copy of itself): a take whose add is retried after its connection
+// closed cannot know whether its first add was applied, or will be. If the
+// retry succeeds, the take holds the key as usual; if it finds another
+// item, the take is refused (the key was held at that moment). Either way,
+// a first add that reaches the server only after the key is free again
+// makes an item that holds the key, owned by no lease, until its TTL ends.
+// The retry, and the refusal, are what let takes after a server restart,
+// when every pooled connection is dead, succeed or wait on rather than
+// fail: the client cannot tell a dead pooled connection from one reset
+// with the add in flight.
 //
 // # TTLs
 //
@@ -512,8 +513,9 @@ func (l *Locker) get(item string) (it *memcache.Item, err error) {
 // add stores a lock item if none exists. It is retried on a closed
 // connection (see retry); if a retry finds the item present, the item is
 // read back: it may be this very add, applied just before the connection
-// died. A completed record found gives memcache.ErrNotStored; any other
-// finding is of unknown outcome (errTakeVoid or the read's error).
+// died. Another item (a lease's or a completed record), or none any more,
+// gives memcache.ErrNotStored: the key was held when the retry was
+// refused. A read that fails is of unknown outcome.
 func (l *Locker) add(it *memcache.Item) error {
 	attempts := 0
 	err := l.retry(func() error {
@@ -525,19 +527,16 @@ func (l *Locker) add(it *memcache.Item) error {
 	}
 	// The first attempt's connection closed with the add in flight: it
 	// may have been applied, or may be yet (a server reads a request it
-	// had received after the client saw the connection close). Only
-	// finding its own item tells; anything else is of unknown outcome,
-	// never "held by another lease", except a completed record: an add
-	// never displaces one, so no add of this take holds the key, and a
-	// Claim returns the record as it would without the closed connection.
+	// had received after the client saw the connection close; see the
+	// package doc), or the connection was dead before it (a restarted
+	// server), which the client cannot tell apart. Finding its own item
+	// tells it was applied; anything else is a refusal, as the retry was.
 	cur, gerr := l.get(it.Key)
 	switch {
 	case gerr == nil && bytes.Equal(cur.Value, it.Value):
 		return nil
-	case gerr == nil && len(cur.Value) > 0 && cur.Value[0] == kindRecord:
-		return memcache.ErrNotStored
 	case gerr == nil || errors.Is(gerr, memcache.ErrCacheMiss):
-		return fmt.Errorf("an add retried after its connection closed found the key held or gone, and the first may yet be applied: %w", errTakeVoid)
+		return err
 	default:
 		return fmt.Errorf("an add retried after its connection closed found an item it could not read back: %w", gerr)
 	}

@@ -62,9 +62,10 @@ var known = []knownIssue{
 	},
 	{
 		check: CheckLinear, topology: "memcached", fault: "connection resets",
-		what: "memcachedlock: a take whose add is retried after its connection reset, and whose retry succeeds, holds the key as " +
-			"usual; if the first add reaches the server only after that lease was released, its item holds the key, owned by no " +
-			"lease, until its TTL ends, and takes are refused meanwhile (memcachedlock's package doc)",
+		what: "memcachedlock: a take whose add is retried after its connection reset cannot know whether its first add was " +
+			"applied, or will be; if that first add reaches the server only after the key is free again, its item holds the key, " +
+			"owned by no lease, until its TTL ends, and takes are refused meanwhile. The retry lets takes after a server restart " +
+			"succeed or wait on (memcachedlock's package doc)",
 	},
 }
 
