@@ -2,14 +2,10 @@ package memcachedlock_test
 
 import (
 	"io"
-	"net"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/idemlock/lock/backends/memcachedlock"
-	"github.com/idemlock/lock/internal/testenv"
 )
 
 // A Claim whose add meets a connection the server had closed (an idle
@@ -34,14 +30,7 @@ func TestClaimAddRetryFindsRecord(t *testing.T) {
 		}
 		return nil
 	}
-	c := newClientWith(t, testenv.MemcachedAddr(t), func(conn net.Conn) net.Conn {
-		return &scriptConn{Conn: conn, fail: fail}
-	})
-	l, err := memcachedlock.New(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
+	l := scriptedLocker(t, fail)
 	got, rec, err := l.Claim(t.Context(), key, time.Minute)
 	if adds.Load() < 2 {
 		t.Fatalf("the fault did not run: %d adds", adds.Load())

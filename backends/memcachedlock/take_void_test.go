@@ -125,6 +125,21 @@ func (c *scriptConn) Read(b []byte) (int, error) {
 	return 0, err
 }
 
+// scriptedLocker returns a Locker, closed at the end of t, whose
+// connections are scriptConns answering by fail.
+func scriptedLocker(t *testing.T, fail func(cmd string) error, opts ...memcachedlock.Option) *memcachedlock.Locker {
+	t.Helper()
+	c := newClientWith(t, testenv.MemcachedAddr(t), func(conn net.Conn) net.Conn {
+		return &scriptConn{Conn: conn, fail: fail}
+	})
+	l, err := memcachedlock.New(c, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
 // The add's reply was lost on a connection the server closed, so the take
 // sent it again; the retry found the item, and reading it back to tell
 // whose it is failed. The take must not report another lease's hold (the
@@ -141,14 +156,7 @@ func TestTakeAddRetryUnreadableIsUnknown(t *testing.T) {
 		}
 		return nil
 	}
-	c := newClientWith(t, testenv.MemcachedAddr(t), func(conn net.Conn) net.Conn {
-		return &scriptConn{Conn: conn, fail: fail}
-	})
-	a, err := memcachedlock.New(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Close() })
+	a := scriptedLocker(t, fail)
 	le, err := a.TryAcquire(t.Context(), key, time.Minute)
 	if adds.Load() < 2 || gets.Load() < 1 {
 		t.Fatalf("the faults did not run: %d adds, %d gets", adds.Load(), gets.Load())
@@ -196,14 +204,7 @@ func TestTakeAddRetryFindsOtherIsRefused(t *testing.T) {
 		}
 		return nil
 	}
-	c := newClientWith(t, testenv.MemcachedAddr(t), func(conn net.Conn) net.Conn {
-		return &scriptConn{Conn: conn, fail: fail}
-	})
-	a, err := memcachedlock.New(c, memcachedlock.WithPrefix(prefix))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Close() })
+	a := scriptedLocker(t, fail, memcachedlock.WithPrefix(prefix))
 	le, err := a.TryAcquire(t.Context(), key, time.Minute)
 	if held == nil {
 		t.Fatalf("the faults did not run: %d adds", adds.Load())
