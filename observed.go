@@ -439,10 +439,15 @@ func ReportLoss(ctx context.Context, lease Lease, cause error) {
 	if ol == nil || !ol.done.CompareAndSwap(false, true) {
 		return
 	}
-	ol.emitEnded(ctx, observe.Event{
-		Kind: observe.KindLost, Outcome: observe.NotHeld, Token: ol.inner.Token(),
-		Hold: time.Since(ol.taken), Err: cause,
-	})
+	ol.emitEnded(ctx, ol.lossEvent(cause))
+}
+
+// lossEvent is the event that reports the loss of l, for cause.
+func (l *observedLease) lossEvent(cause error) observe.Event {
+	return observe.Event{
+		Kind: observe.KindLost, Outcome: observe.NotHeld, Token: l.inner.Token(),
+		Hold: time.Since(l.taken), Err: cause,
+	}
 }
 
 // StartHold tells the observer of lease, a lease taken from a Locker made
@@ -521,10 +526,7 @@ func observeLoss(k *Keeper, cause error) {
 	if ol == nil {
 		return
 	}
-	ol.emitEnd(k.ctx, observe.Event{
-		Kind: observe.KindLost, Outcome: observe.NotHeld, Token: ol.inner.Token(),
-		Hold: time.Since(ol.taken), Err: cause,
-	})
+	ol.emitEnd(k.ctx, ol.lossEvent(cause))
 }
 
 // Queue calls the observed Locker's [Queuer.Queue], or reports that it has
