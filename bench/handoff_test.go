@@ -14,8 +14,6 @@ import (
 // and warmup-handoffs -1 as a result. Regression test: on main (d81af2c)
 // testing.Benchmark returned N=3 with ns/handoff-p50 0.
 func TestHandoffFailsWhenWarmUpNeverEnds(t *testing.T) {
-	defer func(d time.Duration) { handoffTimeout = d }(handoffTimeout)
-	handoffTimeout = 2 * time.Second
 	benchtime(t, "3x")
 
 	mem := memoryBackend()
@@ -35,13 +33,13 @@ func TestHandoffFailsWhenWarmUpNeverEnds(t *testing.T) {
 	// The same run with every client served is reported, after at least
 	// one unmeasured hand-off per client and MinWarmUp in all.
 	r := testing.Benchmark(func(b *testing.B) {
-		Scaling(b, mem, idem, Env{}, "served/", ScalingClients)
+		Scaling(b, mem, idem, Env{HandoffTimeout: 2 * time.Second}, "served/", ScalingClients)
 	})
 	if r.N != 3 || r.Extra["warmup-handoffs"] < MinWarmUp {
 		t.Fatalf("a run with every client served: N=%d, %v; want N=3 and at least %d warm-up hand-offs", r.N, r.Extra, MinWarmUp)
 	}
 	r = testing.Benchmark(func(b *testing.B) {
-		Scaling(b, mem, starves, Env{}, "starved/", ScalingClients)
+		Scaling(b, mem, starves, Env{HandoffTimeout: 2 * time.Second}, "starved/", ScalingClients)
 	})
 	if r.N != 0 {
 		t.Fatalf("a run that never finished its warm-up was reported: N=%d, %v", r.N, r.Extra)

@@ -145,6 +145,9 @@ type Env struct {
 	// PostgresDial, when set, dials every PostgreSQL connection (to count
 	// requests).
 	PostgresDial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// HandoffTimeout bounds one Handoff or Scaling run; zero means
+	// DefaultHandoffTimeout.
+	HandoffTimeout time.Duration
 }
 
 // Counts are request counts by name; see [Meter].

@@ -156,7 +156,11 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 		settle = time.Duration(waiters) * time.Millisecond
 	}
 	quiet = quiet || settle > 0
-	ctx, cancel := context.WithTimeout(context.Background(), handoffTimeout)
+	timeout := env.HandoffTimeout
+	if timeout <= 0 {
+		timeout = DefaultHandoffTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	// Each shared client first takes and releases WarmConns keys at once,
 	// so that every connection of its pool has run the take and the
@@ -348,7 +352,7 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 		// (with the warm-up unfinished, before its first): its figures
 		// would not be those of the window asked for.
 		b.Fatalf("hand-off: the run timed out after %v with %d of at least %d measured holdings; %d of %d clients took the key after the quiescence (the warm-up ends when all have)",
-			handoffTimeout, len(hist), b.N+1, warmup.n, nclients)
+			timeout, len(hist), b.N+1, warmup.n, nclients)
 	}
 	n := len(hist) - 1 // measured hand-offs
 	if quiet {
@@ -604,6 +608,6 @@ func breakdown(counts Counts, n float64) string {
 	return strings.Join(parts, " ")
 }
 
-// handoffTimeout bounds one hand-off run (a variable so that a test can
-// shorten it).
-var handoffTimeout = 10 * time.Minute
+// DefaultHandoffTimeout bounds one hand-off run unless its Env says
+// otherwise (Env.HandoffTimeout).
+const DefaultHandoffTimeout = 10 * time.Minute
