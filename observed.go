@@ -297,6 +297,9 @@ type observedLease struct {
 	// it is handed the event with Ends instead of the observer. Nil when
 	// nothing started one.
 	hold atomic.Pointer[func(context.Context, observe.Event)]
+	// started is set by the first StartHold, before it calls the observer,
+	// so that a concurrent second one starts nothing.
+	started atomic.Bool
 }
 
 type (
@@ -465,11 +468,12 @@ func (l *observedLease) lossEvent(cause error) observe.Event {
 // Complete or at its loss ([KeepAlive] reports it), whichever comes
 // first, as it always does. For a lease that is not observed, whose
 // observer is not a HoldScoper, that has ended already or for which
-// StartHold was called before, it returns ctx and does nothing else (one
+// StartHold was called before (or is being called concurrently: only one
+// call starts a holding), it returns ctx and does nothing else (one
 // type switch, no allocation, when not observed).
 func StartHold(ctx context.Context, lease Lease) context.Context {
 	ol, _ := unwrapLease(lease)
-	if ol == nil || ol.done.Load() || ol.hold.Load() != nil {
+	if ol == nil || ol.done.Load() || !ol.started.CompareAndSwap(false, true) {
 		return ctx
 	}
 	hctx, end := ol.scope_.StartHold(ctx, ol.inner.Key(), observe.Event{

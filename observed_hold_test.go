@@ -447,3 +447,56 @@ func TestMultiHoldScoper(t *testing.T) {
 		t.Errorf("calls %s, want %s", got, want)
 	}
 }
+
+// gatedScoper is a scoper whose first StartHold call signals entered and
+// then waits, inside the observer, until unblock is closed.
+type gatedScoper struct {
+	*scoper
+	once             sync.Once
+	entered, unblock chan struct{}
+}
+
+func (g *gatedScoper) StartHold(ctx context.Context, e observe.Event) (context.Context, func(context.Context, observe.Event)) {
+	first := false
+	g.once.Do(func() { first = true })
+	if first {
+		close(g.entered)
+		<-g.unblock
+	}
+	return g.scoper.StartHold(ctx, e)
+}
+
+// TestStartHoldConcurrentStartsOne: of two StartHold calls on one lease
+// at once, only one starts a holding; the other returns its context
+// unchanged instead of starting a second one that nothing would end.
+// Regression test: the check that StartHold had not run before read the
+// end the first call stores only after the observer returned, so a second
+// call made meanwhile started a second holding (an OpenTelemetry span
+// never ended).
+func TestStartHoldConcurrentStartsOne(t *testing.T) {
+	ctx := t.Context()
+	g := &gatedScoper{scoper: newScoper("s", nil), entered: make(chan struct{}), unblock: make(chan struct{})}
+	l := lock.Observe(memlock.New(), g)
+	le, err := l.TryAcquire(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan context.Context, 1)
+	go func() { first <- lock.StartHold(ctx, le) }()
+	<-g.entered // the first call is inside the observer
+	second := lock.StartHold(ctx, le)
+	close(g.unblock)
+	hctx := <-first
+	if second != ctx {
+		t.Error("a StartHold made while another was starting the holding returned another context")
+	}
+	if hctx.Value(holdKey{"s"}) != le.Token() {
+		t.Error("the first StartHold did not return the scoper's context")
+	}
+	if err := le.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if starts, ends := g.calls(); len(starts) != 1 || len(ends) != 1 {
+		t.Errorf("%d holdings started, %d ended: want one each", len(starts), len(ends))
+	}
+}
