@@ -9,6 +9,7 @@ import (
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/etcdlock"
+	"github.com/idemlock/lock/conformance"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -372,7 +373,7 @@ func TestHandoff(t *testing.T) {
 			if r.err != nil {
 				t.Fatalf("round %d: Acquire and release: %v", round, r.err)
 			}
-			if d := r.at.Sub(released); d > 250*time.Millisecond {
+			if d := r.at.Sub(released); d > conformance.SchedulingSlack {
 				t.Errorf("round %d: the waiter took the key %v after the release", round, d)
 			}
 		case <-time.After(10 * time.Second):
@@ -422,7 +423,7 @@ func TestExpiryWakesWaiter(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no deletion event seen by the test's own watch")
 	}
-	if d := took.Sub(del); d > 250*time.Millisecond {
+	if d := took.Sub(del); d > conformance.SchedulingSlack {
 		t.Errorf("the waiter took the key %v after etcd deleted it", d)
 	}
 	// Attempts: the first, the one after subscribing, at most one when the
