@@ -56,15 +56,19 @@ type Keeper struct {
 // [Keeper] whose Context is cancelled the moment the lease is lost:
 //
 //   - a refresh returns [ErrNotHeld];
-//   - the lease's local deadline passes without a successful refresh (the
+//   - the lease's local deadline comes without a successful refresh (the
 //     deadline is measured on the monotonic clock from before each request
-//     was sent, so it never outlasts the server's TTL);
+//     was sent, so it never outlasts the server's TTL; the context ends a
+//     margin before it, 1% of the TTL plus 2 ms and at most a tenth of the
+//     TTL, so that a timer fired late on a loaded machine, and the holder's
+//     reaction to the cancellation, still come before the server could
+//     hand the key on);
 //   - the lease implements [LossNotifier] and reports a loss;
 //   - the cap set with [WithMaxHold] is reached (renewal stops there).
 //
-// A lease already past its deadline (an Acquire whose reply came late) or
-// already reported lost gives a Keeper whose Context is cancelled before
-// KeepAlive returns. context.Cause of the Keeper's context says which.
+// A lease already within the margin of its deadline (an Acquire whose
+// reply came late) or already reported lost gives a Keeper whose Context
+// is cancelled before KeepAlive returns. context.Cause of the Keeper's context says which.
 // Transient refresh errors are retried until the deadline. The caller must
 // call [Keeper.Stop] or [Keeper.Release]; once either returns, no refresh is
 // running or will start.
@@ -100,8 +104,9 @@ func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, o options) (
 	if every == 0 {
 		every = ttl / 3
 	}
-	if every <= 0 || every >= ttl {
-		return nil, fmt.Errorf("%w: refresh interval %v must be positive and shorter than the TTL %v", ErrInvalidArgument, every, ttl)
+	margin := lossMargin(ttl)
+	if every <= 0 || every >= ttl-margin {
+		return nil, fmt.Errorf("%w: refresh interval %v must be positive and shorter than the TTL %v less its loss margin %v", ErrInvalidArgument, every, ttl, margin)
 	}
 
 	start := time.Now()
@@ -126,7 +131,7 @@ func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, o options) (
 	// came late) or already reported lost is lost before KeepAlive returns,
 	// never a moment later: a caller that checks Context().Err() at once
 	// must not see a live context for it.
-	if !time.Now().Before(deadline) {
+	if !time.Now().Before(deadline.Add(-margin)) {
 		k.lose(lostError(lease.Key(), "its deadline had passed when KeepAlive was called", nil))
 	} else if ln, ok := lease.(LossNotifier); ok {
 		select {
@@ -141,9 +146,9 @@ func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, o options) (
 	// out.
 	first := min(every, max(0, time.Until(deadline)-(ttl-every)))
 	if _, ok := lease.(LossNotifier); ok && !o.deferred {
-		go k.run(deadline, ttl, every, first)
+		go k.run(deadline, ttl, margin, every, first)
 	} else {
-		k.start = time.AfterFunc(first, func() { k.run(deadline, ttl, every, 0) })
+		k.start = time.AfterFunc(first, func() { k.run(deadline, ttl, margin, every, 0) })
 	}
 	return k, nil
 }
@@ -264,17 +269,30 @@ func (k *Keeper) Release(ctx context.Context) error {
 	return k.lease.Release(ctx)
 }
 
+// lossMargin is how long before a lease's deadline a Keeper declares it
+// lost: 1% of the TTL plus 2 ms (the clock-drift allowance of Redis's
+// Redlock algorithm), at most a tenth of the TTL. The deadline is the
+// earliest moment the server could expire the lease and hand the key on;
+// cancelling the context at that very moment would leave no time for a
+// late timer (a loaded machine fires timers milliseconds late) nor for the
+// holder to see the cancellation. The torture harness caught it: at load
+// 29 on 2 cores a Redis holder's context ended 4.7 ms after another
+// worker had taken the key.
+func lossMargin(ttl time.Duration) time.Duration {
+	return min(ttl/100+2*time.Millisecond, ttl/10)
+}
+
 // run renews the lease until it is lost or the Keeper's context ends; the
 // first refresh is due after first.
-func (k *Keeper) run(deadline time.Time, ttl, every, first time.Duration) {
+func (k *Keeper) run(deadline time.Time, ttl, margin, every, first time.Duration) {
 	defer k.running.Done()
 	if k.halted() {
 		return
 	}
 	key := k.lease.Key()
-	// The loss timer cancels the context at the deadline even while a
-	// refresh is in flight.
-	loss := time.AfterFunc(time.Until(deadline), func() {
+	// The loss timer cancels the context margin before the deadline, even
+	// while a refresh is in flight.
+	loss := time.AfterFunc(time.Until(deadline)-margin, func() {
 		k.mu.Lock()
 		last := k.lastErr
 		k.mu.Unlock()
@@ -321,7 +339,7 @@ func (k *Keeper) run(deadline time.Time, ttl, every, first time.Duration) {
 			if !loss.Stop() {
 				return // the deadline passed while the refresh was in flight
 			}
-			loss.Reset(time.Until(deadline))
+			loss.Reset(time.Until(deadline) - margin)
 			next.Reset(every)
 		case errors.Is(err, ErrNotHeld):
 			k.lose(lostError(key, "refresh failed", err))

@@ -102,7 +102,8 @@ func WithTTL(ttl time.Duration) DoOption {
 
 // WithRefreshInterval sets how often [KeepAlive] (and so [Do]) renews a
 // lease (default: a third of its TTL, so two refreshes may fail before it is
-// lost). It must be positive and shorter than the TTL.
+// lost). It must be positive and shorter than the TTL less the loss margin
+// (1% of the TTL plus 2 ms; see [KeepAlive]).
 func WithRefreshInterval(d time.Duration) RenewalOption {
 	return func(o *options) {
 		if d <= 0 {
