@@ -30,8 +30,12 @@ func init() {
 
 // locker returns c as the suite sees it: a lock.Queuer without a flaw and
 // with the queue flaws, so that the whole suite runs queued waiting too;
-// otherwise the plain client, whose waiting the other flaws break.
+// a poller with takeWaits; otherwise the plain client, whose waiting the
+// other flaws break.
 func (s *brokenServer) locker(c *brokenClient) lock.Locker {
+	if s.flaw == takeWaits {
+		return pollingClient{c}
+	}
 	if s.flaw == "none" || strings.HasPrefix(s.flaw, "queue-") {
 		return queuedClient{c}
 	}

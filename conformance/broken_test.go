@@ -181,6 +181,12 @@ type brokenServer struct {
 	tombstone map[string]uint64 // token of the last release per key (retried-release-inconsistent)
 	waiters   map[string][]*brokenSub
 	refusals  map[string]int // per-key refusals (late-answers)
+	// takeWaits: a broadcast when a key is released, a take starts
+	// waiting or the server closes; per-key counts of the takes waiting
+	// and of the clients refused twice.
+	cond           *sync.Cond
+	closed         bool
+	blocked, twice map[string]int
 }
 
 // rtt is the simulated round trip between the requests of a flawed
@@ -192,16 +198,25 @@ func newBrokenServer(t *testing.T, flaw string) *brokenServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = ln.Close() })
 	step := time.Millisecond
 	if flaw == "ttl-rounds-down" {
 		step = 100 * time.Millisecond
 	}
-	return &brokenServer{
+	s := &brokenServer{
 		flaw: flaw, step: step, ln: ln,
 		held: map[string]*brokenLease{}, perKey: map[string]uint64{}, version: map[string]uint64{},
 		tombstone: map[string]uint64{}, waiters: map[string][]*brokenSub{}, refusals: map[string]int{},
+		blocked: map[string]int{}, twice: map[string]int{},
 	}
+	s.cond = sync.NewCond(&s.mu)
+	t.Cleanup(func() {
+		_ = ln.Close()
+		s.mu.Lock()
+		s.closed = true
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	return s
 }
 
 // client returns a new client of the server, with its own connection,
@@ -211,7 +226,7 @@ func (s *brokenServer) client(t *testing.T) *brokenClient {
 	if err != nil {
 		t.Fatalf("dialling the broken server: %v", err)
 	}
-	c := &brokenClient{wire: newWire(t, s.flaw == "ignores-cancel-in-flight"), srv: s, conn: conn}
+	c := &brokenClient{wire: newWire(t, s.flaw == "ignores-cancel-in-flight"), srv: s, conn: conn, refusals: map[string]int{}}
 	t.Cleanup(func() {
 		if s.flaw != "leaks-connections" {
 			_ = conn.Close()
@@ -247,6 +262,7 @@ func (s *brokenServer) holder(key string) *brokenLease {
 func (s *brokenServer) drop(key string) {
 	delete(s.held, key)
 	s.version[key]++
+	s.cond.Broadcast()
 	if subs := s.waiters[key]; len(subs) > 0 {
 		subs[0].notify()
 	}
@@ -294,6 +310,9 @@ type brokenClient struct {
 	srv   *brokenServer
 	conn  net.Conn
 	setUp atomic.Bool // its first take set up (slowSetup)
+	// refusals counts the takes of each key the server refused this
+	// client (takeWaits); guarded by srv.mu.
+	refusals map[string]int
 }
 
 // request sends one request to the server.
@@ -347,6 +366,9 @@ func (c *brokenClient) TryAcquire(ctx context.Context, key string, ttl time.Dura
 	}
 	var le *brokenLease
 	err := c.request(ctx, true, func() error {
+		if s.flaw == takeWaits && s.holder(key) != nil && !s.waitTurn(c, key) && s.closed {
+			return errClosed
+		}
 		if cur := s.holder(key); cur != nil && s.flaw != "nonatomic-take" {
 			return &lock.NotAcquiredError{Key: key, Remaining: time.Until(cur.deadline)}
 		}

@@ -286,11 +286,11 @@ type watched struct {
 	releases *atomic.Bool // set just before the holder releases, by beginRelease
 	lostSent time.Time    // when the attempt whose reply lose lost was sent
 	handed   bool         // with lose: that attempt sent no request (the key was handed to it)
-	// attempting is held by an attempt of a waiter with releases from its
-	// check of the flag until its answer came back, and by beginRelease
-	// while it sets the flag: an attempt sent before the flag was set is
-	// answered before the holder releases.
-	attempting sync.Mutex
+	// attempting (a semaphore of one) is held by an attempt of a waiter
+	// with releases from its check of the flag until its answer came back,
+	// and by beginRelease while it sets the flag: an attempt sent before
+	// the flag was set is answered before the holder releases.
+	attempting chan struct{}
 
 	mu         sync.Mutex
 	last, prev roundTrip // the latest TryAcquire and the one before it
@@ -300,7 +300,9 @@ type watched struct {
 type roundTrip struct{ sent, answered time.Time }
 
 // watch returns a watched Locker around l.
-func watch(l lock.Locker) *watched { return &watched{Locker: l, waiting: make(chan struct{})} }
+func watch(l lock.Locker) *watched {
+	return &watched{Locker: l, waiting: make(chan struct{}), attempting: make(chan struct{}, 1)}
+}
 
 // late returns by how much the waiter's latest attempt (the one that took
 // the key) was sent later than bound after from, less the round trip of
@@ -316,11 +318,20 @@ func (w *watched) late(from time.Time, bound time.Duration) time.Duration {
 func (w *watched) markWaiting() { w.once.Do(func() { close(w.waiting) }) }
 
 // beginRelease sets the flag that the holder is about to release, once no
-// attempt of w is in flight (see attempting).
-func (w *watched) beginRelease() {
-	w.attempting.Lock()
+// attempt of w is in flight (see attempting). An attempt is one take,
+// which answers at once; one still in flight after p.long/2 (when the
+// holder's lease, taken for p.long, would soon end without the release the
+// clause is about) fails the clause instead of hanging it.
+func (w *watched) beginRelease(c *check, p params) {
+	c.Helper()
+	select {
+	case w.attempting <- struct{}{}:
+	case <-time.After(p.long / 2):
+		c.Causef("the take waits while the key is held (for its release, on the server or in the client) instead of answering ErrNotAcquired at once, and ignores its context",
+			"an attempt of the first waiter in lock.Acquire was still in flight %v after the holder was ready to release: a take must make one attempt and answer", p.long/2)
+	}
 	w.releases.Store(true)
-	w.attempting.Unlock()
+	<-w.attempting
 }
 
 func (w *watched) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
@@ -333,8 +344,8 @@ func (w *watched) attempt(ctx context.Context, take func() (lock.Lease, error)) 
 		// Without this, an attempt that found the flag unset could reach
 		// the server after the release and take the key: neither the
 		// give-up nor the lost reply the clause is about would happen.
-		w.attempting.Lock()
-		defer w.attempting.Unlock()
+		w.attempting <- struct{}{}
+		defer func() { <-w.attempting }()
 	}
 	if w.giveUp != nil && w.releases.Load() {
 		w.giveUp() // woken, and leaving without taking the key
@@ -432,14 +443,19 @@ func (c *check) startWaiter(ctx context.Context, wg *sync.WaitGroup, p params, w
 // startWaiter, or alike), whose contexts have ended by then: deferred
 // after the cancellations. lock.Acquire returns when its context ends, so
 // they return at once; one still blocked after p.long/2 fails the clause
-// and is left to NoGoroutineLeak, so that a waiter the clause stranded
-// (with a wait deaf to its context) fails it instead of hanging the suite.
+// (unless it failed already, which most likely stranded the waiter) and is
+// left to NoGoroutineLeak, so that a waiter the clause stranded (with a
+// wait deaf to its context) fails it instead of hanging the suite.
 func (c *check) awaitReturn(wg *sync.WaitGroup, p params) {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(p.long / 2):
+		if c.Failed() { // the failure already reported stranded it, most likely
+			c.Logf("a waiter in lock.Acquire was still blocked %v after its context ended", p.long/2)
+			return
+		}
 		c.T.Error(c.message("Ticket.Wait or Subscription.Wait ignores its context and returns only when woken",
 			"a waiter in lock.Acquire was still blocked %v after its context ended", p.long/2))
 	}
@@ -524,7 +540,7 @@ func wokenWaiterGivesUp(c *check, p params, ordered bool, fault headFault) {
 		c.startWaiter(ctxBC, &wg, p, w, key, results, "the "+who+" waiter")
 	}
 
-	first.beginRelease()
+	first.beginRelease(c, p)
 	released := time.Now()
 	c.release(le)
 	err := <-gaveUp

@@ -249,8 +249,14 @@ func testClaimOneWinner(c *check, p storeParams) {
 // as text.
 func binaryRecord(n int) []byte {
 	b := make([]byte, n)
-	for i := range b {
+	const period = 1 << 16 // byte(i*7 + i/256) repeats every 65536 bytes
+	for i := range min(n, period) {
 		b[i] = byte(i*7 + i/256)
+	}
+	// The rest by copies: byte by byte, 8 MiB cost seconds under the race
+	// detector on a loaded machine.
+	for done := period; done < n; done *= 2 {
+		copy(b[done:], b[:done])
 	}
 	return b
 }
@@ -456,22 +462,67 @@ func testCompleteWakes(c *check, p storeParams) {
 // items and etcd requests stop near 1 MiB, Consul transactions at 512 KiB).
 const oversize = 8 << 20
 
+// oversizeRounds is how many times testOversizeRecord tries, each time with
+// twice the lease's TTL, while the machine stalls past the lease's TTL.
+const oversizeRounds = 3
+
+// testOversizeRecord claims a key and completes it with an 8 MiB record.
+// Moving 8 MiB through a Store under the race detector on a loaded
+// machine has taken longer than p.long (30-35 s): an answer that says the
+// lease is gone, when it came back after the lease's TTL could have run
+// out, proves nothing (as in refusedBefore), and the clause tries again
+// with a fresh key and twice the TTL.
 func testOversizeRecord(c *check, p storeParams) {
+	big := binaryRecord(oversize) // before any claim: not out of a lease
+	ttl := p.long
+	for round := 1; ; round++ {
+		msg, late := oversizeRound(c, p, c.key(fmt.Sprint("k", round)), big, ttl)
+		switch {
+		case msg == "":
+			return
+		case !late:
+			c.Fatalf("%s", msg)
+		case round == oversizeRounds:
+			c.Fatalf("%s; in each of %d rounds the answer came back after the lease's TTL (the last was %v) could have run out", msg, round, ttl)
+		}
+		c.Logf("inconclusive: %s, but the answer came back after the lease's TTL of %v could have run out (the machine stalled); again with twice the TTL", msg, ttl)
+		ttl *= 2
+	}
+}
+
+// oversizeRound is one round of testOversizeRecord on key, with a lease of
+// ttl. It fails the clause itself for what time cannot explain; otherwise
+// it returns what went wrong, if anything, and whether the answer that
+// showed it came back after the lease's TTL could have run out.
+func oversizeRound(c *check, p storeParams, key string, big []byte, ttl time.Duration) (msg string, late bool) {
+	c.Helper()
 	s := p.newStore(c)
-	key := c.key("k")
-	le := c.claim(s, key, p.long)
-	big := binaryRecord(oversize)
+	claimed := time.Now()
+	le := c.claim(s, key, ttl)
+	expired := func() bool { return time.Since(claimed) >= ttl }
 	err := s.Complete(c.ctx(), le, big, p.long)
 	if err == nil {
 		c.recordIs(p.newStore(c), key, big, "a Store that accepts an 8 MiB record must return it whole")
-		return
+		return "", false
 	}
 	if errors.Is(err, lock.ErrNotHeld) || !errors.Is(err, lock.ErrRecordTooLarge) {
-		c.Fatalf("Complete of an 8 MiB record by a live lease: %v; a refusal for size must match lock.ErrRecordTooLarge and not claim the lease was lost", err)
+		return fmt.Sprintf("Complete of an 8 MiB record by a live lease: %v; a refusal for size must match lock.ErrRecordTooLarge and not claim the lease was lost", err),
+			errors.Is(err, lock.ErrNotHeld) && expired()
 	}
 	// The idempotency helper then stores a small tombstone with the same
 	// lease, so that the work is never run again.
-	c.claimRefused(p.newStore(c), key, "after a refused record the lease must still hold")
-	c.complete(s, le, []byte("tombstone"), p.long)
+	got, rec, err := p.newStore(c).Claim(c.ctx(), key, time.Minute)
+	if got != nil {
+		_ = got.Release(context.WithoutCancel(c.ctx()))
+	}
+	if !errors.Is(err, lock.ErrNotAcquired) {
+		return fmt.Sprintf("after a refused record the lease must still hold: Claim(%q) of the claimed key: got a Lease %t, a %d-byte record and error %v, want an error matching ErrNotAcquired", key, got != nil, len(rec), err),
+			got != nil && expired()
+	}
+	if err := s.Complete(c.ctx(), le, []byte("tombstone"), p.long); err != nil {
+		return fmt.Sprintf("Complete of a small record after a refused one, by a lease that still holds: %v", err),
+			errors.Is(err, lock.ErrNotHeld) && expired()
+	}
 	c.recordIs(p.newStore(c), key, []byte("tombstone"), "the record stored after a refused one")
+	return "", false
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -147,10 +148,22 @@ func newLockerWith(tb testing.TB, addr string, wrap func(http.RoundTripper) http
 	return l, c
 }
 
-// key returns a key unique to this run and test.
+// key returns a key unique to this run and test. Each run of a test
+// (-count) has keys of its own: records outlive a run, and a later run
+// would find them.
 func key(tb testing.TB, name string) string {
-	return "idemlock-test/" + runID + "/" + tb.Name() + "/" + name
+	id, ok := testIDs.Load(tb)
+	if !ok {
+		id, _ = testIDs.LoadOrStore(tb, strconv.FormatInt(nextTestID.Add(1), 10))
+	}
+	return "idemlock-test/" + runID + "/" + id.(string) + "/" + tb.Name() + "/" + name
 }
+
+// testIDs numbers the tests that made keys (testing.TB to its number).
+var (
+	testIDs    sync.Map
+	nextTestID atomic.Int64
+)
 
 // sessions lists the agent's sessions whose names start with prefix.
 func sessions(tb testing.TB, client *api.Client, prefix string) []*api.SessionEntry {

@@ -139,7 +139,9 @@ func TestQueueReleaseWakesOnlyHead(t *testing.T) {
 
 // TestQueuedChild is the child process of TestQueueKilledWaiterExpires: a
 // waiter that queues on a key once the parent holds it, and waits until it
-// is killed. Its argument is its key prefix.
+// is killed. Its argument is its key prefix. If it was too slow to queue
+// (the parent's holding had expired, and it took the key), it says so
+// ("took") and waits to be killed all the same.
 func TestQueuedChild(t *testing.T) {
 	prefix, ok := testenv.ChildArg()
 	if !ok {
@@ -149,6 +151,10 @@ func TestQueuedChild(t *testing.T) {
 	testenv.ChildSignal(t, "ready")
 	testenv.ChildAwait("go") // the parent holds the key
 	_, err := lock.Acquire(t.Context(), l, "k", time.Minute)
+	if err == nil {
+		testenv.ChildSignal(t, "took")
+		<-t.Context().Done() // killed
+	}
 	t.Fatalf("the child's Acquire returned (%v): it should have been killed while waiting", err)
 }
 
@@ -156,11 +162,33 @@ func TestQueuedChild(t *testing.T) {
 // stalls the queue only until its entry expires: the waiter behind it gets
 // the key at most the holder's TTL plus the queue's grace (2 s) after the
 // holder's take, although the release woke the dead head only.
+//
+// The child must queue within the holder's TTL, 2 s, and the waiter behind
+// it before the dead entry expires. A child slower than that (under -race
+// on a loaded machine) takes the key instead, or the waiter behind finds
+// no dead entry ahead, which proves nothing: the test then starts again
+// with twice the TTL.
 func TestQueueKilledWaiterExpires(t *testing.T) {
+	for ttl := 2 * time.Second; !killedWaiterExpires(t, ttl); ttl *= 2 {
+		if ttl >= 8*time.Second {
+			t.Fatalf("the child or the waiter behind it never queued in time (the last holder's TTL was %v)", ttl)
+		}
+		t.Logf("inconclusive: with the holder's TTL of %v, the child or the waiter behind it queued too late; again with twice the TTL", ttl)
+	}
+}
+
+// grace is how long a queue entry outlives the holder's deadline.
+const grace = 2 * time.Second
+
+// killedWaiterExpires is one round of TestQueueKilledWaiterExpires with a
+// holder's TTL of ttl, on keys of its own. It returns false, and checks
+// nothing more, if the child took the key instead of queueing behind it,
+// or the waiter behind queued only once the dead entry could have expired.
+func killedWaiterExpires(t *testing.T, ttl time.Duration) bool {
+	t.Helper()
 	prefix := single.testPrefix(t)
 	admin := single.client(t, "")
 	holder := single.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
-	const ttl = 2 * time.Second // the child queues within it, even under -race on a loaded machine
 	child := testenv.StartChild(t, "TestQueuedChild", prefix)
 	// The child says "ready" (it may take seconds to start under -race)
 	// and waits for "go", so that it queues at once behind the short
@@ -172,12 +200,21 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	child.Signal(t, "go")
-	child.Await(t, "queued", func() bool { return queueLen(t, admin, prefix, "k") == 1 })
+	took := child.Signalled("took")
+	child.Await(t, "queued", func() bool { return took() || queueLen(t, admin, prefix, "k") == 1 })
 	child.Kill(t)
+	if took() {
+		return false
+	}
 
 	waiter := single.newLocker(t, nil, redislock.WithPrefix(prefix), redislock.WithQueue())
 	behind := testenv.StartBehind(t, waiter, "k")
-	awaitQueueLen(t, admin, prefix, "k", 2, 10*time.Second)
+	for queueLen(t, admin, prefix, "k") != 2 {
+		if time.Since(taken) > ttl+grace {
+			return false // the dead entry may have expired before the waiter behind queued
+		}
+		time.Sleep(5 * time.Millisecond) // polling the server: a queued take sends this test no event
+	}
 	// The release wakes the dead head only. On a loaded machine the
 	// holding may have expired by now: then no release wakes anyone, and
 	// the bound below holds all the same.
@@ -186,11 +223,12 @@ func TestQueueKilledWaiterExpires(t *testing.T) {
 	}
 	// The dead entry expires the grace (2 s) after the holder's deadline;
 	// the waiter behind it comes back then, plus scheduling under -race.
-	bound := ttl + 2*time.Second + 6*conformance.SchedulingSlack
+	bound := ttl + grace + 6*conformance.SchedulingSlack
 	behind.AwaitKey(t, taken, "the holder's take", bound)
 	if q := queueLen(t, admin, prefix, "k"); q != 0 {
 		t.Errorf("the queue still holds %d waiters: the killed waiter's entry was not removed", q)
 	}
+	return true
 }
 
 // The three outcomes of joining and leaving the queue. A take whose reply
