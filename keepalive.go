@@ -11,8 +11,8 @@ import (
 var (
 	// ErrLeaseLost is matched by the cause of a [Keeper]'s context when the
 	// lease was lost: a refresh reported [ErrNotHeld] (which the cause also
-	// matches), the backend signalled the loss, or the local deadline passed
-	// without a successful refresh.
+	// matches), the backend signalled the loss, or the local deadline came
+	// within the loss margin (see [KeepAlive]) without a successful refresh.
 	ErrLeaseLost = errors.New("lock: lease lost")
 	// ErrMaxHold is the cause of a [Keeper]'s context when the cap set with
 	// [WithMaxHold] was reached.
