@@ -11,8 +11,8 @@ import (
 var (
 	// ErrLeaseLost is matched by the cause of a [Keeper]'s context when the
 	// lease was lost: a refresh reported [ErrNotHeld] (which the cause also
-	// matches), the backend signalled the loss, or the local deadline passed
-	// without a successful refresh.
+	// matches), the backend signalled the loss, or the local deadline came
+	// within the loss margin (see [KeepAlive]) without a successful refresh.
 	ErrLeaseLost = errors.New("lock: lease lost")
 	// ErrMaxHold is the cause of a [Keeper]'s context when the cap set with
 	// [WithMaxHold] was reached.
@@ -127,12 +127,12 @@ func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, o options) (
 	}
 	k := &Keeper{lease: lease, ctx: kctx, cancel: cancel, detached: o.detached}
 	k.running.Add(1) // done by run, or by Stop if run never starts
-	// A lease that is already past its deadline (an Acquire whose reply
-	// came late) or already reported lost is lost before KeepAlive returns,
-	// never a moment later: a caller that checks Context().Err() at once
-	// must not see a live context for it.
+	// A lease already within the margin of its deadline (an Acquire whose
+	// reply came late) or already reported lost is lost before KeepAlive
+	// returns, never a moment later: a caller that checks Context().Err()
+	// at once must not see a live context for it.
 	if !time.Now().Before(deadline.Add(-margin)) {
-		k.lose(lostError(lease.Key(), "its deadline had passed when KeepAlive was called", nil))
+		k.lose(lostError(lease.Key(), fmt.Sprintf("its deadline was less than the loss margin %v away when KeepAlive was called", margin), nil))
 	} else if ln, ok := lease.(LossNotifier); ok {
 		select {
 		case <-ln.Lost():

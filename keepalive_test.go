@@ -75,7 +75,7 @@ func TestKeepAliveLosesAtLocalDeadline(t *testing.T) {
 	if err := k.Err(); !errors.Is(err, lock.ErrLeaseLost) || !errors.Is(err, boom) {
 		t.Errorf("cause = %v, want ErrLeaseLost wrapping the last refresh error", err)
 	}
-	margin := ttl/100 + 2*time.Millisecond // see TestKeepAliveLosesAMarginBeforeTheDeadline
+	margin := lock.LossMargin(ttl) // see TestKeepAliveLosesAMarginBeforeTheDeadline
 	if took < ttl-margin-5*time.Millisecond || took > ttl-margin+slack {
 		t.Errorf("lost after %v, want at the lease's deadline %v less the loss margin %v", took, ttl, margin)
 	}
@@ -259,10 +259,18 @@ type pastLease struct{ lock.Lease }
 
 func (pastLease) Deadline() time.Time { return time.Now().Add(-time.Millisecond) }
 
+// marginLease is a lease whose deadline, a minute's TTL's loss margin
+// (602 ms) away, has not passed but is nearer than the margin: an Acquire
+// whose reply came back that late.
+type marginLease struct{ lock.Lease }
+
+func (marginLease) Deadline() time.Time { return time.Now().Add(lock.LossMargin(time.Minute) / 2) }
+
 func TestKeepAliveLeaseAlreadyLostIsLostOnReturn(t *testing.T) {
 	l := memlock.New()
 	for name, mk := range map[string]func(lock.Lease) lock.Lease{
-		"deadline passed": func(le lock.Lease) lock.Lease { return pastLease{le} },
+		"deadline passed":        func(le lock.Lease) lock.Lease { return pastLease{le} },
+		"within the loss margin": func(le lock.Lease) lock.Lease { return marginLease{le} },
 		"reported lost": func(le lock.Lease) lock.Lease {
 			lost := make(chan struct{})
 			close(lost)
@@ -454,7 +462,7 @@ func TestKeepAliveLosesAMarginBeforeTheDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	const ttl = 30 * time.Second
-	margin := ttl/100 + 2*time.Millisecond
+	margin := lock.LossMargin(ttl)
 	deadline := time.Now().Add(margin + 2*slack)
 	k, err := lock.KeepAlive(t.Context(), hungLease{le, deadline}, ttl)
 	if err != nil {

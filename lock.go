@@ -196,8 +196,8 @@ type Subscription interface {
 // Deadliner is an optional interface of a Lease that knows, by the local
 // monotonic clock, until when it is held at the least: the time its take or
 // latest successful refresh was sent, plus the TTL it was granted. [KeepAlive]
-// uses it as its loss deadline; without it, KeepAlive counts from its own
-// start.
+// declares the lease lost a margin before it (see KeepAlive); without it,
+// KeepAlive counts from its own start.
 type Deadliner interface {
 	Deadline() time.Time
 }

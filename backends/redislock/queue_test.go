@@ -182,8 +182,9 @@ const grace = 2 * time.Second
 
 // killedWaiterExpires is one round of TestQueueKilledWaiterExpires with a
 // holder's TTL of ttl, on keys of its own. It returns false, and checks
-// nothing more, if the child took the key instead of queueing behind it,
-// or the waiter behind queued only once the dead entry could have expired.
+// nothing more, if the child took the key instead of queueing behind it
+// (after the holder's TTL: before, the test fails), or the waiter behind
+// queued only once the dead entry could have expired.
 func killedWaiterExpires(t *testing.T, ttl time.Duration) bool {
 	t.Helper()
 	prefix := single.testPrefix(t)
@@ -200,7 +201,20 @@ func killedWaiterExpires(t *testing.T, ttl time.Duration) bool {
 		t.Fatal(err)
 	}
 	child.Signal(t, "go")
-	took := child.Signalled("took")
+	signalled := child.Signalled("took")
+	// took reports whether the child took the key. The holder has not
+	// released it, and its server expiry comes ttl after taken at the
+	// earliest: a take seen before then is a held key handed to another
+	// waiter, which no retry may excuse.
+	took := func() bool {
+		if !signalled() {
+			return false
+		}
+		if d := time.Since(taken); d < ttl {
+			t.Fatalf("the child took the key %v after the holder's take, within the holder's TTL %v: a queue handed a held key to its waiter", d, ttl)
+		}
+		return true
+	}
 	child.Await(t, "queued", func() bool { return took() || queueLen(t, admin, prefix, "k") == 1 })
 	child.Kill(t)
 	if took() {
