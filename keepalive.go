@@ -291,14 +291,23 @@ func (k *Keeper) run(deadline time.Time, ttl, margin, every, first time.Duration
 	}
 	key := k.lease.Key()
 	// The loss timer cancels the context margin before the deadline, even
-	// while a refresh is in flight.
+	// while a refresh is in flight. Renewal ends only once a loss it began
+	// reporting is reported: Stop must not return while an observer is
+	// still being told of it. The timer fires at most once: it is reset
+	// only after a Stop that found it pending.
+	fired := make(chan struct{})
 	loss := time.AfterFunc(time.Until(deadline)-margin, func() {
+		defer close(fired)
 		k.mu.Lock()
 		last := k.lastErr
 		k.mu.Unlock()
 		k.lose(lostError(key, "no successful refresh before its deadline", last))
 	})
-	defer loss.Stop()
+	defer func() {
+		if !loss.Stop() {
+			<-fired
+		}
+	}()
 	var lost <-chan struct{}
 	if ln, ok := k.lease.(LossNotifier); ok {
 		lost = ln.Lost()

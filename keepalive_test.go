@@ -3,11 +3,13 @@ package lock_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/memlock"
+	"github.com/idemlock/lock/observe"
 )
 
 func keepAlive(t *testing.T, l lock.Locker, ttl time.Duration, opts ...lock.KeepAliveOption) *lock.Keeper {
@@ -479,5 +481,60 @@ func TestKeepAliveLosesAMarginBeforeTheDeadline(t *testing.T) {
 	}
 	if early := deadline.Sub(ended); early > margin {
 		t.Errorf("the context ended %v before the lease's deadline; want at most the margin %v", early, margin)
+	}
+}
+
+// lossBlocker is an observer that, handed the first loss, signals entered
+// and does not return until unblock is closed.
+type lossBlocker struct {
+	once             sync.Once
+	entered, unblock chan struct{}
+}
+
+func (o *lossBlocker) Observe(_ context.Context, e observe.Event) {
+	if e.Kind == observe.KindLost {
+		o.once.Do(func() {
+			close(o.entered)
+			<-o.unblock
+		})
+	}
+}
+
+// TestKeepAliveStopWaitsForTheLossReport: a loss found by the loss timer
+// (no refresh answered before the deadline) is reported from the timer's
+// own goroutine; Stop, called meanwhile, returns only once that report is
+// over, so that nothing of the Keeper runs after Stop. Regression test:
+// renewal ended without waiting for the timer's callback, and Stop
+// returned while the observer was still being told of the loss.
+func TestKeepAliveStopWaitsForTheLossReport(t *testing.T) {
+	w := &wrapped{inner: memlock.New(), refresh: func(ctx context.Context, _ lock.Lease, _ time.Duration) error {
+		<-ctx.Done() // a server that never answers
+		return ctx.Err()
+	}}
+	obs := &lossBlocker{entered: make(chan struct{}), unblock: make(chan struct{})}
+	const ttl = 60 * time.Millisecond
+	le, err := lock.Observe(w, obs).TryAcquire(t.Context(), "k", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := lock.KeepAlive(t.Context(), le, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-obs.entered // the loss timer fired and is reporting the loss
+	stopped := make(chan struct{})
+	go func() {
+		k.Stop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		t.Error("Stop returned while the Keeper was still reporting the loss")
+	case <-time.After(slack): // Stop is blocked, as it must be
+	}
+	close(obs.unblock)
+	<-stopped
+	if !k.Lost() {
+		t.Errorf("cause = %v, want a loss", k.Err())
 	}
 }
