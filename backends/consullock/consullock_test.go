@@ -3,6 +3,8 @@ package consullock_test
 import (
 	"context"
 	"errors"
+	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/idemlock/lock/backends/consullock"
 	"github.com/idemlock/lock/conformance"
 	"github.com/idemlock/lock/internal/leakcheck"
+	"github.com/idemlock/lock/internal/testenv"
 )
 
 // noLeaks checks, after every other clean-up of the test, that the test
@@ -52,22 +55,41 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 }
 
 // TestRoundTrips checks the goal: a warm take + release is two requests,
-// both transactions, with no session created on the way.
+// both transactions, with no session created on the way while the pool
+// had a fresh one to give. The pool hands out only a session renewed
+// within consullock.MaxAge, and the renewals come from its keeper
+// goroutine: on a starved machine the keeper can be late and a take then
+// rightly creates a session. judgeCreates tells the two apart from what
+// the client sent and when.
 func TestRoundTrips(t *testing.T) {
 	checkNoSessions(t)
-	l, c := newLocker(t)
+	var seen *sessionLog
+	l, c := newLockerWith(t, testenv.ConsulAddr(t), func(base http.RoundTripper) http.RoundTripper {
+		seen = newSessionLog(base)
+		return seen
+	})
 	k := key(t, "k")
 	ttl := 30 * time.Second
 	release(t, take(t, l, k, ttl)) // cold: creates the first session
 	// The keeper adds a spare in the background; let it finish.
 	waitFor(t, 5*time.Second, "the keeper creating a spare session", func() bool { return c.snapshot()["session/create"] >= 2 })
 
+	// takes are the spans of the warm takes, from just before each began
+	// to just after it returned.
+	var takes []span
+	warmTake := func() lock.Lease {
+		sp := span{start: time.Now()}
+		le := take(t, l, k, ttl)
+		sp.end = time.Now()
+		takes = append(takes, sp)
+		return le
+	}
 	before := c.snapshot()
-	le := take(t, l, k, ttl)
+	le := warmTake()
 	afterTake := c.snapshot()
 	release(t, le)
 	after := c.snapshot()
-	if d := diff(before, afterTake); d["txn"] != 1 || d["session/create"] != 0 || d["kv"] != 0 {
+	if d := diff(before, afterTake); d["txn"] != 1 || d["kv"] != 0 {
 		t.Errorf("a warm take made requests %v, want exactly one txn", d)
 	}
 	if d := diff(afterTake, after); d["txn"] != 1 || d["session/create"] != 0 || d["session/destroy"] != 0 {
@@ -78,18 +100,85 @@ func TestRoundTrips(t *testing.T) {
 	before = c.snapshot()
 	start := time.Now()
 	for range n {
-		release(t, take(t, l, k, ttl))
+		release(t, warmTake())
 	}
 	took := time.Since(start)
 	d := diff(before, c.snapshot())
-	if d["txn"] != 2*n || d["session/create"] != 0 || d["kv"] != 0 {
-		t.Errorf("%d warm take+release pairs made requests %v, want %d txn and no session created", n, d, 2*n)
+	if d["txn"] != 2*n || d["kv"] != 0 {
+		t.Errorf("%d warm take+release pairs made requests %v, want %d txn", n, d, 2*n)
 	}
 	total := 0
 	for _, v := range d {
 		total += v
 	}
 	t.Logf("%d warm take+release pairs: %.3f requests per pair (%v; background renewals included), %v per pair", n, float64(total)/n, d, took/n)
+
+	late := judgeCreates(t, seen, takes, consullock.MaxAge(ttl))
+	if late == len(takes) {
+		t.Errorf("all %d warm takes created a session: none reused one", late)
+	}
+}
+
+// span is when a take began and when it returned.
+type span struct{ start, end time.Time }
+
+// judgeCreates judges each session create that seen saw sent during one of
+// takes (sorted, not overlapping, no lease held at the start of each):
+// it is an error if the pool had a session to give instead, and otherwise
+// inconclusive (logged). It returns how many takes sent a create.
+//
+// The pool surely had a session to give when, for some session other than
+// the one created: a successful create or renewal of it was answered
+// before the take began (no lease was held then, so it was idle), that
+// create or renewal was sent less than maxAge - conformance.SchedulingSlack
+// before the take's create (the margin is for the pool stamping a renewal
+// a little before the client sends it), and no destroy of it was sent
+// before the take's create or within that margin after it (the keeper
+// takes a session out of the pool a little before destroying it). A
+// renewal answered only after the take began may have come too late for
+// it: the keeper renews stale sessions when a take finds none fresh.
+func judgeCreates(t *testing.T, seen *sessionLog, takes []span, maxAge time.Duration) (late int) {
+	t.Helper()
+	fresh := maxAge - conformance.SchedulingSlack
+	if fresh <= 0 {
+		t.Fatalf("maxAge %v leaves no margin for scheduling (%v)", maxAge, conformance.SchedulingSlack)
+	}
+	seen.mu.Lock()
+	defer seen.mu.Unlock()
+	sent := map[int]bool{} // takes that sent a create
+	for _, cr := range seen.creates {
+		i := sort.Search(len(takes), func(i int) bool { return !takes[i].end.Before(cr.sent) })
+		if i == len(takes) || cr.sent.Before(takes[i].start) {
+			continue // not sent during a warm take: the cold start's or the keeper's spare
+		}
+		sent[i] = true
+		began := takes[i].start
+		// The youngest stamp, at the create, of an idle session.
+		youngest, of := time.Duration(-1), ""
+		for id, h := range seen.byID {
+			if id == cr.id || !h.destroyed.IsZero() && !h.destroyed.After(cr.sent.Add(conformance.SchedulingSlack)) {
+				continue
+			}
+			for _, st := range h.stamps {
+				if st.answered.IsZero() || st.answered.After(began) {
+					continue
+				}
+				if age := cr.sent.Sub(st.sent); youngest < 0 || age < youngest {
+					youngest, of = age, id
+				}
+			}
+		}
+		if youngest >= 0 && youngest <= fresh {
+			t.Errorf("warm take %d created a session %v after it began, while session %s was idle and renewed %v before the create (answered before the take began; maxAge %v)", i, cr.sent.Sub(began), of, youngest, maxAge)
+			continue
+		}
+		last := "none"
+		if youngest >= 0 {
+			last = youngest.String() + " before the create"
+		}
+		t.Logf("warm take %d created a session %v after it began, with no idle session surely fresh (the youngest renewal answered before the take began: %s; maxAge %v): the keeper was late, inconclusive", i, cr.sent.Sub(began), last, maxAge)
+	}
+	return len(sent)
 }
 
 func TestTTLBounds(t *testing.T) {

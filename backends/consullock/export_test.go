@@ -5,3 +5,7 @@ var EscapeKey = escapeKey
 
 // EntryTaken is the Flags of a queue entry whose ticket took the key.
 const EntryTaken = entryTaken
+
+// MaxAge exposes to the tests how long after its last renewal a pooled
+// session may still be handed to a take.
+var MaxAge = maxAge

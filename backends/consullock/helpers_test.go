@@ -1,9 +1,12 @@
 package consullock_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -37,21 +40,26 @@ type counter struct {
 
 func (c *counter) RoundTrip(r *http.Request) (*http.Response, error) {
 	requests.Add(1)
-	ep := r.URL.Path
-	switch {
-	case strings.HasPrefix(ep, "/v1/kv/"):
-		ep = "kv"
-	case strings.HasPrefix(ep, "/v1/session/renew/"):
-		ep = "session/renew"
-	case strings.HasPrefix(ep, "/v1/session/destroy/"):
-		ep = "session/destroy"
-	default:
-		ep = strings.TrimPrefix(ep, "/v1/")
-	}
+	ep, _ := endpoint(r.URL.Path)
 	c.mu.Lock()
 	c.by[ep]++
 	c.mu.Unlock()
 	return c.base.RoundTrip(r)
+}
+
+// endpoint names the endpoint of an HTTP API path as the counter counts
+// it ("txn", "kv", "session/create", "session/renew", ...), with the
+// session ID of a renew or destroy.
+func endpoint(path string) (ep, session string) {
+	switch {
+	case strings.HasPrefix(path, "/v1/kv/"):
+		return "kv", ""
+	case strings.HasPrefix(path, "/v1/session/renew/"):
+		return "session/renew", strings.TrimPrefix(path, "/v1/session/renew/")
+	case strings.HasPrefix(path, "/v1/session/destroy/"):
+		return "session/destroy", strings.TrimPrefix(path, "/v1/session/destroy/")
+	}
+	return strings.TrimPrefix(path, "/v1/"), ""
 }
 
 // snapshot returns the counts so far.
@@ -74,6 +82,109 @@ func diff(before, after map[string]int) map[string]int {
 		}
 	}
 	return out
+}
+
+// sessionLog is an http.RoundTripper that records the life of each
+// session its client creates or renews: when each successful create or
+// renewal was sent and when its answer was read (its body closed, after
+// which the pool records the renewal), and when a destroy was sent.
+type sessionLog struct {
+	base    http.RoundTripper
+	mu      sync.Mutex
+	creates []created           // in the order sent
+	byID    map[string]*history // sessions seen created or renewed
+}
+
+// created is a session create: when it was sent and, if it succeeded, the
+// session's ID.
+type created struct {
+	sent time.Time
+	id   string
+}
+
+// history is what a sessionLog saw of one session.
+type history struct {
+	stamps    []*stamp  // its successful create and renewals, in the order sent
+	destroyed time.Time // when a destroy of it was first sent; zero if none
+}
+
+// stamp is one successful create or renewal of a session.
+type stamp struct {
+	sent, answered time.Time // answered is zero until the answer was read
+}
+
+func newSessionLog(base http.RoundTripper) *sessionLog {
+	return &sessionLog{base: base, byID: map[string]*history{}}
+}
+
+func (s *sessionLog) RoundTrip(r *http.Request) (*http.Response, error) {
+	ep, id := endpoint(r.URL.Path)
+	sent := time.Now()
+	if ep == "session/destroy" {
+		s.mu.Lock()
+		if h := s.historyLocked(id); h.destroyed.IsZero() {
+			h.destroyed = sent
+		}
+		s.mu.Unlock()
+	}
+	resp, err := s.base.RoundTrip(r)
+	if ep != "session/create" && ep != "session/renew" {
+		return resp, err
+	}
+	ok := err == nil && resp.StatusCode == http.StatusOK
+	if ep == "session/create" {
+		if ok {
+			// The ID is in the answer: read it, and give the client a copy.
+			body, rerr := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+			var out struct{ ID string }
+			if rerr == nil && json.Unmarshal(body, &out) == nil {
+				id = out.ID
+			}
+		}
+		s.mu.Lock()
+		s.creates = append(s.creates, created{sent: sent, id: id})
+		s.mu.Unlock()
+	}
+	if !ok || id == "" {
+		return resp, err
+	}
+	st := &stamp{sent: sent}
+	s.mu.Lock()
+	h := s.historyLocked(id)
+	h.stamps = append(h.stamps, st)
+	s.mu.Unlock()
+	resp.Body = &onClose{ReadCloser: resp.Body, f: func() {
+		s.mu.Lock()
+		st.answered = time.Now()
+		s.mu.Unlock()
+	}}
+	return resp, nil
+}
+
+// historyLocked returns the history of session id, made if need be. s.mu
+// is held.
+func (s *sessionLog) historyLocked(id string) *history {
+	h := s.byID[id]
+	if h == nil {
+		h = &history{}
+		s.byID[id] = h
+	}
+	return h
+}
+
+// onClose is a response body that calls f when first closed.
+type onClose struct {
+	io.ReadCloser
+	once sync.Once
+	f    func()
+}
+
+func (b *onClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.f)
+	return err
 }
 
 // newClient returns a Consul client of its own (its own connections) for
