@@ -146,7 +146,7 @@ type Env struct {
 	// requests).
 	PostgresDial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// HandoffTimeout bounds one Handoff or Scaling run; zero means
-	// DefaultHandoffTimeout.
+	// DefaultHandoffTimeout, and a negative one fails the run.
 	HandoffTimeout time.Duration
 }
 

@@ -157,7 +157,10 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 	}
 	quiet = quiet || settle > 0
 	timeout := env.HandoffTimeout
-	if timeout <= 0 {
+	switch {
+	case timeout < 0:
+		b.Fatalf("hand-off: Env.HandoffTimeout %v is negative", timeout)
+	case timeout == 0:
 		timeout = DefaultHandoffTimeout
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
