@@ -68,10 +68,11 @@ type Keeper struct {
 //
 // A lease already within the margin of its deadline (an Acquire whose
 // reply came late) or already reported lost gives a Keeper whose Context
-// is cancelled before KeepAlive returns. context.Cause of the Keeper's context says which.
-// Transient refresh errors are retried until the deadline. The caller must
-// call [Keeper.Stop] or [Keeper.Release]; once either returns, no refresh is
-// running or will start.
+// is cancelled before KeepAlive returns. context.Cause of the Keeper's
+// context says which. Transient refresh errors are retried until the
+// margin before the deadline. The caller must call [Keeper.Stop] or
+// [Keeper.Release]; once either returns, no refresh is running or will
+// start.
 //
 // Renewal lasts as long as ctx, or, with [WithDetached], until Stop or a
 // loss even after ctx ended. A lease that does not implement [Deadliner] is
@@ -234,8 +235,10 @@ func (k *Keeper) halted() bool {
 // stopped, capped or abandoned with its parent context).
 func (k *Keeper) Lost() bool { return errors.Is(k.Err(), ErrLeaseLost) }
 
-// Stop ends renewal and waits until the renewal goroutine has returned. It
-// does not release the lease. Safe to call more than once.
+// Stop ends renewal and waits until the renewal goroutine has returned,
+// and with it the report of a loss it found (so an observer must not call
+// Stop while it is handed that loss). It does not release the lease. Safe
+// to call more than once.
 func (k *Keeper) Stop() {
 	k.once.Do(func() {
 		if ln, ok := k.lease.(LossNotifier); ok && k.start != nil {
@@ -301,7 +304,7 @@ func (k *Keeper) run(deadline time.Time, ttl, margin, every, first time.Duration
 		k.mu.Lock()
 		last := k.lastErr
 		k.mu.Unlock()
-		k.lose(lostError(key, "no successful refresh before its deadline", last))
+		k.lose(lostError(key, "no successful refresh before its deadline, less the loss margin", last))
 	})
 	defer func() {
 		if !loss.Stop() {

@@ -87,10 +87,7 @@ func TestKeepAliveLosesAtLocalDeadline(t *testing.T) {
 }
 
 func TestKeepAliveLosesAtDeadlineDuringHungRefresh(t *testing.T) {
-	w := &wrapped{inner: memlock.New(), refresh: func(ctx context.Context, _ lock.Lease, _ time.Duration) error {
-		<-ctx.Done() // a server that never answers
-		return ctx.Err()
-	}}
+	w := &wrapped{inner: memlock.New(), refresh: neverAnswers}
 	ttl := 60 * time.Millisecond
 	start := time.Now()
 	k := keepAlive(t, w, ttl)
@@ -444,7 +441,13 @@ type hungLease struct {
 
 func (l hungLease) Deadline() time.Time { return l.deadline }
 
-func (hungLease) Refresh(ctx context.Context, _ time.Duration) error {
+func (l hungLease) Refresh(ctx context.Context, ttl time.Duration) error {
+	return neverAnswers(ctx, l.Lease, ttl)
+}
+
+// neverAnswers is a refresh sent to a server that never answers: it
+// returns only when its context ends.
+func neverAnswers(ctx context.Context, _ lock.Lease, _ time.Duration) error {
 	<-ctx.Done()
 	return ctx.Err()
 }
@@ -507,10 +510,7 @@ func (o *lossBlocker) Observe(_ context.Context, e observe.Event) {
 // renewal ended without waiting for the timer's callback, and Stop
 // returned while the observer was still being told of the loss.
 func TestKeepAliveStopWaitsForTheLossReport(t *testing.T) {
-	w := &wrapped{inner: memlock.New(), refresh: func(ctx context.Context, _ lock.Lease, _ time.Duration) error {
-		<-ctx.Done() // a server that never answers
-		return ctx.Err()
-	}}
+	w := &wrapped{inner: memlock.New(), refresh: neverAnswers}
 	obs := &lossBlocker{entered: make(chan struct{}), unblock: make(chan struct{})}
 	const ttl = 60 * time.Millisecond
 	le, err := lock.Observe(w, obs).TryAcquire(t.Context(), "k", ttl)
