@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -292,14 +293,19 @@ type observedLease struct {
 	inner  Lease
 	scope_ *observe.Scope
 	taken  time.Time
-	done   atomic.Bool // an event with Ends was reported
-	// hold ends the observer's following of the holding (see StartHold):
-	// it is handed the event with Ends instead of the observer. Nil when
-	// nothing started one.
-	hold atomic.Pointer[func(context.Context, observe.Event)]
 	// started is set by the first StartHold, before it calls the observer,
 	// so that a concurrent second one starts nothing.
 	started atomic.Bool
+	// mu orders the start of the holding (StartHold, which holds it while
+	// the observer starts one) against its end, so that an end reported
+	// meanwhile waits for the holding it ends. Never held across a
+	// request or the call that reports the end.
+	mu   sync.Mutex
+	done bool // an event with Ends was reported, or is being; guarded by mu
+	// hold ends the observer's following of the holding (see StartHold):
+	// it is handed the event with Ends instead of the observer. Nil when
+	// nothing started one. Guarded by mu.
+	hold func(context.Context, observe.Event)
 }
 
 type (
@@ -410,22 +416,30 @@ func (l *observedLease) ended(ctx context.Context, start time.Time, err error) {
 // holding if it is the first: to the end of the holding StartHold started,
 // if any, and otherwise to the observer.
 func (l *observedLease) emitEnd(ctx context.Context, e observe.Event) {
-	if l.done.CompareAndSwap(false, true) {
-		l.emitEnded(ctx, e)
-		return
+	if !l.emitEnded(ctx, e) {
+		l.scope_.Emit(ctx, l.inner.Key(), e)
 	}
-	l.scope_.Emit(ctx, l.inner.Key(), e)
 }
 
-// emitEnded reports e as the event that ends the holding; the caller set
-// l.done.
-func (l *observedLease) emitEnded(ctx context.Context, e observe.Event) {
-	e.Ends = true
-	if end := l.hold.Load(); end != nil {
-		(*end)(ctx, e)
-		return
+// emitEnded reports e as the event that ends the holding, unless the
+// holding has ended already, and reports whether it did: to the end that
+// StartHold set up, if any (waiting for a StartHold under way), and
+// otherwise to the observer.
+func (l *observedLease) emitEnded(ctx context.Context, e observe.Event) bool {
+	l.mu.Lock()
+	first, end := !l.done, l.hold
+	l.done = true
+	l.mu.Unlock()
+	if !first {
+		return false
 	}
-	l.scope_.Emit(ctx, l.inner.Key(), e)
+	e.Ends = true
+	if end != nil {
+		end(ctx, e)
+	} else {
+		l.scope_.Emit(ctx, l.inner.Key(), e)
+	}
+	return true
 }
 
 // ReportLoss tells the observer of lease, a lease taken from a Locker made
@@ -439,7 +453,7 @@ func (l *observedLease) emitEnded(ctx context.Context, e observe.Event) {
 // the renewal before storing a result finds the lease gone.
 func ReportLoss(ctx context.Context, lease Lease, cause error) {
 	ol, _ := unwrapLease(lease)
-	if ol == nil || !ol.done.CompareAndSwap(false, true) {
+	if ol == nil {
 		return
 	}
 	ol.emitEnded(ctx, ol.lossEvent(cause))
@@ -466,14 +480,21 @@ func (l *observedLease) lossEvent(cause error) observe.Event {
 // the work's context, and the [KeepAlive] context, from the result. The
 // holding then ends, for the observer, at the lease's first Release or
 // Complete or at its loss ([KeepAlive] reports it), whichever comes
-// first, as it always does. For a lease that is not observed, whose
+// first, as it always does; a Release, Complete or loss that ends the
+// lease while the observer is starting the holding waits for it, and then
+// ends it. For a lease that is not observed, whose
 // observer is not a HoldScoper, that has ended already or for which
 // StartHold was called before (or is being called concurrently: only one
 // call starts a holding), it returns ctx and does nothing else (one
 // type switch, no allocation, when not observed).
 func StartHold(ctx context.Context, lease Lease) context.Context {
 	ol, _ := unwrapLease(lease)
-	if ol == nil || ol.done.Load() || !ol.started.CompareAndSwap(false, true) {
+	if ol == nil || !ol.started.CompareAndSwap(false, true) {
+		return ctx
+	}
+	ol.mu.Lock()
+	defer ol.mu.Unlock()
+	if ol.done {
 		return ctx
 	}
 	hctx, end := ol.scope_.StartHold(ctx, ol.inner.Key(), observe.Event{
@@ -483,9 +504,7 @@ func StartHold(ctx context.Context, lease Lease) context.Context {
 	if end == nil {
 		return ctx
 	}
-	p := new(func(context.Context, observe.Event)) // here, not at end's declaration: the paths that decline allocate nothing
-	*p = end
-	ol.hold.Store(p)
+	ol.hold = end
 	return hctx
 }
 

@@ -500,3 +500,43 @@ func TestStartHoldConcurrentStartsOne(t *testing.T) {
 		t.Errorf("%d holdings started, %d ended: want one each", len(starts), len(ends))
 	}
 }
+
+// TestStartHoldRacingReleaseEndsTheHolding: a Release that ends the lease
+// while StartHold is inside the observer (starting the holding) ends that
+// holding, once the observer has returned, instead of reporting its event
+// past it. Regression test: the end StartHold stores was read by the
+// release before StartHold had stored it, so the release went to the
+// observer as a plain event and the holding StartHold then stored was
+// never ended (an OpenTelemetry span left open).
+func TestStartHoldRacingReleaseEndsTheHolding(t *testing.T) {
+	ctx := t.Context()
+	g := &gatedScoper{scoper: newScoper("s", nil), entered: make(chan struct{}), unblock: make(chan struct{})}
+	m := memlock.New()
+	l := lock.Observe(m, g)
+	le, err := l.TryAcquire(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan context.Context, 1)
+	go func() { started <- lock.StartHold(ctx, le) }()
+	<-g.entered // StartHold is inside the observer
+	released := make(chan error, 1)
+	go func() { released <- le.Release(ctx) }()
+	// The key is free once the release reached memlock: the release is
+	// past its own work, on its way to reporting the end.
+	next, err := lock.Acquire(ctx, m, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(g.unblock)
+	<-started
+	if err := <-released; err != nil {
+		t.Fatal(err)
+	}
+	if starts, ends := g.calls(); len(starts) != 1 || len(ends) != 1 {
+		t.Errorf("%d holdings started, %d ended: want one each", len(starts), len(ends))
+	}
+}
