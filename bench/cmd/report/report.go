@@ -203,7 +203,8 @@ func (res *results) markdown(chartLink, rawName string) string {
 	// Chart.
 	p("## Contended hand-off\n\n![Hand-off latency per library: p50 and p99 bars on a log scale](%s)\n\n", chartLink)
 	p("%d contenders, each with its own client (as %d processes would have), take turns on one key. ", bench.Contenders, bench.Contenders)
-	p("A holder keeps the key for %s, and releases it only when every other contender has been waiting for at least %s; ", fmtAxis(float64(bench.HoldTime)), fmtAxis(float64(bench.HoldTime)))
+	p("A holder keeps the key for %s, and releases it only when every other contender has been waiting for at least %s plus %d times the library's refused attempt (the median of %d attempts on the held key, measured in the same run), so that none of them is still in its first attempt: a take already on its way at the release does not wait to be woken, and winning with it (barging in, which a queue forbids) is not a hand-off to a waiter (on etcd, whose takes take about 2 ms, the newest arrival's first attempt won most unqueued hand-offs before the workload waited for it); ",
+		fmtAxis(float64(bench.HoldTime)), fmtAxis(float64(bench.HoldTime)), bench.FirstAttemptFactor, bench.FirstAttemptSamples)
 	p("a contender that released waits again after a random pause (uniform over %s, or over the library's polling interval when that is fixed and longer: 100 ms for bsm/redislock), so that pollers start waiting at independent phases, as separate processes do. ", fmtAxis(float64(bench.HoldTime)))
 	p("The latency runs from the holder's release call to the moment the next holder's take returned; it includes the release's own round trip. ")
 	p("Fairness is the spread of takes over the contenders: cv is their coefficient of variation (0 when even), min/max the fewest over the most (0: someone never got the lock). ")
