@@ -47,6 +47,38 @@ func withN(n int) optOption {
 	}
 }
 
+func TestParseFlag(t *testing.T) {
+	u, err := url.Parse("x://h:1/?on=true&one=1&off=false&bad=yes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := driver.Name("x").Query(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var opts []optOption
+	with := func() optOption { return withN(1) }
+	for _, name := range []string{"on", "one"} {
+		if err := driver.ParseFlag(q, &opts, name, with); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	for _, name := range []string{"off", "absent"} {
+		if err := driver.ParseFlag(q, &opts, name, with); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if len(opts) != 2 {
+		t.Errorf("%d options from on=true, one=1, off=false and an absent flag; want 2", len(opts))
+	}
+	if err := driver.ParseFlag(q, &opts, "bad", with); !errors.Is(err, lock.ErrInvalidURL) || !strings.Contains(err.Error(), "bad") {
+		t.Errorf("bad=yes: %v, want an ErrInvalidURL naming the option", err)
+	}
+	if err := q.Done(); err != nil {
+		t.Errorf("Done after reading every option: %v", err)
+	}
+}
+
 func TestParseOption(t *testing.T) {
 	u, err := url.Parse("x://h:1/?n=3&bad=-1&word=a&twice=1&twice=2")
 	if err != nil {

@@ -42,3 +42,16 @@ func ParseOption[C any, O ~func(*C) error, V any](q *Query, opts *[]O, name stri
 // Text is the parse function of [ParseOption] for an option whose value
 // is its text.
 func Text(s string) (string, error) { return s, nil }
+
+// ParseFlag reads the boolean option name of a backend's URL (as
+// strconv.ParseBool reads it: true, 1, false, 0) and appends with() to opts
+// when it is true, as for queue=true and WithQueue. A value that is not a
+// boolean is an error matching [lock.ErrInvalidURL] that names the option.
+func ParseFlag[O any](q *Query, opts *[]O, name string, with func() O) error {
+	on, err := q.Bool(name, false)
+	if err != nil || !on {
+		return err
+	}
+	*opts = append(*opts, with())
+	return nil
+}

@@ -258,7 +258,8 @@
 // CONSUL_HTTP_TOKEN; the opener overwrites a token in the URL with
 // "redacted" before returning so that no error message can show it.
 // Options: dc (datacenter), tls=true (https), prefix, min_ttl, lock_delay,
-// keep_warm (durations such as 1s), session_name, max_record_size (bytes).
+// keep_warm (durations such as 1s), session_name, max_record_size (bytes),
+// queue (true for [WithQueue]).
 // The Locker that Open returns owns its client and closes its idle
 // connections on Close. Open makes no request and keeps no reference to
 // its context: the context does not matter after Open returns.

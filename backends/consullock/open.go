@@ -146,6 +146,9 @@ func lockerOptions(q *driver.Query) ([]Option, error) {
 	if n > 0 {
 		opts = append(opts, WithMaxRecordSize(n))
 	}
+	if err := driver.ParseFlag(q, &opts, "queue", WithQueue); err != nil {
+		return nil, err
+	}
 	return opts, nil
 }
 

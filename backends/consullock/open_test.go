@@ -24,6 +24,7 @@ func TestOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := url.QueryEscape(sessionName(t))
+	testenv.CheckQueueURL(t, "consul://"+addr+"/?min_ttl=1s&session_name="+name, "queue")
 	for _, u := range []string{
 		"consul://" + addr + "/?min_ttl=1s&session_name=" + name,
 		"consul://" + addr + "?min_ttl=1s&lock_delay=0s&keep_warm=5s&prefix=idemlock-open/&dc=dc1&tls=false&max_record_size=1000&session_name=" + name,

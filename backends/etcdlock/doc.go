@@ -155,7 +155,7 @@
 // refuses it in a list). Options: prefix (string, default idemlock/), dial_timeout (duration,
 // default 5s), lease_pool (count, default 8), ttl_slack (duration, default
 // 1s), timeout (duration, default 5s), max_record_size (bytes, default
-// 1048576), retention_bucket (duration). The Locker owns the client Open made
+// 1048576), retention_bucket (duration), queue (true for [WithQueue]). The Locker owns the client Open made
 // and closes it. Open returns an error if its context has already ended,
 // and otherwise neither waits for a connection nor keeps the context: it
 // does not matter after Open returns. Credentials and TLS are not supported in the URL (they are

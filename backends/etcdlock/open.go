@@ -65,6 +65,7 @@ func ParseURL(u *url.URL) (clientv3.Config, []Option, error) {
 		driver.ParseOption(q, &opts, "timeout", time.ParseDuration, WithTimeout),
 		driver.ParseOption(q, &opts, "max_record_size", strconv.Atoi, WithMaxRecordSize),
 		driver.ParseOption(q, &opts, "retention_bucket", time.ParseDuration, WithRetentionBucket),
+		driver.ParseFlag(q, &opts, "queue", WithQueue),
 		q.Done(),
 	)
 	if err != nil {

@@ -80,6 +80,7 @@ func TestOpen(t *testing.T) {
 	eps := testenv.EtcdEndpoints(t)
 	ctx := t.Context()
 	prefix := url.QueryEscape(testPrefix(t))
+	testenv.CheckQueueURL(t, "etcd://"+strings.Join(eps, ",")+"/?prefix="+prefix, "queue")
 	b, err := lock.Open(ctx, "etcd://"+strings.Join(eps, ",")+"/?prefix="+prefix+"&dial_timeout=2s")
 	if err != nil {
 		t.Fatal(err)

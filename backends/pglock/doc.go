@@ -242,7 +242,7 @@
 // The URL is pgx's (pgxpool.ParseConfig: sslmode, pool_max_conns, runtime
 // parameters such as search_path, …) plus these options: idemlock_table,
 // idemlock_schema, idemlock_cleanup_interval (a duration, 0 for none),
-// idemlock_max_record_size (bytes). Errors match lock.ErrInvalidURL and
+// idemlock_max_record_size (bytes), idemlock_queue (true for [WithQueue]). Errors match lock.ErrInvalidURL and
 // never show the password. The Locker owns the pool Open made and closes
 // it. Open makes no request; pgxpool keeps only the values of its context
 // (not its cancellation) for the connections it opens in the background

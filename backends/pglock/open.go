@@ -46,6 +46,7 @@ func ParseURL(u *url.URL) (*pgxpool.Config, []Option, error) {
 		driver.ParseOption(q, &opts, "idemlock_schema", driver.Text, WithSchema),
 		driver.ParseOption(q, &opts, "idemlock_cleanup_interval", time.ParseDuration, WithCleanupInterval),
 		driver.ParseOption(q, &opts, "idemlock_max_record_size", strconv.Atoi, WithMaxRecordSize),
+		driver.ParseFlag(q, &opts, "idemlock_queue", WithQueue),
 	)
 	if err != nil {
 		return nil, nil, err

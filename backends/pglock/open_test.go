@@ -10,6 +10,7 @@ import (
 
 	"github.com/idemlock/lock"
 	"github.com/idemlock/lock/backends/pglock"
+	"github.com/idemlock/lock/internal/testenv"
 )
 
 func TestParseURL(t *testing.T) {
@@ -52,6 +53,16 @@ func TestParseURL(t *testing.T) {
 func TestOpen(t *testing.T) {
 	raw := postgresURL(t)
 	ctx := t.Context()
+	{
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := u.Query()
+		q.Set("idemlock_table", testTable(t))
+		u.RawQuery = q.Encode()
+		testenv.CheckQueueURL(t, u.String(), "idemlock_queue")
+	}
 	for _, scheme := range pglock.Schemes {
 		u, err := url.Parse(raw)
 		if err != nil {

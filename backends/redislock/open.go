@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/idemlock/lock"
+	"github.com/idemlock/lock/driver"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -47,6 +48,10 @@ func open(_ context.Context, u *url.URL) (b lock.Backend, err error) {
 	}
 	ctxTimeout, err := query.Bool("context_timeout_enabled", true)
 	if err != nil {
+		return nil, err
+	}
+	opts := []Option{WithPrefix(prefix)}
+	if err := driver.ParseFlag(query, &opts, "queue", WithQueue); err != nil {
 		return nil, err
 	}
 	q := query.Rest() // go-redis's own options
@@ -99,7 +104,7 @@ func open(_ context.Context, u *url.URL) (b lock.Backend, err error) {
 	default:
 		return nil, errs.URLError("unknown scheme %q (want one of %s)", u.Scheme, strings.Join(Schemes, ", "))
 	}
-	l, err := New(client, WithPrefix(prefix))
+	l, err := New(client, opts...)
 	if err != nil {
 		_ = client.Close()
 		return nil, err

@@ -29,6 +29,7 @@ func TestSchemesRegistered(t *testing.T) {
 // prefix from the URL, and owns (closes) its client.
 func TestOpen(t *testing.T) {
 	prefix := single.testPrefix(t)
+	testenv.CheckQueueURL(t, "redis://"+testenv.RedisAddr(t)+"/0?key_prefix="+url.QueryEscape(prefix), "queue")
 	seeds := testenv.RedisClusterAddrs(t)
 	clusterPrefix := cluster.testPrefix(t)
 	for _, tc := range []struct {

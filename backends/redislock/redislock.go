@@ -131,7 +131,7 @@
 // Options are go-redis's own URL options (redis.ParseURL,
 // redis.ParseClusterURL, redis.ParseFailoverURL: dial_timeout, pool_size,
 // addr=host:port for more seeds, which IPv6 seeds need, …) plus
-// key_prefix=… for [WithPrefix]. The opener turns on go-redis's
+// key_prefix=… for [WithPrefix] and queue=true for [WithQueue]. The opener turns on go-redis's
 // ContextTimeoutEnabled unless the URL says context_timeout_enabled=false,
 // so context deadlines bound every command. Errors match [lock.ErrInvalidURL]
 // and never show the password. The Locker owns the client it made and
