@@ -64,6 +64,7 @@ type Report struct {
 	ProcWorkers   int    // of which in worker processes
 	Procs         int
 	ProcTakes     int // takes made in worker processes
+	QueuedTakes   int // takes made by queued waiters' tickets
 	TTL           time.Duration
 	Slack         time.Duration
 	Faults        []FaultWindow
@@ -140,6 +141,9 @@ func Check(r *Result, opt CheckOptions) *Report {
 			rep.Attempts++
 			if op.Outcome == OK {
 				rep.Takes++
+				if op.Queued {
+					rep.QueuedTakes++
+				}
 			}
 		}
 		if op.Outcome == Unknown {

@@ -81,6 +81,9 @@ type Op struct {
 	Return  int64
 	Outcome Outcome
 	Err     string // the error, for examples
+	// Queued marks a take by a queued waiter's ticket (lock.Ticket), which
+	// is also refused while the key is free and another waiter is ahead.
+	Queued bool
 }
 
 // TakeRecord is one holding of a key by a worker: from its Acquire to its
@@ -152,7 +155,12 @@ func (r *recorder) drain() []Op {
 }
 
 func (r *recorder) record(k Kind, key int, lease, token uint64, call int64, err error) {
-	op := Op{Kind: k, Key: key, Lease: lease, Token: token, Worker: r.worker, Call: call, Return: r.clock.Now(), Outcome: outcomeOf(k, err)}
+	r.recordOp(Op{Kind: k, Key: key, Lease: lease, Token: token, Call: call}, err)
+}
+
+// recordOp completes op (its worker, return time and outcome) and records it.
+func (r *recorder) recordOp(op Op, err error) {
+	op.Worker, op.Return, op.Outcome = r.worker, r.clock.Now(), outcomeOf(op.Kind, err)
 	if err != nil {
 		op.Err = err.Error()
 		if len(op.Err) > 300 {
@@ -176,25 +184,63 @@ type recordingNotifier struct {
 	lock.Notifier
 }
 
+// recordingQueuer is a recordingNotifier whose Locker is a lock.Queuer
+// too (it may have queued waiting off: its Queue then says so, and
+// lock.Acquire waits unqueued); the takes of its tickets are recorded.
+type recordingQueuer struct {
+	recordingNotifier
+	q lock.Queuer
+}
+
 func record(l lock.Locker, rec *recorder) lock.Locker {
 	rl := recordingLocker{inner: l, rec: rec}
-	if n, ok := l.(lock.Notifier); ok {
+	n, notifies := l.(lock.Notifier)
+	q, queues := l.(lock.Queuer)
+	switch {
+	case notifies && queues:
+		return &recordingQueuer{recordingNotifier{rl, n}, q}
+	case notifies:
 		return &recordingNotifier{rl, n}
 	}
 	return &rl
 }
 
 func (l *recordingLocker) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+	return l.take(key, false, func() (lock.Lease, error) { return l.inner.TryAcquire(ctx, key, ttl) })
+}
+
+// take records one take of key, made by try.
+func (l *recordingLocker) take(key string, queued bool, try func() (lock.Lease, error)) (lock.Lease, error) {
 	k := l.rec.key(key)
 	call := l.rec.clock.Now()
-	le, err := l.inner.TryAcquire(ctx, key, ttl)
+	le, err := try()
 	if err != nil {
-		l.rec.record(Take, k, 0, 0, call, err)
+		l.rec.recordOp(Op{Kind: Take, Key: k, Call: call, Queued: queued}, err)
 		return nil, err
 	}
 	rl := &recordingLease{inner: le, rec: l.rec, key: k, id: l.rec.newLeaseID()}
-	l.rec.record(Take, k, rl.id, le.Token(), call, nil)
+	l.rec.recordOp(Op{Kind: Take, Key: k, Lease: rl.id, Token: le.Token(), Call: call, Queued: queued}, nil)
 	return wrapLease(rl), nil
+}
+
+// Queue returns the Locker's ticket for key, recording its takes.
+func (l *recordingQueuer) Queue(ctx context.Context, key string) (lock.Ticket, error) {
+	t, err := l.q.Queue(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return &recordingTicket{Ticket: t, l: &l.recordingLocker, key: key}, nil
+}
+
+// recordingTicket records the takes of a queued waiter's ticket.
+type recordingTicket struct {
+	lock.Ticket
+	l   *recordingLocker
+	key string
+}
+
+func (t *recordingTicket) TryAcquire(ctx context.Context, ttl time.Duration) (lock.Lease, error) {
+	return t.l.take(t.key, true, func() (lock.Lease, error) { return t.Ticket.TryAcquire(ctx, ttl) })
 }
 
 // recordingLease records the calls on one lease.

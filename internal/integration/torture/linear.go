@@ -184,7 +184,8 @@ func addSat(a, b int64) int64 {
 // form. An operation with an unknown outcome may take effect at any moment
 // after its call: its return is put at the end of the segment. A segment
 // that starts midway leaves out the refreshes and releases of leases taken
-// before it.
+// before it. A queued waiter's refused take is left out: it may be refused
+// while the key is free, because another waiter is ahead of it.
 func linOps(ops []Op, midway bool) []porcupine.Operation {
 	end := int64(0)
 	for _, op := range ops {
@@ -193,9 +194,12 @@ func linOps(ops []Op, midway bool) []porcupine.Operation {
 	taken := map[uint64]bool{}
 	out := make([]porcupine.Operation, 0, len(ops))
 	for _, op := range ops {
-		if op.Kind == Take {
+		switch {
+		case op.Kind == Take && op.Queued && op.Outcome == Refused:
+			continue // says nothing of the key: a waiter may be ahead
+		case op.Kind == Take:
 			taken[op.Lease] = true
-		} else if midway && !taken[op.Lease] {
+		case midway && !taken[op.Lease]:
 			continue
 		}
 		ret := op.Return

@@ -132,15 +132,15 @@ func WriteReport(w io.Writer, m Machine, cells []Cell) error {
 				first.Topology, first.TTL, first.Slack, first.Workers, first.ProcWorkers, first.Procs)
 			p.line("")
 		}
-		p.line("| cell | faults | takes (in processes) | unknown outcomes | Acquires given up | stale writes refused | fenced safety | unfenced exclusion (longest) | token order | loss p50 / p99 (n) | loss violations | recovery p50 / max (bound) | liveness | linearizability |")
+		p.line("| cell | faults | takes (in processes; by queued waiters) | unknown outcomes | Acquires given up | stale writes refused | fenced safety | unfenced exclusion (longest) | token order | loss p50 / p99 (n) | loss violations | recovery p50 / max (bound) | liveness | linearizability |")
 		p.line("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 		for _, c := range cells {
 			if c.Backend != b {
 				continue
 			}
 			ch := checksByName(c)
-			p.line("| %s | %s | %d (%d) | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |",
-				c.Cell, faultList(c.Faults), c.Takes, c.ProcTakes, c.Unknown, c.AcqErrors, c.Stale,
+			p.line("| %s | %s | %d (%d; %d) | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |",
+				c.Cell, faultList(c.Faults), c.Takes, c.ProcTakes, c.QueuedTakes, c.Unknown, c.AcqErrors, c.Stale,
 				count(ch[CheckFenced]), withLongest(ch[CheckExclusion], c.MaxOverlap), count(ch[CheckTokenOrder]),
 				lossFigures(c), count(ch[CheckLoss]), recoveryFigures(c), count(ch[CheckLiveness]), linearFigures(c, ch[CheckLinear]))
 		}

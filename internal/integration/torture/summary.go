@@ -26,6 +26,7 @@ type Cell struct {
 	Procs       int
 	Takes       int
 	ProcTakes   int
+	QueuedTakes int // by queued waiters' tickets
 	Attempts    int
 	Ops         int
 	Unknown     int
@@ -82,7 +83,7 @@ type CheckSummary struct {
 func Summarize(rep *Report, topology string) Cell {
 	c := Cell{
 		Backend: rep.Backend, Topology: topology, Duration: rep.Duration,
-		Workers: rep.Workers, ProcWorkers: rep.ProcWorkers, Procs: rep.Procs, Takes: rep.Takes, ProcTakes: rep.ProcTakes, Attempts: rep.Attempts,
+		Workers: rep.Workers, ProcWorkers: rep.ProcWorkers, Procs: rep.Procs, Takes: rep.Takes, ProcTakes: rep.ProcTakes, QueuedTakes: rep.QueuedTakes, Attempts: rep.Attempts,
 		Ops: rep.Ops, Unknown: rep.Unknown, AcqErrors: rep.AcquireErrors, AcqError: rep.AcquireError, Stale: rep.Stale,
 		MaxOverlap: rep.MaxOverlap, Losses: len(rep.LossLatency), LateTakes: rep.ExpiredOnArrival,
 		LossP50: Percentile(rep.LossLatency, 50), LossP99: Percentile(rep.LossLatency, 99), LossMax: Percentile(rep.LossLatency, 100),
