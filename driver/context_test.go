@@ -47,8 +47,10 @@ func withN(n int) optOption {
 	}
 }
 
-func TestParseFlag(t *testing.T) {
-	u, err := url.Parse("x://h:1/?on=true&one=1&off=false&bad=yes")
+// query returns the options of the URL raw, for backend "x".
+func query(t *testing.T, raw string) *driver.Query {
+	t.Helper()
+	u, err := url.Parse(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,6 +58,11 @@ func TestParseFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return q
+}
+
+func TestParseFlag(t *testing.T) {
+	q := query(t, "x://h:1/?on=true&one=1&off=false&bad=yes")
 	var opts []optOption
 	with := func() optOption { return withN(1) }
 	for _, name := range []string{"on", "one"} {
@@ -80,14 +87,7 @@ func TestParseFlag(t *testing.T) {
 }
 
 func TestParseOption(t *testing.T) {
-	u, err := url.Parse("x://h:1/?n=3&bad=-1&word=a&twice=1&twice=2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := driver.Name("x").Query(u)
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := query(t, "x://h:1/?n=3&bad=-1&word=a&twice=1&twice=2")
 	var opts []optOption
 	if err := driver.ParseOption(q, &opts, "n", strconv.Atoi, withN); err != nil || len(opts) != 1 {
 		t.Fatalf("n=3: %v, %d options", err, len(opts))
@@ -95,7 +95,7 @@ func TestParseOption(t *testing.T) {
 	if err := driver.ParseOption(q, &opts, "absent", strconv.Atoi, withN); err != nil || len(opts) != 1 {
 		t.Errorf("an absent option: %v, %d options; want nil and none added", err, len(opts))
 	}
-	err = driver.ParseOption(q, &opts, "bad", strconv.Atoi, withN)
+	err := driver.ParseOption(q, &opts, "bad", strconv.Atoi, withN)
 	if !errors.Is(err, lock.ErrInvalidURL) || !errors.Is(err, lock.ErrInvalidArgument) || err.Error() != "x: bad: n -1 is negative" {
 		t.Errorf("bad=-1: %v, want an ErrInvalidURL and ErrInvalidArgument naming the option", err)
 	}
