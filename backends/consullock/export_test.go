@@ -9,3 +9,7 @@ const EntryTaken = entryTaken
 // MaxAge exposes to the tests how long after its last renewal a pooled
 // session may still be handed to a take.
 var MaxAge = maxAge
+
+// TrimAfter exposes to the tests how long idle sessions beyond the spares
+// may go unused before the keeper destroys them.
+var TrimAfter = trimAfter

@@ -163,6 +163,19 @@ func (s *sessionLog) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// createsIn returns the session creates sent within sp.
+func (s *sessionLog) createsIn(sp span) []created {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []created
+	for _, cr := range s.creates {
+		if !cr.sent.Before(sp.start) && !cr.sent.After(sp.end) {
+			out = append(out, cr)
+		}
+	}
+	return out
+}
+
 // historyLocked returns the history of session id, made if need be. s.mu
 // is held.
 func (s *sessionLog) historyLocked(id string) *history {
