@@ -87,7 +87,8 @@ func diff(before, after map[string]int) map[string]int {
 // sessionLog is an http.RoundTripper that records the life of each
 // session its client creates or renews: when each successful create or
 // renewal was sent and when its answer was read (its body closed, after
-// which the pool records the renewal), and when a destroy was sent.
+// which the pool records the renewal), and when a destroy was sent; and
+// each create, with the name it gave the session.
 type sessionLog struct {
 	base    http.RoundTripper
 	mu      sync.Mutex
@@ -95,10 +96,11 @@ type sessionLog struct {
 	byID    map[string]*history // sessions seen created or renewed
 }
 
-// created is a session create: when it was sent and, if it succeeded, the
-// session's ID.
+// created is a session create: when it was sent, the name it gave the
+// session and, if it succeeded, the session's ID.
 type created struct {
 	sent time.Time
+	name string
 	id   string
 }
 
@@ -119,6 +121,10 @@ func newSessionLog(base http.RoundTripper) *sessionLog {
 
 func (s *sessionLog) RoundTrip(r *http.Request) (*http.Response, error) {
 	ep, id := endpoint(r.URL.Path)
+	var name string
+	if ep == "session/create" {
+		name = sessionNameOf(r)
+	}
 	sent := time.Now()
 	if ep == "session/destroy" {
 		s.mu.Lock()
@@ -144,7 +150,7 @@ func (s *sessionLog) RoundTrip(r *http.Request) (*http.Response, error) {
 			}
 		}
 		s.mu.Lock()
-		s.creates = append(s.creates, created{sent: sent, id: id})
+		s.creates = append(s.creates, created{sent: sent, name: name, id: id})
 		s.mu.Unlock()
 	}
 	if !ok || id == "" {
@@ -161,6 +167,37 @@ func (s *sessionLog) RoundTrip(r *http.Request) (*http.Response, error) {
 		s.mu.Unlock()
 	}}
 	return resp, nil
+}
+
+// sessionNameOf returns the Name in the body of session create r, read
+// from a copy (GetBody) so that r is sent untouched; "" if it has none.
+func sessionNameOf(r *http.Request) string {
+	if r.GetBody == nil {
+		return ""
+	}
+	body, err := r.GetBody()
+	if err != nil {
+		return ""
+	}
+	defer body.Close()
+	var in struct{ Name string }
+	if json.NewDecoder(body).Decode(&in) != nil {
+		return ""
+	}
+	return in.Name
+}
+
+// createsIn returns the session creates sent within sp.
+func (s *sessionLog) createsIn(sp span) []created {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []created
+	for _, cr := range s.creates {
+		if !cr.sent.Before(sp.start) && !cr.sent.After(sp.end) {
+			out = append(out, cr)
+		}
+	}
+	return out
 }
 
 // historyLocked returns the history of session id, made if need be. s.mu
