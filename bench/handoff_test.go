@@ -102,3 +102,35 @@ func benchtime(t *testing.T, v string) {
 	}
 	t.Cleanup(func() { _ = flag.Set("test.benchtime", old) })
 }
+
+// The hand-off workload measures the refused attempt with the clients it
+// runs, and makes no client of its own: an extra client's background
+// requests (consullock renews its idle sessions 6 times a second for
+// 10 s, etcdlock with WithQueue keeps its queue lease alive) would be
+// counted in the measured window's requests per hand-off, of idemlock
+// alone. Regression test: handoff made a ninth client to hold the key
+// while the first one's attempts were timed.
+func TestHandoffMakesOnlyItsClients(t *testing.T) {
+	benchtime(t, "3x")
+
+	mem := memoryBackend()
+	idem := mem.Libs[0]
+	var made, setups atomic.Int64
+	counting := Lib{Name: "counting", Setup: func(tb testing.TB, env Env) func() Client {
+		setups.Add(1)
+		next := idem.Setup(tb, env)
+		return func() Client {
+			made.Add(1)
+			return next()
+		}
+	}}
+	r := testing.Benchmark(func(b *testing.B) {
+		Handoff(b, mem, counting, Env{}, "clients/")
+	})
+	if r.N != 3 {
+		t.Fatalf("Handoff: N=%d, %v; want N=3", r.N, r.Extra)
+	}
+	if got, want := made.Load(), Contenders*setups.Load(); got != want {
+		t.Errorf("%d runs of Handoff made %d clients, want %d (%d each)", setups.Load(), got, want, Contenders)
+	}
+}

@@ -194,7 +194,7 @@ func handoff(b *testing.B, be Backend, lib Lib, env Env, prefix string, waiters,
 	if err := <-warmErr; err != nil {
 		b.Fatalf("warm-up: %v", err)
 	}
-	waited := HoldTime + FirstAttemptFactor*refusedAttempt(b, ctx, shared[0], newClient, key)
+	waited := HoldTime + FirstAttemptFactor*refusedAttempt(b, ctx, shared[0], shared[1%len(shared)], key)
 	for _, c := range clients { // connections, subscriptions, pools
 		h, err := c.Lock(ctx, key)
 		if err != nil {
@@ -510,9 +510,12 @@ const (
 )
 
 // refusedAttempt returns the median time of FirstAttemptSamples refused
-// attempts (Try) of c on key while another client of the library holds it.
-func refusedAttempt(b *testing.B, ctx context.Context, c Client, newClient func() Client, key string) time.Duration {
-	h, err := newClient().Lock(ctx, key)
+// attempts (Try) of c on key while holder holds it. Both are clients of
+// the workload: a client made for the measurement would go on sending its
+// library's background requests (consullock's idle-session renewals,
+// etcdlock's queue lease keep-alives) into the measured window.
+func refusedAttempt(b *testing.B, ctx context.Context, c, holder Client, key string) time.Duration {
+	h, err := holder.Lock(ctx, key)
 	if err != nil {
 		b.Fatalf("attempt timing: take: %v", err)
 	}

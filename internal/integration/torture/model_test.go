@@ -15,6 +15,8 @@ func TestLockModel(t *testing.T) {
 	op := func(k Kind, lease uint64, tok uint64, call, ret int, out Outcome) Op {
 		return Op{Kind: k, Key: 0, Lease: lease, Token: tok, Call: ms(call), Return: ms(ret), Outcome: out}
 	}
+	// queued marks a take by a queued waiter's ticket.
+	queued := func(o Op) Op { o.Queued = true; return o }
 	stall := []span{{ms(50), ms(350)}} // the server stood still for 300 ms
 	cases := []struct {
 		name   string
@@ -54,6 +56,12 @@ func TestLockModel(t *testing.T) {
 		}, nil, porcupine.Illegal},
 		{"refused while free", []Op{
 			op(Take, 1, 1, 0, 1, OK), op(Release, 1, 0, 2, 3, OK), op(Take, 0, 0, 4, 5, Refused),
+		}, nil, porcupine.Illegal},
+		{"a queued waiter refused while free (a waiter ahead of it)", []Op{
+			op(Take, 1, 1, 0, 1, OK), op(Release, 1, 0, 2, 3, OK), queued(op(Take, 0, 0, 4, 5, Refused)), queued(op(Take, 2, 2, 6, 7, OK)),
+		}, nil, porcupine.Ok},
+		{"a queued waiter's take while held", []Op{
+			op(Take, 1, 1, 0, 1, OK), queued(op(Take, 2, 2, 4, 5, OK)),
 		}, nil, porcupine.Illegal},
 		{"refused while held", []Op{
 			op(Take, 1, 1, 0, 1, OK), op(Take, 0, 0, 4, 5, Refused),
