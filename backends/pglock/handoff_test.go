@@ -23,7 +23,7 @@ import (
 // leaseRow is the key's row in the lease table, as the server sees it.
 type leaseRow struct {
 	token   int64
-	handed  bool // handed_to names a waiter
+	handed  bool // handed_to names a waiter (handed to it, or taken by its ticket)
 	expires time.Time
 	found   bool
 }
@@ -329,8 +329,8 @@ func TestHandOffStaleHead(t *testing.T) {
 	if d := le.(lock.Deadliner).Deadline(); d.Before(sent.Add(ttl)) {
 		t.Errorf("the stale head's Deadline is %v after its take was sent, want its full TTL %v", d.Sub(sent), ttl)
 	}
-	if row := readRow(t, h.admin, h.table, "k"); !row.found || row.handed {
-		t.Errorf("the stale head's row is %+v, want one taken, not handed", row)
+	if row := readRow(t, h.admin, h.table, "k"); !row.found || uint64(row.token) != le.Token() {
+		t.Errorf("the stale head's row is %+v, want the one its take made (token %d)", row, le.Token())
 	}
 	if err := le.Release(t.Context()); err != nil {
 		t.Fatal(err)

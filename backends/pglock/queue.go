@@ -149,7 +149,8 @@ func (s *statements) queueStatements(t, seq, w string) {
 	// ticket missed): the ticket takes it as it is. h is the live head; o
 	// says whether the ticket is first and whether other waiters remain;
 	// t is the ordinary take (whose new row is marked as waited for when
-	// others remain), m marks a held row as waited for when a waiter is
+	// others remain, and as the ticket's in handed_to, so that its leave
+	// undoes a take whose reply it never got), m marks a held row as waited for when a waiter is
 	// ahead; q queues the ticket (or moves its expiry; an expired entry
 	// goes to the back) and records the take's time and TTL for a hand-off,
 	// d dequeues it after a take and deletes expired waiters.
@@ -159,8 +160,9 @@ h AS (SELECT id, %[4]s AS rem FROM %[3]s
 	WHERE key = $1::bytea AND expires_at > clock_timestamp() ORDER BY arrived, id LIMIT 1),
 o AS (SELECT NOT EXISTS (SELECT FROM h WHERE id <> $3::bigint) AS first, EXISTS (SELECT FROM y) AS mine,
 	EXISTS (SELECT FROM %[3]s WHERE key = $1::bytea AND id <> $3::bigint AND expires_at > clock_timestamp()) AS more),
-t AS (INSERT INTO %[1]s AS l (key, token, expires_at, waiters)
-	SELECT $1::bytea, nextval('%[2]s'), now() + $2::bigint %[6]s, o.more FROM o WHERE o.first AND NOT o.mine
+t AS (INSERT INTO %[1]s AS l (key, token, expires_at, waiters, handed_to)
+	SELECT $1::bytea, v.token, now() + $2::bigint %[6]s, o.more, $3::bigint # v.token
+	FROM o, LATERAL (SELECT nextval('%[2]s') AS token WHERE o.first AND NOT o.mine) v
 	ON CONFLICT (key) DO UPDATE SET `+takeOver+`
 	RETURNING token, token = currval('%[2]s') AS took, %[5]s AS rem),
 m AS (UPDATE %[1]s SET waiters = true
@@ -209,8 +211,9 @@ SELECT live, (SELECT count(*) FROM n) FROM d`, t, w, seq, us, handOffLeft)
 
 	// $1 key, $2 waiter id, $3 channel, $4 payload, $5 whether one of
 	// the waiter's takes had an unknown outcome. Deletes the waiter, and a
-	// live row a release handed to it (g); if it was the live head or gave
-	// a row back, and the key is now free, notifies the next head (or,
+	// live row a release handed to it or one of its own takes made whose
+	// reply it never got (g); if it was the live head or gave a row back,
+	// and the key is now free, notifies the next head (or,
 	// when none is queued but unqueued waiters marked the row given back,
 	// every waiter). After a take of unknown outcome (which may hold the
 	// key with a lease nobody has) it notifies the next head whether or

@@ -282,6 +282,11 @@ func TestQueueOutcomes(t *testing.T) {
 		}
 	})
 	t.Run("leave not done", func(t *testing.T) {
+		// The holder must outlast the stalled leave: renewed here, it
+		// does whatever the subtests before took on a loaded machine.
+		if err := held.Refresh(t.Context(), ttl); err != nil {
+			t.Fatal(err)
+		}
 		tk := queued(t)
 		w.StallNextRequest()
 		if err := tk.Close(); err == nil {
@@ -458,4 +463,36 @@ func TestQueueOldTable(t *testing.T) {
 	if n, err := q.Cleanup(t.Context()); err != nil || n != 0 {
 		t.Errorf("Cleanup = %d, %v, want nothing to delete", n, err)
 	}
+}
+
+// A queued take whose reply was lost on a free key: Acquire gives up with
+// the error, and its ticket's leave undoes the take (its row names the
+// ticket), so the key is free at once instead of held, by a lease nobody
+// has, until its TTL.
+func TestQueueLostTakeUndone(t *testing.T) {
+	table := testTable(t)
+	url := postgresURL(t)
+	admin := newPool(t, url, nil)
+	l, w := newLockerOn(t, url, pglock.WithTable(table), pglock.WithQueue())
+	warm, err := lock.Acquire(t.Context(), l, "warm", time.Minute) // the table, the statements, the listener
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := warm.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	w.LoseNextReply()
+	_, err = lock.Acquire(t.Context(), l, "k", time.Minute)
+	notLockError(t, "Acquire whose queued take", err)
+	if row := readRow(t, admin, table, "k"); row.found {
+		t.Errorf("the key's row is still there after Acquire gave up: %+v (the take whose reply was lost was not undone)", row)
+	}
+	if q := queueLen(t, admin, table, "k"); q != 0 {
+		t.Errorf("the queue holds %d waiters after Acquire gave up, want 0", q)
+	}
+	le, err := newLocker(t, pglock.WithTable(table)).TryAcquire(t.Context(), "k", time.Minute)
+	if err != nil {
+		t.Fatalf("a take after the undone one: %v", err)
+	}
+	_ = le.Release(t.Context())
 }

@@ -44,7 +44,9 @@ type statements struct {
 //	record      bytea        NULL while held; the completed record after
 //	fingerprint bytea        the holder's fingerprint (ClaimFingerprint), or NULL
 //	handed_to   bigint       the id of the queued waiter a release handed the row to,
-//	                         XOR token (a takeover that knows no handed_to, by
+//	                         or whose ticket's take made it (so that its leave can
+//	                         undo a take whose reply was lost), XOR token (a
+//	                         takeover that knows no handed_to, by
 //	                         an older version, changes the token and so unnames
 //	                         the waiter), or NULL
 func newStatements(schema, table string) statements {
