@@ -296,10 +296,11 @@ type observedLease struct {
 	// started is set by the first StartHold, before it calls the observer,
 	// so that a concurrent second one starts nothing.
 	started atomic.Bool
-	// mu orders the start of the holding (StartHold, which holds it while
-	// the observer starts one) against its end, so that an end reported
-	// meanwhile waits for the holding it ends. Never held across a
-	// request or the call that reports the end.
+	// mu orders the start of the holding against its end: StartHold holds
+	// it while the observer starts the holding, so that an end reported
+	// meanwhile waits for the holding it ends. It is held across no
+	// request and no other observer call (an end is reported after it is
+	// let go).
 	mu   sync.Mutex
 	done bool // an event with Ends was reported, or is being; guarded by mu
 	// hold ends the observer's following of the holding (see StartHold):

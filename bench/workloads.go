@@ -96,9 +96,9 @@ type holding struct {
 // do not fall in step. A holder releases only when it has held the key for
 // HoldTime and every other contender has been waiting (inside its take
 // call) for at least HoldTime plus FirstAttemptFactor refused attempts of
-// the library: at every release Contenders-1 contenders are waiting, none
-// of them in its first attempt, and every hand-off goes from one contender
-// to another.
+// the library (see FirstAttemptFactor): at every release Contenders-1
+// contenders are waiting, few of them still in their first attempts, and
+// every hand-off goes from one contender to another.
 //
 // It reports the latency from a holder's release call to the next
 // holder's take (ns/handoff-p50, ns/handoff-p99), the spread of takes over

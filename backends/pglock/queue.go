@@ -144,16 +144,17 @@ func (s *statements) queueStatements(t, seq, w string) {
 	// sequence's last token: a release that hands the key to the ticket
 	// after this take draws a greater one (it takes the key's advisory
 	// lock after this take let it go), so a notification of a smaller
-	// token is late, of a row this take saw gone. y is
-	// a live row a release handed to the ticket (a notification the
-	// ticket missed): the ticket takes it as it is. h is the live head; o
-	// says whether the ticket is first and whether other waiters remain;
-	// t is the ordinary take (whose new row is marked as waited for when
-	// others remain, and as the ticket's in handed_to, so that its leave
-	// undoes a take whose reply it never got), m marks a held row as waited for when a waiter is
-	// ahead; q queues the ticket (or moves its expiry; an expired entry
-	// goes to the back) and records the take's time and TTL for a hand-off,
-	// d dequeues it after a take and deletes expired waiters.
+	// token is late, of a row this take saw gone. y is a live row a
+	// release handed to the ticket (a notification the ticket missed): the
+	// ticket takes it as it is. h is the live head; o says whether the
+	// ticket is first and whether other waiters remain; t is the ordinary
+	// take (whose new row is marked as waited for when others remain, and
+	// names the ticket in handed_to, so that its leave, by Close or before
+	// a retry, undoes a take whose reply it never got), m marks a held row
+	// as waited for when a waiter is ahead; q queues the ticket (or moves
+	// its expiry; an expired entry goes to the back) and records the
+	// take's time and TTL for a hand-off, d dequeues it after a take and
+	// deletes expired waiters.
 	s.ticketTake = fmt.Sprintf(`WITH y AS (SELECT token, %[5]s AS rem FROM %[1]s
 	WHERE key = $1::bytea AND handed_to = ($3::bigint # token) AND record IS NULL AND expires_at > now()),
 h AS (SELECT id, %[4]s AS rem FROM %[3]s

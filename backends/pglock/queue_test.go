@@ -496,3 +496,46 @@ func TestQueueLostTakeUndone(t *testing.T) {
 	}
 	_ = le.Release(t.Context())
 }
+
+// A direct ticket user retries a take whose reply was lost: the retry
+// leaves the queue first, which undoes the lost take (its row names the
+// ticket), and then takes the key, instead of being refused by a lease
+// nobody has until its TTL.
+func TestQueueTicketRetryUndoesItsLostTake(t *testing.T) {
+	table := testTable(t)
+	url := postgresURL(t)
+	admin := newPool(t, url, nil)
+	l, w := newLockerOn(t, url, pglock.WithTable(table), pglock.WithQueue())
+	warm, err := lock.Acquire(t.Context(), l, "warm", time.Minute) // the table, the statements, the listener
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := warm.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	tk, err := l.Queue(t.Context(), "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tk.Close() }()
+	w.LoseNextReply()
+	_, err = tk.TryAcquire(t.Context(), time.Minute)
+	notLockError(t, "a ticket's take", err)
+	lost := readRow(t, admin, table, "k")
+	if !lost.found {
+		t.Fatal("no row after a take whose reply was lost after the server applied it")
+	}
+	le, err := tk.TryAcquire(t.Context(), time.Minute)
+	if err != nil {
+		t.Fatalf("the ticket's retry: %v, want the key (the lost take undone)", err)
+	}
+	if le.Token() <= uint64(lost.token) {
+		t.Errorf("the retry holds token %d, want one above the lost take's %d", le.Token(), lost.token)
+	}
+	if err := le.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if row := readRow(t, admin, table, "k"); row.found {
+		t.Errorf("the key's row is still there after the release: %+v", row)
+	}
+}

@@ -11,7 +11,7 @@ import (
 // CheckQueueURL checks a backend's URL flag for queued waiting: the
 // backend opened from rawURL waits unqueued (its Queue matches
 // errors.ErrUnsupported), the one opened with name=true added queues (its
-// Queue returns a ticket, which is closed without a request), and
+// Queue returns a ticket, closed before it queues), and
 // name=maybe is refused with an error matching lock.ErrInvalidURL.
 func CheckQueueURL(t testing.TB, rawURL, name string) {
 	t.Helper()

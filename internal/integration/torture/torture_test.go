@@ -131,10 +131,10 @@ type topology struct {
 	// proxied: every client reaches the servers through proxies of its
 	// own, so that network faults can act on one client or all.
 	proxied bool
-	// queue is the URL flag that turns on queued waiting (WithQueue), ""
-	// for a backend without a queue: the odd-numbered workers queue, the
-	// others wait unqueued, on the same keys.
-	queue string
+	// queued: the odd-numbered workers open their Locker with the URL
+	// option queue=true (queued waiting) and the others without, on the
+	// same keys. Only for a backend that queues.
+	queued bool
 	// unit is the process of a single server, for pause and kill.
 	unit  string
 	ttl   time.Duration
@@ -187,25 +187,25 @@ func topologies() []topology {
 	memcachedURL := func(a []string) string { return "memcached://" + strings.Join(a, ",") }
 	return []topology{
 		// The slowest first: up to -test.parallel run at once.
-		{name: "etcd", queue: "queue", backend: "etcd", server: testenv.Etcd, url: etcdURL, proxied: true, unit: "etcd",
+		{name: "etcd", queued: true, backend: "etcd", server: testenv.Etcd, url: etcdURL, proxied: true, unit: "etcd",
 			ttl: 2 * time.Second, slack: 3 * time.Second, share: 0.7, budget: 19 * time.Minute},
-		{name: "consul", queue: "queue", backend: "consul", server: testenv.Consul, url: consulURL, proxied: true, unit: "consul",
+		{name: "consul", queued: true, backend: "consul", server: testenv.Consul, url: consulURL, proxied: true, unit: "consul",
 			ttl: time.Second, slack: 2 * time.Second, dataLoss: consulDevDataLoss, pauseLoss: consulPause, share: 0.7, budget: 22 * time.Minute},
-		{name: "etcd-cluster", queue: "queue", backend: "etcd", server: testenv.EtcdCluster, url: etcdURL, proxied: true,
+		{name: "etcd-cluster", queued: true, backend: "etcd", server: testenv.EtcdCluster, url: etcdURL, proxied: true,
 			ttl: 2 * time.Second, slack: 3 * time.Second, share: 0.3, budget: 6 * time.Minute, faults: leaderFaults},
-		{name: "consul-cluster", queue: "queue", backend: "consul", server: testenv.ConsulCluster, url: consulURL, proxied: true,
+		{name: "consul-cluster", queued: true, backend: "consul", server: testenv.ConsulCluster, url: consulURL, proxied: true,
 			ttl: time.Second, slack: 3 * time.Second, share: 0.3, budget: 6 * time.Minute, faults: leaderFaults},
-		{name: "redis", queue: "queue", backend: "redis", server: testenv.Redis, url: redisURL, proxied: true, unit: "redis",
+		{name: "redis", queued: true, backend: "redis", server: testenv.Redis, url: redisURL, proxied: true, unit: "redis",
 			ttl: time.Second, slack: 200 * time.Millisecond, dataLoss: redisDataLoss, share: 0.6, budget: 4 * time.Minute},
 		{name: "memcached", backend: "memcached", server: testenv.Memcached, url: memcachedURL, proxied: true, unit: "memcached",
 			ttl: time.Second, slack: 2500 * time.Millisecond, dataLoss: memcachedDataLoss, share: 0.7, budget: 4 * time.Minute,
 			caveat: memcachedEarly, breaks: memcachedBreaks, applies: earlyLoss},
-		{name: "redis-sentinel", queue: "queue", backend: "redis", server: testenv.RedisSentinel,
+		{name: "redis-sentinel", queued: true, backend: "redis", server: testenv.RedisSentinel,
 			url: func(a []string) string {
 				return "redis+sentinel://" + strings.Join(a, ",") + "/0?master_name=" + testenv.RedisSentinelMaster
 			},
 			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, budget: 2 * time.Minute, faults: sentinelFaults},
-		{name: "redis-cluster-ha", queue: "queue", backend: "redis", server: testenv.RedisClusterHA,
+		{name: "redis-cluster-ha", queued: true, backend: "redis", server: testenv.RedisClusterHA,
 			url: func(a []string) string { return "redis+cluster://" + strings.Join(a, ",") },
 			ttl: time.Second, slack: 200 * time.Millisecond, share: 0.2, budget: 2 * time.Minute, faults: clusterHAFaults},
 		{name: "memcached-cluster", backend: "memcached", server: testenv.MemcachedCluster, url: memcachedURL, proxied: true,
@@ -297,14 +297,14 @@ func tortureTopology(t *testing.T, tc topology) {
 		} else {
 			b.URL = tc.url(tp.Addrs())
 		}
-		if tc.queue != "" {
-			topo += ", the odd-numbered workers queued (" + tc.queue + "=true)"
+		if tc.queued {
+			topo += ", the odd-numbered workers queued (queue=true)"
 			base := b.ClientURL
 			if base == nil {
 				u := b.URL
 				base = func(int) string { return u }
 			}
-			b.ClientURL, b.URL = queuedHalf(base, tc.queue), ""
+			b.ClientURL = queuedHalf(base) // it overrides URL
 		}
 	}
 
@@ -355,6 +355,9 @@ func tortureTopology(t *testing.T, tc topology) {
 			}
 			known := markKnown(rep.Checks(), tc.name, logged)
 			judge(t, rep.Checks(), CheckFenced, CheckTokenOrder, CheckLinear, CheckEffects)
+			if tc.queued && rep.QueuedTakes == 0 {
+				t.Errorf("%d takes, none by a queued waiter: the odd-numbered workers did not wait queued", rep.Takes)
+			}
 			sum := Summarize(rep, topo)
 			sum.Group, sum.Cell, sum.Test, sum.Known = tc.backend, c.name, testPattern(t), known
 			logCell(t, sum)
@@ -491,11 +494,11 @@ func visualDir(t *testing.T) string {
 	return t.TempDir()
 }
 
-// queuedHalf returns the client URLs of urlFor with the boolean URL option
-// flag (queued waiting) set for the odd-numbered workers, so that queued
-// and unqueued Lockers share every key; the idempotency store (client -1)
-// is left as it was.
-func queuedHalf(urlFor func(int) string, flag string) func(int) string {
+// queuedHalf returns the client URLs of urlFor with queue=true (queued
+// waiting) for the odd-numbered workers, so that queued and unqueued
+// Lockers share every key; the idempotency store (client -1) is left as
+// it was.
+func queuedHalf(urlFor func(int) string) func(int) string {
 	return func(i int) string {
 		u := urlFor(i)
 		if i < 0 || i%2 == 0 {
@@ -505,6 +508,6 @@ func queuedHalf(urlFor func(int) string, flag string) func(int) string {
 		if strings.Contains(u, "?") {
 			sep = "&"
 		}
-		return u + sep + flag + "=true"
+		return u + sep + "queue=true"
 	}
 }
